@@ -1,0 +1,1 @@
+//! Kernel side: BTF offsets, loading and attaching the probes, reading the ring buffer.

@@ -1,0 +1,7 @@
+mod export;
+mod kernel;
+mod protocol;
+mod span;
+mod telemetry;
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Protocol parsers: from the bytes of one connection to paired requests and responses.

@@ -1,0 +1,120 @@
+//! Typed spans built from paired requests and responses, and the trace context they carry.
+
+pub mod context;
+pub mod route;
+
+use std::sync::Arc;
+
+/// A W3C trace id. All zeroes is invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct TraceId(pub [u8; 16]);
+
+/// A W3C span id. All zeroes is invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SpanId(pub [u8; 8]);
+
+/// The identity a span inherits from its parent, whether the parent arrived in a request
+/// header (remote) or was another span loupe built (local).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// W3C trace flags; bit 0 is "sampled".
+    pub trace_flags: u8,
+    /// The raw `tracestate` header, passed on untouched.
+    pub trace_state: Option<String>,
+    /// True when the context came from another process over the wire.
+    pub is_remote: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+/// An HTTP span, with fields named after the stable HTTP semantic conventions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSpan {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub trace_flags: u8,
+    pub trace_state: Option<String>,
+    pub kind: SpanKind,
+    /// `{method} {route}`, or `{method}` when no route is known.
+    pub name: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// `http.request.method`, normalised: unknown methods become `_OTHER`.
+    pub method: String,
+    /// `http.request.method_original`, set only when `method` is `_OTHER`.
+    pub method_original: Option<String>,
+    /// `url.path`.
+    pub path: String,
+    /// `url.query`, already redacted.
+    pub query: Option<String>,
+    /// `url.scheme`.
+    pub scheme: String,
+    /// `http.route`.
+    pub route: Option<String>,
+    /// `http.response.status_code`; `None` when no response was seen.
+    pub status_code: Option<u16>,
+    /// `network.protocol.version`: "1.0" or "1.1".
+    pub protocol_version: String,
+    /// `server.address` / `server.port`.
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    /// `client.address` / `client.port` (server spans).
+    pub client_address: Option<String>,
+    pub client_port: Option<u16>,
+    /// `network.peer.address` / `network.peer.port`.
+    pub peer_address: Option<String>,
+    pub peer_port: Option<u16>,
+    /// `network.local.address` / `network.local.port`.
+    pub local_address: Option<String>,
+    pub local_port: Option<u16>,
+    /// `user_agent.original`.
+    pub user_agent: Option<String>,
+    /// `http.request.body.size` / `http.response.body.size`.
+    pub request_body_size: Option<u64>,
+    pub response_body_size: Option<u64>,
+    /// `error.type`: the status code as a string for error statuses, or a short reason
+    /// such as `connection_closed` when the exchange did not complete.
+    pub error_type: Option<String>,
+}
+
+impl HttpSpan {
+    /// Span status per the HTTP conventions: 5xx is an error on both sides, 4xx only on
+    /// clients, and an exchange that did not complete is an error.
+    pub fn is_error(&self) -> bool {
+        match self.status_code {
+            Some(code) if code >= 500 => true,
+            Some(code) if code >= 400 => self.kind == SpanKind::Client,
+            Some(_) => false,
+            None => self.error_type.is_some(),
+        }
+    }
+}
+
+/// A resource attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+/// The resource of one traced process: who emitted the spans.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// `service.name`, also kept among `attributes`.
+    pub service_name: String,
+    pub attributes: Vec<(String, AttrValue)>,
+}
+
+/// A span ready for export, with the resource of the process it belongs to.
+#[derive(Clone, Debug)]
+pub struct FinishedSpan {
+    pub resource: Arc<Resource>,
+    pub span: HttpSpan,
+}

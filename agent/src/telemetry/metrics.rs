@@ -1,0 +1,84 @@
+//! Counters every pipeline stage bumps, rendered as Prometheus text on `/metrics`.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// For values the kernel keeps (its per-CPU counters): the latest total wins.
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! metrics {
+    ($( $field:ident : $ty:ident = $name:literal, $help:literal; )*) => {
+        /// Every counter the agent exposes. Field names match the Prometheus names
+        /// without the `loupe_` prefix.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( pub $field: $ty, )*
+        }
+
+        impl Metrics {
+            /// Prometheus text exposition format, version 0.0.4.
+            pub fn render_prometheus(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let kind = if stringify!($ty) == "Counter" { "counter" } else { "gauge" };
+                    let _ = writeln!(out, "# HELP {} {}", $name, $help);
+                    let _ = writeln!(out, "# TYPE {} {}", $name, kind);
+                    let _ = writeln!(out, "{} {}", $name, self.$field.get());
+                )*
+                out
+            }
+        }
+    };
+}
+
+metrics! {
+    events_read: Counter = "loupe_events_read_total", "Records read from the kernel ring buffer.";
+    events_malformed: Counter = "loupe_events_malformed_total", "Ring-buffer records that could not be decoded.";
+    ringbuf_drops: Counter = "loupe_ringbuf_drops_total", "Records the kernel dropped because the ring buffer was full.";
+    kernel_pending_full: Counter = "loupe_kernel_pending_table_full_total", "Syscalls not traced because the kernel's pending-call table was full.";
+    kernel_conn_table_full: Counter = "loupe_kernel_connection_table_full_total", "Connections not traced because the kernel's connection table was full.";
+    kernel_read_failures: Counter = "loupe_kernel_read_failures_total", "Kernel or user memory reads that failed in the probes.";
+    connections_opened: Counter = "loupe_connections_opened_total", "TCP connections that became known.";
+    connections_dropped: Counter = "loupe_connections_dropped_total", "Connections forgotten because the connection table was full.";
+    connections_active: Gauge = "loupe_connections_active", "TCP connections currently tracked.";
+    bytes_unparsed: Counter = "loupe_bytes_unparsed_total", "Captured bytes that did not belong to any recognised protocol.";
+    parse_errors: Counter = "loupe_parse_errors_total", "HTTP messages that could not be parsed.";
+    exchanges_incomplete: Counter = "loupe_exchanges_incomplete_total", "Requests whose response never came (connection closed, process exited).";
+    spans_created: Counter = "loupe_spans_created_total", "Spans built from requests and responses.";
+    spans_exported: Counter = "loupe_spans_exported_total", "Spans the exporter delivered.";
+    spans_dropped: Counter = "loupe_spans_dropped_total", "Spans lost: export queue full or export failed for good.";
+    export_failures: Counter = "loupe_export_failures_total", "Export requests that failed (each retry counts).";
+    traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
+}

@@ -1,0 +1,3 @@
+//! The agent's own telemetry: counters of everything it reads, builds, exports or drops.
+
+pub mod metrics;

@@ -1,0 +1,260 @@
+//! Types shared by loupe's kernel programs and its userspace agent.
+//!
+//! Every struct here crosses the kernel/user boundary as raw bytes, so each one is
+//! `#[repr(C)]`, has explicit padding, and has its size pinned by a `const` assertion that
+//! both sides compile. Changing a layout means changing the assertion too, on purpose.
+#![no_std]
+
+/// Largest number of payload bytes one data event can carry. A power of two so the kernel
+/// side can bound lengths with a mask the verifier understands.
+pub const MAX_CAPTURE: usize = 4096;
+/// Default number of payload bytes captured per syscall: enough for the request and
+/// response heads of ordinary traffic.
+pub const DEFAULT_CAPTURE: u32 = 1024;
+/// How many iovec entries of a readv/writev/recvmsg/sendmsg are looked at.
+pub const MAX_IOV: usize = 8;
+
+/// The first byte of every ring-buffer record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP connection became known: accepted, connected, or first seen in use.
+    ConnOpen = 1,
+    /// Bytes moved through a known TCP connection.
+    Data = 2,
+    /// A known connection's fd was closed.
+    ConnClose = 3,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::ConnOpen),
+            2 => Some(Self::Data),
+            3 => Some(Self::ConnClose),
+            _ => None,
+        }
+    }
+}
+
+/// Which side of a connection the traced process is on.
+pub mod role {
+    /// Not known yet: the connection existed before loupe saw it being set up.
+    pub const UNKNOWN: u8 = 0;
+    /// The process accepted the connection.
+    pub const SERVER: u8 = 1;
+    /// The process connected it.
+    pub const CLIENT: u8 = 2;
+}
+
+/// Direction of a data event, seen from the traced process.
+pub mod direction {
+    /// The process read these bytes from the socket.
+    pub const INGRESS: u8 = 1;
+    /// The process wrote these bytes to the socket.
+    pub const EGRESS: u8 = 2;
+}
+
+/// Bits of [`DataEvent::flags`].
+pub mod data_flags {
+    /// Bytes were moved by sendfile: counted, never captured.
+    pub const SENDFILE: u8 = 1;
+}
+
+/// Which syscall a pending entry belongs to; stored between sys_enter and sys_exit.
+pub mod syscall_kind {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const READV: u8 = 3;
+    pub const WRITEV: u8 = 4;
+    pub const RECVMSG: u8 = 5;
+    pub const SENDMSG: u8 = 6;
+    pub const CONNECT: u8 = 7;
+    pub const ACCEPT: u8 = 8;
+    pub const SENDFILE: u8 = 9;
+}
+
+/// Address family values as the kernel stores them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// The endpoints of a TCP connection. IPv4 addresses sit in the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnTuple {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
+
+/// Emitted when a connection becomes known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub kind: u8,
+    pub role: u8,
+    pub _pad: [u8; 2],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// Monotonic ns; also the connection's identity together with (tgid, fd).
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub tuple: ConnTuple,
+}
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 72);
+
+/// Fixed part of a data event; `captured_len` payload bytes follow it in the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEventHeader {
+    pub kind: u8,
+    pub direction: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    /// Monotonic ns at syscall entry.
+    pub start_ns: u64,
+    /// Monotonic ns at syscall exit.
+    pub end_ns: u64,
+    /// Bytes the syscall moved (its return value).
+    pub total_len: u64,
+    /// Bytes of payload that follow this header (at most the capture limit).
+    pub captured_len: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<DataEventHeader>() == 56);
+
+/// Scratch space in which the kernel assembles one data event before copying it into
+/// the ring buffer. The data array is twice [`MAX_CAPTURE`] so that an offset and a length
+/// each bounded by it can be added without the verifier seeing an overflow.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: DataEventHeader,
+    pub data: [u8; MAX_CAPTURE * 2],
+}
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 56 + MAX_CAPTURE * 2);
+
+/// Emitted when a known connection's fd is closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CloseEvent>() == 32);
+
+/// Key of the kernel's connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+
+/// Value of the kernel's connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnState {
+    pub conn_id: u64,
+    pub role: u8,
+    /// Non-zero when the connection is not traced (filtered out by port), so it is not
+    /// looked up again on every read.
+    pub ignored: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+
+/// Syscall arguments saved at sys_enter for the matching sys_exit, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingCall {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub fd: u32,
+    /// Buffer, iovec array or msghdr pointer, depending on `kind`.
+    pub ptr: u64,
+    /// Iovec count for readv/writev.
+    pub count: u64,
+    pub start_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
+
+/// Kernel structure field offsets, resolved at startup from the running kernel's BTF.
+/// Rust eBPF has no CO-RE relocations, so nothing here may be baked in at build time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub file_f_inode: u32,
+    pub inode_i_mode: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    pub sock_daddr: u32,
+    pub sock_rcv_saddr: u32,
+    pub sock_dport: u32,
+    pub sock_num: u32,
+    pub sock_v6_daddr: u32,
+    pub sock_v6_rcv_saddr: u32,
+    pub sock_protocol: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+
+/// Runtime settings handed to the kernel programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeConfig {
+    /// Trace every process except `agent_tgid` instead of only those in the tgid map.
+    pub trace_all: u32,
+    /// The agent's own tgid, never traced.
+    pub agent_tgid: u32,
+    /// Payload bytes captured per syscall, at most [`MAX_CAPTURE`].
+    pub capture_bytes: u32,
+    /// Non-zero when only connections with a port in the port map are traced.
+    pub filter_ports: u32,
+    pub offsets: KernelOffsets,
+}
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88);
+
+/// Indexes of the kernel's per-CPU counters.
+pub mod counter {
+    /// A record did not fit in the ring buffer.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// The pending-call table was full at sys_enter.
+    pub const PENDING_FULL: u32 = 1;
+    /// The connection table was full when a connection became known.
+    pub const CONN_TABLE_FULL: u32 = 2;
+    /// Reading a kernel or user structure failed.
+    pub const READ_FAILURES: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are plain-old-data with explicit padding.
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}

@@ -1,0 +1,181 @@
+//! Connection lifecycle: accept, connect and close, and discovery of connections that
+//! were set up before loupe was watching.
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns,
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use loupe_common::{
+    CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall, ProbeConfig, counter,
+    role, syscall_kind,
+};
+
+use crate::{
+    emit::output,
+    filter::traced_current,
+    maps::{CONNECTIONS, PENDING_CALLS, TRACED_PORTS, count},
+    socket::tcp_tuple,
+    syscall::{arg, ret},
+};
+
+const EINPROGRESS: i64 = 115;
+
+#[inline(always)]
+fn port_selected(cfg: &ProbeConfig, local: u16, remote: u16) -> bool {
+    if cfg.filter_ports == 0 {
+        return true;
+    }
+    // SAFETY: values are only checked for presence.
+    unsafe { TRACED_PORTS.get(&local).is_some() || TRACED_PORTS.get(&remote).is_some() }
+}
+
+/// Records `fd` as a TCP connection with `conn_role` when it is one, and tells the agent.
+/// Returns the stored state, or `None` when the fd is not a TCP socket.
+#[inline(always)]
+pub fn register(
+    tgid: u32,
+    tid: u32,
+    fd: u32,
+    conn_role: u8,
+    cfg: &ProbeConfig,
+) -> Option<ConnState> {
+    let tuple = tcp_tuple(fd, &cfg.offsets)?;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ignored = !port_selected(cfg, tuple.local_port, tuple.remote_port);
+    let state = ConnState {
+        conn_id: now,
+        role: conn_role,
+        ignored: ignored as u8,
+        _pad: [0; 6],
+    };
+    if CONNECTIONS
+        .insert(&ConnKey { tgid, fd }, &state, 0)
+        .is_err()
+    {
+        count(counter::CONN_TABLE_FULL);
+        return None;
+    }
+    if !ignored {
+        output(&ConnEvent {
+            kind: EventKind::ConnOpen as u8,
+            role: conn_role,
+            _pad: [0; 2],
+            tgid,
+            tid,
+            fd,
+            conn_id: now,
+            ts_ns: now,
+            tuple,
+        });
+    }
+    Some(state)
+}
+
+/// The traced connection behind `fd`, discovering it on first use.
+#[inline(always)]
+pub fn lookup_or_discover(tgid: u32, tid: u32, fd: u32, cfg: &ProbeConfig) -> Option<ConnState> {
+    // SAFETY: the value is copied out at once.
+    let state = match unsafe { CONNECTIONS.get(&ConnKey { tgid, fd }) } {
+        Some(state) => *state,
+        None => register(tgid, tid, fd, role::UNKNOWN, cfg)?,
+    };
+    if state.ignored != 0 {
+        return None;
+    }
+    Some(state)
+}
+
+fn on_accept_exit(ctx: &TracePointContext) {
+    let Some((tgid, tid, _, cfg)) = traced_current() else {
+        return;
+    };
+    let fd = ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    register(tgid, tid, fd as u32, role::SERVER, cfg);
+}
+
+#[tracepoint]
+pub fn loupe_accept_exit(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn loupe_accept4_exit(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn loupe_connect_enter(ctx: TracePointContext) -> u32 {
+    let Some((_, _, pid_tgid, _)) = traced_current() else {
+        return 0;
+    };
+    let call = PendingCall {
+        kind: syscall_kind::CONNECT,
+        _pad: [0; 3],
+        fd: arg(&ctx, 0) as u32,
+        ptr: 0,
+        count: 0,
+        // SAFETY: the helper has no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if PENDING_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+        count(counter::PENDING_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn loupe_connect_exit(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid, pid_tgid, cfg)) = traced_current() else {
+        return 0;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(call) = (unsafe { PENDING_CALLS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_CALLS.remove(&pid_tgid);
+    if call.kind != syscall_kind::CONNECT {
+        return 0;
+    }
+    let result = ret(&ctx);
+    // A non-blocking connect has its local port by the time it returns EINPROGRESS.
+    if result == 0 || result == -EINPROGRESS {
+        register(tgid, tid, call.fd, role::CLIENT, cfg);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid, _, _)) = traced_current() else {
+        return 0;
+    };
+    let key = ConnKey {
+        tgid,
+        fd: arg(&ctx, 0) as u32,
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(state) = (unsafe { CONNECTIONS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECTIONS.remove(&key);
+    if state.ignored == 0 {
+        output(&CloseEvent {
+            kind: EventKind::ConnClose as u8,
+            _pad: [0; 3],
+            tgid,
+            tid,
+            fd: key.fd,
+            conn_id: state.conn_id,
+            // SAFETY: the helper has no preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        });
+    }
+    0
+}

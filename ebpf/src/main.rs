@@ -1,0 +1,27 @@
+//! loupe's kernel programs.
+//!
+//! Syscall tracepoints are the baseline hook: they exist on every kernel loupe supports,
+//! including kernels built without kprobes. Each data syscall is seen twice, at entry
+//! (arguments saved per thread) and at exit (return value known), and only TCP sockets of
+//! selected processes ever produce an event.
+#![no_std]
+#![no_main]
+
+mod connection;
+mod data;
+mod emit;
+mod filter;
+mod maps;
+mod socket;
+mod syscall;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach here; it exists only to link.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,50 @@
+//! Maps shared by the programs and with the agent. Names are the agent's contract.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use loupe_common::{ConnKey, ConnState, DataEvent, PendingCall, ProbeConfig, counter};
+
+/// Settings and kernel offsets, written once by the agent before attaching.
+#[map]
+pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
+
+/// Processes to trace (tgid -> 1), kept by the agent as processes come and go.
+#[map]
+pub static TRACED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Ports to trace when port filtering is on (port -> 1).
+#[map]
+pub static TRACED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Known TCP socket fds of traced processes.
+#[map]
+pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(65536, 0);
+
+/// Arguments saved at syscall entry, keyed by pid_tgid, for the matching exit.
+#[map]
+pub static PENDING_CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Every record the agent reads. One buffer for all CPUs keeps records in order.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Scratch space for assembling a data event (too large for the 512-byte stack).
+#[map]
+pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters of what the kernel side had to drop; indexes in `counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+pub fn count(index: u32) {
+    if let Some(ptr) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, and programs do not preempt each other on one CPU.
+        unsafe { *ptr += 1 };
+    }
+}
+
+pub fn config() -> Option<&'static ProbeConfig> {
+    CONFIG.get(0)
+}

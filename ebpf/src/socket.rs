@@ -1,0 +1,79 @@
+//! From a file descriptor to the TCP socket behind it.
+//!
+//! Walks task -> files -> fdtable -> file -> socket -> sock with offsets the agent
+//! resolved from the running kernel's BTF, because rustc emits no CO-RE relocations.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
+use loupe_common::{AF_INET, AF_INET6, ConnTuple, KernelOffsets, counter};
+
+use crate::maps::count;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: i16 = 1;
+const IPPROTO_TCP: u16 = 6;
+
+#[inline(always)]
+fn read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses and reports them as errors.
+    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(counter::READ_FAILURES);
+            None
+        }
+    }
+}
+
+/// The connection tuple of `fd` in the current process when it is an IPv4 or IPv6 TCP
+/// socket; `None` for files, pipes, UDP and unix sockets.
+#[inline(always)]
+pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<ConnTuple> {
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, off.task_files)?;
+    let fdt: u64 = read(files, off.files_fdt)?;
+    let max_fds: u32 = read(fdt, off.fdtable_max_fds)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, off.fdtable_fd)?;
+    let file: u64 = read(fd_array, fd.checked_mul(8)?)?;
+    let inode: u64 = read(file, off.file_f_inode)?;
+    let mode: u16 = read(inode, off.inode_i_mode)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = read(file, off.file_private_data)?;
+    let sock_type: i16 = read(socket, off.socket_type)?;
+    if sock_type != SOCK_STREAM {
+        return None;
+    }
+    let sk: u64 = read(socket, off.socket_sk)?;
+    let protocol: u16 = read(sk, off.sock_protocol)?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let family: u16 = read(sk, off.sock_family)?;
+    let mut tuple = ConnTuple {
+        family,
+        local_port: read(sk, off.sock_num)?,
+        remote_port: u16::from_be(read(sk, off.sock_dport)?),
+        ..ConnTuple::default()
+    };
+    if family == AF_INET {
+        let local: [u8; 4] = read(sk, off.sock_rcv_saddr)?;
+        let remote: [u8; 4] = read(sk, off.sock_daddr)?;
+        tuple.local_addr[..4].copy_from_slice(&local);
+        tuple.remote_addr[..4].copy_from_slice(&remote);
+    } else if family == AF_INET6 {
+        tuple.local_addr = read(sk, off.sock_v6_rcv_saddr)?;
+        tuple.remote_addr = read(sk, off.sock_v6_daddr)?;
+    } else {
+        return None;
+    }
+    Some(tuple)
+}
