@@ -24,6 +24,8 @@ pub enum EventKind {
     Data = 2,
     /// A known connection's fd was closed.
     ConnClose = 3,
+    /// A process called exec; the agent checks whether it should be traced.
+    ProcessExec = 4,
 }
 
 impl EventKind {
@@ -32,6 +34,7 @@ impl EventKind {
             1 => Some(Self::ConnOpen),
             2 => Some(Self::Data),
             3 => Some(Self::ConnClose),
+            4 => Some(Self::ProcessExec),
             _ => None,
         }
     }
@@ -158,6 +161,18 @@ pub struct CloseEvent {
     pub ts_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 32);
+
+/// Emitted for every exec on the host, traced or not, so new processes are picked up
+/// without waiting for the agent's next scan of /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub tgid: u32,
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16);
 
 /// Key of the kernel's connection table.
 #[repr(C)]

@@ -2,13 +2,11 @@
 //! were set up before loupe was watching.
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_ns,
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::generated::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
 use loupe_common::{
-    CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall, ProbeConfig, counter,
-    role, syscall_kind,
+    CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall, ProbeConfig, counter, role,
+    syscall_kind,
 };
 
 use crate::{

@@ -106,7 +106,11 @@ fn on_exit(ctx: &TracePointContext) {
     if cap > MAX_CAPTURE as u64 {
         cap = MAX_CAPTURE as u64;
     }
-    let want = if (moved as u64) < cap { moved as u64 } else { cap };
+    let want = if (moved as u64) < cap {
+        moved as u64
+    } else {
+        cap
+    };
     let (captured, flags) = match call.kind {
         syscall_kind::READ | syscall_kind::WRITE => (copy_buf(event, call.ptr, want), 0),
         syscall_kind::READV | syscall_kind::WRITEV => {
@@ -176,7 +180,8 @@ fn copy_buf(event: &mut DataEvent, src: u64, want: u64) -> usize {
 #[inline(always)]
 fn msghdr_iov(msghdr: u64) -> (u64, u64) {
     // SAFETY: the helper checks the user address itself.
-    let iov = unsafe { aya_ebpf::helpers::bpf_probe_read_user((msghdr + MSGHDR_IOV) as *const u64) };
+    let iov =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user((msghdr + MSGHDR_IOV) as *const u64) };
     // SAFETY: as above.
     let len =
         unsafe { aya_ebpf::helpers::bpf_probe_read_user((msghdr + MSGHDR_IOVLEN) as *const u64) };
@@ -198,7 +203,11 @@ fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64) -> usize {
             break;
         };
         let room = want - captured;
-        let n = if (entry[1] as usize) < room { entry[1] as usize } else { room };
+        let n = if (entry[1] as usize) < room {
+            entry[1] as usize
+        } else {
+            room
+        };
         if n > 0 && !read_user(event, captured, entry[0], n) {
             break;
         }

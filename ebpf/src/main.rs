@@ -12,6 +12,7 @@ mod data;
 mod emit;
 mod filter;
 mod maps;
+mod process;
 mod socket;
 mod syscall;
 

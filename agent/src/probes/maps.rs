@@ -1,0 +1,67 @@
+//! Typed access to the maps shared with the kernel programs.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+};
+use loupe_common::{ConnKey, ConnState, ProbeConfig, counter};
+
+use super::ProbeError;
+
+pub type ProcessMap = HashMap<MapData, u32, u8>;
+pub type ConnectionMap = HashMap<MapData, ConnKey, ConnState>;
+pub type CounterMap = PerCpuArray<MapData, u64>;
+
+pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Map {
+        map: name,
+        detail: "not found".into(),
+    })?;
+    T::try_from(map).map_err(|e| ProbeError::Map {
+        map: name,
+        detail: e.to_string(),
+    })
+}
+
+pub fn write_config(ebpf: &mut Ebpf, config: &ProbeConfig) -> Result<(), ProbeError> {
+    let err = |e: aya::maps::MapError| ProbeError::Map {
+        map: "CONFIG",
+        detail: e.to_string(),
+    };
+    let map = ebpf.map_mut("CONFIG").ok_or(ProbeError::Map {
+        map: "CONFIG",
+        detail: "not found".into(),
+    })?;
+    let mut array: Array<&mut MapData, ProbeConfig> = Array::try_from(map).map_err(err)?;
+    array.set(0, config, 0).map_err(err)
+}
+
+pub fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
+    let err = |e: aya::maps::MapError| ProbeError::Map {
+        map: "TRACED_PORTS",
+        detail: e.to_string(),
+    };
+    let map = ebpf.map_mut("TRACED_PORTS").ok_or(ProbeError::Map {
+        map: "TRACED_PORTS",
+        detail: "not found".into(),
+    })?;
+    let mut ports_map: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map).map_err(err)?;
+    for port in ports {
+        ports_map.insert(port, 1, 0).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Totals of the kernel's per-CPU drop counters, indexed like `loupe_common::counter`.
+pub fn read_counters(counters: &CounterMap) -> [u64; counter::COUNT as usize] {
+    let mut totals = [0u64; counter::COUNT as usize];
+    for (index, total) in totals.iter_mut().enumerate() {
+        if let Ok(values) = counters.get(&(index as u32), 0) {
+            *total = values.iter().sum();
+        }
+    }
+    totals
+}

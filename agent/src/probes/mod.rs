@@ -1,0 +1,96 @@
+//! Loading loupe's kernel programs, attaching them to syscall tracepoints, and the maps
+//! the agent shares with them.
+
+mod attach;
+pub mod maps;
+pub mod privileges;
+mod tracefs;
+
+use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
+use loupe_common::ProbeConfig;
+
+pub use attach::ATTACHMENTS;
+pub use maps::{ConnectionMap, CounterMap, ProcessMap};
+
+/// Why the probes could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
+    Tracefs(std::io::Error),
+    #[error("loading the kernel programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("kernel program {program} is missing from the object (build mismatch)")]
+    MissingProgram { program: &'static str },
+    #[error("kernel map {map} is missing or has the wrong type: {detail}")]
+    Map { map: &'static str, detail: String },
+    #[error("loading program {program}: {source}")]
+    Verify {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {program} to {category}:{tracepoint}: {source}")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// The kernel object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe"));
+
+/// The loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+}
+
+/// The maps the agent works with, taken out of the loaded object.
+pub struct ProbeMaps {
+    pub events: RingBuf<MapData>,
+    pub processes: ProcessMap,
+    pub connections: ConnectionMap,
+    pub counters: CounterMap,
+}
+
+impl Probes {
+    /// Loads the programs with `config`, fills the port filter, and attaches every program.
+    pub fn load(config: &ProbeConfig, ports: &[u16], ring_bytes: u32) -> Result<Self, ProbeError> {
+        tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries("EVENTS", ring_bytes)
+            .load(OBJECT)?;
+        maps::write_config(&mut ebpf, config)?;
+        maps::write_ports(&mut ebpf, ports)?;
+        attach::attach_all(&mut ebpf)?;
+        Ok(Self { ebpf })
+    }
+
+    /// Takes the shared maps out; call once.
+    pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
+        Ok(ProbeMaps {
+            events: maps::take(&mut self.ebpf, "EVENTS")?,
+            processes: maps::take(&mut self.ebpf, "TRACED_TGIDS")?,
+            connections: maps::take(&mut self.ebpf, "CONNECTIONS")?,
+            counters: maps::take(&mut self.ebpf, "COUNTERS")?,
+        })
+    }
+
+    /// (program name, run count, total run time in ns) for programs the kernel keeps
+    /// statistics for (`kernel.bpf_stats_enabled=1`).
+    pub fn run_stats(&self) -> Vec<(String, u64, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((
+                    name.to_string(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,43 @@
+//! Process lifecycle: exec announces candidates to the agent, fork passes tracing on to
+//! children of traced processes (nginx workers, prefork servers) before their first accept.
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
+};
+use loupe_common::{EventKind, ExecEvent};
+
+use crate::{emit::output, filter::traced_current, maps::TRACED_TGIDS};
+
+/// Offset of `child_pid` in the `sched:sched_process_fork` record: the 8-byte common
+/// header, `char parent_comm[16]`, `pid_t parent_pid`, `char child_comm[16]`.
+const FORK_CHILD_PID: usize = 44;
+
+#[tracepoint]
+pub fn loupe_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    output(&ExecEvent {
+        kind: EventKind::ProcessExec as u8,
+        _pad: [0; 3],
+        tgid,
+        // SAFETY: the helper has no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    });
+    0
+}
+
+#[tracepoint]
+pub fn loupe_process_fork(ctx: TracePointContext) -> u32 {
+    let Some((_, _, _, cfg)) = traced_current() else {
+        return 0;
+    };
+    if cfg.trace_all != 0 {
+        return 0;
+    }
+    // SAFETY: reads inside the tracepoint record at the documented offset.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(FORK_CHILD_PID) }) else {
+        return 0;
+    };
+    // New threads pass through here too; the agent prunes entries that are not processes.
+    let _ = TRACED_TGIDS.insert(&(child as u32), &1, 0);
+    0
+}
