@@ -1,21 +1,33 @@
+//! loupe: an eBPF agent that traces the HTTP requests of unmodified processes and exports
+//! them as OpenTelemetry spans.
+
+mod admin;
+mod app;
+mod cli;
+mod events;
 mod export;
 mod kernel;
+mod pipeline;
 mod probes;
+mod process;
 mod protocol;
 mod span;
 mod telemetry;
 
-fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let cfg = loupe_common::ProbeConfig {
-        trace_all: 0,
-        agent_tgid: std::process::id(),
-        capture_bytes: 1024,
-        filter_ports: 0,
-        offsets: Default::default(),
-    };
-    let mut probes = probes::Probes::load(&cfg, &[], 16 << 20)?;
-    let _maps = probes.take_maps()?;
-    println!("loaded");
-    Ok(())
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match app::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loupe: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,164 @@
+//! Startup, the threads of a running agent, and orderly shutdown.
+//!
+//! Threads: the ring-buffer reader runs the whole pipeline (decode -> connections ->
+//! HTTP/1 -> spans) so records are handled in kernel order without locks; the process
+//! selector keeps the kernel's traced set current; a small tokio runtime runs the
+//! exporter and the admin endpoint.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::sync_channel,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use loupe_common::ProbeConfig;
+
+use crate::{
+    admin::{self, AdminState},
+    cli::Cli,
+    events::reader,
+    export::{self, ExportConfig},
+    kernel::btf,
+    pipeline::{Pipeline, PipelineConfig},
+    probes::{Probes, privileges},
+    process::{
+        resource::ResourceDefaults,
+        selector::{Selection, Selector},
+    },
+    protocol::http1::Http1Limits,
+    span::route::RouteMatcher,
+    telemetry::metrics::Metrics,
+};
+
+/// What the exporter gets to deliver queued spans after SIGTERM; the whole shutdown
+/// stays under five seconds.
+const EXPORT_FLUSH_DEADLINE: Duration = Duration::from_secs(4);
+const MAX_CONNECTIONS: usize = 65536;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Everything that can be wrong with the command line or environment is checked
+    // before anything is loaded into the kernel.
+    let export_config = ExportConfig::from_env(|name| std::env::var(name).ok())?;
+    let routes = RouteMatcher::new(&cli.routes)?;
+    let selection = Selection::new(&cli.pids, &cli.exes)?;
+    privileges::check()?;
+    let offsets = btf::kernel_offsets().context("reading kernel type information (BTF)")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loupe-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_addr = runtime.block_on(admin::serve(
+        cli.admin_addr,
+        AdminState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+    ))?;
+    let exporter = {
+        let _guard = runtime.enter();
+        export::spawn(export_config, metrics.clone())?
+    };
+
+    let probe_config = ProbeConfig {
+        trace_all: selection.traces_everything() as u32,
+        agent_tgid: std::process::id(),
+        capture_bytes: cli.capture_bytes,
+        filter_ports: (!cli.ports.is_empty()) as u32,
+        offsets,
+    };
+    let mut probes = Probes::load(&probe_config, &cli.ports, cli.ring_buffer_mib << 20)?;
+    let maps = probes.take_maps()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (exec_tx, exec_rx) = sync_channel(4096);
+    let mut selector = Selector::new(selection, maps.processes, maps.connections, metrics.clone());
+    selector.scan();
+    let selector_thread = {
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name("loupe-select".into())
+            .spawn(move || selector.run(exec_rx, &stop))?
+    };
+
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            max_connections: MAX_CONNECTIONS,
+            limits: Http1Limits::default(),
+            routes,
+        },
+        ResourceDefaults::from_agent_env(),
+        exporter.clone(),
+        metrics.clone(),
+        maps.counters,
+        exec_tx,
+    );
+    let reader_thread = {
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        let ring = maps.events;
+        thread::Builder::new()
+            .name("loupe-events".into())
+            .spawn(move || reader::run(ring, &mut pipeline, &metrics, &stop))?
+    };
+
+    ready.store(true, Ordering::Relaxed);
+    log::info!(
+        "tracing {}; admin on http://{admin_addr}",
+        describe_selection(&cli)
+    );
+
+    runtime.block_on(wait_for_signal());
+    log::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    ready.store(false, Ordering::Relaxed);
+    let _ = reader_thread.join();
+    let _ = selector_thread.join();
+    drop(probes);
+    runtime.block_on(exporter.shutdown(EXPORT_FLUSH_DEADLINE));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    Ok(())
+}
+
+fn describe_selection(cli: &Cli) -> String {
+    let mut parts = Vec::new();
+    if !cli.pids.is_empty() {
+        parts.push(format!("pids {:?}", cli.pids));
+    }
+    if !cli.exes.is_empty() {
+        parts.push(format!("executables {:?}", cli.exes));
+    }
+    if parts.is_empty() {
+        parts.push("all processes".into());
+    }
+    if !cli.ports.is_empty() {
+        parts.push(format!("ports {:?}", cli.ports));
+    }
+    parts.join(", ")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default disposition still ends the process.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

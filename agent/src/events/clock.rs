@@ -1,0 +1,57 @@
+//! Kernel timestamps are CLOCK_MONOTONIC nanoseconds; spans need Unix time. The offset
+//! between the two is measured, and re-measured periodically so a wall-clock step (NTP)
+//! shows up in later spans.
+
+fn now(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks exist on every Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn monotonic_now_ns() -> u64 {
+    now(libc::CLOCK_MONOTONIC)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime - monotonic, in ns.
+    offset_ns: u64,
+}
+
+impl Clock {
+    pub fn measure() -> Self {
+        // Take the tightest of a few samples: the one least disturbed by preemption.
+        let mut best = (u64::MAX, 0u64);
+        for _ in 0..5 {
+            let before = now(libc::CLOCK_MONOTONIC);
+            let real = now(libc::CLOCK_REALTIME);
+            let after = now(libc::CLOCK_MONOTONIC);
+            let width = after.saturating_sub(before);
+            if width < best.0 {
+                best = (width, real.saturating_sub(before + width / 2));
+            }
+        }
+        Self { offset_ns: best.1 }
+    }
+
+    pub fn to_unix_ns(&self, monotonic_ns: u64) -> u64 {
+        monotonic_ns.saturating_add(self.offset_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converted_now_is_close_to_realtime() {
+        let clock = Clock::measure();
+        let converted = clock.to_unix_ns(monotonic_now_ns());
+        let real = now(libc::CLOCK_REALTIME);
+        assert!(converted.abs_diff(real) < 50_000_000, "{converted} vs {real}");
+    }
+}

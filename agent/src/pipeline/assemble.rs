@@ -1,0 +1,231 @@
+//! Span assembly: one paired request/response becomes one typed HTTP span with the
+//! stable HTTP semantic conventions, its timing in Unix time, and its trace context.
+
+use std::net::SocketAddr;
+
+use crate::{
+    events::clock::Clock,
+    protocol::{
+        Role,
+        http1::{ExchangeOutcome, HttpExchange},
+    },
+    span::{
+        HttpSpan, SpanKind,
+        context::{extract, new_span_id, new_trace_id},
+        route::RouteMatcher,
+    },
+};
+
+/// Longest `user_agent.original` exported; the rest is cut.
+const MAX_USER_AGENT: usize = 256;
+/// Methods the HTTP conventions know; others are reported as `_OTHER`.
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
+const SAMPLED: u8 = 0x01;
+
+pub struct SpanAssembler {
+    routes: RouteMatcher,
+    clock: Clock,
+}
+
+impl SpanAssembler {
+    pub fn new(routes: RouteMatcher, clock: Clock) -> Self {
+        Self { routes, clock }
+    }
+
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    pub fn assemble(
+        &self,
+        exchange: &HttpExchange,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+    ) -> HttpSpan {
+        let request = &exchange.request;
+        let kind = match exchange.role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        };
+        let (start_ns, end_ns) = timing(exchange);
+        let (path, query) = split_target(&request.target);
+        let (route, _) = self.routes.route(&path);
+        let (method, method_original) = normalise_method(&request.method);
+        let name = format!("{method} {route}");
+        let status_code = exchange.response.as_ref().map(|r| r.status);
+
+        // A server continues the caller's trace; a client that already carries a context
+        // (an instrumented process) keeps the ids it put on the wire.
+        let parent = extract(&request.headers);
+        let (trace_id, span_id, parent_span_id, trace_flags, trace_state) = match (kind, parent) {
+            (SpanKind::Server, Some(p)) => (
+                p.trace_id,
+                new_span_id(),
+                Some(p.span_id),
+                p.trace_flags,
+                p.trace_state,
+            ),
+            (SpanKind::Client, Some(p)) => (p.trace_id, p.span_id, None, p.trace_flags, p.trace_state),
+            (_, None) => (new_trace_id(), new_span_id(), None, SAMPLED, None),
+        };
+
+        let host = request.header("host").and_then(parse_host);
+        let (server_address, server_port, client_address, client_port) = match kind {
+            SpanKind::Server => (
+                host.as_ref()
+                    .map(|h| h.0.clone())
+                    .or_else(|| local.map(|a| a.ip().to_string())),
+                host.as_ref()
+                    .and_then(|h| h.1)
+                    .or_else(|| local.map(|a| a.port())),
+                remote.map(|a| a.ip().to_string()),
+                remote.map(|a| a.port()),
+            ),
+            SpanKind::Client => (
+                host.as_ref()
+                    .map(|h| h.0.clone())
+                    .or_else(|| remote.map(|a| a.ip().to_string())),
+                host.as_ref()
+                    .and_then(|h| h.1)
+                    .or_else(|| remote.map(|a| a.port())),
+                None,
+                None,
+            ),
+        };
+
+        let error_type = match (status_code, exchange.outcome) {
+            (Some(code), _) if code >= 500 || (code >= 400 && kind == SpanKind::Client) => {
+                Some(code.to_string())
+            }
+            (Some(_), _) => None,
+            (None, ExchangeOutcome::ResponseIncomplete) => Some("response_incomplete".into()),
+            (None, _) => Some("no_response".into()),
+        };
+
+        HttpSpan {
+            trace_id,
+            span_id,
+            parent_span_id,
+            trace_flags,
+            trace_state,
+            kind,
+            name,
+            start_unix_ns: self.clock.to_unix_ns(start_ns),
+            end_unix_ns: self.clock.to_unix_ns(end_ns.max(start_ns)),
+            method,
+            method_original,
+            path,
+            query: query.map(|q| redact_query(&q)),
+            scheme: "http".into(),
+            route: (kind == SpanKind::Server).then(|| route.clone()),
+            status_code,
+            protocol_version: format!("1.{}", request.minor_version),
+            server_address,
+            server_port,
+            client_address,
+            client_port,
+            peer_address: remote.map(|a| a.ip().to_string()),
+            peer_port: remote.map(|a| a.port()),
+            local_address: local.map(|a| a.ip().to_string()),
+            local_port: local.map(|a| a.port()),
+            user_agent: request
+                .header("user-agent")
+                .map(|ua| truncate(ua, MAX_USER_AGENT)),
+            request_body_size: (request.body_len > 0).then_some(request.body_len),
+            response_body_size: exchange
+                .response
+                .as_ref()
+                .filter(|r| r.body_len > 0)
+                .map(|r| r.body_len),
+            error_type,
+        }
+    }
+}
+
+/// A server span runs from the request's first byte in hand (the first read's return)
+/// to the response's last byte written; a client span from the start of the first write
+/// to the return of the last read. Without a response, the span ends with the request.
+fn timing(exchange: &HttpExchange) -> (u64, u64) {
+    let start = match exchange.role {
+        Role::Server => exchange.request_first_end_ns,
+        Role::Client => exchange.request_first_start_ns,
+    };
+    let end = if exchange.response_last_end_ns > 0 {
+        exchange.response_last_end_ns
+    } else {
+        exchange.request_last_end_ns
+    };
+    (start, end)
+}
+
+/// Splits a request target into path and query; absolute-form targets (proxies) lose
+/// their scheme and authority.
+fn split_target(target: &str) -> (String, Option<String>) {
+    let target = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => target,
+    };
+    let target = target.split('#').next().unwrap_or(target);
+    match target.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (target.to_string(), None),
+    }
+}
+
+fn normalise_method(method: &str) -> (String, Option<String>) {
+    if KNOWN_METHODS.contains(&method) {
+        (method.to_string(), None)
+    } else {
+        ("_OTHER".into(), Some(truncate(method, 32)))
+    }
+}
+
+/// Keeps the keys of a query string and replaces every value: values often carry tokens,
+/// e-mail addresses or session ids.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) => format!("{key}=REDACTED"),
+            None => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `host[:port]` or `[v6]:port` from a Host header.
+fn parse_host(value: &str) -> Option<(String, Option<u16>)> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if let Some(rest) = value.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((host.to_string(), port));
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host.to_string(), port.parse().ok())),
+        _ => Some((value.to_string(), None)),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+#[path = "assemble_tests.rs"]
+mod tests;

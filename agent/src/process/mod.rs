@@ -1,0 +1,5 @@
+//! Which processes loupe traces, and who they are (their OpenTelemetry resource).
+
+pub mod procfs;
+pub mod resource;
+pub mod selector;

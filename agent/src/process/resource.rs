@@ -1,0 +1,228 @@
+//! The OpenTelemetry resource of a traced process: which service its spans belong to.
+//!
+//! `service.name` comes from the process's own `OTEL_SERVICE_NAME`, else from
+//! `service.name` in its own `OTEL_RESOURCE_ATTRIBUTES`, else from its executable name.
+//! The agent's own `OTEL_RESOURCE_ATTRIBUTES` (cluster, environment, node ...) are added to
+//! every process's resource without overriding what the process set itself.
+
+use std::path::Path;
+
+use crate::span::{AttrValue, Resource};
+
+use super::procfs;
+
+/// Resource attributes that name things the agent itself does not know per process.
+#[derive(Debug, Clone)]
+pub struct ResourceDefaults {
+    pub host_name: String,
+    /// Parsed from the agent's own `OTEL_RESOURCE_ATTRIBUTES`.
+    pub agent_attributes: Vec<(String, String)>,
+}
+
+impl ResourceDefaults {
+    pub fn from_agent_env() -> Self {
+        Self {
+            host_name: host_name(),
+            agent_attributes: std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+                .map(|v| parse_resource_attributes(&v))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Reads what it needs from /proc; a process that vanished gets a resource named after
+    /// its pid so its last spans are still exported.
+    pub fn for_process(&self, pid: u32) -> Resource {
+        let exe = procfs::exe_path(pid);
+        let comm = procfs::comm(pid);
+        let environ = procfs::environ(pid);
+        self.build(pid, exe.as_deref(), comm.as_deref(), &environ)
+    }
+
+    pub fn build(
+        &self,
+        pid: u32,
+        exe: Option<&Path>,
+        comm: Option<&str>,
+        environ: &[(String, String)],
+    ) -> Resource {
+        let env = |name: &str| {
+            environ
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let own: Vec<(String, String)> = env("OTEL_RESOURCE_ATTRIBUTES")
+            .map(parse_resource_attributes)
+            .unwrap_or_default();
+        let exe_name = exe
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .or_else(|| comm.map(str::to_string));
+        let service_name = env("OTEL_SERVICE_NAME")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .or_else(|| {
+                own.iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v.clone())
+            })
+            .or_else(|| exe_name.clone())
+            .unwrap_or_else(|| format!("pid-{pid}"));
+
+        let mut attributes: Vec<(String, AttrValue)> = vec![
+            ("service.name".into(), AttrValue::Str(service_name.clone())),
+            ("process.pid".into(), AttrValue::Int(pid as i64)),
+            ("host.name".into(), AttrValue::Str(self.host_name.clone())),
+            ("telemetry.distro.name".into(), AttrValue::Str("loupe".into())),
+            (
+                "telemetry.distro.version".into(),
+                AttrValue::Str(env!("CARGO_PKG_VERSION").into()),
+            ),
+        ];
+        if let Some(name) = exe_name {
+            attributes.push(("process.executable.name".into(), AttrValue::Str(name)));
+        }
+        if let Some(path) = exe {
+            attributes.push((
+                "process.executable.path".into(),
+                AttrValue::Str(path.to_string_lossy().into_owned()),
+            ));
+        }
+        for (key, value) in own.iter().chain(self.agent_attributes.iter()) {
+            if !attributes.iter().any(|(k, _)| k == key) {
+                attributes.push((key.clone(), AttrValue::Str(value.clone())));
+            }
+        }
+        Resource {
+            service_name,
+            attributes,
+        }
+    }
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // or truncates, and the last byte stays 0.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Parses `key1=value1,key2=value2` with percent-encoded values, as the SDK spec defines
+/// `OTEL_RESOURCE_ATTRIBUTES`. Malformed entries are skipped.
+pub fn parse_resource_attributes(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let key = key.trim();
+            if key.is_empty() {
+                return None;
+            }
+            Some((key.to_string(), percent_decode(value.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(hex) = std::str::from_utf8(hex)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> ResourceDefaults {
+        ResourceDefaults {
+            host_name: "node-1".into(),
+            agent_attributes: vec![
+                ("deployment.environment.name".into(), "prod".into()),
+                ("service.namespace".into(), "agent-default".into()),
+            ],
+        }
+    }
+
+    fn attr<'a>(r: &'a Resource, key: &str) -> Option<&'a AttrValue> {
+        r.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn otel_service_name_wins() {
+        let env = vec![
+            ("OTEL_SERVICE_NAME".into(), "checkout".into()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES".into(),
+                "service.name=ignored,service.namespace=shop".into(),
+            ),
+        ];
+        let r = defaults().build(7, Some(Path::new("/usr/bin/python3.11")), None, &env);
+        assert_eq!(r.service_name, "checkout");
+        assert_eq!(attr(&r, "service.name"), Some(&AttrValue::Str("checkout".into())));
+        // The process's own namespace beats the agent's default.
+        assert_eq!(attr(&r, "service.namespace"), Some(&AttrValue::Str("shop".into())));
+        assert_eq!(
+            attr(&r, "deployment.environment.name"),
+            Some(&AttrValue::Str("prod".into()))
+        );
+        assert_eq!(attr(&r, "process.pid"), Some(&AttrValue::Int(7)));
+        assert_eq!(
+            attr(&r, "process.executable.name"),
+            Some(&AttrValue::Str("python3.11".into()))
+        );
+        assert_eq!(attr(&r, "host.name"), Some(&AttrValue::Str("node-1".into())));
+        assert_eq!(
+            attr(&r, "telemetry.distro.name"),
+            Some(&AttrValue::Str("loupe".into()))
+        );
+    }
+
+    #[test]
+    fn resource_attributes_name_the_service_next() {
+        let env = vec![("OTEL_RESOURCE_ATTRIBUTES".into(), "service.name=billing".into())];
+        let r = defaults().build(7, Some(Path::new("/srv/app")), None, &env);
+        assert_eq!(r.service_name, "billing");
+    }
+
+    #[test]
+    fn executable_name_is_the_fallback() {
+        let r = defaults().build(7, Some(Path::new("/usr/sbin/nginx")), None, &[]);
+        assert_eq!(r.service_name, "nginx");
+        let r = defaults().build(8, None, Some("worker"), &[]);
+        assert_eq!(r.service_name, "worker");
+        let r = defaults().build(9, None, None, &[]);
+        assert_eq!(r.service_name, "pid-9");
+    }
+
+    #[test]
+    fn parses_and_decodes_attribute_lists() {
+        assert_eq!(
+            parse_resource_attributes("a=1, b = x%2Cy ,bad,=v,c=%zz"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x,y".into()),
+                ("c".into(), "%zz".into()),
+            ]
+        );
+    }
+}

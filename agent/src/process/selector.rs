@@ -1,0 +1,308 @@
+//! Keeps the kernel's set of traced processes up to date.
+//!
+//! A process is traced when its pid was named with `--pid`, when its executable matches an
+//! `--exe` name or glob, or when its parent is traced (workers of a traced master). New
+//! processes are checked as soon as the kernel reports their exec, and a periodic scan of
+//! /proc catches everything else; processes that exit are removed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::Receiver,
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    probes::{ConnectionMap, ProcessMap},
+    telemetry::metrics::Metrics,
+};
+
+use super::procfs;
+
+const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectionError {
+    #[error("--exe {pattern:?} is not a valid name or glob: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("--pid {0}: no such process")]
+    UnknownPid(u32),
+}
+
+/// What the user asked to trace.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pids: HashSet<u32>,
+    exe_patterns: Vec<glob::Pattern>,
+}
+
+impl Selection {
+    pub fn new(pids: &[u32], exes: &[String]) -> Result<Self, SelectionError> {
+        for &pid in pids {
+            if !procfs::is_process(pid) {
+                return Err(SelectionError::UnknownPid(pid));
+            }
+        }
+        let exe_patterns = exes
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p).map_err(|e| SelectionError::BadPattern {
+                    pattern: p.clone(),
+                    reason: e.msg.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            pids: pids.iter().copied().collect(),
+            exe_patterns,
+        })
+    }
+
+    /// With no `--pid` and no `--exe`, every process but loupe is traced.
+    pub fn traces_everything(&self) -> bool {
+        self.pids.is_empty() && self.exe_patterns.is_empty()
+    }
+
+    /// A pattern with a '/' is matched against the full executable path, one without
+    /// against the executable's file name and the process's command name.
+    pub fn matches(&self, pid: u32, exe: Option<&Path>, comm: Option<&str>) -> bool {
+        if self.pids.contains(&pid) {
+            return true;
+        }
+        self.exe_patterns.iter().any(|pattern| {
+            if pattern.as_str().contains('/') {
+                exe.is_some_and(|p| pattern.matches_path(p))
+            } else {
+                let name = exe.and_then(|p| p.file_name()).and_then(|n| n.to_str());
+                name.is_some_and(|n| pattern.matches(n)) || comm.is_some_and(|c| pattern.matches(c))
+            }
+        })
+    }
+}
+
+/// Facts about one process as of the last scan.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    start_time: u64,
+    traced: bool,
+}
+
+pub struct Selector {
+    selection: Selection,
+    agent_pid: u32,
+    processes: ProcessMap,
+    connections: ConnectionMap,
+    metrics: Arc<Metrics>,
+    known: HashMap<u32, Known>,
+}
+
+impl Selector {
+    pub fn new(
+        selection: Selection,
+        processes: ProcessMap,
+        connections: ConnectionMap,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            selection,
+            agent_pid: std::process::id(),
+            processes,
+            connections,
+            metrics,
+            known: HashMap::new(),
+        }
+    }
+
+    /// One full pass over /proc. Run once before tracing starts so that processes that
+    /// already exist are traced from the first event.
+    pub fn scan(&mut self) {
+        if self.selection.traces_everything() {
+            return;
+        }
+        let Ok(pids) = procfs::all_pids() else {
+            return;
+        };
+        let alive: HashSet<u32> = pids.iter().copied().collect();
+        // Forget the dead, and pids that were reused by a new process.
+        let gone: Vec<u32> = self
+            .known
+            .keys()
+            .copied()
+            .filter(|pid| !alive.contains(pid))
+            .collect();
+        for pid in gone {
+            self.forget(pid);
+        }
+        for pid in pids {
+            if !self.known.contains_key(&pid) {
+                self.check(pid);
+            }
+        }
+        self.prune_threads();
+        self.metrics
+            .traced_processes
+            .set(self.known.values().filter(|k| k.traced).count() as u64);
+    }
+
+    /// Re-evaluates one process, e.g. after it called exec.
+    pub fn check(&mut self, pid: u32) {
+        if pid == self.agent_pid || self.selection.traces_everything() {
+            return;
+        }
+        let Some(start_time) = procfs::start_time(pid) else {
+            self.forget(pid);
+            return;
+        };
+        let exe = procfs::exe_path(pid);
+        let comm = procfs::comm(pid);
+        let parent_traced = parent_of(pid)
+            .and_then(|ppid| self.known.get(&ppid))
+            .is_some_and(|k| k.traced);
+        let traced = parent_traced || self.selection.matches(pid, exe.as_deref(), comm.as_deref());
+        self.known.insert(pid, Known { start_time, traced });
+        if traced {
+            if self.processes.insert(pid, 1, 0).is_err() {
+                log::warn!("cannot add process {pid} to the kernel's traced set (full?)");
+            }
+        } else {
+            let _ = self.processes.remove(&pid);
+        }
+    }
+
+    fn forget(&mut self, pid: u32) {
+        if let Some(known) = self.known.remove(&pid)
+            && known.traced
+        {
+            let _ = self.processes.remove(&pid);
+        }
+    }
+
+    /// The kernel adds every task a traced process forks, threads included; keep only
+    /// real processes, and record those children as traced.
+    fn prune_threads(&mut self) {
+        let ids: Vec<u32> = self.processes.keys().filter_map(Result::ok).collect();
+        for id in ids {
+            if self.known.get(&id).is_some_and(|k| k.traced) {
+                continue;
+            }
+            if procfs::is_process(id) {
+                if let Some(start_time) = procfs::start_time(id) {
+                    self.known.insert(
+                        id,
+                        Known {
+                            start_time,
+                            traced: true,
+                        },
+                    );
+                }
+            } else {
+                let _ = self.processes.remove(&id);
+            }
+        }
+    }
+
+    /// Drops kernel connection entries of processes that exited without closing them.
+    fn prune_connections(&mut self) {
+        let mut dead: HashMap<u32, bool> = HashMap::new();
+        let keys: Vec<_> = self.connections.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let is_dead = *dead
+                .entry(key.tgid)
+                .or_insert_with(|| !procfs::is_process(key.tgid));
+            if is_dead {
+                let _ = self.connections.remove(&key);
+            }
+        }
+    }
+
+    /// Runs until `stop` is set, reacting to exec notifications at once.
+    pub fn run(mut self, execs: Receiver<u32>, stop: &AtomicBool) {
+        let mut last_scan = Instant::now();
+        let mut last_prune = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            match execs.recv_timeout(Duration::from_millis(50)) {
+                Ok(pid) => {
+                    // An exec replaces the program: the old verdict no longer holds.
+                    let restarted = self
+                        .known
+                        .get(&pid)
+                        .is_some_and(|k| procfs::start_time(pid) != Some(k.start_time));
+                    if restarted {
+                        self.forget(pid);
+                    }
+                    self.check(pid);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if last_scan.elapsed() >= SCAN_INTERVAL {
+                self.scan();
+                last_scan = Instant::now();
+            }
+            if last_prune.elapsed() >= PRUNE_INTERVAL {
+                self.prune_connections();
+                last_prune = Instant::now();
+            }
+        }
+    }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection(pids: &[u32], exes: &[&str]) -> Selection {
+        let exes: Vec<String> = exes.iter().map(|s| s.to_string()).collect();
+        Selection::new(pids, &exes).unwrap()
+    }
+
+    #[test]
+    fn matches_by_name_glob_and_path() {
+        let s = selection(&[], &["nginx", "python3*", "/opt/app/*"]);
+        assert!(s.matches(1, Some(Path::new("/usr/sbin/nginx")), None));
+        assert!(s.matches(1, Some(Path::new("/usr/bin/python3.11")), None));
+        assert!(s.matches(1, Some(Path::new("/opt/app/server")), None));
+        assert!(!s.matches(1, Some(Path::new("/usr/bin/node")), Some("node")));
+        // The command name helps when the executable is unreadable.
+        assert!(s.matches(1, None, Some("nginx")));
+        assert!(!s.traces_everything());
+    }
+
+    #[test]
+    fn matches_selected_pid() {
+        let me = std::process::id();
+        let s = selection(&[me], &[]);
+        assert!(s.matches(me, None, None));
+        assert!(!s.matches(me + 1, None, None));
+    }
+
+    #[test]
+    fn empty_selection_traces_everything() {
+        assert!(selection(&[], &[]).traces_everything());
+    }
+
+    #[test]
+    fn rejects_unknown_pid_and_bad_glob() {
+        assert!(matches!(
+            Selection::new(&[u32::MAX - 1], &[]),
+            Err(SelectionError::UnknownPid(_))
+        ));
+        assert!(matches!(
+            Selection::new(&[], &["[".to_string()]),
+            Err(SelectionError::BadPattern { .. })
+        ));
+    }
+}
