@@ -1,0 +1,334 @@
+//! Kernel structure field offsets, read from the running kernel's BTF.
+//!
+//! Rust eBPF programs get no CO-RE relocations, so the offsets they use to walk
+//! `task_struct → files → fdtable → file → socket → sock` must come from the kernel loupe
+//! runs on. This module reads the few records it needs from `/sys/kernel/btf/vmlinux` and
+//! checks each field's size and alignment: a layout it does not understand is an error at
+//! startup, because the alternative is the kernel programs silently reading garbage.
+#![cfg_attr(not(test), allow(dead_code))]
+
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use loupe_common::KernelOffsets;
+use parse::{Btf, kind};
+
+/// Where the kernel exposes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// vmlinux BTF is about 6 MiB; anything far larger is not a BTF file.
+const MAX_BTF_LEN: u64 = 256 << 20;
+
+/// Anonymous struct and union nesting deeper than this is taken as a malformed blob.
+const MAX_ANON_NESTING: u32 = 16;
+
+/// Why kernel offsets could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF from {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("malformed BTF: {reason}")]
+    Malformed { reason: &'static str },
+    #[error("kernel BTF has no struct {name}")]
+    MissingType { name: &'static str },
+    #[error("kernel BTF: struct {type_name} has no field {field}")]
+    MissingField {
+        type_name: &'static str,
+        field: &'static str,
+    },
+    #[error("kernel BTF: unexpected layout of {type_name}.{field}: {problem}")]
+    UnexpectedLayout {
+        type_name: &'static str,
+        field: &'static str,
+        problem: LayoutProblem,
+    },
+}
+
+/// How a field's layout differs from what loupe's kernel programs read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutProblem {
+    #[error("it is a {bits}-bit bitfield")]
+    Bitfield { bits: u32 },
+    #[error("it starts at bit {bit_offset}, not on a byte boundary")]
+    Unaligned { bit_offset: u64 },
+    #[error("its offset does not fit in 32 bits")]
+    OffsetTooLarge,
+    #[error("it is a {found}, expected a pointer")]
+    NotPointer { found: &'static str },
+    #[error("it is {found} bytes, expected {expected}")]
+    WrongSize { expected: u64, found: u64 },
+    #[error("it is a {found} without a size, expected {expected} bytes")]
+    Unsized { expected: u64, found: &'static str },
+    #[error("it is not a struct {expected}")]
+    NotStruct { expected: &'static str },
+}
+
+/// Reads the running kernel's BTF and resolves the offsets loupe's kernel programs use.
+pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
+    offsets_from_file(Path::new(VMLINUX_BTF))
+}
+
+/// Like [`kernel_offsets`], from a BTF file elsewhere (e.g. an external BTF for a kernel
+/// that does not expose its own).
+pub fn offsets_from_file(path: &Path) -> Result<KernelOffsets, BtfError> {
+    let read_err = |source| BtfError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    // sysfs reports a size for this file, but reading to EOF does not rely on it; the
+    // limit keeps a wrong path from filling memory.
+    let mut data = Vec::new();
+    file.take(MAX_BTF_LEN + 1)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    if data.len() as u64 > MAX_BTF_LEN {
+        return Err(BtfError::Malformed {
+            reason: "file larger than 256 MiB",
+        });
+    }
+    resolve_offsets(&data)
+}
+
+/// Resolves the offsets from a BTF blob. Pure: no I/O.
+pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
+    use Expect::{Bytes, Pointer};
+    let r = Resolver::new(btf)?;
+    // Looked up again for each field (it is cheap) so errors come in struct order.
+    let skc = |field, expect| -> Result<u32, BtfError> {
+        let sk_common = r.field("sock", "__sk_common", Expect::Struct("sock_common"))?;
+        let inner = r.field_in(sk_common.type_id, "sock_common", field, expect)?;
+        sk_common
+            .offset
+            .checked_add(inner.offset)
+            .ok_or(BtfError::UnexpectedLayout {
+                type_name: "sock_common",
+                field,
+                problem: LayoutProblem::OffsetTooLarge,
+            })
+    };
+    Ok(KernelOffsets {
+        task_files: r.field("task_struct", "files", Pointer)?.offset,
+        files_fdt: r.field("files_struct", "fdt", Pointer)?.offset,
+        fdtable_max_fds: r.field("fdtable", "max_fds", Bytes(4))?.offset,
+        fdtable_fd: r.field("fdtable", "fd", Pointer)?.offset,
+        file_private_data: r.field("file", "private_data", Pointer)?.offset,
+        file_f_inode: r.field("file", "f_inode", Pointer)?.offset,
+        inode_i_mode: r.field("inode", "i_mode", Bytes(2))?.offset,
+        socket_type: r.field("socket", "type", Bytes(2))?.offset,
+        socket_sk: r.field("socket", "sk", Pointer)?.offset,
+        sock_family: skc("skc_family", Bytes(2))?,
+        sock_daddr: skc("skc_daddr", Bytes(4))?,
+        sock_rcv_saddr: skc("skc_rcv_saddr", Bytes(4))?,
+        sock_dport: skc("skc_dport", Bytes(2))?,
+        sock_num: skc("skc_num", Bytes(2))?,
+        sock_v6_daddr: skc("skc_v6_daddr", Bytes(16))?,
+        sock_v6_rcv_saddr: skc("skc_v6_rcv_saddr", Bytes(16))?,
+        sock_protocol: r.field("sock", "sk_protocol", Bytes(2))?.offset,
+        _pad: 0,
+    })
+}
+
+/// The structs looked up by name; everything else is reached through member types.
+const STRUCTS: [&str; 7] = [
+    "task_struct",
+    "files_struct",
+    "fdtable",
+    "file",
+    "inode",
+    "socket",
+    "sock",
+];
+
+/// What a field's type must be for the kernel programs' reads to be right.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Pointer,
+    Bytes(u64),
+    Struct(&'static str),
+}
+
+/// A field found and checked: its byte offset in the struct it was looked up in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Field {
+    offset: u32,
+    type_id: u32,
+}
+
+/// A member found by name, before its layout is checked.
+struct Found {
+    bit_offset: u64,
+    bitfield_bits: u32,
+    type_id: u32,
+}
+
+struct Resolver<'a> {
+    btf: Btf<'a>,
+    /// For each entry of [`STRUCTS`], the ids of the STRUCT records with that name.
+    struct_ids: Vec<Vec<u32>>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(data: &'a [u8]) -> Result<Self, BtfError> {
+        let (btf, struct_ids) = Btf::parse(data, &STRUCTS)?;
+        Ok(Self { btf, struct_ids })
+    }
+
+    /// Finds `field` in the struct named `type_name`. Several structs can share a name;
+    /// the first one that has the field wins.
+    fn field(
+        &self,
+        type_name: &'static str,
+        field: &'static str,
+        expect: Expect,
+    ) -> Result<Field, BtfError> {
+        let ids = STRUCTS
+            .iter()
+            .position(|&n| n == type_name)
+            .and_then(|i| self.struct_ids.get(i))
+            .filter(|ids| !ids.is_empty())
+            .ok_or(BtfError::MissingType { name: type_name })?;
+        for &id in ids {
+            if let Some(found) = self.find_member(id, field, 0)? {
+                return self.check(type_name, field, found, expect);
+            }
+        }
+        Err(BtfError::MissingField { type_name, field })
+    }
+
+    /// Finds `field` in the struct or union with id `id`, named `type_name` for errors.
+    fn field_in(
+        &self,
+        id: u32,
+        type_name: &'static str,
+        field: &'static str,
+        expect: Expect,
+    ) -> Result<Field, BtfError> {
+        match self.find_member(id, field, 0)? {
+            Some(found) => self.check(type_name, field, found, expect),
+            None => Err(BtfError::MissingField { type_name, field }),
+        }
+    }
+
+    /// Looks for a member named `field`, descending into anonymous structs and unions the
+    /// way C name lookup does. Offsets of nested members are summed.
+    fn find_member(&self, id: u32, field: &str, depth: u32) -> Result<Option<Found>, BtfError> {
+        let Some(t) = self.btf.get(id)? else {
+            return Ok(None);
+        };
+        if !matches!(t.kind, kind::STRUCT | kind::UNION) {
+            return Ok(None);
+        }
+        for i in 0..t.vlen {
+            let m = self.btf.member(&t, i)?;
+            let (bit_offset, bitfield_bits) = if t.kind_flag {
+                (m.offset & 0x00ff_ffff, m.offset >> 24)
+            } else {
+                (m.offset, 0)
+            };
+            let name = self.btf.name(m.name_off)?;
+            if name == field.as_bytes() {
+                return Ok(Some(Found {
+                    bit_offset: u64::from(bit_offset),
+                    bitfield_bits,
+                    type_id: m.type_id,
+                }));
+            }
+            if !name.is_empty() {
+                continue;
+            }
+            let (inner_id, inner) = self.btf.resolve(m.type_id)?;
+            if !inner.is_some_and(|it| matches!(it.kind, kind::STRUCT | kind::UNION)) {
+                continue;
+            }
+            if depth >= MAX_ANON_NESTING {
+                return Err(BtfError::Malformed {
+                    reason: "anonymous members nested too deeply",
+                });
+            }
+            if let Some(mut found) = self.find_member(inner_id, field, depth + 1)? {
+                found.bit_offset += u64::from(bit_offset);
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    fn check(
+        &self,
+        type_name: &'static str,
+        field: &'static str,
+        found: Found,
+        expect: Expect,
+    ) -> Result<Field, BtfError> {
+        let bad = |problem| BtfError::UnexpectedLayout {
+            type_name,
+            field,
+            problem,
+        };
+        if found.bitfield_bits != 0 {
+            return Err(bad(LayoutProblem::Bitfield {
+                bits: found.bitfield_bits,
+            }));
+        }
+        if !found.bit_offset.is_multiple_of(8) {
+            return Err(bad(LayoutProblem::Unaligned {
+                bit_offset: found.bit_offset,
+            }));
+        }
+        let offset =
+            u32::try_from(found.bit_offset / 8).map_err(|_| bad(LayoutProblem::OffsetTooLarge))?;
+        let (resolved_id, resolved) = self.btf.resolve(found.type_id)?;
+        let found_kind = resolved.map_or(0, |t| t.kind);
+        // Without kind_flag, older BTF marks a bitfield through the integer's own encoding.
+        if let Some(t) = resolved.filter(|t| t.kind == kind::INT) {
+            let encoding = self.btf.int_encoding(&t)?;
+            let (bit_off, bits) = ((encoding >> 16) & 0xff, encoding & 0xff);
+            if bit_off != 0 || u64::from(bits) != u64::from(t.size_or_type) * 8 {
+                return Err(bad(LayoutProblem::Bitfield { bits }));
+            }
+        }
+        match expect {
+            Expect::Pointer if found_kind != kind::PTR => {
+                return Err(bad(LayoutProblem::NotPointer {
+                    found: kind::name(found_kind),
+                }));
+            }
+            Expect::Pointer => {}
+            Expect::Bytes(expected) => match self.btf.size_of(resolved_id)? {
+                Some(size) if size == expected => {}
+                Some(size) => {
+                    return Err(bad(LayoutProblem::WrongSize {
+                        expected,
+                        found: size,
+                    }));
+                }
+                None => {
+                    return Err(bad(LayoutProblem::Unsized {
+                        expected,
+                        found: kind::name(found_kind),
+                    }));
+                }
+            },
+            Expect::Struct(name) => {
+                let named = resolved
+                    .is_some_and(|t| t.kind == kind::STRUCT && self.btf.name_is(t.name_off, name));
+                if !named {
+                    return Err(bad(LayoutProblem::NotStruct { expected: name }));
+                }
+            }
+        }
+        Ok(Field {
+            offset,
+            type_id: resolved_id,
+        })
+    }
+}
