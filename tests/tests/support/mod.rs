@@ -1,0 +1,250 @@
+//! Real processes for the integration tests: the agent, the servers it traces, curl.
+//!
+//! Every test here runs the real agent binary as root against unmodified programs on
+//! loopback. `LOUPE_BIN` names the agent (set by `cargo xtask test`); otherwise the
+//! release build in the workspace target directory is used.
+#![allow(dead_code)]
+
+pub mod servers;
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests load eBPF programs and must run as root (cargo xtask test does)"
+    );
+}
+
+pub fn loupe_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("LOUPE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = root.join("target/release/loupe");
+    assert!(
+        bin.exists(),
+        "no agent binary at {}: run `cargo build --release -p loupe` or set LOUPE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "loupe-it-{}-{}-{}",
+        name,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A plain HTTP/1.1 GET on a fresh connection; returns (status, body). Used for the
+/// agent's admin endpoint, which is not traced.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The running agent.
+pub struct Agent {
+    child: Option<Child>,
+    pub admin_port: u16,
+    pub dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` and extra environment, and waits until it is ready.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let admin_port = free_port();
+        let dir = scratch_dir("agent");
+        let stdout = fs::File::create(dir.join("stdout")).expect("stdout file");
+        let stderr = fs::File::create(dir.join("stderr")).expect("stderr file");
+        let mut command = Command::new(loupe_bin());
+        command
+            .args(args)
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_TRACES_EXPORTER")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn loupe");
+        let mut agent = Agent {
+            child: Some(child),
+            admin_port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, _)) = http_get(admin_port, "/readyz") {
+                break;
+            }
+            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "loupe exited before it was ready ({status}):\n{}",
+                    agent.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "loupe not ready after 30 s:\n{}",
+                agent.stderr()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// The agent's `/metrics`, as name -> value.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let Some((200, body)) = http_get(self.admin_port, "/metrics") else {
+            return HashMap::new();
+        };
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics().get(name).copied().unwrap_or(0.0)
+    }
+
+    /// SIGTERM, then wait; returns the exit status and how long the exit took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("agent already stopped");
+        let started = Instant::now();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = started + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, started.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().expect("wait loupe");
+                return (status, started.elapsed());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child process killed when the test ends, whatever happens.
+pub struct Guard(pub Child);
+
+impl Guard {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs curl and returns the HTTP status codes it printed, one per URL.
+pub fn curl(args: &[&str]) -> Vec<u16> {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits until something accepts connections on the port.
+pub fn wait_for_port(port: u16) {
+    wait_until(&format!("a listener on port {port}"), Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}

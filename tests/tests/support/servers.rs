@@ -1,0 +1,136 @@
+//! The unmodified servers the tests trace: Python's stdlib ThreadingHTTPServer, Node's
+//! http module and nginx. Each answers the same paths:
+//! `/ok` 200, `/missing` 404, `/fail` 500, `/slow` 200 after 300 ms, anything else 200.
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use super::{Guard, scratch_dir, wait_for_port};
+
+pub const SLOW_MS: u64 = 300;
+
+const PYTHON_SERVER: &str = r#"
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        status = {"/missing": 404, "/fail": 500}.get(path, 200)
+        if path == "/slow":
+            time.sleep(0.3)
+        body = ("python %s\n" % path).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        data = self.rfile.read(length)
+        body = ("got %d\n" % len(data)).encode()
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+const NODE_SERVER: &str = r#"
+const http = require('http');
+const port = parseInt(process.argv[2], 10);
+http.createServer((req, res) => {
+  const path = req.url.split('?')[0];
+  const status = { '/missing': 404, '/fail': 500 }[path] || 200;
+  const reply = () => { res.writeHead(status, { 'Content-Type': 'text/plain' }); res.end('node ' + path + '\n'); };
+  if (path === '/slow') setTimeout(reply, 300); else reply();
+}).listen(port, '127.0.0.1');
+"#;
+
+/// Starts `python3 server.py PORT` with the given environment.
+pub fn python(port: u16, env: &[(&str, &str)]) -> Guard {
+    let dir = scratch_dir("python");
+    let script = dir.join("server.py");
+    fs::write(&script, PYTHON_SERVER).expect("write server.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(port.to_string());
+    spawn(cmd, env, port)
+}
+
+pub fn node(port: u16, env: &[(&str, &str)]) -> Guard {
+    let dir = scratch_dir("node");
+    let script = dir.join("server.js");
+    fs::write(&script, NODE_SERVER).expect("write server.js");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script).arg(port.to_string());
+    spawn(cmd, env, port)
+}
+
+/// nginx in the foreground with one worker, keep-alive, and `sendfile` for a static file.
+pub fn nginx(port: u16) -> Guard {
+    let dir = scratch_dir("nginx");
+    let www = dir.join("www");
+    fs::create_dir_all(&www).expect("www dir");
+    fs::write(www.join("file.txt"), "x".repeat(20_000)).expect("static file");
+    let conf = format!(
+        r#"worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /ok {{ return 200 "nginx ok\n"; }}
+        location = /missing {{ return 404 "nginx missing\n"; }}
+        location = /fail {{ return 500 "nginx fail\n"; }}
+        location /static/ {{ alias {www}/; }}
+        location / {{ return 200 "nginx\n"; }}
+    }}
+}}
+"#,
+        dir = dir.display(),
+        www = www.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    fs::write(&conf_path, conf).expect("nginx.conf");
+    let mut cmd = Command::new(nginx_bin());
+    cmd.arg("-c").arg(&conf_path).arg("-p").arg(&dir);
+    spawn(cmd, &[], port)
+}
+
+fn nginx_bin() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+fn spawn(mut cmd: Command, env: &[(&str, &str)], port: u16) -> Guard {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let guard = Guard(cmd.spawn().expect("spawn server"));
+    wait_for_port(port);
+    guard
+}
