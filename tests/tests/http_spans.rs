@@ -1,0 +1,215 @@
+//! End to end: unmodified servers on loopback, traced by the real agent, exporting to a
+//! real OTLP receiver. Run as root (`cargo xtask test`), one test at a time.
+
+mod support;
+
+use std::time::Duration;
+
+use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use support::{Agent, curl, free_port, require_root, servers};
+
+const WAIT: Duration = Duration::from_secs(20);
+const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const INCOMING_PARENT: &str = "00f067aa0ba902b7";
+
+fn server_spans(spans: &[ReceivedSpan], service: &str) -> Vec<ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.kind == "SERVER" && s.resource.get("service.name").map(String::as_str) == Some(service))
+        .cloned()
+        .collect()
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    spans
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no span named {name:?} in {:#?}", names(spans)))
+}
+
+fn names(spans: &[ReceivedSpan]) -> Vec<String> {
+    spans.iter().map(|s| format!("{} {}", s.kind, s.name)).collect()
+}
+
+fn attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
+    span.attributes
+        .get(key)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("span {:?} has no attribute {key}: {:?}", span.name, span.attributes))
+}
+
+fn duration_ms(span: &ReceivedSpan) -> f64 {
+    (span.end_unix_nano.saturating_sub(span.start_unix_nano)) as f64 / 1e6
+}
+
+/// The checks every server's spans must pass, whatever the server.
+fn check_server_spans(spans: &[ReceivedSpan], port: u16) {
+    let ok = find(spans, "GET /ok");
+    assert_eq!(attr(ok, "http.request.method"), "GET");
+    assert_eq!(attr(ok, "url.path"), "/ok");
+    assert_eq!(attr(ok, "url.scheme"), "http");
+    assert_eq!(attr(ok, "http.response.status_code"), "200");
+    assert_eq!(attr(ok, "network.protocol.version"), "1.1");
+    assert_eq!(attr(ok, "server.port"), port.to_string());
+    assert_eq!(attr(ok, "client.address"), "127.0.0.1");
+    assert!(attr(ok, "user_agent.original").starts_with("curl/"));
+    assert_eq!(ok.status_code, "UNSET");
+
+    let missing = find(spans, "GET /missing");
+    assert_eq!(attr(missing, "http.response.status_code"), "404");
+    assert_eq!(missing.status_code, "UNSET", "4xx is not an error on the server side");
+
+    let fail = find(spans, "GET /fail");
+    assert_eq!(attr(fail, "http.response.status_code"), "500");
+    assert_eq!(fail.status_code, "ERROR");
+    assert_eq!(attr(fail, "error.type"), "500");
+
+    // Ids in the path collapse into a low-cardinality route.
+    let user = find(spans, "GET /users/{id}");
+    assert_eq!(attr(user, "url.path"), "/users/12345");
+    assert_eq!(attr(user, "http.route"), "/users/{id}");
+
+    let slow = find(spans, "GET /slow");
+    assert!(
+        duration_ms(slow) >= servers::SLOW_MS as f64,
+        "the span must cover the handler's {} ms sleep, got {:.1} ms",
+        servers::SLOW_MS,
+        duration_ms(slow)
+    );
+    assert!(duration_ms(ok) < duration_ms(slow));
+
+    // The incoming traceparent is joined: same trace, the caller's span as parent.
+    let joined = find(spans, "GET /joined");
+    assert_eq!(joined.trace_id, INCOMING_TRACE);
+    assert_eq!(joined.parent_span_id, INCOMING_PARENT);
+    assert_ne!(joined.span_id, INCOMING_PARENT);
+    // Without one, a new trace is started.
+    assert_ne!(ok.trace_id, INCOMING_TRACE);
+    assert!(ok.parent_span_id.is_empty());
+}
+
+fn drive(port: u16) {
+    let base = format!("http://127.0.0.1:{port}");
+    // One curl with several URLs reuses one keep-alive connection.
+    let statuses = curl(&[
+        &format!("{base}/ok"),
+        &format!("{base}/missing"),
+        &format!("{base}/fail"),
+        &format!("{base}/users/12345"),
+    ]);
+    assert_eq!(statuses, vec![200, 404, 500, 200]);
+    assert_eq!(curl(&[&format!("{base}/slow")]), vec![200]);
+    let traceparent = format!("traceparent: 00-{INCOMING_TRACE}-{INCOMING_PARENT}-01");
+    assert_eq!(curl(&["-H", &traceparent, &format!("{base}/joined")]), vec![200]);
+}
+
+#[test]
+fn python_threading_server_over_grpc() {
+    require_root();
+    let receiver = OtlpReceiver::start();
+    let port = free_port();
+    let server = servers::python(port, &[("OTEL_SERVICE_NAME", "py-orders")]);
+    let pid = server.pid().to_string();
+    let endpoint = receiver.grpc_endpoint();
+    let mut agent = Agent::start(
+        &["--pid", &pid],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
+        ],
+    );
+    drive(port);
+    let spans = receiver.wait_for_spans(6, WAIT);
+    let spans = server_spans(&spans, "py-orders");
+    assert_eq!(spans.len(), 6, "one span per request: {:#?}", names(&spans));
+    check_server_spans(&spans, port);
+    let resource = &spans[0].resource;
+    assert_eq!(resource.get("process.pid"), Some(&pid));
+    assert_eq!(resource.get("telemetry.distro.name").map(String::as_str), Some("loupe"));
+    assert!(resource.get("process.executable.name").is_some_and(|n| n.starts_with("python3")));
+    assert_eq!(
+        resource.get("deployment.environment.name").map(String::as_str),
+        Some("test"),
+        "the agent's own resource attributes are added"
+    );
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}
+
+#[test]
+fn node_http_server_over_http_protobuf() {
+    require_root();
+    let receiver = OtlpReceiver::start();
+    let port = free_port();
+    let _server = servers::node(port, &[("OTEL_SERVICE_NAME", "node-front")]);
+    let endpoint = receiver.http_endpoint();
+    let mut agent = Agent::start(
+        &["--exe", "node", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ],
+    );
+    drive(port);
+    let spans = receiver.wait_for_spans(6, WAIT);
+    let spans = server_spans(&spans, "node-front");
+    assert_eq!(spans.len(), 6, "one span per request: {:#?}", names(&spans));
+    check_server_spans(&spans, port);
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}
+
+#[test]
+fn nginx_server_and_curl_client_spans() {
+    require_root();
+    let receiver = OtlpReceiver::start();
+    let port = free_port();
+    let _server = servers::nginx(port);
+    let endpoint = receiver.grpc_endpoint();
+    let mut agent = Agent::start(
+        &["--exe", "nginx", "--exe", "curl", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    drive(port);
+    let base = format!("http://127.0.0.1:{port}");
+    // A body sent with sendfile: counted, never captured.
+    assert_eq!(curl(&[&format!("{base}/static/file.txt")]), vec![200]);
+    let all = receiver.wait_for_spans(14, WAIT);
+    let nginx: Vec<_> = server_spans(&all, "nginx");
+    assert_eq!(nginx.len(), 7, "{:#?}", names(&all));
+    // nginx has no slow path; the rest of the server checks apply.
+    let ok = find(&nginx, "GET /ok");
+    assert_eq!(attr(ok, "http.response.status_code"), "200");
+    assert_eq!(find(&nginx, "GET /fail").status_code, "ERROR");
+    assert_eq!(find(&nginx, "GET /missing").status_code, "UNSET");
+    assert_eq!(find(&nginx, "GET /joined").trace_id, INCOMING_TRACE);
+    let file = find(&nginx, "GET /static/file.txt");
+    assert_eq!(attr(file, "http.response.body.size"), "20000");
+
+    let clients: Vec<_> = all
+        .iter()
+        .filter(|s| s.kind == "CLIENT")
+        .cloned()
+        .collect();
+    assert_eq!(clients.len(), 7, "{:#?}", names(&all));
+    assert!(clients.iter().all(|s| s.resource.get("service.name").map(String::as_str) == Some("curl")));
+    let missing = clients
+        .iter()
+        .find(|s| s.attributes.get("url.path").map(String::as_str) == Some("/missing"))
+        .expect("client span for /missing");
+    assert_eq!(missing.status_code, "ERROR", "4xx is an error on the client side");
+    assert_eq!(attr(missing, "server.port"), port.to_string());
+    // curl sent the traceparent itself, so its span keeps those ids.
+    let joined_client = clients
+        .iter()
+        .find(|s| s.attributes.get("url.path").map(String::as_str) == Some("/joined"))
+        .expect("client span for /joined");
+    assert_eq!(joined_client.trace_id, INCOMING_TRACE);
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}

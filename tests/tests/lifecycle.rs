@@ -1,0 +1,173 @@
+//! The agent as an operator meets it: startup errors, the console exporter, a collector
+//! that is down, and a clean flush on SIGTERM.
+
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use loupe_integration_tests::otlp_receiver::OtlpReceiver;
+use support::{Agent, curl, free_port, loupe_bin, require_root, servers, wait_until};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs the agent expecting it to refuse to start; returns its stderr.
+fn refuses(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = Command::new(loupe_bin());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().expect("run loupe");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "loupe should have refused: {stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "one clear error line: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn startup_errors_are_one_clear_line() {
+    require_root();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let stderr = refuses(&["--pid", "999999999", "--admin-addr", &admin], &[]);
+    assert!(stderr.contains("999999999") && stderr.contains("no such process"), "{stderr}");
+
+    let stderr = refuses(
+        &["--admin-addr", &admin],
+        &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")],
+    );
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
+
+    let stderr = refuses(&["--admin-addr", &admin, "--route", "orders/{id}"], &[]);
+    assert!(stderr.contains("orders/{id}"), "{stderr}");
+
+    // The admin port is taken by someone else.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let stderr = refuses(&["--admin-addr", &taken_addr], &[]);
+    assert!(stderr.contains("admin address"), "{stderr}");
+
+    // Not root: run as nobody.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(loupe_bin())
+        .args(["--admin-addr", &admin])
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("root"), "{stderr}");
+}
+
+#[test]
+fn console_exporter_prints_trace_trees_by_default() {
+    require_root();
+    let port = free_port();
+    let _server = servers::python(port, &[("OTEL_SERVICE_NAME", "console-demo")]);
+    let mut agent = Agent::start(&["--exe", "python3*", "--port", &port.to_string()], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(curl(&[&format!("{base}/ok"), &format!("{base}/fail")]), vec![200, 500]);
+    wait_until("spans to be built", WAIT, || agent.metric("loupe_spans_created_total") >= 2.0);
+    let (status, elapsed) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+    assert!(elapsed < Duration::from_secs(5), "exit took {elapsed:?}");
+    let out = agent.stdout();
+    let ok_line = out
+        .lines()
+        .find(|l| l.contains("GET /ok"))
+        .unwrap_or_else(|| panic!("no GET /ok in console output:\n{out}"));
+    assert!(ok_line.contains("console-demo"), "{ok_line}");
+    let fail_line = out.lines().find(|l| l.contains("GET /fail")).expect("GET /fail line");
+    assert!(fail_line.contains("ERROR"), "{fail_line}");
+    assert!(out.contains("trace "), "{out}");
+}
+
+#[test]
+fn collector_down_is_counted_not_fatal() {
+    require_root();
+    let port = free_port();
+    let dead_collector = format!("http://127.0.0.1:{}", free_port());
+    let _server = servers::python(port, &[]);
+    let mut agent = Agent::start(
+        &["--exe", "python3*", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &dead_collector),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "1000"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(curl(&[&format!("{base}/ok")]), vec![200]);
+    wait_until("export failures to be counted", WAIT, || {
+        agent.metric("loupe_export_failures_total") >= 1.0
+    });
+    wait_until("the span to be counted as dropped", WAIT, || {
+        agent.metric("loupe_spans_dropped_total") >= 1.0
+    });
+    // Still tracing.
+    assert_eq!(curl(&[&format!("{base}/ok")]), vec![200]);
+    wait_until("the second span", WAIT, || agent.metric("loupe_spans_created_total") >= 2.0);
+    assert_eq!(agent.metric("loupe_spans_exported_total"), 0.0);
+    let (status, elapsed) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+    assert!(elapsed < Duration::from_secs(5), "exit took {elapsed:?}");
+}
+
+#[test]
+fn sigterm_flushes_finished_spans() {
+    require_root();
+    let receiver = OtlpReceiver::start();
+    let port = free_port();
+    let _server = servers::python(port, &[("OTEL_SERVICE_NAME", "flush-me")]);
+    let endpoint = receiver.grpc_endpoint();
+    let mut agent = Agent::start(
+        &["--exe", "python3*", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            // Nothing would be exported for a minute but for the flush on exit.
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let urls: Vec<String> = (0..5).map(|i| format!("{base}/ok?i={i}")).collect();
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    assert_eq!(curl(&args), vec![200; 5]);
+    wait_until("5 spans built", WAIT, || agent.metric("loupe_spans_created_total") >= 5.0);
+    assert!(receiver.spans().is_empty(), "nothing exported before the flush");
+    let (status, elapsed) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+    assert!(elapsed < Duration::from_secs(5), "exit took {elapsed:?}");
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 5, "every finished span flushed on SIGTERM");
+    // Query values never leave the agent: keys stay, values are replaced.
+    assert!(spans.iter().all(|s| s.attributes.get("url.query").map(String::as_str) == Some("i=REDACTED")));
+}
+
+#[test]
+fn garbage_on_a_traced_socket_is_counted() {
+    require_root();
+    let port = free_port();
+    let _server = servers::python(port, &[]);
+    let agent = Agent::start(&["--exe", "python3*", "--port", &port.to_string()], &[]);
+    // Something that starts like HTTP and then is not.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::Write as _;
+    stream.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\x00\x01\x02 garbage\r\n\r\n").unwrap();
+    drop(stream);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(curl(&[&format!("{base}/ok")]), vec![200]);
+    wait_until("the good request's span", WAIT, || agent.metric("loupe_spans_created_total") >= 1.0);
+    wait_until("the parse error to be counted", WAIT, || {
+        agent.metric("loupe_parse_errors_total") >= 1.0
+    });
+}
