@@ -25,6 +25,15 @@ pub(super) enum ChunkedError {
     TrailerTooLong,
 }
 
+/// Why the decoder stopped following the framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkedFailure {
+    /// The framing seen is wrong.
+    Malformed(ChunkedError),
+    /// The bytes after a gap did not fit the CRLF guessed for it: the gap hid more framing.
+    GuessedWrong(ChunkedError),
+}
+
 /// Why a body lost its framing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SyncLoss {
@@ -87,11 +96,14 @@ impl BodyMode {
                     consumed: n as u64,
                     lost: None,
                 },
-                Err(e) => {
+                Err(failure) => {
                     *self = BodyMode::LostSync;
                     Fed {
                         consumed: data.len() as u64,
-                        lost: Some(SyncLoss::Malformed(e)),
+                        lost: Some(match failure {
+                            ChunkedFailure::Malformed(e) => SyncLoss::Malformed(e),
+                            ChunkedFailure::GuessedWrong(_) => SyncLoss::Gap,
+                        }),
                     }
                 }
             },
@@ -183,6 +195,9 @@ enum ChunkedState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Chunked {
     state: ChunkedState,
+    /// The CRLF after chunk data was assumed, not seen (see [`Chunked::skip_data`]); cleared
+    /// once the next size line parses.
+    guessed: bool,
 }
 
 impl Default for Chunked {
@@ -192,6 +207,7 @@ impl Default for Chunked {
                 value: 0,
                 digits: 0,
             },
+            guessed: false,
         }
     }
 }
@@ -201,9 +217,13 @@ impl Chunked {
         self.state == ChunkedState::Done
     }
 
-    /// Skips unseen bytes, which is only possible inside chunk data.
+    /// Skips unseen bytes. Inside chunk data that is exact. A writer that sends one chunk per
+    /// syscall ends each syscall with the CRLF after the data, so a gap running one or two
+    /// bytes past the data is taken to be that CRLF: the common case of chunks larger than
+    /// the capture stays in sync. If the guess was wrong, the next size line fails to parse
+    /// and the body loses sync as if the guess had not been made.
     fn skip_data(&mut self, gap: u64) -> bool {
-        match self.state {
+        let past_data = match self.state {
             ChunkedState::Data { remaining } if gap <= remaining => {
                 self.state = if gap == remaining {
                     ChunkedState::DataCr
@@ -212,14 +232,27 @@ impl Chunked {
                         remaining: remaining - gap,
                     }
                 };
-                true
+                return true;
             }
-            _ => false,
-        }
+            ChunkedState::Data { remaining } => gap - remaining,
+            ChunkedState::DataCr => gap,
+            ChunkedState::DataLf => gap + 1,
+            _ => return false,
+        };
+        self.state = match past_data {
+            1 => ChunkedState::DataLf,
+            2 => ChunkedState::Size {
+                value: 0,
+                digits: 0,
+            },
+            _ => return false,
+        };
+        self.guessed = true;
+        true
     }
 
     /// Consumes bytes up to the end of the body; returns how many it took.
-    fn feed(&mut self, data: &[u8]) -> Result<usize, ChunkedError> {
+    fn feed(&mut self, data: &[u8]) -> Result<usize, ChunkedFailure> {
         let mut pos = 0;
         while pos < data.len() && self.state != ChunkedState::Done {
             if let ChunkedState::Data { remaining } = self.state {
@@ -234,7 +267,17 @@ impl Chunked {
                 };
                 continue;
             }
-            self.state = step(self.state, data[pos])?;
+            self.state = match step(self.state, data[pos]) {
+                Ok(state) => state,
+                Err(e) if self.guessed => return Err(ChunkedFailure::GuessedWrong(e)),
+                Err(e) => return Err(ChunkedFailure::Malformed(e)),
+            };
+            if matches!(
+                self.state,
+                ChunkedState::Data { .. } | ChunkedState::TrailerStart { .. }
+            ) {
+                self.guessed = false;
+            }
             pos += 1;
         }
         Ok(pos)

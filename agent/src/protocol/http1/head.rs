@@ -116,8 +116,14 @@ fn retry_slots(buf: &[u8], limits: &Http1Limits) -> usize {
     buf.len().min(limits.max_header_bytes) / 3 + 1
 }
 
+/// Header slots for a first attempt: the configured count, but never more than the head
+/// could hold, so a huge configured value cannot turn into a huge allocation.
+fn first_slots(buf: &[u8], limits: &Http1Limits) -> usize {
+    limits.max_headers.min(retry_slots(buf, limits)).max(1)
+}
+
 fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
-    let mut slots = limits.max_headers.max(1);
+    let mut slots = first_slots(buf, limits);
     loop {
         let mut headers = vec![httparse::EMPTY_HEADER; slots];
         let mut req = httparse::Request::new(&mut headers);
@@ -149,7 +155,7 @@ fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
 }
 
 fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
-    let mut slots = limits.max_headers.max(1);
+    let mut slots = first_slots(buf, limits);
     loop {
         let mut headers = vec![httparse::EMPTY_HEADER; slots];
         let mut resp = httparse::Response::new(&mut headers);

@@ -159,13 +159,17 @@ pub struct SessionStats {
 impl SessionStats {
     /// Adds another set of counts to this one.
     pub fn add(&mut self, other: &SessionStats) {
-        self.parse_errors += other.parse_errors;
-        self.unparsed_bytes += other.unparsed_bytes;
-        self.requests_without_response += other.requests_without_response;
-        self.responses_without_request += other.responses_without_request;
-        self.resyncs += other.resyncs;
-        self.truncated_heads += other.truncated_heads;
-        self.dropped_requests += other.dropped_requests;
+        self.parse_errors = self.parse_errors.saturating_add(other.parse_errors);
+        self.unparsed_bytes = self.unparsed_bytes.saturating_add(other.unparsed_bytes);
+        self.requests_without_response = self
+            .requests_without_response
+            .saturating_add(other.requests_without_response);
+        self.responses_without_request = self
+            .responses_without_request
+            .saturating_add(other.responses_without_request);
+        self.resyncs = self.resyncs.saturating_add(other.resyncs);
+        self.truncated_heads = self.truncated_heads.saturating_add(other.truncated_heads);
+        self.dropped_requests = self.dropped_requests.saturating_add(other.dropped_requests);
     }
 }
 

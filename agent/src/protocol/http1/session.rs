@@ -97,6 +97,18 @@ impl Http1Session {
         }
     }
 
+    /// Bytes moved in `direction` that were never reported, not even as a count (the kernel
+    /// dropped events): that direction stops trusting its framing until the next message
+    /// start. When the count is known, prefer feeding a chunk with no bytes and that
+    /// `total_len`, which keeps length framing exact.
+    pub fn on_lost(&mut self, direction: Direction) {
+        if direction == self.request_direction() {
+            self.requests.lose_sync(&mut self.stats);
+        } else {
+            self.responses.lose_sync(&mut self.stats);
+        }
+    }
+
     /// The connection closed (or its process exited): what is in flight is emitted, a response
     /// cut short as `ResponseIncomplete`, requests never answered as `NoResponse`.
     pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) {

@@ -9,6 +9,9 @@ use super::head::{Head, HeadParse};
 use super::{Http1Limits, SessionStats};
 use crate::protocol::Chunk;
 
+/// Head buffer capacity kept between messages.
+const RETAINED_HEAD_CAPACITY: usize = 4096;
+
 /// Where and on which thread a syscall ran.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct ChunkMeta {
@@ -206,7 +209,7 @@ impl<H: Head> StreamParser<H> {
                         self.state = State::Idle;
                         Step::Continue
                     } else {
-                        stats.unparsed_bytes += cur.skip_all();
+                        stats.unparsed_bytes = stats.unparsed_bytes.saturating_add(cur.skip_all());
                         Step::Wait
                     }
                 }
@@ -288,6 +291,26 @@ impl<H: Head> StreamParser<H> {
         }
     }
 
+    /// Bytes of this direction went missing uncounted (dropped events): framing can no longer
+    /// be trusted, so the message in progress becomes open-ended and a head being buffered is
+    /// given up.
+    pub fn lose_sync(&mut self, stats: &mut SessionStats) {
+        match &mut self.state {
+            State::Body { mode, progress } if !mode.is_done() => {
+                *mode = BodyMode::LostSync;
+                progress.lost_sync = true;
+            }
+            State::Idle => {
+                stats.unparsed_bytes = stats
+                    .unparsed_bytes
+                    .saturating_add(self.head_buf.len() as u64);
+                self.release_head_buf();
+                self.state = State::Desynced;
+            }
+            State::Body { .. } | State::Desynced | State::Passthrough => {}
+        }
+    }
+
     pub fn set_passthrough(&mut self) {
         self.head_buf = Vec::new();
         self.state = State::Passthrough;
@@ -307,7 +330,9 @@ impl<H: Head> StreamParser<H> {
                     stats.truncated_heads += 1;
                 } else {
                     stats.parse_errors += 1;
-                    stats.unparsed_bytes += self.head_buf.len() as u64;
+                    stats.unparsed_bytes = stats
+                        .unparsed_bytes
+                        .saturating_add(self.head_buf.len() as u64);
                 }
                 Closed::PartialHead {
                     head,
@@ -340,6 +365,16 @@ impl<H: Head> StreamParser<H> {
         }
     }
 
+    /// Empties the head buffer, returning its memory when a large head grew it: thousands of
+    /// idle connections should not each keep a 16 KiB buffer.
+    fn release_head_buf(&mut self) {
+        if self.head_buf.capacity() > RETAINED_HEAD_CAPACITY {
+            self.head_buf = Vec::new();
+        } else {
+            self.head_buf.clear();
+        }
+    }
+
     fn start_message(
         &mut self,
         head: H,
@@ -347,7 +382,7 @@ impl<H: Head> StreamParser<H> {
         meta: ChunkMeta,
         truncated: bool,
     ) -> Step<H> {
-        self.head_buf.clear();
+        self.release_head_buf();
         self.truncated = truncated;
         self.state = State::Body {
             mode: BodyMode::Length(0),
@@ -360,8 +395,11 @@ impl<H: Head> StreamParser<H> {
     /// until a chunk starts like a message again.
     fn fail(&mut self, buffered: usize, cur: &mut Cursor, stats: &mut SessionStats) -> Step<H> {
         stats.parse_errors += 1;
-        stats.unparsed_bytes += buffered as u64 + cur.skip_all();
-        self.head_buf.clear();
+        stats.unparsed_bytes = stats
+            .unparsed_bytes
+            .saturating_add(buffered as u64)
+            .saturating_add(cur.skip_all());
+        self.release_head_buf();
         self.state = State::Desynced;
         Step::Continue
     }
@@ -385,7 +423,7 @@ impl<H: Head> StreamParser<H> {
             if rest.is_empty() {
                 if cur.gap > 0 {
                     // The next message starts in bytes we cannot see.
-                    stats.unparsed_bytes += cur.skip_all();
+                    stats.unparsed_bytes = stats.unparsed_bytes.saturating_add(cur.skip_all());
                     self.state = State::Desynced;
                 }
                 return Step::Wait;

@@ -98,9 +98,10 @@ fn gap_inside_chunk_data_keeps_sync_but_not_past_it() {
     assert_eq!(mode.feed_gap(1).lost, Some(SyncLoss::Gap));
     assert!(mode.is_open_ended());
 
+    // Three bytes past the data cannot be only the CRLF.
     let mut mode = chunked();
     mode.feed(b"10\r\n");
-    assert_eq!(mode.feed_gap(17).lost, Some(SyncLoss::Gap));
+    assert_eq!(mode.feed_gap(19).lost, Some(SyncLoss::Gap));
 }
 
 #[test]
@@ -119,4 +120,43 @@ fn open_ended_modes_take_everything() {
         assert_eq!(mode.feed_gap(1 << 40).consumed, 1 << 40);
         assert!(!mode.is_done());
     }
+}
+
+#[test]
+fn gap_one_or_two_past_data_is_taken_as_the_crlf() {
+    let mut mode = chunked();
+    mode.feed(b"4\r\nab");
+    assert_eq!(mode.feed_gap(4).lost, None);
+    assert_eq!(feed_all(&mut mode, &[b"0\r\n\r\n"]), 5);
+    assert!(mode.is_done());
+
+    let mut mode = chunked();
+    mode.feed(b"4\r\nab");
+    assert_eq!(mode.feed_gap(3).lost, None);
+    assert_eq!(feed_all(&mut mode, &[b"\n0\r\n\r\n"]), 6);
+    assert!(mode.is_done());
+
+    let mut mode = chunked();
+    mode.feed(b"4\r\nabcd\r");
+    assert_eq!(mode.feed_gap(1).lost, None);
+    assert_eq!(feed_all(&mut mode, &[b"0\r\n\r\n"]), 5);
+    assert!(mode.is_done());
+}
+
+#[test]
+fn wrong_crlf_guess_is_a_gap_not_an_error() {
+    let mut mode = chunked();
+    mode.feed(b"4\r\nab");
+    mode.feed_gap(4);
+    let fed = mode.feed(b"zz");
+    assert_eq!(fed.lost, Some(SyncLoss::Gap));
+    // Once a size line parsed after the guess, later errors are real again.
+    let mut mode = chunked();
+    mode.feed(b"4\r\nab");
+    mode.feed_gap(4);
+    mode.feed(b"2\r\nxy");
+    assert_eq!(
+        mode.feed(b"!!").lost,
+        Some(SyncLoss::Malformed(ChunkedError::MissingCrlf))
+    );
 }

@@ -397,3 +397,71 @@ fn connect_tunnel_stops_parsing() {
     h.resp(&[0x16, 0x03, 0x03, 0x00, 0x10]);
     assert_eq!(h.stats(), SessionStats::default());
 }
+
+#[test]
+fn chunks_larger_than_the_capture_one_per_syscall_stay_in_sync() {
+    let mut h = Harness::server();
+    h.req(GET);
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let frame_len = 6 + 4096 + 2;
+    let mut first = head.to_vec();
+    first.extend(b"1000\r\n");
+    first.resize(1024, b'a');
+    h.resp_truncated(&first, (head.len() + frame_len) as u64);
+    let mut second = b"1000\r\n".to_vec();
+    second.resize(1024, b'b');
+    h.resp_truncated(&second, frame_len as u64);
+    assert!(h.out.is_empty());
+    h.resp(b"0\r\n\r\n");
+    let ex = h.take_one();
+    assert_eq!(response_body_len(&ex), Some(2 * frame_len as u64 + 5));
+    assert_eq!(ex.response_last_end_ns, 4500);
+    assert_eq!(h.stats(), SessionStats::default());
+}
+
+#[test]
+fn wrongly_guessed_chunk_crlf_loses_sync_without_an_error() {
+    let mut h = Harness::server();
+    h.req(GET);
+    // The writer used a bare LF; the capture saw the data but not the LF and next size digit.
+    let seen = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd";
+    h.resp_truncated(seen, seen.len() as u64 + 2);
+    h.resp(b"\r\nefghi\r\n0\r\n\r\n");
+    assert!(h.out.is_empty());
+    h.close();
+    let ex = h.take_one();
+    assert_eq!(ex.outcome, ExchangeOutcome::Complete);
+    assert_eq!(response_body_len(&ex), Some(7 + 2 + 14));
+    let stats = h.stats();
+    assert_eq!(stats.parse_errors, 0);
+}
+
+#[test]
+fn lost_events_make_the_body_open_ended() {
+    let mut h = Harness::server();
+    h.req(&get("/1"));
+    h.req(&get("/2"));
+    h.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
+    h.session.on_lost(crate::protocol::Direction::Egress);
+    h.resp(&ok_with_body("two"));
+    let out = h.take();
+    assert_eq!(out.len(), 2);
+    assert_complete(&out[0], "GET", "/1", 200);
+    assert_eq!(response_body_len(&out[0]), Some(100));
+    assert_complete(&out[1], "GET", "/2", 200);
+    assert_eq!(h.stats().resyncs, 1);
+}
+
+#[test]
+fn lost_events_between_messages_skip_to_the_next_start() {
+    let mut h = Harness::server();
+    h.req(b"GET /partial HTTP/1.1\r\nHo");
+    h.session.on_lost(crate::protocol::Direction::Ingress);
+    h.req(b"st: a\r\n\r\n");
+    h.req(GET);
+    h.resp(OK_HELLO);
+    assert_complete(&h.take_one(), "GET", "/index.html", 200);
+    let stats = h.stats();
+    assert_eq!(stats.unparsed_bytes, 25 + 9);
+    assert_eq!(stats.resyncs, 1);
+}
