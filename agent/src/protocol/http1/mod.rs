@@ -110,6 +110,9 @@ pub enum ExchangeOutcome {
     NoResponse,
     /// The connection closed in the middle of the response.
     ResponseIncomplete,
+    /// The response went by unrecognised (garbage, or its head in bytes the capture missed);
+    /// the next request, or the close, showed that it was over.
+    ResponseLost,
 }
 
 /// A request and, when seen, its final response.
@@ -144,7 +147,8 @@ pub struct SessionStats {
     pub parse_errors: u64,
     /// Bytes (seen or not) skipped while out of sync.
     pub unparsed_bytes: u64,
-    /// Requests closed without response, or dropped past the pipelining limit.
+    /// Requests closed without response, whose response was lost, or dropped past the
+    /// pipelining limit.
     pub requests_without_response: u64,
     /// Final responses with no request waiting.
     pub responses_without_request: u64,

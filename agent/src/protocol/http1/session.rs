@@ -14,6 +14,8 @@ struct PendingRequest {
     request: HttpRequest,
     first: ChunkMeta,
     last_end_ns: u64,
+    /// Bytes the response stream had skipped out of sync when this request arrived.
+    response_skip_mark: u64,
 }
 
 /// The response the response stream is reading.
@@ -112,6 +114,9 @@ impl Http1Session {
     /// The connection closed (or its process exited): what is in flight is emitted, a response
     /// cut short as `ResponseIncomplete`, requests never answered as `NoResponse`.
     pub fn on_close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) {
+        if self.front_response_lost() {
+            self.emit_front_lost(ts_ns, out);
+        }
         match self.requests.close(&self.limits, &mut self.stats) {
             Closed::Ended { progress, .. } => self.on_request_end(progress),
             Closed::PartialHead {
@@ -182,6 +187,9 @@ impl Http1Session {
         if let Some(progress) = self.responses.finish_open_ended(&mut self.stats) {
             self.on_response_end(progress, out);
         }
+        if self.front_response_lost() {
+            self.emit_front_lost(0, out);
+        }
         let (mode, declared) = match head.framing {
             Framing::Unspecified => (BodyMode::Length(0), None),
             Framing::Length(n) => (BodyMode::Length(n), Some(n)),
@@ -198,6 +206,24 @@ impl Http1Session {
         self.requests.begin_body(mode, declared);
     }
 
+    /// Whether the oldest request's response went by unrecognised: the response direction is
+    /// skipping bytes it cannot parse and has skipped some since that request arrived. Without
+    /// pipelining a new request (or the close) means that response is over; pairing the next
+    /// response with this request would shift every later pair by one.
+    fn front_response_lost(&self) -> bool {
+        match (self.responses.desynced_skipped(), self.pending.front()) {
+            (Some(skipped), Some(front)) => front.response_skip_mark < skipped,
+            _ => false,
+        }
+    }
+
+    fn emit_front_lost(&mut self, close_ns: u64, out: &mut Vec<HttpExchange>) {
+        if let Some(request) = self.pop_front() {
+            self.stats.requests_without_response += 1;
+            out.push(self.exchange(request, None, ExchangeOutcome::ResponseLost, close_ns));
+        }
+    }
+
     fn push_request(&mut self, request: HttpRequest, first: ChunkMeta, last_end_ns: u64) -> u64 {
         while self.pending.len() >= self.limits.max_pending_requests.max(1) {
             self.pending.pop_front();
@@ -211,6 +237,7 @@ impl Http1Session {
             request,
             first,
             last_end_ns,
+            response_skip_mark: self.responses.skipped(),
         });
         id
     }
@@ -295,22 +322,28 @@ impl Http1Session {
         if !answers_front {
             return;
         }
-        let Some(mut request) = self.pending.pop_front() else {
+        let Some(request) = self.pop_front() else {
             return;
         };
-        if self.current_request == Some(request.id)
-            && let Some(so_far) = self.requests.progress()
-        {
-            // Answered before its body was fully read (an early error response).
-            request.request.body_len = so_far.body_len;
-            request.last_end_ns = so_far.last_end_ns;
-        }
         response.response.body_len = progress.body_len;
         let mut exchange = self.exchange(request, Some(response.response), outcome, close_ns);
         exchange.response_first_start_ns = response.first.start_ns;
         exchange.response_last_end_ns = progress.last_end_ns;
         exchange.response_tid = progress.last_tid;
         out.push(exchange);
+    }
+
+    /// The oldest request, with its body so far when it is still being read (answered
+    /// before its body was fully read, as early error responses are).
+    fn pop_front(&mut self) -> Option<PendingRequest> {
+        let mut request = self.pending.pop_front()?;
+        if self.current_request == Some(request.id)
+            && let Some(so_far) = self.requests.progress()
+        {
+            request.request.body_len = so_far.body_len;
+            request.last_end_ns = so_far.last_end_ns;
+        }
+        Some(request)
     }
 
     fn exchange(

@@ -175,6 +175,9 @@ pub(super) struct StreamParser<H> {
     head_last: ChunkMeta,
     /// The last head emitted was cut by the capture.
     truncated: bool,
+    /// Bytes skipped out of sync over the stream's life: lets the session tell whether a
+    /// response may have gone by unrecognised since a request arrived.
+    skipped: u64,
     _head: std::marker::PhantomData<H>,
 }
 
@@ -186,6 +189,7 @@ impl<H: Head> StreamParser<H> {
             head_first: ChunkMeta::default(),
             head_last: ChunkMeta::default(),
             truncated: false,
+            skipped: 0,
             _head: std::marker::PhantomData,
         }
     }
@@ -209,7 +213,7 @@ impl<H: Head> StreamParser<H> {
                         self.state = State::Idle;
                         Step::Continue
                     } else {
-                        stats.unparsed_bytes = stats.unparsed_bytes.saturating_add(cur.skip_all());
+                        self.count_skipped(stats, cur.skip_all());
                         Step::Wait
                     }
                 }
@@ -301,14 +305,26 @@ impl<H: Head> StreamParser<H> {
                 progress.lost_sync = true;
             }
             State::Idle => {
-                stats.unparsed_bytes = stats
-                    .unparsed_bytes
-                    .saturating_add(self.head_buf.len() as u64);
+                self.count_skipped(stats, self.head_buf.len() as u64);
                 self.release_head_buf();
                 self.state = State::Desynced;
             }
             State::Body { .. } | State::Desynced | State::Passthrough => {}
         }
+    }
+
+    /// While skipping to the next message start: bytes skipped so far over the stream's life.
+    pub fn desynced_skipped(&self) -> Option<u64> {
+        matches!(self.state, State::Desynced).then_some(self.skipped)
+    }
+
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    fn count_skipped(&mut self, stats: &mut SessionStats, n: u64) {
+        stats.unparsed_bytes = stats.unparsed_bytes.saturating_add(n);
+        self.skipped = self.skipped.saturating_add(n);
     }
 
     pub fn set_passthrough(&mut self) {
@@ -330,9 +346,7 @@ impl<H: Head> StreamParser<H> {
                     stats.truncated_heads += 1;
                 } else {
                     stats.parse_errors += 1;
-                    stats.unparsed_bytes = stats
-                        .unparsed_bytes
-                        .saturating_add(self.head_buf.len() as u64);
+                    self.count_skipped(stats, self.head_buf.len() as u64);
                 }
                 Closed::PartialHead {
                     head,
@@ -395,10 +409,8 @@ impl<H: Head> StreamParser<H> {
     /// until a chunk starts like a message again.
     fn fail(&mut self, buffered: usize, cur: &mut Cursor, stats: &mut SessionStats) -> Step<H> {
         stats.parse_errors += 1;
-        stats.unparsed_bytes = stats
-            .unparsed_bytes
-            .saturating_add(buffered as u64)
-            .saturating_add(cur.skip_all());
+        let skipped = (buffered as u64).saturating_add(cur.skip_all());
+        self.count_skipped(stats, skipped);
         self.release_head_buf();
         self.state = State::Desynced;
         Step::Continue
@@ -423,7 +435,7 @@ impl<H: Head> StreamParser<H> {
             if rest.is_empty() {
                 if cur.gap > 0 {
                     // The next message starts in bytes we cannot see.
-                    stats.unparsed_bytes = stats.unparsed_bytes.saturating_add(cur.skip_all());
+                    self.count_skipped(stats, cur.skip_all());
                     self.state = State::Desynced;
                 }
                 return Step::Wait;

@@ -131,6 +131,58 @@ fn lost_chunked_framing_ends_at_next_response_start() {
 }
 
 #[test]
+fn unrecognised_response_is_lost_not_paired_with_the_next_request() {
+    let mut h = Harness::server();
+    h.req(&get("/1"));
+    h.resp(b"\x00\x01 garbled response bytes");
+    h.req(&get("/2"));
+    let lost = h.take_one();
+    assert_eq!(lost.request.target, "/1");
+    assert_eq!(lost.outcome, ExchangeOutcome::ResponseLost);
+    assert!(lost.response.is_none());
+    h.resp(&ok_with_body("2"));
+    assert_complete(&h.take_one(), "GET", "/2", 200);
+    let stats = h.stats();
+    assert_eq!(stats.requests_without_response, 1);
+    assert_eq!(stats.parse_errors, 1);
+    assert_eq!(stats.resyncs, 1);
+}
+
+#[test]
+fn unrecognised_response_is_lost_at_close() {
+    let mut h = Harness::client();
+    h.req(&get("/1"));
+    h.req(&get("/2"));
+    h.resp(&ok_with_body("1"));
+    // The second response does not start like one (the event that began it was lost).
+    h.resp_truncated(b"e body of the second response", 120);
+    h.close();
+    let out = h.take();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].outcome, ExchangeOutcome::Complete);
+    assert_eq!(out[1].request.target, "/2");
+    assert_eq!(out[1].outcome, ExchangeOutcome::ResponseLost);
+    assert_eq!(out[1].close_ns, 5000);
+}
+
+#[test]
+fn pipelined_requests_after_old_garbage_are_not_lost() {
+    let mut h = Harness::server();
+    h.resp(b"\x00 stray bytes before any request");
+    let mut requests = get("/a");
+    requests.extend(get("/b"));
+    h.req(&requests);
+    assert!(h.out.is_empty());
+    let mut responses = ok_with_body("a");
+    responses.extend(ok_with_body("b"));
+    h.resp(&responses);
+    let out = h.take();
+    assert_eq!(out.len(), 2);
+    assert_complete(&out[0], "GET", "/a", 200);
+    assert_complete(&out[1], "GET", "/b", 200);
+}
+
+#[test]
 fn lost_framing_closes_as_complete() {
     let mut h = Harness::server();
     h.req(GET);
@@ -246,7 +298,9 @@ fn check_invariants(out: &[HttpExchange]) {
             ExchangeOutcome::Complete | ExchangeOutcome::ResponseIncomplete => {
                 assert!(ex.response.is_some() || ex.outcome == ExchangeOutcome::ResponseIncomplete)
             }
-            ExchangeOutcome::NoResponse => assert!(ex.response.is_none()),
+            ExchangeOutcome::NoResponse | ExchangeOutcome::ResponseLost => {
+                assert!(ex.response.is_none())
+            }
         }
         assert!(ex.request.headers.len() <= Http1Limits::default().max_headers);
     }
