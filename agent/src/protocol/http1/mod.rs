@@ -7,9 +7,16 @@
 //!
 //! Captures are prefixes: a chunk's unseen tail is counted, never seen. Bodies stay in step
 //! through such gaps as long as their framing is a length (Content-Length, or the data part of
-//! a chunked body). When a gap swallows framing, the stream has lost sync: the message in
-//! progress ends at the next chunk that starts like a new message, at the next message of the
-//! opposite direction, or at close.
+//! a chunked body, plus the CRLF that ends a syscall written one chunk at a time). When a gap
+//! swallows framing, the stream has lost sync: the message in progress ends at the next chunk
+//! that starts like a new message, at the next message of the opposite direction, or at close.
+//! A head cut by the capture keeps its complete header lines and makes its body open-ended
+//! the same way.
+//!
+//! Bytes that do not parse are skipped until a chunk starts like a message again. If the
+//! response direction skipped bytes after a request arrived and the next request comes, that
+//! request's response is taken to have gone by unrecognised (`ResponseLost`) rather than
+//! pairing the next response with it and shifting every later pair.
 
 mod body;
 mod head;
