@@ -1,0 +1,202 @@
+//! HTTP/1.x: heads parsed with `httparse`, bodies framed here, responses paired FIFO with the
+//! requests they answer.
+//!
+//! Each connection gets one [`Http1Session`], fed every captured [`Chunk`](super::Chunk) in
+//! both directions. Each direction is its own byte stream with its own framing state
+//! (`stream.rs`); the session pairs what the two streams report (`session.rs`).
+//!
+//! Captures are prefixes: a chunk's unseen tail is counted, never seen. Bodies stay in step
+//! through such gaps as long as their framing is a length (Content-Length, or the data part of
+//! a chunked body, plus the CRLF that ends a syscall written one chunk at a time). When a gap
+//! swallows framing, the stream has lost sync: the message in progress ends at the next chunk
+//! that starts like a new message, at the next message of the opposite direction, or at close.
+//! A head cut by the capture keeps its complete header lines and makes its body open-ended
+//! the same way.
+//!
+//! Bytes that do not parse are skipped until a chunk starts like a message again. If the
+//! response direction skipped bytes after a request arrived and the next request comes, that
+//! request's response is taken to have gone by unrecognised (`ResponseLost`) rather than
+//! pairing the next response with it and shifting every later pair.
+
+mod body;
+mod head;
+mod session;
+mod stream;
+
+#[cfg(test)]
+mod tests;
+
+pub use session::Http1Session;
+
+use super::{Chunk, Direction, Role};
+
+/// Bounds on what one session keeps in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http1Limits {
+    /// Largest request or response head buffered while incomplete; beyond it the head is a
+    /// parse error and the direction resynchronises.
+    pub max_header_bytes: usize,
+    /// Headers kept per message (framing headers are honoured even beyond this).
+    pub max_headers: usize,
+    /// Requests waiting for their response (pipelining depth); beyond it the oldest is
+    /// dropped and counted.
+    pub max_pending_requests: usize,
+}
+
+impl Default for Http1Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_pending_requests: 32,
+        }
+    }
+}
+
+/// Longest header value kept, in bytes; longer values are cut at a character boundary.
+pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+
+/// A parsed request head and the size of its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The raw request-target, as sent.
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Names lowercased, values as text (lossy UTF-8, at most [`MAX_HEADER_VALUE_BYTES`]),
+    /// at most [`Http1Limits::max_headers`] of them, in wire order.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes on the wire after the head (chunked framing included), counting bytes the
+    /// capture did not see.
+    pub body_len: u64,
+    /// The head went past the captured prefix: only the complete header lines seen are kept.
+    pub head_truncated: bool,
+}
+
+/// A parsed final response head and the size of its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub minor_version: u8,
+    /// Same rules as [`HttpRequest::headers`].
+    pub headers: Vec<(String, String)>,
+    /// Same rules as [`HttpRequest::body_len`].
+    pub body_len: u64,
+    /// Same meaning as [`HttpRequest::head_truncated`].
+    pub head_truncated: bool,
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+impl HttpRequest {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+impl HttpResponse {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// How an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeOutcome {
+    /// The final response was seen to its end.
+    Complete,
+    /// The connection closed before any response.
+    NoResponse,
+    /// The connection closed in the middle of the response.
+    ResponseIncomplete,
+    /// The response went by unrecognised (garbage, or its head in bytes the capture missed);
+    /// the next request, or the close, showed that it was over.
+    ResponseLost,
+}
+
+/// A request and, when seen, its final response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpExchange {
+    pub role: Role,
+    pub request: HttpRequest,
+    pub response: Option<HttpResponse>,
+    /// Entry and exit of the syscall that carried the request's first byte.
+    pub request_first_start_ns: u64,
+    pub request_first_end_ns: u64,
+    /// Exit of the last syscall that carried request bytes (so far, if the response ended
+    /// first).
+    pub request_last_end_ns: u64,
+    /// Entry of the syscall that carried the final response's first byte; 0 without response.
+    pub response_first_start_ns: u64,
+    /// Exit of the syscall that carried the response's last byte; 0 without response.
+    pub response_last_end_ns: u64,
+    /// Thread of the syscall holding the request's first byte.
+    pub request_tid: u32,
+    /// Thread of the syscall holding the response's last byte (0 without response).
+    pub response_tid: u32,
+    pub outcome: ExchangeOutcome,
+    /// The `on_close` timestamp when the close ended this exchange, else 0.
+    pub close_ns: u64,
+}
+
+/// What a session counted since the last [`Http1Session::take_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Heads that did not parse, oversized heads, broken chunked framing, bad Content-Length.
+    pub parse_errors: u64,
+    /// Bytes (seen or not) skipped while out of sync.
+    pub unparsed_bytes: u64,
+    /// Requests closed without response, whose response was lost, or dropped past the
+    /// pipelining limit.
+    pub requests_without_response: u64,
+    /// Final responses with no request waiting.
+    pub responses_without_request: u64,
+    /// Times a direction found a message start again after losing sync.
+    pub resyncs: u64,
+    /// Heads cut by the capture prefix (kept with the header lines seen).
+    pub truncated_heads: u64,
+    /// Requests dropped because too many were waiting for a response.
+    pub dropped_requests: u64,
+}
+
+impl SessionStats {
+    /// Adds another set of counts to this one.
+    pub fn add(&mut self, other: &SessionStats) {
+        self.parse_errors = self.parse_errors.saturating_add(other.parse_errors);
+        self.unparsed_bytes = self.unparsed_bytes.saturating_add(other.unparsed_bytes);
+        self.requests_without_response = self
+            .requests_without_response
+            .saturating_add(other.requests_without_response);
+        self.responses_without_request = self
+            .responses_without_request
+            .saturating_add(other.responses_without_request);
+        self.resyncs = self.resyncs.saturating_add(other.resyncs);
+        self.truncated_heads = self.truncated_heads.saturating_add(other.truncated_heads);
+        self.dropped_requests = self.dropped_requests.saturating_add(other.dropped_requests);
+    }
+}
+
+/// See [`super::detect_http1`].
+pub fn detect(chunk: &Chunk) -> Option<Role> {
+    if head::looks_like_request_start(chunk.bytes) {
+        Some(match chunk.direction {
+            Direction::Ingress => Role::Server,
+            Direction::Egress => Role::Client,
+        })
+    } else if head::looks_like_response_start(chunk.bytes) {
+        Some(match chunk.direction {
+            Direction::Ingress => Role::Client,
+            Direction::Egress => Role::Server,
+        })
+    } else {
+        None
+    }
+}
