@@ -101,7 +101,10 @@ impl SpanAssembler {
             }
             (Some(_), _) => None,
             (None, ExchangeOutcome::ResponseIncomplete) => Some("response_incomplete".into()),
-            (None, _) => Some("no_response".into()),
+            (None, ExchangeOutcome::NoResponse) => Some("no_response".into()),
+            // The response went by but loupe could not read it: the request's fate is
+            // unknown, which is loupe's loss (counted), not the service's error.
+            (None, ExchangeOutcome::ResponseLost | ExchangeOutcome::Complete) => None,
         };
 
         HttpSpan {
@@ -146,7 +149,8 @@ impl SpanAssembler {
 
 /// A server span runs from the request's first byte in hand (the first read's return)
 /// to the response's last byte written; a client span from the start of the first write
-/// to the return of the last read. Without a response, the span ends with the request.
+/// to the return of the last read. Without a response, the span ends when the connection
+/// closed, or else with the request.
 fn timing(exchange: &HttpExchange) -> (u64, u64) {
     let start = match exchange.role {
         Role::Server => exchange.request_first_end_ns,
@@ -154,6 +158,8 @@ fn timing(exchange: &HttpExchange) -> (u64, u64) {
     };
     let end = if exchange.response_last_end_ns > 0 {
         exchange.response_last_end_ns
+    } else if exchange.close_ns > 0 {
+        exchange.close_ns
     } else {
         exchange.request_last_end_ns
     };

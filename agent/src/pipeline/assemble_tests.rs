@@ -1,0 +1,179 @@
+use super::*;
+use crate::{
+    protocol::http1::{HttpRequest, HttpResponse},
+    span::context::{span_id_hex, trace_id_hex},
+};
+
+fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest {
+    HttpRequest {
+        method: method.into(),
+        target: target.into(),
+        minor_version: 1,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body_len: 0,
+        head_truncated: false,
+    }
+}
+
+fn response(status: u16, body_len: u64) -> HttpResponse {
+    HttpResponse {
+        status,
+        minor_version: 1,
+        headers: vec![],
+        body_len,
+        head_truncated: false,
+    }
+}
+
+fn exchange(role: Role, req: HttpRequest, resp: Option<HttpResponse>) -> HttpExchange {
+    let has_response = resp.is_some();
+    HttpExchange {
+        role,
+        request: req,
+        response: resp,
+        request_first_start_ns: 1_000,
+        request_first_end_ns: 2_000,
+        request_last_end_ns: 3_000,
+        response_first_start_ns: if has_response { 4_000 } else { 0 },
+        response_last_end_ns: if has_response { 9_000 } else { 0 },
+        request_tid: 7,
+        response_tid: if has_response { 7 } else { 0 },
+        outcome: if has_response {
+            ExchangeOutcome::Complete
+        } else {
+            ExchangeOutcome::NoResponse
+        },
+        close_ns: if has_response { 0 } else { 12_000 },
+    }
+}
+
+fn assembler() -> SpanAssembler {
+    let routes = RouteMatcher::new(&["/orders/{id}".to_string()]).unwrap();
+    SpanAssembler::new(routes, Clock::measure())
+}
+
+fn addr(text: &str) -> Option<SocketAddr> {
+    Some(text.parse().unwrap())
+}
+
+#[test]
+fn server_span_follows_the_conventions() {
+    let req = request(
+        "GET",
+        "/orders/42?token=secret&x",
+        &[("host", "shop.example:8080"), ("user-agent", "curl/8"), ("authorization", "Bearer s3cret")],
+    );
+    let ex = exchange(Role::Server, req, Some(response(200, 5)));
+    let span = assembler().assemble(&ex, addr("127.0.0.1:8080"), addr("10.0.0.9:50000"));
+    assert_eq!(span.kind, SpanKind::Server);
+    assert_eq!(span.name, "GET /orders/{id}");
+    assert_eq!(span.route.as_deref(), Some("/orders/{id}"));
+    assert_eq!(span.path, "/orders/42");
+    assert_eq!(span.query.as_deref(), Some("token=REDACTED&x"));
+    assert_eq!(span.status_code, Some(200));
+    assert_eq!(span.server_address.as_deref(), Some("shop.example"));
+    assert_eq!(span.server_port, Some(8080));
+    assert_eq!(span.client_address.as_deref(), Some("10.0.0.9"));
+    assert_eq!(span.client_port, Some(50000));
+    assert_eq!(span.user_agent.as_deref(), Some("curl/8"));
+    assert_eq!(span.response_body_size, Some(5));
+    assert_eq!(span.protocol_version, "1.1");
+    assert!(span.error_type.is_none() && !span.is_error());
+    // From the first request byte in hand to the last response byte written.
+    assert_eq!(span.end_unix_ns - span.start_unix_ns, 9_000 - 2_000);
+    assert!(span.parent_span_id.is_none());
+    assert_eq!(span.trace_flags, 1);
+    // No header value other than the conventions' ones ends up anywhere on the span.
+    assert!(!format!("{span:?}").contains("s3cret"));
+    assert!(!format!("{span:?}").contains("secret&"));
+}
+
+#[test]
+fn server_span_joins_incoming_traceparent() {
+    let req = request(
+        "GET",
+        "/",
+        &[
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ("tracestate", "vendor=x"),
+        ],
+    );
+    let span = assembler().assemble(&exchange(Role::Server, req, Some(response(200, 0))), None, None);
+    assert_eq!(trace_id_hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span.parent_span_id.map(|s| span_id_hex(&s)).as_deref(), Some("00f067aa0ba902b7"));
+    assert_ne!(span_id_hex(&span.span_id), "00f067aa0ba902b7");
+    assert_eq!(span.trace_state.as_deref(), Some("vendor=x"));
+}
+
+#[test]
+fn client_span_keeps_the_ids_it_sent() {
+    let req = request(
+        "POST",
+        "http://api.internal:9000/v1/items/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+    );
+    let span = assembler().assemble(
+        &exchange(Role::Client, req, Some(response(404, 0))),
+        addr("127.0.0.1:40000"),
+        addr("127.0.0.1:9000"),
+    );
+    assert_eq!(span.kind, SpanKind::Client);
+    assert_eq!(span.name, "POST /v1/items/{id}");
+    assert!(span.route.is_none(), "http.route is a server attribute");
+    assert_eq!(span_id_hex(&span.span_id), "00f067aa0ba902b7");
+    assert_eq!(span.server_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(span.server_port, Some(9000));
+    assert_eq!(span.error_type.as_deref(), Some("404"));
+    assert!(span.is_error(), "4xx is an error for clients");
+    // From the first byte written to the last byte read.
+    assert_eq!(span.end_unix_ns - span.start_unix_ns, 9_000 - 1_000);
+}
+
+#[test]
+fn status_rules() {
+    let a = assembler();
+    let server = |status| {
+        a.assemble(
+            &exchange(Role::Server, request("GET", "/", &[]), Some(response(status, 0))),
+            None,
+            None,
+        )
+    };
+    assert!(!server(404).is_error());
+    assert!(server(503).is_error());
+    assert_eq!(server(503).error_type.as_deref(), Some("503"));
+
+    let unanswered = a.assemble(&exchange(Role::Server, request("GET", "/", &[]), None), None, None);
+    assert!(unanswered.is_error());
+    assert_eq!(unanswered.error_type.as_deref(), Some("no_response"));
+    assert_eq!(unanswered.status_code, None);
+    // Ends when the connection closed.
+    assert_eq!(unanswered.end_unix_ns - unanswered.start_unix_ns, 12_000 - 2_000);
+
+    let mut lost = exchange(Role::Server, request("GET", "/", &[]), None);
+    lost.outcome = ExchangeOutcome::ResponseLost;
+    assert!(!a.assemble(&lost, None, None).is_error());
+}
+
+#[test]
+fn odd_methods_and_hosts() {
+    let a = assembler();
+    let span = a.assemble(
+        &exchange(Role::Server, request("PURGE", "/x", &[("host", "[::1]:8443")]), Some(response(200, 0))),
+        None,
+        None,
+    );
+    assert_eq!(span.method, "_OTHER");
+    assert_eq!(span.method_original.as_deref(), Some("PURGE"));
+    assert_eq!(span.name, "_OTHER /x");
+    assert_eq!(span.server_address.as_deref(), Some("::1"));
+    assert_eq!(span.server_port, Some(8443));
+    assert_eq!(parse_host("example.com"), Some(("example.com".into(), None)));
+    assert_eq!(parse_host(""), None);
+    assert_eq!(split_target("/a#frag"), ("/a".into(), None));
+    assert_eq!(redact_query("a=1&b&c=2=3"), "a=REDACTED&b&c=REDACTED");
+    assert_eq!(truncate("héllo", 2), "h");
+}
