@@ -1,1 +1,3 @@
 //! OTLP and console exporters.
+
+pub mod config;
