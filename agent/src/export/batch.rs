@@ -288,3 +288,6 @@ impl OtlpWorker {
         report
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,7 @@ mod grpc;
 mod http;
 pub mod retry;
 #[cfg(test)]
-mod test_receiver;
+pub(crate) mod test_receiver;
 #[cfg(test)]
 mod tests;
 
