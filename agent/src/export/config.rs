@@ -50,6 +50,26 @@ pub enum ExporterConfig {
     None,
 }
 
+/// For the startup log. Headers are left out: they usually carry credentials.
+impl fmt::Display for ExporterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExporterConfig::Otlp(otlp) => {
+                write!(f, "otlp {} to {}", otlp.protocol, otlp.endpoint)?;
+                if otlp.compression == Compression::Gzip {
+                    f.write_str(" (gzip)")?;
+                }
+                if !otlp.headers.is_empty() {
+                    write!(f, " with {} header(s)", otlp.headers.len())?;
+                }
+                Ok(())
+            }
+            ExporterConfig::Console => f.write_str("console"),
+            ExporterConfig::None => f.write_str("none"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Grpc,

@@ -262,12 +262,12 @@ fn failure_knobs_answer_unavailable_then_recover() {
     );
     assert_eq!(receiver.refused_requests(), 2);
 
-    receiver.fail_for(Duration::from_millis(300));
+    receiver.fail_for(Duration::from_secs(1));
     assert_eq!(
         http(&receiver, "POST", "/v1/traces", &[PROTOBUF], &body).0,
         503
     );
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(1100));
     assert!(
         rt.block_on(grpc_send(
             &receiver,

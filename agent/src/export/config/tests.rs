@@ -372,3 +372,18 @@ fn every_error_is_one_line_naming_its_variable() {
         assert!(text.contains("OTEL_"), "{text}");
     }
 }
+
+#[test]
+fn display_for_the_startup_log_hides_header_values() {
+    let config = parse(&[
+        (ENDPOINT, "http://c:4317"),
+        (PROTOCOL, "grpc"),
+        (COMPRESSION, "gzip"),
+        (HEADERS, "authorization=Bearer%20xyz"),
+    ])
+    .unwrap();
+    let text = config.exporter.to_string();
+    assert_eq!(text, "otlp grpc to http://c:4317/ (gzip) with 1 header(s)");
+    assert_eq!(ExporterConfig::Console.to_string(), "console");
+    assert_eq!(ExporterConfig::None.to_string(), "none");
+}

@@ -91,9 +91,19 @@ enum Transport {
     Http(HttpTransport),
 }
 
-enum Payload {
-    Grpc(ExportTraceServiceRequest),
-    Http(HttpBody),
+/// A batch encoded once for its transport, ready to be sent as often as retries need.
+enum Payload<'a> {
+    Grpc(&'a GrpcTransport, ExportTraceServiceRequest),
+    Http(&'a HttpTransport, HttpBody),
+}
+
+impl Payload<'_> {
+    async fn send(&self, timeout: Duration) -> Result<Delivered, AttemptError> {
+        match self {
+            Payload::Grpc(transport, message) => transport.send(message, timeout).await,
+            Payload::Http(transport, body) => transport.send(body, timeout).await,
+        }
+    }
 }
 
 /// What became of one batch.
@@ -190,8 +200,8 @@ impl OtlpExporter {
     ) -> Result<Delivered, AttemptError> {
         let message = convert::to_request(batch);
         let payload = match &self.transport {
-            Transport::Grpc(_) => Payload::Grpc(message),
-            Transport::Http(http) => Payload::Http(http.encode(&message)?),
+            Transport::Grpc(grpc) => Payload::Grpc(grpc, message),
+            Transport::Http(http) => Payload::Http(http, http.encode(&message)?),
         };
         let mut retries = 0u32;
         loop {
@@ -200,16 +210,8 @@ impl OtlpExporter {
                 return Err(AttemptError::DeadlineReached);
             }
             let attempt_timeout = self.timeout.min(remaining);
-            let attempt = async {
-                match (&self.transport, &payload) {
-                    (Transport::Grpc(t), Payload::Grpc(m)) => t.send(m, attempt_timeout).await,
-                    (Transport::Http(t), Payload::Http(b)) => t.send(b, attempt_timeout).await,
-                    // The payload is built from the transport just above.
-                    _ => Err(AttemptError::DeadlineReached),
-                }
-            };
             let result = tokio::select! {
-                result = attempt => result,
+                result = payload.send(attempt_timeout) => result,
                 () = deadline.reached() => Err(AttemptError::DeadlineReached),
             };
             let error = match result {

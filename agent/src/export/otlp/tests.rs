@@ -348,7 +348,7 @@ async fn shutdown_cuts_a_retrying_export_short() {
     // Retried until the shutdown came, then stopped by its deadline (or just before, when
     // the next pause would overrun it) instead of the batch's 30 s.
     assert!(
-        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(600),
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(1500),
         "{elapsed:?}"
     );
     assert!(outcome.failed_attempts >= 2, "{outcome:?}");
