@@ -1,1 +1,3 @@
+//! Helpers for loupe's integration tests: real peers the agent talks to.
 
+pub mod otlp_receiver;

@@ -80,5 +80,6 @@ metrics! {
     spans_exported: Counter = "loupe_spans_exported_total", "Spans the exporter delivered.";
     spans_dropped: Counter = "loupe_spans_dropped_total", "Spans lost: export queue full or export failed for good.";
     export_failures: Counter = "loupe_export_failures_total", "Export requests that failed (each retry counts).";
+    export_queue_spans: Gauge = "loupe_export_queue_spans", "Spans accepted for export and not yet delivered or dropped.";
     traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
 }

@@ -1,0 +1,293 @@
+//! The export queue: spans go in without ever blocking the pipeline, and a task on the tokio
+//! runtime sends them on in batches.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::AsyncWrite,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::{Instant, sleep_until, timeout_at},
+};
+
+use super::{
+    config::{BatchConfig, ExportConfig, ExporterConfig},
+    console,
+    otlp::{OtlpExporter, OtlpStartError, retry::RetryPolicy},
+};
+use crate::{span::FinishedSpan, telemetry::metrics::Metrics};
+
+/// Time the shutdown waits past its deadline for the worker to notice and return, before
+/// abandoning it.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportStartError {
+    #[error("the export stage must be started inside a tokio runtime")]
+    NoRuntime,
+    #[error(transparent)]
+    Otlp(#[from] OtlpStartError),
+}
+
+/// Feeds spans to the export worker. Cheap to clone; `submit` never blocks.
+#[derive(Clone)]
+pub struct SpanSender {
+    /// `None` for the `none` exporter: spans are discarded on arrival.
+    tx: Option<mpsc::Sender<FinishedSpan>>,
+    queue: Arc<Queue>,
+}
+
+/// Counts shared by the senders and the worker.
+pub(super) struct Queue {
+    /// Spans accepted and not yet delivered or dropped.
+    pending: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// `n` spans left the queue: delivered, printed or dropped.
+    pub(super) fn resolved(&self, n: u64) {
+        let before = self.pending.fetch_sub(n, Ordering::Relaxed);
+        self.metrics
+            .export_queue_spans
+            .set(before.saturating_sub(n));
+    }
+
+    pub(super) fn delivered(&self, n: u64) {
+        self.metrics.spans_exported.add(n);
+        self.resolved(n);
+    }
+
+    pub(super) fn dropped(&self, n: u64) {
+        self.metrics.spans_dropped.add(n);
+        self.resolved(n);
+    }
+
+    pub(super) fn refresh_gauge(&self) {
+        self.metrics
+            .export_queue_spans
+            .set(self.pending.load(Ordering::Relaxed));
+    }
+}
+
+impl SpanSender {
+    /// Queues a span for export; when the queue is full the span is counted as dropped.
+    pub fn submit(&self, span: FinishedSpan) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        // Counted before sending so the worker can never resolve more than was added.
+        self.queue.pending.fetch_add(1, Ordering::Relaxed);
+        if tx.try_send(span).is_err() {
+            self.queue.pending.fetch_sub(1, Ordering::Relaxed);
+            self.queue.metrics.spans_dropped.inc();
+        }
+    }
+}
+
+/// What the shutdown flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShutdownReport {
+    /// Spans delivered (or printed) during the flush.
+    pub flushed: u64,
+    /// Spans given up during the flush, also counted in `spans_dropped`.
+    pub dropped: u64,
+    /// True when the worker did not finish in time and was abandoned.
+    pub timed_out: bool,
+}
+
+/// The running export stage.
+pub struct ExportHandle {
+    sender: SpanSender,
+    shutdown_tx: watch::Sender<Option<Instant>>,
+    worker: Option<JoinHandle<ShutdownReport>>,
+}
+
+impl ExportHandle {
+    pub fn submit(&self, span: FinishedSpan) {
+        self.sender.submit(span);
+    }
+
+    /// A sender for other tasks or threads.
+    pub fn sender(&self) -> SpanSender {
+        self.sender.clone()
+    }
+
+    /// Stops accepting spans and flushes what is queued, giving up at `deadline` from now;
+    /// spans not delivered by then are counted as dropped.
+    pub fn shutdown(self, deadline: Duration) -> impl Future<Output = ShutdownReport> + Send {
+        let at = Instant::now() + deadline;
+        self.shutdown_tx.send_replace(Some(at));
+        let queue = Arc::clone(&self.sender.queue);
+        let worker = self.worker;
+        async move {
+            let Some(mut worker) = worker else {
+                return ShutdownReport::default();
+            };
+            match timeout_at(at + SHUTDOWN_GRACE, &mut worker).await {
+                Ok(Ok(report)) => report,
+                Ok(Err(join_error)) => {
+                    log::error!("export worker failed: {join_error}");
+                    abandon(&queue, false)
+                }
+                Err(_) => {
+                    worker.abort();
+                    log::warn!("export flush did not finish in time");
+                    abandon(&queue, true)
+                }
+            }
+        }
+    }
+}
+
+/// Counts everything still pending as dropped, for a worker that can no longer do it.
+fn abandon(queue: &Queue, timed_out: bool) -> ShutdownReport {
+    let lost = queue.pending.swap(0, Ordering::Relaxed);
+    queue.metrics.spans_dropped.add(lost);
+    queue.metrics.export_queue_spans.set(0);
+    ShutdownReport {
+        flushed: 0,
+        dropped: lost,
+        timed_out,
+    }
+}
+
+/// Starts the exporter the configuration names. Must be called inside a tokio runtime.
+pub fn spawn(
+    config: ExportConfig,
+    metrics: Arc<Metrics>,
+) -> Result<ExportHandle, ExportStartError> {
+    spawn_with(config, metrics, RetryPolicy::default(), tokio::io::stdout())
+}
+
+/// `spawn` with the retry policy and console output chosen by the caller (tests).
+pub(crate) fn spawn_with<W>(
+    config: ExportConfig,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+    console_out: W,
+) -> Result<ExportHandle, ExportStartError>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportStartError::NoRuntime)?;
+    let queue = Arc::new(Queue {
+        pending: AtomicU64::new(0),
+        metrics: Arc::clone(&metrics),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(None);
+    let (tx, worker) = match config.exporter {
+        ExporterConfig::None => (None, None),
+        ExporterConfig::Otlp(otlp) => {
+            let exporter = {
+                let _guard = runtime.enter();
+                OtlpExporter::new(&otlp, retry, metrics)?
+            };
+            let (tx, rx) = mpsc::channel(config.batch.max_queue_size);
+            let worker = OtlpWorker {
+                rx,
+                exporter,
+                batch: config.batch,
+                shutdown: shutdown_rx,
+                queue: Arc::clone(&queue),
+            };
+            (Some(tx), Some(runtime.spawn(worker.run())))
+        }
+        ExporterConfig::Console => {
+            let (tx, rx) = mpsc::channel(config.batch.max_queue_size);
+            let worker =
+                console::ConsoleWorker::new(rx, console_out, shutdown_rx, Arc::clone(&queue));
+            (Some(tx), Some(runtime.spawn(worker.run())))
+        }
+    };
+    Ok(ExportHandle {
+        sender: SpanSender { tx, queue },
+        shutdown_tx,
+        worker,
+    })
+}
+
+struct OtlpWorker {
+    rx: mpsc::Receiver<FinishedSpan>,
+    exporter: OtlpExporter,
+    batch: BatchConfig,
+    shutdown: watch::Receiver<Option<Instant>>,
+    queue: Arc<Queue>,
+}
+
+impl OtlpWorker {
+    async fn run(mut self) -> ShutdownReport {
+        let max = self.batch.max_export_batch_size;
+        let mut batch: Vec<FinishedSpan> = Vec::with_capacity(max);
+        let mut next_export = Instant::now() + self.batch.schedule_delay;
+        loop {
+            let room = max - batch.len();
+            tokio::select! {
+                biased;
+                // A dropped handle (`Err`) stops the worker like a shutdown does.
+                _ = self.shutdown.changed() => break,
+                received = self.rx.recv_many(&mut batch, room) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.queue.refresh_gauge();
+                    if batch.len() >= max {
+                        self.export(&mut batch).await;
+                        next_export = Instant::now() + self.batch.schedule_delay;
+                    }
+                }
+                () = sleep_until(next_export) => {
+                    self.export(&mut batch).await;
+                    next_export = Instant::now() + self.batch.schedule_delay;
+                }
+            }
+        }
+        self.flush(batch).await
+    }
+
+    async fn export(&mut self, batch: &mut Vec<FinishedSpan>) -> (u64, u64) {
+        if batch.is_empty() {
+            return (0, 0);
+        }
+        let deadline = Instant::now() + self.batch.export_timeout;
+        let outcome = self
+            .exporter
+            .export(batch, deadline, self.shutdown.clone())
+            .await;
+        self.queue.resolved(batch.len() as u64);
+        batch.clear();
+        (outcome.exported, outcome.dropped)
+    }
+
+    /// Sends what is left, in batches, until the shutdown deadline.
+    async fn flush(mut self, mut batch: Vec<FinishedSpan>) -> ShutdownReport {
+        self.rx.close();
+        let mut report = ShutdownReport::default();
+        loop {
+            let max = self.batch.max_export_batch_size;
+            while batch.len() < max {
+                match self.rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            // Past the deadline `export` fails fast and counts the batch as dropped.
+            let (exported, dropped) = self.export(&mut batch).await;
+            report.flushed += exported;
+            report.dropped += dropped;
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests;

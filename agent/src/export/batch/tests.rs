@@ -1,0 +1,231 @@
+use std::time::Duration;
+
+use super::*;
+use crate::export::{
+    config::{Compression, OtlpConfig, Protocol},
+    otlp::test_receiver::{Answer, TestReceiver},
+    testutil::{batch, resource},
+};
+
+const FAST_RETRY: RetryPolicy = RetryPolicy {
+    initial_backoff: Duration::from_millis(10),
+    max_backoff: Duration::from_millis(40),
+};
+
+fn otlp_config(endpoint: String, protocol: Protocol, batch: BatchConfig) -> ExportConfig {
+    ExportConfig {
+        exporter: ExporterConfig::Otlp(OtlpConfig {
+            endpoint: endpoint.parse().unwrap(),
+            protocol,
+            headers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            compression: Compression::Gzip,
+        }),
+        batch,
+    }
+}
+
+fn batching(delay_ms: u64, queue: usize, max_batch: usize) -> BatchConfig {
+    BatchConfig {
+        schedule_delay: Duration::from_millis(delay_ms),
+        export_timeout: Duration::from_secs(5),
+        max_queue_size: queue,
+        max_export_batch_size: max_batch,
+    }
+}
+
+fn start(config: ExportConfig) -> (ExportHandle, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let handle = spawn_with(config, Arc::clone(&metrics), FAST_RETRY, tokio::io::sink()).unwrap();
+    (handle, metrics)
+}
+
+#[tokio::test]
+async fn a_full_batch_is_sent_without_waiting_for_the_timer() {
+    let receiver = TestReceiver::start().await;
+    let config = otlp_config(
+        receiver.http_url(),
+        Protocol::HttpProtobuf,
+        batching(60_000, 100, 3),
+    );
+    let (handle, metrics) = start(config);
+    for span in batch(&resource("svc"), 3) {
+        handle.submit(span);
+    }
+    assert!(receiver.wait_for_spans(3, Duration::from_secs(3)).await);
+    assert_eq!(receiver.received().len(), 1, "one request for the batch");
+    assert_eq!(metrics.spans_exported.get(), 3);
+    let report = handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report, ShutdownReport::default());
+    assert_eq!(metrics.export_queue_spans.get(), 0);
+}
+
+#[tokio::test]
+async fn the_timer_sends_partial_batches() {
+    let receiver = TestReceiver::start().await;
+    let config = otlp_config(
+        receiver.grpc_endpoint(),
+        Protocol::Grpc,
+        batching(100, 100, 50),
+    );
+    let (handle, metrics) = start(config);
+    let spans = batch(&resource("svc"), 2);
+    handle.submit(spans[0].clone());
+    assert!(receiver.wait_for_spans(1, Duration::from_secs(3)).await);
+    handle.sender().submit(spans[1].clone());
+    assert!(receiver.wait_for_spans(2, Duration::from_secs(3)).await);
+    assert_eq!(receiver.received().len(), 2);
+    assert_eq!(metrics.spans_exported.get(), 2);
+    handle.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_without_blocking() {
+    let receiver = TestReceiver::start().await;
+    let config = otlp_config(
+        receiver.http_url(),
+        Protocol::HttpProtobuf,
+        batching(60_000, 4, 4),
+    );
+    let (handle, metrics) = start(config);
+    // The current-thread runtime cannot run the worker until this test yields, so the
+    // queue holds exactly its capacity.
+    for span in batch(&resource("svc"), 10) {
+        handle.submit(span);
+    }
+    assert_eq!(metrics.spans_dropped.get(), 6);
+    let report = handle.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(report.flushed, 4);
+    assert_eq!(receiver.span_count(), 4);
+    assert_eq!(metrics.spans_exported.get(), 4);
+    assert_eq!(metrics.spans_dropped.get(), 6);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_everything_queued() {
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let receiver = TestReceiver::start().await;
+        let endpoint = match protocol {
+            Protocol::Grpc => receiver.grpc_endpoint(),
+            Protocol::HttpProtobuf => receiver.http_url(),
+        };
+        // A long timer: only the shutdown can send these.
+        let (handle, metrics) = start(otlp_config(endpoint, protocol, batching(60_000, 100, 4)));
+        for span in batch(&resource("svc"), 10) {
+            handle.submit(span);
+        }
+        let report = handle.shutdown(Duration::from_secs(3)).await;
+        assert_eq!(
+            report,
+            ShutdownReport {
+                flushed: 10,
+                dropped: 0,
+                timed_out: false
+            },
+            "{protocol}"
+        );
+        assert_eq!(receiver.span_count(), 10, "{protocol}");
+        assert_eq!(metrics.spans_exported.get(), 10, "{protocol}");
+        assert_eq!(metrics.export_queue_spans.get(), 0, "{protocol}");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_with_a_dead_collector_ends_on_time_and_counts_the_loss() {
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = otlp_config(
+        format!("http://{addr}"),
+        Protocol::Grpc,
+        batching(60_000, 100, 4),
+    );
+    let (handle, metrics) = start(config);
+    for span in batch(&resource("svc"), 10) {
+        handle.submit(span);
+    }
+    let started = Instant::now();
+    let report = handle.shutdown(Duration::from_millis(500)).await;
+    let elapsed = started.elapsed();
+    // The flush gives up at the deadline instead of retrying for the 5 s export timeout.
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    assert_eq!(report.flushed, 0);
+    assert_eq!(report.dropped, 10);
+    assert!(!report.timed_out);
+    assert_eq!(metrics.spans_dropped.get(), 10);
+    assert_eq!(metrics.spans_exported.get(), 0);
+    assert!(metrics.export_failures.get() >= 1);
+    assert_eq!(metrics.export_queue_spans.get(), 0);
+}
+
+#[tokio::test]
+async fn the_queue_keeps_working_after_a_collector_outage() {
+    let receiver = TestReceiver::start().await;
+    let down = Answer::Unavailable { retry_after: None };
+    receiver.script(&[down; 3]);
+    let config = otlp_config(
+        receiver.http_url(),
+        Protocol::HttpProtobuf,
+        batching(50, 100, 2),
+    );
+    let (handle, metrics) = start(config);
+    for span in batch(&resource("svc"), 6) {
+        handle.submit(span);
+    }
+    assert!(receiver.wait_for_spans(6, Duration::from_secs(5)).await);
+    assert_eq!(metrics.export_failures.get(), 3);
+    assert_eq!(metrics.spans_exported.get(), 6);
+    assert_eq!(metrics.spans_dropped.get(), 0);
+    handle.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn none_exporter_accepts_and_discards() {
+    let config = ExportConfig {
+        exporter: ExporterConfig::None,
+        batch: BatchConfig::default(),
+    };
+    let (handle, metrics) = start(config);
+    for span in batch(&resource("svc"), 3) {
+        handle.submit(span);
+    }
+    assert_eq!(
+        handle.shutdown(Duration::from_secs(1)).await,
+        ShutdownReport::default()
+    );
+    assert_eq!(metrics.spans_exported.get(), 0);
+    assert_eq!(metrics.spans_dropped.get(), 0);
+    assert_eq!(metrics.export_queue_spans.get(), 0);
+}
+
+#[test]
+fn spawning_outside_a_runtime_is_an_error() {
+    let config = ExportConfig {
+        exporter: ExporterConfig::Console,
+        batch: BatchConfig::default(),
+    };
+    assert!(matches!(
+        spawn(config, Arc::new(Metrics::default())),
+        Err(ExportStartError::NoRuntime)
+    ));
+}
+
+#[tokio::test]
+async fn spans_sent_after_shutdown_are_counted_as_dropped() {
+    let receiver = TestReceiver::start().await;
+    let config = otlp_config(
+        receiver.http_url(),
+        Protocol::HttpProtobuf,
+        batching(60_000, 100, 10),
+    );
+    let (handle, metrics) = start(config);
+    let late = handle.sender();
+    handle.shutdown(Duration::from_secs(1)).await;
+    for span in batch(&resource("svc"), 2) {
+        late.submit(span);
+    }
+    assert_eq!(metrics.spans_dropped.get(), 2);
+    assert_eq!(metrics.export_queue_spans.get(), 0);
+}

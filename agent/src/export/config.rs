@@ -1,0 +1,431 @@
+//! Export settings read from the OpenTelemetry SDK environment variables.
+//!
+//! loupe differs from the SDK defaults in one way: with neither `OTEL_TRACES_EXPORTER` nor an
+//! endpoint set, spans go to the console, so that a first run shows something without a
+//! collector. Setting an endpoint alone selects OTLP.
+
+mod headers;
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, time::Duration};
+
+use hyper::http::{HeaderName, HeaderValue, Uri};
+
+pub use headers::HeaderProblem;
+
+const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
+const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+const TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
+const BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+const BSP_EXPORT_TIMEOUT: &str = "OTEL_BSP_EXPORT_TIMEOUT";
+const BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+const BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
+
+/// The largest queue loupe accepts: beyond this a stalled collector would cost more memory
+/// than a tracing agent should hold.
+pub const MAX_QUEUE_SIZE_LIMIT: usize = 1 << 20;
+
+/// Everything the export stage needs to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportConfig {
+    pub exporter: ExporterConfig,
+    pub batch: BatchConfig,
+}
+
+/// Which exporter runs, with the settings only it uses.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExporterConfig {
+    Otlp(OtlpConfig),
+    Console,
+    /// Spans are accepted and discarded.
+    None,
+}
+
+/// For the startup log. Headers are left out: they usually carry credentials.
+impl fmt::Display for ExporterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExporterConfig::Otlp(otlp) => {
+                write!(f, "otlp {} to {}", otlp.protocol, otlp.endpoint)?;
+                if otlp.compression == Compression::Gzip {
+                    f.write_str(" (gzip)")?;
+                }
+                if !otlp.headers.is_empty() {
+                    write!(f, " with {} header(s)", otlp.headers.len())?;
+                }
+                Ok(())
+            }
+            ExporterConfig::Console => f.write_str("console"),
+            ExporterConfig::None => f.write_str("none"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpConfig {
+    /// For gRPC only the scheme and authority matter; for HTTP this is the full URL posted to.
+    pub endpoint: Uri,
+    pub protocol: Protocol,
+    /// Validated header names (lower case) and values, sent with every request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Time allowed for one export request.
+    pub timeout: Duration,
+    pub compression: Compression,
+}
+
+/// The batch span processor settings (`OTEL_BSP_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub schedule_delay: Duration,
+    /// Time allowed for one batch, retries included.
+    pub export_timeout: Duration,
+    pub max_queue_size: usize,
+    pub max_export_batch_size: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            schedule_delay: Duration::from_millis(5000),
+            export_timeout: Duration::from_millis(30_000),
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+        }
+    }
+}
+
+/// Why an endpoint URL was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointProblem {
+    NotAUrl,
+    NoScheme,
+    UnknownScheme,
+    NoHost,
+}
+
+impl fmt::Display for EndpointProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointProblem::NotAUrl => "not a valid URL",
+            EndpointProblem::NoScheme => "missing scheme, write it as http://host:port",
+            EndpointProblem::UnknownScheme => "scheme must be http",
+            EndpointProblem::NoHost => "missing host",
+        })
+    }
+}
+
+/// A setting that cannot be used. Each message is one line naming the variable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExportConfigError {
+    #[error("{var}={value:?}: unknown traces exporter (expected otlp, console, logging or none)")]
+    UnknownExporter { var: &'static str, value: String },
+    #[error("{var}={value:?}: loupe runs one traces exporter at a time; pick one of them")]
+    MultipleExporters { var: &'static str, value: String },
+    #[error("{var}={value:?}: unknown OTLP protocol (expected grpc or http/protobuf)")]
+    UnknownProtocol { var: &'static str, value: String },
+    #[error("{var}={value:?}: the http/json protocol is not supported; use grpc or http/protobuf")]
+    JsonNotSupported { var: &'static str, value: String },
+    #[error("{var}={value:?}: invalid endpoint: {problem}")]
+    InvalidEndpoint {
+        var: &'static str,
+        value: String,
+        problem: EndpointProblem,
+    },
+    #[error(
+        "{var}={value:?}: https endpoints need TLS, which loupe does not support yet; \
+         use an http:// endpoint such as a collector on the node"
+    )]
+    TlsNotSupported { var: &'static str, value: String },
+    // The value is left out on purpose: headers usually carry credentials.
+    #[error("{var}: header entry {index} {problem} (value not shown: it may hold a credential)")]
+    InvalidHeader {
+        var: &'static str,
+        index: usize,
+        problem: HeaderProblem,
+    },
+    #[error("{var}={value:?}: expected a positive whole number of milliseconds")]
+    InvalidDuration { var: &'static str, value: String },
+    #[error("{var}={value:?}: unknown compression (expected gzip or none)")]
+    UnknownCompression { var: &'static str, value: String },
+    #[error("{var}={value:?}: expected a whole number from 1 to {max}")]
+    InvalidSize {
+        var: &'static str,
+        value: String,
+        max: usize,
+    },
+    #[error(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch} is larger than OTEL_BSP_MAX_QUEUE_SIZE={queue}"
+    )]
+    BatchLargerThanQueue { batch: usize, queue: usize },
+}
+
+/// Reads variables through `get`, treating empty values as unset as the SDK spec asks.
+struct Env<F> {
+    get: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn var(&self, name: &'static str) -> Option<(&'static str, String)> {
+        let value = (self.get)(name)?;
+        let trimmed = value.trim();
+        (!trimmed.is_empty()).then(|| (name, trimmed.to_owned()))
+    }
+
+    /// The signal-specific variable wins over the generic one.
+    fn either(
+        &self,
+        specific: &'static str,
+        generic: &'static str,
+    ) -> Option<(&'static str, String)> {
+        self.var(specific).or_else(|| self.var(generic))
+    }
+}
+
+impl ExportConfig {
+    /// Reads the configuration; `get` is usually `|k| std::env::var(k).ok()`.
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<ExportConfig, ExportConfigError> {
+        let env = Env { get };
+        let batch = parse_batch(&env)?;
+        let endpoint_set = env.var(ENDPOINT).is_some() || env.var(TRACES_ENDPOINT).is_some();
+        let exporter = match env.var(TRACES_EXPORTER) {
+            Some((var, value)) => parse_exporter_kind(var, &value)?,
+            None if endpoint_set => ExporterKind::Otlp,
+            None => ExporterKind::Console,
+        };
+        let exporter = match exporter {
+            ExporterKind::Otlp => ExporterConfig::Otlp(parse_otlp(&env)?),
+            ExporterKind::Console => ExporterConfig::Console,
+            ExporterKind::None => ExporterConfig::None,
+        };
+        Ok(ExportConfig { exporter, batch })
+    }
+}
+
+enum ExporterKind {
+    Otlp,
+    Console,
+    None,
+}
+
+fn parse_exporter_kind(var: &'static str, value: &str) -> Result<ExporterKind, ExportConfigError> {
+    let mut names: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    names.dedup();
+    let [name] = names.as_slice() else {
+        return Err(ExportConfigError::MultipleExporters {
+            var,
+            value: value.to_owned(),
+        });
+    };
+    match name.as_str() {
+        "otlp" => Ok(ExporterKind::Otlp),
+        "console" | "logging" => Ok(ExporterKind::Console),
+        "none" => Ok(ExporterKind::None),
+        _ => Err(ExportConfigError::UnknownExporter {
+            var,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+fn parse_otlp<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<OtlpConfig, ExportConfigError> {
+    let protocol = match env.either(TRACES_PROTOCOL, PROTOCOL) {
+        Some((var, value)) => parse_protocol(var, &value)?,
+        None => Protocol::HttpProtobuf,
+    };
+    let endpoint = match (env.var(TRACES_ENDPOINT), env.var(ENDPOINT)) {
+        (Some((var, value)), _) => parse_endpoint(var, &value)?,
+        (None, Some((var, value))) => match protocol {
+            Protocol::Grpc => parse_endpoint(var, &value)?,
+            Protocol::HttpProtobuf => {
+                parse_endpoint_with(var, &value, &append_traces_path(&value))?
+            }
+        },
+        (None, None) => Uri::from_static(match protocol {
+            Protocol::Grpc => "http://localhost:4317",
+            Protocol::HttpProtobuf => "http://localhost:4318/v1/traces",
+        }),
+    };
+    let headers = match env.either(TRACES_HEADERS, HEADERS) {
+        Some((var, value)) => headers::parse(var, &value)?,
+        None => Vec::new(),
+    };
+    let timeout = match env.either(TRACES_TIMEOUT, TIMEOUT) {
+        Some((var, value)) => parse_millis(var, &value)?,
+        None => Duration::from_millis(10_000),
+    };
+    let compression = match env.either(TRACES_COMPRESSION, COMPRESSION) {
+        Some((var, value)) => parse_compression(var, &value)?,
+        None => Compression::None,
+    };
+    Ok(OtlpConfig {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+        compression,
+    })
+}
+
+fn parse_protocol(var: &'static str, value: &str) -> Result<Protocol, ExportConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "http/json" => Err(ExportConfigError::JsonNotSupported {
+            var,
+            value: value.to_owned(),
+        }),
+        _ => Err(ExportConfigError::UnknownProtocol {
+            var,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+/// The generic endpoint is a base URL; the traces path goes after whatever path it has.
+fn append_traces_path(base: &str) -> String {
+    if base.ends_with('/') {
+        format!("{base}v1/traces")
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+fn parse_endpoint(var: &'static str, value: &str) -> Result<Uri, ExportConfigError> {
+    parse_endpoint_with(var, value, value)
+}
+
+/// Parses `url` but reports errors against `value`, what the user actually wrote.
+fn parse_endpoint_with(
+    var: &'static str,
+    value: &str,
+    url: &str,
+) -> Result<Uri, ExportConfigError> {
+    let invalid = |problem| ExportConfigError::InvalidEndpoint {
+        var,
+        value: value.to_owned(),
+        problem,
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid(EndpointProblem::NotAUrl))?;
+    match uri.scheme_str() {
+        None => return Err(invalid(EndpointProblem::NoScheme)),
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(s) if s.eq_ignore_ascii_case("https") => {
+            return Err(ExportConfigError::TlsNotSupported {
+                var,
+                value: value.to_owned(),
+            });
+        }
+        Some(_) => return Err(invalid(EndpointProblem::UnknownScheme)),
+    }
+    match uri.host() {
+        Some(host) if !host.is_empty() => Ok(uri),
+        _ => Err(invalid(EndpointProblem::NoHost)),
+    }
+}
+
+fn parse_millis(var: &'static str, value: &str) -> Result<Duration, ExportConfigError> {
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(ExportConfigError::InvalidDuration {
+            var,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+fn parse_compression(var: &'static str, value: &str) -> Result<Compression, ExportConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "gzip" => Ok(Compression::Gzip),
+        "none" => Ok(Compression::None),
+        _ => Err(ExportConfigError::UnknownCompression {
+            var,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+fn parse_size(var: &'static str, value: &str) -> Result<usize, ExportConfigError> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_QUEUE_SIZE_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ExportConfigError::InvalidSize {
+            var,
+            value: value.to_owned(),
+            max: MAX_QUEUE_SIZE_LIMIT,
+        }),
+    }
+}
+
+fn parse_batch<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<BatchConfig, ExportConfigError> {
+    let defaults = BatchConfig::default();
+    let duration = |name, default| match env.var(name) {
+        Some((var, value)) => parse_millis(var, &value),
+        None => Ok(default),
+    };
+    let size = |name, default| match env.var(name) {
+        Some((var, value)) => parse_size(var, &value),
+        None => Ok(default),
+    };
+    let schedule_delay = duration(BSP_SCHEDULE_DELAY, defaults.schedule_delay)?;
+    let export_timeout = duration(BSP_EXPORT_TIMEOUT, defaults.export_timeout)?;
+    let max_queue_size = size(BSP_MAX_QUEUE_SIZE, defaults.max_queue_size)?;
+    let max_export_batch_size = match env.var(BSP_MAX_EXPORT_BATCH_SIZE) {
+        Some((var, value)) => {
+            let batch = parse_size(var, &value)?;
+            if batch > max_queue_size {
+                return Err(ExportConfigError::BatchLargerThanQueue {
+                    batch,
+                    queue: max_queue_size,
+                });
+            }
+            batch
+        }
+        // Only a small queue was asked for: the default batch shrinks to fit it.
+        None => defaults.max_export_batch_size.min(max_queue_size),
+    };
+    Ok(BatchConfig {
+        schedule_delay,
+        export_timeout,
+        max_queue_size,
+        max_export_batch_size,
+    })
+}

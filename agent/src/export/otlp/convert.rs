@@ -1,0 +1,155 @@
+//! `FinishedSpan` batches to OTLP protobuf messages, with stable HTTP semantic conventions.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+    resource::v1::Resource as ProtoResource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind as ProtoKind, status},
+};
+
+use crate::span::{AttrValue, FinishedSpan, HttpSpan, Resource, SpanKind};
+
+const SCOPE_NAME: &str = "loupe";
+const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Groups spans by resource, one `ResourceSpans` per distinct resource in first-seen order.
+pub fn to_request(batch: &[FinishedSpan]) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(&Arc<Resource>, Vec<Span>)> = Vec::new();
+    for finished in batch {
+        let span = to_proto_span(&finished.span);
+        // The pointer test is the common case; equal content covers resources built twice
+        // for the same process.
+        match groups
+            .iter_mut()
+            .find(|(r, _)| Arc::ptr_eq(r, &finished.resource) || **r == finished.resource)
+        {
+            Some((_, spans)) => spans.push(span),
+            None => groups.push((&finished.resource, vec![span])),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: groups
+            .into_iter()
+            .map(|(resource, spans)| ResourceSpans {
+                resource: Some(to_proto_resource(resource)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: SCOPE_NAME.to_owned(),
+                        version: SCOPE_VERSION.to_owned(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect(),
+    }
+}
+
+fn to_proto_resource(resource: &Resource) -> ProtoResource {
+    ProtoResource {
+        attributes: resource
+            .attributes
+            .iter()
+            .map(|(key, value)| match value {
+                AttrValue::Str(s) => kv(key, Value::StringValue(s.clone())),
+                AttrValue::Int(i) => kv(key, Value::IntValue(*i)),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub fn to_proto_span(span: &HttpSpan) -> Span {
+    let kind = match span.kind {
+        SpanKind::Server => ProtoKind::Server,
+        SpanKind::Client => ProtoKind::Client,
+    };
+    let status = span.is_error().then(|| Status {
+        message: String::new(),
+        code: status::StatusCode::Error as i32,
+    });
+    Span {
+        trace_id: span.trace_id.0.to_vec(),
+        span_id: span.span_id.0.to_vec(),
+        trace_state: span.trace_state.clone().unwrap_or_default(),
+        parent_span_id: span
+            .parent_span_id
+            .map(|p| p.0.to_vec())
+            .unwrap_or_default(),
+        flags: u32::from(span.trace_flags),
+        name: span.name.clone(),
+        kind: kind as i32,
+        start_time_unix_nano: span.start_unix_ns,
+        end_time_unix_nano: span.end_unix_ns.max(span.start_unix_ns),
+        attributes: attributes(span),
+        status,
+        ..Default::default()
+    }
+}
+
+fn attributes(span: &HttpSpan) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(24);
+    let mut str_attr =
+        |key: &str, value: &str| attrs.push(kv(key, Value::StringValue(value.to_owned())));
+    str_attr("http.request.method", &span.method);
+    str_attr("url.path", &span.path);
+    str_attr("url.scheme", &span.scheme);
+    str_attr("network.protocol.name", "http");
+    str_attr("network.protocol.version", &span.protocol_version);
+    let optional_strs = [
+        ("http.request.method_original", &span.method_original),
+        ("url.query", &span.query),
+        ("http.route", &span.route),
+        ("server.address", &span.server_address),
+        ("client.address", &span.client_address),
+        ("network.peer.address", &span.peer_address),
+        ("network.local.address", &span.local_address),
+        ("user_agent.original", &span.user_agent),
+        ("error.type", &span.error_type),
+    ];
+    for (key, value) in optional_strs {
+        if let Some(value) = value {
+            str_attr(key, value);
+        }
+    }
+    let optional_ints = [
+        ("http.response.status_code", span.status_code.map(i64::from)),
+        ("server.port", span.server_port.map(i64::from)),
+        ("client.port", span.client_port.map(i64::from)),
+        ("network.peer.port", span.peer_port.map(i64::from)),
+        ("network.local.port", span.local_port.map(i64::from)),
+        (
+            "http.request.body.size",
+            span.request_body_size.map(saturating_i64),
+        ),
+        (
+            "http.response.body.size",
+            span.response_body_size.map(saturating_i64),
+        ),
+    ];
+    for (key, value) in optional_ints {
+        if let Some(value) = value {
+            attrs.push(kv(key, Value::IntValue(value)));
+        }
+    }
+    attrs
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

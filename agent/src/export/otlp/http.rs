@@ -1,0 +1,158 @@
+//! OTLP over HTTP: a protobuf body POSTed to the traces URL.
+
+use std::{io::Write as _, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{
+    Request, StatusCode, Uri,
+    header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT as USER_AGENT_HEADER},
+    http::{HeaderName, HeaderValue},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message as _;
+
+use super::{AttemptError, Delivered, USER_AGENT, retry::parse_retry_after};
+use crate::export::config::{Compression, OtlpConfig};
+
+/// A response body larger than this is not read: a success needs only its partial-success
+/// counts, which fit easily.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+pub struct HttpTransport {
+    client: Client<HttpConnector, Full<Bytes>>,
+    endpoint: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    gzip: bool,
+}
+
+/// A request body ready to be sent as many times as retries need.
+pub struct HttpBody {
+    bytes: Bytes,
+    gzip: bool,
+}
+
+impl HttpTransport {
+    pub fn new(config: &OtlpConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(2)
+            .build(connector);
+        Self {
+            client,
+            endpoint: config.endpoint.clone(),
+            headers: config.headers.clone(),
+            gzip: config.compression == Compression::Gzip,
+        }
+    }
+
+    pub fn encode(&self, message: &ExportTraceServiceRequest) -> Result<HttpBody, AttemptError> {
+        let plain = message.encode_to_vec();
+        if !self.gzip {
+            return Ok(HttpBody {
+                bytes: plain.into(),
+                gzip: false,
+            });
+        }
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(plain.len() / 4),
+            flate2::Compression::fast(),
+        );
+        encoder.write_all(&plain).map_err(AttemptError::Compress)?;
+        let compressed = encoder.finish().map_err(AttemptError::Compress)?;
+        Ok(HttpBody {
+            bytes: compressed.into(),
+            gzip: true,
+        })
+    }
+
+    pub async fn send(
+        &self,
+        body: &HttpBody,
+        timeout: Duration,
+    ) -> Result<Delivered, AttemptError> {
+        match tokio::time::timeout(timeout, self.send_inner(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(AttemptError::Timeout),
+        }
+    }
+
+    async fn send_inner(&self, body: &HttpBody) -> Result<Delivered, AttemptError> {
+        let mut builder = Request::post(self.endpoint.clone())
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .header(USER_AGENT_HEADER, USER_AGENT);
+        if body.gzip {
+            builder = builder.header(CONTENT_ENCODING, "gzip");
+        }
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
+        let request = builder
+            .body(Full::new(body.bytes.clone()))
+            .map_err(AttemptError::BuildRequest)?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(AttemptError::Connection)?;
+        let status = response.status();
+        if status.is_success() {
+            // A body that cannot be read or decoded still means the spans were accepted.
+            let rejected_spans = match Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+                .collect()
+                .await
+            {
+                Ok(collected) => ExportTraceServiceResponse::decode(collected.to_bytes())
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map_or(0, |p| p.rejected_spans),
+                Err(_) => 0,
+            };
+            return Ok(Delivered { rejected_spans });
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        Err(AttemptError::Http {
+            status: status.as_u16(),
+            retry_after,
+        })
+    }
+}
+
+/// Statuses the OTLP specification lists as transient.
+pub fn is_retryable(status: u16) -> bool {
+    matches!(
+        StatusCode::from_u16(status),
+        Ok(StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_statuses_follow_the_otlp_spec() {
+        for status in [429, 502, 503, 504] {
+            assert!(is_retryable(status), "{status}");
+        }
+        for status in [400, 401, 403, 404, 413, 500, 501] {
+            assert!(!is_retryable(status), "{status}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Span fixtures shared by the export tests.
+
+use std::sync::Arc;
+
+use crate::span::{AttrValue, FinishedSpan, HttpSpan, Resource, SpanId, SpanKind, TraceId};
+
+pub fn resource(service: &str) -> Arc<Resource> {
+    Arc::new(Resource {
+        service_name: service.to_owned(),
+        attributes: vec![
+            (
+                "service.name".to_owned(),
+                AttrValue::Str(service.to_owned()),
+            ),
+            ("process.pid".to_owned(), AttrValue::Int(4242)),
+        ],
+    })
+}
+
+pub fn trace_id(n: u8) -> TraceId {
+    let mut id = [0u8; 16];
+    id[0] = 0xab;
+    id[15] = n;
+    TraceId(id)
+}
+
+pub fn span_id(n: u8) -> SpanId {
+    let mut id = [0u8; 8];
+    id[0] = 0xcd;
+    id[7] = n;
+    SpanId(id)
+}
+
+/// A completed `GET /users/{id}` server span with every optional field empty.
+pub fn http_span(kind: SpanKind, status: Option<u16>) -> HttpSpan {
+    HttpSpan {
+        trace_id: trace_id(1),
+        span_id: span_id(1),
+        parent_span_id: None,
+        trace_flags: 1,
+        trace_state: None,
+        kind,
+        name: "GET /users/{id}".to_owned(),
+        start_unix_ns: 1_700_000_000_000_000_000,
+        end_unix_ns: 1_700_000_000_012_300_000,
+        method: "GET".to_owned(),
+        method_original: None,
+        path: "/users/7".to_owned(),
+        query: None,
+        scheme: "http".to_owned(),
+        route: None,
+        status_code: status,
+        protocol_version: "1.1".to_owned(),
+        server_address: None,
+        server_port: None,
+        client_address: None,
+        client_port: None,
+        peer_address: None,
+        peer_port: None,
+        local_address: None,
+        local_port: None,
+        user_agent: None,
+        request_body_size: None,
+        response_body_size: None,
+        error_type: None,
+    }
+}
+
+pub fn finished(resource: &Arc<Resource>, span: HttpSpan) -> FinishedSpan {
+    FinishedSpan {
+        resource: Arc::clone(resource),
+        span,
+    }
+}
+
+/// `n` distinct server spans of one trace.
+pub fn batch(resource: &Arc<Resource>, n: usize) -> Vec<FinishedSpan> {
+    (0..n)
+        .map(|i| {
+            let mut span = http_span(SpanKind::Server, Some(200));
+            let mut id = [0u8; 8];
+            id[..].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            span.span_id = SpanId(id);
+            finished(resource, span)
+        })
+        .collect()
+}
