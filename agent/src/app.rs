@@ -98,7 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             routes,
         },
         ResourceDefaults::from_agent_env(),
-        exporter.clone(),
+        exporter.sender(),
         metrics.clone(),
         maps.counters,
         exec_tx,

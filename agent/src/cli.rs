@@ -62,7 +62,9 @@ pub struct Cli {
 }
 
 fn parse_ring_mib(text: &str) -> Result<u32, String> {
-    let mib: u32 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    let mib: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
     if !(1..=1024).contains(&mib) || !mib.is_power_of_two() {
         return Err("must be a power of two between 1 and 1024".into());
     }

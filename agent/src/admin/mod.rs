@@ -63,7 +63,9 @@ fn respond<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         if let Ok(value) = content_type.parse() {
-            response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
         }
         response
     };

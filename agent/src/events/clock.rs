@@ -52,6 +52,9 @@ mod tests {
         let clock = Clock::measure();
         let converted = clock.to_unix_ns(monotonic_now_ns());
         let real = now(libc::CLOCK_REALTIME);
-        assert!(converted.abs_diff(real) < 50_000_000, "{converted} vs {real}");
+        assert!(
+            converted.abs_diff(real) < 50_000_000,
+            "{converted} vs {real}"
+        );
     }
 }

@@ -53,8 +53,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let claimed = header.captured_len as usize;
             let rest = &bytes[size_of::<DataEventHeader>()..];
             // The ring buffer rounds records up to 8 bytes, so trailing padding is fine.
-            if claimed > MAX_CAPTURE || claimed > rest.len() || claimed as u64 > header.total_len
-            {
+            if claimed > MAX_CAPTURE || claimed > rest.len() || claimed as u64 > header.total_len {
                 return Err(DecodeError::PayloadLength {
                     claimed,
                     carried: rest.len(),
@@ -137,7 +136,10 @@ mod tests {
     #[test]
     fn rejects_truncated_and_unknown_records() {
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::Empty);
-        assert_eq!(decode(&[42, 0, 0]).unwrap_err(), DecodeError::UnknownKind(42));
+        assert_eq!(
+            decode(&[42, 0, 0]).unwrap_err(),
+            DecodeError::UnknownKind(42)
+        );
         assert!(matches!(
             decode(&[EventKind::ConnOpen as u8, 0, 0, 0]),
             Err(DecodeError::TooShort { .. })

@@ -9,7 +9,6 @@
 //! ```
 
 // Until main.rs wires the stage in, its entry points look unused outside tests.
-#![cfg_attr(not(test), allow(dead_code))]
 
 mod batch;
 pub mod config;

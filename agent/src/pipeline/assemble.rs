@@ -67,7 +67,9 @@ impl SpanAssembler {
                 p.trace_flags,
                 p.trace_state,
             ),
-            (SpanKind::Client, Some(p)) => (p.trace_id, p.span_id, None, p.trace_flags, p.trace_state),
+            (SpanKind::Client, Some(p)) => {
+                (p.trace_id, p.span_id, None, p.trace_flags, p.trace_state)
+            }
             (_, None) => (new_trace_id(), new_span_id(), None, SAMPLED, None),
         };
 

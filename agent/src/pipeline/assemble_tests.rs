@@ -64,7 +64,11 @@ fn server_span_follows_the_conventions() {
     let req = request(
         "GET",
         "/orders/42?token=secret&x",
-        &[("host", "shop.example:8080"), ("user-agent", "curl/8"), ("authorization", "Bearer s3cret")],
+        &[
+            ("host", "shop.example:8080"),
+            ("user-agent", "curl/8"),
+            ("authorization", "Bearer s3cret"),
+        ],
     );
     let ex = exchange(Role::Server, req, Some(response(200, 5)));
     let span = assembler().assemble(&ex, addr("127.0.0.1:8080"), addr("10.0.0.9:50000"));
@@ -97,13 +101,26 @@ fn server_span_joins_incoming_traceparent() {
         "GET",
         "/",
         &[
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             ("tracestate", "vendor=x"),
         ],
     );
-    let span = assembler().assemble(&exchange(Role::Server, req, Some(response(200, 0))), None, None);
-    assert_eq!(trace_id_hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(span.parent_span_id.map(|s| span_id_hex(&s)).as_deref(), Some("00f067aa0ba902b7"));
+    let span = assembler().assemble(
+        &exchange(Role::Server, req, Some(response(200, 0))),
+        None,
+        None,
+    );
+    assert_eq!(
+        trace_id_hex(&span.trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(
+        span.parent_span_id.map(|s| span_id_hex(&s)).as_deref(),
+        Some("00f067aa0ba902b7")
+    );
     assert_ne!(span_id_hex(&span.span_id), "00f067aa0ba902b7");
     assert_eq!(span.trace_state.as_deref(), Some("vendor=x"));
 }
@@ -113,7 +130,10 @@ fn client_span_keeps_the_ids_it_sent() {
     let req = request(
         "POST",
         "http://api.internal:9000/v1/items/3f2504e0-4f89-11d3-9a0c-0305e82c3301",
-        &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
     );
     let span = assembler().assemble(
         &exchange(Role::Client, req, Some(response(404, 0))),
@@ -137,7 +157,11 @@ fn status_rules() {
     let a = assembler();
     let server = |status| {
         a.assemble(
-            &exchange(Role::Server, request("GET", "/", &[]), Some(response(status, 0))),
+            &exchange(
+                Role::Server,
+                request("GET", "/", &[]),
+                Some(response(status, 0)),
+            ),
             None,
             None,
         )
@@ -146,12 +170,19 @@ fn status_rules() {
     assert!(server(503).is_error());
     assert_eq!(server(503).error_type.as_deref(), Some("503"));
 
-    let unanswered = a.assemble(&exchange(Role::Server, request("GET", "/", &[]), None), None, None);
+    let unanswered = a.assemble(
+        &exchange(Role::Server, request("GET", "/", &[]), None),
+        None,
+        None,
+    );
     assert!(unanswered.is_error());
     assert_eq!(unanswered.error_type.as_deref(), Some("no_response"));
     assert_eq!(unanswered.status_code, None);
     // Ends when the connection closed.
-    assert_eq!(unanswered.end_unix_ns - unanswered.start_unix_ns, 12_000 - 2_000);
+    assert_eq!(
+        unanswered.end_unix_ns - unanswered.start_unix_ns,
+        12_000 - 2_000
+    );
 
     let mut lost = exchange(Role::Server, request("GET", "/", &[]), None);
     lost.outcome = ExchangeOutcome::ResponseLost;
@@ -162,7 +193,11 @@ fn status_rules() {
 fn odd_methods_and_hosts() {
     let a = assembler();
     let span = a.assemble(
-        &exchange(Role::Server, request("PURGE", "/x", &[("host", "[::1]:8443")]), Some(response(200, 0))),
+        &exchange(
+            Role::Server,
+            request("PURGE", "/x", &[("host", "[::1]:8443")]),
+            Some(response(200, 0)),
+        ),
         None,
         None,
     );
@@ -171,7 +206,10 @@ fn odd_methods_and_hosts() {
     assert_eq!(span.name, "_OTHER /x");
     assert_eq!(span.server_address.as_deref(), Some("::1"));
     assert_eq!(span.server_port, Some(8443));
-    assert_eq!(parse_host("example.com"), Some(("example.com".into(), None)));
+    assert_eq!(
+        parse_host("example.com"),
+        Some(("example.com".into(), None))
+    );
     assert_eq!(parse_host(""), None);
     assert_eq!(split_target("/a#frag"), ("/a".into(), None));
     assert_eq!(redact_query("a=1&b&c=2=3"), "a=REDACTED&b&c=REDACTED");

@@ -14,7 +14,9 @@ use crate::protocol::{Chunk, Role, detect_http1, http1::Http1Session};
 const DETECT_ATTEMPTS: u8 = 4;
 
 pub enum ProtocolState {
-    Undetected { attempts: u8 },
+    Undetected {
+        attempts: u8,
+    },
     Http1(Box<Http1Session>),
     /// Not a protocol loupe parses (TLS, a database protocol ...): bytes are only counted.
     Opaque,
@@ -197,7 +199,12 @@ mod tests {
         let mut table = ConnectionTable::new(1);
         let k1 = ConnKey { tgid: 1, fd: 3 };
         let k2 = ConnKey { tgid: 1, fd: 4 };
-        assert!(table.insert(k1, Connection::new(1, None, 0)).unwrap().is_none());
+        assert!(
+            table
+                .insert(k1, Connection::new(1, None, 0))
+                .unwrap()
+                .is_none()
+        );
         assert!(table.insert(k2, Connection::new(2, None, 0)).is_err());
         let old = table.insert(k1, Connection::new(3, None, 0)).unwrap();
         assert_eq!(old.unwrap().conn_id, 1);

@@ -18,7 +18,7 @@ use crate::{
         clock::{Clock, monotonic_now_ns},
         reader::EventSink,
     },
-    export::ExportHandle,
+    export::SpanSender,
     probes::{CounterMap, maps::read_counters},
     process::resource::ResourceDefaults,
     protocol::{
@@ -29,7 +29,6 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
-pub use assemble::redact_query;
 use assemble::SpanAssembler;
 use connections::{Connection, ConnectionTable};
 
@@ -49,7 +48,7 @@ pub struct Pipeline {
     assembler: SpanAssembler,
     resources: HashMap<u32, Arc<Resource>>,
     resource_defaults: ResourceDefaults,
-    exporter: ExportHandle,
+    exporter: SpanSender,
     metrics: Arc<Metrics>,
     counters: CounterMap,
     execs: SyncSender<u32>,
@@ -61,7 +60,7 @@ impl Pipeline {
     pub fn new(
         config: PipelineConfig,
         resource_defaults: ResourceDefaults,
-        exporter: ExportHandle,
+        exporter: SpanSender,
         metrics: Arc<Metrics>,
         counters: CounterMap,
         execs: SyncSender<u32>,
@@ -196,7 +195,9 @@ impl Pipeline {
             self.finish_connection(key, conn, now);
         }
         self.resources.retain(|tgid, _| alive(*tgid));
-        self.metrics.connections_active.set(self.connections.len() as u64);
+        self.metrics
+            .connections_active
+            .set(self.connections.len() as u64);
 
         let kernel = read_counters(&self.counters);
         self.metrics

@@ -1,7 +1,7 @@
 //! Loading loupe's kernel programs, attaching them to syscall tracepoints, and the maps
 //! the agent shares with them.
 
-mod attach;
+pub mod attach;
 pub mod maps;
 pub mod privileges;
 mod tracefs;
@@ -9,7 +9,6 @@ mod tracefs;
 use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
 use loupe_common::ProbeConfig;
 
-pub use attach::ATTACHMENTS;
 pub use maps::{ConnectionMap, CounterMap, ProcessMap};
 
 /// Why the probes could not be set up.
@@ -60,7 +59,7 @@ impl Probes {
     pub fn load(config: &ProbeConfig, ports: &[u16], ring_bytes: u32) -> Result<Self, ProbeError> {
         tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
         let mut ebpf = EbpfLoader::new()
-            .set_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)?;
         maps::write_config(&mut ebpf, config)?;
         maps::write_ports(&mut ebpf, ports)?;

@@ -75,7 +75,10 @@ impl ResourceDefaults {
             ("service.name".into(), AttrValue::Str(service_name.clone())),
             ("process.pid".into(), AttrValue::Int(pid as i64)),
             ("host.name".into(), AttrValue::Str(self.host_name.clone())),
-            ("telemetry.distro.name".into(), AttrValue::Str("loupe".into())),
+            (
+                "telemetry.distro.name".into(),
+                AttrValue::Str("loupe".into()),
+            ),
             (
                 "telemetry.distro.version".into(),
                 AttrValue::Str(env!("CARGO_PKG_VERSION").into()),
@@ -178,9 +181,15 @@ mod tests {
         ];
         let r = defaults().build(7, Some(Path::new("/usr/bin/python3.11")), None, &env);
         assert_eq!(r.service_name, "checkout");
-        assert_eq!(attr(&r, "service.name"), Some(&AttrValue::Str("checkout".into())));
+        assert_eq!(
+            attr(&r, "service.name"),
+            Some(&AttrValue::Str("checkout".into()))
+        );
         // The process's own namespace beats the agent's default.
-        assert_eq!(attr(&r, "service.namespace"), Some(&AttrValue::Str("shop".into())));
+        assert_eq!(
+            attr(&r, "service.namespace"),
+            Some(&AttrValue::Str("shop".into()))
+        );
         assert_eq!(
             attr(&r, "deployment.environment.name"),
             Some(&AttrValue::Str("prod".into()))
@@ -190,7 +199,10 @@ mod tests {
             attr(&r, "process.executable.name"),
             Some(&AttrValue::Str("python3.11".into()))
         );
-        assert_eq!(attr(&r, "host.name"), Some(&AttrValue::Str("node-1".into())));
+        assert_eq!(
+            attr(&r, "host.name"),
+            Some(&AttrValue::Str("node-1".into()))
+        );
         assert_eq!(
             attr(&r, "telemetry.distro.name"),
             Some(&AttrValue::Str("loupe".into()))
@@ -199,7 +211,10 @@ mod tests {
 
     #[test]
     fn resource_attributes_name_the_service_next() {
-        let env = vec![("OTEL_RESOURCE_ATTRIBUTES".into(), "service.name=billing".into())];
+        let env = vec![(
+            "OTEL_RESOURCE_ATTRIBUTES".into(),
+            "service.name=billing".into(),
+        )];
         let r = defaults().build(7, Some(Path::new("/srv/app")), None, &env);
         assert_eq!(r.service_name, "billing");
     }

@@ -3,7 +3,6 @@
 //! The kernel hands us, per socket syscall, a prefix of the bytes moved and the true count.
 //! Parsers therefore work on [`Chunk`]s that may be truncated (`bytes.len() < total_len`) or
 //! carry no bytes at all (sendfile), and must keep their framing in step with the unseen tail.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
 pub mod http1;
 

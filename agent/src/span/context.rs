@@ -11,8 +11,6 @@
 //! A header that appears several times with different values is ambiguous and ignored,
 //! except `tracestate`, which HTTP lets senders split across several lines.
 
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod b3;
 mod hex;
 mod jaeger;

@@ -28,8 +28,6 @@
 //! So `/api/v1/users/123/orders/5f9b2c7e8d1a4b3c2d1e0f9a` becomes
 //! `/api/v1/users/{id}/orders/{id}`.
 
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod heuristic;
 
 pub use heuristic::heuristic_route;

@@ -137,7 +137,11 @@ impl Agent {
             if let Some((200, _)) = http_get(admin_port, "/readyz") {
                 break;
             }
-            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "loupe exited before it was ready ({status}):\n{}",
                     agent.stderr()
@@ -232,7 +236,15 @@ impl Drop for Guard {
 /// Runs curl and returns the HTTP status codes it printed, one per URL.
 pub fn curl(args: &[&str]) -> Vec<u16> {
     let output = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "--max-time", "10"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\\n",
+            "--max-time",
+            "10",
+        ])
         .args(args)
         .output()
         .expect("run curl");
@@ -244,7 +256,9 @@ pub fn curl(args: &[&str]) -> Vec<u16> {
 
 /// Waits until something accepts connections on the port.
 pub fn wait_for_port(port: u16) {
-    wait_until(&format!("a listener on port {port}"), Duration::from_secs(20), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    wait_until(
+        &format!("a listener on port {port}"),
+        Duration::from_secs(20),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
 }

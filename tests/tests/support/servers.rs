@@ -126,7 +126,9 @@ fn nginx_bin() -> &'static str {
 }
 
 fn spawn(mut cmd: Command, env: &[(&str, &str)], port: u16) -> Guard {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -5,7 +5,6 @@
 //! runs on. This module reads the few records it needs from `/sys/kernel/btf/vmlinux` and
 //! checks each field's size and alignment: a layout it does not understand is an error at
 //! startup, because the alternative is the kernel programs silently reading garbage.
-#![cfg_attr(not(test), allow(dead_code))]
 
 mod parse;
 #[cfg(test)]
