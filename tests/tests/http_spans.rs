@@ -123,7 +123,7 @@ fn drive(port: u16) {
 #[test]
 fn python_threading_server_over_grpc() {
     require_root();
-    let receiver = OtlpReceiver::start();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
     let server = servers::python(port, &[("OTEL_SERVICE_NAME", "py-orders")]);
     let pid = server.pid().to_string();
@@ -169,7 +169,7 @@ fn python_threading_server_over_grpc() {
 #[test]
 fn node_http_server_over_http_protobuf() {
     require_root();
-    let receiver = OtlpReceiver::start();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
     let _server = servers::node(port, &[("OTEL_SERVICE_NAME", "node-front")]);
     let endpoint = receiver.http_endpoint();
@@ -193,7 +193,7 @@ fn node_http_server_over_http_protobuf() {
 #[test]
 fn nginx_server_and_curl_client_spans() {
     require_root();
-    let receiver = OtlpReceiver::start();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
     let _server = servers::nginx(port);
     let endpoint = receiver.grpc_endpoint();

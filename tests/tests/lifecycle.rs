@@ -144,7 +144,7 @@ fn collector_down_is_counted_not_fatal() {
 #[test]
 fn sigterm_flushes_finished_spans() {
     require_root();
-    let receiver = OtlpReceiver::start();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
     let _server = servers::python(port, &[("OTEL_SERVICE_NAME", "flush-me")]);
     let endpoint = receiver.grpc_endpoint();
