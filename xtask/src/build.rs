@@ -14,7 +14,7 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: &BuildArgs) -> Result<()> {
-    setup::run()?;
+    setup::run(&mut std::io::stdout())?;
     let ws = Workspace::locate()?;
     agent(&ws, args.release)
 }
@@ -26,7 +26,7 @@ pub fn agent(ws: &Workspace, release: bool) -> Result<()> {
         cmd = cmd.arg("--release");
     }
     let cmd = cmd.args(["-p", "loupe"]);
-    println!("==> {}", cmd.shown());
+    eprintln!("==> {}", cmd.shown());
     cmd.run()?;
     Ok(())
 }

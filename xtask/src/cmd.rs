@@ -66,10 +66,6 @@ impl Cmd {
         &self.shown
     }
 
-    pub fn into_command(self) -> Command {
-        self.inner
-    }
-
     /// Runs with the terminal's stdio; a non-zero exit is an error.
     pub fn run(mut self) -> Result<(), CmdError> {
         let status = self.inner.status().map_err(|source| CmdError::Spawn {

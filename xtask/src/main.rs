@@ -37,7 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::run(&mut std::io::stdout()),
         Command::Build(args) => build::run(args),
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),

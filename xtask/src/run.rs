@@ -16,7 +16,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    setup::run()?;
+    setup::run(&mut std::io::stdout())?;
     let ws = Workspace::locate()?;
     build::agent(&ws, true)?;
     let bin = ws.release_bin("loupe");

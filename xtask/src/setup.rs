@@ -4,6 +4,8 @@
 //! Debian packages need root; the Rust toolchain parts install into the caller's rustup
 //! and cargo homes.
 
+use std::io::Write;
+
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::{Cmd, is_root, quote_all, which};
@@ -56,23 +58,36 @@ const LLVM_MAJOR: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION_PREFIX: &str = "bpf-linker 0.13";
 
-fn ok(item: &str, detail: &str) {
-    println!("[ok] {item}: {detail}");
+/// Where the item lines go: stdout for `cargo xtask setup`, stderr when another command
+/// keeps stdout for its own report.
+struct Out<'a>(&'a mut dyn Write);
+
+impl Out<'_> {
+    fn line(&mut self, text: std::fmt::Arguments<'_>) {
+        // A closed output must not stop the installation.
+        let _ = writeln!(self.0, "{text}");
+        let _ = self.0.flush();
+    }
+
+    fn ok(&mut self, item: &str, detail: &str) {
+        self.line(format_args!("[ok] {item}: {detail}"));
+    }
+
+    fn install(&mut self, item: &str, how: &str) {
+        self.line(format_args!("[install] {item}: {how}"));
+    }
 }
 
-fn install(item: &str, how: &str) {
-    println!("[install] {item}: {how}");
-}
-
-pub fn run() -> Result<()> {
-    debian_packages()?;
-    rust_nightly()?;
-    bpf_linker()?;
-    pip_packages()?;
+pub fn run(out: &mut dyn Write) -> Result<()> {
+    let mut out = Out(out);
+    debian_packages(&mut out)?;
+    rust_nightly(&mut out)?;
+    bpf_linker(&mut out)?;
+    pip_packages(&mut out)?;
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
+fn debian_packages(out: &mut Out<'_>) -> Result<()> {
     if which("dpkg-query").is_none() {
         bail!(
             "dpkg-query not found: `cargo xtask setup` installs through Debian's packages; \
@@ -83,27 +98,27 @@ fn debian_packages() -> Result<()> {
     let mut missing: Vec<&str> = Vec::new();
     for deb in BUILD_DEBS.iter().chain(TEST_DEBS) {
         match installed_alternative(deb) {
-            Some(name) => ok(&format!("deb {}", deb.package), &installed_as(deb, name)),
+            Some(name) => out.ok(&format!("deb {}", deb.package), &installed_as(deb, name)),
             None => {
-                install(&format!("deb {}", deb.package), "apt-get install");
+                out.install(&format!("deb {}", deb.package), "apt-get install");
                 missing.push(deb.package);
             }
         }
     }
     match Cmd::new("node").arg("--version").probe() {
-        Some(v) if node_major(&v).is_some_and(|m| m >= MIN_NODE_MAJOR) => ok("node", v.trim()),
+        Some(v) if node_major(&v).is_some_and(|m| m >= MIN_NODE_MAJOR) => out.ok("node", v.trim()),
         found => {
             let why = found.map_or("not found".to_owned(), |v| {
                 format!("{} is too old", v.trim())
             });
-            install("node", &format!("{why}; apt-get install nodejs"));
+            out.install("node", &format!("{why}; apt-get install nodejs"));
             missing.push("nodejs");
         }
     }
     match Cmd::new("python3").arg("--version").probe() {
-        Some(v) => ok("python3", v.trim()),
+        Some(v) => out.ok("python3", v.trim()),
         None => {
-            install("python3", "apt-get install python3");
+            out.install("python3", "apt-get install python3");
             missing.push("python3");
         }
     }
@@ -113,7 +128,7 @@ fn debian_packages() -> Result<()> {
             .probe()
             .is_none()
     {
-        install("pip", "apt-get install python3-pip");
+        out.install("pip", "apt-get install python3-pip");
         missing.push("python3-pip");
     }
     if missing.is_empty() {
@@ -133,12 +148,12 @@ fn debian_packages() -> Result<()> {
             quote_all(&install_args)
         );
     }
-    println!("[install] apt-get update");
+    out.line(format_args!("[install] apt-get update"));
     Cmd::new("apt-get").arg("update").run()?;
     let apt = Cmd::new("apt-get")
         .args(&install_args)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    println!("[install] {}", apt.shown());
+    out.line(format_args!("[install] {}", apt.shown()));
     apt.run()?;
 
     for deb in BUILD_DEBS.iter().chain(TEST_DEBS) {
@@ -190,7 +205,7 @@ fn node_major(version: &str) -> Option<u32> {
         .ok()
 }
 
-fn rust_nightly() -> Result<()> {
+fn rust_nightly(out: &mut Out<'_>) -> Result<()> {
     if which("rustup").is_none() {
         bail!(
             "rustup not found: loupe's kernel programs build with a nightly toolchain that \
@@ -202,7 +217,7 @@ fn rust_nightly() -> Result<()> {
         .probe()
         .context("`rustup toolchain list` failed")?;
     match nightly_toolchain(&toolchains) {
-        Some(name) => ok("rust nightly", name),
+        Some(name) => out.ok("rust nightly", name),
         None => {
             let cmd = Cmd::new("rustup").args([
                 "toolchain",
@@ -211,7 +226,7 @@ fn rust_nightly() -> Result<()> {
                 "--profile",
                 "minimal",
             ]);
-            install("rust nightly", cmd.shown());
+            out.install("rust nightly", cmd.shown());
             cmd.run()?;
         }
     }
@@ -220,11 +235,11 @@ fn rust_nightly() -> Result<()> {
         .probe()
         .unwrap_or_default();
     if has_component(&components, "rust-src") {
-        ok("rust-src (nightly)", "installed");
+        out.ok("rust-src (nightly)", "installed");
     } else {
         let cmd =
             Cmd::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]);
-        install("rust-src (nightly)", cmd.shown());
+        out.install("rust-src (nightly)", cmd.shown());
         cmd.run()?;
     }
     Ok(())
@@ -249,7 +264,7 @@ fn has_component(list: &str, component: &str) -> bool {
     })
 }
 
-fn bpf_linker() -> Result<()> {
+fn bpf_linker(out: &mut Out<'_>) -> Result<()> {
     let version = Cmd::new("bpf-linker").arg("--version").probe();
     let linked_llvm = which("bpf-linker")
         .and_then(|path| Cmd::new("ldd").arg(path).probe())
@@ -257,7 +272,7 @@ fn bpf_linker() -> Result<()> {
     let verdict = bpf_linker_verdict(version.as_deref(), linked_llvm);
     let force = match verdict {
         LinkerVerdict::Good(detail) => {
-            ok("bpf-linker", &detail);
+            out.ok("bpf-linker", &detail);
             return Ok(());
         }
         LinkerVerdict::Missing => false,
@@ -284,16 +299,16 @@ fn bpf_linker() -> Result<()> {
         LinkerVerdict::Replace(why) => format!("{why}; "),
         _ => String::new(),
     };
-    install("bpf-linker", &format!("{why}{}", locked.shown()));
+    out.install("bpf-linker", &format!("{why}{}", locked.shown()));
     if let Err(err) = locked.run() {
         // A yanked or broken pin in bpf-linker's own lock file is the usual cause.
         let unlocked = Cmd::new("cargo")
             .args(&args)
             .env("LLVM_PREFIX", LLVM_PREFIX);
-        println!(
+        out.line(format_args!(
             "[retry] bpf-linker: {err}; now without --locked: {}",
             unlocked.shown()
-        );
+        ));
         unlocked.run()?;
     }
     match Cmd::new("bpf-linker").arg("--version").probe() {
@@ -343,9 +358,9 @@ fn llvm_major_from_ldd(ldd: &str) -> Option<u32> {
     })
 }
 
-fn pip_packages() -> Result<()> {
+fn pip_packages(out: &mut Out<'_>) -> Result<()> {
     if PIP_PACKAGES.is_empty() {
-        ok("pip packages", "none needed beyond the standard library");
+        out.ok("pip packages", "none needed beyond the standard library");
         return Ok(());
     }
     for pkg in PIP_PACKAGES {
@@ -354,11 +369,11 @@ fn pip_packages() -> Result<()> {
             .probe()
             .is_some();
         if present {
-            ok(&format!("pip {}", pkg.name), "installed");
+            out.ok(&format!("pip {}", pkg.name), "installed");
         } else {
             let cmd =
                 Cmd::new("python3").args(["-m", "pip", "install", "--quiet", pkg.requirement]);
-            install(&format!("pip {}", pkg.name), cmd.shown());
+            out.install(&format!("pip {}", pkg.name), cmd.shown());
             cmd.run()?;
         }
     }

@@ -108,7 +108,7 @@ fn plan(args: &TestArgs, loupe_bin: OsString) -> Vec<Step> {
 }
 
 pub fn run(args: &TestArgs) -> Result<()> {
-    setup::run()?;
+    setup::run(&mut std::io::stdout())?;
     let ws = Workspace::locate()?;
     let steps = plan(args, ws.release_bin("loupe").into_os_string());
     let total = steps.len();

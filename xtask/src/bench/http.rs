@@ -103,7 +103,8 @@ pub fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HttpError>
         let Some(line_end) = find_crlf(&buf[pos..]) else {
             return Ok(None);
         };
-        let line = std::str::from_utf8(&buf[pos..pos + line_end]).map_err(|_| HttpError::BadChunk)?;
+        let line =
+            std::str::from_utf8(&buf[pos..pos + line_end]).map_err(|_| HttpError::BadChunk)?;
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| HttpError::BadChunk)?;
         pos += line_end + 2;
@@ -205,13 +206,16 @@ mod tests {
 
     #[test]
     fn connection_close_http10_and_unframed_bodies_close() {
-        let close = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let close =
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         assert!(close.is_ok_and(|h| h.is_some_and(|h| h.close)));
         let old = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
         assert!(old.is_ok_and(|h| h.is_some_and(|h| h.close)));
         let unframed = parse_head(b"HTTP/1.1 200 OK\r\n\r\n").ok().flatten();
         assert!(unframed.is_some_and(|h| h.close && h.body == BodyKind::UntilClose));
-        let no_body = parse_head(b"HTTP/1.1 204 No Content\r\n\r\n").ok().flatten();
+        let no_body = parse_head(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .ok()
+            .flatten();
         assert!(no_body.is_some_and(|h| !h.close && h.body == BodyKind::Length(0)));
     }
 
@@ -233,10 +237,19 @@ mod tests {
         let decoded = decode_chunked(raw).ok().flatten();
         assert_eq!(decoded, Some((b"loupe".to_vec(), raw.len() - 4)));
         for cut in 0..raw.len() - 4 {
-            assert!(matches!(decode_chunked(&raw[..cut]), Ok(None)), "cut at {cut}");
+            assert!(
+                matches!(decode_chunked(&raw[..cut]), Ok(None)),
+                "cut at {cut}"
+            );
         }
-        assert!(matches!(decode_chunked(b"zz\r\n"), Err(HttpError::BadChunk)));
-        assert!(matches!(decode_chunked(b"2\r\nabXX"), Err(HttpError::BadChunk)));
+        assert!(matches!(
+            decode_chunked(b"zz\r\n"),
+            Err(HttpError::BadChunk)
+        ));
+        assert!(matches!(
+            decode_chunked(b"2\r\nabXX"),
+            Err(HttpError::BadChunk)
+        ));
         assert!(matches!(
             decode_chunked(b"ffffffffffffffff\r\n"),
             Err(HttpError::BodyTooLarge)
@@ -247,14 +260,18 @@ mod tests {
     fn whole_responses_of_each_framing() {
         let length = parse_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n42");
         assert!(length.is_ok_and(|r| r.status == 200 && r.body == b"42"));
-        let chunked =
-            parse_whole(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n42\r\n0\r\n\r\n");
+        let chunked = parse_whole(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n42\r\n0\r\n\r\n",
+        );
         assert!(chunked.is_ok_and(|r| r.body == b"42"));
         let until_close = parse_whole(b"HTTP/1.1 503 Busy\r\n\r\nnot yet");
         assert!(until_close.is_ok_and(|r| r.status == 503 && r.body == b"not yet"));
         let truncated = parse_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n42");
         assert!(matches!(truncated, Err(HttpError::Truncated)));
-        assert!(matches!(parse_whole(b"HTTP/1.1 200"), Err(HttpError::Truncated)));
+        assert!(matches!(
+            parse_whole(b"HTTP/1.1 200"),
+            Err(HttpError::Truncated)
+        ));
     }
 
     #[test]

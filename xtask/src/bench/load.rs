@@ -81,7 +81,10 @@ pub fn run(config: &PacedConfig) -> PacedResult {
             .map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let seconds = start.elapsed().as_secs_f64().min(config.duration.as_secs_f64());
+    let seconds = start
+        .elapsed()
+        .as_secs_f64()
+        .min(config.duration.as_secs_f64());
     let mut latencies: Vec<u32> = Vec::new();
     let mut result = PacedResult {
         sent: 0,
@@ -152,7 +155,9 @@ fn connection_loop(
                 }
                 if tally.latencies_us.len() < MAX_SAMPLES_PER_CONNECTION {
                     let us = due.elapsed().as_micros();
-                    tally.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                    tally
+                        .latencies_us
+                        .push(u32::try_from(us).unwrap_or(u32::MAX));
                 }
                 if keep {
                     conn = Some(live);
@@ -244,12 +249,12 @@ impl Connection {
 
     fn read_response(&mut self) -> Result<(u16, bool), HttpError> {
         loop {
-            if let Some(head) = http::parse_head(&self.buf[..self.filled])? {
-                if let Some(consumed) = self.body_end(head.head_len, head.body)? {
-                    self.buf.copy_within(consumed..self.filled, 0);
-                    self.filled -= consumed;
-                    return Ok((head.status, !head.close));
-                }
+            if let Some(head) = http::parse_head(&self.buf[..self.filled])?
+                && let Some(consumed) = self.body_end(head.head_len, head.body)?
+            {
+                self.buf.copy_within(consumed..self.filled, 0);
+                self.filled -= consumed;
+                return Ok((head.status, !head.close));
             }
             if self.filled == self.buf.len() {
                 return Err(HttpError::BodyTooLarge);

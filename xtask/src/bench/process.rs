@@ -75,30 +75,12 @@ impl Guard {
         self.child.id()
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// The exit status if the process has already ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().ok().flatten();
         }
         self.status
-    }
-
-    /// Waits for the process to end on its own, for at most `limit`.
-    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline || interrupted() {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Reads what an exited child left in its piped stdout and stderr (bounded).
@@ -135,6 +117,10 @@ impl Guard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        eprintln!(
+            "bench: {} did not stop within {:.0?} of the signal; killed",
+            self.name, self.grace
+        );
         self.kill_group(pid);
         self.status = self.child.wait().ok();
         self.status
@@ -166,10 +152,8 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "loupe-bench-{}-{nanos:09}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("loupe-bench-{}-{nanos:09}", std::process::id()));
         std::fs::create_dir(&path)?;
         Ok(Self { path, keep })
     }
@@ -227,7 +211,11 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
             if all.is_empty() {
                 format!("({} is empty)", path.display())
             } else {
-                format!("last lines of {}:\n{}", path.display(), all[start..].join("\n"))
+                format!(
+                    "last lines of {}:\n{}",
+                    path.display(),
+                    all[start..].join("\n")
+                )
             }
         }
         Err(err) => format!("({} unreadable: {err})", path.display()),
@@ -257,7 +245,8 @@ mod tests {
     fn a_process_ignoring_the_stop_signal_is_killed_after_the_grace_period() {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "trap '' TERM; sleep 30"]);
-        let Ok(mut guard) = Guard::spawn("stubborn", cmd, libc::SIGTERM, Duration::from_millis(200))
+        let Ok(mut guard) =
+            Guard::spawn("stubborn", cmd, libc::SIGTERM, Duration::from_millis(200))
         else {
             panic!("could not start sh");
         };
@@ -294,10 +283,11 @@ mod tests {
     #[test]
     fn poll_until_gives_up_at_the_limit() {
         let mut calls = 0;
-        let got: Option<()> = poll_until(Duration::from_millis(50), Duration::from_millis(10), || {
-            calls += 1;
-            None
-        });
+        let got: Option<()> =
+            poll_until(Duration::from_millis(50), Duration::from_millis(10), || {
+                calls += 1;
+                None
+            });
         assert!(got.is_none());
         assert!(calls >= 2);
         assert_eq!(

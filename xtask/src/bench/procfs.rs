@@ -88,7 +88,11 @@ pub fn parse_prog_fdinfo(text: &str) -> Option<(u64, ProgStats)> {
             _ => {}
         }
     }
-    if is_prog { id.map(|id| (id, stats)) } else { None }
+    if is_prog {
+        id.map(|id| (id, stats))
+    } else {
+        None
+    }
 }
 
 /// Kernel clock ticks per second, the unit of `/proc/<pid>/stat` CPU times.
@@ -122,10 +126,14 @@ pub fn bpf_prog_totals(pid: u32) -> Option<ProgStats> {
     if programs.is_empty() {
         return None;
     }
-    Some(programs.values().fold(ProgStats::default(), |acc, s| ProgStats {
-        run_time_ns: acc.run_time_ns.saturating_add(s.run_time_ns),
-        run_cnt: acc.run_cnt.saturating_add(s.run_cnt),
-    }))
+    Some(
+        programs
+            .values()
+            .fold(ProgStats::default(), |acc, s| ProgStats {
+                run_time_ns: acc.run_time_ns.saturating_add(s.run_time_ns),
+                run_cnt: acc.run_cnt.saturating_add(s.run_cnt),
+            }),
+    )
 }
 
 /// Turns on the kernel's eBPF run-time accounting for as long as it lives, then puts the
@@ -200,10 +208,17 @@ mod tests {
 
     #[test]
     fn peak_rss_from_status() {
-        let status = "Name:\tloupe\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
+        let status =
+            "Name:\tloupe\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
         assert_eq!(parse_peak_rss_kib(status), Ok(51234));
-        assert_eq!(parse_peak_rss_kib("Name:\tloupe\n"), Err(ProcError::NoPeakRss));
-        assert_eq!(parse_peak_rss_kib("VmHWM:\t kB\n"), Err(ProcError::NoPeakRss));
+        assert_eq!(
+            parse_peak_rss_kib("Name:\tloupe\n"),
+            Err(ProcError::NoPeakRss)
+        );
+        assert_eq!(
+            parse_peak_rss_kib("VmHWM:\t kB\n"),
+            Err(ProcError::NoPeakRss)
+        );
     }
 
     #[test]
@@ -225,7 +240,10 @@ mod tests {
         assert_eq!(parse_prog_fdinfo(map), None);
         let socket = "pos:\t0\nflags:\t02\nmnt_id:\t9\n";
         assert_eq!(parse_prog_fdinfo(socket), None);
-        assert_eq!(parse_prog_fdinfo("prog_type:\t5\nrun_cnt:\tlots\nprog_id:\t1\n"), None);
+        assert_eq!(
+            parse_prog_fdinfo("prog_type:\t5\nrun_cnt:\tlots\nprog_id:\t1\n"),
+            None
+        );
     }
 
     #[test]

@@ -106,7 +106,10 @@ http_server_request_duration_seconds_bucket{le=\"+Inf\"} 9
         assert_eq!(m.get("loupe_spans_exported_total"), Some(12345.0));
         assert_eq!(m.get("loupe_ringbuf_drops_total"), Some(7.0));
         assert_eq!(m.get("loupe_spans_created_total"), Some(2000.0));
-        assert_eq!(m.get("http_server_request_duration_seconds_bucket"), Some(9.0));
+        assert_eq!(
+            m.get("http_server_request_duration_seconds_bucket"),
+            Some(9.0)
+        );
         assert_eq!(m.get("loupe_missing"), None);
     }
 
@@ -114,7 +117,10 @@ http_server_request_duration_seconds_bucket{le=\"+Inf\"} 9
     fn special_values() {
         let m = parse("a +Inf\nb NaN\nc -1.5\n");
         assert!(m.as_ref().is_ok_and(|m| m.get("a") == Some(f64::INFINITY)));
-        assert!(m.as_ref().is_ok_and(|m| m.get("b").is_some_and(f64::is_nan)));
+        assert!(
+            m.as_ref()
+                .is_ok_and(|m| m.get("b").is_some_and(f64::is_nan))
+        );
         assert!(m.is_ok_and(|m| m.get("c") == Some(-1.5)));
     }
 

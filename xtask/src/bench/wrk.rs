@@ -226,7 +226,10 @@ Transfer/sec:     21.44MB
         let no_total = REPORT.replace("450494 requests in 3.01s, 64.44MB read", "");
         assert_eq!(parse(&no_total), Err(WrkParseError::NoTotal));
         let bad_unit = REPORT.replace("373.00us", "373.00xs");
-        assert_eq!(parse(&bad_unit), Err(WrkParseError::BadValue("373.00xs".into())));
+        assert_eq!(
+            parse(&bad_unit),
+            Err(WrkParseError::BadValue("373.00xs".into()))
+        );
         assert_eq!(parse(""), Err(WrkParseError::NoRate));
     }
 }
