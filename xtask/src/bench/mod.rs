@@ -67,6 +67,12 @@ pub struct BenchArgs {
     /// Keep the scratch directory (configs and logs) after the run.
     #[arg(long)]
     pub keep_temp: bool,
+    /// Measure this agent binary instead of building target/release/loupe.
+    #[arg(long, value_name = "PATH")]
+    pub agent_bin: Option<PathBuf>,
+    /// Use this OTLP sink binary instead of building the integration tests' otlp-sink.
+    #[arg(long, value_name = "PATH")]
+    pub sink_bin: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -188,8 +194,11 @@ fn prepare_binaries(ws: &Workspace, args: &BenchArgs) -> Result<Binaries> {
         bail!("the agent loads eBPF programs: run the benchmark as root, or pass --baseline-only");
     }
     let hint = "(`--baseline-only` measures nginx alone without it)";
-    if !args.no_build {
+    let build = !args.no_build;
+    if build && args.agent_bin.is_none() {
         build::agent(ws, true).with_context(|| format!("building the agent failed {hint}"))?;
+    }
+    if build && args.sink_bin.is_none() {
         let sink = ws.cargo().args([
             "build",
             "--release",
@@ -203,8 +212,14 @@ fn prepare_binaries(ws: &Workspace, args: &BenchArgs) -> Result<Binaries> {
             .with_context(|| format!("building the OTLP sink failed {hint}"))?;
     }
     let binaries = Binaries {
-        agent: ws.release_bin("loupe"),
-        sink: ws.release_bin("otlp-sink"),
+        agent: args
+            .agent_bin
+            .clone()
+            .unwrap_or_else(|| ws.release_bin("loupe")),
+        sink: args
+            .sink_bin
+            .clone()
+            .unwrap_or_else(|| ws.release_bin("otlp-sink")),
     };
     require(&binaries.agent, "the agent", hint)?;
     require(&binaries.sink, "the OTLP sink", hint)?;
@@ -216,7 +231,8 @@ fn require(path: &Path, what: &str, hint: &str) -> Result<()> {
         Ok(())
     } else {
         bail!(
-            "{what} is not built: {} does not exist; run without --no-build {hint}",
+            "{what} is missing: {} does not exist; build it (run without --no-build) \
+             or point at one with --agent-bin / --sink-bin {hint}",
             path.display()
         )
     }
@@ -250,7 +266,9 @@ fn measure(args: &BenchArgs, nginx: &mut Nginx, agent: Option<(Agent, &Sink)>) -
             };
             match agent.stop() {
                 Some(status) if !status.success() => {
-                    eprintln!("bench: warning: the agent exited with {status} on SIGTERM");
+                    eprintln!(
+                        "bench: warning: the agent did not exit cleanly on SIGTERM ({status})"
+                    );
                 }
                 None => eprintln!("bench: warning: the agent had to be killed"),
                 Some(_) => {}
