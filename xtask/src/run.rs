@@ -16,11 +16,11 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    setup::run(&mut std::io::stdout())?;
+    setup::run(&mut std::io::stderr())?;
     let ws = Workspace::locate()?;
     build::agent(&ws, true)?;
     let bin = ws.release_bin("loupe");
-    println!(
+    eprintln!(
         "==> {} {}",
         bin.display(),
         crate::cmd::quote_all(&args.args)

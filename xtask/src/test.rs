@@ -145,7 +145,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
     println!(
-        "xtask test: ok, all {total} steps succeeded ({}) in {:.0} s",
+        "xtask test: ok, {total} step(s) succeeded ({}) in {:.0} s",
         names.join(", "),
         started.elapsed().as_secs_f64()
     );

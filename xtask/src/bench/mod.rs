@@ -115,6 +115,14 @@ struct Binaries {
 pub fn run(args: &BenchArgs) -> Result<()> {
     args.validate()?;
     process::catch_interrupts();
+    let result = bench(args);
+    if result.is_err() && !args.keep_temp {
+        eprintln!("bench: the scratch directory with the logs is gone; --keep-temp keeps it");
+    }
+    result
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
     let ws = Workspace::locate()?;
     if !args.no_build {
         setup::run(&mut std::io::stderr())?;
