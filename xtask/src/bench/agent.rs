@@ -124,9 +124,9 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `loupe --exe <exe>` exporting to the sink, and waits for `/readyz`.
-    pub fn start(bin: &Path, exe: &str, sink: &Sink, dir: &Path, round: u32) -> Result<Self> {
+    pub fn start(bin: &Path, exe: &str, sink: &Sink, dir: &Path, name: &str) -> Result<Self> {
         let admin = loopback(free_port()?);
-        let log = dir.join(format!("agent-{round}.log"));
+        let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
         cmd.args(["--exe", exe, "--admin-addr"])

@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: the agent's overhead on nginx, measured side by side in one run.
 //!
 //! Each round runs the same load twice, first without the agent and then with it started
-//! fresh: a closed-loop phase (wrk, throughput) and a fixed-rate phase (our paced client,
-//! latency at a set rate, and spans exported per request). Alternating within one run keeps
-//! machine drift out of the ratios. Progress goes to stderr, the report to stdout.
+//! fresh (and with `--host-tax` a third time, the agent running but tracing nothing): a closed-loop phase (wrk, throughput) and a fixed-rate phase (our paced client,
+//! latency at a set rate, and spans exported per request). Alternating within one run, in
+//! reverse order every other round, keeps machine drift out of the ratios. Progress goes
+//! to stderr, the report to stdout.
 
 mod agent;
 mod http;
@@ -73,7 +74,14 @@ pub struct BenchArgs {
     /// Use this OTLP sink binary instead of building the integration tests' otlp-sink.
     #[arg(long, value_name = "PATH")]
     pub sink_bin: Option<PathBuf>,
+    /// Add a third mode per round: the agent running but tracing no process, which shows
+    /// what its syscall tracepoints cost processes it does not trace.
+    #[arg(long)]
+    pub host_tax: bool,
 }
+
+/// An executable name no process has, so the agent selects nothing.
+const UNTRACED_EXE: &str = "loupe-bench-traces-nothing";
 
 impl BenchArgs {
     fn validate(&self) -> Result<()> {
@@ -166,21 +174,49 @@ fn bench(args: &BenchArgs) -> Result<()> {
         wrk::run(&nginx.url(), args.connections, args.warmup)?;
     }
     let mut rounds = Vec::new();
+    let agent_bins = binaries.as_ref().zip(sink.as_ref());
     for round in 1..=args.rounds {
-        eprintln!("bench: round {round}/{}: without the agent", args.rounds);
-        let without = measure(args, &mut nginx, None)?;
-        progress(&without);
-        let with = match (&binaries, &sink) {
-            (Some(b), Some(sink)) => {
-                eprintln!("bench: round {round}/{}: with the agent", args.rounds);
-                let agent = Agent::start(&b.agent, "nginx", sink, scratch.path(), round)?;
-                let mode = measure(args, &mut nginx, Some((agent, sink)))?;
-                progress(&mode);
-                Some(mode)
+        let mut modes = vec![Mode::Without];
+        if agent_bins.is_some() {
+            modes.push(Mode::With);
+            if args.host_tax {
+                modes.push(Mode::Untraced);
             }
-            _ => None,
+        }
+        // Every other round runs its modes in reverse, so a drift in the machine over the
+        // run does not always favour the same mode.
+        if round % 2 == 0 {
+            modes.reverse();
+        }
+        let (mut without, mut with, mut untraced) = (None, None, None);
+        for mode in modes {
+            eprintln!("bench: round {round}/{}: {}", args.rounds, mode.describe());
+            let agent = match (mode.exe(), agent_bins) {
+                (Some(exe), Some((b, sink))) => {
+                    let log = format!("agent-{}-{round}", mode.label());
+                    Some((
+                        Agent::start(&b.agent, exe, sink, scratch.path(), &log)?,
+                        sink,
+                    ))
+                }
+                _ => None,
+            };
+            let run = measure(args, &mut nginx, agent)?;
+            progress(&run);
+            match mode {
+                Mode::Without => without = Some(run),
+                Mode::With => with = Some(run),
+                Mode::Untraced => untraced = Some(run),
+            }
+        }
+        let Some(without) = without else {
+            bail!("round {round} has no baseline measurement");
         };
-        rounds.push(Round { without, with });
+        rounds.push(Round {
+            without,
+            with,
+            untraced,
+        });
     }
 
     let settings = args.settings();
@@ -193,6 +229,40 @@ fn bench(args: &BenchArgs) -> Result<()> {
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Without,
+    With,
+    Untraced,
+}
+
+impl Mode {
+    /// The executable the agent is told to trace, if the agent runs at all.
+    fn exe(self) -> Option<&'static str> {
+        match self {
+            Mode::Without => None,
+            Mode::With => Some("nginx"),
+            Mode::Untraced => Some(UNTRACED_EXE),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Without => "without",
+            Mode::With => "with",
+            Mode::Untraced => "untraced",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Without => "without the agent",
+            Mode::With => "with the agent tracing nginx",
+            Mode::Untraced => "with the agent tracing nothing",
+        }
+    }
 }
 
 /// Builds (unless told not to) and finds the agent and the OTLP sink, with advice when

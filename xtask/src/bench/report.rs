@@ -42,6 +42,8 @@ pub struct ModeRun {
 pub struct Round {
     pub without: ModeRun,
     pub with: Option<ModeRun>,
+    /// The agent running but selecting no process (`--host-tax`).
+    pub untraced: Option<ModeRun>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,11 +77,14 @@ pub struct Summary {
     pub ringbuf_drops: Option<f64>,
     pub bpf_ns_per_request: Option<f64>,
     pub client_errors: u64,
+    pub untraced_throughput_ratio: Option<f64>,
+    pub untraced_fixed_p99_ratio: Option<f64>,
 }
 
 pub fn summarize(rounds: &[Round]) -> Summary {
     let without: Vec<&ModeRun> = rounds.iter().map(|r| &r.without).collect();
     let with: Vec<&ModeRun> = rounds.iter().filter_map(|r| r.with.as_ref()).collect();
+    let untraced: Vec<&ModeRun> = rounds.iter().filter_map(|r| r.untraced.as_ref()).collect();
     let agent: Vec<(&ModeRun, &AgentRun)> = with
         .iter()
         .filter_map(|m| m.agent.as_ref().map(|a| (*m, a)))
@@ -148,8 +153,11 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         client_errors: without
             .iter()
             .chain(&with)
+            .chain(&untraced)
             .map(|m| m.fixed.errors + m.closed.socket_errors)
             .sum(),
+        untraced_throughput_ratio: ratio(med(&untraced, rps), rps_without),
+        untraced_fixed_p99_ratio: ratio(med(&untraced, fixed_p99), fixed_p99_without_us),
     }
 }
 
@@ -202,7 +210,8 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     );
     for (i, round) in rounds.iter().enumerate() {
         let modes = std::iter::once(("without", &round.without))
-            .chain(round.with.as_ref().map(|m| ("with", m)));
+            .chain(round.with.as_ref().map(|m| ("with", m)))
+            .chain(round.untraced.as_ref().map(|m| ("untraced", m)));
         for (name, mode) in modes {
             let agent = mode.agent.as_ref();
             let both = |f: fn(&AgentPhase) -> Option<f64>| {
@@ -239,7 +248,7 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     }
     let _ = writeln!(out);
     let s = summary;
-    let rows: Vec<(String, String)> = vec![
+    let mut rows: Vec<(String, String)> = vec![
         (
             "throughput ratio, with/without (median wrk req/s)".into(),
             format!(
@@ -298,11 +307,21 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         ),
         ("ring buffer drops".into(), opt(s.ringbuf_drops, 0)),
         (
-            "in-kernel ns per request (--bpf-stats)".into(),
+            "in-kernel ns per request, all processes (--bpf-stats)".into(),
             opt(s.bpf_ns_per_request, 0),
         ),
         ("client errors".into(), s.client_errors.to_string()),
     ];
+    if rounds.iter().any(|r| r.untraced.is_some()) {
+        rows.push((
+            "untraced throughput ratio (agent tracing nothing)".into(),
+            opt(s.untraced_throughput_ratio, 3),
+        ));
+        rows.push((
+            "untraced p99 latency ratio at the fixed rate".into(),
+            opt(s.untraced_fixed_p99_ratio, 3),
+        ));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, value) in rows {
         let _ = writeln!(out, "{key:<width$}  {value}");
@@ -383,10 +402,13 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "ringbuf_drops": s.ringbuf_drops,
             "bpf_ns_per_request": s.bpf_ns_per_request,
             "client_errors": s.client_errors,
+            "untraced_throughput_ratio": s.untraced_throughput_ratio,
+            "untraced_fixed_rate_p99_ratio": s.untraced_fixed_p99_ratio,
         },
         "rounds": rounds.iter().map(|r| json!({
             "without": mode_json(&r.without),
             "with": r.with.as_ref().map(mode_json),
+            "untraced": r.untraced.as_ref().map(mode_json),
         })).collect::<Vec<_>>(),
     })
 }

@@ -59,6 +59,7 @@ fn rounds() -> Vec<Round> {
                 300,
                 Some(agent(1.0, 0.5, 100_000.0, 20_480)),
             )),
+            untraced: None,
         },
         Round {
             without: mode(110_000.0, 1200.0, 220, None),
@@ -68,6 +69,7 @@ fn rounds() -> Vec<Round> {
                 330,
                 Some(agent(1.2, 0.5, 99_000.0, 30_720)),
             )),
+            untraced: None,
         },
         Round {
             without: mode(90_000.0, 900.0, 180, None),
@@ -77,6 +79,7 @@ fn rounds() -> Vec<Round> {
                 440,
                 Some(agent(1.1, 0.5, 100_000.0, 25_600)),
             )),
+            untraced: None,
         },
     ]
 }
@@ -113,6 +116,7 @@ fn baseline_only_runs_leave_agent_figures_empty() {
         .map(|r| Round {
             without: r.without,
             with: None,
+            untraced: None,
         })
         .collect();
     let s = summarize(&baseline);
@@ -183,4 +187,33 @@ fn durations_print_in_sensible_units() {
     assert_eq!(micros(Some(373.0)), "373 us");
     assert_eq!(micros(Some(3320.0)), "3.32 ms");
     assert_eq!(micros(None), "n/a");
+}
+
+#[test]
+fn untraced_mode_is_compared_with_the_baseline_and_kept_out_of_agent_totals() {
+    let mut r = rounds();
+    for round in &mut r {
+        round.untraced = Some(mode(
+            95_000.0,
+            1100.0,
+            250,
+            Some(agent(9.0, 9.0, 0.0, 99_999)),
+        ));
+    }
+    let s = summarize(&r);
+    assert_eq!(s.untraced_throughput_ratio, Some(0.95));
+    assert_eq!(s.untraced_fixed_p99_ratio, Some(1.25));
+    // The tracing-nothing agent's CPU, memory and spans are not the traced agent's.
+    assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
+    assert_eq!(s.peak_rss_mib, Some(30.0));
+    assert_eq!(s.fixed_exported, Some(299_000.0));
+    let text = table(&settings(), &r, &s);
+    assert!(text.contains("untraced throughput ratio"));
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("3      untraced"))
+            .count(),
+        1
+    );
+    assert!(json(&settings(), &r, &s)["rounds"][2]["untraced"].is_object());
 }
