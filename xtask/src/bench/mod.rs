@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: the agent's overhead on nginx, measured side by side in one run.
 //!
-//! Each round runs the same load twice, first without the agent and then with it started
-//! fresh (and with `--host-tax` a third time, the agent running but tracing nothing): a closed-loop phase (wrk, throughput) and a fixed-rate phase (our paced client,
-//! latency at a set rate, and spans exported per request). Alternating within one run, in
-//! reverse order every other round, keeps machine drift out of the ratios. Progress goes
-//! to stderr, the report to stdout.
+//! Each round runs the same load in each mode: without the agent, with it started fresh,
+//! and with `--host-tax` also with it running but tracing nothing. Each mode has a
+//! closed-loop phase (wrk: throughput) and a fixed-rate phase (our paced client: latency at
+//! a set rate, and spans exported per request). Alternating within one run, in reverse
+//! order every other round, keeps machine drift out of the ratios. Agent CPU counts from
+//! `/readyz` on, so start-up is not charged to requests. Progress goes to stderr, the
+//! report to stdout.
 
 mod agent;
 mod http;
