@@ -35,8 +35,8 @@ use report::{AgentRun, ModeRun, Round, Settings};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Seconds per load phase (each round has four: closed loop and fixed rate, without
-    /// and with the agent).
+    /// Seconds per load phase (each mode of a round has two: closed loop, then fixed
+    /// rate).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// Rounds of without/with.
@@ -125,14 +125,16 @@ struct Binaries {
 pub fn run(args: &BenchArgs) -> Result<()> {
     args.validate()?;
     process::catch_interrupts();
-    let result = bench(args);
-    if result.is_err() && !args.keep_temp {
-        eprintln!("bench: the scratch directory with the logs is gone; --keep-temp keeps it");
+    let scratch = process::TempDir::create(args.keep_temp).context("no scratch directory")?;
+    let result = bench(args, &scratch);
+    let wrote_logs = std::fs::read_dir(scratch.path()).is_ok_and(|mut d| d.next().is_some());
+    if result.is_err() && wrote_logs && !args.keep_temp {
+        eprintln!("bench: the logs go with the scratch directory; --keep-temp keeps them");
     }
     result
 }
 
-fn bench(args: &BenchArgs) -> Result<()> {
+fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
     let ws = Workspace::locate()?;
     if !args.no_build {
         setup::run(&mut std::io::stderr())?;
@@ -148,7 +150,6 @@ fn bench(args: &BenchArgs) -> Result<()> {
         Some(prepare_binaries(&ws, args)?)
     };
 
-    let scratch = process::TempDir::create(args.keep_temp).context("no scratch directory")?;
     let mut nginx = Nginx::start(scratch.path())?;
     eprintln!("bench: nginx on {}", nginx.url());
     let sink = match &binaries {
