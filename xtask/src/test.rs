@@ -22,7 +22,7 @@ pub struct TestArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestError {
-    #[error("step '{step}' failed: {source}")]
+    #[error("step '{step}' failed")]
     StepFailed {
         step: &'static str,
         source: CmdError,
