@@ -1,1 +1,57 @@
-fn main() {}
+//! loupe's developer commands, run as `cargo xtask <command>` from anywhere in the
+//! workspace. CI runs `cargo xtask test`.
+
+mod bench;
+mod build;
+mod cmd;
+mod run;
+mod setup;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "loupe's developer commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need; already present items are left alone.
+    Setup,
+    /// Set up, then build the agent with its kernel programs.
+    Build(build::BuildArgs),
+    /// Set up, build the release agent, then run it with the given arguments (needs root).
+    Run(run::RunArgs),
+    /// Set up, then lint, build and run the unit and integration tests, as CI does.
+    Test(test::TestArgs),
+    /// Measure the agent's overhead on nginx: alternating rounds without and with it.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Setup => setup::run(&mut std::io::stdout()),
+        Command::Build(args) => build::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

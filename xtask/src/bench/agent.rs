@@ -1,0 +1,292 @@
+//! The agent under test and the OTLP sink it exports to, and readings of both taken
+//! before and after each load phase.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::http;
+use super::process::{Guard, free_port, interrupted, log_tail, loopback, poll_until};
+use super::procfs::{self, ProgStats};
+use super::prom;
+use super::report::AgentPhase;
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Loading the kernel programs and reading BTF is quick, but a cold first start can page in
+/// a lot; a generous limit keeps a slow machine from failing the bench.
+const READY_LIMIT: Duration = Duration::from_secs(120);
+
+/// The OTLP receiver from the integration tests, counting the spans it is sent.
+pub struct Sink {
+    guard: Guard,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    log: PathBuf,
+}
+
+impl Sink {
+    pub fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        let grpc = loopback(free_port()?);
+        let http = loopback(free_port()?);
+        let log = dir.join("otlp-sink.log");
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--grpc-addr")
+            .arg(grpc.to_string())
+            .arg("--http-addr")
+            .arg(http.to_string())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let guard = Guard::spawn("otlp-sink", cmd, libc::SIGTERM, Duration::from_secs(3))
+            .with_context(|| format!("could not start {}", bin.display()))?;
+        let mut sink = Self {
+            guard,
+            grpc,
+            http,
+            log,
+        };
+        if poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            sink.count()
+        })
+        .is_none()
+        {
+            let state = match sink.guard.exited() {
+                Some(status) => format!("the OTLP sink exited ({status})"),
+                None => format!("the OTLP sink did not answer GET http://{http}/count"),
+            };
+            bail!("{state}\n{}", log_tail(&sink.log, 20));
+        }
+        Ok(sink)
+    }
+
+    pub fn grpc(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    /// Spans received so far.
+    pub fn count(&self) -> Option<u64> {
+        let response = http::get(self.http, "/count", HTTP_TIMEOUT).ok()?;
+        if response.status != 200 {
+            return None;
+        }
+        parse_count(&response.body)
+    }
+}
+
+/// The sink's `/count` body: a number, perhaps with a newline.
+pub fn parse_count(body: &[u8]) -> Option<u64> {
+    std::str::from_utf8(body).ok()?.trim().parse().ok()
+}
+
+/// Everything read off the agent at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    cpu: Option<Duration>,
+    exported: Option<f64>,
+    created: Option<f64>,
+    drops: Option<f64>,
+    sink: Option<u64>,
+    bpf: Option<ProgStats>,
+}
+
+impl Snapshot {
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &Snapshot) -> AgentPhase {
+        fn delta(now: Option<f64>, then: Option<f64>) -> Option<f64> {
+            Some(now? - then?)
+        }
+        let cpu = |s: &Snapshot| s.cpu.map(|d| d.as_secs_f64());
+        let sink = |s: &Snapshot| s.sink.map(|n| n as f64);
+        let bpf_ns = |s: &Snapshot| s.bpf.map(|b| b.run_time_ns as f64);
+        let bpf_runs = |s: &Snapshot| s.bpf.map(|b| b.run_cnt as f64);
+        AgentPhase {
+            cpu_seconds: delta(cpu(self), cpu(earlier)),
+            spans_exported: delta(self.exported, earlier.exported),
+            spans_created: delta(self.created, earlier.created),
+            ringbuf_drops: delta(self.drops, earlier.drops),
+            sink_received: delta(sink(self), sink(earlier)),
+            bpf_run_ns: delta(bpf_ns(self), bpf_ns(earlier)),
+            bpf_runs: delta(bpf_runs(self), bpf_runs(earlier)),
+        }
+    }
+}
+
+pub struct Agent {
+    guard: Guard,
+    admin: SocketAddr,
+    log: PathBuf,
+    warned_metrics: std::cell::Cell<bool>,
+}
+
+impl Agent {
+    /// Starts `loupe --exe <exe>` exporting to the sink, and waits for `/readyz`.
+    pub fn start(bin: &Path, exe: &str, sink: &Sink, dir: &Path, name: &str) -> Result<Self> {
+        let admin = loopback(free_port()?);
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--exe", exe, "--admin-addr"])
+            .arg(admin.to_string())
+            .env("OTEL_TRACES_EXPORTER", "otlp")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", sink.grpc()),
+            )
+            .env("OTEL_BSP_MAX_QUEUE_SIZE", "65536")
+            .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let guard = Guard::spawn("loupe", cmd, libc::SIGTERM, Duration::from_secs(10))
+            .with_context(|| format!("could not start {}", bin.display()))?;
+        let mut agent = Self {
+            guard,
+            admin,
+            log,
+            warned_metrics: std::cell::Cell::new(false),
+        };
+        let ready = poll_until(READY_LIMIT, Duration::from_millis(100), || {
+            if agent.guard.exited().is_some() {
+                return Some(false);
+            }
+            http::get(admin, "/readyz", HTTP_TIMEOUT)
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|_| true)
+        });
+        if ready != Some(true) {
+            let state = match agent.guard.exited() {
+                Some(status) => format!("the agent exited before it was ready ({status})"),
+                None if interrupted() => "interrupted".to_owned(),
+                None => format!(
+                    "the agent was not ready within {} s (GET http://{admin}/readyz)",
+                    READY_LIMIT.as_secs()
+                ),
+            };
+            bail!("{state}\n{}", log_tail(&agent.log, 30));
+        }
+        Ok(agent)
+    }
+
+    pub fn snapshot(&self, sink: &Sink) -> Snapshot {
+        let pid = self.guard.pid();
+        let metrics = self.metrics();
+        let get = |name: &str| metrics.as_ref().and_then(|m| m.get(name));
+        Snapshot {
+            cpu: procfs::cpu_time(pid),
+            exported: get("loupe_spans_exported_total"),
+            created: get("loupe_spans_created_total"),
+            drops: get("loupe_ringbuf_drops_total"),
+            sink: sink.count(),
+            bpf: procfs::bpf_prog_totals(pid),
+        }
+    }
+
+    /// Waits for the exporter to flush what the last phase produced (at least a second,
+    /// then until the exported count stops moving, at most five more), and reads.
+    pub fn settle(&self, sink: &Sink) -> Snapshot {
+        std::thread::sleep(Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.snapshot(sink);
+        while Instant::now() < deadline && !interrupted() {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = self.snapshot(sink);
+            let still = now.exported == last.exported && now.sink == last.sink;
+            last = now;
+            if still {
+                break;
+            }
+        }
+        last
+    }
+
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        procfs::peak_rss_kib(self.guard.pid())
+    }
+
+    /// Fails when the agent died during a phase: its numbers would mean nothing.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.guard.exited() {
+            bail!(
+                "the agent exited during the run ({status})\n{}",
+                log_tail(&self.log, 30)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and the exit status if it stopped within the grace period.
+    pub fn stop(mut self) -> Option<ExitStatus> {
+        self.guard.stop()
+    }
+
+    fn metrics(&self) -> Option<prom::Metrics> {
+        let response = http::get(self.admin, "/metrics", HTTP_TIMEOUT).ok()?;
+        if response.status != 200 {
+            return None;
+        }
+        match prom::parse(&String::from_utf8_lossy(&response.body)) {
+            Ok(metrics) => Some(metrics),
+            Err(err) => {
+                if !self.warned_metrics.replace(true) {
+                    eprintln!("bench: warning: the agent's /metrics is unreadable: {err}");
+                }
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_count_body() {
+        assert_eq!(parse_count(b"1234\n"), Some(1234));
+        assert_eq!(parse_count(b" 0 "), Some(0));
+        assert_eq!(parse_count(b""), None);
+        assert_eq!(parse_count(b"-1"), None);
+        assert_eq!(parse_count(b"\xff"), None);
+    }
+
+    #[test]
+    fn snapshot_deltas_need_both_ends() {
+        let before = Snapshot {
+            cpu: Some(Duration::from_millis(500)),
+            exported: Some(100.0),
+            created: None,
+            drops: Some(1.0),
+            sink: Some(90),
+            bpf: Some(ProgStats {
+                run_time_ns: 1_000,
+                run_cnt: 10,
+            }),
+        };
+        let after = Snapshot {
+            cpu: Some(Duration::from_millis(1750)),
+            exported: Some(10_100.0),
+            created: Some(5.0),
+            drops: Some(1.0),
+            sink: Some(10_090),
+            bpf: Some(ProgStats {
+                run_time_ns: 51_000,
+                run_cnt: 110,
+            }),
+        };
+        let phase = after.since(&before);
+        assert_eq!(phase.cpu_seconds, Some(1.25));
+        assert_eq!(phase.spans_exported, Some(10_000.0));
+        assert_eq!(phase.spans_created, None);
+        assert_eq!(phase.ringbuf_drops, Some(0.0));
+        assert_eq!(phase.sink_received, Some(10_000.0));
+        assert_eq!(phase.bpf_run_ns, Some(50_000.0));
+        assert_eq!(phase.bpf_runs, Some(100.0));
+    }
+}

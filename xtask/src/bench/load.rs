@@ -1,0 +1,394 @@
+//! Fixed-rate load: keep-alive HTTP/1.1 connections, each sending on a fixed schedule.
+//!
+//! Latency is measured from when a request was due, not from when it was sent, so a slow
+//! response that delays the next request is charged to the requests it delayed (a
+//! closed-loop tool like wrk would hide that stall).
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::http::{self, BodyKind, HttpError, MAX_HEAD};
+use super::process::interrupted;
+use super::stats::percentile;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Latency samples kept per connection; more are counted but not stored.
+const MAX_SAMPLES_PER_CONNECTION: usize = 2_000_000;
+const READ_BUFFER: usize = MAX_HEAD + 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PacedConfig {
+    pub addr: SocketAddr,
+    /// Requests per second over all connections.
+    pub rate: u64,
+    pub connections: u32,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacedResult {
+    pub sent: u64,
+    pub completed: u64,
+    pub errors: u64,
+    pub non_2xx: u64,
+    pub seconds: f64,
+    pub p50_us: Option<u32>,
+    pub p99_us: Option<u32>,
+    pub max_us: Option<u32>,
+}
+
+impl PacedResult {
+    pub fn achieved_rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.completed as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Default)]
+struct ConnectionTally {
+    sent: u64,
+    completed: u64,
+    errors: u64,
+    non_2xx: u64,
+    latencies_us: Vec<u32>,
+}
+
+/// When request `index` of connection `lane` is due, as an offset from the start. Lanes are
+/// staggered so the connections together send evenly rather than in bursts.
+pub fn due_offset(rate: u64, connections: u32, lane: u32, index: u64) -> Duration {
+    let rate = rate.max(1) as f64;
+    let seconds = (f64::from(lane) + index as f64 * f64::from(connections.max(1))) / rate;
+    Duration::from_secs_f64(seconds)
+}
+
+pub fn run(config: &PacedConfig) -> PacedResult {
+    let start = Instant::now() + Duration::from_millis(50);
+    let stop = AtomicBool::new(false);
+    let tallies: Vec<ConnectionTally> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.connections)
+            .map(|lane| {
+                let stop = &stop;
+                scope.spawn(move || connection_loop(config, lane, start, stop))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let seconds = start
+        .elapsed()
+        .as_secs_f64()
+        .min(config.duration.as_secs_f64());
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut result = PacedResult {
+        sent: 0,
+        completed: 0,
+        errors: 0,
+        non_2xx: 0,
+        seconds,
+        p50_us: None,
+        p99_us: None,
+        max_us: None,
+    };
+    for tally in tallies {
+        result.sent += tally.sent;
+        result.completed += tally.completed;
+        result.errors += tally.errors;
+        result.non_2xx += tally.non_2xx;
+        latencies.extend(tally.latencies_us);
+    }
+    latencies.sort_unstable();
+    result.p50_us = percentile(&latencies, 50.0);
+    result.p99_us = percentile(&latencies, 99.0);
+    result.max_us = latencies.last().copied();
+    result
+}
+
+fn connection_loop(
+    config: &PacedConfig,
+    lane: u32,
+    start: Instant,
+    stop: &AtomicBool,
+) -> ConnectionTally {
+    let mut tally = ConnectionTally::default();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: loupe-bench\r\n\r\n",
+        config.addr
+    );
+    let end = start + config.duration;
+    let mut conn: Option<Connection> = None;
+    for index in 0u64.. {
+        let due = start + due_offset(config.rate, config.connections, lane, index);
+        if due >= end || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if interrupted() {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let (live, reused) = match conn.take() {
+            Some(kept) => (kept, true),
+            None => match Connection::open(config.addr) {
+                Ok(fresh) => (fresh, false),
+                Err(_) => {
+                    tally.errors += 1;
+                    continue;
+                }
+            },
+        };
+        tally.sent += 1;
+        match exchange(live, reused, config.addr, request.as_bytes()) {
+            Ok((live, status, keep)) => {
+                tally.completed += 1;
+                if !(200..300).contains(&status) {
+                    tally.non_2xx += 1;
+                }
+                if tally.latencies_us.len() < MAX_SAMPLES_PER_CONNECTION {
+                    let us = due.elapsed().as_micros();
+                    tally
+                        .latencies_us
+                        .push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+                if keep {
+                    conn = Some(live);
+                }
+            }
+            Err(_) => tally.errors += 1,
+        }
+    }
+    tally
+}
+
+/// One request and its response. A kept connection that the server closed while idle
+/// fails without a response byte; that request goes again once on a new connection, as
+/// HTTP clients do.
+fn exchange(
+    live: Connection,
+    reused: bool,
+    addr: SocketAddr,
+    request: &[u8],
+) -> Result<(Connection, u16, bool), HttpError> {
+    match live.exchange(request) {
+        Ok(done) => Ok(done),
+        Err(Stale::Closed) if reused => Connection::open(addr)?
+            .exchange(request)
+            .map_err(Stale::into_error),
+        Err(stale) => Err(stale.into_error()),
+    }
+}
+
+enum Stale {
+    /// Closed or reset before any byte of the response arrived.
+    Closed,
+    Failed(HttpError),
+}
+
+impl Stale {
+    fn into_error(self) -> HttpError {
+        match self {
+            Stale::Closed => HttpError::Truncated,
+            Stale::Failed(err) => err,
+        }
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr) -> Result<Self, HttpError> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Self {
+            stream,
+            buf: vec![0; READ_BUFFER],
+            filled: 0,
+        })
+    }
+
+    /// Sends one request and reads its response; hands the connection back with the status
+    /// and whether it may be reused.
+    fn exchange(mut self, request: &[u8]) -> Result<(Self, u16, bool), Stale> {
+        let fresh = self.filled == 0;
+        match self.stream.write_all(request) {
+            Ok(()) => {}
+            Err(_) if fresh => return Err(Stale::Closed),
+            Err(err) => return Err(Stale::Failed(err.into())),
+        }
+        match self.read_response() {
+            Err(HttpError::Truncated) if fresh && self.filled == 0 => Err(Stale::Closed),
+            Err(HttpError::Io(err))
+                if fresh
+                    && self.filled == 0
+                    && matches!(
+                        err.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                Err(Stale::Closed)
+            }
+            Err(err) => Err(Stale::Failed(err)),
+            Ok((status, keep)) => Ok((self, status, keep)),
+        }
+    }
+
+    fn read_response(&mut self) -> Result<(u16, bool), HttpError> {
+        loop {
+            if let Some(head) = http::parse_head(&self.buf[..self.filled])?
+                && let Some(consumed) = self.body_end(head.head_len, head.body)?
+            {
+                self.buf.copy_within(consumed..self.filled, 0);
+                self.filled -= consumed;
+                return Ok((head.status, !head.close));
+            }
+            if self.filled == self.buf.len() {
+                return Err(HttpError::BodyTooLarge);
+            }
+            let n = self.stream.read(&mut self.buf[self.filled..])?;
+            if n == 0 {
+                return Err(HttpError::Truncated);
+            }
+            self.filled += n;
+        }
+    }
+
+    /// Where the response ends in the buffer, once all of it is there.
+    fn body_end(&self, head_len: usize, body: BodyKind) -> Result<Option<usize>, HttpError> {
+        let have = &self.buf[head_len..self.filled];
+        Ok(match body {
+            BodyKind::Length(len) => (have.len() >= len).then_some(head_len + len),
+            BodyKind::Chunked => http::decode_chunked(have)?.map(|(_, used)| head_len + used),
+            // Only a close ends it, which the read loop reports as truncation; the fixed-rate
+            // target always frames its responses.
+            BodyKind::UntilClose => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn lanes_are_staggered_and_evenly_spaced() {
+        // 1000 req/s over 4 connections: each lane every 4 ms, lanes 1 ms apart.
+        assert_eq!(due_offset(1000, 4, 0, 0), Duration::ZERO);
+        assert_eq!(due_offset(1000, 4, 1, 0), Duration::from_millis(1));
+        assert_eq!(due_offset(1000, 4, 0, 1), Duration::from_millis(4));
+        assert_eq!(due_offset(1000, 4, 3, 2), Duration::from_millis(11));
+        assert_eq!(due_offset(0, 0, 0, 1), Duration::from_secs(1));
+    }
+
+    /// A keep-alive server that answers each request with a fixed response; `close_every`
+    /// closes after that many responses on a connection.
+    fn serve(listener: TcpListener, response: &'static [u8], close_every: usize) {
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut conn = conn;
+                    let mut buf = [0u8; 4096];
+                    let mut pending = Vec::new();
+                    let mut answered = 0;
+                    loop {
+                        let Ok(n) = conn.read(&mut buf) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            // Written in two parts so the client sees a split response.
+                            let (a, b) = response.split_at(response.len() / 2);
+                            if conn.write_all(a).is_err() || conn.write_all(b).is_err() {
+                                return;
+                            }
+                            answered += 1;
+                            if close_every > 0 && answered % close_every == 0 {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    fn local_server(response: &'static [u8], close_every: usize) -> SocketAddr {
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+            panic!("bind");
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("addr");
+        };
+        serve(listener, response, close_every);
+        addr
+    }
+
+    #[test]
+    fn paced_run_sends_at_the_rate_and_measures_latency() {
+        let addr = local_server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", 0);
+        let result = run(&PacedConfig {
+            addr,
+            rate: 400,
+            connections: 4,
+            duration: Duration::from_millis(500),
+        });
+        assert_eq!(result.sent, 200);
+        assert_eq!(result.completed, 200);
+        assert_eq!(result.errors, 0);
+        assert_eq!(result.non_2xx, 0);
+        assert!(result.p50_us.is_some() && result.p99_us >= result.p50_us);
+        assert!(result.max_us >= result.p99_us);
+    }
+
+    #[test]
+    fn closed_connections_are_reopened_and_chunked_bodies_read() {
+        let addr = local_server(
+            b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n",
+            3,
+        );
+        let result = run(&PacedConfig {
+            addr,
+            rate: 200,
+            connections: 2,
+            duration: Duration::from_millis(300),
+        });
+        assert_eq!(result.sent, 60);
+        // A close right after a response costs nothing: the next request reconnects.
+        assert_eq!(result.completed, 60);
+        assert_eq!(result.non_2xx, 60);
+    }
+
+    #[test]
+    fn a_dead_target_counts_errors_not_requests() {
+        let Ok(port) = super::super::process::free_port() else {
+            panic!("no port");
+        };
+        let result = run(&PacedConfig {
+            addr: super::super::process::loopback(port),
+            rate: 100,
+            connections: 1,
+            duration: Duration::from_millis(100),
+        });
+        assert_eq!(result.sent, 0);
+        assert_eq!(result.completed, 0);
+        assert_eq!(result.errors, 10);
+        assert_eq!(result.p99_us, None);
+    }
+}

@@ -1,0 +1,219 @@
+use super::*;
+use crate::bench::wrk::Latency;
+
+fn mode(rps: f64, closed_p99: f64, fixed_p99: u32, agent: Option<AgentRun>) -> ModeRun {
+    ModeRun {
+        closed: WrkResult {
+            requests: (rps * 10.0) as u64,
+            seconds: 10.0,
+            requests_per_sec: rps,
+            latency: Latency {
+                p50_us: 100.0,
+                p75_us: 150.0,
+                p90_us: 200.0,
+                p99_us: closed_p99,
+            },
+            socket_errors: 0,
+            non_2xx_3xx: 0,
+        },
+        fixed: PacedResult {
+            sent: 100_000,
+            completed: 100_000,
+            errors: 0,
+            non_2xx: 0,
+            seconds: 10.0,
+            p50_us: Some(80),
+            p99_us: Some(fixed_p99),
+            max_us: Some(fixed_p99 * 2),
+        },
+        agent,
+    }
+}
+
+fn agent(cpu_closed: f64, cpu_fixed: f64, exported_fixed: f64, rss_kib: u64) -> AgentRun {
+    AgentRun {
+        closed: AgentPhase {
+            cpu_seconds: Some(cpu_closed),
+            spans_exported: Some(500_000.0),
+            ringbuf_drops: Some(2.0),
+            ..AgentPhase::default()
+        },
+        fixed: AgentPhase {
+            cpu_seconds: Some(cpu_fixed),
+            spans_exported: Some(exported_fixed),
+            sink_received: Some(exported_fixed),
+            ringbuf_drops: Some(0.0),
+            ..AgentPhase::default()
+        },
+        peak_rss_kib: Some(rss_kib),
+    }
+}
+
+fn rounds() -> Vec<Round> {
+    vec![
+        Round {
+            without: mode(100_000.0, 1000.0, 200, None),
+            with: Some(mode(
+                90_000.0,
+                1500.0,
+                300,
+                Some(agent(1.0, 0.5, 100_000.0, 20_480)),
+            )),
+            untraced: None,
+        },
+        Round {
+            without: mode(110_000.0, 1200.0, 220, None),
+            with: Some(mode(
+                80_000.0,
+                1800.0,
+                330,
+                Some(agent(1.2, 0.5, 99_000.0, 30_720)),
+            )),
+            untraced: None,
+        },
+        Round {
+            without: mode(90_000.0, 900.0, 180, None),
+            with: Some(mode(
+                85_000.0,
+                1700.0,
+                440,
+                Some(agent(1.1, 0.5, 100_000.0, 25_600)),
+            )),
+            untraced: None,
+        },
+    ]
+}
+
+#[test]
+fn summary_uses_medians_and_totals() {
+    let s = summarize(&rounds());
+    assert_eq!(s.rps_without, Some(100_000.0));
+    assert_eq!(s.rps_with, Some(85_000.0));
+    assert_eq!(s.throughput_ratio, Some(0.85));
+    assert_eq!(s.closed_p99_ratio, Some(1.7));
+    assert_eq!(s.fixed_p99_without_us, Some(200.0));
+    assert_eq!(s.fixed_p99_with_us, Some(330.0));
+    assert_eq!(s.fixed_p99_ratio, Some(1.65));
+    // CPU 4.8 s over 2.55M closed-loop + 300k fixed-rate requests.
+    let cpu = s.cpu_s_per_100k.unwrap_or(0.0);
+    assert!((cpu - 4.8 / 2_850_000.0 * 1e5).abs() < 1e-9);
+    assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
+    assert_eq!(s.peak_rss_mib, Some(30.0));
+    assert_eq!(s.fixed_sent, 300_000);
+    assert_eq!(s.fixed_exported, Some(299_000.0));
+    let spr = s.spans_per_request.unwrap_or(0.0);
+    assert!((spr - 299_000.0 / 300_000.0).abs() < 1e-12);
+    assert_eq!(s.sink_spans_per_request, s.spans_per_request);
+    assert_eq!(s.ringbuf_drops, Some(6.0));
+    assert_eq!(s.bpf_ns_per_request, None);
+    assert_eq!(s.fixed_rate_with, Some(10_000.0));
+}
+
+#[test]
+fn baseline_only_runs_leave_agent_figures_empty() {
+    let baseline: Vec<Round> = rounds()
+        .into_iter()
+        .map(|r| Round {
+            without: r.without,
+            with: None,
+            untraced: None,
+        })
+        .collect();
+    let s = summarize(&baseline);
+    assert_eq!(s.rps_without, Some(100_000.0));
+    assert_eq!(s.throughput_ratio, None);
+    assert_eq!(s.fixed_p99_ratio, None);
+    assert_eq!(s.cpu_s_per_100k, None);
+    assert_eq!(s.peak_rss_mib, None);
+    assert_eq!(s.spans_per_request, None);
+    assert_eq!(s.ringbuf_drops, None);
+    let text = table(&settings(), &baseline, &s);
+    assert!(text.contains("n/a"));
+    assert!(text.lines().any(|l| l.starts_with("1      without")));
+    assert!(!text.lines().any(|l| l.starts_with("1      with ")));
+}
+
+#[test]
+fn missing_agent_metrics_stay_missing_not_zero() {
+    let mut r = rounds();
+    for round in &mut r {
+        if let Some(with) = round.with.as_mut()
+            && let Some(a) = with.agent.as_mut()
+        {
+            a.fixed.spans_exported = None;
+            a.closed.spans_exported = None;
+        }
+    }
+    let s = summarize(&r);
+    assert_eq!(s.spans_per_request, None);
+    assert_eq!(s.closed_spans_per_request, None);
+    assert!(s.cpu_s_per_100k.is_some());
+}
+
+fn settings() -> Settings {
+    Settings {
+        duration_s: 10,
+        rounds: 3,
+        connections: 50,
+        rate: 10_000,
+        rate_connections: 32,
+    }
+}
+
+#[test]
+fn table_and_json_carry_the_summary() {
+    let r = rounds();
+    let s = summarize(&r);
+    let text = table(&settings(), &r, &s);
+    assert!(text.contains("throughput ratio"));
+    assert!(text.contains("0.850"));
+    assert!(text.contains("1.650"));
+    assert!(text.contains("30.0"));
+    assert_eq!(text.lines().filter(|l| l.starts_with("2 ")).count(), 2);
+    let v = json(&settings(), &r, &s);
+    assert_eq!(v["summary"]["throughput_ratio"], json!(0.85));
+    assert_eq!(v["summary"]["fixed_rate_requests_sent"], json!(300_000));
+    assert_eq!(v["rounds"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        v["rounds"][0]["with"]["agent"]["peak_rss_kib"],
+        json!(20_480)
+    );
+    assert_eq!(v["rounds"][0]["without"]["agent"], Value::Null);
+    assert_eq!(v["settings"]["rate"], json!(10_000));
+}
+
+#[test]
+fn durations_print_in_sensible_units() {
+    assert_eq!(micros(Some(373.0)), "373 us");
+    assert_eq!(micros(Some(3320.0)), "3.32 ms");
+    assert_eq!(micros(None), "n/a");
+}
+
+#[test]
+fn untraced_mode_is_compared_with_the_baseline_and_kept_out_of_agent_totals() {
+    let mut r = rounds();
+    for round in &mut r {
+        round.untraced = Some(mode(
+            95_000.0,
+            1100.0,
+            250,
+            Some(agent(9.0, 9.0, 0.0, 99_999)),
+        ));
+    }
+    let s = summarize(&r);
+    assert_eq!(s.untraced_throughput_ratio, Some(0.95));
+    assert_eq!(s.untraced_fixed_p99_ratio, Some(1.25));
+    // The tracing-nothing agent's CPU, memory and spans are not the traced agent's.
+    assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
+    assert_eq!(s.peak_rss_mib, Some(30.0));
+    assert_eq!(s.fixed_exported, Some(299_000.0));
+    let text = table(&settings(), &r, &s);
+    assert!(text.contains("untraced throughput ratio"));
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("3      untraced"))
+            .count(),
+        1
+    );
+    assert!(json(&settings(), &r, &s)["rounds"][2]["untraced"].is_object());
+}

@@ -1,0 +1,215 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails cheapest first, stopping
+//! at the first failing step.
+
+use std::ffi::OsString;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::cmd::{Cmd, CmdError, is_root};
+use crate::setup;
+use crate::workspace::Workspace;
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Run only the unit tests (no release build, no integration tests, no root needed).
+    #[arg(long)]
+    pub unit_only: bool,
+    /// Skip rustfmt and clippy.
+    #[arg(long)]
+    pub no_lint: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    #[error("step '{step}' failed")]
+    StepFailed {
+        step: &'static str,
+        source: CmdError,
+    },
+    #[error(
+        "step '{step}' needs root: the integration tests load eBPF programs; \
+         run as root, or pass --unit-only"
+    )]
+    NeedsRoot { step: &'static str },
+}
+
+/// The kernel crate builds only for the BPF target (through the agent's build script), so
+/// workspace-wide host commands leave it out.
+const KERNEL_CRATE: &str = "loupe-ebpf";
+const INTEGRATION_CRATE: &str = "loupe-integration-tests";
+
+#[derive(Debug)]
+struct Step {
+    name: &'static str,
+    cargo_args: Vec<&'static str>,
+    env: Vec<(&'static str, OsString)>,
+    needs_root: bool,
+}
+
+fn step(name: &'static str, cargo_args: &[&'static str]) -> Step {
+    Step {
+        name,
+        cargo_args: cargo_args.to_vec(),
+        env: Vec::new(),
+        needs_root: false,
+    }
+}
+
+fn plan(args: &TestArgs, loupe_bin: OsString) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if !args.no_lint {
+        steps.push(step("fmt", &["fmt", "--all", "--", "--check"]));
+        steps.push(step(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                KERNEL_CRATE,
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ));
+    }
+    if !args.unit_only {
+        steps.push(step("build", &["build", "--release", "-p", "loupe"]));
+    }
+    steps.push(step(
+        "unit tests",
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            KERNEL_CRATE,
+            "--exclude",
+            INTEGRATION_CRATE,
+        ],
+    ));
+    if !args.unit_only {
+        let mut integration = step(
+            "integration tests",
+            &[
+                "test",
+                "-p",
+                INTEGRATION_CRATE,
+                "--release",
+                "--",
+                "--test-threads=1",
+            ],
+        );
+        integration.env.push(("LOUPE_BIN", loupe_bin));
+        integration.needs_root = true;
+        steps.push(integration);
+    }
+    steps
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    setup::run(&mut std::io::stdout())?;
+    let ws = Workspace::locate()?;
+    let steps = plan(args, ws.release_bin("loupe").into_os_string());
+    let total = steps.len();
+    let started = Instant::now();
+    for (i, step) in steps.iter().enumerate() {
+        let mut cmd: Cmd = ws.cargo().args(&step.cargo_args);
+        for (key, value) in &step.env {
+            cmd = cmd.env(key, value);
+        }
+        println!("==> [{}/{total}] {}: {}", i + 1, step.name, cmd.shown());
+        if step.needs_root && !is_root() {
+            eprintln!("xtask test: stopped at step '{}'", step.name);
+            return Err(TestError::NeedsRoot { step: step.name }.into());
+        }
+        let step_started = Instant::now();
+        if let Err(source) = cmd.run() {
+            eprintln!(
+                "xtask test: FAILED at step '{}' ({}/{total}) after {:.0} s",
+                step.name,
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+            return Err(TestError::StepFailed {
+                step: step.name,
+                source,
+            }
+            .into());
+        }
+        println!(
+            "==> {} ok in {:.1} s",
+            step.name,
+            step_started.elapsed().as_secs_f64()
+        );
+    }
+    let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
+    println!(
+        "xtask test: ok, {total} step(s) succeeded ({}) in {:.0} s",
+        names.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(args: &TestArgs) -> Vec<&'static str> {
+        plan(args, OsString::from("/t/release/loupe"))
+            .iter()
+            .map(|s| s.name)
+            .collect()
+    }
+
+    #[test]
+    fn full_plan_lints_builds_then_tests() {
+        let args = TestArgs {
+            unit_only: false,
+            no_lint: false,
+        };
+        assert_eq!(
+            names(&args),
+            ["fmt", "clippy", "build", "unit tests", "integration tests"]
+        );
+        let steps = plan(&args, OsString::from("/t/release/loupe"));
+        let integration = &steps[4];
+        assert!(integration.needs_root);
+        assert_eq!(
+            integration.env,
+            [("LOUPE_BIN", OsString::from("/t/release/loupe"))]
+        );
+        assert!(
+            integration
+                .cargo_args
+                .ends_with(&["--", "--test-threads=1"])
+        );
+        // Host-side commands never try to compile the BPF-only crate.
+        assert!(steps[1].cargo_args.contains(&KERNEL_CRATE));
+        assert!(steps[3].cargo_args.contains(&KERNEL_CRATE));
+        assert!(steps[3].cargo_args.contains(&INTEGRATION_CRATE));
+    }
+
+    #[test]
+    fn flags_drop_steps() {
+        let unit_only = TestArgs {
+            unit_only: true,
+            no_lint: false,
+        };
+        assert_eq!(names(&unit_only), ["fmt", "clippy", "unit tests"]);
+        let bare = TestArgs {
+            unit_only: true,
+            no_lint: true,
+        };
+        assert_eq!(names(&bare), ["unit tests"]);
+        let no_lint = TestArgs {
+            unit_only: false,
+            no_lint: true,
+        };
+        assert_eq!(
+            names(&no_lint),
+            ["build", "unit tests", "integration tests"]
+        );
+    }
+}
