@@ -77,7 +77,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         filter_ports: (!cli.ports.is_empty()) as u32,
         offsets,
     };
-    let mut probes = Probes::load(&probe_config, &cli.ports, cli.ring_buffer_mib << 20)?;
+    let mut probes = Probes::load(
+        &probe_config,
+        &cli.ports,
+        &selection.exec_hints(),
+        cli.ring_buffer_mib << 20,
+    )?;
     let maps = probes.take_maps()?;
 
     let stop = Arc::new(AtomicBool::new(false));

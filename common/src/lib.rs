@@ -110,8 +110,11 @@ pub struct ConnEvent {
     pub conn_id: u64,
     pub ts_ns: u64,
     pub tuple: ConnTuple,
+    /// The process's command name: names the service when the process is gone before
+    /// the agent could read /proc (a short-lived client).
+    pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 88);
 
 /// Fixed part of a data event; `captured_len` payload bytes follow it in the record.
 #[repr(C)]
@@ -173,6 +176,23 @@ pub struct ExecEvent {
     pub ts_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16);
+
+/// Length of a task's command name in the kernel, NUL included.
+pub const COMM_LEN: usize = 16;
+/// How many `--exe NAME*` prefixes the kernel checks at exec.
+pub const MAX_EXEC_PREFIXES: u32 = 8;
+
+/// A command-name prefix the kernel matches at exec, so a matching short-lived process
+/// (a curl, a cron job) is traced before its first connect rather than after the agent
+/// hears of its exec. Unused slots have `len == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommPrefix {
+    pub bytes: [u8; COMM_LEN],
+    pub len: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CommPrefix>() == 24);
 
 /// Key of the kernel's connection table.
 #[repr(C)]
@@ -272,4 +292,5 @@ mod user {
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::CommPrefix {}
 }

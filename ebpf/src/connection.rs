@@ -66,6 +66,7 @@ pub fn register(
             conn_id: now,
             ts_ns: now,
             tuple,
+            comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
         });
     }
     Some(state)

@@ -4,7 +4,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use loupe_common::{ConnKey, ConnState, DataEvent, PendingCall, ProbeConfig, counter};
+use loupe_common::{
+    COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, MAX_EXEC_PREFIXES, PendingCall,
+    ProbeConfig, counter,
+};
 
 /// Settings and kernel offsets, written once by the agent before attaching.
 #[map]
@@ -13,6 +16,14 @@ pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 /// Processes to trace (tgid -> 1), kept by the agent as processes come and go.
 #[map]
 pub static TRACED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Command names traced from their exec on (`--exe nginx`), zero-padded.
+#[map]
+pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);
+
+/// Command-name prefixes traced from their exec on (`--exe 'python3*'`).
+#[map]
+pub static EXEC_PREFIXES: Array<CommPrefix> = Array::with_max_entries(MAX_EXEC_PREFIXES, 0);
 
 /// Ports to trace when port filtering is on (port -> 1).
 #[map]

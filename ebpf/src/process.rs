@@ -1,20 +1,64 @@
 //! Process lifecycle: exec announces candidates to the agent, fork passes tracing on to
 //! children of traced processes (nginx workers, prefork servers) before their first accept.
 
+use aya_ebpf::helpers::bpf_get_current_comm;
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
-use loupe_common::{EventKind, ExecEvent};
+use loupe_common::{COMM_LEN, EventKind, ExecEvent, MAX_EXEC_PREFIXES};
 
-use crate::{emit::output, filter::traced_current, maps::TRACED_TGIDS};
+use crate::{
+    emit::output,
+    filter::traced_current,
+    maps::{EXEC_NAMES, EXEC_PREFIXES, TRACED_TGIDS, config},
+};
 
 /// Offset of `child_pid` in the `sched:sched_process_fork` record: the 8-byte common
 /// header, `char parent_comm[16]`, `pid_t parent_pid`, `char child_comm[16]`.
 const FORK_CHILD_PID: usize = 44;
 
+/// True when the new program's command name is one the user selected by name. The
+/// agent re-checks with its full rules; this only closes the window between exec and
+/// the agent hearing of it.
+#[inline(always)]
+fn comm_selected() -> bool {
+    let Ok(comm) = bpf_get_current_comm() else {
+        return false;
+    };
+    // SAFETY: the value is only checked for presence.
+    if unsafe { EXEC_NAMES.get(&comm) }.is_some() {
+        return true;
+    }
+    for i in 0..MAX_EXEC_PREFIXES {
+        let Some(prefix) = EXEC_PREFIXES.get(i) else {
+            break;
+        };
+        if prefix.len == 0 {
+            break;
+        }
+        let mut same = true;
+        for j in 0..COMM_LEN {
+            if (j as u32) < prefix.len && comm[j] != prefix.bytes[j] {
+                same = false;
+            }
+        }
+        if same {
+            return true;
+        }
+    }
+    false
+}
+
 #[tracepoint]
 pub fn loupe_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(cfg) = config()
+        && cfg.trace_all == 0
+        && tgid != cfg.agent_tgid
+        && comm_selected()
+    {
+        let _ = TRACED_TGIDS.insert(&tgid, &1, 0);
+    }
     output(&ExecEvent {
         kind: EventKind::ProcessExec as u8,
         _pad: [0; 3],

@@ -104,7 +104,7 @@ fn console_exporter_prints_trace_trees_by_default() {
         .lines()
         .find(|l| l.contains("GET /fail"))
         .expect("GET /fail line");
-    assert!(fail_line.contains("error"), "{fail_line}");
+    assert!(fail_line.contains("ERROR 500"), "{fail_line}");
     assert!(out.contains("trace "), "{out}");
 }
 

@@ -20,9 +20,10 @@ use tokio::net::TcpListener;
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on admin address {addr}: {source}")]
+#[error("cannot listen on admin address {addr} (--admin-addr)")]
 pub struct AdminBindError {
     addr: SocketAddr,
+    #[source]
     source: std::io::Error,
 }
 

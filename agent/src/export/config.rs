@@ -224,8 +224,11 @@ impl ExportConfig {
             None if endpoint_set => ExporterKind::Otlp,
             None => ExporterKind::Console,
         };
+        // OTLP settings are validated even when another exporter is chosen: a typo in a
+        // deployment manifest should fail loudly now, not when someone switches to OTLP.
+        let otlp = parse_otlp(&env)?;
         let exporter = match exporter {
-            ExporterKind::Otlp => ExporterConfig::Otlp(parse_otlp(&env)?),
+            ExporterKind::Otlp => ExporterConfig::Otlp(otlp),
             ExporterKind::Console => ExporterConfig::Console,
             ExporterKind::None => ExporterConfig::None,
         };

@@ -160,7 +160,7 @@ impl Pipeline {
         if self.exchanges.is_empty() {
             return;
         }
-        let resource = self.resource(tgid);
+        let resource = self.resource(tgid, None);
         for exchange in self.exchanges.drain(..) {
             let span = self.assembler.assemble(&exchange, local, remote);
             self.metrics.spans_created.inc();
@@ -171,11 +171,19 @@ impl Pipeline {
         }
     }
 
-    fn resource(&mut self, tgid: u32) -> Arc<Resource> {
+    /// The resource of a process, read from /proc the first time the process shows up,
+    /// while it is most likely still alive.
+    fn resource(&mut self, tgid: u32, comm: Option<&[u8]>) -> Arc<Resource> {
         let defaults = &self.resource_defaults;
         self.resources
             .entry(tgid)
-            .or_insert_with(|| Arc::new(defaults.for_process(tgid)))
+            .or_insert_with(|| {
+                let comm = comm.map(|c| {
+                    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+                    String::from_utf8_lossy(&c[..end]).into_owned()
+                });
+                Arc::new(defaults.for_process(tgid, comm.as_deref()))
+            })
             .clone()
     }
 
@@ -230,6 +238,7 @@ impl EventSink for Pipeline {
                     tgid: open.tgid,
                     fd: open.fd,
                 };
+                self.resource(open.tgid, Some(&open.comm));
                 self.open(
                     key,
                     Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns),

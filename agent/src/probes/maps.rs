@@ -4,7 +4,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
-use loupe_common::{ConnKey, ConnState, ProbeConfig, counter};
+use loupe_common::{COMM_LEN, CommPrefix, ConnKey, ConnState, ProbeConfig, counter};
+
+use crate::process::selector::ExecHints;
 
 use super::ProbeError;
 
@@ -51,6 +53,36 @@ pub fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
     let mut ports_map: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map).map_err(err)?;
     for port in ports {
         ports_map.insert(port, 1, 0).map_err(err)?;
+    }
+    Ok(())
+}
+
+pub fn write_exec_hints(ebpf: &mut Ebpf, hints: &ExecHints) -> Result<(), ProbeError> {
+    let err = |map: &'static str| {
+        move |e: aya::maps::MapError| ProbeError::Map {
+            map,
+            detail: e.to_string(),
+        }
+    };
+    let map = ebpf.map_mut("EXEC_NAMES").ok_or(ProbeError::Map {
+        map: "EXEC_NAMES",
+        detail: "not found".into(),
+    })?;
+    let mut names: HashMap<&mut MapData, [u8; COMM_LEN], u8> =
+        HashMap::try_from(map).map_err(err("EXEC_NAMES"))?;
+    for name in &hints.names {
+        names.insert(name, 1, 0).map_err(err("EXEC_NAMES"))?;
+    }
+    let map = ebpf.map_mut("EXEC_PREFIXES").ok_or(ProbeError::Map {
+        map: "EXEC_PREFIXES",
+        detail: "not found".into(),
+    })?;
+    let mut prefixes: Array<&mut MapData, CommPrefix> =
+        Array::try_from(map).map_err(err("EXEC_PREFIXES"))?;
+    for (index, prefix) in hints.prefixes.iter().enumerate() {
+        prefixes
+            .set(index as u32, prefix, 0)
+            .map_err(err("EXEC_PREFIXES"))?;
     }
     Ok(())
 }

@@ -9,6 +9,8 @@ mod tracefs;
 use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
 use loupe_common::ProbeConfig;
 
+use crate::process::selector::ExecHints;
+
 pub use maps::{ConnectionMap, CounterMap, ProcessMap};
 
 /// Why the probes could not be set up.
@@ -16,19 +18,19 @@ pub use maps::{ConnectionMap, CounterMap, ProcessMap};
 pub enum ProbeError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
     Tracefs(std::io::Error),
-    #[error("loading the kernel programs failed: {0}")]
+    #[error("loading the kernel programs failed")]
     Load(#[from] aya::EbpfError),
     #[error("kernel program {program} is missing from the object (build mismatch)")]
     MissingProgram { program: &'static str },
     #[error("kernel map {map} is missing or has the wrong type: {detail}")]
     Map { map: &'static str, detail: String },
-    #[error("loading program {program}: {source}")]
+    #[error("the kernel rejected program {program}")]
     Verify {
         program: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("attaching {program} to {category}:{tracepoint}: {source}")]
+    #[error("attaching {program} to tracepoint {category}:{tracepoint}")]
     Attach {
         program: &'static str,
         category: &'static str,
@@ -56,13 +58,19 @@ pub struct ProbeMaps {
 
 impl Probes {
     /// Loads the programs with `config`, fills the port filter, and attaches every program.
-    pub fn load(config: &ProbeConfig, ports: &[u16], ring_bytes: u32) -> Result<Self, ProbeError> {
+    pub fn load(
+        config: &ProbeConfig,
+        ports: &[u16],
+        exec_hints: &ExecHints,
+        ring_bytes: u32,
+    ) -> Result<Self, ProbeError> {
         tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)?;
         maps::write_config(&mut ebpf, config)?;
         maps::write_ports(&mut ebpf, ports)?;
+        maps::write_exec_hints(&mut ebpf, exec_hints)?;
         attach::attach_all(&mut ebpf)?;
         Ok(Self { ebpf })
     }

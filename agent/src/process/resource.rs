@@ -31,9 +31,9 @@ impl ResourceDefaults {
 
     /// Reads what it needs from /proc; a process that vanished gets a resource named after
     /// its pid so its last spans are still exported.
-    pub fn for_process(&self, pid: u32) -> Resource {
+    pub fn for_process(&self, pid: u32, comm_hint: Option<&str>) -> Resource {
         let exe = procfs::exe_path(pid);
-        let comm = procfs::comm(pid);
+        let comm = procfs::comm(pid).or_else(|| comm_hint.map(str::to_string));
         let environ = procfs::environ(pid);
         self.build(pid, exe.as_deref(), comm.as_deref(), &environ)
     }

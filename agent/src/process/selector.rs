@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use loupe_common::{COMM_LEN, CommPrefix, MAX_EXEC_PREFIXES};
+
 use crate::{
     probes::{ConnectionMap, ProcessMap},
     telemetry::metrics::Metrics,
@@ -68,6 +70,41 @@ impl Selection {
         self.pids.is_empty() && self.exe_patterns.is_empty()
     }
 
+    /// The part of the selection the kernel can check by itself at exec: exact command
+    /// names and `name*` prefixes (command names are cut to 15 bytes by the kernel).
+    /// Other globs and paths are matched only here, a few milliseconds after the exec.
+    pub fn exec_hints(&self) -> ExecHints {
+        let mut hints = ExecHints::default();
+        for pattern in &self.exe_patterns {
+            let text = pattern.as_str();
+            if text.contains('/') {
+                continue;
+            }
+            let (literal, is_prefix) = match text.strip_suffix('*') {
+                Some(prefix) => (prefix, true),
+                None => (text, false),
+            };
+            if literal.is_empty() || literal.contains(['*', '?', '[', ']']) {
+                continue;
+            }
+            let bytes = literal.as_bytes();
+            let len = bytes.len().min(COMM_LEN - 1);
+            let mut comm = [0u8; COMM_LEN];
+            comm[..len].copy_from_slice(&bytes[..len]);
+            if is_prefix || bytes.len() > len {
+                hints.prefixes.push(CommPrefix {
+                    bytes: comm,
+                    len: len as u32,
+                    _pad: 0,
+                });
+            } else {
+                hints.names.push(comm);
+            }
+        }
+        hints.prefixes.truncate(MAX_EXEC_PREFIXES as usize);
+        hints
+    }
+
     /// A pattern with a '/' is matched against the full executable path, one without
     /// against the executable's file name and the process's command name.
     pub fn matches(&self, pid: u32, exe: Option<&Path>, comm: Option<&str>) -> bool {
@@ -83,6 +120,13 @@ impl Selection {
             }
         })
     }
+}
+
+/// Command names and prefixes for the kernel's exec-time check.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExecHints {
+    pub names: Vec<[u8; COMM_LEN]>,
+    pub prefixes: Vec<CommPrefix>,
 }
 
 /// Facts about one process as of the last scan.
@@ -287,6 +331,30 @@ mod tests {
         let s = selection(&[me], &[]);
         assert!(s.matches(me, None, None));
         assert!(!s.matches(me + 1, None, None));
+    }
+
+    #[test]
+    fn exec_hints_cover_names_and_prefixes_only() {
+        let s = selection(
+            &[],
+            &[
+                "nginx",
+                "python3*",
+                "/usr/bin/node",
+                "py?hon",
+                "a-very-long-binary-name",
+            ],
+        );
+        let hints = s.exec_hints();
+        let mut nginx = [0u8; COMM_LEN];
+        nginx[..5].copy_from_slice(b"nginx");
+        assert_eq!(hints.names, vec![nginx]);
+        assert_eq!(hints.prefixes.len(), 2);
+        assert_eq!(&hints.prefixes[0].bytes[..7], b"python3");
+        assert_eq!(hints.prefixes[0].len, 7);
+        // Longer than a command name: the kernel sees only its first 15 bytes.
+        assert_eq!(hints.prefixes[1].len, 15);
+        assert_eq!(&hints.prefixes[1].bytes[..15], b"a-very-long-bin");
     }
 
     #[test]

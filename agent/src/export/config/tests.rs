@@ -277,8 +277,10 @@ fn header_errors_name_the_variable() {
 }
 
 #[test]
-fn otlp_only_variables_are_ignored_for_console() {
-    let config = parse(&[(TRACES_EXPORTER, "console"), (PROTOCOL, "http/json")]).unwrap();
+fn otlp_variables_are_validated_even_for_console() {
+    assert!(parse(&[(TRACES_EXPORTER, "console"), (PROTOCOL, "http/json")]).is_err());
+    assert!(parse(&[(PROTOCOL, "carrier-pigeon")]).is_err());
+    let config = parse(&[(TRACES_EXPORTER, "console"), (PROTOCOL, "grpc")]).unwrap();
     assert_eq!(config.exporter, ExporterConfig::Console);
 }
 

@@ -27,7 +27,7 @@ const USER_AGENT: &str = concat!("loupe/", env!("CARGO_PKG_VERSION"));
 /// Why the OTLP exporter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpStartError {
-    #[error("cannot set up the gRPC channel to {endpoint}: {source}")]
+    #[error("cannot set up the gRPC channel to {endpoint}")]
     GrpcChannel {
         endpoint: String,
         #[source]
