@@ -38,7 +38,7 @@ impl Clock {
         Self { offset_ns: best.1 }
     }
 
-    pub fn to_unix_ns(&self, monotonic_ns: u64) -> u64 {
+    pub fn to_unix_ns(self, monotonic_ns: u64) -> u64 {
         monotonic_ns.saturating_add(self.offset_ns)
     }
 }

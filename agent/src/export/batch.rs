@@ -110,6 +110,7 @@ pub struct ExportHandle {
 }
 
 impl ExportHandle {
+    #[cfg(test)]
     pub fn submit(&self, span: FinishedSpan) {
         self.sender.submit(span);
     }

@@ -51,6 +51,7 @@ impl TraceBuffer {
         }
     }
 
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held
     }

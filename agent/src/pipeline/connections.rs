@@ -199,14 +199,10 @@ mod tests {
         let mut table = ConnectionTable::new(1);
         let k1 = ConnKey { tgid: 1, fd: 3 };
         let k2 = ConnKey { tgid: 1, fd: 4 };
-        assert!(
-            table
-                .insert(k1, Connection::new(1, None, 0))
-                .unwrap()
-                .is_none()
-        );
+        let first = table.insert(k1, Connection::new(1, None, 0));
+        assert!(matches!(first, Ok(None)));
         assert!(table.insert(k2, Connection::new(2, None, 0)).is_err());
-        let old = table.insert(k1, Connection::new(3, None, 0)).unwrap();
+        let old = table.insert(k1, Connection::new(3, None, 0)).ok().unwrap();
         assert_eq!(old.unwrap().conn_id, 1);
         assert_eq!(table.len(), 1);
         let drained = table.drain_where(|k, _| k.tgid == 1);

@@ -120,7 +120,7 @@ impl Pipeline {
             },
             total_len: header.total_len,
         };
-        let limits = self.limits.clone();
+        let limits = self.limits;
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
             Some(session) => {
                 session.on_chunk(&chunk, &mut self.exchanges);

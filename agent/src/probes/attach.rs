@@ -44,7 +44,10 @@ pub fn attach_all(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         }
         tracepoint(ebpf, program)?
             .load()
-            .map_err(|source| ProbeError::Verify { program, source })?;
+            .map_err(|source| ProbeError::Verify {
+                program,
+                source: Box::new(source),
+            })?;
         loaded.push(program);
     }
     for &(program, category, tracepoint_name) in ATTACHMENTS {
@@ -54,7 +57,7 @@ pub fn attach_all(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
                 program,
                 category,
                 tracepoint: tracepoint_name,
-                source,
+                source: Box::new(source),
             })?;
     }
     Ok(())

@@ -19,7 +19,7 @@ pub enum ProbeError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
     Tracefs(std::io::Error),
     #[error("loading the kernel programs failed")]
-    Load(#[from] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("kernel program {program} is missing from the object (build mismatch)")]
     MissingProgram { program: &'static str },
     #[error("kernel map {map} is missing or has the wrong type: {detail}")]
@@ -28,7 +28,7 @@ pub enum ProbeError {
     Verify {
         program: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("attaching {program} to tracepoint {category}:{tracepoint}")]
     Attach {
@@ -36,7 +36,7 @@ pub enum ProbeError {
         category: &'static str,
         tracepoint: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 }
 
@@ -67,7 +67,8 @@ impl Probes {
         tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
-            .load(OBJECT)?;
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
         maps::write_config(&mut ebpf, config)?;
         maps::write_ports(&mut ebpf, ports)?;
         maps::write_exec_hints(&mut ebpf, exec_hints)?;
@@ -83,21 +84,5 @@ impl Probes {
             connections: maps::take(&mut self.ebpf, "CONNECTIONS")?,
             counters: maps::take(&mut self.ebpf, "COUNTERS")?,
         })
-    }
-
-    /// (program name, run count, total run time in ns) for programs the kernel keeps
-    /// statistics for (`kernel.bpf_stats_enabled=1`).
-    pub fn run_stats(&self) -> Vec<(String, u64, u64)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                Some((
-                    name.to_string(),
-                    info.run_count(),
-                    info.run_time().as_nanos() as u64,
-                ))
-            })
-            .collect()
     }
 }

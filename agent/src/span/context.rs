@@ -20,9 +20,9 @@ use std::fmt;
 
 pub use b3::parse_b3_single;
 pub use jaeger::parse_uber_trace_id;
-// Part of the public API even before the rest of the agent calls it.
-#[cfg_attr(not(test), allow(unused_imports))]
-pub use w3c::{TRACESTATE_MAX_LEN, format_traceparent, parse_traceparent};
+pub use w3c::parse_traceparent;
+#[cfg(test)]
+pub use w3c::{TRACESTATE_MAX_LEN, format_traceparent};
 
 use super::{SpanContext, SpanId, TraceId};
 
@@ -53,10 +53,12 @@ impl fmt::Display for SpanId {
     }
 }
 
+#[cfg(test)]
 pub fn trace_id_hex(id: &TraceId) -> String {
     hex::encode(&id.0)
 }
 
+#[cfg(test)]
 pub fn span_id_hex(id: &SpanId) -> String {
     hex::encode(&id.0)
 }

@@ -103,6 +103,7 @@ impl HttpRequest {
 
 impl HttpResponse {
     /// The first header with this name (case-insensitive).
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         find_header(&self.headers, name)
     }
@@ -169,6 +170,7 @@ pub struct SessionStats {
 
 impl SessionStats {
     /// Adds another set of counts to this one.
+    #[cfg(test)]
     pub fn add(&mut self, other: &SessionStats) {
         self.parse_errors = self.parse_errors.saturating_add(other.parse_errors);
         self.unparsed_bytes = self.unparsed_bytes.saturating_add(other.unparsed_bytes);

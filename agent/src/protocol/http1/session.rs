@@ -59,11 +59,13 @@ impl Http1Session {
         }
     }
 
+    #[cfg(test)]
     pub fn role(&self) -> Role {
         self.role
     }
 
     /// Requests still waiting for their final response.
+    #[cfg(test)]
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
     }
@@ -103,6 +105,7 @@ impl Http1Session {
     /// dropped events): that direction stops trusting its framing until the next message
     /// start. When the count is known, prefer feeding a chunk with no bytes and that
     /// `total_len`, which keeps length framing exact.
+    #[cfg(test)]
     pub fn on_lost(&mut self, direction: Direction) {
         if direction == self.request_direction() {
             self.requests.lose_sync(&mut self.stats);

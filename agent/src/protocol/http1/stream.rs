@@ -298,6 +298,7 @@ impl<H: Head> StreamParser<H> {
     /// Bytes of this direction went missing uncounted (dropped events): framing can no longer
     /// be trusted, so the message in progress becomes open-ended and a head being buffered is
     /// given up.
+    #[cfg(test)]
     pub fn lose_sync(&mut self, stats: &mut SessionStats) {
         match &mut self.state {
             State::Body { mode, progress } if !mode.is_done() => {
