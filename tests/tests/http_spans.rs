@@ -252,3 +252,38 @@ fn nginx_server_and_curl_client_spans() {
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
 }
+
+#[test]
+fn connection_opened_before_the_agent_started_is_traced() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let server = servers::python(port, &[("OTEL_SERVICE_NAME", "py-early")]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(support::keep_alive_get(&mut stream, "/before"), 200);
+    let endpoint = receiver.grpc_endpoint();
+    let mut agent = Agent::start(
+        &["--pid", &server.pid().to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    // Same connection, accepted long before loupe was watching.
+    assert_eq!(support::keep_alive_get(&mut stream, "/after"), 200);
+    assert_eq!(support::keep_alive_get(&mut stream, "/fail"), 500);
+    let spans = receiver.wait_for_spans(2, WAIT);
+    let spans = server_spans(&spans, "py-early");
+    assert_eq!(spans.len(), 2, "{:#?}", names(&spans));
+    let after = find(&spans, "GET /after");
+    assert_eq!(
+        attr(after, "client.port"),
+        stream.local_addr().unwrap().port().to_string(),
+        "the tuple of a pre-existing connection is known too"
+    );
+    assert_eq!(attr(after, "user_agent.original"), "loupe-test");
+    assert_eq!(find(&spans, "GET /fail").status_code, "error");
+    drop(stream);
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}
