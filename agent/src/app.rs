@@ -96,25 +96,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             .spawn(move || selector.run(exec_rx, &stop))?
     };
 
-    let mut pipeline = Pipeline::new(
-        PipelineConfig {
-            max_connections: MAX_CONNECTIONS,
-            limits: Http1Limits::default(),
-            routes,
-        },
-        ResourceDefaults::from_agent_env(),
-        exporter.sender(),
-        metrics.clone(),
-        maps.counters,
-        exec_tx,
-    );
+    let pipeline_config = PipelineConfig {
+        max_connections: MAX_CONNECTIONS,
+        limits: Http1Limits::default(),
+        routes,
+    };
     let reader_thread = {
         let stop = stop.clone();
         let metrics = metrics.clone();
-        let ring = maps.events;
+        let sender = exporter.sender();
+        let (ring, counters) = (maps.events, maps.counters);
         thread::Builder::new()
             .name("loupe-events".into())
-            .spawn(move || reader::run(ring, &mut pipeline, &metrics, &stop))?
+            .spawn(move || {
+                // Built on its own thread: the pipeline's trace links are single-threaded.
+                let mut pipeline = Pipeline::new(
+                    pipeline_config,
+                    ResourceDefaults::from_agent_env(),
+                    sender,
+                    metrics.clone(),
+                    counters,
+                    exec_tx,
+                );
+                reader::run(ring, &mut pipeline, &metrics, &stop)
+            })?
     };
 
     ready.store(true, Ordering::Relaxed);

@@ -9,12 +9,10 @@ use crate::{
         Role,
         http1::{ExchangeOutcome, HttpExchange},
     },
-    span::{
-        HttpSpan, SpanKind,
-        context::{extract, new_span_id, new_trace_id},
-        route::RouteMatcher,
-    },
+    span::{HttpSpan, SpanKind, route::RouteMatcher},
 };
+
+use super::linking::ResolvedIds;
 
 /// Longest `user_agent.original` exported; the rest is cut.
 const MAX_USER_AGENT: usize = 256;
@@ -22,7 +20,6 @@ const MAX_USER_AGENT: usize = 256;
 const KNOWN_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
 ];
-const SAMPLED: u8 = 0x01;
 
 pub struct SpanAssembler {
     routes: RouteMatcher,
@@ -41,6 +38,7 @@ impl SpanAssembler {
     pub fn assemble(
         &self,
         exchange: &HttpExchange,
+        ids: ResolvedIds,
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
     ) -> HttpSpan {
@@ -56,22 +54,13 @@ impl SpanAssembler {
         let name = format!("{method} {route}");
         let status_code = exchange.response.as_ref().map(|r| r.status);
 
-        // A server continues the caller's trace; a client that already carries a context
-        // (an instrumented process) keeps the ids it put on the wire.
-        let parent = extract(&request.headers);
-        let (trace_id, span_id, parent_span_id, trace_flags, trace_state) = match (kind, parent) {
-            (SpanKind::Server, Some(p)) => (
-                p.trace_id,
-                new_span_id(),
-                Some(p.span_id),
-                p.trace_flags,
-                p.trace_state,
-            ),
-            (SpanKind::Client, Some(p)) => {
-                (p.trace_id, p.span_id, None, p.trace_flags, p.trace_state)
-            }
-            (_, None) => (new_trace_id(), new_span_id(), None, SAMPLED, None),
-        };
+        let ResolvedIds {
+            trace_id,
+            span_id,
+            parent_span_id,
+            trace_flags,
+            trace_state,
+        } = ids;
 
         let host = request.header("host").and_then(parse_host);
         let (server_address, server_port, client_address, client_port) = match kind {

@@ -1,8 +1,31 @@
 use super::*;
 use crate::{
+    pipeline::linking::{Linker, RequestKey, resolve},
     protocol::http1::{HttpRequest, HttpResponse},
-    span::context::{span_id_hex, trace_id_hex},
+    span::context::{extract, span_id_hex, trace_id_hex},
 };
+
+/// Assembles with the ids the linker gives a lone request.
+fn build(
+    a: &SpanAssembler,
+    ex: &HttpExchange,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+) -> HttpSpan {
+    let mut linker = Linker::default();
+    let key = RequestKey {
+        tgid: 1,
+        fd: 1,
+        conn_id: 1,
+        request_id: 0,
+    };
+    let header = extract(&ex.request.headers);
+    let node = match ex.role {
+        Role::Server => linker.server_start(key, 7, 0, None, header, None),
+        Role::Client => linker.client_start(key, 7, 0, None, header, None).0,
+    };
+    a.assemble(ex, resolve(&node), local, remote)
+}
 
 fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest {
     HttpRequest {
@@ -47,6 +70,7 @@ fn exchange(role: Role, req: HttpRequest, resp: Option<HttpResponse>) -> HttpExc
             ExchangeOutcome::NoResponse
         },
         close_ns: if has_response { 0 } else { 12_000 },
+        request_id: 0,
     }
 }
 
@@ -71,7 +95,12 @@ fn server_span_follows_the_conventions() {
         ],
     );
     let ex = exchange(Role::Server, req, Some(response(200, 5)));
-    let span = assembler().assemble(&ex, addr("127.0.0.1:8080"), addr("10.0.0.9:50000"));
+    let span = build(
+        &assembler(),
+        &ex,
+        addr("127.0.0.1:8080"),
+        addr("10.0.0.9:50000"),
+    );
     assert_eq!(span.kind, SpanKind::Server);
     assert_eq!(span.name, "GET /orders/{id}");
     assert_eq!(span.route.as_deref(), Some("/orders/{id}"));
@@ -108,7 +137,8 @@ fn server_span_joins_incoming_traceparent() {
             ("tracestate", "vendor=x"),
         ],
     );
-    let span = assembler().assemble(
+    let span = build(
+        &assembler(),
         &exchange(Role::Server, req, Some(response(200, 0))),
         None,
         None,
@@ -135,7 +165,8 @@ fn client_span_keeps_the_ids_it_sent() {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )],
     );
-    let span = assembler().assemble(
+    let span = build(
+        &assembler(),
         &exchange(Role::Client, req, Some(response(404, 0))),
         addr("127.0.0.1:40000"),
         addr("127.0.0.1:9000"),
@@ -156,7 +187,8 @@ fn client_span_keeps_the_ids_it_sent() {
 fn status_rules() {
     let a = assembler();
     let server = |status| {
-        a.assemble(
+        build(
+            &a,
             &exchange(
                 Role::Server,
                 request("GET", "/", &[]),
@@ -170,7 +202,8 @@ fn status_rules() {
     assert!(server(503).is_error());
     assert_eq!(server(503).error_type.as_deref(), Some("503"));
 
-    let unanswered = a.assemble(
+    let unanswered = build(
+        &a,
         &exchange(Role::Server, request("GET", "/", &[]), None),
         None,
         None,
@@ -186,13 +219,14 @@ fn status_rules() {
 
     let mut lost = exchange(Role::Server, request("GET", "/", &[]), None);
     lost.outcome = ExchangeOutcome::ResponseLost;
-    assert!(!a.assemble(&lost, None, None).is_error());
+    assert!(!build(&a, &lost, None, None).is_error());
 }
 
 #[test]
 fn odd_methods_and_hosts() {
     let a = assembler();
-    let span = a.assemble(
+    let span = build(
+        &a,
         &exchange(
             Role::Server,
             request("PURGE", "/x", &[("host", "[::1]:8443")]),

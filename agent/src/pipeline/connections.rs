@@ -97,6 +97,9 @@ pub fn endpoints(tuple: &ConnTuple) -> (Option<SocketAddr>, Option<SocketAddr>) 
 /// than evicting live ones; idle and dead connections are swept regularly.
 pub struct ConnectionTable {
     entries: HashMap<ConnKey, Connection>,
+    /// How many entries have each (local, remote) pair: tells whether loupe traces the
+    /// other end of a connection.
+    endpoints: HashMap<(SocketAddr, SocketAddr), u32>,
     capacity: usize,
 }
 
@@ -104,6 +107,7 @@ impl ConnectionTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::new(),
+            endpoints: HashMap::new(),
             capacity,
         }
     }
@@ -125,11 +129,36 @@ impl ConnectionTable {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             return Err(conn);
         }
-        Ok(self.entries.insert(key, conn))
+        if let Some(pair) = conn.local.zip(conn.remote) {
+            *self.endpoints.entry(pair).or_default() += 1;
+        }
+        let old = self.entries.insert(key, conn);
+        if let Some(old) = &old {
+            self.unindex(old);
+        }
+        Ok(old)
+    }
+
+    fn unindex(&mut self, conn: &Connection) {
+        if let Some(pair) = conn.local.zip(conn.remote)
+            && let Some(count) = self.endpoints.get_mut(&pair)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.endpoints.remove(&pair);
+            }
+        }
+    }
+
+    /// True when a traced connection has exactly these local and remote endpoints.
+    pub fn has_endpoints(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.endpoints.contains_key(&(local, remote))
     }
 
     pub fn remove(&mut self, key: &ConnKey) -> Option<Connection> {
-        self.entries.remove(key)
+        let conn = self.entries.remove(key)?;
+        self.unindex(&conn);
+        Some(conn)
     }
 
     /// Removes and returns every connection for which `pred` holds.
@@ -144,7 +173,7 @@ impl ConnectionTable {
             .map(|(k, _)| *k)
             .collect();
         keys.into_iter()
-            .filter_map(|k| self.entries.remove(&k).map(|c| (k, c)))
+            .filter_map(|k| self.remove(&k).map(|c| (k, c)))
             .collect()
     }
 
@@ -205,6 +234,19 @@ mod tests {
         let old = table.insert(k1, Connection::new(3, None, 0)).ok().unwrap();
         assert_eq!(old.unwrap().conn_id, 1);
         assert_eq!(table.len(), 1);
+        let pair = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let k3 = ConnKey { tgid: 2, fd: 3 };
+        let mut big = ConnectionTable::new(4);
+        let mut conn = Connection::new(9, None, 0);
+        (conn.local, conn.remote) = (Some(pair.0), Some(pair.1));
+        assert!(big.insert(k3, conn).is_ok());
+        assert!(big.has_endpoints(pair.0, pair.1));
+        assert!(!big.has_endpoints(pair.1, pair.0));
+        big.remove(&k3);
+        assert!(!big.has_endpoints(pair.0, pair.1));
         let drained = table.drain_where(|k, _| k.tgid == 1);
         assert_eq!(drained.len(), 1);
         assert_eq!(table.len(), 0);

@@ -3,9 +3,11 @@
 
 mod assemble;
 pub mod connections;
+mod linking;
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, mpsc::SyncSender},
     time::{Duration, Instant},
 };
@@ -22,15 +24,16 @@ use crate::{
     probes::{CounterMap, maps::read_counters},
     process::resource::ResourceDefaults,
     protocol::{
-        Chunk, Direction,
-        http1::{Http1Limits, Http1Session, HttpExchange},
+        Chunk, Direction, Role,
+        http1::{Http1Limits, Http1Session, HttpExchange, RequestStart},
     },
-    span::{FinishedSpan, Resource, route::RouteMatcher},
+    span::{FinishedSpan, Resource, context::extract, route::RouteMatcher},
     telemetry::metrics::Metrics,
 };
 
 use assemble::SpanAssembler;
 use connections::{Connection, ConnectionTable};
+use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
 
 /// A connection with no traffic for this long is forgotten (its session flushed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -53,6 +56,8 @@ pub struct Pipeline {
     counters: CounterMap,
     execs: SyncSender<u32>,
     exchanges: Vec<HttpExchange>,
+    starts: Vec<RequestStart>,
+    linker: Linker,
     last_housekeeping: Instant,
 }
 
@@ -76,6 +81,8 @@ impl Pipeline {
             counters,
             execs,
             exchanges: Vec::new(),
+            starts: Vec::new(),
+            linker: Linker::default(),
             last_housekeeping: Instant::now(),
         }
     }
@@ -121,9 +128,12 @@ impl Pipeline {
             total_len: header.total_len,
         };
         let limits = self.limits;
+        let mut role = None;
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
             Some(session) => {
                 session.on_chunk(&chunk, &mut self.exchanges);
+                self.starts.extend(session.take_started());
+                role = Some(session.role());
                 let stats = session.take_stats();
                 self.metrics.parse_errors.add(stats.parse_errors);
                 self.metrics.bytes_unparsed.add(stats.unparsed_bytes);
@@ -133,13 +143,65 @@ impl Pipeline {
             }
             None => self.metrics.bytes_unparsed.add(header.total_len),
         }
-        let (local, remote) = (conn.local, conn.remote);
-        self.emit(key.tgid, local, remote);
+        let (conn_id, local, remote) = (conn.conn_id, conn.local, conn.remote);
+        if let Some(role) = role {
+            self.link_starts(key, conn_id, role, local, remote);
+        }
+        self.emit(key, conn_id, local, remote);
+    }
+
+    /// Gives every request whose head was just seen its place in a trace.
+    fn link_starts(
+        &mut self,
+        key: ConnKey,
+        conn_id: u64,
+        role: Role,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+    ) {
+        let peers = local.zip(remote);
+        for start in self.starts.drain(..) {
+            let request_key = RequestKey {
+                tgid: key.tgid,
+                fd: key.fd,
+                conn_id,
+                request_id: start.request_id,
+            };
+            let header = extract(&start.headers);
+            match role {
+                Role::Server => {
+                    self.linker.server_start(
+                        request_key,
+                        start.tid,
+                        start.end_ns,
+                        peers,
+                        header,
+                        None,
+                    );
+                }
+                Role::Client => {
+                    let (_, placement) = self.linker.client_start(
+                        request_key,
+                        start.tid,
+                        start.start_ns,
+                        peers,
+                        header,
+                        None,
+                    );
+                    if placement == ClientPlacement::Unplaced {
+                        self.metrics.client_spans_unplaced.inc();
+                    }
+                }
+            }
+        }
     }
 
     fn finish_connection(&mut self, key: ConnKey, mut conn: Connection, ts_ns: u64) {
         if let connections::ProtocolState::Http1(session) = &mut conn.protocol {
             session.on_close(ts_ns, &mut self.exchanges);
+            self.starts.extend(session.take_started());
+            let role = session.role();
+            self.link_starts(key, conn.conn_id, role, conn.local, conn.remote);
             let stats = session.take_stats();
             self.metrics.parse_errors.add(stats.parse_errors);
             self.metrics.bytes_unparsed.add(stats.unparsed_bytes);
@@ -147,22 +209,64 @@ impl Pipeline {
                 .exchanges_incomplete
                 .add(stats.requests_without_response);
         }
-        self.emit(key.tgid, conn.local, conn.remote);
+        self.emit(key, conn.conn_id, conn.local, conn.remote);
     }
 
     /// Turns pending exchanges into spans and hands them to the exporter.
     fn emit(
         &mut self,
-        tgid: u32,
-        local: Option<std::net::SocketAddr>,
-        remote: Option<std::net::SocketAddr>,
+        key: ConnKey,
+        conn_id: u64,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
     ) {
         if self.exchanges.is_empty() {
             return;
         }
-        let resource = self.resource(tgid, None);
-        for exchange in self.exchanges.drain(..) {
-            let span = self.assembler.assemble(&exchange, local, remote);
+        let resource = self.resource(key.tgid, None);
+        let exchanges = std::mem::take(&mut self.exchanges);
+        for exchange in exchanges {
+            let request_key = RequestKey {
+                tgid: key.tgid,
+                fd: key.fd,
+                conn_id,
+                request_id: exchange.request_id,
+            };
+            let node = match self.linker.finish(&request_key) {
+                Some(node) => node,
+                // Every exchange's start is linked before it completes; this is a guard.
+                None => {
+                    let header = extract(&exchange.request.headers);
+                    let peers = local.zip(remote);
+                    match exchange.role {
+                        Role::Server => {
+                            self.linker
+                                .server_start(request_key, 0, 0, peers, header, None)
+                        }
+                        Role::Client => {
+                            self.linker
+                                .client_start(request_key, 0, 0, None, header, None)
+                                .0
+                        }
+                    };
+                    match self.linker.finish(&request_key) {
+                        Some(node) => node,
+                        None => continue,
+                    }
+                }
+            };
+            if exchange.role == Role::Server
+                && matches!(node.borrow().parent, Parent::Root(_))
+                && local
+                    .zip(remote)
+                    .is_some_and(|(l, r)| self.connections.has_endpoints(r, l))
+            {
+                // Loupe traces the client at the other end, yet found no span to join.
+                self.metrics.server_spans_peer_unmatched.inc();
+            }
+            let span = self
+                .assembler
+                .assemble(&exchange, resolve(&node), local, remote);
             self.metrics.spans_created.inc();
             self.exporter.submit(FinishedSpan {
                 resource: resource.clone(),
@@ -203,6 +307,10 @@ impl Pipeline {
             self.finish_connection(key, conn, now);
         }
         self.resources.retain(|tgid, _| alive(*tgid));
+        for tgid in dead {
+            self.linker.forget_process(tgid);
+        }
+        self.linker.expire(now);
         self.metrics
             .connections_active
             .set(self.connections.len() as u64);

@@ -81,5 +81,7 @@ metrics! {
     spans_dropped: Counter = "loupe_spans_dropped_total", "Spans lost: export queue full or export failed for good.";
     export_failures: Counter = "loupe_export_failures_total", "Export requests that failed (each retry counts).";
     export_queue_spans: Gauge = "loupe_export_queue_spans", "Spans accepted for export and not yet delivered or dropped.";
+    client_spans_unplaced: Counter = "loupe_client_spans_unplaced_total", "CLIENT spans of a process that was serving requests, placed under none of them.";
+    server_spans_peer_unmatched: Counter = "loupe_server_spans_peer_unmatched_total", "SERVER spans whose client loupe also traces, left without that client span as parent.";
     traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
 }

@@ -146,6 +146,23 @@ pub struct HttpExchange {
     pub outcome: ExchangeOutcome,
     /// The `on_close` timestamp when the close ended this exchange, else 0.
     pub close_ns: u64,
+    /// The request's number on its connection, as in [`RequestStart::request_id`].
+    pub request_id: u64,
+}
+
+/// A request whose head was just seen: reported before its exchange completes, so that
+/// spans caused by it (the calls its handler makes) can be linked to it while it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestStart {
+    /// Numbers the requests of one connection from 0, in order.
+    pub request_id: u64,
+    /// Thread of the syscall holding the request's first byte.
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
 }
 
 /// What a session counted since the last [`Http1Session::take_stats`].

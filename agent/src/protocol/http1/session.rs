@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 use super::body::{BodyMode, Chunked};
 use super::head::{Framing, RequestHead, ResponseHead};
 use super::stream::{ChunkMeta, Closed, Cursor, Event, Progress, StreamParser};
-use super::{ExchangeOutcome, Http1Limits, HttpExchange, HttpRequest, HttpResponse, SessionStats};
+use super::{
+    ExchangeOutcome, Http1Limits, HttpExchange, HttpRequest, HttpResponse, RequestStart,
+    SessionStats,
+};
 use crate::protocol::{Chunk, Direction, Role};
 
 /// A request waiting for its final response.
@@ -42,6 +45,8 @@ pub struct Http1Session {
     current_request: Option<u64>,
     current_response: Option<ResponseInProgress>,
     stats: SessionStats,
+    /// Request heads seen since the last [`Http1Session::take_started`].
+    started: Vec<RequestStart>,
 }
 
 impl Http1Session {
@@ -56,10 +61,10 @@ impl Http1Session {
             current_request: None,
             current_response: None,
             stats: SessionStats::default(),
+            started: Vec::new(),
         }
     }
 
-    #[cfg(test)]
     pub fn role(&self) -> Role {
         self.role
     }
@@ -180,6 +185,12 @@ impl Http1Session {
         std::mem::take(&mut self.stats)
     }
 
+    /// Requests whose head was seen since the last call, in order. Bounded by the
+    /// pipelining limit when nobody takes them.
+    pub fn take_started(&mut self) -> Vec<RequestStart> {
+        std::mem::take(&mut self.started)
+    }
+
     fn on_request_head(
         &mut self,
         head: RequestHead,
@@ -235,6 +246,18 @@ impl Http1Session {
         }
         let id = self.next_id;
         self.next_id += 1;
+        if self.started.len() >= self.limits.max_pending_requests.max(1) {
+            self.started.remove(0);
+        }
+        self.started.push(RequestStart {
+            request_id: id,
+            tid: first.tid,
+            start_ns: first.start_ns,
+            end_ns: first.end_ns,
+            method: request.method.clone(),
+            target: request.target.clone(),
+            headers: request.headers.clone(),
+        });
         self.pending.push_back(PendingRequest {
             id,
             request,
@@ -369,6 +392,7 @@ impl Http1Session {
             response_tid: 0,
             outcome,
             close_ns,
+            request_id: request.id,
         }
     }
 }

@@ -315,3 +315,47 @@ fn stats_add_up_across_sessions() {
     assert_eq!(total.resyncs, 3);
     assert_eq!(total.requests_without_response, 3);
 }
+
+#[test]
+fn request_starts_are_reported_before_their_exchanges_complete() {
+    let mut h = Harness::server();
+    h.req(b"GET /a HTTP/1.1\r\ntraceparent: x\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    let started = h.session.take_started();
+    assert_eq!(started.len(), 2);
+    assert_eq!(started[0].request_id, 0);
+    assert_eq!(started[0].target, "/a");
+    assert_eq!(started[0].tid, 7);
+    assert_eq!(started[0].end_ns, 1500);
+    assert!(started[0].headers.iter().any(|(k, _)| k == "traceparent"));
+    assert_eq!(started[1].request_id, 1);
+    assert!(h.take().is_empty(), "no response yet");
+    assert!(
+        h.session.take_started().is_empty(),
+        "each start is reported once"
+    );
+
+    h.resp(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    let done = h.take();
+    assert_eq!(
+        done.iter().map(|e| e.request_id).collect::<Vec<_>>(),
+        vec![0, 1],
+        "exchanges carry the ids their starts had"
+    );
+}
+
+#[test]
+fn unclaimed_starts_stay_bounded() {
+    let limits = Http1Limits {
+        max_pending_requests: 4,
+        ..Http1Limits::default()
+    };
+    let mut h = Harness::with_limits(Role::Server, limits);
+    for _ in 0..20 {
+        h.req(b"GET / HTTP/1.1\r\n\r\n");
+    }
+    let started = h.session.take_started();
+    assert_eq!(started.len(), 4);
+    assert_eq!(started.last().map(|s| s.request_id), Some(19));
+}

@@ -1,0 +1,424 @@
+//! Trace linking: which span is whose parent, so that one request's spans across every
+//! service it crossed form one trace.
+//!
+//! Every request gets its span identity when its head is seen, not when its exchange
+//! completes, because the spans it causes (its handler's outgoing calls) start and often
+//! finish while it is still in flight. Parents are kept as links between nodes and
+//! resolved to trace ids only when a span is exported, so a link found late (the server
+//! side of a connection seen before its client side) still repairs the whole subtree.
+//!
+//! How a parent is chosen:
+//! - A server request that carries trace context (W3C, B3, Jaeger) continues it.
+//! - Otherwise, when loupe traces the client at the other end of the same TCP connection
+//!   (the mirrored 4-tuple), the server span is that client span's child, request by
+//!   request in order on keep-alive connections, whichever side is seen first.
+//! - A client request that already carries `traceparent` was written by an instrumented
+//!   process: its span keeps those ids.
+//! - Otherwise a client request is the child of the server request its process is serving
+//!   on the same thread (thread-per-request servers), or of the only request in flight.
+//!   On an event loop (Node, nginx) every request shares one thread, and the most recent
+//!   request still in flight on it is chosen: exact for sequential traffic, a guess when
+//!   several requests are in flight at once and a handler calls out after another request
+//!   arrived.
+
+use std::{
+    cell::RefCell,
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    rc::Rc,
+};
+
+use crate::span::{SpanContext, SpanId, TraceId, context::new_span_id, context::new_trace_id};
+
+pub type NodeRef = Rc<RefCell<SpanNode>>;
+
+/// Parent chains longer than this are cut (and would only come from a loop).
+const MAX_DEPTH: usize = 64;
+/// A client request waits this long for the server that reads it, and the reverse.
+const PEER_WAIT_NS: u64 = 5_000_000_000;
+/// Requests whose exchange never completed are forgotten after this long.
+const REQUEST_TTL_NS: u64 = 600_000_000_000;
+/// Bounds on the linking tables.
+const MAX_QUEUE_PER_CONNECTION: usize = 64;
+const MAX_CONNECTION_QUEUES: usize = 65_536;
+const MAX_REQUESTS: usize = 262_144;
+const SAMPLED: u8 = 0x01;
+
+#[derive(Debug)]
+pub struct SpanNode {
+    pub span_id: SpanId,
+    pub parent: Parent,
+    pub trace_flags: u8,
+    pub trace_state: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Parent {
+    /// The span starts a trace.
+    Root(TraceId),
+    /// The parent is in a process loupe does not see, named by a request header.
+    Remote { trace_id: TraceId, span_id: SpanId },
+    /// The parent is another span loupe builds.
+    Local(NodeRef),
+}
+
+/// Ids ready to put on a span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedIds {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub trace_flags: u8,
+    pub trace_state: Option<String>,
+}
+
+/// Ids the kernel already chose for a span (traceparent injection), which the span must
+/// use because they went over the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelIds {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub trace_flags: u8,
+}
+
+pub fn resolve(node: &NodeRef) -> ResolvedIds {
+    let this = node.borrow();
+    let parent_span_id = match &this.parent {
+        Parent::Root(_) => None,
+        Parent::Remote { span_id, .. } => Some(*span_id),
+        Parent::Local(parent) => Some(parent.borrow().span_id),
+    };
+    let mut trace_id = TraceId::default();
+    let mut current = node.clone();
+    for _ in 0..MAX_DEPTH {
+        let next = match &current.borrow().parent {
+            Parent::Root(t) | Parent::Remote { trace_id: t, .. } => {
+                trace_id = *t;
+                None
+            }
+            Parent::Local(parent) => Some(parent.clone()),
+        };
+        match next {
+            Some(parent) => current = parent,
+            None => break,
+        }
+    }
+    if trace_id == TraceId::default() {
+        // Only a loop gets here: give the span a trace of its own rather than none.
+        trace_id = new_trace_id();
+    }
+    ResolvedIds {
+        trace_id,
+        span_id: this.span_id,
+        parent_span_id,
+        trace_flags: this.trace_flags,
+        trace_state: this.trace_state.clone(),
+    }
+}
+
+/// One request of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    pub tgid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub request_id: u64,
+}
+
+/// A connection seen from its client: (client address, server address).
+type PeerKey = (SocketAddr, SocketAddr);
+
+struct Waiting {
+    node: NodeRef,
+    ts_ns: u64,
+}
+
+struct InFlight {
+    key: RequestKey,
+    tid: u32,
+    node: NodeRef,
+}
+
+/// What a client request's parent turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientPlacement {
+    /// Under a server request of its own process.
+    UnderServer,
+    /// The process set its own context (instrumented) or the kernel injected one.
+    OwnContext,
+    /// Not placed although its process was serving requests.
+    Unplaced,
+    /// Its process was serving nothing: a trace of its own is right.
+    Standalone,
+}
+
+#[derive(Default)]
+pub struct Linker {
+    requests: HashMap<RequestKey, (NodeRef, u64)>,
+    in_flight: HashMap<u32, Vec<InFlight>>,
+    clients: HashMap<PeerKey, VecDeque<Waiting>>,
+    servers: HashMap<PeerKey, VecDeque<Waiting>>,
+}
+
+fn push_bounded(
+    map: &mut HashMap<PeerKey, VecDeque<Waiting>>,
+    key: PeerKey,
+    waiting: Waiting,
+) -> bool {
+    if map.len() >= MAX_CONNECTION_QUEUES && !map.contains_key(&key) {
+        return false;
+    }
+    let queue = map.entry(key).or_default();
+    if queue.len() >= MAX_QUEUE_PER_CONNECTION {
+        queue.pop_front();
+    }
+    queue.push_back(waiting);
+    true
+}
+
+fn pop_fresh(
+    map: &mut HashMap<PeerKey, VecDeque<Waiting>>,
+    key: &PeerKey,
+    now_ns: u64,
+) -> Option<NodeRef> {
+    let queue = map.get_mut(key)?;
+    let mut found = None;
+    while let Some(waiting) = queue.pop_front() {
+        if now_ns.saturating_sub(waiting.ts_ns) <= PEER_WAIT_NS {
+            found = Some(waiting.node);
+            break;
+        }
+    }
+    if queue.is_empty() {
+        map.remove(key);
+    }
+    found
+}
+
+impl Linker {
+    fn remember(&mut self, key: RequestKey, node: &NodeRef, ts_ns: u64) {
+        if self.requests.len() < MAX_REQUESTS || self.requests.contains_key(&key) {
+            self.requests.insert(key, (node.clone(), ts_ns));
+        }
+    }
+
+    /// A traced process read a request head.
+    pub fn server_start(
+        &mut self,
+        key: RequestKey,
+        tid: u32,
+        ts_ns: u64,
+        peers: Option<(SocketAddr, SocketAddr)>,
+        header: Option<SpanContext>,
+        kernel: Option<KernelIds>,
+    ) -> NodeRef {
+        // Seen from the client: (its address, our address).
+        let peer_key = peers.map(|(local, remote)| (remote, local));
+        let client = peer_key.and_then(|k| pop_fresh(&mut self.clients, &k, ts_ns));
+        let node = match (kernel, header, client) {
+            (Some(ids), _, _) => SpanNode {
+                span_id: ids.span_id,
+                parent: match ids.parent_span_id {
+                    Some(span_id) => Parent::Remote {
+                        trace_id: ids.trace_id,
+                        span_id,
+                    },
+                    None => Parent::Root(ids.trace_id),
+                },
+                trace_flags: ids.trace_flags,
+                trace_state: None,
+            },
+            (None, Some(ctx), _) => SpanNode {
+                span_id: new_span_id(),
+                parent: Parent::Remote {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.span_id,
+                },
+                trace_flags: ctx.trace_flags,
+                trace_state: ctx.trace_state,
+            },
+            (None, None, Some(client)) => {
+                let flags = client.borrow().trace_flags;
+                SpanNode {
+                    span_id: new_span_id(),
+                    parent: Parent::Local(client),
+                    trace_flags: flags,
+                    trace_state: None,
+                }
+            }
+            (None, None, None) => SpanNode {
+                span_id: new_span_id(),
+                parent: Parent::Root(new_trace_id()),
+                trace_flags: SAMPLED,
+                trace_state: None,
+            },
+        };
+        let orphan = matches!(node.parent, Parent::Root(_));
+        let node = Rc::new(RefCell::new(node));
+        if orphan && let Some(k) = peer_key {
+            // The client's side may still be on its way: let it adopt this span.
+            push_bounded(
+                &mut self.servers,
+                k,
+                Waiting {
+                    node: node.clone(),
+                    ts_ns,
+                },
+            );
+        }
+        self.remember(key, &node, ts_ns);
+        self.in_flight.entry(key.tgid).or_default().push(InFlight {
+            key,
+            tid,
+            node: node.clone(),
+        });
+        node
+    }
+
+    /// A traced process wrote a request head.
+    pub fn client_start(
+        &mut self,
+        key: RequestKey,
+        tid: u32,
+        ts_ns: u64,
+        peers: Option<(SocketAddr, SocketAddr)>,
+        header: Option<SpanContext>,
+        kernel: Option<KernelIds>,
+    ) -> (NodeRef, ClientPlacement) {
+        let serving = self.in_flight.get(&key.tgid);
+        let under = serving.and_then(|list| {
+            list.iter()
+                .rev()
+                .find(|f| f.tid == tid)
+                .or_else(|| (list.len() == 1).then(|| &list[0]))
+                .map(|f| f.node.clone())
+        });
+        let was_serving = serving.is_some_and(|list| !list.is_empty());
+        let (node, placement) = match (kernel, header, under) {
+            (Some(ids), _, under) => {
+                let parent = match (under, ids.parent_span_id) {
+                    (Some(server), _) => Parent::Local(server),
+                    (None, Some(span_id)) => Parent::Remote {
+                        trace_id: ids.trace_id,
+                        span_id,
+                    },
+                    (None, None) => Parent::Root(ids.trace_id),
+                };
+                (
+                    SpanNode {
+                        span_id: ids.span_id,
+                        parent,
+                        trace_flags: ids.trace_flags,
+                        trace_state: None,
+                    },
+                    ClientPlacement::OwnContext,
+                )
+            }
+            (None, Some(ctx), _) => (
+                // An instrumented process: the header's span id is its client span.
+                SpanNode {
+                    span_id: ctx.span_id,
+                    parent: Parent::Root(ctx.trace_id),
+                    trace_flags: ctx.trace_flags,
+                    trace_state: ctx.trace_state,
+                },
+                ClientPlacement::OwnContext,
+            ),
+            (None, None, Some(server)) => {
+                let flags = server.borrow().trace_flags;
+                (
+                    SpanNode {
+                        span_id: new_span_id(),
+                        parent: Parent::Local(server),
+                        trace_flags: flags,
+                        trace_state: None,
+                    },
+                    ClientPlacement::UnderServer,
+                )
+            }
+            (None, None, None) => (
+                SpanNode {
+                    span_id: new_span_id(),
+                    parent: Parent::Root(new_trace_id()),
+                    trace_flags: SAMPLED,
+                    trace_state: None,
+                },
+                if was_serving {
+                    ClientPlacement::Unplaced
+                } else {
+                    ClientPlacement::Standalone
+                },
+            ),
+        };
+        let node = Rc::new(RefCell::new(node));
+        if let Some(peer_key) = peers {
+            match pop_fresh(&mut self.servers, &peer_key, ts_ns) {
+                // The server's side was seen first: it becomes this span's child now.
+                Some(server) => server.borrow_mut().parent = Parent::Local(node.clone()),
+                None => {
+                    push_bounded(
+                        &mut self.clients,
+                        peer_key,
+                        Waiting {
+                            node: node.clone(),
+                            ts_ns,
+                        },
+                    );
+                }
+            }
+        }
+        self.remember(key, &node, ts_ns);
+        (node, placement)
+    }
+
+    /// The exchange of `key` completed: its node, if its start was seen.
+    pub fn finish(&mut self, key: &RequestKey) -> Option<NodeRef> {
+        if let Some(list) = self.in_flight.get_mut(&key.tgid) {
+            list.retain(|f| f.key != *key);
+            if list.is_empty() {
+                self.in_flight.remove(&key.tgid);
+            }
+        }
+        self.requests.remove(key).map(|(node, _)| node)
+    }
+
+    /// Drops what waited too long: peers that never showed up, requests never answered.
+    pub fn expire(&mut self, now_ns: u64) {
+        for map in [&mut self.clients, &mut self.servers] {
+            map.retain(|_, queue| {
+                queue.retain(|w| now_ns.saturating_sub(w.ts_ns) <= PEER_WAIT_NS);
+                !queue.is_empty()
+            });
+        }
+        let stale: Vec<RequestKey> = self
+            .requests
+            .iter()
+            .filter(|(_, (_, ts))| now_ns.saturating_sub(*ts) > REQUEST_TTL_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.finish(&key);
+        }
+    }
+
+    /// Forgets every request of a process that exited.
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.in_flight.remove(&tgid);
+        self.requests.retain(|k, _| k.tgid != tgid);
+    }
+
+    #[cfg(test)]
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        (
+            self.requests.len(),
+            self.in_flight.values().map(Vec::len).sum(),
+            self.clients.values().map(VecDeque::len).sum(),
+            self.servers.values().map(VecDeque::len).sum(),
+        )
+    }
+}
+
+#[cfg(test)]
+#[path = "linking_tests.rs"]
+mod tests;

@@ -1,0 +1,234 @@
+use super::*;
+
+fn key(tgid: u32, fd: u32, request_id: u64) -> RequestKey {
+    RequestKey {
+        tgid,
+        fd,
+        conn_id: 1,
+        request_id,
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn header(trace: u8, span: u8) -> SpanContext {
+    SpanContext {
+        trace_id: TraceId([trace; 16]),
+        span_id: SpanId([span; 8]),
+        trace_flags: 1,
+        trace_state: Some("k=v".into()),
+        is_remote: true,
+    }
+}
+
+const FRONT: u32 = 100;
+const BACK: u32 = 200;
+/// The frontend's connection to the backend, seen from the frontend (client).
+fn hop() -> (SocketAddr, SocketAddr) {
+    (addr("127.0.0.1:40000"), addr("127.0.0.1:8000"))
+}
+/// The same connection seen from the backend (server).
+fn hop_mirrored() -> (SocketAddr, SocketAddr) {
+    (hop().1, hop().0)
+}
+fn ingress() -> Option<(SocketAddr, SocketAddr)> {
+    Some((addr("127.0.0.1:3000"), addr("127.0.0.1:50000")))
+}
+
+#[test]
+fn three_hops_form_one_trace() {
+    let mut l = Linker::default();
+    let incoming = header(7, 9);
+    let front = l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), Some(incoming), None);
+    let (call, placement) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None);
+    assert_eq!(placement, ClientPlacement::UnderServer);
+    let back = l.server_start(key(BACK, 4, 0), 21, 30, Some(hop_mirrored()), None, None);
+
+    let front_ids = resolve(&front);
+    let call_ids = resolve(&call);
+    let back_ids = resolve(&back);
+    assert_eq!(front_ids.trace_id, TraceId([7; 16]));
+    assert_eq!(front_ids.parent_span_id, Some(SpanId([9; 8])));
+    assert_eq!(front_ids.trace_state.as_deref(), Some("k=v"));
+    assert_eq!(call_ids.trace_id, front_ids.trace_id);
+    assert_eq!(call_ids.parent_span_id, Some(front_ids.span_id));
+    assert_eq!(back_ids.trace_id, front_ids.trace_id);
+    assert_eq!(back_ids.parent_span_id, Some(call_ids.span_id));
+    assert!(l.finish(&key(BACK, 4, 0)).is_some());
+    assert!(l.finish(&key(FRONT, 6, 0)).is_some());
+    assert!(l.finish(&key(FRONT, 5, 0)).is_some());
+    assert_eq!(l.sizes(), (0, 0, 0, 0));
+}
+
+#[test]
+fn server_seen_before_its_client_is_adopted() {
+    let mut l = Linker::default();
+    let front = l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
+    // The backend's read came out of the ring buffer before the frontend's write.
+    let back = l.server_start(key(BACK, 4, 0), 21, 15, Some(hop_mirrored()), None, None);
+    let (call, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None);
+    let back_ids = resolve(&back);
+    assert_eq!(back_ids.parent_span_id, Some(resolve(&call).span_id));
+    assert_eq!(back_ids.trace_id, resolve(&front).trace_id);
+}
+
+#[test]
+fn keep_alive_requests_pair_in_order() {
+    let mut l = Linker::default();
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let (call, _) = l.client_start(key(FRONT, 6, i), 11, 10 + i, Some(hop()), None, None);
+        calls.push(call);
+    }
+    for (i, call) in calls.iter().enumerate() {
+        let back = l.server_start(
+            key(BACK, 4, i as u64),
+            21,
+            20 + i as u64,
+            Some(hop_mirrored()),
+            None,
+            None,
+        );
+        assert_eq!(resolve(&back).parent_span_id, Some(resolve(call).span_id));
+    }
+}
+
+#[test]
+fn thread_per_request_picks_the_thread_not_the_latest() {
+    let mut l = Linker::default();
+    let a = l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
+    let b = l.server_start(key(FRONT, 7, 0), 12, 11, ingress(), None, None);
+    let (call_a, _) = l.client_start(key(FRONT, 8, 0), 11, 12, None, None, None);
+    let (call_b, _) = l.client_start(key(FRONT, 9, 0), 12, 13, None, None, None);
+    assert_eq!(resolve(&call_a).parent_span_id, Some(resolve(&a).span_id));
+    assert_eq!(resolve(&call_b).parent_span_id, Some(resolve(&b).span_id));
+}
+
+#[test]
+fn event_loop_picks_the_latest_in_flight_on_the_thread() {
+    let mut l = Linker::default();
+    l.server_start(key(FRONT, 5, 0), 1, 10, ingress(), None, None);
+    let second = l.server_start(key(FRONT, 7, 0), 1, 11, ingress(), None, None);
+    let (call, _) = l.client_start(key(FRONT, 8, 0), 1, 12, None, None, None);
+    assert_eq!(
+        resolve(&call).parent_span_id,
+        Some(resolve(&second).span_id)
+    );
+    // Once the second request is answered, the first is the one in flight.
+    l.finish(&key(FRONT, 7, 0));
+    let (call, _) = l.client_start(key(FRONT, 8, 1), 1, 13, None, None, None);
+    assert_ne!(
+        resolve(&call).parent_span_id,
+        Some(resolve(&second).span_id)
+    );
+}
+
+#[test]
+fn instrumented_client_keeps_its_ids() {
+    let mut l = Linker::default();
+    l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
+    let (call, placement) = l.client_start(
+        key(FRONT, 6, 0),
+        11,
+        20,
+        Some(hop()),
+        Some(header(3, 4)),
+        None,
+    );
+    assert_eq!(placement, ClientPlacement::OwnContext);
+    let ids = resolve(&call);
+    assert_eq!(ids.trace_id, TraceId([3; 16]));
+    assert_eq!(ids.span_id, SpanId([4; 8]));
+}
+
+#[test]
+fn unplaced_and_standalone_clients() {
+    let mut l = Linker::default();
+    let (_, placement) = l.client_start(key(FRONT, 6, 0), 11, 20, None, None, None);
+    assert_eq!(placement, ClientPlacement::Standalone);
+    l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
+    l.server_start(key(FRONT, 7, 0), 12, 10, ingress(), None, None);
+    // Two requests in flight on other threads: no honest choice.
+    let (call, placement) = l.client_start(key(FRONT, 8, 0), 13, 20, None, None, None);
+    assert_eq!(placement, ClientPlacement::Unplaced);
+    assert!(resolve(&call).parent_span_id.is_none());
+}
+
+#[test]
+fn kernel_ids_win() {
+    let mut l = Linker::default();
+    let ids = KernelIds {
+        trace_id: TraceId([5; 16]),
+        span_id: SpanId([6; 8]),
+        parent_span_id: Some(SpanId([7; 8])),
+        trace_flags: 1,
+    };
+    let server = l.server_start(
+        key(FRONT, 5, 0),
+        11,
+        10,
+        ingress(),
+        Some(header(1, 2)),
+        Some(ids),
+    );
+    let resolved = resolve(&server);
+    assert_eq!(resolved.trace_id, TraceId([5; 16]));
+    assert_eq!(resolved.span_id, SpanId([6; 8]));
+    assert_eq!(resolved.parent_span_id, Some(SpanId([7; 8])));
+}
+
+#[test]
+fn stale_peers_expire_and_tables_stay_bounded() {
+    let mut l = Linker::default();
+    l.client_start(key(FRONT, 6, 0), 11, 0, Some(hop()), None, None);
+    // Far later, the server reads something on that tuple: the old client is not its parent.
+    let back = l.server_start(
+        key(BACK, 4, 0),
+        21,
+        PEER_WAIT_NS + 10,
+        Some(hop_mirrored()),
+        None,
+        None,
+    );
+    assert!(resolve(&back).parent_span_id.is_none());
+    for i in 0..(MAX_QUEUE_PER_CONNECTION as u64 * 2) {
+        l.client_start(
+            key(FRONT, 6, i + 1),
+            11,
+            PEER_WAIT_NS + 20,
+            Some(hop()),
+            None,
+            None,
+        );
+    }
+    let (_, _, clients, _) = l.sizes();
+    assert_eq!(clients, MAX_QUEUE_PER_CONNECTION);
+    l.expire(3 * PEER_WAIT_NS);
+    let (_, _, clients, servers) = l.sizes();
+    assert_eq!((clients, servers), (0, 0));
+    l.expire(REQUEST_TTL_NS * 2);
+    assert_eq!(l.sizes(), (0, 0, 0, 0));
+}
+
+#[test]
+fn a_loop_of_parents_still_resolves() {
+    let a = Rc::new(RefCell::new(SpanNode {
+        span_id: SpanId([1; 8]),
+        parent: Parent::Root(TraceId([1; 16])),
+        trace_flags: 1,
+        trace_state: None,
+    }));
+    let b = Rc::new(RefCell::new(SpanNode {
+        span_id: SpanId([2; 8]),
+        parent: Parent::Local(a.clone()),
+        trace_flags: 1,
+        trace_state: None,
+    }));
+    a.borrow_mut().parent = Parent::Local(b.clone());
+    let ids = resolve(&a);
+    assert_ne!(ids.trace_id, TraceId::default());
+    // Break the cycle so the test does not leak.
+    a.borrow_mut().parent = Parent::Root(TraceId([1; 16]));
+}
