@@ -22,7 +22,7 @@ fn build(
     let header = extract(&ex.request.headers);
     let node = match ex.role {
         Role::Server => linker.server_start(key, 7, 0, None, header, None),
-        Role::Client => linker.client_start(key, 7, 0, None, header, None).0,
+        Role::Client => linker.client_start(key, 7, 0, None, header, None, None).0,
     };
     a.assemble(ex, resolve(&node), local, remote)
 }

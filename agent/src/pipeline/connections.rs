@@ -8,6 +8,7 @@ use std::{
 
 use loupe_common::{AF_INET, AF_INET6, ConnKey, ConnTuple};
 
+use super::linking::NodeRef;
 use crate::protocol::{Chunk, Role, detect_http1, http1::Http1Session};
 
 /// Chunks looked at before a connection is declared not HTTP and left alone.
@@ -28,6 +29,8 @@ pub struct Connection {
     pub remote: Option<SocketAddr>,
     pub protocol: ProtocolState,
     pub last_activity_ns: u64,
+    /// The request its process was serving when it connected (see `Linker::client_start`).
+    pub parent_hint: Option<NodeRef>,
 }
 
 impl Connection {
@@ -39,6 +42,7 @@ impl Connection {
             remote,
             protocol: ProtocolState::Undetected { attempts: 0 },
             last_activity_ns: now_ns,
+            parent_hint: None,
         }
     }
 

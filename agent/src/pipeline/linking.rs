@@ -276,7 +276,28 @@ impl Linker {
         node
     }
 
-    /// A traced process wrote a request head.
+    /// The request `tgid` is most likely serving on thread `tid`: the one it is serving
+    /// on that thread, else the only one in flight, else (an event loop) the most recent.
+    pub fn serving(&self, tgid: u32, tid: u32) -> Option<NodeRef> {
+        let list = self.in_flight.get(&tgid)?;
+        list.iter()
+            .rev()
+            .find(|f| f.tid == tid)
+            .or_else(|| (list.len() == 1).then(|| &list[0]))
+            .map(|f| f.node.clone())
+    }
+
+    fn still_in_flight(&self, tgid: u32, node: &NodeRef) -> bool {
+        self.in_flight
+            .get(&tgid)
+            .is_some_and(|list| list.iter().any(|f| Rc::ptr_eq(&f.node, node)))
+    }
+
+    /// A traced process wrote a request head. `hint` is the request its process was
+    /// serving when it opened this connection: an event loop connects in the same turn
+    /// as the handler that needs the connection, but may write only after reading other
+    /// requests, so for a connection's first request the hint is the better witness.
+    #[allow(clippy::too_many_arguments)]
     pub fn client_start(
         &mut self,
         key: RequestKey,
@@ -285,16 +306,13 @@ impl Linker {
         peers: Option<(SocketAddr, SocketAddr)>,
         header: Option<SpanContext>,
         kernel: Option<KernelIds>,
+        hint: Option<&NodeRef>,
     ) -> (NodeRef, ClientPlacement) {
-        let serving = self.in_flight.get(&key.tgid);
-        let under = serving.and_then(|list| {
-            list.iter()
-                .rev()
-                .find(|f| f.tid == tid)
-                .or_else(|| (list.len() == 1).then(|| &list[0]))
-                .map(|f| f.node.clone())
-        });
-        let was_serving = serving.is_some_and(|list| !list.is_empty());
+        let hinted = hint
+            .filter(|h| key.request_id == 0 && self.still_in_flight(key.tgid, h))
+            .cloned();
+        let under = hinted.or_else(|| self.serving(key.tgid, tid));
+        let was_serving = self.in_flight.get(&key.tgid).is_some_and(|l| !l.is_empty());
         let (node, placement) = match (kernel, header, under) {
             (Some(ids), _, under) => {
                 let parent = match (under, ids.parent_span_id) {

@@ -42,7 +42,7 @@ fn three_hops_form_one_trace() {
     let mut l = Linker::default();
     let incoming = header(7, 9);
     let front = l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), Some(incoming), None);
-    let (call, placement) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None);
+    let (call, placement) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
     assert_eq!(placement, ClientPlacement::UnderServer);
     let back = l.server_start(key(BACK, 4, 0), 21, 30, Some(hop_mirrored()), None, None);
 
@@ -68,7 +68,7 @@ fn server_seen_before_its_client_is_adopted() {
     let front = l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
     // The backend's read came out of the ring buffer before the frontend's write.
     let back = l.server_start(key(BACK, 4, 0), 21, 15, Some(hop_mirrored()), None, None);
-    let (call, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None);
+    let (call, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
     let back_ids = resolve(&back);
     assert_eq!(back_ids.parent_span_id, Some(resolve(&call).span_id));
     assert_eq!(back_ids.trace_id, resolve(&front).trace_id);
@@ -79,7 +79,7 @@ fn keep_alive_requests_pair_in_order() {
     let mut l = Linker::default();
     let mut calls = Vec::new();
     for i in 0..3 {
-        let (call, _) = l.client_start(key(FRONT, 6, i), 11, 10 + i, Some(hop()), None, None);
+        let (call, _) = l.client_start(key(FRONT, 6, i), 11, 10 + i, Some(hop()), None, None, None);
         calls.push(call);
     }
     for (i, call) in calls.iter().enumerate() {
@@ -100,8 +100,8 @@ fn thread_per_request_picks_the_thread_not_the_latest() {
     let mut l = Linker::default();
     let a = l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
     let b = l.server_start(key(FRONT, 7, 0), 12, 11, ingress(), None, None);
-    let (call_a, _) = l.client_start(key(FRONT, 8, 0), 11, 12, None, None, None);
-    let (call_b, _) = l.client_start(key(FRONT, 9, 0), 12, 13, None, None, None);
+    let (call_a, _) = l.client_start(key(FRONT, 8, 0), 11, 12, None, None, None, None);
+    let (call_b, _) = l.client_start(key(FRONT, 9, 0), 12, 13, None, None, None, None);
     assert_eq!(resolve(&call_a).parent_span_id, Some(resolve(&a).span_id));
     assert_eq!(resolve(&call_b).parent_span_id, Some(resolve(&b).span_id));
 }
@@ -111,15 +111,39 @@ fn event_loop_picks_the_latest_in_flight_on_the_thread() {
     let mut l = Linker::default();
     l.server_start(key(FRONT, 5, 0), 1, 10, ingress(), None, None);
     let second = l.server_start(key(FRONT, 7, 0), 1, 11, ingress(), None, None);
-    let (call, _) = l.client_start(key(FRONT, 8, 0), 1, 12, None, None, None);
+    let (call, _) = l.client_start(key(FRONT, 8, 0), 1, 12, None, None, None, None);
     assert_eq!(
         resolve(&call).parent_span_id,
         Some(resolve(&second).span_id)
     );
     // Once the second request is answered, the first is the one in flight.
     l.finish(&key(FRONT, 7, 0));
-    let (call, _) = l.client_start(key(FRONT, 8, 1), 1, 13, None, None, None);
+    let (call, _) = l.client_start(key(FRONT, 8, 1), 1, 13, None, None, None, None);
     assert_ne!(
+        resolve(&call).parent_span_id,
+        Some(resolve(&second).span_id)
+    );
+}
+
+#[test]
+fn a_new_connection_belongs_to_the_request_that_opened_it() {
+    let mut l = Linker::default();
+    let first = l.server_start(key(FRONT, 5, 0), 1, 10, ingress(), None, None);
+    let hint = l.serving(FRONT, 1).expect("serving");
+    // Another request was read before the connect completed and the write went out.
+    let second = l.server_start(key(FRONT, 7, 0), 1, 11, ingress(), None, None);
+    let (call, _) = l.client_start(key(FRONT, 8, 0), 1, 12, None, None, None, Some(&hint));
+    assert_eq!(resolve(&call).parent_span_id, Some(resolve(&first).span_id));
+    // Later requests on that connection follow the event loop again.
+    let (call, _) = l.client_start(key(FRONT, 8, 1), 1, 13, None, None, None, Some(&hint));
+    assert_eq!(
+        resolve(&call).parent_span_id,
+        Some(resolve(&second).span_id)
+    );
+    // A hint whose request is over is ignored.
+    l.finish(&key(FRONT, 5, 0));
+    let (call, _) = l.client_start(key(FRONT, 9, 0), 1, 14, None, None, None, Some(&hint));
+    assert_eq!(
         resolve(&call).parent_span_id,
         Some(resolve(&second).span_id)
     );
@@ -136,6 +160,7 @@ fn instrumented_client_keeps_its_ids() {
         Some(hop()),
         Some(header(3, 4)),
         None,
+        None,
     );
     assert_eq!(placement, ClientPlacement::OwnContext);
     let ids = resolve(&call);
@@ -146,12 +171,12 @@ fn instrumented_client_keeps_its_ids() {
 #[test]
 fn unplaced_and_standalone_clients() {
     let mut l = Linker::default();
-    let (_, placement) = l.client_start(key(FRONT, 6, 0), 11, 20, None, None, None);
+    let (_, placement) = l.client_start(key(FRONT, 6, 0), 11, 20, None, None, None, None);
     assert_eq!(placement, ClientPlacement::Standalone);
     l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
     l.server_start(key(FRONT, 7, 0), 12, 10, ingress(), None, None);
     // Two requests in flight on other threads: no honest choice.
-    let (call, placement) = l.client_start(key(FRONT, 8, 0), 13, 20, None, None, None);
+    let (call, placement) = l.client_start(key(FRONT, 8, 0), 13, 20, None, None, None, None);
     assert_eq!(placement, ClientPlacement::Unplaced);
     assert!(resolve(&call).parent_span_id.is_none());
 }
@@ -182,7 +207,7 @@ fn kernel_ids_win() {
 #[test]
 fn stale_peers_expire_and_tables_stay_bounded() {
     let mut l = Linker::default();
-    l.client_start(key(FRONT, 6, 0), 11, 0, Some(hop()), None, None);
+    l.client_start(key(FRONT, 6, 0), 11, 0, Some(hop()), None, None, None);
     // Far later, the server reads something on that tuple: the old client is not its parent.
     let back = l.server_start(
         key(BACK, 4, 0),
@@ -199,6 +224,7 @@ fn stale_peers_expire_and_tables_stay_bounded() {
             11,
             PEER_WAIT_NS + 20,
             Some(hop()),
+            None,
             None,
             None,
         );

@@ -144,8 +144,9 @@ impl Pipeline {
             None => self.metrics.bytes_unparsed.add(header.total_len),
         }
         let (conn_id, local, remote) = (conn.conn_id, conn.local, conn.remote);
+        let hint = conn.parent_hint.clone();
         if let Some(role) = role {
-            self.link_starts(key, conn_id, role, local, remote);
+            self.link_starts(key, conn_id, role, local, remote, hint.as_ref());
         }
         self.emit(key, conn_id, local, remote);
     }
@@ -158,6 +159,7 @@ impl Pipeline {
         role: Role,
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
+        hint: Option<&linking::NodeRef>,
     ) {
         let peers = local.zip(remote);
         for start in self.starts.drain(..) {
@@ -187,6 +189,7 @@ impl Pipeline {
                         peers,
                         header,
                         None,
+                        hint,
                     );
                     if placement == ClientPlacement::Unplaced {
                         self.metrics.client_spans_unplaced.inc();
@@ -201,7 +204,15 @@ impl Pipeline {
             session.on_close(ts_ns, &mut self.exchanges);
             self.starts.extend(session.take_started());
             let role = session.role();
-            self.link_starts(key, conn.conn_id, role, conn.local, conn.remote);
+            let hint = conn.parent_hint.clone();
+            self.link_starts(
+                key,
+                conn.conn_id,
+                role,
+                conn.local,
+                conn.remote,
+                hint.as_ref(),
+            );
             let stats = session.take_stats();
             self.metrics.parse_errors.add(stats.parse_errors);
             self.metrics.bytes_unparsed.add(stats.unparsed_bytes);
@@ -245,7 +256,7 @@ impl Pipeline {
                         }
                         Role::Client => {
                             self.linker
-                                .client_start(request_key, 0, 0, None, header, None)
+                                .client_start(request_key, 0, 0, None, header, None, None)
                                 .0
                         }
                     };
@@ -347,10 +358,11 @@ impl EventSink for Pipeline {
                     fd: open.fd,
                 };
                 self.resource(open.tgid, Some(&open.comm));
-                self.open(
-                    key,
-                    Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns),
-                );
+                let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
+                if open.role == loupe_common::role::CLIENT {
+                    conn.parent_hint = self.linker.serving(open.tgid, open.tid);
+                }
+                self.open(key, conn);
             }
             Event::Data { header, payload } => {
                 let key = ConnKey {
