@@ -97,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     let pipeline_config = PipelineConfig {
+        sdk_spans: cli.sdk_spans,
         max_connections: MAX_CONNECTIONS,
         limits: Http1Limits::default(),
         routes,

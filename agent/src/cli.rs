@@ -56,6 +56,12 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(64..=loupe_common::MAX_CAPTURE as i64))]
     pub capture_bytes: u32,
 
+    /// Spans of processes that already run an OpenTelemetry SDK (recognised by their
+    /// OTEL_* exporter settings or by their exporting): 'skip' leaves them to the SDK and
+    /// only uses their trace context, 'export' exports loupe's spans too.
+    #[arg(long, value_name = "MODE", value_enum, default_value = "skip")]
+    pub sdk_spans: crate::pipeline::SdkSpans,
+
     /// Size of the kernel ring buffer in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,

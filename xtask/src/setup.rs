@@ -51,7 +51,17 @@ struct PipPackage {
     requirement: &'static str,
 }
 
-const PIP_PACKAGES: &[PipPackage] = &[];
+/// An OpenTelemetry-SDK-instrumented Python service is one of the integration tests' peers.
+const PIP_PACKAGES: &[PipPackage] = &[
+    PipPackage {
+        name: "opentelemetry-sdk",
+        requirement: "opentelemetry-sdk==1.45.2",
+    },
+    PipPackage {
+        name: "opentelemetry-exporter-otlp-proto-http",
+        requirement: "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    },
+];
 
 const MIN_NODE_MAJOR: u32 = 18;
 const LLVM_MAJOR: u32 = 22;

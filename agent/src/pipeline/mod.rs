@@ -4,9 +4,9 @@
 mod assemble;
 pub mod connections;
 mod linking;
+mod processes;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, mpsc::SyncSender},
     time::{Duration, Instant},
@@ -22,24 +22,38 @@ use crate::{
     },
     export::SpanSender,
     probes::{CounterMap, maps::read_counters},
-    process::resource::ResourceDefaults,
+    process::{
+        instrumented::{OTLP_PORTS, is_otlp_export},
+        resource::ResourceDefaults,
+    },
     protocol::{
         Chunk, Direction, Role,
         http1::{Http1Limits, Http1Session, HttpExchange, RequestStart},
     },
-    span::{FinishedSpan, Resource, context::extract, route::RouteMatcher},
+    span::{FinishedSpan, context::extract, route::RouteMatcher},
     telemetry::metrics::Metrics,
 };
 
 use assemble::SpanAssembler;
 use connections::{Connection, ConnectionTable};
 use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
+use processes::Processes;
 
 /// A connection with no traffic for this long is forgotten (its session flushed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What to do with spans of processes that run an OpenTelemetry SDK themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SdkSpans {
+    /// Do not export them: the SDK already does. Their trace context is still used.
+    Skip,
+    /// Export them anyway, next to the SDK's own.
+    Export,
+}
+
 pub struct PipelineConfig {
+    pub sdk_spans: SdkSpans,
     pub max_connections: usize,
     pub limits: Http1Limits,
     pub routes: RouteMatcher,
@@ -49,8 +63,8 @@ pub struct Pipeline {
     connections: ConnectionTable,
     limits: Http1Limits,
     assembler: SpanAssembler,
-    resources: HashMap<u32, Arc<Resource>>,
-    resource_defaults: ResourceDefaults,
+    processes: Processes,
+    sdk_spans: SdkSpans,
     exporter: SpanSender,
     metrics: Arc<Metrics>,
     counters: CounterMap,
@@ -74,8 +88,8 @@ impl Pipeline {
             connections: ConnectionTable::new(config.max_connections),
             limits: config.limits,
             assembler: SpanAssembler::new(config.routes, Clock::measure()),
-            resources: HashMap::new(),
-            resource_defaults,
+            processes: Processes::new(resource_defaults),
+            sdk_spans: config.sdk_spans,
             exporter,
             metrics,
             counters,
@@ -234,8 +248,18 @@ impl Pipeline {
         if self.exchanges.is_empty() {
             return;
         }
-        let resource = self.resource(key.tgid, None);
         let exchanges = std::mem::take(&mut self.exchanges);
+        if exchanges
+            .iter()
+            .any(|e| e.role == Role::Client && is_otlp_export(&e.request.method, &e.request.target))
+        {
+            self.processes.get(key.tgid, None).sdk = true;
+        }
+        let entry = self.processes.get(key.tgid, None);
+        let (resource, skip) = (
+            entry.resource.clone(),
+            entry.sdk && self.sdk_spans == SdkSpans::Skip,
+        );
         for exchange in exchanges {
             let request_key = RequestKey {
                 tgid: key.tgid,
@@ -275,6 +299,11 @@ impl Pipeline {
                 // Loupe traces the client at the other end, yet found no span to join.
                 self.metrics.server_spans_peer_unmatched.inc();
             }
+            if skip {
+                // The process's SDK exports this request's span itself.
+                self.metrics.spans_skipped_sdk.inc();
+                continue;
+            }
             let span = self
                 .assembler
                 .assemble(&exchange, resolve(&node), local, remote);
@@ -284,22 +313,6 @@ impl Pipeline {
                 span,
             });
         }
-    }
-
-    /// The resource of a process, read from /proc the first time the process shows up,
-    /// while it is most likely still alive.
-    fn resource(&mut self, tgid: u32, comm: Option<&[u8]>) -> Arc<Resource> {
-        let defaults = &self.resource_defaults;
-        self.resources
-            .entry(tgid)
-            .or_insert_with(|| {
-                let comm = comm.map(|c| {
-                    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-                    String::from_utf8_lossy(&c[..end]).into_owned()
-                });
-                Arc::new(defaults.for_process(tgid, comm.as_deref()))
-            })
-            .clone()
     }
 
     fn housekeeping(&mut self) {
@@ -317,7 +330,7 @@ impl Pipeline {
         for (key, conn) in expired {
             self.finish_connection(key, conn, now);
         }
-        self.resources.retain(|tgid, _| alive(*tgid));
+        self.processes.retain(alive);
         for tgid in dead {
             self.linker.forget_process(tgid);
         }
@@ -357,7 +370,12 @@ impl EventSink for Pipeline {
                     tgid: open.tgid,
                     fd: open.fd,
                 };
-                self.resource(open.tgid, Some(&open.comm));
+                let process = self.processes.get(open.tgid, Some(&open.comm));
+                if open.role == loupe_common::role::CLIENT
+                    && OTLP_PORTS.contains(&open.tuple.remote_port)
+                {
+                    process.sdk = true;
+                }
                 let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
                 if open.role == loupe_common::role::CLIENT {
                     conn.parent_hint = self.linker.serving(open.tgid, open.tid);
@@ -382,7 +400,7 @@ impl EventSink for Pipeline {
             }
             Event::ProcessExec(exec) => {
                 // The program changed, and with it possibly the service name.
-                self.resources.remove(&exec.tgid);
+                self.processes.forget(exec.tgid);
                 let _ = self.execs.try_send(exec.tgid);
             }
         }

@@ -1,5 +1,6 @@
 //! Which processes loupe traces, and who they are (their OpenTelemetry resource).
 
+pub mod instrumented;
 pub mod procfs;
 pub mod resource;
 pub mod selector;

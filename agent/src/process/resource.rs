@@ -30,12 +30,17 @@ impl ResourceDefaults {
     }
 
     /// Reads what it needs from /proc; a process that vanished gets a resource named after
-    /// its pid so its last spans are still exported.
-    pub fn for_process(&self, pid: u32, comm_hint: Option<&str>) -> Resource {
+    /// its command so its last spans are still exported. Also tells whether the process's
+    /// environment sets up an OpenTelemetry SDK.
+    pub fn for_process(&self, pid: u32, comm_hint: Option<&str>) -> (Resource, bool) {
         let exe = procfs::exe_path(pid);
         let comm = procfs::comm(pid).or_else(|| comm_hint.map(str::to_string));
         let environ = procfs::environ(pid);
-        self.build(pid, exe.as_deref(), comm.as_deref(), &environ)
+        let sdk = super::instrumented::configured_by_environment(&environ);
+        (
+            self.build(pid, exe.as_deref(), comm.as_deref(), &environ),
+            sdk,
+        )
     }
 
     pub fn build(

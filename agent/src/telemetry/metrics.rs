@@ -83,5 +83,6 @@ metrics! {
     export_queue_spans: Gauge = "loupe_export_queue_spans", "Spans accepted for export and not yet delivered or dropped.";
     client_spans_unplaced: Counter = "loupe_client_spans_unplaced_total", "CLIENT spans of a process that was serving requests, placed under none of them.";
     server_spans_peer_unmatched: Counter = "loupe_server_spans_peer_unmatched_total", "SERVER spans whose client loupe also traces, left without that client span as parent.";
+    spans_skipped_sdk: Counter = "loupe_spans_skipped_sdk_total", "Spans not exported because their process runs an OpenTelemetry SDK that exports them.";
     traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
 }
