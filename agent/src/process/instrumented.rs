@@ -9,6 +9,7 @@
 //!   `opentelemetry` auto-instrumentation);
 //! - or it is seen exporting: an HTTP request to `/v1/traces`, or a connection to the
 //!   OTLP ports 4317 or 4318.
+//!
 //! `OTEL_SERVICE_NAME` alone is not a sign: it is how uninstrumented services are named.
 
 /// OTLP's well-known ports (gRPC, HTTP).
