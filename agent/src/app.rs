@@ -31,6 +31,7 @@ use crate::{
         selector::{Selection, Selector},
     },
     protocol::http1::Http1Limits,
+    sampling::HeadSampler,
     span::route::RouteMatcher,
     telemetry::metrics::Metrics,
 };
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // Everything that can be wrong with the command line or environment is checked
     // before anything is loaded into the kernel.
     let export_config = ExportConfig::from_env(|name| std::env::var(name).ok())?;
+    let head_sampler = HeadSampler::from_env(|name| std::env::var(name).ok())?;
     let routes = RouteMatcher::new(&cli.routes)?;
     let selection = Selection::new(&cli.pids, &cli.exes)?;
     privileges::check()?;
@@ -98,6 +100,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
     let pipeline_config = PipelineConfig {
         sdk_spans: cli.sdk_spans,
+        head_sampler,
+        tail_policy: cli.tail_policy(),
         max_connections: MAX_CONNECTIONS,
         limits: Http1Limits::default(),
         routes,

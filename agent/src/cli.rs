@@ -62,9 +62,57 @@ pub struct Cli {
     #[arg(long, value_name = "MODE", value_enum, default_value = "skip")]
     pub sdk_spans: crate::pipeline::SdkSpans,
 
+    /// Turn on tail sampling: a trace's spans wait until it is complete, then the trace is
+    /// kept when a span failed (--tail-keep-errors) or was slow (--tail-keep-slower-than),
+    /// else with this probability. Applies after head sampling (OTEL_TRACES_SAMPLER).
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub tail_sample_ratio: Option<f64>,
+
+    /// With tail sampling, keep every trace that has a span in error.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tail_keep_errors: bool,
+
+    /// With tail sampling, keep every trace that has a span at least this long.
+    #[arg(long, value_name = "MS")]
+    pub tail_keep_slower_than: Option<u64>,
+
+    /// With tail sampling, how long a trace waits for more spans after its latest one.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub tail_wait: u64,
+
+    /// With tail sampling, traces held at most; beyond it the oldest is decided early
+    /// (counted in loupe_tail_decisions_forced_total).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub tail_max_traces: usize,
+
     /// Size of the kernel ring buffer in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a ratio between 0 and 1")),
+    }
+}
+
+impl Cli {
+    /// The tail-sampling policy, when turned on.
+    pub fn tail_policy(&self) -> Option<crate::sampling::TailPolicy> {
+        let ratio = self.tail_sample_ratio?;
+        Some(crate::sampling::TailPolicy {
+            keep_errors: self.tail_keep_errors,
+            latency_threshold: self
+                .tail_keep_slower_than
+                .map(std::time::Duration::from_millis),
+            ratio,
+            wait: std::time::Duration::from_millis(self.tail_wait),
+            max_traces: self.tail_max_traces.max(1),
+            // Traces are mostly a handful of spans; this bounds the odd huge one.
+            max_spans: self.tail_max_traces.max(1).saturating_mul(64),
+        })
+    }
 }
 
 fn parse_ring_mib(text: &str) -> Result<u32, String> {
@@ -109,5 +157,30 @@ mod tests {
         assert!(Cli::try_parse_from(["loupe", "--admin-addr", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["loupe", "--capture-bytes", "999999"]).is_err());
         assert!(Cli::try_parse_from(["loupe", "--ring-buffer-mib", "3"]).is_err());
+        assert!(Cli::try_parse_from(["loupe", "--tail-sample-ratio", "2"]).is_err());
+    }
+
+    #[test]
+    fn tail_sampling_is_off_unless_a_ratio_is_given() {
+        let cli = Cli::try_parse_from(["loupe"]).unwrap();
+        assert!(cli.tail_policy().is_none());
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "--tail-sample-ratio",
+            "0.1",
+            "--tail-keep-slower-than",
+            "250",
+            "--tail-keep-errors",
+            "false",
+        ])
+        .unwrap();
+        let policy = cli.tail_policy().unwrap();
+        assert_eq!(policy.ratio, 0.1);
+        assert!(!policy.keep_errors);
+        assert_eq!(
+            policy.latency_threshold,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(policy.max_traces, 10_000);
     }
 }

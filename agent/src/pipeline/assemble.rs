@@ -60,6 +60,7 @@ impl SpanAssembler {
             parent_span_id,
             trace_flags,
             trace_state,
+            ..
         } = ids;
 
         let host = request.header("host").and_then(parse_host);

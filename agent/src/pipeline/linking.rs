@@ -68,8 +68,12 @@ pub struct ResolvedIds {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
+    /// The flags of the trace's first span on this node, so every span of a trace carries
+    /// the same sampling decision.
     pub trace_flags: u8,
     pub trace_state: Option<String>,
+    /// The trace came in from a caller loupe does not see (its flags are the caller's).
+    pub root_is_remote: bool,
 }
 
 /// Ids the kernel already chose for a span (traceparent injection), which the span must
@@ -90,11 +94,15 @@ pub fn resolve(node: &NodeRef) -> ResolvedIds {
         Parent::Local(parent) => Some(parent.borrow().span_id),
     };
     let mut trace_id = TraceId::default();
+    let mut trace_flags = this.trace_flags;
+    let mut root_is_remote = false;
     let mut current = node.clone();
     for _ in 0..MAX_DEPTH {
         let next = match &current.borrow().parent {
             Parent::Root(t) | Parent::Remote { trace_id: t, .. } => {
                 trace_id = *t;
+                trace_flags = current.borrow().trace_flags;
+                root_is_remote = matches!(current.borrow().parent, Parent::Remote { .. });
                 None
             }
             Parent::Local(parent) => Some(parent.clone()),
@@ -112,8 +120,9 @@ pub fn resolve(node: &NodeRef) -> ResolvedIds {
         trace_id,
         span_id: this.span_id,
         parent_span_id,
-        trace_flags: this.trace_flags,
+        trace_flags,
         trace_state: this.trace_state.clone(),
+        root_is_remote,
     }
 }
 

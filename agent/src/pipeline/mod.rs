@@ -30,6 +30,7 @@ use crate::{
         Chunk, Direction, Role,
         http1::{Http1Limits, Http1Session, HttpExchange, RequestStart},
     },
+    sampling::{HeadSampler, TailPolicy, TailSampler, tail::Released},
     span::{FinishedSpan, context::extract, route::RouteMatcher},
     telemetry::metrics::Metrics,
 };
@@ -42,6 +43,7 @@ use processes::Processes;
 /// A connection with no traffic for this long is forgotten (its session flushed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+const SAMPLED: u8 = 0x01;
 
 /// What to do with spans of processes that run an OpenTelemetry SDK themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +56,8 @@ pub enum SdkSpans {
 
 pub struct PipelineConfig {
     pub sdk_spans: SdkSpans,
+    pub head_sampler: HeadSampler,
+    pub tail_policy: Option<TailPolicy>,
     pub max_connections: usize,
     pub limits: Http1Limits,
     pub routes: RouteMatcher,
@@ -65,6 +69,8 @@ pub struct Pipeline {
     assembler: SpanAssembler,
     processes: Processes,
     sdk_spans: SdkSpans,
+    head_sampler: HeadSampler,
+    tail_sampler: Option<TailSampler>,
     exporter: SpanSender,
     metrics: Arc<Metrics>,
     counters: CounterMap,
@@ -90,6 +96,8 @@ impl Pipeline {
             assembler: SpanAssembler::new(config.routes, Clock::measure()),
             processes: Processes::new(resource_defaults),
             sdk_spans: config.sdk_spans,
+            head_sampler: config.head_sampler,
+            tail_sampler: config.tail_policy.map(TailSampler::new),
             exporter,
             metrics,
             counters,
@@ -304,18 +312,47 @@ impl Pipeline {
                 self.metrics.spans_skipped_sdk.inc();
                 continue;
             }
-            let span = self
-                .assembler
-                .assemble(&exchange, resolve(&node), local, remote);
+            let ids = resolve(&node);
+            let sampled =
+                self.head_sampler
+                    .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);
+            let mut span = self.assembler.assemble(&exchange, ids, local, remote);
             self.metrics.spans_created.inc();
-            self.exporter.submit(FinishedSpan {
+            if !sampled {
+                self.metrics.spans_sampled_out.inc();
+                continue;
+            }
+            span.trace_flags |= SAMPLED;
+            let finished = FinishedSpan {
                 resource: resource.clone(),
                 span,
-            });
+            };
+            match &mut self.tail_sampler {
+                Some(tail) => {
+                    let released = tail.offer(finished, Instant::now());
+                    self.release(released);
+                }
+                None => self.exporter.submit(finished),
+            }
+        }
+    }
+
+    /// Hands what tail sampling kept to the exporter and counts the rest.
+    fn release(&mut self, released: Released) {
+        self.metrics.spans_tail_dropped.add(released.dropped);
+        self.metrics.tail_decisions_forced.add(released.forced);
+        for span in released.kept {
+            self.exporter.submit(span);
+        }
+        if let Some(tail) = &self.tail_sampler {
+            self.metrics.tail_held_spans.set(tail.held().1 as u64);
         }
     }
 
     fn housekeeping(&mut self) {
+        if let Some(released) = self.tail_sampler.as_mut().map(|t| t.tick(Instant::now())) {
+            self.release(released);
+        }
         let now = monotonic_now_ns();
         let idle_ns = IDLE_TIMEOUT.as_nanos() as u64;
         let dead: Vec<u32> = self
@@ -415,5 +452,9 @@ impl EventSink for Pipeline {
 
     fn finish(&mut self) {
         self.housekeeping();
+        // Finished spans waiting for a tail decision are decided now, not lost.
+        if let Some(released) = self.tail_sampler.as_mut().map(TailSampler::flush) {
+            self.release(released);
+        }
     }
 }

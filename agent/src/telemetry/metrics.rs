@@ -84,5 +84,9 @@ metrics! {
     client_spans_unplaced: Counter = "loupe_client_spans_unplaced_total", "CLIENT spans of a process that was serving requests, placed under none of them.";
     server_spans_peer_unmatched: Counter = "loupe_server_spans_peer_unmatched_total", "SERVER spans whose client loupe also traces, left without that client span as parent.";
     spans_skipped_sdk: Counter = "loupe_spans_skipped_sdk_total", "Spans not exported because their process runs an OpenTelemetry SDK that exports them.";
+    spans_sampled_out: Counter = "loupe_spans_sampled_out_total", "Spans not exported by head sampling (OTEL_TRACES_SAMPLER).";
+    spans_tail_dropped: Counter = "loupe_spans_tail_dropped_total", "Spans not exported by tail sampling.";
+    tail_decisions_forced: Counter = "loupe_tail_decisions_forced_total", "Traces decided before their wait ended because the tail-sampling buffer was full.";
+    tail_held_spans: Gauge = "loupe_tail_held_spans", "Spans waiting for a tail-sampling decision.";
     traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
 }
