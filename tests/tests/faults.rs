@@ -1,0 +1,252 @@
+//! Faults from the outside world: a collector that goes away and comes back, hostile
+//! traffic on traced sockets, a traced process killed mid-request. The agent keeps
+//! running, loses nothing it could keep, and counts the rest.
+
+mod support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceiverOptions};
+use support::{Agent, curl, free_port, http_get, require_root, servers, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn receiver_on(grpc_port: u16) -> OtlpReceiver {
+    OtlpReceiver::start_with(ReceiverOptions {
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+        ..ReceiverOptions::default()
+    })
+    .expect("start OTLP receiver")
+}
+
+#[test]
+fn collector_outage_then_recovery_delivers_queued_spans() {
+    require_root();
+    let collector_port = free_port();
+    let port = free_port();
+    let _server = servers::python(port, &[]);
+    let endpoint = format!("http://127.0.0.1:{collector_port}");
+    let agent = Agent::start(
+        &["--exe", "python3*", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "30000"),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/ok");
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 10).collect();
+    assert_eq!(curl(&urls), vec![200; 10]);
+    wait_until(
+        "failed export attempts while the collector is down",
+        WAIT,
+        || agent.metric("loupe_export_failures_total") >= 2.0,
+    );
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        curl(&urls),
+        vec![200; 10],
+        "tracing goes on during the outage"
+    );
+    let receiver = receiver_on(collector_port);
+    let spans = receiver.wait_for_spans(20, WAIT);
+    assert_eq!(
+        spans.len(),
+        20,
+        "everything finished during the outage is delivered"
+    );
+    assert_eq!(agent.metric("loupe_spans_dropped_total"), 0.0);
+    assert_eq!(
+        http_get(agent.admin_port, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+}
+
+#[test]
+fn a_full_queue_during_an_outage_drops_and_counts() {
+    require_root();
+    let collector_port = free_port();
+    let port = free_port();
+    let _server = servers::python(port, &[]);
+    let endpoint = format!("http://127.0.0.1:{collector_port}");
+    let agent = Agent::start(
+        &["--exe", "python3*", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "8"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "30000"),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/ok");
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 30).collect();
+    assert_eq!(curl(&urls), vec![200; 30]);
+    wait_until("30 spans built", WAIT, || {
+        agent.metric("loupe_spans_created_total") >= 30.0
+    });
+    wait_until("the overflow counted", WAIT, || {
+        agent.metric("loupe_spans_dropped_total") >= 1.0
+    });
+    let receiver = receiver_on(collector_port);
+    wait_until("the queue to drain", WAIT, || {
+        let delivered = receiver.span_count() as f64;
+        delivered > 0.0 && delivered + agent.metric("loupe_spans_dropped_total") >= 30.0
+    });
+    let delivered = receiver.span_count();
+    assert!(
+        delivered <= 12,
+        "at most the queue and one batch survive: {delivered}"
+    );
+    assert_eq!(
+        delivered as f64 + agent.metric("loupe_spans_dropped_total"),
+        30.0,
+        "every span is delivered or counted"
+    );
+}
+
+/// Sends raw bytes on a fresh connection and closes it, the way a broken or hostile
+/// client would.
+fn send_raw(port: u16, bytes: &[u8]) {
+    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+        let _ = stream.write_all(bytes);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
+        let mut sink = [0u8; 4096];
+        let _ = stream.read(&mut sink);
+    }
+}
+
+#[test]
+fn hostile_traffic_is_survived_and_counted() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let _server = servers::python(port, &[("OTEL_SERVICE_NAME", "hostile")]);
+    let endpoint = receiver.grpc_endpoint();
+    let agent = Agent::start(
+        &[
+            "--exe",
+            "python3*",
+            "--port",
+            &port.to_string(),
+            "--capture-bytes",
+            "4096",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    // Random bytes.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    send_raw(port, &noise);
+    // A 1 MiB header.
+    let mut huge = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+    huge.extend_from_slice(b"\r\n\r\n");
+    send_raw(port, &huge);
+    // Slowloris: one header line at a time, then gone.
+    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+        let _ = stream.write_all(b"GET /ok HTTP/1.1\r\n");
+        for i in 0..20 {
+            let _ = stream.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Abrupt resets: a request, then RST before the response.
+    for _ in 0..5 {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            linger_zero(&stream);
+            let mut stream = stream;
+            let _ = stream.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+            drop(stream);
+        }
+    }
+    // Still tracing, and correctly.
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{port}/after-the-storm")]),
+        vec![200]
+    );
+    wait_until("the good request's span", WAIT, || {
+        receiver.spans().iter().any(|s| {
+            s.name == "GET /after-the-storm" && s.attr("http.response.status_code") == Some("200")
+        })
+    });
+    wait_until("parse errors counted", WAIT, || {
+        agent.metric("loupe_parse_errors_total") >= 1.0
+    });
+    assert_eq!(
+        http_get(agent.admin_port, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+    assert!(
+        agent.metric("loupe_connections_active") < 50.0,
+        "connections of the storm are reclaimed"
+    );
+}
+
+/// SO_LINGER 0 makes close() send a reset instead of a FIN.
+fn linger_zero(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a properly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+#[test]
+fn a_process_killed_mid_request_ends_its_spans() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let mut server = servers::python(port, &[("OTEL_SERVICE_NAME", "doomed")]);
+    let endpoint = receiver.grpc_endpoint();
+    let agent = Agent::start(
+        &["--pid", &server.pid().to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let spans = receiver.wait_for_spans(1, WAIT);
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].name, "GET /slow");
+    assert_eq!(spans[0].status_code, "error");
+    assert_eq!(spans[0].attr("error.type"), Some("no_response"));
+    assert!(agent.metric("loupe_exchanges_incomplete_total") >= 1.0);
+    wait_until(
+        "the dead process's connection to be reclaimed",
+        WAIT,
+        || agent.metric("loupe_connections_active") == 0.0,
+    );
+}
