@@ -99,6 +99,10 @@ pub struct BenchArgs {
     /// Completeness: concurrency levels (keep-alive client connections), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10])]
     pub concurrency: Vec<u32>,
+    /// Completeness: the Node frontends to measure, comma-separated: `immediate` calls
+    /// upstream straight from its handler, `deferred` after a short timer.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [completeness::Frontend::Immediate])]
+    pub frontend: Vec<completeness::Frontend>,
 }
 
 /// An executable name no process has, so the agent selects nothing.
@@ -125,6 +129,10 @@ impl BenchArgs {
         ensure!(
             !self.concurrency.is_empty() && self.concurrency.iter().all(|c| (1..=1024).contains(c)),
             "--concurrency takes levels between 1 and 1024"
+        );
+        ensure!(
+            !self.frontend.is_empty(),
+            "--frontend needs at least one frontend"
         );
         Ok(())
     }
@@ -190,6 +198,7 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
         let settings = completeness::Settings {
             requests: args.requests,
             levels: args.concurrency.clone(),
+            frontends: args.frontend.clone(),
         };
         let results = completeness::run(&ws.root, &b.agent, scratch.path(), &settings)?;
         let chain = &completeness::CHAIN;

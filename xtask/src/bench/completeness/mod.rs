@@ -72,12 +72,40 @@ pub const CHAIN: [Hop; 5] = [
 const QUIET: Duration = Duration::from_secs(6);
 const SPAN_WAIT_LIMIT: Duration = Duration::from_secs(90);
 
+/// Which Node program is the chain's first service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Frontend {
+    /// `examples/walkthrough/frontend-api.js`: each handler calls upstream at once.
+    Immediate,
+    /// `examples/chain/frontend-deferred.js`: each handler waits on a short timer first,
+    /// so other requests arrive before it calls upstream.
+    Deferred,
+}
+
+impl Frontend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Frontend::Immediate => "immediate",
+            Frontend::Deferred => "deferred",
+        }
+    }
+
+    fn script(self) -> &'static str {
+        match self {
+            Frontend::Immediate => "walkthrough/frontend-api.js",
+            Frontend::Deferred => "chain/frontend-deferred.js",
+        }
+    }
+}
+
 pub struct Settings {
     pub requests: usize,
     pub levels: Vec<u32>,
+    pub frontends: Vec<Frontend>,
 }
 
-/// Runs the chain at each level with `agent_bin` and returns what each level measured.
+/// Runs the chain with each frontend at each level with `agent_bin`, and returns what
+/// each level measured.
 pub fn run(
     root: &Path,
     agent_bin: &Path,
@@ -89,10 +117,25 @@ pub fn run(
             bail!("{tool} not found on PATH: run `cargo xtask setup`");
         }
     }
-    let nginx_dir = scratch.join("nginx");
-    std::fs::create_dir_all(&nginx_dir)
-        .with_context(|| format!("could not create {}", nginx_dir.display()))?;
-    let mut nginx = Nginx::start(&nginx_dir)?;
+    let mut results = Vec::new();
+    for &frontend in &settings.frontends {
+        let dir = scratch.join(format!("chain-{}", frontend.name()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+        results.extend(run_chain(root, agent_bin, &dir, settings, frontend)?);
+    }
+    Ok(results)
+}
+
+/// Starts the three services, the receiver and the agent in `dir`, and measures each level.
+fn run_chain(
+    root: &Path,
+    agent_bin: &Path,
+    dir: &Path,
+    settings: &Settings,
+    frontend: Frontend,
+) -> Result<Vec<LevelResult>> {
+    let mut nginx = Nginx::start(dir)?;
     let middle_port = free_port()?;
     let mut middle = Service::start(
         MIDDLE,
@@ -103,23 +146,24 @@ pub fn run(
             port_arg(nginx.addr().port()),
         ],
         middle_port,
-        scratch,
+        dir,
     )?;
     let front_port = free_port()?;
     let mut front = Service::start(
         FRONTEND,
         "node",
         &[
-            example(root, "walkthrough/frontend-api.js").into_os_string(),
+            example(root, frontend.script()).into_os_string(),
             port_arg(front_port),
             port_arg(middle_port),
         ],
         front_port,
-        scratch,
+        dir,
     )?;
     eprintln!(
-        "bench: chain {FRONTEND} (node, :{front_port}) -> {MIDDLE} (python3, :{middle_port}) \
-         -> {BACKEND} (:{})",
+        "bench: chain {FRONTEND} (node {}, :{front_port}) -> {MIDDLE} (python3, \
+         :{middle_port}) -> {BACKEND} (:{})",
+        frontend.script(),
         nginx.addr().port()
     );
 
@@ -134,14 +178,15 @@ pub fn run(
         bin: agent_bin,
         args,
         env: otlp_env(&receiver.grpc_endpoint()),
-        log: scratch.join("agent-completeness.log"),
+        log: dir.join("agent.log"),
         pass_stdout: false,
     })?;
 
     let mut results = Vec::new();
     for &level in &settings.levels {
         eprintln!(
-            "bench: completeness: {} requests at concurrency {level}",
+            "bench: completeness ({} frontend): {} requests at concurrency {level}",
+            frontend.name(),
             settings.requests
         );
         let before = read_metrics(&agent);
@@ -174,6 +219,7 @@ pub fn run(
             })
             .collect();
         let result = LevelResult {
+            frontend: frontend.name(),
             concurrency: level,
             failed_requests: sent.failed,
             outcome,
@@ -303,6 +349,8 @@ fn to_span(span: &ReceivedSpan) -> Option<Span> {
         kind,
         service: span.service_name()?.to_owned(),
         path: span.attr("url.path")?.to_owned(),
+        start_ns: span.start_ns,
+        end_ns: span.end_ns,
     })
 }
 

@@ -22,6 +22,8 @@ pub struct Metric {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LevelResult {
+    /// Which Node frontend the chain began with.
+    pub frontend: &'static str,
     pub concurrency: u32,
     /// Requests that got no 2xx answer (they count as sent, and as not exact).
     pub failed_requests: usize,
@@ -95,14 +97,15 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
     );
     let _ = writeln!(
         out,
-        "\n{:>11}  {:>8}  {:>11}  {:>8}  goal",
-        "concurrency", "requests", "exact trees", "share"
+        "\n{:<9}  {:>11}  {:>8}  {:>11}  {:>8}  goal",
+        "frontend", "concurrency", "requests", "exact trees", "share"
     );
     for r in results {
         let o = &r.outcome;
         let _ = writeln!(
             out,
-            "{:>11}  {:>8}  {:>11}  {:>8}  {}",
+            "{:<9}  {:>11}  {:>8}  {:>11}  {:>8}  {}",
+            r.frontend,
             r.concurrency,
             o.requests,
             o.exact,
@@ -112,7 +115,14 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
     }
     for r in results {
         let o = &r.outcome;
-        let _ = writeln!(out, "\nconcurrency {}:", r.concurrency);
+        let _ = writeln!(
+            out,
+            "\n{} frontend, concurrency {} (at most {} requests in flight at once at {}):",
+            r.frontend,
+            r.concurrency,
+            o.peak_in_flight,
+            chain.first().map_or_else(String::new, Hop::label),
+        );
         if r.failed_requests > 0 {
             let _ = writeln!(
                 out,
@@ -177,7 +187,9 @@ pub fn json(chain: &[Hop], requests: usize, results: &[LevelResult]) -> Value {
                 .map(|m| (m.name.to_owned(), json!(m.delta)))
                 .collect();
             json!({
+                "frontend": r.frontend,
                 "concurrency": r.concurrency,
+                "peak_in_flight": o.peak_in_flight,
                 "requests": o.requests,
                 "failed_requests": r.failed_requests,
                 "exact_trees": o.exact,
@@ -216,6 +228,7 @@ mod tests {
             ..LinkTally::default()
         };
         LevelResult {
+            frontend: "immediate",
             concurrency,
             failed_requests: 0,
             outcome: Completeness {
@@ -230,6 +243,7 @@ mod tests {
                 .into_iter()
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+                peak_in_flight: concurrency as usize,
             },
             metrics: vec![
                 Metric {
@@ -259,8 +273,13 @@ mod tests {
     fn table_shows_each_level_its_links_and_counters() {
         let text = table(&CHAIN, 500, &[result(1, 500), result(10, 480)]);
         assert!(text.contains("frontend-api SERVER -> frontend-api CLIENT -> catalog SERVER"));
-        assert!(text.contains("          1       500          500   100.0 %  meets goal = 100 %"));
-        assert!(text.contains("         10       500          480    96.0 %  meets goal >= 95 %"));
+        assert!(text.contains(
+            "immediate            1       500          500   100.0 %  meets goal = 100 %"
+        ));
+        assert!(text.contains(
+            "immediate           10       500          480    96.0 %  meets goal >= 95 %"
+        ));
+        assert!(text.contains("concurrency 10 (at most 10 requests in flight at once at"));
         let node_link = text
             .lines()
             .filter(|l| l.contains("link frontend-api SERVER -> frontend-api CLIENT"))
@@ -285,6 +304,8 @@ mod tests {
     fn json_carries_the_same_figures() {
         let value = json(&CHAIN, 500, &[result(10, 450)]);
         assert_eq!(value["levels"][0]["exact_trees"], 450);
+        assert_eq!(value["levels"][0]["frontend"], "immediate");
+        assert_eq!(value["levels"][0]["peak_in_flight"], 10);
         assert_eq!(value["levels"][0]["share"], 0.9);
         assert_eq!(value["levels"][0]["goal"], 0.95);
         assert_eq!(value["levels"][0]["links"][0]["misplaced"], 50);

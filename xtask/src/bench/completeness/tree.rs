@@ -32,6 +32,8 @@ pub struct Span {
     pub service: String,
     /// `url.path`.
     pub path: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 /// How a link between two spans is made, which decides what it can be expected to get
@@ -94,6 +96,9 @@ pub struct Completeness {
     pub found: Vec<usize>,
     /// Why requests were not exact: the first fault of each, by description.
     pub faults: BTreeMap<String, usize>,
+    /// The most first-hop spans open at once: how concurrent the requests really were
+    /// where they entered.
+    pub peak_in_flight: usize,
 }
 
 impl Completeness {
@@ -109,8 +114,10 @@ enum Fault {
     Duplicate(usize),
     RootHasParent,
     Link(usize, LinkFault),
-    /// Hop `.0` has `.1` children where the chain wants one (none for the last hop).
-    Children(usize, usize),
+    /// Hop `.0` has no child where the chain wants one.
+    NoChild(usize),
+    /// Hop `.0` has children that belong to other requests.
+    ForeignChildren(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +142,10 @@ impl Fault {
                 };
                 format!("{} {what} (not {})", label(l + 1), label(*l))
             }
-            Fault::Children(h, n) => format!("{} span has {n} children", label(*h)),
+            Fault::NoChild(h) => format!("{} span has no child", label(*h)),
+            Fault::ForeignChildren(h) => {
+                format!("{} span has other requests' spans under it", label(*h))
+            }
         }
     }
 }
@@ -218,8 +228,11 @@ fn first_fault(index: &Index<'_>, hops: &[Result<&Span, usize>]) -> Option<Fault
     for (h, span) in found.iter().enumerate() {
         let want = usize::from(h + 1 < found.len());
         let have = index.children_of(span);
-        if have != want {
-            return Some(Fault::Children(h, have));
+        if have < want {
+            return Some(Fault::NoChild(h));
+        }
+        if have > want {
+            return Some(Fault::ForeignChildren(h));
         }
     }
     None
@@ -228,6 +241,7 @@ fn first_fault(index: &Index<'_>, hops: &[Result<&Span, usize>]) -> Option<Fault
 /// Checks the requests named by `items` against `chain` over all received `spans`.
 pub fn check(chain: &[Hop], spans: &[Span], items: &[String]) -> Completeness {
     let index = Index::new(chain, spans);
+    let mut first_hops = Vec::new();
     let mut out = Completeness {
         requests: items.len(),
         links: vec![LinkTally::default(); chain.len().saturating_sub(1)],
@@ -236,6 +250,9 @@ pub fn check(chain: &[Hop], spans: &[Span], items: &[String]) -> Completeness {
     };
     for item in items {
         let hops = index.hops(item);
+        if let Some(Ok(first)) = hops.first() {
+            first_hops.push(*first);
+        }
         for (h, hop) in hops.iter().enumerate() {
             if hop.is_ok() {
                 out.found[h] += 1;
@@ -256,7 +273,29 @@ pub fn check(chain: &[Hop], spans: &[Span], items: &[String]) -> Completeness {
             Some(fault) => *out.faults.entry(fault.describe(chain)).or_insert(0) += 1,
         }
     }
+    out.peak_in_flight = peak_in_flight(&first_hops);
     out
+}
+
+/// The most spans open at one moment; a span that ends when another starts does not
+/// overlap it.
+pub fn peak_in_flight(spans: &[&Span]) -> usize {
+    let mut edges: Vec<(u64, bool)> = spans
+        .iter()
+        .flat_map(|s| [(s.start_ns, true), (s.end_ns.max(s.start_ns), false)])
+        .collect();
+    // Ends sort before starts at the same instant.
+    edges.sort_unstable();
+    let (mut open, mut peak) = (0usize, 0usize);
+    for (_, starts) in edges {
+        if starts {
+            open += 1;
+            peak = peak.max(open);
+        } else {
+            open = open.saturating_sub(1);
+        }
+    }
+    peak
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ fn span(trace: &str, id: &str, parent: Option<&str>, hop: &Hop, item: &str) -> S
         kind: hop.kind,
         service: hop.service.to_owned(),
         path: format!("{}{item}", hop.path_prefix),
+        start_ns: 0,
+        end_ns: 0,
     }
 }
 
@@ -125,7 +127,11 @@ fn a_foreign_child_or_a_parented_root_breaks_the_tree() {
     let got = check(&CHAIN, &spans, &items(&["a", "b"]));
     assert_eq!(got.exact, 0);
     assert_eq!(got.links[0].exact, 2);
-    assert_eq!(got.faults.get("front SERVER span has 2 children"), Some(&1));
+    assert_eq!(
+        got.faults
+            .get("front SERVER span has other requests' spans under it"),
+        Some(&1)
+    );
     assert_eq!(got.faults.get("front SERVER span has a parent"), Some(&1));
 }
 
@@ -155,4 +161,56 @@ fn spans_of_other_services_kinds_or_paths_are_not_hops() {
     let got = check(&CHAIN, &spans, &items(&["a"]));
     assert_eq!(got.exact, 1);
     assert_eq!(check(&CHAIN, &[], &[]).share(), None);
+}
+
+#[test]
+fn a_span_without_its_child_is_not_exact_even_when_the_child_is_found_elsewhere() {
+    let mut spans = tree("a");
+    // The back SERVER claims a front CLIENT that is not a's: a's client has no child.
+    spans[2].parent = Some("elsewhere".to_owned());
+    let got = check(&CHAIN, &spans, &items(&["a"]));
+    assert_eq!(got.links[1].misplaced, 1);
+    let mut last = tree("b");
+    last.push(span("tb", "b9", Some("b2"), &CHAIN[0], "other"));
+    let got = check(&CHAIN, &last, &items(&["b"]));
+    assert_eq!(
+        got.faults
+            .get("back SERVER span has other requests' spans under it"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn peak_in_flight_counts_overlaps_only() {
+    let timed = |start: u64, end: u64| Span {
+        start_ns: start,
+        end_ns: end,
+        ..span("t", "s", None, &CHAIN[0], "x")
+    };
+    let spans = [
+        timed(0, 10),
+        timed(5, 20),
+        timed(10, 12),
+        timed(11, 30),
+        timed(40, 41),
+    ];
+    let refs: Vec<&Span> = spans.iter().collect();
+    // At 11: [5,20), [10,12) and [11,30) are open; [0,10) ended as [10,12) began.
+    assert_eq!(peak_in_flight(&refs), 3);
+    assert_eq!(peak_in_flight(&refs[4..]), 1);
+    assert_eq!(peak_in_flight(&[]), 0);
+    let mut a = tree("a");
+    a[0] = Span {
+        start_ns: 1,
+        end_ns: 9,
+        ..a[0].clone()
+    };
+    let mut b = tree("b");
+    b[0] = Span {
+        start_ns: 2,
+        end_ns: 8,
+        ..b[0].clone()
+    };
+    let spans: Vec<Span> = a.into_iter().chain(b).collect();
+    assert_eq!(check(&CHAIN, &spans, &items(&["a", "b"])).peak_in_flight, 2);
 }
