@@ -55,8 +55,12 @@ fn share(part: usize, whole: usize) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
+/// Rounded down, so that 1999 of 2000 does not print as 100.0 %.
 fn percent(value: Option<f64>) -> String {
-    value.map_or_else(|| "n/a".to_owned(), |v| format!("{:.1} %", v * 100.0))
+    value.map_or_else(
+        || "n/a".to_owned(),
+        |v| format!("{:.1} %", (v * 1000.0).floor() / 10.0),
+    )
 }
 
 /// `meets` or `BELOW`, with the goal.
@@ -117,11 +121,11 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
         let o = &r.outcome;
         let _ = writeln!(
             out,
-            "\n{} frontend, concurrency {} (at most {} requests in flight at once at {}):",
+            "\n{} frontend, concurrency {} (peak in flight at {}: {}):",
             r.frontend,
             r.concurrency,
-            o.peak_in_flight,
             chain.first().map_or_else(String::new, Hop::label),
+            o.peak_in_flight,
         );
         if r.failed_requests > 0 {
             let _ = writeln!(
@@ -153,6 +157,9 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
         }
         for (fault, count) in &o.faults {
             let _ = writeln!(out, "  not exact: {fault}: {count}");
+            if let Some(example) = o.examples.get(fault) {
+                let _ = writeln!(out, "    e.g. {example}");
+            }
         }
     }
     out
@@ -197,6 +204,7 @@ pub fn json(chain: &[Hop], requests: usize, results: &[LevelResult]) -> Value {
                 "goal": tree_goal(chain, r.concurrency),
                 "links": links,
                 "faults": o.faults,
+                "fault_examples": o.examples,
                 "metrics": metrics,
             })
         })
@@ -213,6 +221,7 @@ mod tests {
     use super::super::CHAIN;
     use super::super::tree::LinkTally;
     use super::*;
+    use std::collections::BTreeMap;
 
     fn result(concurrency: u32, exact: usize) -> LevelResult {
         let mut links = vec![
@@ -244,6 +253,7 @@ mod tests {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
                 peak_in_flight: concurrency as usize,
+                examples: BTreeMap::new(),
             },
             metrics: vec![
                 Metric {
@@ -267,6 +277,9 @@ mod tests {
         assert_eq!(verdict(Some(0.99), 0.99), "meets goal >= 99 %");
         assert_eq!(verdict(Some(0.998), 1.0), "BELOW goal = 100 %");
         assert_eq!(verdict(None, 1.0), "n/a goal = 100 %");
+        assert_eq!(percent(Some(1999.0 / 2000.0)), "99.9 %");
+        assert_eq!(percent(Some(1.0)), "100.0 %");
+        assert_eq!(percent(Some(0.5)), "50.0 %");
     }
 
     #[test]
@@ -279,7 +292,7 @@ mod tests {
         assert!(text.contains(
             "immediate           10       500          480    96.0 %  meets goal >= 95 %"
         ));
-        assert!(text.contains("concurrency 10 (at most 10 requests in flight at once at"));
+        assert!(text.contains("concurrency 10 (peak in flight at frontend-api SERVER: 10):"));
         let node_link = text
             .lines()
             .filter(|l| l.contains("link frontend-api SERVER -> frontend-api CLIENT"))

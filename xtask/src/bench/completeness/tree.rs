@@ -96,6 +96,8 @@ pub struct Completeness {
     pub found: Vec<usize>,
     /// Why requests were not exact: the first fault of each, by description.
     pub faults: BTreeMap<String, usize>,
+    /// For each fault, the first request that had it and the spans found for it.
+    pub examples: BTreeMap<String, String>,
     /// The most first-hop spans open at once: how concurrent the requests really were
     /// where they entered.
     pub peak_in_flight: usize,
@@ -270,11 +272,37 @@ pub fn check(chain: &[Hop], spans: &[Span], items: &[String]) -> Completeness {
         }
         match first_fault(&index, &hops) {
             None => out.exact += 1,
-            Some(fault) => *out.faults.entry(fault.describe(chain)).or_insert(0) += 1,
+            Some(fault) => {
+                let description = fault.describe(chain);
+                out.examples
+                    .entry(description.clone())
+                    .or_insert_with(|| example(chain, item, &hops));
+                *out.faults.entry(description).or_insert(0) += 1;
+            }
         }
     }
     out.peak_in_flight = peak_in_flight(&first_hops);
     out
+}
+
+/// One request's hop spans in a line: `item: HOP span (parent p, trace t) -> ...`.
+fn example(chain: &[Hop], item: &str, hops: &[Result<&Span, usize>]) -> String {
+    let short = |id: &str| id.chars().take(8).collect::<String>();
+    let parts: Vec<String> = chain
+        .iter()
+        .zip(hops)
+        .map(|(hop, found)| match found {
+            Ok(span) => format!(
+                "{} {} (parent {}, trace {})",
+                hop.label(),
+                short(&span.span_id),
+                span.parent.as_deref().map_or_else(|| "-".to_owned(), short),
+                short(&span.trace_id)
+            ),
+            Err(n) => format!("{} x{n}", hop.label()),
+        })
+        .collect();
+    format!("{item}: {}", parts.join(" -> "))
 }
 
 /// The most spans open at one moment; a span that ends when another starts does not
