@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod demo;
 mod run;
 mod setup;
 mod test;
@@ -32,9 +33,13 @@ enum Command {
     Build(build::BuildArgs),
     /// Set up, build the release agent, then run it with the given arguments (needs root).
     Run(run::RunArgs),
+    /// Set up, build, and watch loupe trace two example services (Node and Python) into
+    /// connected traces printed on the terminal (needs root).
+    Demo(demo::DemoArgs),
     /// Set up, then lint, build and run the unit and integration tests, as CI does.
     Test(test::TestArgs),
-    /// Measure the agent's overhead on nginx: alternating rounds without and with it.
+    /// Measure the agent's overhead on nginx (alternating rounds without and with it), or
+    /// with --completeness how many requests form exact traces across three services.
     Bench(bench::BenchArgs),
 }
 
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(&mut std::io::stdout()),
         Command::Build(args) => build::run(args),
         Command::Run(args) => run::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
     };

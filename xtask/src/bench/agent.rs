@@ -115,6 +115,43 @@ impl Snapshot {
     }
 }
 
+/// `OTEL_*` variables that would change what the agent exports or where.
+const INHERITED_OTEL: &[&str] = &[
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+];
+
+/// How to start the agent.
+pub struct Launch<'a> {
+    pub bin: &'a Path,
+    /// Arguments besides `--admin-addr`, which the launch picks.
+    pub args: Vec<String>,
+    pub env: Vec<(&'static str, String)>,
+    /// Receives stderr, and stdout unless `pass_stdout`.
+    pub log: PathBuf,
+    /// Let the agent write its stdout (the console exporter's traces) to ours.
+    pub pass_stdout: bool,
+}
+
+/// Export over OTLP gRPC to `endpoint` with batches large and frequent enough that a
+/// benchmark's burst of spans is neither dropped nor held long.
+pub fn otlp_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+    ]
+}
+
 pub struct Agent {
     guard: Guard,
     admin: SocketAddr,
@@ -125,26 +162,42 @@ pub struct Agent {
 impl Agent {
     /// Starts `loupe --exe <exe>` exporting to the sink, and waits for `/readyz`.
     pub fn start(bin: &Path, exe: &str, sink: &Sink, dir: &Path, name: &str) -> Result<Self> {
+        Self::launch(&Launch {
+            bin,
+            args: vec!["--exe".to_owned(), exe.to_owned()],
+            env: otlp_env(&format!("http://{}", sink.grpc())),
+            log: dir.join(format!("{name}.log")),
+            pass_stdout: false,
+        })
+    }
+
+    /// Starts the agent as `launch` says, with its own admin address, and waits for
+    /// `/readyz`.
+    pub fn launch(launch: &Launch<'_>) -> Result<Self> {
         let admin = loopback(free_port()?);
-        let log = dir.join(format!("{name}.log"));
+        let log = launch.log.clone();
         let out = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["--exe", exe, "--admin-addr"])
+        let mut cmd = Command::new(launch.bin);
+        cmd.args(&launch.args)
+            .arg("--admin-addr")
             .arg(admin.to_string())
-            .env("OTEL_TRACES_EXPORTER", "otlp")
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://{}", sink.grpc()),
-            )
-            .env("OTEL_BSP_MAX_QUEUE_SIZE", "65536")
-            .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
             .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
+            .stderr(out.try_clone()?);
+        // The agent's own settings come from `launch` alone, not from whatever the
+        // calling shell exported.
+        for key in INHERITED_OTEL {
+            cmd.env_remove(key);
+        }
+        for (key, value) in &launch.env {
+            cmd.env(key, value);
+        }
+        if launch.pass_stdout {
+            cmd.stdout(Stdio::inherit());
+        } else {
+            cmd.stdout(out);
+        }
         let guard = Guard::spawn("loupe", cmd, libc::SIGTERM, Duration::from_secs(10))
-            .with_context(|| format!("could not start {}", bin.display()))?;
+            .with_context(|| format!("could not start {}", launch.bin.display()))?;
         let mut agent = Self {
             guard,
             admin,
@@ -172,6 +225,15 @@ impl Agent {
             bail!("{state}\n{}", log_tail(&agent.log, 30));
         }
         Ok(agent)
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The last lines the agent logged, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, 30)
     }
 
     pub fn snapshot(&self, sink: &Sink) -> Snapshot {
@@ -226,7 +288,8 @@ impl Agent {
         self.guard.stop()
     }
 
-    fn metrics(&self) -> Option<prom::Metrics> {
+    /// The agent's `/metrics`, or `None` when it cannot be read.
+    pub fn metrics(&self) -> Option<prom::Metrics> {
         let response = http::get(self.admin, "/metrics", HTTP_TIMEOUT).ok()?;
         if response.status != 200 {
             return None;

@@ -137,6 +137,15 @@ pub fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, HttpError>
     }
 }
 
+fn get_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    request
+}
+
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
@@ -165,10 +174,20 @@ pub fn parse_whole(buf: &[u8]) -> Result<Response, HttpError> {
 
 /// `GET path` on a fresh connection that the request asks the server to close.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, HttpError> {
+    get_with(addr, path, &[], timeout)
+}
+
+/// `get` with extra request headers, each written as `name: value`.
+pub fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Response, HttpError> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = get_request(addr, path, headers);
     stream.write_all(request.as_bytes())?;
     let mut buf = Vec::new();
     let limit = u64::try_from(MAX_HEAD + MAX_BODY).unwrap_or(u64::MAX);
@@ -272,6 +291,16 @@ mod tests {
             parse_whole(b"HTTP/1.1 200"),
             Err(HttpError::Truncated)
         ));
+    }
+
+    #[test]
+    fn extra_headers_go_between_host_and_close() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 80));
+        assert_eq!(
+            get_request(addr, "/a", &[("traceparent", "00-ab-cd-01")]),
+            "GET /a HTTP/1.1\r\nHost: 127.0.0.1:80\r\ntraceparent: 00-ab-cd-01\r\n\
+             Connection: close\r\n\r\n"
+        );
     }
 
     #[test]

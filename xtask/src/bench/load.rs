@@ -187,6 +187,32 @@ fn exchange(
     }
 }
 
+/// One keep-alive connection for a closed-loop client: opened on first use, and opened
+/// again after the server closed it.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<Connection>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, conn: None }
+    }
+
+    /// Sends one request and waits for its response; returns the status.
+    pub fn send(&mut self, request: &[u8]) -> Result<u16, HttpError> {
+        let (live, reused) = match self.conn.take() {
+            Some(kept) => (kept, true),
+            None => (Connection::open(self.addr)?, false),
+        };
+        let (live, status, keep) = exchange(live, reused, self.addr, request)?;
+        if keep {
+            self.conn = Some(live);
+        }
+        Ok(status)
+    }
+}
+
 enum Stale {
     /// Closed or reset before any byte of the response arrived.
     Closed,
@@ -373,6 +399,21 @@ mod tests {
         // A close right after a response costs nothing: the next request reconnects.
         assert_eq!(result.completed, 60);
         assert_eq!(result.non_2xx, 60);
+    }
+
+    #[test]
+    fn keep_alive_client_reuses_and_reopens() {
+        let addr = local_server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", 2);
+        let mut client = KeepAlive::new(addr);
+        for _ in 0..5 {
+            let status = client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(matches!(status, Ok(200)), "{status:?}");
+        }
+        let Ok(port) = super::super::process::free_port() else {
+            panic!("no port");
+        };
+        let mut dead = KeepAlive::new(super::super::process::loopback(port));
+        assert!(dead.send(b"GET / HTTP/1.1\r\n\r\n").is_err());
     }
 
     #[test]

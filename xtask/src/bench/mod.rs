@@ -7,15 +7,21 @@
 //! order every other round, keeps machine drift out of the ratios. Agent CPU counts from
 //! `/readyz` on, so start-up is not charged to requests. Progress goes to stderr, the
 //! report to stdout.
+//!
+//! `--completeness` measures something else instead: how many requests through three
+//! traced services come out as exactly the expected trace (see `completeness`); `--all`
+//! measures both.
 
-mod agent;
-mod http;
+pub(crate) mod agent;
+mod completeness;
+pub(crate) mod http;
 mod load;
 mod nginx;
-mod process;
+pub(crate) mod process;
 mod procfs;
 mod prom;
 mod report;
+pub(crate) mod services;
 mod stats;
 mod wrk;
 
@@ -80,6 +86,23 @@ pub struct BenchArgs {
     /// what its syscall tracepoints cost processes it does not trace.
     #[arg(long)]
     pub host_tax: bool,
+    /// Instead of the overhead, measure trace completeness: the share of requests through
+    /// Node -> Python -> nginx whose spans form exactly the expected tree.
+    #[arg(long, conflicts_with = "baseline_only")]
+    pub completeness: bool,
+    /// Measure the overhead and then trace completeness.
+    #[arg(long, conflicts_with = "baseline_only")]
+    pub all: bool,
+    /// Completeness: requests per concurrency level.
+    #[arg(long, default_value_t = 500)]
+    pub requests: usize,
+    /// Completeness: concurrency levels (keep-alive client connections), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10])]
+    pub concurrency: Vec<u32>,
+    /// Completeness: the Node frontends to measure, comma-separated: `immediate` calls
+    /// upstream straight from its handler, `deferred` after a short timer.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [completeness::Frontend::Immediate])]
+    pub frontend: Vec<completeness::Frontend>,
 }
 
 /// An executable name no process has, so the agent selects nothing.
@@ -102,6 +125,15 @@ impl BenchArgs {
             self.rate >= u64::from(self.rate_connections),
             "--rate must be at least --rate-connections"
         );
+        ensure!(self.requests >= 1, "--requests must be at least 1");
+        ensure!(
+            !self.concurrency.is_empty() && self.concurrency.iter().all(|c| (1..=1024).contains(c)),
+            "--concurrency takes levels between 1 and 1024"
+        );
+        ensure!(
+            !self.frontend.is_empty(),
+            "--frontend needs at least one frontend"
+        );
         Ok(())
     }
 
@@ -119,13 +151,15 @@ impl BenchArgs {
 /// The built programs the measured rounds need.
 struct Binaries {
     agent: PathBuf,
-    sink: PathBuf,
+    /// Only the overhead rounds export to the sink.
+    sink: Option<PathBuf>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     args.validate()?;
     process::catch_interrupts();
-    let scratch = process::TempDir::create(args.keep_temp).context("no scratch directory")?;
+    let scratch =
+        process::TempDir::create("bench", args.keep_temp).context("no scratch directory")?;
     let result = bench(args, &scratch);
     let wrote_logs = std::fs::read_dir(scratch.path()).is_ok_and(|mut d| d.next().is_some());
     if result.is_err() && wrote_logs && !args.keep_temp {
@@ -139,22 +173,66 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
     if !args.no_build {
         setup::run(&mut std::io::stderr())?;
     }
-    for tool in ["nginx", "wrk"] {
-        if which(tool).is_none() {
-            bail!("{tool} not found on PATH: run `cargo xtask setup`");
+    let overhead = args.all || !args.completeness;
+    let completeness = args.all || args.completeness;
+    if overhead {
+        for tool in ["nginx", "wrk"] {
+            if which(tool).is_none() {
+                bail!("{tool} not found on PATH: run `cargo xtask setup`");
+            }
         }
     }
     let binaries = if args.baseline_only {
         None
     } else {
-        Some(prepare_binaries(&ws, args)?)
+        Some(prepare_binaries(&ws, args, overhead)?)
     };
+    let mut texts = Vec::new();
+    let mut values = serde_json::Map::new();
+    if overhead {
+        let (text, value) = measure_overhead(args, binaries.as_ref(), scratch)?;
+        texts.push(text);
+        values.insert("overhead".to_owned(), value);
+    }
+    if let Some(b) = binaries.as_ref().filter(|_| completeness) {
+        let settings = completeness::Settings {
+            requests: args.requests,
+            levels: args.concurrency.clone(),
+            frontends: args.frontend.clone(),
+        };
+        let results = completeness::run(&ws.root, &b.agent, scratch.path(), &settings)?;
+        let chain = &completeness::CHAIN;
+        texts.push(completeness::report::table(chain, args.requests, &results));
+        values.insert(
+            "completeness".to_owned(),
+            completeness::report::json(chain, args.requests, &results),
+        );
+    }
+    let text = if args.json {
+        // One measurement prints as before; both nest under their names.
+        let value = match (values.len(), values.values().next()) {
+            (1, Some(only)) => only.clone(),
+            _ => serde_json::Value::Object(values),
+        };
+        serde_json::to_string_pretty(&value)? + "\n"
+    } else {
+        texts.join("\n")
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
 
+/// The overhead rounds; returns the report as text and as JSON.
+fn measure_overhead(
+    args: &BenchArgs,
+    binaries: Option<&Binaries>,
+    scratch: &process::TempDir,
+) -> Result<(String, serde_json::Value)> {
     let mut nginx = Nginx::start(scratch.path())?;
     eprintln!("bench: nginx on {}", nginx.url());
-    let sink = match &binaries {
-        Some(b) => {
-            let sink = Sink::start(&b.sink, scratch.path())?;
+    let sink = match binaries.and_then(|b| b.sink.as_ref()) {
+        Some(bin) => {
+            let sink = Sink::start(bin, scratch.path())?;
             eprintln!("bench: OTLP sink on {}", sink.grpc());
             Some(sink)
         }
@@ -177,7 +255,7 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
         wrk::run(&nginx.url(), args.connections, args.warmup)?;
     }
     let mut rounds = Vec::new();
-    let agent_bins = binaries.as_ref().zip(sink.as_ref());
+    let agent_bins = binaries.zip(sink.as_ref());
     for round in 1..=args.rounds {
         let mut modes = vec![Mode::Without];
         if agent_bins.is_some() {
@@ -224,14 +302,9 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
 
     let settings = args.settings();
     let summary = report::summarize(&rounds);
-    let text = if args.json {
-        let value = report::json(&settings, &rounds, &summary);
-        serde_json::to_string_pretty(&value)? + "\n"
-    } else {
-        report::table(&settings, &rounds, &summary)
-    };
-    std::io::stdout().write_all(text.as_bytes())?;
-    Ok(())
+    let text = report::table(&settings, &rounds, &summary);
+    let value = report::json(&settings, &rounds, &summary);
+    Ok((text, value))
 }
 
 #[derive(Clone, Copy)]
@@ -268,9 +341,9 @@ impl Mode {
     }
 }
 
-/// Builds (unless told not to) and finds the agent and the OTLP sink, with advice when
-/// either is missing.
-fn prepare_binaries(ws: &Workspace, args: &BenchArgs) -> Result<Binaries> {
+/// Builds (unless told not to) and finds the agent, and the OTLP sink when `sink` is
+/// wanted, with advice when either is missing.
+fn prepare_binaries(ws: &Workspace, args: &BenchArgs, sink: bool) -> Result<Binaries> {
     if !is_root() {
         bail!("the agent loads eBPF programs: run the benchmark as root, or pass --baseline-only");
     }
@@ -279,8 +352,8 @@ fn prepare_binaries(ws: &Workspace, args: &BenchArgs) -> Result<Binaries> {
     if build && args.agent_bin.is_none() {
         build::agent(ws, true).with_context(|| format!("building the agent failed {hint}"))?;
     }
-    if build && args.sink_bin.is_none() {
-        let sink = ws.cargo().args([
+    if sink && build && args.sink_bin.is_none() {
+        let cmd = ws.cargo().args([
             "build",
             "--release",
             "-p",
@@ -288,8 +361,8 @@ fn prepare_binaries(ws: &Workspace, args: &BenchArgs) -> Result<Binaries> {
             "--bin",
             "otlp-sink",
         ]);
-        eprintln!("==> {}", sink.shown());
-        sink.run()
+        eprintln!("==> {}", cmd.shown());
+        cmd.run()
             .with_context(|| format!("building the OTLP sink failed {hint}"))?;
     }
     let binaries = Binaries {
@@ -297,13 +370,16 @@ fn prepare_binaries(ws: &Workspace, args: &BenchArgs) -> Result<Binaries> {
             .agent_bin
             .clone()
             .unwrap_or_else(|| ws.release_bin("loupe")),
-        sink: args
-            .sink_bin
-            .clone()
-            .unwrap_or_else(|| ws.release_bin("otlp-sink")),
+        sink: sink.then(|| {
+            args.sink_bin
+                .clone()
+                .unwrap_or_else(|| ws.release_bin("otlp-sink"))
+        }),
     };
     require(&binaries.agent, "the agent", hint)?;
-    require(&binaries.sink, "the OTLP sink", hint)?;
+    if let Some(bin) = &binaries.sink {
+        require(bin, "the OTLP sink", hint)?;
+    }
     Ok(binaries)
 }
 

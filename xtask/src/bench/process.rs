@@ -118,7 +118,7 @@ impl Guard {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!(
-            "bench: {} did not stop within {:.0?} of the signal; killed",
+            "xtask: {} did not stop within {:.0?} of the signal; killed",
             self.name, self.grace
         );
         self.kill_group(pid);
@@ -148,12 +148,13 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    pub fn create(keep: bool) -> io::Result<Self> {
+    /// `/tmp/loupe-<what>-<pid>-<nanos>`.
+    pub fn create(what: &str, keep: bool) -> io::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let path =
-            std::env::temp_dir().join(format!("loupe-bench-{}-{nanos:09}", std::process::id()));
+            std::env::temp_dir().join(format!("loupe-{what}-{}-{nanos:09}", std::process::id()));
         std::fs::create_dir(&path)?;
         Ok(Self { path, keep })
     }
@@ -166,7 +167,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         if self.keep {
-            eprintln!("bench: kept {}", self.path.display());
+            eprintln!("kept {}", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
@@ -199,6 +200,11 @@ pub fn poll_until<T>(
         }
         std::thread::sleep(every);
     }
+}
+
+/// Sleeps for `duration`, or less when interrupted.
+pub fn sleep_unless_interrupted(duration: Duration) {
+    let _: Option<()> = poll_until(duration, Duration::from_millis(50), || None);
 }
 
 /// The last `lines` lines of a log file, for error messages.
@@ -259,7 +265,7 @@ mod tests {
 
     #[test]
     fn temp_dir_is_removed_unless_kept() {
-        let Ok(dir) = TempDir::create(false) else {
+        let Ok(dir) = TempDir::create("test", false) else {
             panic!("no temp dir");
         };
         let path = dir.path().to_path_buf();
@@ -270,7 +276,7 @@ mod tests {
 
     #[test]
     fn log_tail_keeps_the_end() {
-        let Ok(dir) = TempDir::create(false) else {
+        let Ok(dir) = TempDir::create("test", false) else {
             panic!("no temp dir");
         };
         let log = dir.path().join("x.log");
