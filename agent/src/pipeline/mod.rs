@@ -30,6 +30,7 @@ use crate::{
         Chunk, Direction, Role,
         http1::{Http1Limits, Http1Session, HttpExchange, RequestStart},
     },
+    red::RedRecorder,
     span::{FinishedSpan, context::extract, route::RouteMatcher},
     telemetry::metrics::Metrics,
 };
@@ -57,6 +58,8 @@ pub struct PipelineConfig {
     pub max_connections: usize,
     pub limits: Http1Limits,
     pub routes: RouteMatcher,
+    /// Request metrics, fed every finished span before any sampling.
+    pub red: RedRecorder,
 }
 
 pub struct Pipeline {
@@ -66,6 +69,7 @@ pub struct Pipeline {
     processes: Processes,
     sdk_spans: SdkSpans,
     exporter: SpanSender,
+    red: RedRecorder,
     metrics: Arc<Metrics>,
     counters: CounterMap,
     execs: SyncSender<u32>,
@@ -91,6 +95,7 @@ impl Pipeline {
             processes: Processes::new(resource_defaults),
             sdk_spans: config.sdk_spans,
             exporter,
+            red: config.red,
             metrics,
             counters,
             execs,
@@ -307,6 +312,7 @@ impl Pipeline {
             let span = self
                 .assembler
                 .assemble(&exchange, resolve(&node), local, remote);
+            self.red.record(&resource, &span);
             self.metrics.spans_created.inc();
             self.exporter.submit(FinishedSpan {
                 resource: resource.clone(),

@@ -85,4 +85,10 @@ metrics! {
     server_spans_peer_unmatched: Counter = "loupe_server_spans_peer_unmatched_total", "SERVER spans whose client loupe also traces, left without that client span as parent.";
     spans_skipped_sdk: Counter = "loupe_spans_skipped_sdk_total", "Spans not exported because their process runs an OpenTelemetry SDK that exports them.";
     traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
+    red_series: Gauge = "loupe_red_series", "Request-duration series currently kept (http.server/client.request.duration).";
+    red_routes_folded: Counter = "loupe_red_routes_folded_total", "Requests recorded under the route {other} because their service already had --max-routes-per-service routes.";
+    red_series_overflow: Counter = "loupe_red_series_overflow_total", "Requests recorded in an overflow series (otel_metric_overflow=\"true\") because the series limit was reached.";
+    red_observations_dropped: Counter = "loupe_red_observations_dropped_total", "Requests not recorded in any request-duration series: series limit and overflow series exhausted.";
+    metric_points_exported: Counter = "loupe_metric_points_exported_total", "Histogram data points the OTLP metrics exporter delivered.";
+    metric_export_failures: Counter = "loupe_metric_export_failures_total", "OTLP metrics export requests that failed (each retry counts).";
 }

@@ -108,8 +108,9 @@ impl HttpTransport {
                 .collect()
                 .await
             {
-                Ok(collected) => S::Response::decode(collected.to_bytes())
-                    .map_or(0, |r| S::rejected(&r)),
+                Ok(collected) => {
+                    S::Response::decode(collected.to_bytes()).map_or(0, |r| S::rejected(&r))
+                }
                 Err(_) => 0,
             };
             return Ok(Delivered { rejected });

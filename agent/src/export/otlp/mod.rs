@@ -134,9 +134,7 @@ impl OtlpExporter {
             .await;
         match result {
             Ok(delivered) => {
-                let rejected = u64::try_from(delivered.rejected)
-                    .unwrap_or(0)
-                    .min(total);
+                let rejected = u64::try_from(delivered.rejected).unwrap_or(0).min(total);
                 outcome.exported = total - rejected;
                 outcome.dropped = rejected;
                 if rejected > 0 {

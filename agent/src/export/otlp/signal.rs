@@ -46,7 +46,10 @@ impl Signal for TraceSignal {
     const ITEMS: &'static str = "spans";
 
     fn rejected(response: &Self::Response) -> i64 {
-        response.partial_success.as_ref().map_or(0, |p| p.rejected_spans)
+        response
+            .partial_success
+            .as_ref()
+            .map_or(0, |p| p.rejected_spans)
     }
 
     async fn grpc_export(
