@@ -25,7 +25,8 @@ pub struct Delivered {
 
 enum Transport {
     Grpc(GrpcTransport),
-    Http(HttpTransport),
+    // Boxed: the HTTP client is much larger than a gRPC channel handle.
+    Http(Box<HttpTransport>),
 }
 
 /// A message encoded once for its transport, ready to be sent as often as retries need.
@@ -60,7 +61,7 @@ impl<S: Signal> OtlpClient<S> {
                     source,
                 }
             })?),
-            Protocol::HttpProtobuf => Transport::Http(HttpTransport::new(config)),
+            Protocol::HttpProtobuf => Transport::Http(Box::new(HttpTransport::new(config))),
         };
         Ok(Self {
             transport,
