@@ -14,7 +14,17 @@
 //! `url.template` (the route loupe named the span with, since clients have no `http.route`),
 //! `server.address` and `server.port`. The service is the resource's `service.name`.
 //!
-//! Cardinality is bounded: see [`store`].
+//! Cardinality is bounded. Each service (by `service.name`) keeps at most
+//! `--max-routes-per-service` routes per instrument (default 100); requests on further
+//! routes are recorded under the route `{other}` and counted in
+//! `loupe_red_routes_folded_total`. At most `--max-metric-series` series exist in all
+//! (default 10 000); a request that would start one more is recorded in its resource's
+//! overflow series (attribute `otel.metric.overflow=true`, as OpenTelemetry SDKs do) and
+//! counted in `loupe_red_series_overflow_total`; past 64 overflow series it is dropped and
+//! counted in `loupe_red_observations_dropped_total`. A series with no request for an hour
+//! is forgotten, giving its route and slot back; it starts again from zero if requests
+//! return. Processes that run an OpenTelemetry SDK whose spans loupe skips (`--sdk-spans
+//! skip`) are left out here too: their SDK measures them.
 
 mod config;
 mod exporter;
