@@ -3,9 +3,9 @@
 //! rest go to one overflow series per resource and instrument), and series idle for an hour
 //! are forgotten so that departed processes and routes give their room back.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use hashbrown::HashMap as SeriesMap;
+use hashbrown::HashMap;
 
 use super::{
     histogram::Histogram,
@@ -51,7 +51,7 @@ pub struct Outcome {
 /// Series by key, and the routes admitted so far.
 pub struct Store {
     limits: Limits,
-    series: SeriesMap<Arc<SeriesKey>, Histogram>,
+    series: HashMap<Arc<SeriesKey>, Histogram>,
     /// Per instrument: service name -> admitted route -> how many live series use it.
     routes: [HashMap<String, HashMap<String, u32>>; 2],
     overflow_series: usize,
@@ -62,7 +62,7 @@ impl Store {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
-            series: SeriesMap::new(),
+            series: HashMap::new(),
             routes: [HashMap::new(), HashMap::new()],
             overflow_series: 0,
             last_sweep_ns: 0,
@@ -76,8 +76,12 @@ impl Store {
     /// Records one finished request.
     pub fn observe(&mut self, resource: &Arc<Resource>, span: &HttpSpan) -> Outcome {
         let now = span.end_unix_ns;
-        if now.saturating_sub(self.last_sweep_ns) >= SWEEP_INTERVAL_NS || now < self.last_sweep_ns {
+        if now >= self.last_sweep_ns.saturating_add(SWEEP_INTERVAL_NS) {
             self.sweep(now);
+        } else if self.last_sweep_ns > now.saturating_add(SWEEP_INTERVAL_NS) {
+            // The wall clock went back: count the interval from here. (Spans that merely
+            // end out of order, by less than that, change nothing.)
+            self.last_sweep_ns = now;
         }
         let duration = span.end_unix_ns.saturating_sub(span.start_unix_ns);
         let mut outcome = Outcome::default();

@@ -216,3 +216,27 @@ fn a_span_ending_before_it_started_counts_as_zero() {
     assert_eq!((h.count, h.sum_ns, h.buckets[0]), (1, 0, 1));
     assert!(h.start_unix_ns <= h.last_unix_ns);
 }
+
+#[test]
+fn sweeps_run_once_a_minute_whatever_the_order_of_spans() {
+    let mut store = Store::new(Limits::default());
+    let r = resource("shop");
+    store.observe(&r, &server("/a", 200, 10));
+    let first = store.last_sweep_ns;
+    assert_eq!(first, T0 + 10 * MS);
+    // A span that ended a little earlier (another connection) does not trigger a sweep.
+    store.observe(&r, &server("/a", 200, 1));
+    assert_eq!(store.last_sweep_ns, first);
+    let mut late = server("/a", 200, 1);
+    late.start_unix_ns += 61 * 1_000_000_000;
+    late.end_unix_ns += 61 * 1_000_000_000;
+    store.observe(&r, &late);
+    assert_eq!(store.last_sweep_ns, late.end_unix_ns);
+    // The clock jumping back an hour restarts the count without sweeping anything.
+    let mut back = server("/a", 200, 1);
+    back.start_unix_ns -= 3600 * 1_000_000_000;
+    back.end_unix_ns -= 3600 * 1_000_000_000;
+    store.observe(&r, &back);
+    assert_eq!(store.last_sweep_ns, back.end_unix_ns);
+    assert_eq!(store.len(), 1);
+}
