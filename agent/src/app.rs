@@ -31,6 +31,7 @@ use crate::{
         selector::{Selection, Selector},
     },
     protocol::http1::Http1Limits,
+    red::{self, MetricsExportConfig},
     sampling::HeadSampler,
     span::route::RouteMatcher,
     telemetry::metrics::Metrics,
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // before anything is loaded into the kernel.
     let export_config = ExportConfig::from_env(|name| std::env::var(name).ok())?;
     let head_sampler = HeadSampler::from_env(|name| std::env::var(name).ok())?;
+    let metrics_export_config = MetricsExportConfig::from_env(|name| std::env::var(name).ok())?;
     let routes = RouteMatcher::new(&cli.routes)?;
     let selection = Selection::new(&cli.pids, &cli.exes)?;
     privileges::check()?;
@@ -60,16 +62,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let (red_recorder, red_metrics) = red::new(
+        red::Limits {
+            max_routes_per_service: cli.max_routes_per_service,
+            max_series: cli.max_metric_series as usize,
+            ..red::Limits::default()
+        },
+        metrics.clone(),
+    );
     let admin_addr = runtime.block_on(admin::serve(
         cli.admin_addr,
         AdminState {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            red: red_metrics.clone(),
         },
     ))?;
     let exporter = {
         let _guard = runtime.enter();
         export::spawn(export_config, metrics.clone())?
+    };
+    log::info!("metrics export: {}", metrics_export_config.exporter);
+    let metrics_exporter = {
+        let _guard = runtime.enter();
+        red::spawn(metrics_export_config, red_metrics, metrics.clone())?
     };
 
     let probe_config = ProbeConfig {
@@ -105,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: MAX_CONNECTIONS,
         limits: Http1Limits::default(),
         routes,
+        red: red_recorder,
     };
     let reader_thread = {
         let stop = stop.clone();
@@ -140,7 +157,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = reader_thread.join();
     let _ = selector_thread.join();
     drop(probes);
-    runtime.block_on(exporter.shutdown(EXPORT_FLUSH_DEADLINE));
+    // Spans and metrics flush side by side, within the same deadline.
+    runtime.block_on(async {
+        tokio::join!(
+            exporter.shutdown(EXPORT_FLUSH_DEADLINE),
+            metrics_exporter.shutdown(EXPORT_FLUSH_DEADLINE)
+        )
+    });
     runtime.shutdown_timeout(Duration::from_millis(200));
     Ok(())
 }

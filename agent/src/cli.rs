@@ -19,6 +19,9 @@ Export (OpenTelemetry environment variables):
   OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, _COMPRESSION, OTEL_BSP_*, OTEL_RESOURCE_ATTRIBUTES
   OTEL_TRACES_EXPORTER          otlp | console | none
   With no endpoint and no OTEL_TRACES_EXPORTER, finished traces are printed to the terminal.
+  OTEL_METRICS_EXPORTER         otlp | none | prometheus (default otlp when an endpoint is set)
+  OTEL_EXPORTER_OTLP_METRICS_*, OTEL_METRIC_EXPORT_INTERVAL (ms, 60000), _TIMEOUT (ms, 30000)
+  The request-duration histograms are always served on /metrics too.
 
 Service names come from each traced process's own OTEL_SERVICE_NAME, else from
 service.name in its OTEL_RESOURCE_ATTRIBUTES, else from its executable name.
@@ -85,6 +88,17 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub tail_max_traces: usize,
 
+    /// Request metrics: at most this many distinct routes per service and instrument; the
+    /// requests of further routes are recorded under the route '{other}'.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_routes_per_service: usize,
+
+    /// Request metrics: at most this many series in all; further attribute sets are
+    /// recorded in an overflow series per service (otel_metric_overflow="true").
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_metric_series: u32,
+
     /// Size of the kernel ring buffer in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
@@ -136,6 +150,24 @@ mod tests {
         assert_eq!(cli.admin_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(cli.capture_bytes, 1024);
         assert_eq!(cli.ring_buffer_mib, 16);
+        assert_eq!(cli.max_routes_per_service, 100);
+        assert_eq!(cli.max_metric_series, 10_000);
+    }
+
+    #[test]
+    fn metric_limits() {
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "--max-routes-per-service",
+            "0",
+            "--max-metric-series",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(cli.max_routes_per_service, 0);
+        assert_eq!(cli.max_metric_series, 50);
+        assert!(Cli::try_parse_from(["loupe", "--max-metric-series", "0"]).is_err());
+        assert!(Cli::try_parse_from(["loupe", "--max-routes-per-service", "-1"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod pipeline;
 mod probes;
 mod process;
 mod protocol;
+mod red;
 mod sampling;
 mod span;
 mod telemetry;

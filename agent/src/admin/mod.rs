@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::telemetry::metrics::Metrics;
+use crate::{red::RedMetrics, telemetry::metrics::Metrics};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on admin address {addr} (--admin-addr)")]
@@ -31,6 +31,8 @@ pub struct AdminBindError {
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// The request-duration histograms, served after the agent's own counters.
+    pub red: RedMetrics,
 }
 
 /// Binds first (so a bad address is a startup error), then serves in the background.
@@ -87,11 +89,11 @@ fn respond<B>(req: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
             "starting\n".into(),
             "text/plain",
         ),
-        "/metrics" => text(
-            StatusCode::OK,
-            state.metrics.render_prometheus(),
-            "text/plain; version=0.0.4",
-        ),
+        "/metrics" => {
+            let mut body = state.metrics.render_prometheus();
+            body.push_str(&state.red.render_prometheus());
+            text(StatusCode::OK, body, "text/plain; version=0.0.4")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz or /metrics\n".into(),
@@ -105,8 +107,10 @@ mod tests {
     use super::*;
 
     fn state(ready: bool) -> AdminState {
+        let metrics = Arc::new(Metrics::default());
         AdminState {
-            metrics: Arc::new(Metrics::default()),
+            red: crate::red::new(crate::red::Limits::default(), Arc::clone(&metrics)).1,
+            metrics,
             ready: Arc::new(AtomicBool::new(ready)),
         }
     }
@@ -131,5 +135,29 @@ mod tests {
         assert_eq!(response.status(), 200);
         let body = format!("{:?}", response.body());
         assert!(body.contains("loupe_spans_exported_total 3"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn metrics_include_the_request_histograms() {
+        use http_body_util::BodyExt as _;
+
+        let metrics = Arc::new(Metrics::default());
+        let (recorder, red) = crate::red::new(crate::red::Limits::default(), Arc::clone(&metrics));
+        let s = AdminState {
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+            red,
+        };
+        let mut span = crate::export::testutil::http_span(crate::span::SpanKind::Server, Some(200));
+        span.route = Some("/users/{id}".into());
+        recorder.record(&crate::export::testutil::resource("shop"), &span);
+        let response = respond(&get("/metrics"), &s);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        let counters = body.find("loupe_red_series 1").unwrap();
+        let histogram = body
+            .find(r#"http_server_request_duration_seconds_count{service_name="shop","#)
+            .unwrap_or_else(|| panic!("{body}"));
+        assert!(counters < histogram, "agent counters first");
     }
 }

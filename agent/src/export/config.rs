@@ -16,19 +16,45 @@ pub use headers::HeaderProblem;
 
 const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
-const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
-const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
-const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
 const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
-const TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
 const BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 const BSP_EXPORT_TIMEOUT: &str = "OTEL_BSP_EXPORT_TIMEOUT";
 const BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
 const BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
+
+/// The signal-specific OTLP variables of one signal, which win over the generic ones, and
+/// the path its data goes to under a generic endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct SignalVars {
+    pub endpoint: &'static str,
+    pub protocol: &'static str,
+    pub headers: &'static str,
+    pub timeout: &'static str,
+    pub compression: &'static str,
+    /// Appended to `OTEL_EXPORTER_OTLP_ENDPOINT` for http/protobuf, e.g. `v1/traces`.
+    pub http_path: &'static str,
+}
+
+pub const TRACES: SignalVars = SignalVars {
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    compression: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    http_path: "v1/traces",
+};
+
+pub const METRICS: SignalVars = SignalVars {
+    endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    compression: "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    http_path: "v1/metrics",
+};
 
 /// The largest queue loupe accepts: beyond this a stalled collector would cost more memory
 /// than a tracing agent should hold.
@@ -190,12 +216,17 @@ pub enum ExportConfigError {
 }
 
 /// Reads variables through `get`, treating empty values as unset as the SDK spec asks.
-struct Env<F> {
+pub struct Env<F> {
     get: F,
 }
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn var(&self, name: &'static str) -> Option<(&'static str, String)> {
+    pub fn new(get: F) -> Self {
+        Self { get }
+    }
+
+    /// The variable's trimmed value with its name, `None` when unset or empty.
+    pub fn var(&self, name: &'static str) -> Option<(&'static str, String)> {
         let value = (self.get)(name)?;
         let trimmed = value.trim();
         (!trimmed.is_empty()).then(|| (name, trimmed.to_owned()))
@@ -218,7 +249,7 @@ impl ExportConfig {
     ) -> Result<ExportConfig, ExportConfigError> {
         let env = Env { get };
         let batch = parse_batch(&env)?;
-        let endpoint_set = env.var(ENDPOINT).is_some() || env.var(TRACES_ENDPOINT).is_some();
+        let endpoint_set = endpoint_set(&env, &TRACES);
         let exporter = match env.var(TRACES_EXPORTER) {
             Some((var, value)) => parse_exporter_kind(var, &value)?,
             None if endpoint_set => ExporterKind::Otlp,
@@ -226,7 +257,7 @@ impl ExportConfig {
         };
         // OTLP settings are validated even when another exporter is chosen: a typo in a
         // deployment manifest should fail loudly now, not when someone switches to OTLP.
-        let otlp = parse_otlp(&env)?;
+        let otlp = parse_otlp(&env, &TRACES)?;
         let exporter = match exporter {
             ExporterKind::Otlp => ExporterConfig::Otlp(otlp),
             ExporterKind::Console => ExporterConfig::Console,
@@ -266,35 +297,45 @@ fn parse_exporter_kind(var: &'static str, value: &str) -> Result<ExporterKind, E
     }
 }
 
-fn parse_otlp<F: Fn(&str) -> Option<String>>(
+/// Whether a collector address was given for the signal, generic or specific.
+pub fn endpoint_set<F: Fn(&str) -> Option<String>>(env: &Env<F>, signal: &SignalVars) -> bool {
+    env.var(ENDPOINT).is_some() || env.var(signal.endpoint).is_some()
+}
+
+/// The OTLP settings of one signal.
+pub fn parse_otlp<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
+    signal: &SignalVars,
 ) -> Result<OtlpConfig, ExportConfigError> {
-    let protocol = match env.either(TRACES_PROTOCOL, PROTOCOL) {
+    let protocol = match env.either(signal.protocol, PROTOCOL) {
         Some((var, value)) => parse_protocol(var, &value)?,
         None => Protocol::HttpProtobuf,
     };
-    let endpoint = match (env.var(TRACES_ENDPOINT), env.var(ENDPOINT)) {
+    let endpoint = match (env.var(signal.endpoint), env.var(ENDPOINT)) {
         (Some((var, value)), _) => parse_endpoint(var, &value)?,
         (None, Some((var, value))) => match protocol {
             Protocol::Grpc => parse_endpoint(var, &value)?,
             Protocol::HttpProtobuf => {
-                parse_endpoint_with(var, &value, &append_traces_path(&value))?
+                parse_endpoint_with(var, &value, &append_path(&value, signal.http_path))?
             }
         },
-        (None, None) => Uri::from_static(match protocol {
-            Protocol::Grpc => "http://localhost:4317",
-            Protocol::HttpProtobuf => "http://localhost:4318/v1/traces",
-        }),
+        (None, None) => match protocol {
+            Protocol::Grpc => Uri::from_static("http://localhost:4317"),
+            Protocol::HttpProtobuf => {
+                let default = format!("http://localhost:4318/{}", signal.http_path);
+                parse_endpoint(signal.endpoint, &default)?
+            }
+        },
     };
-    let headers = match env.either(TRACES_HEADERS, HEADERS) {
+    let headers = match env.either(signal.headers, HEADERS) {
         Some((var, value)) => headers::parse(var, &value)?,
         None => Vec::new(),
     };
-    let timeout = match env.either(TRACES_TIMEOUT, TIMEOUT) {
+    let timeout = match env.either(signal.timeout, TIMEOUT) {
         Some((var, value)) => parse_millis(var, &value)?,
         None => Duration::from_millis(10_000),
     };
-    let compression = match env.either(TRACES_COMPRESSION, COMPRESSION) {
+    let compression = match env.either(signal.compression, COMPRESSION) {
         Some((var, value)) => parse_compression(var, &value)?,
         None => Compression::None,
     };
@@ -322,12 +363,12 @@ fn parse_protocol(var: &'static str, value: &str) -> Result<Protocol, ExportConf
     }
 }
 
-/// The generic endpoint is a base URL; the traces path goes after whatever path it has.
-fn append_traces_path(base: &str) -> String {
+/// The generic endpoint is a base URL; the signal's path goes after whatever path it has.
+fn append_path(base: &str, path: &str) -> String {
     if base.ends_with('/') {
-        format!("{base}v1/traces")
+        format!("{base}{path}")
     } else {
-        format!("{base}/v1/traces")
+        format!("{base}/{path}")
     }
 }
 
@@ -364,7 +405,7 @@ fn parse_endpoint_with(
     }
 }
 
-fn parse_millis(var: &'static str, value: &str) -> Result<Duration, ExportConfigError> {
+pub fn parse_millis(var: &'static str, value: &str) -> Result<Duration, ExportConfigError> {
     match value.parse::<u64>() {
         Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
         _ => Err(ExportConfigError::InvalidDuration {

@@ -13,9 +13,9 @@
 mod batch;
 pub mod config;
 mod console;
-mod otlp;
+pub mod otlp;
 #[cfg(test)]
-mod testutil;
+pub mod testutil;
 
 // The stage's public face for main.rs; unit tests reach the items through their modules.
 #[allow(unused_imports)]

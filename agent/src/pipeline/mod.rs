@@ -30,6 +30,7 @@ use crate::{
         Chunk, Direction, Role,
         http1::{Http1Limits, Http1Session, HttpExchange, RequestStart},
     },
+    red::RedRecorder,
     sampling::{HeadSampler, TailPolicy, TailSampler, tail::Released},
     span::{FinishedSpan, context::extract, route::RouteMatcher},
     telemetry::metrics::Metrics,
@@ -61,6 +62,8 @@ pub struct PipelineConfig {
     pub max_connections: usize,
     pub limits: Http1Limits,
     pub routes: RouteMatcher,
+    /// Request metrics, fed every finished span before any sampling.
+    pub red: RedRecorder,
 }
 
 pub struct Pipeline {
@@ -72,6 +75,7 @@ pub struct Pipeline {
     head_sampler: HeadSampler,
     tail_sampler: Option<TailSampler>,
     exporter: SpanSender,
+    red: RedRecorder,
     metrics: Arc<Metrics>,
     counters: CounterMap,
     execs: SyncSender<u32>,
@@ -99,6 +103,7 @@ impl Pipeline {
             head_sampler: config.head_sampler,
             tail_sampler: config.tail_policy.map(TailSampler::new),
             exporter,
+            red: config.red,
             metrics,
             counters,
             execs,
@@ -317,6 +322,7 @@ impl Pipeline {
                 self.head_sampler
                     .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);
             let mut span = self.assembler.assemble(&exchange, ids, local, remote);
+            self.red.record(&resource, &span);
             self.metrics.spans_created.inc();
             if !sampled {
                 self.metrics.spans_sampled_out.inc();

@@ -89,4 +89,10 @@ metrics! {
     tail_decisions_forced: Counter = "loupe_tail_decisions_forced_total", "Traces decided before their wait ended because the tail-sampling buffer was full.";
     tail_held_spans: Gauge = "loupe_tail_held_spans", "Spans waiting for a tail-sampling decision.";
     traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
+    red_series: Gauge = "loupe_red_series", "Request-duration series currently kept (http.server/client.request.duration).";
+    red_routes_folded: Counter = "loupe_red_routes_folded_total", "Requests recorded under the route {other} because their service already had --max-routes-per-service routes.";
+    red_series_overflow: Counter = "loupe_red_series_overflow_total", "Requests recorded in an overflow series (otel_metric_overflow=\"true\") because the series limit was reached.";
+    red_observations_dropped: Counter = "loupe_red_observations_dropped_total", "Requests not recorded in any request-duration series: series limit and overflow series exhausted.";
+    metric_points_exported: Counter = "loupe_metric_points_exported_total", "Histogram data points the OTLP metrics exporter delivered.";
+    metric_export_failures: Counter = "loupe_metric_export_failures_total", "OTLP metrics export requests that failed (each retry counts).";
 }

@@ -1,5 +1,6 @@
-//! An OTLP trace receiver for tests: a gRPC `TraceService` and an HTTP `/v1/traces`
-//! endpoint on local ports, storing what they receive behind a blocking API.
+//! An OTLP receiver for tests: a gRPC `TraceService` and HTTP `/v1/traces` and
+//! `/v1/metrics` endpoints on local ports, storing what they receive behind a blocking API.
+//! (Metrics come over HTTP only: without tonic's router one gRPC server serves one service.)
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,13 +27,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
+};
 use tokio::runtime::Runtime;
 
 pub use flatten::ReceivedSpan;
 
 /// Spans kept for inspection at most; later ones are only counted.
 pub const MAX_STORED_SPANS: usize = 1_000_000;
+/// Metrics export requests kept at most; later ones are dropped.
+pub const MAX_STORED_METRIC_REQUESTS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
@@ -95,6 +100,7 @@ struct Shared {
 #[derive(Default)]
 struct Inner {
     requests: Vec<ReceivedRequest>,
+    metric_requests: Vec<ExportMetricsServiceRequest>,
     stored_spans: usize,
     fail_next: usize,
     fail_until: Option<Instant>,
@@ -129,6 +135,17 @@ impl Shared {
         if self.keep_requests && inner.stored_spans + spans <= MAX_STORED_SPANS {
             inner.stored_spans += spans;
             inner.requests.push(request);
+        }
+        drop(inner);
+        self.arrived.notify_all();
+    }
+}
+
+impl Shared {
+    fn record_metrics(&self, request: ExportMetricsServiceRequest) {
+        let mut inner = self.lock();
+        if self.keep_requests && inner.metric_requests.len() < MAX_STORED_METRIC_REQUESTS {
+            inner.metric_requests.push(request);
         }
         drop(inner);
         self.arrived.notify_all();
@@ -237,6 +254,33 @@ impl OtlpReceiver {
         flatten::spans(&inner.requests)
     }
 
+    /// Every stored metrics export request, in arrival order.
+    pub fn metric_requests(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.shared.lock().metric_requests.clone()
+    }
+
+    /// Waits until `check` holds for the metrics requests stored so far, or `timeout`
+    /// passes; returns them either way.
+    pub fn wait_for_metrics(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&[ExportMetricsServiceRequest]) -> bool,
+    ) -> Vec<ExportMetricsServiceRequest> {
+        let until = Instant::now() + timeout;
+        let mut inner = self.shared.lock();
+        while !check(&inner.metric_requests) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            inner = match self.shared.arrived.wait_timeout(inner, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        inner.metric_requests.clone()
+    }
+
     /// Answers the next `n` requests with gRPC UNAVAILABLE / HTTP 503.
     pub fn fail_requests(&self, n: usize) {
         self.shared.lock().fail_next = n;
@@ -256,6 +300,7 @@ impl OtlpReceiver {
     pub fn clear(&self) {
         let mut inner = self.shared.lock();
         inner.requests.clear();
+        inner.metric_requests.clear();
         inner.stored_spans = 0;
     }
 }

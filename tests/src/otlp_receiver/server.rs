@@ -11,9 +11,12 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse},
+    trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
 };
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -144,11 +147,17 @@ async fn handle(
             Ok(reply(StatusCode::OK, text, format!("{count}\n")))
         }
         (&Method::POST, "/v1/traces") => Ok(export(&shared, req).await),
+        (&Method::POST, "/v1/metrics") => Ok(export_metrics(&shared, req).await),
         _ => Ok(reply(StatusCode::NOT_FOUND, text, "not found\n")),
     }
 }
 
-async fn export(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The headers, whether it came gzip-compressed, and the plain body of an export request;
+/// or the answer that refuses it.
+async fn read_export(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<(BTreeMap<String, String>, bool, Bytes), Response<Full<Bytes>>> {
     let text = "text/plain";
     let headers = header_map(req.headers());
     let content_type = headers
@@ -156,52 +165,61 @@ async fn export(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         .map(String::as_str)
         .unwrap_or("");
     if content_type != "application/x-protobuf" {
-        return reply(
+        return Err(reply(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             text,
             "only application/x-protobuf is accepted\n",
-        );
+        ));
     }
     let gzip = match req.headers().get(CONTENT_ENCODING).map(|v| v.as_bytes()) {
         None | Some(b"identity") => false,
         Some(b"gzip") => true,
         Some(_) => {
-            return reply(
+            return Err(reply(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 text,
                 "unknown encoding\n",
-            );
+            ));
         }
     };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return reply(
+            return Err(reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 text,
                 "body too large or cut\n",
-            );
+            ));
         }
     };
     // Counted only once the body is in, like a collector that read and then refused it.
     if shared.should_refuse() {
         // No Retry-After: the exporter's own backoff is what the tests exercise.
-        return reply(
+        return Err(reply(
             StatusCode::SERVICE_UNAVAILABLE,
             text,
             "receiver told to fail\n",
-        );
+        ));
     }
     let plain = if gzip {
         let mut plain = Vec::new();
         let limit = u64::try_from(MAX_BODY).unwrap_or(u64::MAX);
         let mut decoder = flate2::read::GzDecoder::new(body.as_ref()).take(limit);
         if decoder.read_to_end(&mut plain).is_err() {
-            return reply(StatusCode::BAD_REQUEST, text, "bad gzip body\n");
+            return Err(reply(StatusCode::BAD_REQUEST, text, "bad gzip body\n"));
         }
         Bytes::from(plain)
     } else {
         body
+    };
+    Ok((headers, gzip, plain))
+}
+
+async fn export(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = "text/plain";
+    let (headers, gzip, plain) = match read_export(shared, req).await {
+        Ok(parts) => parts,
+        Err(refusal) => return refusal,
     };
     let Ok(request) = ExportTraceServiceRequest::decode(plain) else {
         return reply(
@@ -220,5 +238,25 @@ async fn export(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         StatusCode::OK,
         "application/x-protobuf",
         ExportTraceServiceResponse::default().encode_to_vec(),
+    )
+}
+
+async fn export_metrics(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (_, _, plain) = match read_export(shared, req).await {
+        Ok(parts) => parts,
+        Err(refusal) => return refusal,
+    };
+    let Ok(request) = ExportMetricsServiceRequest::decode(plain) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "not an ExportMetricsServiceRequest\n",
+        );
+    };
+    shared.record_metrics(request);
+    reply(
+        StatusCode::OK,
+        "application/x-protobuf",
+        ExportMetricsServiceResponse::default().encode_to_vec(),
     )
 }

@@ -322,3 +322,55 @@ fn dropping_inside_an_async_context_does_not_panic() {
     let receiver = OtlpReceiver::start().unwrap();
     runtime().block_on(async move { drop(receiver) });
 }
+
+#[test]
+fn http_metrics_are_stored_apart_from_spans() {
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest,
+        metrics::v1::{Metric, ResourceMetrics, ScopeMetrics},
+    };
+    let receiver = OtlpReceiver::start().unwrap();
+    let request = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "http.server.request.duration".to_owned(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let body = request.encode_to_vec();
+    assert_eq!(
+        http(&receiver, "POST", "/v1/metrics", &[PROTOBUF], &body).0,
+        200
+    );
+    let gz = ("Content-Encoding", "gzip");
+    assert_eq!(
+        http(
+            &receiver,
+            "POST",
+            "/v1/metrics",
+            &[PROTOBUF, gz],
+            &gzip(&body)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(&receiver, "POST", "/v1/metrics", &[PROTOBUF], b"\xff\xff").0,
+        400
+    );
+    let got = receiver.wait_for_metrics(Duration::from_secs(5), |r| r.len() >= 2);
+    assert_eq!(got, vec![request.clone(), request]);
+    assert_eq!(receiver.span_count(), 0);
+    assert!(receiver.spans().is_empty());
+    receiver.fail_requests(1);
+    assert_eq!(
+        http(&receiver, "POST", "/v1/metrics", &[PROTOBUF], &body).0,
+        503
+    );
+    assert_eq!(receiver.metric_requests().len(), 2);
+}

@@ -2,6 +2,12 @@ use std::{collections::HashMap, time::Duration};
 
 use super::*;
 
+const TRACES_ENDPOINT: &str = TRACES.endpoint;
+const TRACES_PROTOCOL: &str = TRACES.protocol;
+const TRACES_HEADERS: &str = TRACES.headers;
+const TRACES_TIMEOUT: &str = TRACES.timeout;
+const TRACES_COMPRESSION: &str = TRACES.compression;
+
 fn parse(vars: &[(&str, &str)]) -> Result<ExportConfig, ExportConfigError> {
     let map: HashMap<String, String> = vars
         .iter()

@@ -49,7 +49,7 @@ pub fn to_request(batch: &[FinishedSpan]) -> ExportTraceServiceRequest {
     }
 }
 
-fn to_proto_resource(resource: &Resource) -> ProtoResource {
+pub fn to_proto_resource(resource: &Resource) -> ProtoResource {
     ProtoResource {
         attributes: resource
             .attributes
@@ -143,7 +143,7 @@ fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn kv(key: &str, value: Value) -> KeyValue {
+pub fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: Some(AnyValue { value: Some(value) }),

@@ -1,24 +1,21 @@
-//! OTLP over gRPC, with the generated `TraceServiceClient` on a lazily connected channel.
+//! OTLP over gRPC, with the generated service clients on a lazily connected channel.
 
 use std::time::Duration;
 
 use hyper::http::HeaderMap;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-};
 use prost::Message as _;
 use tonic::{
     Code,
-    codec::CompressionEncoding,
     metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
 
-use super::{AttemptError, Delivered, USER_AGENT};
+use super::{AttemptError, Delivered, USER_AGENT, signal::Signal};
 use crate::export::config::{Compression, OtlpConfig};
 
 pub struct GrpcTransport {
-    client: TraceServiceClient<Channel>,
+    channel: Channel,
+    gzip: bool,
     metadata: MetadataMap,
 }
 
@@ -30,34 +27,27 @@ impl GrpcTransport {
             .user_agent(USER_AGENT)?
             .connect_timeout(config.timeout)
             .tcp_nodelay(true);
-        let mut client = TraceServiceClient::new(endpoint.connect_lazy());
-        if config.compression == Compression::Gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
-        }
-        client = client.accept_compressed(CompressionEncoding::Gzip);
         let headers: HeaderMap = config.headers.iter().cloned().collect();
         Ok(Self {
-            client,
+            channel: endpoint.connect_lazy(),
+            gzip: config.compression == Compression::Gzip,
             metadata: MetadataMap::from_headers(headers),
         })
     }
 
-    pub async fn send(
+    pub async fn send<S: Signal>(
         &self,
-        message: &ExportTraceServiceRequest,
+        message: &S::Request,
         timeout: Duration,
     ) -> Result<Delivered, AttemptError> {
         let mut request = tonic::Request::new(message.clone());
         *request.metadata_mut() = self.metadata.clone();
         request.set_timeout(timeout);
-        let mut client = self.client.clone();
-        match tokio::time::timeout(timeout, client.export(request)).await {
+        let export = S::grpc_export(self.channel.clone(), self.gzip, request);
+        match tokio::time::timeout(timeout, export).await {
             Err(_) => Err(AttemptError::Timeout),
             Ok(Ok(response)) => Ok(Delivered {
-                rejected_spans: response
-                    .into_inner()
-                    .partial_success
-                    .map_or(0, |p| p.rejected_spans),
+                rejected: S::rejected(response.get_ref()),
             }),
             Ok(Err(status)) => Err(AttemptError::Grpc {
                 code: status.code(),

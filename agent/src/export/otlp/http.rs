@@ -1,4 +1,4 @@
-//! OTLP over HTTP: a protobuf body POSTed to the traces URL.
+//! OTLP over HTTP: a protobuf body POSTed to the signal's URL.
 
 use std::{io::Write as _, time::Duration};
 
@@ -13,12 +13,9 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use prost::Message as _;
+use prost::Message;
 
-use super::{AttemptError, Delivered, USER_AGENT, retry::parse_retry_after};
+use super::{AttemptError, Delivered, USER_AGENT, retry::parse_retry_after, signal::Signal};
 use crate::export::config::{Compression, OtlpConfig};
 
 /// A response body larger than this is not read: a success needs only its partial-success
@@ -55,7 +52,7 @@ impl HttpTransport {
         }
     }
 
-    pub fn encode(&self, message: &ExportTraceServiceRequest) -> Result<HttpBody, AttemptError> {
+    pub fn encode(&self, message: &impl Message) -> Result<HttpBody, AttemptError> {
         let plain = message.encode_to_vec();
         if !self.gzip {
             return Ok(HttpBody {
@@ -75,18 +72,18 @@ impl HttpTransport {
         })
     }
 
-    pub async fn send(
+    pub async fn send<S: Signal>(
         &self,
         body: &HttpBody,
         timeout: Duration,
     ) -> Result<Delivered, AttemptError> {
-        match tokio::time::timeout(timeout, self.send_inner(body)).await {
+        match tokio::time::timeout(timeout, self.send_inner::<S>(body)).await {
             Ok(result) => result,
             Err(_) => Err(AttemptError::Timeout),
         }
     }
 
-    async fn send_inner(&self, body: &HttpBody) -> Result<Delivered, AttemptError> {
+    async fn send_inner<S: Signal>(&self, body: &HttpBody) -> Result<Delivered, AttemptError> {
         let mut builder = Request::post(self.endpoint.clone())
             .header(CONTENT_TYPE, "application/x-protobuf")
             .header(USER_AGENT_HEADER, USER_AGENT);
@@ -106,18 +103,17 @@ impl HttpTransport {
             .map_err(AttemptError::Connection)?;
         let status = response.status();
         if status.is_success() {
-            // A body that cannot be read or decoded still means the spans were accepted.
-            let rejected_spans = match Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+            // A body that cannot be read or decoded still means the items were accepted.
+            let rejected = match Limited::new(response.into_body(), MAX_RESPONSE_BODY)
                 .collect()
                 .await
             {
-                Ok(collected) => ExportTraceServiceResponse::decode(collected.to_bytes())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map_or(0, |p| p.rejected_spans),
+                Ok(collected) => {
+                    S::Response::decode(collected.to_bytes()).map_or(0, |r| S::rejected(&r))
+                }
                 Err(_) => 0,
             };
-            return Ok(Delivered { rejected_spans });
+            return Ok(Delivered { rejected });
         }
         let retry_after = response
             .headers()

@@ -1,9 +1,11 @@
 //! The OTLP exporter: protobuf conversion, gRPC and HTTP transports, and retries.
 
+mod client;
 pub mod convert;
 mod grpc;
 mod http;
 pub mod retry;
+pub mod signal;
 #[cfg(test)]
 pub(crate) mod test_receiver;
 #[cfg(test)]
@@ -11,15 +13,14 @@ mod tests;
 
 use std::{sync::Arc, time::Duration};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::{sync::watch, time::Instant};
 
+pub use self::client::{Delivered, OtlpClient, WarningLimiter};
 use self::{
-    grpc::GrpcTransport,
-    http::{HttpBody, HttpTransport},
     retry::{Deadline, RetryPolicy},
+    signal::TraceSignal,
 };
-use super::config::{OtlpConfig, Protocol};
+use super::config::OtlpConfig;
 use crate::{span::FinishedSpan, telemetry::metrics::Metrics};
 
 const USER_AGENT: &str = concat!("loupe/", env!("CARGO_PKG_VERSION"));
@@ -80,32 +81,6 @@ impl AttemptError {
     }
 }
 
-/// A successful answer; the collector may still have refused some spans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    pub rejected_spans: i64,
-}
-
-enum Transport {
-    Grpc(GrpcTransport),
-    Http(HttpTransport),
-}
-
-/// A batch encoded once for its transport, ready to be sent as often as retries need.
-enum Payload<'a> {
-    Grpc(&'a GrpcTransport, ExportTraceServiceRequest),
-    Http(&'a HttpTransport, HttpBody),
-}
-
-impl Payload<'_> {
-    async fn send(&self, timeout: Duration) -> Result<Delivered, AttemptError> {
-        match self {
-            Payload::Grpc(transport, message) => transport.send(message, timeout).await,
-            Payload::Http(transport, body) => transport.send(body, timeout).await,
-        }
-    }
-}
-
 /// What became of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BatchOutcome {
@@ -115,16 +90,10 @@ pub struct BatchOutcome {
 }
 
 pub struct OtlpExporter {
-    transport: Transport,
-    timeout: Duration,
-    retry: RetryPolicy,
+    client: OtlpClient<TraceSignal>,
     metrics: Arc<Metrics>,
-    /// The last time a failure was logged at warning level, to keep a dead collector from
-    /// flooding the log.
-    last_warning: Option<Instant>,
+    warnings: WarningLimiter,
 }
-
-const WARNING_INTERVAL: Duration = Duration::from_secs(30);
 
 impl OtlpExporter {
     /// Must run inside a tokio runtime.
@@ -133,21 +102,10 @@ impl OtlpExporter {
         retry: RetryPolicy,
         metrics: Arc<Metrics>,
     ) -> Result<Self, OtlpStartError> {
-        let transport = match config.protocol {
-            Protocol::Grpc => Transport::Grpc(GrpcTransport::new(config).map_err(|source| {
-                OtlpStartError::GrpcChannel {
-                    endpoint: config.endpoint.to_string(),
-                    source,
-                }
-            })?),
-            Protocol::HttpProtobuf => Transport::Http(HttpTransport::new(config)),
-        };
         Ok(Self {
-            transport,
-            timeout: config.timeout,
-            retry,
+            client: OtlpClient::new(config, retry)?,
             metrics,
-            last_warning: None,
+            warnings: WarningLimiter::new("OTLP export"),
         })
     }
 
@@ -165,23 +123,29 @@ impl OtlpExporter {
         }
         let mut outcome = BatchOutcome::default();
         let mut deadline = Deadline::new(batch_deadline, shutdown);
-        let result = self.deliver(batch, &mut deadline, &mut outcome).await;
+        let result = self
+            .client
+            .deliver(
+                convert::to_request(batch),
+                &mut deadline,
+                &self.metrics.export_failures,
+                &mut outcome.failed_attempts,
+            )
+            .await;
         match result {
             Ok(delivered) => {
-                let rejected = u64::try_from(delivered.rejected_spans)
-                    .unwrap_or(0)
-                    .min(total);
+                let rejected = u64::try_from(delivered.rejected).unwrap_or(0).min(total);
                 outcome.exported = total - rejected;
                 outcome.dropped = rejected;
                 if rejected > 0 {
-                    self.warn(format_args!(
+                    self.warnings.warn(format_args!(
                         "collector rejected {rejected} of {total} spans"
                     ));
                 }
             }
             Err(error) => {
                 outcome.dropped = total;
-                self.warn(format_args!(
+                self.warnings.warn(format_args!(
                     "dropping {total} spans after {} failed attempts: {error}",
                     outcome.failed_attempts
                 ));
@@ -190,63 +154,5 @@ impl OtlpExporter {
         self.metrics.spans_exported.add(outcome.exported);
         self.metrics.spans_dropped.add(outcome.dropped);
         outcome
-    }
-
-    async fn deliver(
-        &self,
-        batch: &[FinishedSpan],
-        deadline: &mut Deadline,
-        outcome: &mut BatchOutcome,
-    ) -> Result<Delivered, AttemptError> {
-        let message = convert::to_request(batch);
-        let payload = match &self.transport {
-            Transport::Grpc(grpc) => Payload::Grpc(grpc, message),
-            Transport::Http(http) => Payload::Http(http, http.encode(&message)?),
-        };
-        let mut retries = 0u32;
-        loop {
-            let remaining = deadline.remaining();
-            if remaining.is_zero() {
-                return Err(AttemptError::DeadlineReached);
-            }
-            let attempt_timeout = self.timeout.min(remaining);
-            let result = tokio::select! {
-                result = payload.send(attempt_timeout) => result,
-                () = deadline.reached() => Err(AttemptError::DeadlineReached),
-            };
-            let error = match result {
-                Ok(delivered) => return Ok(delivered),
-                Err(error) => error,
-            };
-            outcome.failed_attempts += 1;
-            self.metrics.export_failures.inc();
-            let Some(hint) = error.retry() else {
-                return Err(error);
-            };
-            let pause = self.retry.delay(retries, hint);
-            retries = retries.saturating_add(1);
-            if pause >= deadline.remaining() {
-                // Waiting would overrun the deadline: give up now rather than hold the queue.
-                return Err(error);
-            }
-            log::debug!("OTLP export attempt failed ({error}); retrying in {pause:?}");
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = deadline.reached() => return Err(error),
-            }
-        }
-    }
-
-    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        let due = self
-            .last_warning
-            .is_none_or(|last| now.duration_since(last) >= WARNING_INTERVAL);
-        if due {
-            self.last_warning = Some(now);
-            log::warn!("OTLP export: {message}");
-        } else {
-            log::debug!("OTLP export: {message}");
-        }
     }
 }

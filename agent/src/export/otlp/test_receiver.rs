@@ -1,4 +1,5 @@
-//! A minimal in-process OTLP receiver (gRPC and HTTP) for the exporter's round-trip tests.
+//! A minimal in-process OTLP receiver (gRPC and HTTP, traces and metrics) for the
+//! exporters' round-trip tests.
 
 use std::{
     collections::HashMap,
@@ -13,9 +14,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{
+        ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
+    trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
 };
 use prost::Message as _;
 use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
@@ -46,9 +53,20 @@ pub struct Received {
     pub request: ExportTraceServiceRequest,
 }
 
+/// A metrics export request as it arrived.
+#[derive(Clone, Debug)]
+pub struct ReceivedMetrics {
+    pub grpc: bool,
+    pub gzip: bool,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub request: ExportMetricsServiceRequest,
+}
+
 #[derive(Default)]
 struct State {
     received: Mutex<Vec<Received>>,
+    received_metrics: Mutex<Vec<ReceivedMetrics>>,
     /// Answers for the next requests, front first; `Accept` once empty.
     script: Mutex<Vec<Answer>>,
     attempts: Mutex<Vec<Instant>>,
@@ -72,6 +90,8 @@ impl State {
 
 pub struct TestReceiver {
     pub grpc_addr: SocketAddr,
+    /// The gRPC metrics service listens apart from the trace service.
+    pub grpc_metrics_addr: SocketAddr,
     pub http_addr: SocketAddr,
     state: Arc<State>,
     tasks: Vec<JoinHandle<()>>,
@@ -92,13 +112,27 @@ impl TestReceiver {
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = grpc_listener.local_addr().unwrap();
         let http_addr = http_listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(GrpcService(Arc::clone(&state)))
+        let traces = TraceServiceServer::new(GrpcService(Arc::clone(&state)))
             .accept_compressed(CompressionEncoding::Gzip);
+        let metrics = MetricsServiceServer::new(GrpcService(Arc::clone(&state)))
+            .accept_compressed(CompressionEncoding::Gzip);
+        // One service per server: a tonic server without a router serves only one.
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_metrics_addr = metrics_listener.local_addr().unwrap();
         let grpc = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .serve_with_incoming_shutdown(
-                    service,
+                    traces,
                     TcpIncoming::from(grpc_listener),
+                    std::future::pending::<()>(),
+                )
+                .await;
+        });
+        let grpc_metrics = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .serve_with_incoming_shutdown(
+                    metrics,
+                    TcpIncoming::from(metrics_listener),
                     std::future::pending::<()>(),
                 )
                 .await;
@@ -122,7 +156,8 @@ impl TestReceiver {
             grpc_addr,
             http_addr,
             state,
-            tasks: vec![grpc, http],
+            grpc_metrics_addr,
+            tasks: vec![grpc, grpc_metrics, http],
         }
     }
 
@@ -132,6 +167,29 @@ impl TestReceiver {
 
     pub fn http_url(&self) -> String {
         format!("http://{}/v1/traces", self.http_addr)
+    }
+
+    pub fn grpc_metrics_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_metrics_addr)
+    }
+
+    pub fn http_metrics_url(&self) -> String {
+        format!("http://{}/v1/metrics", self.http_addr)
+    }
+
+    pub fn received_metrics(&self) -> Vec<ReceivedMetrics> {
+        self.state.received_metrics.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for_metrics(&self, n: usize, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.received_metrics().len() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.received_metrics().len() >= n
     }
 
     pub fn script(&self, answers: &[Answer]) {
@@ -176,7 +234,67 @@ fn response(rejected: i64) -> ExportTraceServiceResponse {
     }
 }
 
+fn metrics_response(rejected: i64) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: (rejected > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected,
+            error_message: "refused".to_owned(),
+        }),
+    }
+}
+
+/// How a scripted answer ends a gRPC call: `Ok(rejected)` or the error status.
+fn grpc_answer(answer: Answer) -> Result<i64, tonic::Status> {
+    match answer {
+        Answer::Accept => Ok(0),
+        Answer::Partial { rejected } => Ok(rejected),
+        Answer::Unavailable { retry_after } => {
+            let details = retry_after
+                .map(super::grpc::encode_retry_info)
+                .unwrap_or_default();
+            Err(tonic::Status::with_details(
+                tonic::Code::Unavailable,
+                "try later",
+                details.into(),
+            ))
+        }
+        Answer::Reject => Err(tonic::Status::invalid_argument("bad batch")),
+    }
+}
+
+fn metadata_headers(metadata: &tonic::metadata::MetadataMap) -> HashMap<String, String> {
+    metadata
+        .clone()
+        .into_headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
 struct GrpcService(Arc<State>);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let rejected = grpc_answer(self.0.next_answer())?;
+        let headers = metadata_headers(request.metadata());
+        self.0
+            .received_metrics
+            .lock()
+            .unwrap()
+            .push(ReceivedMetrics {
+                grpc: true,
+                gzip: headers.get("grpc-encoding").is_some_and(|v| v == "gzip"),
+                path: String::new(),
+                headers,
+                request: request.into_inner(),
+            });
+        Ok(tonic::Response::new(metrics_response(rejected)))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for GrpcService {
@@ -184,29 +302,8 @@ impl TraceService for GrpcService {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let answer = self.0.next_answer();
-        let headers: HashMap<String, String> = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect();
-        let rejected = match answer {
-            Answer::Accept => 0,
-            Answer::Partial { rejected } => rejected,
-            Answer::Unavailable { retry_after } => {
-                let details = retry_after
-                    .map(super::grpc::encode_retry_info)
-                    .unwrap_or_default();
-                return Err(tonic::Status::with_details(
-                    tonic::Code::Unavailable,
-                    "try later",
-                    details.into(),
-                ));
-            }
-            Answer::Reject => return Err(tonic::Status::invalid_argument("bad batch")),
-        };
+        let rejected = grpc_answer(self.0.next_answer())?;
+        let headers = metadata_headers(request.metadata());
         self.0.record(Received {
             grpc: true,
             gzip: headers.get("grpc-encoding").is_some_and(|v| v == "gzip"),
@@ -262,6 +359,23 @@ async fn handle_http(
             return reply(400, Vec::new());
         }
         bytes = plain;
+    }
+    if path == "/v1/metrics" {
+        let Ok(request) = ExportMetricsServiceRequest::decode(bytes.as_slice()) else {
+            return reply(400, Vec::new());
+        };
+        state
+            .received_metrics
+            .lock()
+            .unwrap()
+            .push(ReceivedMetrics {
+                grpc: false,
+                gzip,
+                path,
+                headers,
+                request,
+            });
+        return reply(200, metrics_response(rejected).encode_to_vec());
     }
     let Ok(request) = ExportTraceServiceRequest::decode(bytes.as_slice()) else {
         return reply(400, Vec::new());
