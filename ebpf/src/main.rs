@@ -8,9 +8,12 @@
 #![no_main]
 
 mod connection;
+mod context;
 mod data;
 mod emit;
 mod filter;
+mod head;
+mod inject;
 mod maps;
 mod process;
 mod socket;
