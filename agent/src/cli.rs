@@ -100,7 +100,10 @@ mod tests {
         assert_eq!(cli.admin_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(cli.capture_bytes, 1024);
         assert_eq!(cli.ring_buffer_mib, 16);
-        assert!(!cli.inject_traceparent, "injection rewrites traffic: opt-in only");
+        assert!(
+            !cli.inject_traceparent,
+            "injection rewrites traffic: opt-in only"
+        );
     }
 
     #[test]

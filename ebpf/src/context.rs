@@ -12,8 +12,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    DataEvent, EventKind, SPAN_ID_LEN, ServerContextEvent, TRACE_ID_LEN, ThreadContext,
-    direction,
+    DataEvent, EventKind, SPAN_ID_LEN, ServerContextEvent, TRACE_ID_LEN, ThreadContext, direction,
 };
 
 use crate::{

@@ -372,7 +372,11 @@ pub fn parse_decimal<B: HeadBytes>(bytes: &B, at: usize) -> Option<u64> {
     for j in 0..17 {
         let c = bytes.byte(at + j)?;
         if c == b'\r' {
-            return if value <= MAX_DECIMAL { Some(value) } else { None };
+            return if value <= MAX_DECIMAL {
+                Some(value)
+            } else {
+                None
+            };
         }
         let digit = c.wrapping_sub(b'0');
         if digit > 9 {

@@ -275,7 +275,13 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     let malformed = facts & fact::MALFORMED != 0;
     // Where the next request starts, relative to this write.
     let next = end_of_head as u64 + content_length;
-    let after = if malformed || facts & fact::CHUNKED != 0 || next < size {
+    let chunked = facts & fact::CHUNKED != 0;
+    let after = if malformed || chunked {
+        mode::UNSYNCED
+    } else if next < size {
+        // Another request follows in this same write (pipelining): it goes out
+        // untouched, and where the ones after it start is no longer known.
+        count(counter::INJECT_SKIPPED_UNSAFE);
         mode::UNSYNCED
     } else if next > size {
         // SAFETY: as above.
@@ -449,8 +455,7 @@ fn message_tuple(ctx: &SkMsgContext) -> ConnTuple {
     } else if family == AF_INET6 {
         for k in 0..4 {
             tuple.local_addr[4 * k..4 * k + 4].copy_from_slice(&md.local_ip6[k].to_ne_bytes());
-            tuple.remote_addr[4 * k..4 * k + 4]
-                .copy_from_slice(&md.remote_ip6[k].to_ne_bytes());
+            tuple.remote_addr[4 * k..4 * k + 4].copy_from_slice(&md.remote_ip6[k].to_ne_bytes());
         }
     }
     tuple

@@ -5,8 +5,8 @@
 use std::mem::size_of;
 
 use loupe_common::{
-    ClientContextEvent, CloseEvent, ConnEvent, DataEventHeader, EventKind, ExecEvent,
-    MAX_CAPTURE, ServerContextEvent,
+    ClientContextEvent, CloseEvent, ConnEvent, DataEventHeader, EventKind, ExecEvent, MAX_CAPTURE,
+    ServerContextEvent,
 };
 
 #[derive(Debug, Clone, Copy)]

@@ -95,7 +95,11 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<InjectAttachment, InjectError> {
             source: Box::new(source),
         })?;
     {
-        let map = ebpf.map_mut(CONTEXT_PROGRAM_MAP).ok_or(InjectError::MissingMap { map: CONTEXT_PROGRAM_MAP })?;
+        let map = ebpf
+            .map_mut(CONTEXT_PROGRAM_MAP)
+            .ok_or(InjectError::MissingMap {
+                map: CONTEXT_PROGRAM_MAP,
+            })?;
         let mut programs: ProgramArray<_> =
             ProgramArray::try_from(map).map_err(|source| InjectError::Map {
                 map: CONTEXT_PROGRAM_MAP,
@@ -110,7 +114,9 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<InjectAttachment, InjectError> {
     }
 
     let map_fd = {
-        let map = ebpf.map(SOCKET_MAP).ok_or(InjectError::MissingMap { map: SOCKET_MAP })?;
+        let map = ebpf
+            .map(SOCKET_MAP)
+            .ok_or(InjectError::MissingMap { map: SOCKET_MAP })?;
         let sockets: SockHash<_, u64> =
             SockHash::try_from(map).map_err(|source| InjectError::Map {
                 map: SOCKET_MAP,
@@ -153,7 +159,10 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<InjectAttachment, InjectError> {
 
 /// How much verifier work a program took: the budget is one million instructions, so
 /// this is the number to watch when the scans change.
-fn log_verified(program: &str, info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>) {
+fn log_verified(
+    program: &str,
+    info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+) {
     if let Some(count) = info.ok().and_then(|i| i.verified_instruction_count()) {
         log::debug!("{program}: verifier processed {count} instructions");
     }

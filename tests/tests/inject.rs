@@ -1,0 +1,529 @@
+//! `--inject-traceparent` end to end: real clients (curl, and this test process itself
+//! writing raw bytes) traced by the real agent, and a server in this process that
+//! records every request byte for byte. Run as root, one test at a time.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use support::{Agent, require_root, wait_until};
+
+const WAIT: Duration = Duration::from_secs(20);
+const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const INCOMING_PARENT: &str = "00f067aa0ba902b7";
+
+/// One request as the server read it off the wire.
+#[derive(Debug, Clone)]
+struct Recorded {
+    /// Which accepted connection it came on, in accept order.
+    conn: usize,
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Recorded {
+    fn head_text(&self) -> String {
+        String::from_utf8_lossy(&self.head).into_owned()
+    }
+
+    fn path(&self) -> String {
+        self.head_text()
+            .split(' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Values of every `traceparent` header, whatever its case.
+    fn traceparents(&self) -> Vec<String> {
+        self.head_text()
+            .split("\r\n")
+            .filter_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("traceparent")
+                    .then(|| value.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// The one traceparent loupe added, checked to sit right after the request line,
+    /// be the only one and be well-formed; returns (trace id, span id, flags).
+    fn injected(&self) -> (String, String, String) {
+        let text = self.head_text();
+        let parents = self.traceparents();
+        assert_eq!(parents.len(), 1, "exactly one traceparent in {text:?}");
+        let second_line = text.split("\r\n").nth(1).unwrap_or_default();
+        assert_eq!(
+            second_line,
+            format!("traceparent: {}", parents[0]),
+            "the header goes right after the request line: {text:?}"
+        );
+        parse_traceparent(&parents[0])
+    }
+
+    /// The head with loupe's header line taken out: what the client wrote.
+    fn head_without_injected(&self) -> Vec<u8> {
+        let text = self.head_text();
+        let (request_line, rest) = text.split_once("\r\n").expect("request line");
+        let (injected, rest) = rest.split_once("\r\n").expect("second line");
+        assert!(injected.starts_with("traceparent: 00-"), "{text:?}");
+        format!("{request_line}\r\n{rest}").into_bytes()
+    }
+}
+
+fn parse_traceparent(value: &str) -> (String, String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {value:?}");
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    assert_eq!(parts[0], "00", "version in {value:?}");
+    assert!(
+        hex(parts[1], 32) && parts[1] != "0".repeat(32),
+        "trace id in {value:?}"
+    );
+    assert!(
+        hex(parts[2], 16) && parts[2] != "0".repeat(16),
+        "span id in {value:?}"
+    );
+    assert!(hex(parts[3], 2), "flags in {value:?}");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+/// A keep-alive HTTP/1.1 server in this process that records what it reads and answers
+/// every request with `200 ok`.
+struct Recorder {
+    port: u16,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
+        let port = listener.local_addr().expect("recorder address").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let shared = seen.clone();
+        thread::spawn(move || {
+            for (conn, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { continue };
+                let seen = shared.clone();
+                thread::spawn(move || serve(conn, stream, &seen));
+            }
+        });
+        Recorder { port, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The request for `path`, waiting for it to arrive.
+    fn get(&self, path: &str) -> Recorded {
+        let mut found = None;
+        wait_until(&format!("the server to read {path}"), WAIT, || {
+            found = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.path() == path)
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn serve(conn: usize, stream: TcpStream, seen: &Mutex<Vec<Recorded>>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let before = head.len();
+            match reader.read_until(b'\n', &mut head) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if &head[before..] == b"\r\n" || head.len() > 64 * 1024 {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let header = |name: &str| {
+            text.split("\r\n")
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let mut body = Vec::new();
+        if header("transfer-encoding:").is_some() {
+            // Chunks kept raw, sizes and CRLFs included; no trailers.
+            loop {
+                let mut size_line = Vec::new();
+                if reader.read_until(b'\n', &mut size_line).unwrap_or(0) == 0 {
+                    return;
+                }
+                body.extend_from_slice(&size_line);
+                let size = usize::from_str_radix(String::from_utf8_lossy(&size_line).trim(), 16)
+                    .unwrap_or(0);
+                let mut chunk = vec![0u8; size + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                body.extend_from_slice(&chunk);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(length) = header("content-length:").and_then(|v| v.parse().ok()) {
+            body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        seen.lock().unwrap().push(Recorded { conn, head, body });
+        if writer
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A client connection of this process that writes exactly the pieces it is given, one
+/// write each.
+struct RawClient {
+    stream: TcpStream,
+}
+
+impl RawClient {
+    fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        RawClient { stream }
+    }
+
+    /// Writes each piece with its own write, pausing between them so they stay apart.
+    fn send(&mut self, pieces: &[&[u8]]) {
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                thread::sleep(Duration::from_millis(30));
+            }
+            self.stream.write_all(piece).expect("write");
+        }
+    }
+
+    /// Reads `n` of the server's fixed-size `200 ok` responses.
+    fn responses(&mut self, n: usize) {
+        const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let mut buf = vec![0u8; RESPONSE.len() * n];
+        self.stream.read_exact(&mut buf).expect("responses");
+        assert!(buf.chunks(RESPONSE.len()).all(|r| r == RESPONSE));
+    }
+}
+
+fn curl(args: &[&str]) {
+    let status = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run curl");
+    assert!(status.success(), "curl {args:?}");
+}
+
+fn wait_metric_at_least(agent: &Agent, name: &str, at_least: f64) {
+    wait_until(&format!("{name} >= {at_least}"), WAIT, || {
+        agent.metric(name) >= at_least
+    });
+}
+
+#[test]
+fn curl_requests_get_exactly_one_valid_traceparent() {
+    require_root();
+    let server = Recorder::start();
+    let agent = Agent::start(
+        &["--inject-traceparent", "--exe", "curl"],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    assert!(
+        agent.stderr().contains("adding traceparent"),
+        "{}",
+        agent.stderr()
+    );
+
+    curl(&[&server.url("/single")]);
+    let single = server.get("/single");
+    let (trace, span, flags) = single.injected();
+    assert_eq!(flags, "01", "a trace loupe starts is sampled");
+    assert!(single.head_text().contains("\r\nUser-Agent: curl/"));
+    assert!(single.head_text().ends_with("\r\n\r\n"));
+
+    // Keep-alive: two requests on one connection, each with its own header.
+    curl(&[&server.url("/keep-1"), &server.url("/keep-2")]);
+    let (first, second) = (server.get("/keep-1"), server.get("/keep-2"));
+    assert_eq!(first.conn, second.conn, "curl reused the connection");
+    let (trace1, span1, _) = first.injected();
+    let (trace2, span2, _) = second.injected();
+    assert_ne!(span1, span2);
+    assert_ne!(trace1, trace2, "unrelated requests start their own traces");
+    assert_ne!(span1, span);
+    assert_ne!(trace2, trace);
+
+    // A request that already carries a traceparent is sent as it is; tracestate is the
+    // application's either way.
+    curl(&[
+        "-H",
+        &format!("traceparent: {INCOMING}"),
+        "-H",
+        "tracestate: vendor=abc",
+        &server.url("/already"),
+    ]);
+    let already = server.get("/already");
+    assert_eq!(already.traceparents(), vec![INCOMING.to_string()]);
+    assert!(
+        already
+            .head_text()
+            .contains("\r\ntracestate: vendor=abc\r\n")
+    );
+
+    curl(&["-H", "tracestate: vendor=xyz", &server.url("/state-only")]);
+    let state_only = server.get("/state-only");
+    state_only.injected();
+    assert!(
+        state_only
+            .head_text()
+            .contains("\r\ntracestate: vendor=xyz\r\n")
+    );
+
+    // A body with Content-Length arrives whole, and the request after it on the same
+    // connection gets its own header.
+    let body: String = (0..3000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    curl(&[
+        "-d",
+        &body,
+        &server.url("/post"),
+        "--next",
+        &server.url("/after-post"),
+    ]);
+    let post = server.get("/post");
+    post.injected();
+    assert_eq!(post.body, body.as_bytes(), "body intact");
+    assert!(post.head_text().contains("\r\nContent-Length: 3000\r\n"));
+    let after_post = server.get("/after-post");
+    after_post.injected();
+    assert_eq!(after_post.conn, post.conn);
+
+    wait_metric_at_least(&agent, "loupe_traceparent_injected_total", 6.0);
+    wait_metric_at_least(&agent, "loupe_traceparent_skipped_present_total", 1.0);
+    assert_eq!(agent.metric("loupe_traceparent_skipped_unsafe_total"), 0.0);
+    assert_eq!(agent.metric("loupe_traceparent_inject_failures_total"), 0.0);
+    assert_eq!(agent.metric("loupe_events_malformed_total"), 0.0);
+}
+
+#[test]
+fn requests_loupe_cannot_check_are_sent_untouched_and_counted() {
+    require_root();
+    let server = Recorder::start();
+    let me = std::process::id().to_string();
+    let agent = Agent::start(
+        &[
+            "--inject-traceparent",
+            "--pid",
+            &me,
+            "--port",
+            &server.port.to_string(),
+        ],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    let unsafe_before = agent.metric("loupe_traceparent_skipped_unsafe_total");
+
+    // A head split across two writes cannot be checked; nothing after it on that
+    // connection can be trusted to start where it seems to.
+    let split: [&[u8]; 2] = [b"GET /split HTTP/1.1\r\nHost: x\r\n", b"X-Rest: 1\r\n\r\n"];
+    let after_split: &[u8] = b"GET /after-split HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&split);
+    client.responses(1);
+    client.send(&[after_split]);
+    client.responses(1);
+    assert_eq!(server.get("/split").head, split.concat());
+    assert_eq!(server.get("/after-split").head, after_split);
+
+    // A body sent in several writes is followed, so the next request is found.
+    let head = b"POST /pieces HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n";
+    let body = vec![b'z'; 3000];
+    let first: Vec<u8> = [&head[..], &body[..500]].concat();
+    let next_request: &[u8] = b"GET /after-pieces HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[&first, &body[500..1700], &body[1700..]]);
+    client.responses(1);
+    client.send(&[next_request]);
+    client.responses(1);
+    let pieces = server.get("/pieces");
+    pieces.injected();
+    assert_eq!(pieces.head_without_injected(), head);
+    assert_eq!(pieces.body, body);
+    let after = server.get("/after-pieces");
+    after.injected();
+    assert_eq!(after.head_without_injected(), next_request);
+
+    // Two requests in one write: the first gets the header, the second goes as it is.
+    let pipelined: &[u8] =
+        b"GET /pipe-1 HTTP/1.1\r\nHost: x\r\n\r\nGET /pipe-2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[pipelined]);
+    client.responses(2);
+    let cut = pipelined.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let pipe1 = server.get("/pipe-1");
+    pipe1.injected();
+    assert_eq!(pipe1.head_without_injected(), &pipelined[..cut]);
+    assert_eq!(server.get("/pipe-2").head, &pipelined[cut..]);
+
+    // A head longer than the 4 KiB window.
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let mut client = RawClient::connect(server.port);
+    client.send(&[big.as_bytes()]);
+    client.responses(1);
+    assert_eq!(server.get("/big").head, big.as_bytes());
+
+    // A chunked body: the request gets the header and its body is intact, but where the
+    // body ends is not followed, so the connection is left alone afterwards.
+    let chunked_head = b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunks: &[u8] = b"5\r\nhello\r\n0\r\n\r\n";
+    let after_chunked: &[u8] = b"GET /after-chunked HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[&[&chunked_head[..], chunks].concat()]);
+    client.responses(1);
+    client.send(&[after_chunked]);
+    client.responses(1);
+    let chunked = server.get("/chunked");
+    chunked.injected();
+    assert_eq!(chunked.head_without_injected(), chunked_head);
+    assert_eq!(chunked.body, chunks);
+    assert_eq!(server.get("/after-chunked").head, after_chunked);
+
+    // Header names are case-insensitive: an existing TraceParent is respected. HTTP/1.0
+    // requests are HTTP/1.x too.
+    let mixed = format!("GET /mixed HTTP/1.1\r\nHost: x\r\nTraceParent: {INCOMING}\r\n\r\n");
+    let old: &[u8] = b"GET /http10 HTTP/1.0\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[mixed.as_bytes()]);
+    client.responses(1);
+    client.send(&[old]);
+    client.responses(1);
+    assert_eq!(server.get("/mixed").head, mixed.as_bytes());
+    let http10 = server.get("/http10");
+    http10.injected();
+    assert_eq!(http10.head_without_injected(), old);
+
+    // Split head, the request after it, the second pipelined request, the big head and
+    // the request after the chunked one.
+    wait_metric_at_least(
+        &agent,
+        "loupe_traceparent_skipped_unsafe_total",
+        unsafe_before + 5.0,
+    );
+    wait_metric_at_least(&agent, "loupe_traceparent_skipped_present_total", 1.0);
+    assert_eq!(agent.metric("loupe_traceparent_inject_failures_total"), 0.0);
+    assert_eq!(agent.metric("loupe_events_malformed_total"), 0.0);
+}
+
+#[test]
+fn a_thread_serving_a_request_passes_its_trace_on() {
+    require_root();
+    let downstream = Recorder::start();
+    let front = TcpListener::bind("127.0.0.1:0").expect("bind front");
+    let front_port = front.local_addr().unwrap().port();
+    let me = std::process::id().to_string();
+    let _agent = Agent::start(
+        &[
+            "--inject-traceparent",
+            "--pid",
+            &me,
+            "--port",
+            &front_port.to_string(),
+            "--port",
+            &downstream.port.to_string(),
+        ],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+
+    // The front server reads a request on one thread and, on that same thread, calls
+    // downstream before and after answering.
+    let downstream_port = downstream.port;
+    let front_thread = thread::spawn(move || {
+        let (stream, _) = front.accept().expect("accept");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        while line != "\r\n" {
+            line.clear();
+            reader.read_line(&mut line).expect("read request");
+        }
+        let mut call = RawClient::connect(downstream_port);
+        call.send(&[b"GET /while-serving HTTP/1.1\r\nHost: down\r\n\r\n"]);
+        call.responses(1);
+        let mut writer = stream;
+        writer
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .expect("answer");
+        call.send(&[b"GET /after-serving HTTP/1.1\r\nHost: down\r\n\r\n"]);
+        call.responses(1);
+    });
+
+    let mut client = RawClient::connect(front_port);
+    client.send(&[format!(
+        "GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {INCOMING}\r\n\r\n"
+    )
+    .as_bytes()]);
+    front_thread.join().expect("front server");
+
+    let (trace, span, flags) = downstream.get("/while-serving").injected();
+    assert_eq!(
+        trace, INCOMING_TRACE,
+        "the incoming request's trace continues"
+    );
+    assert_ne!(span, INCOMING_PARENT, "a new span for the outgoing call");
+    assert_eq!(flags, "01", "the incoming trace-flags");
+
+    let (later_trace, _, _) = downstream.get("/after-serving").injected();
+    assert_ne!(
+        later_trace, INCOMING_TRACE,
+        "once the response is written the thread serves no request"
+    );
+}
+
+#[test]
+fn without_the_flag_nothing_is_injected() {
+    require_root();
+    let server = Recorder::start();
+    let agent = Agent::start(&["--exe", "curl"], &[("OTEL_TRACES_EXPORTER", "none")]);
+    curl(&[&server.url("/plain"), &server.url("/plain-2")]);
+    assert!(server.get("/plain").traceparents().is_empty());
+    assert!(server.get("/plain-2").traceparents().is_empty());
+    assert_eq!(server.count(), 2);
+    assert_eq!(agent.metric("loupe_traceparent_injected_total"), 0.0);
+}
