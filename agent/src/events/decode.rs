@@ -20,9 +20,17 @@ pub enum Event<'a> {
     ProcessExec(ExecEvent),
     /// The ids the kernel gave the server span of the request in the next data record of
     /// the same thread and connection (`--inject-traceparent`).
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by trace linking, which is wired separately")
+    )]
     ServerContext(ServerContextEvent),
     /// The ids of the `traceparent` the kernel added to the next request this thread
     /// writes on the connection in `tuple` (`--inject-traceparent`).
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by trace linking, which is wired separately")
+    )]
     ClientContext(ClientContextEvent),
 }
 
