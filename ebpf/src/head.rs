@@ -346,7 +346,7 @@ pub fn head_end(lines: *const HeadLines) -> usize {
 /// checked by [`starts_with_method`]) and returns the offset just past it.
 #[inline(always)]
 pub fn request_line_end<B: HeadBytes>(bytes: &B, lines: *const HeadLines) -> Option<usize> {
-    if line_count(lines) < 2 {
+    if line_count(lines) < 1 {
         return None;
     }
     let newline = line_start(lines, 1).checked_sub(1)?;

@@ -202,6 +202,9 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         return true;
     }
     let size = ctx.size() as u64;
+    if size == 0 {
+        return true;
+    }
     // SAFETY: socket storage, serialised by the socket lock.
     let (current, body_left) = unsafe { ((*state).mode, (*state).body_left) };
     match current {
@@ -256,14 +259,26 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     // SAFETY: as above; the lines live in the socket's storage.
     let lines = unsafe { &raw mut (*state).lines };
     find_lines(&bytes, window as usize, lines);
-    let end_of_head = head_end(lines);
-    let request_line = request_line_end(&bytes, lines);
-    let (Some(insert_at), true) = (request_line, end_of_head != 0) else {
-        // Head longer than the window, split across writes, or malformed.
+    if line_count(lines) == 0 {
+        // Not even the request line is complete: split across writes, or longer than
+        // the window.
         set_mode(state, mode::UNSYNCED);
         count(counter::INJECT_SKIPPED_UNSAFE);
         return true;
+    }
+    let Some(insert_at) = request_line_end(&bytes, lines) else {
+        // A complete first line that is no HTTP/1.x request line ("GET key" in some
+        // text protocol, HTTP/2's preface): not HTTP/1.x, not counted.
+        set_mode(state, mode::NOT_HTTP);
+        return true;
     };
+    let end_of_head = head_end(lines);
+    if end_of_head == 0 {
+        // Head longer than the window, or split across writes.
+        set_mode(state, mode::UNSYNCED);
+        count(counter::INJECT_SKIPPED_UNSAFE);
+        return true;
+    }
     scan_headers(&bytes, state);
     // SAFETY: as above.
     let (facts, content_length) = unsafe {

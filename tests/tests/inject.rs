@@ -207,6 +207,38 @@ fn serve(conn: usize, stream: TcpStream, seen: &Mutex<Vec<Recorded>>) {
     }
 }
 
+/// A server that reads whatever one connection at a time sends, keeping the bytes.
+struct Sink {
+    port: u16,
+    bytes: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let port = listener.local_addr().expect("sink address").port();
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let shared = bytes.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    shared.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }
+        });
+        Sink { port, bytes }
+    }
+
+    fn wait_for(&self, expected: &[u8]) {
+        wait_until("the sink to read everything", WAIT, || {
+            self.bytes.lock().unwrap().len() >= expected.len()
+        });
+        assert_eq!(*self.bytes.lock().unwrap(), expected, "sent untouched");
+    }
+}
+
 /// A client connection of this process that writes exactly the pieces it is given, one
 /// write each.
 struct RawClient {
@@ -231,6 +263,14 @@ impl RawClient {
             }
             self.stream.write_all(piece).expect("write");
         }
+    }
+
+    /// Reads one `200` response with a body of `length` bytes.
+    fn responses_of_length(&mut self, length: usize) {
+        let expected = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n");
+        let mut buf = vec![0u8; expected.len() + length];
+        self.stream.read_exact(&mut buf).expect("response");
+        assert!(buf.starts_with(expected.as_bytes()));
     }
 
     /// Reads `n` of the server's fixed-size `200 ok` responses.
@@ -345,6 +385,7 @@ fn curl_requests_get_exactly_one_valid_traceparent() {
 fn requests_loupe_cannot_check_are_sent_untouched_and_counted() {
     require_root();
     let server = Recorder::start();
+    let sink = Sink::start();
     let me = std::process::id().to_string();
     let agent = Agent::start(
         &[
@@ -353,6 +394,8 @@ fn requests_loupe_cannot_check_are_sent_untouched_and_counted() {
             &me,
             "--port",
             &server.port.to_string(),
+            "--port",
+            &sink.port.to_string(),
         ],
         &[("OTEL_TRACES_EXPORTER", "none")],
     );
@@ -440,14 +483,25 @@ fn requests_loupe_cannot_check_are_sent_untouched_and_counted() {
     http10.injected();
     assert_eq!(http10.head_without_injected(), old);
 
+    // A text protocol whose first line looks like a request but is none: that
+    // connection is not HTTP/1.x and is left alone without being counted, even when it
+    // later sends something that does look like a request.
+    let text: [&[u8]; 2] = [b"GET key\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"];
+    let mut client = RawClient::connect(sink.port);
+    client.send(&text);
+    drop(client);
+    sink.wait_for(&text.concat());
+
     // Split head, the request after it, the second pipelined request, the big head and
-    // the request after the chunked one.
-    wait_metric_at_least(
-        &agent,
-        "loupe_traceparent_skipped_unsafe_total",
-        unsafe_before + 5.0,
-    );
+    // the request after the chunked one; nothing for the text protocol.
+    let expected = unsafe_before + 5.0;
+    wait_metric_at_least(&agent, "loupe_traceparent_skipped_unsafe_total", expected);
     wait_metric_at_least(&agent, "loupe_traceparent_skipped_present_total", 1.0);
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        agent.metric("loupe_traceparent_skipped_unsafe_total"),
+        expected
+    );
     assert_eq!(agent.metric("loupe_traceparent_inject_failures_total"), 0.0);
     assert_eq!(agent.metric("loupe_events_malformed_total"), 0.0);
 }
@@ -472,26 +526,28 @@ fn a_thread_serving_a_request_passes_its_trace_on() {
         &[("OTEL_TRACES_EXPORTER", "none")],
     );
 
-    // The front server reads a request on one thread and, on that same thread, calls
-    // downstream before and after answering.
+    // The front server reads each request on one thread and, on that same thread,
+    // calls downstream before and after answering it.
     let downstream_port = downstream.port;
     let front_thread = thread::spawn(move || {
-        let (stream, _) = front.accept().expect("accept");
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut line = String::new();
-        while line != "\r\n" {
-            line.clear();
-            reader.read_line(&mut line).expect("read request");
+        for round in ["valid", "invalid"] {
+            let (stream, _) = front.accept().expect("accept");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                reader.read_line(&mut line).expect("read request");
+            }
+            let mut call = RawClient::connect(downstream_port);
+            call.send(&[format!("GET /while-{round} HTTP/1.1\r\nHost: down\r\n\r\n").as_bytes()]);
+            call.responses(1);
+            let mut writer = stream;
+            writer
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .expect("answer");
+            call.send(&[format!("GET /after-{round} HTTP/1.1\r\nHost: down\r\n\r\n").as_bytes()]);
+            call.responses(1);
         }
-        let mut call = RawClient::connect(downstream_port);
-        call.send(&[b"GET /while-serving HTTP/1.1\r\nHost: down\r\n\r\n"]);
-        call.responses(1);
-        let mut writer = stream;
-        writer
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .expect("answer");
-        call.send(&[b"GET /after-serving HTTP/1.1\r\nHost: down\r\n\r\n"]);
-        call.responses(1);
     });
 
     let mut client = RawClient::connect(front_port);
@@ -499,9 +555,17 @@ fn a_thread_serving_a_request_passes_its_trace_on() {
         "GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {INCOMING}\r\n\r\n"
     )
     .as_bytes()]);
+    client.responses_of_length(0);
+    // Uppercase hex is not a valid traceparent (W3C): the request starts a new trace.
+    let invalid = INCOMING.to_uppercase();
+    let mut client = RawClient::connect(front_port);
+    client.send(&[
+        format!("GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {invalid}\r\n\r\n").as_bytes(),
+    ]);
+    client.responses_of_length(0);
     front_thread.join().expect("front server");
 
-    let (trace, span, flags) = downstream.get("/while-serving").injected();
+    let (trace, span, flags) = downstream.get("/while-valid").injected();
     assert_eq!(
         trace, INCOMING_TRACE,
         "the incoming request's trace continues"
@@ -509,11 +573,18 @@ fn a_thread_serving_a_request_passes_its_trace_on() {
     assert_ne!(span, INCOMING_PARENT, "a new span for the outgoing call");
     assert_eq!(flags, "01", "the incoming trace-flags");
 
-    let (later_trace, _, _) = downstream.get("/after-serving").injected();
+    let (after_trace, _, _) = downstream.get("/after-valid").injected();
     assert_ne!(
-        later_trace, INCOMING_TRACE,
+        after_trace, INCOMING_TRACE,
         "once the response is written the thread serves no request"
     );
+
+    let (invalid_trace, _, invalid_flags) = downstream.get("/while-invalid").injected();
+    assert_ne!(invalid_trace, INCOMING_TRACE);
+    assert_ne!(invalid_trace.to_uppercase(), INCOMING_TRACE.to_uppercase());
+    assert_eq!(invalid_flags, "01");
+    let (after_invalid, _, _) = downstream.get("/after-invalid").injected();
+    assert_ne!(after_invalid, invalid_trace);
 }
 
 #[test]
