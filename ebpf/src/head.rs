@@ -2,12 +2,13 @@
 //! thread's trace context from the requests it reads and the program that adds
 //! `traceparent` to the requests it sends.
 //!
-//! The scans are shaped for the verifier. Pass one walks the bytes once and writes the
-//! offset of every line end to memory (a map value, never registers), so no state that
-//! differs between paths is carried from one iteration to the next and the loop costs the
-//! verifier a few instructions per byte. Pass two visits at most [`MAX_LINES`] lines,
-//! reading their starts back from memory as unknown values. Name comparisons fold every
-//! byte into one difference word and branch once.
+//! The scans are shaped for the verifier. Pass one ([`find_lines`]) runs under the
+//! `bpf_loop` helper, eight bytes a step, and writes the offset of every line end to
+//! memory (a map value, never registers): the verifier checks one step, whatever the
+//! window. Pass two visits at most [`MAX_LINES`] lines, reading their starts back from
+//! memory as unknown values, so no state that differs between paths is carried from one
+//! line to the next. Name comparisons fold every byte into one difference and branch
+//! once.
 
 use core::{
     ffi::c_void,
@@ -75,10 +76,12 @@ impl<const N: usize> HeadBytes for MapBytes<'_, N> {
 
     #[inline(always)]
     fn array<const M: usize>(&self, at: usize) -> Option<[u8; M]> {
-        let at = at & (HEAD_WINDOW - 1);
+        // Checked before masking, so an offset past the window never wraps around; the
+        // mask is for the verifier (the check makes it a no-op).
         if at + M > self.len {
             return None;
         }
+        let at = at & (HEAD_WINDOW * 2 - 1);
         let mut out = [0u8; M];
         for (j, slot) in out.iter_mut().enumerate() {
             *slot = self.buf[(at + j) & OFFSET_MASK & (N - 1)];
@@ -88,11 +91,12 @@ impl<const N: usize> HeadBytes for MapBytes<'_, N> {
 
     #[inline(always)]
     fn copy_into<const M: usize>(&self, at: usize, n: usize, out: &mut [u8; M]) -> bool {
-        // One bounds check for the whole copy: fewer paths for the verifier.
-        let at = at & (HEAD_WINDOW - 1);
+        // One bounds check for the whole copy: fewer paths for the verifier. As in
+        // `array`, checked before masking.
         if n > M || at + n > self.len {
             return false;
         }
+        let at = at & (HEAD_WINDOW * 2 - 1);
         for (j, slot) in out.iter_mut().enumerate() {
             if j < n {
                 *slot = self.buf[(at + j) & OFFSET_MASK & (N - 1)];

@@ -21,7 +21,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_TCP_CONNECT_CB, sk_action,
     },
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop, bpf_msg_pop_data, bpf_msg_pull_data,
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop, bpf_msg_pop_data, bpf_msg_pull_data,
         bpf_msg_push_data, bpf_sk_storage_get,
     },
     macros::{sk_msg, sock_ops},
@@ -41,7 +41,7 @@ use crate::{
         TRACEPARENT, TRANSFER_ENCODING, find_lines, head_end, line_count, line_start, name_is,
         parse_decimal, request_line_end, starts_with_method, write_hex,
     },
-    maps::{INJECT_SOCKETS, SOCKET_INJECT, THREAD_CONTEXT, TRACED_PORTS, count},
+    maps::{INJECT_SOCKETS, SOCKET_INJECT, THREAD_CONTEXT, TRACED_PORTS, config, count},
 };
 
 /// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`
@@ -174,6 +174,15 @@ pub fn loupe_inject(ctx: SkMsgContext) -> u32 {
     }
 }
 
+/// Counts a request left alone because it could not be checked, when it is a traced
+/// process's (the counter is about traced traffic).
+#[inline(always)]
+fn count_unsafe() {
+    if traced_current().is_some() {
+        count(counter::INJECT_SKIPPED_UNSAFE);
+    }
+}
+
 #[inline(always)]
 fn set_mode(state: *mut SocketInjectState, value: u32) {
     // SAFETY: `state` is this socket's storage, serialised by the socket lock.
@@ -182,9 +191,14 @@ fn set_mode(state: *mut SocketInjectState, value: u32) {
 
 /// Handles one write; returns false only when the message must be dropped because
 /// inserted bytes could not be taken out again (never sent half-written).
+///
+/// Request boundaries are followed whoever writes: a socket marked by a traced process
+/// may be written by another (one it handed the socket to, or itself once no longer
+/// traced), and skipping those writes would put the next header in the wrong place.
+/// Only the insertion is for traced processes.
 #[inline(always)]
 fn on_message(ctx: &SkMsgContext) -> bool {
-    let Some((tgid, tid, _, cfg)) = traced_current() else {
+    let Some(cfg) = config() else {
         return true;
     };
     if cfg.inject_traceparent == 0 {
@@ -220,7 +234,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
             } else {
                 // The body ends inside this write and another request follows in it.
                 set_mode(state, mode::UNSYNCED);
-                count(counter::INJECT_SKIPPED_UNSAFE);
+                count_unsafe();
             }
             return true;
         }
@@ -230,7 +244,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
                 end: ctx.data_end(),
             };
             if starts_with_method(&first) {
-                count(counter::INJECT_SKIPPED_UNSAFE);
+                count_unsafe();
             }
             return true;
         }
@@ -263,7 +277,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         // Not even the request line is complete: split across writes, or longer than
         // the window.
         set_mode(state, mode::UNSYNCED);
-        count(counter::INJECT_SKIPPED_UNSAFE);
+        count_unsafe();
         return true;
     }
     let Some(insert_at) = request_line_end(&bytes, lines) else {
@@ -276,7 +290,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     if end_of_head == 0 {
         // Head longer than the window, or split across writes.
         set_mode(state, mode::UNSYNCED);
-        count(counter::INJECT_SKIPPED_UNSAFE);
+        count_unsafe();
         return true;
     }
     scan_headers(&bytes, state);
@@ -296,7 +310,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     } else if next < size {
         // Another request follows in this same write (pipelining): it goes out
         // untouched, and where the ones after it start is no longer known.
-        count(counter::INJECT_SKIPPED_UNSAFE);
+        count_unsafe();
         mode::UNSYNCED
     } else if next > size {
         // SAFETY: as above.
@@ -306,10 +320,16 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         mode::IDLE
     };
     set_mode(state, after);
+    if traced_current().is_none() {
+        return true;
+    }
     if malformed {
         count(counter::INJECT_SKIPPED_UNSAFE);
         return true;
     }
+    // SAFETY: the helper has no preconditions.
+    let pid_tgid = unsafe { bpf_get_current_pid_tgid() };
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if facts & fact::TRACEPARENT != 0 {
         count(counter::INJECT_SKIPPED_PRESENT);
         return true;
