@@ -21,8 +21,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_TCP_CONNECT_CB, sk_action,
     },
     helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop, bpf_msg_pop_data, bpf_msg_pull_data,
-        bpf_msg_push_data, bpf_sk_storage_get,
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop,
+        bpf_msg_pop_data, bpf_msg_pull_data, bpf_msg_push_data, bpf_sk_storage_get,
     },
     macros::{sk_msg, sock_ops},
     programs::{SkMsgContext, SockOpsContext},

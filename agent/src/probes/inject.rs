@@ -76,6 +76,13 @@ pub struct InjectAttachment {
 /// socket the `sock_ops` program adds is covered from its first write.
 pub fn attach(ebpf: &mut Ebpf) -> Result<InjectAttachment, InjectError> {
     let cgroup = cgroup2_root()?;
+    if in_private_cgroup_namespace() {
+        // The mount then shows this namespace's subtree, not the host's root.
+        log::warn!(
+            "loupe runs in its own cgroup namespace: --inject-traceparent covers only processes under {} (run with the host's cgroup namespace to cover all)",
+            cgroup.display()
+        );
+    }
     let cgroup_dir = File::open(&cgroup).map_err(|source| InjectError::OpenCgroup {
         path: cgroup.clone(),
         source,
@@ -175,6 +182,18 @@ where
     ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
         .ok_or(InjectError::MissingProgram { program: name })
+}
+
+/// True when this process's cgroup namespace is not init's (a container without
+/// `cgroupns=host`). Unknown counts as no: nothing to warn about.
+fn in_private_cgroup_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/cgroup"),
+        std::fs::read_link("/proc/1/ns/cgroup"),
+    ) {
+        (Ok(own), Ok(init)) => own != init,
+        _ => false,
+    }
 }
 
 /// The cgroup v2 mount point: the root every process's cgroup descends from.
