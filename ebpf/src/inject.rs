@@ -334,7 +334,32 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         count(counter::INJECT_SKIPPED_PRESENT);
         return true;
     }
-    insert_header(ctx, insert_at as u32, tgid, tid)
+    insert_header(ctx, insert_at as u32, end_of_head as u32, tgid, tid)
+}
+
+/// Where the `HEADER_LEN` bytes just inserted at `at` can be written, once they are in
+/// linear memory.
+///
+/// Inserting splits the message's first piece in three, and TCP would send each piece
+/// as its own segment (a request in three packets). So the whole head, header included,
+/// is first made one piece again; if that copy fails, only the inserted bytes are made
+/// reachable and the request goes out in pieces, still intact.
+#[inline(always)]
+fn header_bytes(ctx: &SkMsgContext, at: u32, head_len: u32) -> Option<usize> {
+    let at = at as usize & (HEAD_WINDOW - 1);
+    // SAFETY (both pulls): the message pointer is the program's context.
+    let whole_head = unsafe { bpf_msg_pull_data(ctx.msg, 0, head_len + HEADER_LEN as u32, 0) } == 0;
+    let target = if whole_head {
+        ctx.data() + at
+    } else if unsafe { bpf_msg_pull_data(ctx.msg, at as u32, (at + HEADER_LEN) as u32, 0) } == 0 {
+        ctx.data()
+    } else {
+        return None;
+    };
+    if target + HEADER_LEN > ctx.data_end() {
+        return None;
+    }
+    Some(target)
 }
 
 /// Bits of [`SocketInjectState::facts`]: what the head being looked at contains.
@@ -420,7 +445,7 @@ extern "C" fn header_step(index: u64, ctx: *mut c_void) -> i64 {
 
 /// Inserts `traceparent` at `at` (just past the request line) and reports the ids.
 #[inline(always)]
-fn insert_header(ctx: &SkMsgContext, at: u32, tgid: u32, tid: u32) -> bool {
+fn insert_header(ctx: &SkMsgContext, at: u32, head_len: u32, tgid: u32, tid: u32) -> bool {
     // SAFETY: plain lookup; the value is copied out at once.
     let context = unsafe { THREAD_CONTEXT.get(&tid) }.copied();
     let (trace_id, parent_span_id, trace_flags) = match context {
@@ -443,17 +468,14 @@ fn insert_header(ctx: &SkMsgContext, at: u32, tgid: u32, tid: u32) -> bool {
         count(counter::INJECT_FAILED);
         return true;
     }
-    // SAFETY: as above; the range was just inserted.
-    let pulled = unsafe { bpf_msg_pull_data(ctx.msg, at, at + HEADER_LEN as u32, 0) } == 0;
-    let data = ctx.data();
-    if !pulled || data + HEADER_LEN > ctx.data_end() {
+    let Some(target) = header_bytes(ctx, at, head_len) else {
         count(counter::INJECT_FAILED);
         // SAFETY: removes exactly what was inserted.
         return unsafe { bpf_msg_pop_data(ctx.msg, at, HEADER_LEN as u32, 0) } == 0;
-    }
+    };
     for (j, &b) in header.iter().enumerate() {
-        // SAFETY: data + j < data + HEADER_LEN <= data_end, checked above.
-        unsafe { *((data + j) as *mut u8) = b };
+        // SAFETY: target + j < target + HEADER_LEN <= data_end, checked by header_bytes.
+        unsafe { *((target + j) as *mut u8) = b };
     }
     count(counter::INJECTED);
     output(&ClientContextEvent {
