@@ -153,6 +153,16 @@ fn requests_loupe_cannot_check_are_sent_untouched_and_counted() {
     assert_eq!(server.get("/split").head, split.concat());
     assert_eq!(server.get("/after-split").head, after_split);
 
+    // Inserting the header does not split the request into several TCP segments.
+    let simple: &[u8] = b"GET /one-segment HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[simple]);
+    client.responses(1);
+    let one = server.get("/one-segment");
+    one.injected();
+    assert_eq!(one.head_without_injected(), simple);
+    assert_eq!(client.data_segments_sent(), 1, "one write, one segment");
+
     // A body sent in several writes is followed, so the next request is found.
     let head = b"POST /pieces HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n";
     let body = vec![b'z'; 3000];

@@ -259,6 +259,26 @@ impl RawClient {
         }
     }
 
+    /// Data segments TCP has sent on this connection (`tcpi_data_segs_out`).
+    pub fn data_segments_sent(&self) -> u32 {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: valid socket, pointer and length.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info.tcpi_data_segs_out
+    }
+
     /// Reads one `200` response with a body of `length` bytes.
     pub fn responses_of_length(&mut self, length: usize) {
         let expected = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n");
