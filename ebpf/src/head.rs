@@ -15,7 +15,35 @@ use core::{
     ptr::{read_volatile, write_volatile},
 };
 
-use aya_ebpf::helpers::generated::bpf_loop;
+/// A step of a [`repeat`] loop: gets the iteration number and the context, returns 1
+/// to stop.
+pub type Step = extern "C" fn(u64, *mut c_void) -> i64;
+
+/// Calls `step` for 0..`count` until it returns non-zero, under the `bpf_loop` helper.
+///
+/// # Safety
+///
+/// `ctx` must be what `step` expects, alive for the whole loop.
+#[cfg(not(test))]
+#[inline(always)]
+pub unsafe fn repeat(count: u32, step: Step, ctx: *mut c_void) {
+    // SAFETY: forwarded to the caller; the helper calls `step` with the same contract.
+    unsafe { aya_ebpf::helpers::generated::bpf_loop(count, step as *mut c_void, ctx, 0) };
+}
+
+/// Host build (unit tests): the same loop, without the helper.
+///
+/// # Safety
+///
+/// As the kernel version.
+#[cfg(test)]
+pub unsafe fn repeat(count: u32, step: Step, ctx: *mut c_void) {
+    for i in 0..count {
+        if step(u64::from(i), ctx) != 0 {
+            break;
+        }
+    }
+}
 
 /// Bytes of a request head looked at. A head that does not end within it is left alone.
 pub const HEAD_WINDOW: usize = 4096;
@@ -233,13 +261,12 @@ pub fn find_lines<B: HeadBytes>(bytes: &B, len: usize, lines: *mut HeadLines) {
     }
     let len = if len < HEAD_WINDOW { len } else { HEAD_WINDOW };
     let mut scan = LineScan { bytes, len, lines };
-    // SAFETY: the callback has the signature bpf_loop expects and reads `scan` only.
+    // SAFETY: the step reads `scan` only, which outlives the loop.
     unsafe {
-        bpf_loop(
+        repeat(
             len.div_ceil(STEP) as u32,
-            line_step::<B> as *mut c_void,
+            line_step::<B>,
             (&raw mut scan).cast(),
-            0,
         )
     };
 }
@@ -512,3 +539,6 @@ pub fn write_hex<const N: usize>(out: &mut [u8], at: usize, bytes: &[u8; N]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

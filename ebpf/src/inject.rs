@@ -21,8 +21,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_TCP_CONNECT_CB, sk_action,
     },
     helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop,
-        bpf_msg_pop_data, bpf_msg_pull_data, bpf_msg_push_data, bpf_sk_storage_get,
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_msg_pop_data,
+        bpf_msg_pull_data, bpf_msg_push_data, bpf_sk_storage_get,
     },
     macros::{sk_msg, sock_ops},
     programs::{SkMsgContext, SockOpsContext},
@@ -39,7 +39,7 @@ use crate::{
     head::{
         CONTENT_LENGTH, HEAD_WINDOW, HeadBytes, HeadLines, MAX_LINES, NAME_WINDOW, PacketBytes,
         TRACEPARENT, TRANSFER_ENCODING, find_lines, head_end, line_count, line_start, name_is,
-        parse_decimal, request_line_end, starts_with_method, write_hex,
+        parse_decimal, repeat, request_line_end, starts_with_method, write_hex,
     },
     maps::{INJECT_SOCKETS, SOCKET_INJECT, THREAD_CONTEXT, TRACED_PORTS, config, count},
 };
@@ -337,6 +337,25 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     insert_header(ctx, insert_at as u32, end_of_head as u32, tgid, tid)
 }
 
+/// The header line loupe inserts, CRLF included.
+#[inline(always)]
+fn header_line(
+    trace_id: &[u8; TRACE_ID_LEN],
+    span_id: &[u8; SPAN_ID_LEN],
+    trace_flags: u8,
+) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..16].copy_from_slice(HEADER_PREFIX);
+    write_hex::<TRACE_ID_LEN>(&mut header, 16, trace_id);
+    header[48] = b'-';
+    write_hex::<SPAN_ID_LEN>(&mut header, 49, span_id);
+    header[65] = b'-';
+    write_hex::<1>(&mut header, 66, &[trace_flags]);
+    header[68] = b'\r';
+    header[69] = b'\n';
+    header
+}
+
 /// Where the `HEADER_LEN` bytes just inserted at `at` can be written, once they are in
 /// linear memory.
 ///
@@ -390,15 +409,8 @@ fn scan_headers(bytes: &PacketBytes, state: *mut SocketInjectState) {
     };
     let header_lines = line_count(lines).saturating_sub(1);
     let mut scan = HeaderScan { bytes, state };
-    // SAFETY: the callback has the signature bpf_loop expects and reads `scan` only.
-    unsafe {
-        bpf_loop(
-            header_lines as u32,
-            header_step as *mut c_void,
-            (&raw mut scan).cast(),
-            0,
-        )
-    };
+    // SAFETY: the step reads `scan` only, which outlives the loop.
+    unsafe { repeat(header_lines as u32, header_step, (&raw mut scan).cast()) };
 }
 
 /// Looks at header line `index + 1`; returns 1 to stop the loop.
@@ -415,15 +427,24 @@ extern "C" fn header_step(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let start = line_start(lines, k);
-    // Every header loupe looks for is longer than the window; shorter lines are not.
-    let Some(name) = scan.bytes.array::<NAME_WINDOW>(start) else {
+    // A head line is followed at least by the blank line's CRLF, so any line that could
+    // be one of these headers, even with a short or empty value, has the bytes read
+    // here: `traceparent:` needs 12 (any traceparent counts, valid or not), the two
+    // others 18 at most.
+    let Some(short) = scan.bytes.array::<{ TRACEPARENT.len() }>(start) else {
         return 0;
     };
     // SAFETY: see above.
     let facts = unsafe { read_volatile(&raw const (*state).facts) };
-    let found = if name_is(&name, TRACEPARENT) {
-        fact::TRACEPARENT
-    } else if name_is(&name, CONTENT_LENGTH) {
+    if name_is(&short, TRACEPARENT) {
+        // SAFETY: see above.
+        unsafe { write_volatile(&raw mut (*state).facts, facts | fact::TRACEPARENT) };
+        return 0;
+    }
+    let Some(name) = scan.bytes.array::<NAME_WINDOW>(start) else {
+        return 0;
+    };
+    let found = if name_is(&name, CONTENT_LENGTH) {
         match parse_decimal(scan.bytes, start + CONTENT_LENGTH.len()) {
             Some(value) if facts & fact::LENGTH == 0 => {
                 // SAFETY: see above.
@@ -453,15 +474,7 @@ fn insert_header(ctx: &SkMsgContext, at: u32, head_len: u32, tgid: u32, tid: u32
         None => (random_trace_id(), [0u8; SPAN_ID_LEN], FLAGS_SAMPLED),
     };
     let span_id = random_span_id();
-    let mut header = [0u8; HEADER_LEN];
-    header[..16].copy_from_slice(HEADER_PREFIX);
-    write_hex::<TRACE_ID_LEN>(&mut header, 16, &trace_id);
-    header[48] = b'-';
-    write_hex::<SPAN_ID_LEN>(&mut header, 49, &span_id);
-    header[65] = b'-';
-    write_hex::<1>(&mut header, 66, &[trace_flags]);
-    header[68] = b'\r';
-    header[69] = b'\n';
+    let header = header_line(&trace_id, &span_id, trace_flags);
 
     // SAFETY: the message pointer is the program's context.
     if unsafe { bpf_msg_push_data(ctx.msg, at, HEADER_LEN as u32, 0) } != 0 {
@@ -517,3 +530,6 @@ fn message_tuple(ctx: &SkMsgContext) -> ConnTuple {
     }
     tuple
 }
+
+#[cfg(test)]
+mod tests;
