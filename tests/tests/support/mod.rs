@@ -266,11 +266,8 @@ pub fn wait_for_port(port: u16) {
 /// Sends a GET on an open keep-alive connection and reads the whole response; returns
 /// the status code.
 pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: loupe-test\r\n\r\n"
-    )
-    .expect("send request");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: loupe-test\r\n\r\n")
+        .expect("send request");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -285,14 +282,10 @@ pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
         .lines()
         .find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
         })
         .expect("content-length");
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).expect("read body");
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status")
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status")
 }
