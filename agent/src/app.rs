@@ -94,6 +94,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         capture_bytes: cli.capture_bytes,
         filter_ports: (!cli.ports.is_empty()) as u32,
         offsets,
+        inject_traceparent: cli.inject_traceparent as u32,
+        _pad: 0,
     };
     let mut probes = Probes::load(
         &probe_config,
@@ -102,6 +104,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         cli.ring_buffer_mib << 20,
     )?;
     let maps = probes.take_maps()?;
+    if let Some(injection) = probes.injection() {
+        log::info!(
+            "adding traceparent to outgoing HTTP/1.x requests of traced processes (sock_ops on cgroup {})",
+            injection.cgroup.display()
+        );
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (exec_tx, exec_rx) = sync_channel(4096);

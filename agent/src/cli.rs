@@ -23,6 +23,12 @@ Export (OpenTelemetry environment variables):
   OTEL_EXPORTER_OTLP_METRICS_*, OTEL_METRIC_EXPORT_INTERVAL (ms, 60000), _TIMEOUT (ms, 30000)
   The request-duration histograms are always served on /metrics too.
 
+Trace context (--inject-traceparent, off by default):
+  Traced processes' outgoing plain-HTTP/1.x requests without a traceparent get one, naming
+  the client span; a thread serving a request passes that request's trace on. Requests
+  left alone are counted: loupe_traceparent_{injected,skipped_present,skipped_unsafe}_total.
+  Needs cgroup v2 mounted (found in /proc/self/mounts).
+
 Service names come from each traced process's own OTEL_SERVICE_NAME, else from
 service.name in its OTEL_RESOURCE_ATTRIBUTES, else from its executable name.
 
@@ -99,6 +105,18 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_metric_series: u32,
 
+    /// Add a W3C `traceparent` header to outgoing plain-HTTP/1.x requests of traced
+    /// processes that carry none, so the receiving service (its loupe, or an
+    /// OpenTelemetry SDK) continues the trace. This REWRITES the requests on the wire: the
+    /// header goes right after the request line and carries the client span's ids; an
+    /// existing `tracestate` is kept, a request that already has `traceparent` is left
+    /// alone, and one loupe cannot check safely (head split across writes or longer than
+    /// 4 KiB, chunked or pipelined bodies) is sent untouched and counted on /metrics.
+    /// Only connections traced processes open after loupe started are covered; TLS is
+    /// never touched. Needs cgroup v2 mounted (sock_ops and sk_msg programs attach there).
+    #[arg(long)]
+    pub inject_traceparent: bool,
+
     /// Size of the kernel ring buffer in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
@@ -152,6 +170,17 @@ mod tests {
         assert_eq!(cli.ring_buffer_mib, 16);
         assert_eq!(cli.max_routes_per_service, 100);
         assert_eq!(cli.max_metric_series, 10_000);
+        assert!(
+            !cli.inject_traceparent,
+            "injection rewrites traffic: opt-in only"
+        );
+    }
+
+    #[test]
+    fn inject_traceparent_is_a_switch() {
+        let cli = Cli::try_parse_from(["loupe", "--inject-traceparent", "--exe", "curl"]).unwrap();
+        assert!(cli.inject_traceparent);
+        assert!(Cli::try_parse_from(["loupe", "--inject-traceparent=yes"]).is_err());
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub enum EventKind {
     ConnClose = 3,
     /// A process called exec; the agent checks whether it should be traced.
     ProcessExec = 4,
+    /// A thread read an HTTP request while trace-context injection is on: the ids the
+    /// kernel chose for the server span. Comes right before that read's data record.
+    ServerContext = 5,
+    /// A `traceparent` header was added to an outgoing request: the client span's ids.
+    /// Comes before the data record of the write that carried the request.
+    ClientContext = 6,
 }
 
 impl EventKind {
@@ -35,6 +41,8 @@ impl EventKind {
             2 => Some(Self::Data),
             3 => Some(Self::ConnClose),
             4 => Some(Self::ProcessExec),
+            5 => Some(Self::ServerContext),
+            6 => Some(Self::ClientContext),
             _ => None,
         }
     }
@@ -177,6 +185,73 @@ pub struct ExecEvent {
 }
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16);
 
+/// Length of a W3C trace id and span id in bytes.
+pub const TRACE_ID_LEN: usize = 16;
+pub const SPAN_ID_LEN: usize = 8;
+
+/// The trace context of a thread that is serving an HTTP request, kept by the kernel
+/// (keyed by tid) while `--inject-traceparent` is on. Requests the thread sends while the
+/// entry exists join this trace as children of `span_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadContext {
+    pub trace_id: [u8; TRACE_ID_LEN],
+    /// The server span's id, chosen by the kernel.
+    pub span_id: [u8; SPAN_ID_LEN],
+    /// W3C trace-flags (bit 0: sampled).
+    pub trace_flags: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<ThreadContext>() == 32);
+
+/// Emitted when a thread reads an HTTP request while injection is on, right before the
+/// data record of that read: the server span for this request must use exactly these ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ServerContextEvent {
+    pub kind: u8,
+    /// W3C trace-flags: the incoming header's, else 01.
+    pub trace_flags: u8,
+    pub _pad: [u8; 2],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// The connection the request came in on (as in the data record).
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    /// From the request's `traceparent` when it had a valid one, else random.
+    pub trace_id: [u8; TRACE_ID_LEN],
+    /// Random: the server span's id.
+    pub span_id: [u8; SPAN_ID_LEN],
+    /// The incoming `traceparent`'s span id; all zero when the request had none.
+    pub parent_span_id: [u8; SPAN_ID_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ServerContextEvent>() == 64);
+
+/// Emitted when loupe added a `traceparent` header to an outgoing request. It comes
+/// before the data record of the write that carried the request; that record's captured
+/// bytes are the application's, without the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ClientContextEvent {
+    pub kind: u8,
+    pub trace_flags: u8,
+    pub _pad: [u8; 2],
+    pub tgid: u32,
+    pub tid: u32,
+    pub _pad2: u32,
+    pub ts_ns: u64,
+    pub trace_id: [u8; TRACE_ID_LEN],
+    /// The client span's id, as sent in the header.
+    pub span_id: [u8; SPAN_ID_LEN],
+    /// The server span the thread was serving (its [`ThreadContext`]); all zero when the
+    /// thread served none and the trace starts here.
+    pub parent_span_id: [u8; SPAN_ID_LEN],
+    /// The connection the request went out on.
+    pub tuple: ConnTuple,
+}
+const _: () = assert!(core::mem::size_of::<ClientContextEvent>() == 96);
+
 /// Length of a task's command name in the kernel, NUL included.
 pub const COMM_LEN: usize = 16;
 /// How many `--exe NAME*` prefixes the kernel checks at exec.
@@ -270,8 +345,12 @@ pub struct ProbeConfig {
     /// Non-zero when only connections with a port in the port map are traced.
     pub filter_ports: u32,
     pub offsets: KernelOffsets,
+    /// Non-zero when `--inject-traceparent` is on: threads reading requests get a trace
+    /// context, and outgoing HTTP/1.x requests without `traceparent` get one.
+    pub inject_traceparent: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
 
 /// Indexes of the kernel's per-CPU counters.
 pub mod counter {
@@ -283,7 +362,20 @@ pub mod counter {
     pub const CONN_TABLE_FULL: u32 = 2;
     /// Reading a kernel or user structure failed.
     pub const READ_FAILURES: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Outgoing requests that got a `traceparent` header.
+    pub const INJECTED: u32 = 4;
+    /// Outgoing requests left alone because they already carried a `traceparent`.
+    pub const INJECT_SKIPPED_PRESENT: u32 = 5;
+    /// Outgoing requests (or, once a connection lost sync, writes) left alone because
+    /// loupe could not check them safely: head split across writes or longer than the
+    /// window, malformed head, a body loupe cannot follow (chunked, pipelined).
+    pub const INJECT_SKIPPED_UNSAFE: u32 = 6;
+    /// A kernel helper failed while inserting the header; the request went out untouched
+    /// (or, if the inserted bytes could not be removed again, the write failed).
+    pub const INJECT_FAILED: u32 = 7;
+    /// A connection of a traced process could not be put under injection (socket map full).
+    pub const INJECT_SOCKET_FAILED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]
@@ -293,4 +385,5 @@ mod user {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::CommPrefix {}
+    unsafe impl aya::Pod for super::ThreadContext {}
 }

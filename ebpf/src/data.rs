@@ -18,7 +18,7 @@ use crate::{
     connection::lookup_or_discover,
     emit::output_bytes,
     filter::traced_current,
-    maps::{CONNECTIONS, PENDING_CALLS, SCRATCH, count},
+    maps::{CONNECTIONS, DATA_CONTEXT, PENDING_CALLS, SCRATCH, count},
     syscall::{arg, ret},
 };
 
@@ -138,7 +138,21 @@ fn on_exit(ctx: &TracePointContext) {
         captured_len: captured as u32,
         _pad2: 0,
     };
-    let len = size_of::<DataEventHeader>() + bounded(captured);
+    if cfg.inject_traceparent != 0 && captured > 0 {
+        // The context program reads the request from the scratch event, writes its own
+        // record and then this one, in that order. It is a separate program so its
+        // bounded scans do not count against this one's verifier budget. If the call
+        // fails (not loaded), the data record is still written below.
+        // SAFETY: the context program is a tracepoint program taking the same context.
+        unsafe { DATA_CONTEXT.tail_call(ctx, 0) };
+    }
+    output_data(event);
+}
+
+/// Writes the assembled data event: its header and `captured_len` payload bytes.
+#[inline(always)]
+pub fn output_data(event: &DataEvent) {
+    let len = size_of::<DataEventHeader>() + bounded(event.header.captured_len as usize);
     // SAFETY: DataEvent is plain bytes; the length is within it.
     let bytes: &[u8; size_of::<DataEvent>()] =
         unsafe { &*(event as *const DataEvent as *const [u8; size_of::<DataEvent>()]) };
@@ -149,7 +163,7 @@ fn on_exit(ctx: &TracePointContext) {
 
 /// Clamps a length to [`MAX_CAPTURE`] in a form the verifier tracks.
 #[inline(always)]
-fn bounded(len: usize) -> usize {
+pub fn bounded(len: usize) -> usize {
     let len = len & (MAX_CAPTURE * 2 - 1);
     if len > MAX_CAPTURE { MAX_CAPTURE } else { len }
 }

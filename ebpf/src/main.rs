@@ -4,13 +4,16 @@
 //! including kernels built without kprobes. Each data syscall is seen twice, at entry
 //! (arguments saved per thread) and at exit (return value known), and only TCP sockets of
 //! selected processes ever produce an event.
-#![no_std]
-#![no_main]
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
 
 mod connection;
+mod context;
 mod data;
 mod emit;
 mod filter;
+mod head;
+mod inject;
 mod maps;
 mod process;
 mod socket;

@@ -1,13 +1,16 @@
 //! Maps shared by the programs and with the agent. Names are the agent's contract.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use loupe_common::{
     COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, MAX_EXEC_PREFIXES, PendingCall,
-    ProbeConfig, counter,
+    ProbeConfig, ThreadContext, counter,
 };
+
+use crate::{context::ContextScratch, inject::SocketInjectState};
 
 /// Settings and kernel offsets, written once by the agent before attaching.
 #[map]
@@ -44,6 +47,31 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// Scratch space for assembling a data event (too large for the 512-byte stack).
 #[map]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Trace context of threads serving a request (tid -> context), kept while
+/// `--inject-traceparent` is on. LRU: entries of threads that died mid-request age out.
+#[map]
+pub static THREAD_CONTEXT: LruHashMap<u32, ThreadContext> = LruHashMap::with_max_entries(16384, 0);
+
+/// The context program the data exit program hands over to while injection is on
+/// (slot 0); empty otherwise.
+#[map]
+pub static DATA_CONTEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Working space for learning a thread's context from the request it read.
+#[map]
+pub static CONTEXT_SCRATCH: PerCpuArray<ContextScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Client connections of traced processes whose writes the injection program sees,
+/// keyed by socket cookie. The kernel drops a socket from it when the socket closes.
+#[map]
+pub static INJECT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
+
+/// Per-socket injection state: marked at connect for traced processes, then where the
+/// next request starts. Freed with the socket; writes to one socket are serialised by
+/// the socket lock, so it also serves as the program's scratch space.
+#[btf_map]
+pub static SOCKET_INJECT: SkStorage<SocketInjectState> = SkStorage::new();
 
 /// Per-CPU counters of what the kernel side had to drop; indexes in `counter`.
 #[map]

@@ -4,7 +4,10 @@
 
 use std::mem::size_of;
 
-use loupe_common::{CloseEvent, ConnEvent, DataEventHeader, EventKind, ExecEvent, MAX_CAPTURE};
+use loupe_common::{
+    ClientContextEvent, CloseEvent, ConnEvent, DataEventHeader, EventKind, ExecEvent, MAX_CAPTURE,
+    ServerContextEvent,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
@@ -15,6 +18,20 @@ pub enum Event<'a> {
     },
     ConnClose(CloseEvent),
     ProcessExec(ExecEvent),
+    /// The ids the kernel gave the server span of the request in the next data record of
+    /// the same thread and connection (`--inject-traceparent`).
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by trace linking, which is wired separately")
+    )]
+    ServerContext(ServerContextEvent),
+    /// The ids of the `traceparent` the kernel added to the next request this thread
+    /// writes on the connection in `tuple` (`--inject-traceparent`).
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by trace linking, which is wired separately")
+    )]
+    ClientContext(ClientContextEvent),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +65,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         EventKind::ConnOpen => Ok(Event::ConnOpen(read(bytes, kind)?)),
         EventKind::ConnClose => Ok(Event::ConnClose(read(bytes, kind)?)),
         EventKind::ProcessExec => Ok(Event::ProcessExec(read(bytes, kind)?)),
+        EventKind::ServerContext => Ok(Event::ServerContext(read(bytes, kind)?)),
+        EventKind::ClientContext => Ok(Event::ClientContext(read(bytes, kind)?)),
         EventKind::Data => {
             let header: DataEventHeader = read(bytes, kind)?;
             let claimed = header.captured_len as usize;
@@ -170,5 +189,101 @@ mod tests {
             ts_ns: 5,
         };
         assert!(matches!(decode(&as_bytes(&close)), Ok(Event::ConnClose(c)) if c.fd == 3));
+    }
+
+    fn server_context() -> ServerContextEvent {
+        ServerContextEvent {
+            kind: EventKind::ServerContext as u8,
+            trace_flags: 1,
+            _pad: [0; 2],
+            tgid: 40,
+            tid: 41,
+            fd: 7,
+            conn_id: 1234,
+            ts_ns: 99,
+            trace_id: [0x4b; 16],
+            span_id: [0x11; 8],
+            parent_span_id: [0x22; 8],
+        }
+    }
+
+    fn client_context() -> ClientContextEvent {
+        ClientContextEvent {
+            kind: EventKind::ClientContext as u8,
+            trace_flags: 1,
+            _pad: [0; 2],
+            tgid: 50,
+            tid: 51,
+            _pad2: 0,
+            ts_ns: 7,
+            trace_id: [0xab; 16],
+            span_id: [0x33; 8],
+            parent_span_id: [0; 8],
+            tuple: loupe_common::ConnTuple {
+                local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                local_port: 40000,
+                remote_port: 8080,
+                family: loupe_common::AF_INET,
+                _pad: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn decodes_server_context() {
+        let bytes = as_bytes(&server_context());
+        match decode(&bytes) {
+            Ok(Event::ServerContext(c)) => {
+                assert_eq!((c.tgid, c.tid, c.fd, c.conn_id), (40, 41, 7, 1234));
+                assert_eq!(c.trace_id, [0x4b; 16]);
+                assert_eq!(c.span_id, [0x11; 8]);
+                assert_eq!(c.parent_span_id, [0x22; 8]);
+                assert_eq!(c.trace_flags, 1);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_client_context_with_ring_padding() {
+        let mut bytes = as_bytes(&client_context());
+        // The ring buffer rounds records up to 8 bytes; trailing bytes are ignored.
+        bytes.extend_from_slice(&[0; 8]);
+        match decode(&bytes) {
+            Ok(Event::ClientContext(c)) => {
+                assert_eq!((c.tgid, c.tid), (50, 51));
+                assert_eq!(c.trace_id, [0xab; 16]);
+                assert_eq!(c.span_id, [0x33; 8]);
+                assert_eq!(c.parent_span_id, [0; 8]);
+                assert_eq!(c.tuple.remote_port, 8080);
+                assert_eq!(c.tuple.family, loupe_common::AF_INET);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_truncated_context_records() {
+        let server = as_bytes(&server_context());
+        assert_eq!(
+            decode(&server[..63]).unwrap_err(),
+            DecodeError::TooShort {
+                kind: EventKind::ServerContext,
+                len: 63
+            }
+        );
+        let client = as_bytes(&client_context());
+        assert_eq!(
+            decode(&client[..40]).unwrap_err(),
+            DecodeError::TooShort {
+                kind: EventKind::ClientContext,
+                len: 40
+            }
+        );
+        assert!(matches!(
+            decode(&[EventKind::ClientContext as u8]),
+            Err(DecodeError::TooShort { .. })
+        ));
     }
 }

@@ -395,6 +395,7 @@ impl Pipeline {
         self.metrics
             .kernel_read_failures
             .set(kernel[loupe_common::counter::READ_FAILURES as usize]);
+        self.metrics.set_injection_counters(&kernel);
         self.assembler.set_clock(Clock::measure());
     }
 }
@@ -446,6 +447,7 @@ impl EventSink for Pipeline {
                 self.processes.forget(exec.tgid);
                 let _ = self.execs.try_send(exec.tgid);
             }
+            Event::ServerContext(_) | Event::ClientContext(_) => {}
         }
     }
 

@@ -2,6 +2,7 @@
 //! the agent shares with them.
 
 pub mod attach;
+pub mod inject;
 pub mod maps;
 pub mod privileges;
 mod tracefs;
@@ -38,6 +39,8 @@ pub enum ProbeError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("setting up --inject-traceparent")]
+    Inject(#[from] inject::InjectError),
 }
 
 /// The kernel object built by `build.rs`.
@@ -46,6 +49,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    injection: Option<inject::InjectAttachment>,
 }
 
 /// The maps the agent works with, taken out of the loaded object.
@@ -57,7 +61,8 @@ pub struct ProbeMaps {
 }
 
 impl Probes {
-    /// Loads the programs with `config`, fills the port filter, and attaches every program.
+    /// Loads the programs with `config`, fills the port filter, and attaches every program
+    /// (the injection programs only when `config.inject_traceparent` is set).
     pub fn load(
         config: &ProbeConfig,
         ports: &[u16],
@@ -73,7 +78,17 @@ impl Probes {
         maps::write_ports(&mut ebpf, ports)?;
         maps::write_exec_hints(&mut ebpf, exec_hints)?;
         attach::attach_all(&mut ebpf)?;
-        Ok(Self { ebpf })
+        let injection = if config.inject_traceparent != 0 {
+            Some(inject::attach(&mut ebpf)?)
+        } else {
+            None
+        };
+        Ok(Self { ebpf, injection })
+    }
+
+    /// Where `traceparent` injection is attached, when it is on.
+    pub fn injection(&self) -> Option<&inject::InjectAttachment> {
+        self.injection.as_ref()
     }
 
     /// Takes the shared maps out; call once.

@@ -70,6 +70,11 @@ metrics! {
     kernel_pending_full: Counter = "loupe_kernel_pending_table_full_total", "Syscalls not traced because the kernel's pending-call table was full.";
     kernel_conn_table_full: Counter = "loupe_kernel_connection_table_full_total", "Connections not traced because the kernel's connection table was full.";
     kernel_read_failures: Counter = "loupe_kernel_read_failures_total", "Kernel or user memory reads that failed in the probes.";
+    traceparent_injected: Counter = "loupe_traceparent_injected_total", "Outgoing HTTP/1.x requests loupe added a traceparent header to (--inject-traceparent).";
+    traceparent_skipped_present: Counter = "loupe_traceparent_skipped_present_total", "Outgoing requests sent untouched because they already carried a traceparent.";
+    traceparent_skipped_unsafe: Counter = "loupe_traceparent_skipped_unsafe_total", "Outgoing requests sent untouched because loupe could not check them safely (head split or over 4 KiB, chunked or pipelined body, malformed).";
+    traceparent_inject_failures: Counter = "loupe_traceparent_inject_failures_total", "Header insertions a kernel helper failed; the request went out untouched.";
+    traceparent_socket_failures: Counter = "loupe_traceparent_socket_failures_total", "Connections of traced processes left without injection because the kernel's socket map was full.";
     connections_opened: Counter = "loupe_connections_opened_total", "TCP connections that became known.";
     connections_dropped: Counter = "loupe_connections_dropped_total", "Connections forgotten because the connection table was full.";
     connections_active: Gauge = "loupe_connections_active", "TCP connections currently tracked.";
@@ -95,4 +100,49 @@ metrics! {
     red_observations_dropped: Counter = "loupe_red_observations_dropped_total", "Requests not recorded in any request-duration series: series limit and overflow series exhausted.";
     metric_points_exported: Counter = "loupe_metric_points_exported_total", "Histogram data points the OTLP metrics exporter delivered.";
     metric_export_failures: Counter = "loupe_metric_export_failures_total", "OTLP metrics export requests that failed (each retry counts).";
+}
+
+impl Metrics {
+    /// Copies the kernel's `--inject-traceparent` counters (totals over CPUs, indexed like
+    /// `loupe_common::counter`).
+    pub fn set_injection_counters(&self, kernel: &[u64; loupe_common::counter::COUNT as usize]) {
+        use loupe_common::counter;
+        let at = |index: u32| kernel[index as usize];
+        self.traceparent_injected.set(at(counter::INJECTED));
+        self.traceparent_skipped_present
+            .set(at(counter::INJECT_SKIPPED_PRESENT));
+        self.traceparent_skipped_unsafe
+            .set(at(counter::INJECT_SKIPPED_UNSAFE));
+        self.traceparent_inject_failures
+            .set(at(counter::INJECT_FAILED));
+        self.traceparent_socket_failures
+            .set(at(counter::INJECT_SOCKET_FAILED));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loupe_common::counter;
+
+    #[test]
+    fn injection_counters_land_on_their_own_metrics() {
+        let metrics = Metrics::default();
+        let mut kernel = [0u64; counter::COUNT as usize];
+        kernel[counter::INJECTED as usize] = 5;
+        kernel[counter::INJECT_SKIPPED_PRESENT as usize] = 4;
+        kernel[counter::INJECT_SKIPPED_UNSAFE as usize] = 3;
+        kernel[counter::INJECT_FAILED as usize] = 2;
+        kernel[counter::INJECT_SOCKET_FAILED as usize] = 1;
+        kernel[counter::RINGBUF_DROPS as usize] = 77;
+        metrics.set_injection_counters(&kernel);
+        let text = metrics.render_prometheus();
+        assert!(text.contains("\nloupe_traceparent_injected_total 5\n"));
+        assert!(text.contains("\nloupe_traceparent_skipped_present_total 4\n"));
+        assert!(text.contains("\nloupe_traceparent_skipped_unsafe_total 3\n"));
+        assert!(text.contains("\nloupe_traceparent_inject_failures_total 2\n"));
+        assert!(text.contains("\nloupe_traceparent_socket_failures_total 1\n"));
+        // Not one of them: the ring-buffer counter is copied elsewhere.
+        assert!(text.contains("\nloupe_ringbuf_drops_total 0\n"));
+    }
 }

@@ -1,0 +1,177 @@
+//! Per-thread trace context for `--inject-traceparent`, learnt from the requests a thread
+//! reads and forgotten when it writes the response.
+//!
+//! A thread that reads an HTTP request is taken to serve it until it writes a response:
+//! true of thread-per-request servers, not of event loops that interleave requests on
+//! one thread (there the context is the last request read). Requests the thread sends
+//! meanwhile join the trace (see `inject.rs`).
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use loupe_common::{
+    DataEvent, EventKind, SPAN_ID_LEN, ServerContextEvent, TRACE_ID_LEN, ThreadContext, direction,
+};
+
+use crate::{
+    data::{bounded, output_data},
+    emit::output,
+    head::{
+        HeadBytes, HeadLines, MAX_LINES, MapBytes, NAME_WINDOW, TRACEPARENT, TRACEPARENT_BUF,
+        TRACEPARENT_COPY, find_lines, line_count, line_start, name_is, parse_traceparent,
+        starts_with_method, starts_with_status_line,
+    },
+    maps::{CONTEXT_SCRATCH, SCRATCH, THREAD_CONTEXT},
+};
+
+/// W3C trace-flags for a trace loupe starts: sampled.
+pub const FLAGS_SAMPLED: u8 = 1;
+
+#[inline(always)]
+pub fn random_trace_id() -> [u8; TRACE_ID_LEN] {
+    let mut id = [0u8; TRACE_ID_LEN];
+    for chunk in id.chunks_exact_mut(4) {
+        // SAFETY: the helper has no preconditions.
+        chunk.copy_from_slice(&unsafe { bpf_get_prandom_u32() }.to_le_bytes());
+    }
+    id[TRACE_ID_LEN - 1] |= (id[0] == 0 && id[1] == 0) as u8;
+    id
+}
+
+/// A random span id; never all zero, which W3C reserves for "invalid".
+#[inline(always)]
+pub fn random_span_id() -> [u8; SPAN_ID_LEN] {
+    let mut id = [0u8; SPAN_ID_LEN];
+    for chunk in id.chunks_exact_mut(4) {
+        // SAFETY: the helper has no preconditions.
+        chunk.copy_from_slice(&unsafe { bpf_get_prandom_u32() }.to_le_bytes());
+    }
+    id[SPAN_ID_LEN - 1] |= (id[0] == 0) as u8;
+    id
+}
+
+/// Tail-called by the data exit program while injection is on, with the data event
+/// assembled in the per-CPU scratch: learns or drops the thread's context, then writes
+/// the context record (if any) and the data record, in that order.
+#[tracepoint]
+pub fn loupe_data_context(_ctx: TracePointContext) -> u32 {
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, filled by the data exit program that called this one.
+    let event: &DataEvent = unsafe { &*event };
+    let captured = bounded(event.header.captured_len as usize);
+    if event.header.direction == direction::INGRESS {
+        on_ingress(event, captured);
+    } else {
+        on_egress(event, captured);
+    }
+    output_data(event);
+    0
+}
+
+/// Per-CPU working space for [`on_ingress`]: the data exit program has no stack left.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ContextScratch {
+    pub lines: HeadLines,
+    /// The incoming `traceparent` value, copied for parsing.
+    pub raw: [u8; TRACEPARENT_BUF],
+    pub event: ServerContextEvent,
+    pub context: ThreadContext,
+}
+
+/// Called for every captured read of a traced connection while injection is on, before
+/// its data record is written: a request start gives the thread a new context and the
+/// agent a [`ServerContextEvent`].
+#[inline(always)]
+pub fn on_ingress(event: &DataEvent, captured: usize) {
+    let bytes = MapBytes {
+        buf: &event.data,
+        len: captured,
+    };
+    if !starts_with_method(&bytes) {
+        return;
+    }
+    let Some(scratch) = CONTEXT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let scratch = unsafe { &mut *scratch };
+    let header = &event.header;
+    let out = &mut scratch.event;
+    out.kind = EventKind::ServerContext as u8;
+    out.tgid = header.tgid;
+    out.tid = header.tid;
+    out.fd = header.fd;
+    out.conn_id = header.conn_id;
+    // SAFETY: the helper has no preconditions.
+    out.ts_ns = unsafe { bpf_ktime_get_ns() };
+    out.span_id = random_span_id();
+    let incoming = find_incoming(
+        &bytes,
+        captured,
+        &mut scratch.lines,
+        &mut scratch.raw,
+        &mut out.trace_id,
+        &mut out.parent_span_id,
+        &mut out.trace_flags,
+    );
+    if !incoming {
+        out.trace_id = random_trace_id();
+        out.parent_span_id = [0; SPAN_ID_LEN];
+        out.trace_flags = FLAGS_SAMPLED;
+    }
+    scratch.context.trace_id = out.trace_id;
+    scratch.context.span_id = out.span_id;
+    scratch.context.trace_flags = out.trace_flags;
+    // An LRU map: contexts of threads that died serving a request age out.
+    let _ = THREAD_CONTEXT.insert(&header.tid, &scratch.context, 0);
+    output(&scratch.event);
+}
+
+/// Called for every captured write of a traced connection while injection is on: a
+/// response start ends the request the thread was serving.
+#[inline(always)]
+pub fn on_egress(event: &DataEvent, captured: usize) {
+    let bytes = MapBytes {
+        buf: &event.data,
+        len: captured,
+    };
+    if starts_with_status_line(&bytes) {
+        let _ = THREAD_CONTEXT.remove(&event.header.tid);
+    }
+}
+
+/// Looks for the first `traceparent` header of the captured head and parses it into the
+/// outputs; false when there is none or it is not valid.
+#[inline(always)]
+fn find_incoming<B: HeadBytes>(
+    bytes: &B,
+    captured: usize,
+    lines: &mut HeadLines,
+    raw: &mut [u8; TRACEPARENT_BUF],
+    trace_id: &mut [u8; TRACE_ID_LEN],
+    parent: &mut [u8; SPAN_ID_LEN],
+    flags: &mut u8,
+) -> bool {
+    let lines: *mut HeadLines = lines;
+    find_lines(bytes, captured, lines);
+    let count = line_count(lines);
+    for k in 1..MAX_LINES {
+        if k >= count {
+            break;
+        }
+        let start = line_start(lines, k);
+        let Some(name) = bytes.array::<NAME_WINDOW>(start) else {
+            continue;
+        };
+        if name_is(&name, TRACEPARENT) {
+            return bytes.copy_into(start + TRACEPARENT.len(), TRACEPARENT_COPY, raw)
+                && parse_traceparent(raw, trace_id, parent, flags);
+        }
+    }
+    false
+}

@@ -1,0 +1,350 @@
+//! `--inject-traceparent` end to end: real clients (curl, and this test process itself
+//! writing raw bytes) traced by the real agent, and a server in this process that
+//! records every request byte for byte. Run as root, one test at a time.
+
+mod support;
+#[path = "inject/wire.rs"]
+mod wire;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpListener,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use support::{Agent, require_root, wait_until};
+use wire::{RawClient, Recorder, Sink};
+
+const WAIT: Duration = Duration::from_secs(20);
+const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const INCOMING_PARENT: &str = "00f067aa0ba902b7";
+
+fn curl(args: &[&str]) {
+    let status = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run curl");
+    assert!(status.success(), "curl {args:?}");
+}
+
+fn wait_metric_at_least(agent: &Agent, name: &str, at_least: f64) {
+    wait_until(&format!("{name} >= {at_least}"), WAIT, || {
+        agent.metric(name) >= at_least
+    });
+}
+
+#[test]
+fn curl_requests_get_exactly_one_valid_traceparent() {
+    require_root();
+    let server = Recorder::start();
+    let agent = Agent::start(
+        &["--inject-traceparent", "--exe", "curl"],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    assert!(
+        agent.stderr().contains("adding traceparent"),
+        "{}",
+        agent.stderr()
+    );
+
+    curl(&[&server.url("/single")]);
+    let single = server.get("/single");
+    let (trace, span, flags) = single.injected();
+    assert_eq!(flags, "01", "a trace loupe starts is sampled");
+    assert!(single.head_text().contains("\r\nUser-Agent: curl/"));
+    assert!(single.head_text().ends_with("\r\n\r\n"));
+
+    // Keep-alive: two requests on one connection, each with its own header.
+    curl(&[&server.url("/keep-1"), &server.url("/keep-2")]);
+    let (first, second) = (server.get("/keep-1"), server.get("/keep-2"));
+    assert_eq!(first.conn, second.conn, "curl reused the connection");
+    let (trace1, span1, _) = first.injected();
+    let (trace2, span2, _) = second.injected();
+    assert_ne!(span1, span2);
+    assert_ne!(trace1, trace2, "unrelated requests start their own traces");
+    assert_ne!(span1, span);
+    assert_ne!(trace2, trace);
+
+    // A request that already carries a traceparent is sent as it is; tracestate is the
+    // application's either way.
+    curl(&[
+        "-H",
+        &format!("traceparent: {INCOMING}"),
+        "-H",
+        "tracestate: vendor=abc",
+        &server.url("/already"),
+    ]);
+    let already = server.get("/already");
+    assert_eq!(already.traceparents(), vec![INCOMING.to_string()]);
+    assert!(
+        already
+            .head_text()
+            .contains("\r\ntracestate: vendor=abc\r\n")
+    );
+
+    curl(&["-H", "tracestate: vendor=xyz", &server.url("/state-only")]);
+    let state_only = server.get("/state-only");
+    state_only.injected();
+    assert!(
+        state_only
+            .head_text()
+            .contains("\r\ntracestate: vendor=xyz\r\n")
+    );
+
+    // A body with Content-Length arrives whole, and the request after it on the same
+    // connection gets its own header.
+    let body: String = (0..3000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    curl(&[
+        "-d",
+        &body,
+        &server.url("/post"),
+        "--next",
+        &server.url("/after-post"),
+    ]);
+    let post = server.get("/post");
+    post.injected();
+    assert_eq!(post.body, body.as_bytes(), "body intact");
+    assert!(post.head_text().contains("\r\nContent-Length: 3000\r\n"));
+    let after_post = server.get("/after-post");
+    after_post.injected();
+    assert_eq!(after_post.conn, post.conn);
+
+    wait_metric_at_least(&agent, "loupe_traceparent_injected_total", 6.0);
+    wait_metric_at_least(&agent, "loupe_traceparent_skipped_present_total", 1.0);
+    assert_eq!(agent.metric("loupe_traceparent_skipped_unsafe_total"), 0.0);
+    assert_eq!(agent.metric("loupe_traceparent_inject_failures_total"), 0.0);
+    assert_eq!(agent.metric("loupe_events_malformed_total"), 0.0);
+}
+
+#[test]
+fn requests_loupe_cannot_check_are_sent_untouched_and_counted() {
+    require_root();
+    let server = Recorder::start();
+    let sink = Sink::start();
+    let me = std::process::id().to_string();
+    let agent = Agent::start(
+        &[
+            "--inject-traceparent",
+            "--pid",
+            &me,
+            "--port",
+            &server.port.to_string(),
+            "--port",
+            &sink.port.to_string(),
+        ],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    let unsafe_before = agent.metric("loupe_traceparent_skipped_unsafe_total");
+
+    // A head split across two writes cannot be checked; nothing after it on that
+    // connection can be trusted to start where it seems to.
+    let split: [&[u8]; 2] = [b"GET /split HTTP/1.1\r\nHost: x\r\n", b"X-Rest: 1\r\n\r\n"];
+    let after_split: &[u8] = b"GET /after-split HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&split);
+    client.responses(1);
+    client.send(&[after_split]);
+    client.responses(1);
+    assert_eq!(server.get("/split").head, split.concat());
+    assert_eq!(server.get("/after-split").head, after_split);
+
+    // Inserting the header does not split the request into several TCP segments.
+    let simple: &[u8] = b"GET /one-segment HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[simple]);
+    client.responses(1);
+    let one = server.get("/one-segment");
+    one.injected();
+    assert_eq!(one.head_without_injected(), simple);
+    assert_eq!(client.data_segments_sent(), 1, "one write, one segment");
+
+    // A body sent in several writes is followed, so the next request is found.
+    let head = b"POST /pieces HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n";
+    let body = vec![b'z'; 3000];
+    let first: Vec<u8> = [&head[..], &body[..500]].concat();
+    let next_request: &[u8] = b"GET /after-pieces HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[&first, &body[500..1700], &body[1700..]]);
+    client.responses(1);
+    client.send(&[next_request]);
+    client.responses(1);
+    let pieces = server.get("/pieces");
+    pieces.injected();
+    assert_eq!(pieces.head_without_injected(), head);
+    assert_eq!(pieces.body, body);
+    let after = server.get("/after-pieces");
+    after.injected();
+    assert_eq!(after.head_without_injected(), next_request);
+
+    // Two requests in one write: the first gets the header, the second goes as it is.
+    let pipelined: &[u8] =
+        b"GET /pipe-1 HTTP/1.1\r\nHost: x\r\n\r\nGET /pipe-2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[pipelined]);
+    client.responses(2);
+    let cut = pipelined.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let pipe1 = server.get("/pipe-1");
+    pipe1.injected();
+    assert_eq!(pipe1.head_without_injected(), &pipelined[..cut]);
+    assert_eq!(server.get("/pipe-2").head, &pipelined[cut..]);
+
+    // A head longer than the 4 KiB window.
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let mut client = RawClient::connect(server.port);
+    client.send(&[big.as_bytes()]);
+    client.responses(1);
+    assert_eq!(server.get("/big").head, big.as_bytes());
+
+    // A chunked body: the request gets the header and its body is intact, but where the
+    // body ends is not followed, so the connection is left alone afterwards.
+    let chunked_head = b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunks: &[u8] = b"5\r\nhello\r\n0\r\n\r\n";
+    let after_chunked: &[u8] = b"GET /after-chunked HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[&[&chunked_head[..], chunks].concat()]);
+    client.responses(1);
+    client.send(&[after_chunked]);
+    client.responses(1);
+    let chunked = server.get("/chunked");
+    chunked.injected();
+    assert_eq!(chunked.head_without_injected(), chunked_head);
+    assert_eq!(chunked.body, chunks);
+    assert_eq!(server.get("/after-chunked").head, after_chunked);
+
+    // Header names are case-insensitive: an existing TraceParent is respected. HTTP/1.0
+    // requests are HTTP/1.x too.
+    let mixed = format!("GET /mixed HTTP/1.1\r\nHost: x\r\nTraceParent: {INCOMING}\r\n\r\n");
+    let old: &[u8] = b"GET /http10 HTTP/1.0\r\nHost: x\r\n\r\n";
+    let mut client = RawClient::connect(server.port);
+    client.send(&[mixed.as_bytes()]);
+    client.responses(1);
+    client.send(&[old]);
+    client.responses(1);
+    assert_eq!(server.get("/mixed").head, mixed.as_bytes());
+    let http10 = server.get("/http10");
+    http10.injected();
+    assert_eq!(http10.head_without_injected(), old);
+
+    // A text protocol whose first line looks like a request but is none: that
+    // connection is not HTTP/1.x and is left alone without being counted, even when it
+    // later sends something that does look like a request.
+    let text: [&[u8]; 2] = [b"GET key\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"];
+    let mut client = RawClient::connect(sink.port);
+    client.send(&text);
+    drop(client);
+    sink.wait_for(&text.concat());
+
+    // Split head, the request after it, the second pipelined request, the big head and
+    // the request after the chunked one; nothing for the text protocol.
+    let expected = unsafe_before + 5.0;
+    wait_metric_at_least(&agent, "loupe_traceparent_skipped_unsafe_total", expected);
+    wait_metric_at_least(&agent, "loupe_traceparent_skipped_present_total", 1.0);
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        agent.metric("loupe_traceparent_skipped_unsafe_total"),
+        expected
+    );
+    assert_eq!(agent.metric("loupe_traceparent_inject_failures_total"), 0.0);
+    assert_eq!(agent.metric("loupe_events_malformed_total"), 0.0);
+}
+
+#[test]
+fn a_thread_serving_a_request_passes_its_trace_on() {
+    require_root();
+    let downstream = Recorder::start();
+    let front = TcpListener::bind("127.0.0.1:0").expect("bind front");
+    let front_port = front.local_addr().unwrap().port();
+    let me = std::process::id().to_string();
+    let _agent = Agent::start(
+        &[
+            "--inject-traceparent",
+            "--pid",
+            &me,
+            "--port",
+            &front_port.to_string(),
+            "--port",
+            &downstream.port.to_string(),
+        ],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+
+    // The front server reads each request on one thread and, on that same thread,
+    // calls downstream before and after answering it.
+    let downstream_port = downstream.port;
+    let front_thread = thread::spawn(move || {
+        for round in ["valid", "invalid"] {
+            let (stream, _) = front.accept().expect("accept");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                reader.read_line(&mut line).expect("read request");
+            }
+            let mut call = RawClient::connect(downstream_port);
+            call.send(&[format!("GET /while-{round} HTTP/1.1\r\nHost: down\r\n\r\n").as_bytes()]);
+            call.responses(1);
+            let mut writer = stream;
+            writer
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .expect("answer");
+            call.send(&[format!("GET /after-{round} HTTP/1.1\r\nHost: down\r\n\r\n").as_bytes()]);
+            call.responses(1);
+        }
+    });
+
+    let mut client = RawClient::connect(front_port);
+    client.send(&[format!(
+        "GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {INCOMING}\r\n\r\n"
+    )
+    .as_bytes()]);
+    client.responses_of_length(0);
+    // Uppercase hex is not a valid traceparent (W3C): the request starts a new trace.
+    let invalid = INCOMING.to_uppercase();
+    let mut client = RawClient::connect(front_port);
+    client.send(&[
+        format!("GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {invalid}\r\n\r\n").as_bytes(),
+    ]);
+    client.responses_of_length(0);
+    front_thread.join().expect("front server");
+
+    let (trace, span, flags) = downstream.get("/while-valid").injected();
+    assert_eq!(
+        trace, INCOMING_TRACE,
+        "the incoming request's trace continues"
+    );
+    assert_ne!(span, INCOMING_PARENT, "a new span for the outgoing call");
+    assert_eq!(flags, "01", "the incoming trace-flags");
+
+    let (after_trace, _, _) = downstream.get("/after-valid").injected();
+    assert_ne!(
+        after_trace, INCOMING_TRACE,
+        "once the response is written the thread serves no request"
+    );
+
+    let (invalid_trace, _, invalid_flags) = downstream.get("/while-invalid").injected();
+    assert_ne!(invalid_trace, INCOMING_TRACE);
+    assert_ne!(invalid_trace.to_uppercase(), INCOMING_TRACE.to_uppercase());
+    assert_eq!(invalid_flags, "01");
+    let (after_invalid, _, _) = downstream.get("/after-invalid").injected();
+    assert_ne!(after_invalid, invalid_trace);
+}
+
+#[test]
+fn without_the_flag_nothing_is_injected() {
+    require_root();
+    let server = Recorder::start();
+    let agent = Agent::start(&["--exe", "curl"], &[("OTEL_TRACES_EXPORTER", "none")]);
+    curl(&[&server.url("/plain"), &server.url("/plain-2")]);
+    assert!(server.get("/plain").traceparents().is_empty());
+    assert!(server.get("/plain-2").traceparents().is_empty());
+    assert_eq!(server.count(), 2);
+    assert_eq!(agent.metric("loupe_traceparent_injected_total"), 0.0);
+}
