@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use support::{Agent, curl, free_port, require_root, servers};
+use support::{Agent, curl, free_port, require_root, servers, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -269,11 +269,22 @@ fn connection_opened_before_the_agent_started_is_traced() {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ],
     );
-    // Same connection, accepted long before loupe was watching.
+    // Same connection, accepted long before loupe was watching. The server's thread was
+    // already blocked in a read when the probes attached: that one read's entry was never
+    // seen, so the first request may be missed (counted as a response without request).
+    assert_eq!(support::keep_alive_get(&mut stream, "/warmup"), 200);
     assert_eq!(support::keep_alive_get(&mut stream, "/after"), 200);
     assert_eq!(support::keep_alive_get(&mut stream, "/fail"), 500);
-    let spans = receiver.wait_for_spans(2, WAIT);
-    let spans = server_spans(&spans, "py-early");
+    wait_until("the two requests after the first", WAIT, || {
+        let spans = server_spans(&receiver.spans(), "py-early");
+        ["GET /after", "GET /fail"]
+            .iter()
+            .all(|n| spans.iter().any(|s| s.name == *n))
+    });
+    let spans: Vec<_> = server_spans(&receiver.spans(), "py-early")
+        .into_iter()
+        .filter(|s| s.name != "GET /warmup")
+        .collect();
     assert_eq!(spans.len(), 2, "{:#?}", names(&spans));
     let after = find(&spans, "GET /after");
     assert_eq!(
