@@ -250,3 +250,128 @@ fn concurrent_requests_stay_connected() {
     );
     drop(agent);
 }
+
+/// Two agents, each tracing one of the two services, so neither can link by the
+/// connection: the frontend's agent injects `traceparent`, the backend's agent continues it.
+#[test]
+fn two_agents_link_through_injected_traceparent() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let w = start_walkthrough();
+    let endpoint = receiver.grpc_endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
+    let (front_port, back_port) = (w.frontend_port.to_string(), w.backend_port.to_string());
+    let _front_agent = Agent::start(
+        &[
+            "--exe",
+            "node",
+            "--port",
+            &front_port,
+            "--port",
+            &back_port,
+            "--inject-traceparent",
+        ],
+        &env,
+    );
+    let _back_agent = Agent::start(&["--exe", "python3*", "--port", &back_port], &env);
+    let mut stream = TcpStream::connect(("127.0.0.1", w.frontend_port)).unwrap();
+    let n = 10;
+    for i in 0..n {
+        assert_eq!(keep_alive_get(&mut stream, &format!("/api/items/{i}")), 200);
+    }
+    let spans = receiver.wait_for_spans(3 * n, WAIT);
+    let (trees, fronts) = exact_trees(&spans);
+    assert_eq!(fronts, n);
+    assert_eq!(
+        trees.len(),
+        n,
+        "every request joined across the two agents: {spans:#?}"
+    );
+}
+
+/// An OpenTelemetry-SDK service downstream of an uninstrumented one joins loupe's trace
+/// through the injected header.
+#[test]
+fn sdk_service_downstream_joins_loupe_trace() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let (sdk_port, plain_port, front_port) = (free_port(), free_port(), free_port());
+    let _plain = support::servers::python(plain_port, &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps/sdk_service.py");
+    let _sdk = Guard(
+        Command::new("python3")
+            .arg(script)
+            .arg(sdk_port.to_string())
+            .arg(plain_port.to_string())
+            .env("OTEL_SERVICE_NAME", "sdk-service")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the SDK service"),
+    );
+    wait_for_port(sdk_port);
+    let _front = Guard(
+        Command::new("node")
+            .arg(walkthrough_file("frontend-api.js"))
+            .arg(front_port.to_string())
+            .arg(sdk_port.to_string())
+            .env("OTEL_SERVICE_NAME", "frontend-api")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start frontend-api"),
+    );
+    wait_for_port(front_port);
+    let endpoint = receiver.grpc_endpoint();
+    let _agent = Agent::start(
+        &[
+            "--exe",
+            "node",
+            "--port",
+            &front_port.to_string(),
+            "--port",
+            &sdk_port.to_string(),
+            "--inject-traceparent",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", front_port)).unwrap();
+    assert_eq!(keep_alive_get(&mut stream, "/api/items/7"), 200);
+    support::wait_until("loupe's and the SDK's spans", WAIT, || {
+        let spans = receiver.spans();
+        spans
+            .iter()
+            .any(|s| s.scope_name == "sdk-service" && s.kind == "server")
+            && spans
+                .iter()
+                .any(|s| s.scope_name == "loupe" && s.kind == "client")
+    });
+    let spans = receiver.spans();
+    let call = spans
+        .iter()
+        .find(|s| s.scope_name == "loupe" && s.kind == "client")
+        .unwrap();
+    let front = spans
+        .iter()
+        .find(|s| s.scope_name == "loupe" && s.kind == "server")
+        .unwrap();
+    let sdk_server = spans
+        .iter()
+        .find(|s| s.scope_name == "sdk-service" && s.kind == "server")
+        .unwrap();
+    assert_eq!(call.parent_span_id.as_deref(), Some(front.span_id.as_str()));
+    assert_eq!(
+        sdk_server.trace_id, front.trace_id,
+        "the SDK continued loupe's trace"
+    );
+    assert_eq!(
+        sdk_server.parent_span_id.as_deref(),
+        Some(call.span_id.as_str())
+    );
+}

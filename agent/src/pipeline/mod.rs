@@ -3,6 +3,7 @@
 
 mod assemble;
 pub mod connections;
+mod injected;
 mod linking;
 mod processes;
 
@@ -38,6 +39,7 @@ use crate::{
 
 use assemble::SpanAssembler;
 use connections::{Connection, ConnectionTable};
+use injected::InjectedIds;
 use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
 use processes::Processes;
 
@@ -82,6 +84,7 @@ pub struct Pipeline {
     exchanges: Vec<HttpExchange>,
     starts: Vec<RequestStart>,
     linker: Linker,
+    injected: InjectedIds,
     last_housekeeping: Instant,
 }
 
@@ -110,6 +113,7 @@ impl Pipeline {
             exchanges: Vec::new(),
             starts: Vec::new(),
             linker: Linker::default(),
+            injected: InjectedIds::default(),
             last_housekeeping: Instant::now(),
         }
     }
@@ -189,7 +193,8 @@ impl Pipeline {
         hint: Option<&linking::NodeRef>,
     ) {
         let peers = local.zip(remote);
-        for start in self.starts.drain(..) {
+        let starts = std::mem::take(&mut self.starts);
+        for start in starts {
             let request_key = RequestKey {
                 tgid: key.tgid,
                 fd: key.fd,
@@ -205,7 +210,7 @@ impl Pipeline {
                         start.end_ns,
                         peers,
                         header,
-                        None,
+                        self.injected.server_ids(key),
                     );
                 }
                 Role::Client => {
@@ -215,7 +220,7 @@ impl Pipeline {
                         start.start_ns,
                         peers,
                         header,
-                        None,
+                        self.injected.client_ids(key.tgid, start.tid),
                         hint,
                     );
                     if placement == ClientPlacement::Unplaced {
@@ -378,6 +383,7 @@ impl Pipeline {
             self.linker.forget_process(tgid);
         }
         self.linker.expire(now);
+        self.injected.expire(now);
         self.metrics
             .connections_active
             .set(self.connections.len() as u64);
@@ -447,7 +453,8 @@ impl EventSink for Pipeline {
                 self.processes.forget(exec.tgid);
                 let _ = self.execs.try_send(exec.tgid);
             }
-            Event::ServerContext(_) | Event::ClientContext(_) => {}
+            Event::ServerContext(ctx) => self.injected.on_server(&ctx),
+            Event::ClientContext(ctx) => self.injected.on_client(&ctx),
         }
     }
 
