@@ -154,6 +154,9 @@ struct InFlight {
 pub enum ClientPlacement {
     /// Under a server request of its own process.
     UnderServer,
+    /// Under the most recent of several requests in flight on one thread (an event loop):
+    /// a guess that is wrong when a handler calls out after later requests arrived.
+    Guessed,
     /// The process set its own context (instrumented) or the kernel injected one.
     OwnContext,
     /// Not placed although its process was serving requests.
@@ -320,7 +323,13 @@ impl Linker {
         let hinted = hint
             .filter(|h| key.request_id == 0 && self.still_in_flight(key.tgid, h))
             .cloned();
+        let hinted_found = hinted.is_some();
         let under = hinted.or_else(|| self.serving(key.tgid, tid));
+        let ambiguous = !hinted_found
+            && self
+                .in_flight
+                .get(&key.tgid)
+                .is_some_and(|l| l.iter().filter(|f| f.tid == tid).count() > 1);
         let was_serving = self.in_flight.get(&key.tgid).is_some_and(|l| !l.is_empty());
         let (node, placement) = match (kernel, header, under) {
             (Some(ids), _, under) => {
@@ -361,7 +370,11 @@ impl Linker {
                         trace_flags: flags,
                         trace_state: None,
                     },
-                    ClientPlacement::UnderServer,
+                    if ambiguous {
+                        ClientPlacement::Guessed
+                    } else {
+                        ClientPlacement::UnderServer
+                    },
                 )
             }
             (None, None, None) => (

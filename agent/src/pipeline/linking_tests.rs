@@ -111,10 +111,15 @@ fn event_loop_picks_the_latest_in_flight_on_the_thread() {
     let mut l = Linker::default();
     l.server_start(key(FRONT, 5, 0), 1, 10, ingress(), None, None);
     let second = l.server_start(key(FRONT, 7, 0), 1, 11, ingress(), None, None);
-    let (call, _) = l.client_start(key(FRONT, 8, 0), 1, 12, None, None, None, None);
+    let (call, placement) = l.client_start(key(FRONT, 8, 0), 1, 12, None, None, None, None);
     assert_eq!(
         resolve(&call).parent_span_id,
         Some(resolve(&second).span_id)
+    );
+    assert_eq!(
+        placement,
+        ClientPlacement::Guessed,
+        "two in flight on one thread"
     );
     // Once the second request is answered, the first is the one in flight.
     l.finish(&key(FRONT, 7, 0));

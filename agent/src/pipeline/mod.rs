@@ -223,8 +223,10 @@ impl Pipeline {
                         self.injected.client_ids(key.tgid, start.tid),
                         hint,
                     );
-                    if placement == ClientPlacement::Unplaced {
-                        self.metrics.client_spans_unplaced.inc();
+                    match placement {
+                        ClientPlacement::Unplaced => self.metrics.client_spans_unplaced.inc(),
+                        ClientPlacement::Guessed => self.metrics.client_spans_guessed.inc(),
+                        _ => {}
                     }
                 }
             }
