@@ -88,6 +88,8 @@ fn plan(args: &TestArgs, loupe_bin: OsString) -> Vec<Step> {
             INTEGRATION_CRATE,
         ],
     ));
+    // The kernel programs' parsing logic, compiled for the host.
+    steps.push(step("kernel unit tests", &["test", "-p", KERNEL_CRATE]));
     if !args.unit_only {
         let mut integration = step(
             "integration tests",
@@ -171,10 +173,17 @@ mod tests {
         };
         assert_eq!(
             names(&args),
-            ["fmt", "clippy", "build", "unit tests", "integration tests"]
+            [
+                "fmt",
+                "clippy",
+                "build",
+                "unit tests",
+                "kernel unit tests",
+                "integration tests"
+            ]
         );
         let steps = plan(&args, OsString::from("/t/release/loupe"));
-        let integration = &steps[4];
+        let integration = &steps[5];
         assert!(integration.needs_root);
         assert_eq!(
             integration.env,
@@ -197,19 +206,27 @@ mod tests {
             unit_only: true,
             no_lint: false,
         };
-        assert_eq!(names(&unit_only), ["fmt", "clippy", "unit tests"]);
+        assert_eq!(
+            names(&unit_only),
+            ["fmt", "clippy", "unit tests", "kernel unit tests"]
+        );
         let bare = TestArgs {
             unit_only: true,
             no_lint: true,
         };
-        assert_eq!(names(&bare), ["unit tests"]);
+        assert_eq!(names(&bare), ["unit tests", "kernel unit tests"]);
         let no_lint = TestArgs {
             unit_only: false,
             no_lint: true,
         };
         assert_eq!(
             names(&no_lint),
-            ["build", "unit tests", "integration tests"]
+            [
+                "build",
+                "unit tests",
+                "kernel unit tests",
+                "integration tests"
+            ]
         );
     }
 }
