@@ -1,7 +1,5 @@
-use std::sync::Arc;
-
 use super::*;
-use crate::span::{HttpSpan, Resource, SpanId, SpanKind};
+use crate::{export::testutil, span::SpanKind};
 
 fn policy() -> TailPolicy {
     TailPolicy {
@@ -15,43 +13,10 @@ fn policy() -> TailPolicy {
 }
 
 fn span(trace: u8, status: u16, duration_ms: u64) -> FinishedSpan {
-    FinishedSpan {
-        resource: Arc::new(Resource {
-            service_name: "s".into(),
-            attributes: vec![],
-        }),
-        span: HttpSpan {
-            trace_id: TraceId([trace; 16]),
-            span_id: SpanId([1; 8]),
-            parent_span_id: None,
-            trace_flags: 1,
-            trace_state: None,
-            kind: SpanKind::Server,
-            name: "GET /".into(),
-            start_unix_ns: 1_000,
-            end_unix_ns: 1_000 + duration_ms * 1_000_000,
-            method: "GET".into(),
-            method_original: None,
-            path: "/".into(),
-            query: None,
-            scheme: "http".into(),
-            route: None,
-            status_code: Some(status),
-            protocol_version: "1.1".into(),
-            server_address: None,
-            server_port: None,
-            client_address: None,
-            client_port: None,
-            peer_address: None,
-            peer_port: None,
-            local_address: None,
-            local_port: None,
-            user_agent: None,
-            request_body_size: None,
-            response_body_size: None,
-            error_type: None,
-        },
-    }
+    let mut span = testutil::http_span(SpanKind::Server, Some(status));
+    span.trace_id = TraceId([trace; 16]);
+    span.end_unix_ns = span.start_unix_ns + duration_ms * 1_000_000;
+    testutil::finished(&testutil::resource("s"), span)
 }
 
 #[test]
