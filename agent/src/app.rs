@@ -39,7 +39,7 @@ use crate::{
 
 /// What the exporter gets to deliver queued spans after SIGTERM; the whole shutdown
 /// stays under five seconds.
-const EXPORT_FLUSH_DEADLINE: Duration = Duration::from_secs(4);
+const EXPORT_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 const MAX_CONNECTIONS: usize = 65536;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -166,11 +166,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = selector_thread.join();
     drop(probes);
     // Spans and metrics flush side by side, within the same deadline.
+    // A hard cap over the flush too: a collector that hangs must not hold the exit.
     runtime.block_on(async {
-        tokio::join!(
-            exporter.shutdown(EXPORT_FLUSH_DEADLINE),
-            metrics_exporter.shutdown(EXPORT_FLUSH_DEADLINE)
-        )
+        let flush = async {
+            tokio::join!(
+                exporter.shutdown(EXPORT_FLUSH_DEADLINE),
+                metrics_exporter.shutdown(EXPORT_FLUSH_DEADLINE)
+            )
+        };
+        if tokio::time::timeout(EXPORT_FLUSH_DEADLINE + Duration::from_millis(500), flush)
+            .await
+            .is_err()
+        {
+            log::warn!("export flush did not finish in time; exiting anyway");
+        }
     });
     runtime.shutdown_timeout(Duration::from_millis(200));
     Ok(())
