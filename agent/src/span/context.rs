@@ -93,6 +93,18 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     values.all(|v| v == first).then_some(first)
 }
 
+/// Every header [`extract`] reads: a request's other headers never matter for linking.
+pub const PROPAGATION_HEADERS: &[&str] = &[
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "uber-trace-id",
+];
+
 /// Extracts the parent context from request headers (names already lowercased). The
 /// context is marked remote. See the module docs for the precedence between formats.
 pub fn extract(headers: &[(String, String)]) -> Option<SpanContext> {

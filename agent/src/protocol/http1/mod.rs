@@ -162,6 +162,7 @@ pub struct RequestStart {
     pub end_ns: u64,
     pub method: String,
     pub target: String,
+    /// The trace-context headers only (`span::context::PROPAGATION_HEADERS`).
     pub headers: Vec<(String, String)>,
 }
 

@@ -10,6 +10,7 @@ use super::{
     SessionStats,
 };
 use crate::protocol::{Chunk, Direction, Role};
+use crate::span::context::PROPAGATION_HEADERS;
 
 /// A request waiting for its final response.
 struct PendingRequest {
@@ -256,7 +257,14 @@ impl Http1Session {
             end_ns: first.end_ns,
             method: request.method.clone(),
             target: request.target.clone(),
-            headers: request.headers.clone(),
+            // Only what linking reads: cloning every header of every request would be the
+            // hot path's biggest allocation.
+            headers: request
+                .headers
+                .iter()
+                .filter(|(name, _)| PROPAGATION_HEADERS.contains(&name.as_str()))
+                .cloned()
+                .collect(),
         });
         self.pending.push_back(PendingRequest {
             id,

@@ -251,3 +251,41 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn propagation_headers_name_everything_extract_reads() {
+    let sets: Vec<Vec<(&str, &str)>> = vec![
+        vec![
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "k=v"),
+        ],
+        vec![("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")],
+        vec![
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "1"),
+            ("x-b3-flags", "1"),
+        ],
+        vec![(
+            "uber-trace-id",
+            "80f198ee56343ba864fe8b2a57d3eff7:e457b5a2e4d86bd1:0:1",
+        )],
+    ];
+    for set in sets {
+        let all: Vec<(String, String)> = set
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("host".to_string(), "x".to_string())])
+            .collect();
+        let kept: Vec<(String, String)> = all
+            .iter()
+            .filter(|(k, _)| PROPAGATION_HEADERS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        assert!(extract(&all).is_some());
+        assert_eq!(extract(&kept), extract(&all), "{set:?}");
+    }
+}
