@@ -1,20 +1,7 @@
 //! loupe: an eBPF agent that traces the HTTP requests of unmodified processes and exports
 //! them as OpenTelemetry spans.
 
-mod admin;
-mod app;
-mod cli;
-mod events;
-mod export;
-mod kernel;
-mod pipeline;
-mod probes;
-mod process;
-mod protocol;
-mod red;
-mod sampling;
-mod span;
-mod telemetry;
+use loupe::{app, cli};
 
 use std::process::ExitCode;
 

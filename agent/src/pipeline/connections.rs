@@ -120,6 +120,10 @@ impl ConnectionTable {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn get_mut(&mut self, key: &ConnKey) -> Option<&mut Connection> {
         self.entries.get_mut(key)
     }

@@ -19,6 +19,10 @@ pub use maps::{ConnectionMap, CounterMap, ProcessMap};
 pub enum ProbeError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
     Tracefs(std::io::Error),
+    #[error(
+        "this loupe was built without its kernel programs (AYA_BUILD_SKIP); rebuild without it"
+    )]
+    NotBuilt,
     #[error("loading the kernel programs failed")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("kernel program {program} is missing from the object (build mismatch)")]
@@ -69,6 +73,9 @@ impl Probes {
         exec_hints: &ExecHints,
         ring_bytes: u32,
     ) -> Result<Self, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NotBuilt);
+        }
         tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
