@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use prost::Message as _;
 use tokio::{
     sync::watch,
     task::JoinHandle,
@@ -130,7 +131,7 @@ impl Worker {
         let result = self
             .client
             .deliver(
-                request,
+                request.encode_to_vec().into(),
                 &mut deadline,
                 &self.metrics.metric_export_failures,
                 &mut failed_attempts,

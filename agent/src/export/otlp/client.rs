@@ -3,6 +3,7 @@
 
 use std::{marker::PhantomData, time::Duration};
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
@@ -30,13 +31,13 @@ enum Transport {
 }
 
 /// A message encoded once for its transport, ready to be sent as often as retries need.
-enum Payload<'a, S: Signal> {
-    Grpc(&'a GrpcTransport, S::Request),
+enum Payload<'a> {
+    Grpc(&'a GrpcTransport, Bytes),
     Http(&'a HttpTransport, HttpBody),
 }
 
-impl<S: Signal> Payload<'_, S> {
-    async fn send(&self, timeout: Duration) -> Result<Delivered, AttemptError> {
+impl Payload<'_> {
+    async fn send<S: Signal>(&self, timeout: Duration) -> Result<Delivered, AttemptError> {
         match self {
             Payload::Grpc(transport, message) => transport.send::<S>(message, timeout).await,
             Payload::Http(transport, body) => transport.send::<S>(body, timeout).await,
@@ -71,18 +72,19 @@ impl<S: Signal> OtlpClient<S> {
         })
     }
 
-    /// Sends `message`, retrying transient failures until `deadline`. Each failed attempt
-    /// bumps `failures` and `failed_attempts`.
+    /// Sends `message` (the signal's export request, protobuf-encoded), retrying transient
+    /// failures until `deadline`. Each failed attempt bumps `failures` and
+    /// `failed_attempts`.
     pub async fn deliver(
         &self,
-        message: S::Request,
+        message: Bytes,
         deadline: &mut Deadline,
         failures: &Counter,
         failed_attempts: &mut u64,
     ) -> Result<Delivered, AttemptError> {
-        let payload: Payload<'_, S> = match &self.transport {
+        let payload = match &self.transport {
             Transport::Grpc(grpc) => Payload::Grpc(grpc, message),
-            Transport::Http(http) => Payload::Http(http, http.encode(&message)?),
+            Transport::Http(http) => Payload::Http(http, http.encode(message)?),
         };
         let mut retries = 0u32;
         loop {
@@ -92,7 +94,7 @@ impl<S: Signal> OtlpClient<S> {
             }
             let attempt_timeout = self.timeout.min(remaining);
             let result = tokio::select! {
-                result = payload.send(attempt_timeout) => result,
+                result = payload.send::<S>(attempt_timeout) => result,
                 () = deadline.reached() => Err(AttemptError::DeadlineReached),
             };
             let error = match result {

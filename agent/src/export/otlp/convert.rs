@@ -1,4 +1,7 @@
-//! `FinishedSpan` batches to OTLP protobuf messages, with stable HTTP semantic conventions.
+//! `FinishedSpan` batches as the generated OTLP messages, with stable HTTP semantic
+//! conventions. Export writes the same bytes directly (`encode`); these messages are the
+//! readable reference it is tested against, and the metrics exporter builds on `kv` and
+//! `to_proto_resource`.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind as ProtoKind, status},
 };
 
+use super::encode::{Attr, for_each_attribute};
 use crate::span::{AttrValue, FinishedSpan, HttpSpan, Resource, SpanKind};
 
 const SCOPE_NAME: &str = "loupe";
@@ -93,54 +97,16 @@ pub fn to_proto_span(span: &HttpSpan) -> Span {
 
 fn attributes(span: &HttpSpan) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(24);
-    let mut str_attr =
-        |key: &str, value: &str| attrs.push(kv(key, Value::StringValue(value.to_owned())));
-    str_attr("http.request.method", &span.method);
-    str_attr("url.path", &span.path);
-    str_attr("url.scheme", &span.scheme);
-    str_attr("network.protocol.name", "http");
-    str_attr("network.protocol.version", &span.protocol_version);
-    let optional_strs = [
-        ("http.request.method_original", &span.method_original),
-        ("url.query", &span.query),
-        ("http.route", &span.route),
-        ("server.address", &span.server_address),
-        ("client.address", &span.client_address),
-        ("network.peer.address", &span.peer_address),
-        ("network.local.address", &span.local_address),
-        ("user_agent.original", &span.user_agent),
-        ("error.type", &span.error_type),
-    ];
-    for (key, value) in optional_strs {
-        if let Some(value) = value {
-            str_attr(key, value);
-        }
-    }
-    let optional_ints = [
-        ("http.response.status_code", span.status_code.map(i64::from)),
-        ("server.port", span.server_port.map(i64::from)),
-        ("client.port", span.client_port.map(i64::from)),
-        ("network.peer.port", span.peer_port.map(i64::from)),
-        ("network.local.port", span.local_port.map(i64::from)),
-        (
-            "http.request.body.size",
-            span.request_body_size.map(saturating_i64),
-        ),
-        (
-            "http.response.body.size",
-            span.response_body_size.map(saturating_i64),
-        ),
-    ];
-    for (key, value) in optional_ints {
-        if let Some(value) = value {
-            attrs.push(kv(key, Value::IntValue(value)));
-        }
-    }
+    for_each_attribute(span, |key, value| {
+        attrs.push(kv(
+            key,
+            match value {
+                Attr::Str(s) => Value::StringValue(s.to_owned()),
+                Attr::Int(i) => Value::IntValue(i),
+            },
+        ))
+    });
     attrs
-}
-
-fn saturating_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 pub fn kv(key: &str, value: Value) -> KeyValue {

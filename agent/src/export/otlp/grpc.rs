@@ -1,11 +1,14 @@
-//! OTLP over gRPC, with the generated service clients on a lazily connected channel.
+//! OTLP over gRPC: unary calls of already encoded requests on a lazily connected channel.
 
-use std::time::Duration;
+use std::{marker::PhantomData, time::Duration};
 
-use hyper::http::HeaderMap;
+use bytes::{BufMut as _, Bytes};
+use hyper::http::{HeaderMap, uri::PathAndQuery};
 use prost::Message as _;
 use tonic::{
     Code,
+    client::Grpc,
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
@@ -37,14 +40,13 @@ impl GrpcTransport {
 
     pub async fn send<S: Signal>(
         &self,
-        message: &S::Request,
+        message: &Bytes,
         timeout: Duration,
     ) -> Result<Delivered, AttemptError> {
         let mut request = tonic::Request::new(message.clone());
         *request.metadata_mut() = self.metadata.clone();
         request.set_timeout(timeout);
-        let export = S::grpc_export(self.channel.clone(), self.gzip, request);
-        match tokio::time::timeout(timeout, export).await {
+        match tokio::time::timeout(timeout, self.unary::<S>(request)).await {
             Err(_) => Err(AttemptError::Timeout),
             Ok(Ok(response)) => Ok(Delivered {
                 rejected: S::rejected(response.get_ref()),
@@ -55,6 +57,61 @@ impl GrpcTransport {
                 retry_after: retry_delay(&status),
             }),
         }
+    }
+
+    async fn unary<S: Signal>(
+        &self,
+        request: tonic::Request<Bytes>,
+    ) -> Result<tonic::Response<S::Response>, tonic::Status> {
+        let mut grpc = Grpc::new(self.channel.clone()).accept_compressed(CompressionEncoding::Gzip);
+        if self.gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+        let path = PathAndQuery::from_static(S::GRPC_PATH);
+        grpc.unary(request, path, EncodedCodec::<S::Response>(PhantomData))
+            .await
+    }
+}
+
+/// Sends requests that are already protobuf bytes and decodes the answer with prost.
+struct EncodedCodec<R>(PhantomData<fn() -> R>);
+
+impl<R: prost::Message + Default + Send + 'static> Codec for EncodedCodec<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = EncodedCodec<()>;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedCodec(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedCodec(PhantomData)
+    }
+}
+
+impl Encoder for EncodedCodec<()> {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl<R: prost::Message + Default> Decoder for EncodedCodec<R> {
+    type Item = R;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<R>, Self::Error> {
+        R::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable answer: {e}")))
     }
 }
 

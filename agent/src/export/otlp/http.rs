@@ -52,11 +52,11 @@ impl HttpTransport {
         }
     }
 
-    pub fn encode(&self, message: &impl Message) -> Result<HttpBody, AttemptError> {
-        let plain = message.encode_to_vec();
+    /// The body for an encoded export request, compressed when configured.
+    pub fn encode(&self, plain: Bytes) -> Result<HttpBody, AttemptError> {
         if !self.gzip {
             return Ok(HttpBody {
-                bytes: plain.into(),
+                bytes: plain,
                 gzip: false,
             });
         }

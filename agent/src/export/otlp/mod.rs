@@ -2,6 +2,7 @@
 
 mod client;
 pub mod convert;
+pub mod encode;
 mod grpc;
 mod http;
 pub mod retry;
@@ -126,7 +127,7 @@ impl OtlpExporter {
         let result = self
             .client
             .deliver(
-                convert::to_request(batch),
+                encode::trace_request(batch).into(),
                 &mut deadline,
                 &self.metrics.export_failures,
                 &mut outcome.failed_attempts,

@@ -1,37 +1,22 @@
-//! What differs between the OTLP signals loupe sends (traces, metrics): the messages, the
-//! gRPC service and the HTTP path. Transports and retries are shared.
-
-use std::future::Future;
+//! What differs between the OTLP signals loupe sends (traces, metrics): the gRPC method and
+//! the answer. Requests travel already encoded, so transports and retries are shared.
 
 use opentelemetry_proto::tonic::collector::{
-    metrics::v1::{
-        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-        metrics_service_client::MetricsServiceClient,
-    },
-    trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_client::TraceServiceClient,
-    },
+    metrics::v1::ExportMetricsServiceResponse, trace::v1::ExportTraceServiceResponse,
 };
-use tonic::{codec::CompressionEncoding, transport::Channel};
 
 /// One OTLP signal.
 pub trait Signal: Send + Sync + 'static {
-    type Request: prost::Message + Clone + Send + Sync + 'static;
     type Response: prost::Message + Default + Send + 'static;
 
     /// The items a collector may refuse through partial success, for logs.
     const ITEMS: &'static str;
 
+    /// The gRPC method that takes the signal's export requests.
+    const GRPC_PATH: &'static str;
+
     /// How many items the collector refused in a successful answer.
     fn rejected(response: &Self::Response) -> i64;
-
-    /// Calls the signal's `Export` on `channel`.
-    fn grpc_export(
-        channel: Channel,
-        gzip: bool,
-        request: tonic::Request<Self::Request>,
-    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send;
 }
 
 /// `ExportTraceServiceRequest`s to the trace service, `/v1/traces`.
@@ -41,9 +26,9 @@ pub struct TraceSignal;
 pub struct MetricSignal;
 
 impl Signal for TraceSignal {
-    type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
     const ITEMS: &'static str = "spans";
+    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
     fn rejected(response: &Self::Response) -> i64 {
         response
@@ -51,43 +36,18 @@ impl Signal for TraceSignal {
             .as_ref()
             .map_or(0, |p| p.rejected_spans)
     }
-
-    async fn grpc_export(
-        channel: Channel,
-        gzip: bool,
-        request: tonic::Request<Self::Request>,
-    ) -> Result<tonic::Response<Self::Response>, tonic::Status> {
-        let mut client =
-            TraceServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
-        if gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
-        }
-        client.export(request).await
-    }
 }
 
 impl Signal for MetricSignal {
-    type Request = ExportMetricsServiceRequest;
     type Response = ExportMetricsServiceResponse;
     const ITEMS: &'static str = "data points";
+    const GRPC_PATH: &'static str =
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
     fn rejected(response: &Self::Response) -> i64 {
         response
             .partial_success
             .as_ref()
             .map_or(0, |p| p.rejected_data_points)
-    }
-
-    async fn grpc_export(
-        channel: Channel,
-        gzip: bool,
-        request: tonic::Request<Self::Request>,
-    ) -> Result<tonic::Response<Self::Response>, tonic::Status> {
-        let mut client =
-            MetricsServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
-        if gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
-        }
-        client.export(request).await
     }
 }

@@ -1,0 +1,243 @@
+//! Span batches straight to OTLP protobuf bytes (`ExportTraceServiceRequest`).
+//!
+//! Building the generated message structs first cost an allocation per attribute key and
+//! value, per span, and a deep copy per send; at full load that was the largest part of
+//! the agent's CPU. This writer produces the same bytes from `FinishedSpan`s with no
+//! per-span allocation: each nested message is written into a reusable scratch buffer and
+//! copied behind its length. `convert` stays the reference it is tested against.
+
+use std::sync::Arc;
+
+use crate::span::{AttrValue, FinishedSpan, HttpSpan, Resource, SpanKind};
+
+const SCOPE_NAME: &str = "loupe";
+const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+// Wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+// opentelemetry/proto/trace/v1/trace.proto, common/v1/common.proto, resource/v1.
+const SPAN_KIND_SERVER: u64 = 2;
+const SPAN_KIND_CLIENT: u64 = 3;
+const STATUS_CODE_ERROR: u64 = 2;
+const SPAN_ATTRIBUTES: u32 = 9;
+const RESOURCE_ATTRIBUTES: u32 = 1;
+
+/// Encodes `batch` as an `ExportTraceServiceRequest`, one `ResourceSpans` per distinct
+/// resource in first-seen order.
+pub fn trace_request(batch: &[FinishedSpan]) -> Vec<u8> {
+    let mut groups: Vec<(&Arc<Resource>, Vec<&HttpSpan>)> = Vec::new();
+    for finished in batch {
+        // The pointer test is the common case; equal content covers resources built twice
+        // for the same process.
+        match groups
+            .iter_mut()
+            .find(|(r, _)| Arc::ptr_eq(r, &finished.resource) || **r == finished.resource)
+        {
+            Some((_, spans)) => spans.push(&finished.span),
+            None => groups.push((&finished.resource, vec![&finished.span])),
+        }
+    }
+    let mut out = Vec::with_capacity(batch.len() * 640 + 256);
+    let mut writer = Writer::default();
+    for (resource, spans) in groups {
+        let resource_spans = writer.resource_spans(resource, &spans);
+        message(&mut out, 1, &resource_spans);
+    }
+    out
+}
+
+/// Reusable scratch buffers, one per nesting level, so a batch allocates a handful of
+/// buffers rather than several per span.
+#[derive(Default)]
+struct Writer {
+    span: Vec<u8>,
+    attr: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Writer {
+    fn resource_spans(&mut self, resource: &Resource, spans: &[&HttpSpan]) -> Vec<u8> {
+        let mut scope_spans = Vec::with_capacity(spans.len() * 640 + 64);
+        let mut scope = Vec::with_capacity(32);
+        string(&mut scope, 1, SCOPE_NAME);
+        string(&mut scope, 2, SCOPE_VERSION);
+        message(&mut scope_spans, 1, &scope);
+        for span in spans {
+            self.span.clear();
+            let mut body = std::mem::take(&mut self.span);
+            self.write_span(&mut body, span);
+            message(&mut scope_spans, 2, &body);
+            self.span = body;
+        }
+
+        let mut proto_resource = Vec::with_capacity(256);
+        for (key, value) in &resource.attributes {
+            match value {
+                AttrValue::Str(s) => {
+                    self.str_attr(&mut proto_resource, RESOURCE_ATTRIBUTES, key, s)
+                }
+                AttrValue::Int(i) => {
+                    self.int_attr(&mut proto_resource, RESOURCE_ATTRIBUTES, key, *i)
+                }
+            }
+        }
+
+        let mut out = Vec::with_capacity(scope_spans.len() + proto_resource.len() + 16);
+        message(&mut out, 1, &proto_resource);
+        message(&mut out, 2, &scope_spans);
+        out
+    }
+
+    fn write_span(&mut self, out: &mut Vec<u8>, span: &HttpSpan) {
+        bytes(out, 1, &span.trace_id.0);
+        bytes(out, 2, &span.span_id.0);
+        if let Some(state) = span.trace_state.as_deref().filter(|s| !s.is_empty()) {
+            string(out, 3, state);
+        }
+        if let Some(parent) = span.parent_span_id {
+            bytes(out, 4, &parent.0);
+        }
+        string(out, 5, &span.name);
+        let kind = match span.kind {
+            SpanKind::Server => SPAN_KIND_SERVER,
+            SpanKind::Client => SPAN_KIND_CLIENT,
+        };
+        key(out, 6, VARINT);
+        varint(out, kind);
+        key(out, 7, FIXED64);
+        out.extend_from_slice(&span.start_unix_ns.to_le_bytes());
+        key(out, 8, FIXED64);
+        out.extend_from_slice(&span.end_unix_ns.max(span.start_unix_ns).to_le_bytes());
+        self.span_attributes(out, span);
+        if span.is_error() {
+            // Status { code = 3 }; an empty message is left out, as prost does.
+            let status = [(3 << 3) as u8, STATUS_CODE_ERROR as u8];
+            message(out, 15, &status);
+        }
+        if span.trace_flags != 0 {
+            key(out, 16, FIXED32);
+            out.extend_from_slice(&u32::from(span.trace_flags).to_le_bytes());
+        }
+    }
+
+    fn span_attributes(&mut self, out: &mut Vec<u8>, span: &HttpSpan) {
+        for_each_attribute(span, |key, value| match value {
+            Attr::Str(value) => self.str_attr(out, SPAN_ATTRIBUTES, key, value),
+            Attr::Int(value) => self.int_attr(out, SPAN_ATTRIBUTES, key, value),
+        });
+    }
+
+    /// A `KeyValue` with a string `AnyValue`, as field `field` of `out`.
+    fn str_attr(&mut self, out: &mut Vec<u8>, field: u32, name: &str, value: &str) {
+        self.value.clear();
+        string(&mut self.value, 1, value);
+        self.key_value(out, field, name);
+    }
+
+    fn int_attr(&mut self, out: &mut Vec<u8>, field: u32, name: &str, value: i64) {
+        self.value.clear();
+        key(&mut self.value, 3, VARINT);
+        varint(&mut self.value, value as u64);
+        self.key_value(out, field, name);
+    }
+
+    fn key_value(&mut self, out: &mut Vec<u8>, field: u32, name: &str) {
+        self.attr.clear();
+        string(&mut self.attr, 1, name);
+        message(&mut self.attr, 2, &self.value);
+        message(out, field, &self.attr);
+    }
+}
+
+/// A span attribute's value, borrowed from the span.
+pub enum Attr<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+/// Calls `f` with every attribute of `span` under the stable HTTP semantic conventions,
+/// in a fixed order; unset optional fields are left out.
+pub fn for_each_attribute<'a>(span: &'a HttpSpan, mut f: impl FnMut(&'static str, Attr<'a>)) {
+    f("http.request.method", Attr::Str(&span.method));
+    f("url.path", Attr::Str(&span.path));
+    f("url.scheme", Attr::Str(&span.scheme));
+    f("network.protocol.name", Attr::Str("http"));
+    f(
+        "network.protocol.version",
+        Attr::Str(&span.protocol_version),
+    );
+    let optional_strs = [
+        ("http.request.method_original", &span.method_original),
+        ("url.query", &span.query),
+        ("http.route", &span.route),
+        ("server.address", &span.server_address),
+        ("client.address", &span.client_address),
+        ("network.peer.address", &span.peer_address),
+        ("network.local.address", &span.local_address),
+        ("user_agent.original", &span.user_agent),
+        ("error.type", &span.error_type),
+    ];
+    for (key, value) in optional_strs {
+        if let Some(value) = value {
+            f(key, Attr::Str(value));
+        }
+    }
+    let optional_ints = [
+        ("http.response.status_code", span.status_code.map(i64::from)),
+        ("server.port", span.server_port.map(i64::from)),
+        ("client.port", span.client_port.map(i64::from)),
+        ("network.peer.port", span.peer_port.map(i64::from)),
+        ("network.local.port", span.local_port.map(i64::from)),
+        (
+            "http.request.body.size",
+            span.request_body_size.map(saturating_i64),
+        ),
+        (
+            "http.response.body.size",
+            span.response_body_size.map(saturating_i64),
+        ),
+    ];
+    for (key, value) in optional_ints {
+        if let Some(value) = value {
+            f(key, Attr::Int(value));
+        }
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn key(out: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(out, u64::from((field << 3) | wire));
+}
+
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
+    key(out, field, LEN);
+    varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
+fn string(out: &mut Vec<u8>, field: u32, value: &str) {
+    bytes(out, field, value.as_bytes());
+}
+
+fn message(out: &mut Vec<u8>, field: u32, body: &[u8]) {
+    bytes(out, field, body);
+}
+
+#[cfg(test)]
+#[path = "encode_tests.rs"]
+mod tests;
