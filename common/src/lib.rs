@@ -303,8 +303,10 @@ pub struct PendingCall {
     /// Iovec count for readv/writev.
     pub count: u64,
     pub start_ns: u64,
+    /// The connection the fd was at entry, so the exit needs no second lookup.
+    pub conn_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
 
 /// Kernel structure field offsets, resolved at startup from the running kernel's BTF.
 /// Rust eBPF has no CO-RE relocations, so nothing here may be baked in at build time.

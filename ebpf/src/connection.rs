@@ -122,6 +122,7 @@ pub fn loupe_connect_enter(ctx: TracePointContext) -> u32 {
         count: 0,
         // SAFETY: the helper has no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        conn_id: 0,
     };
     if PENDING_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count(counter::PENDING_FULL);

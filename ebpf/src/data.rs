@@ -5,20 +5,23 @@
 //! syscall: the saved call says how to find the bytes.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_ktime_get_ns, bpf_probe_read_user},
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use loupe_common::{
-    ConnKey, DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, counter,
-    data_flags, direction, syscall_kind,
+    DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, counter, data_flags,
+    direction, syscall_kind,
 };
 
 use crate::{
     connection::lookup_or_discover,
     emit::output_bytes,
     filter::traced_current,
-    maps::{CONNECTIONS, DATA_CONTEXT, PENDING_CALLS, SCRATCH, count},
+    maps::{DATA_CONTEXT, PENDING_CALLS, SCRATCH, config, count},
     syscall::{arg, ret},
 };
 
@@ -32,9 +35,9 @@ fn on_enter(ctx: &TracePointContext, kind: u8) {
         return;
     };
     let fd = arg(ctx, 0) as u32;
-    if lookup_or_discover(tgid, tid, fd, cfg).is_none() {
+    let Some(state) = lookup_or_discover(tgid, tid, fd, cfg) else {
         return;
-    }
+    };
     let call = PendingCall {
         kind,
         _pad: [0; 3],
@@ -43,6 +46,7 @@ fn on_enter(ctx: &TracePointContext, kind: u8) {
         count: arg(ctx, 2),
         // SAFETY: the helper has no preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        conn_id: state.conn_id,
     };
     if PENDING_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count(counter::PENDING_FULL);
@@ -77,9 +81,9 @@ pub fn loupe_data_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) {
-    let Some((tgid, tid, pid_tgid, cfg)) = traced_current() else {
-        return;
-    };
+    // Only the entry program of a traced thread leaves a pending call, so its absence is
+    // the whole filter: every untraced syscall exit costs this one lookup.
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(call) = (unsafe { PENDING_CALLS.get(&pid_tgid) }).copied() else {
         return;
@@ -89,10 +93,10 @@ fn on_exit(ctx: &TracePointContext) {
     if moved <= 0 || call.kind == syscall_kind::CONNECT {
         return;
     }
-    // SAFETY: the value is copied out at once.
-    let Some(state) = (unsafe { CONNECTIONS.get(&ConnKey { tgid, fd: call.fd }) }).copied() else {
+    let Some(cfg) = config() else {
         return;
     };
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -130,7 +134,7 @@ fn on_exit(ctx: &TracePointContext) {
         tgid,
         tid,
         fd: call.fd,
-        conn_id: state.conn_id,
+        conn_id: call.conn_id,
         start_ns: call.start_ns,
         // SAFETY: the helper has no preconditions.
         end_ns: unsafe { bpf_ktime_get_ns() },

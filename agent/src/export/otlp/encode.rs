@@ -44,8 +44,7 @@ pub fn trace_request(batch: &[FinishedSpan]) -> Vec<u8> {
     let mut out = Vec::with_capacity(batch.len() * 640 + 256);
     let mut writer = Writer::default();
     for (resource, spans) in groups {
-        let resource_spans = writer.resource_spans(resource, &spans);
-        message(&mut out, 1, &resource_spans);
+        writer.resource_spans(&mut out, resource, &spans);
     }
     out
 }
@@ -54,23 +53,26 @@ pub fn trace_request(batch: &[FinishedSpan]) -> Vec<u8> {
 /// buffers rather than several per span.
 #[derive(Default)]
 struct Writer {
+    spans: Vec<u8>,
     span: Vec<u8>,
     attr: Vec<u8>,
     value: Vec<u8>,
 }
 
 impl Writer {
-    fn resource_spans(&mut self, resource: &Resource, spans: &[&HttpSpan]) -> Vec<u8> {
-        let mut scope_spans = Vec::with_capacity(spans.len() * 640 + 64);
+    /// Appends one `ResourceSpans` to `out`. The spans, the bulk of it, are written once
+    /// into a buffer whose length then heads them; the wrappers are small.
+    fn resource_spans(&mut self, out: &mut Vec<u8>, resource: &Resource, spans: &[&HttpSpan]) {
         let mut scope = Vec::with_capacity(32);
         string(&mut scope, 1, SCOPE_NAME);
         string(&mut scope, 2, SCOPE_VERSION);
-        message(&mut scope_spans, 1, &scope);
+        self.spans.clear();
+        let mut encoded = std::mem::take(&mut self.spans);
         for span in spans {
             self.span.clear();
             let mut body = std::mem::take(&mut self.span);
             self.write_span(&mut body, span);
-            message(&mut scope_spans, 2, &body);
+            message(&mut encoded, 2, &body);
             self.span = body;
         }
 
@@ -86,10 +88,18 @@ impl Writer {
             }
         }
 
-        let mut out = Vec::with_capacity(scope_spans.len() + proto_resource.len() + 16);
-        message(&mut out, 1, &proto_resource);
-        message(&mut out, 2, &scope_spans);
-        out
+        // ScopeSpans { scope = 1; spans = 2 }
+        let scope_spans_len = field_len(1, scope.len()) + encoded.len();
+        // ResourceSpans { resource = 1; scope_spans = 2 }
+        let resource_spans_len = field_len(1, proto_resource.len()) + field_len(2, scope_spans_len);
+        key(out, 1, LEN);
+        varint(out, resource_spans_len as u64);
+        message(out, 1, &proto_resource);
+        key(out, 2, LEN);
+        varint(out, scope_spans_len as u64);
+        message(out, 1, &scope);
+        out.extend_from_slice(&encoded);
+        self.spans = encoded;
     }
 
     fn write_span(&mut self, out: &mut Vec<u8>, span: &HttpSpan) {
@@ -214,6 +224,15 @@ fn saturating_i64(n: u64) -> i64 {
 
 fn key(out: &mut Vec<u8>, field: u32, wire: u32) {
     varint(out, u64::from((field << 3) | wire));
+}
+
+/// Bytes a length-delimited field `field` of `len` bytes takes, key and length included.
+fn field_len(field: u32, len: usize) -> usize {
+    varint_len(u64::from(field << 3)) + varint_len(len as u64) + len
+}
+
+fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn varint(out: &mut Vec<u8>, mut value: u64) {

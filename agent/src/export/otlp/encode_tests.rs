@@ -84,3 +84,12 @@ fn large_batches_stay_valid() {
     let decoded = ExportTraceServiceRequest::decode(trace_request(&batch).as_slice()).unwrap();
     assert_eq!(decoded, to_request(&batch));
 }
+
+#[test]
+fn varint_lengths() {
+    for value in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+        let mut out = Vec::new();
+        varint(&mut out, value);
+        assert_eq!(varint_len(value), out.len(), "{value}");
+    }
+}
