@@ -9,6 +9,8 @@
 pub mod file;
 pub mod layer;
 mod show;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
