@@ -7,7 +7,7 @@ use loupe::{
     config,
 };
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 
@@ -21,12 +21,16 @@ fn main() -> ExitCode {
             config::load(Some(&file), cli.run, given, env)
                 .map_err(anyhow::Error::from)
                 .and_then(|config| Ok(config.effective_yaml(&file)?))
-                .map(|yaml| print!("{yaml}"))
+                // Not print!: a closed pipe (`| head`) is an error to report, not a panic.
+                .and_then(|yaml| Ok(std::io::stdout().write_all(yaml.as_bytes())?))
         }
         None => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .format_target(false)
                 .init();
+            if let Some(path) = &cli.config {
+                log::info!("configuration file {}", path.display());
+            }
             config::load(cli.config.as_deref(), cli.run, given, env)
                 .map_err(anyhow::Error::from)
                 .and_then(app::run)
