@@ -20,20 +20,16 @@ use loupe_common::ProbeConfig;
 
 use crate::{
     admin::{self, AdminState},
-    cli::Cli,
+    cli::RunArgs,
+    config::AgentConfig,
     events::reader,
-    export::{self, ExportConfig},
+    export,
     kernel::btf,
     pipeline::{Pipeline, PipelineConfig},
     probes::{Probes, privileges},
-    process::{
-        resource::ResourceDefaults,
-        selector::{Selection, Selector},
-    },
+    process::{resource::ResourceDefaults, selector::Selector},
     protocol::http1::Http1Limits,
-    red::{self, MetricsExportConfig},
-    sampling::HeadSampler,
-    span::route::RouteMatcher,
+    red,
     telemetry::metrics::Metrics,
 };
 
@@ -42,14 +38,19 @@ use crate::{
 const EXPORT_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 const MAX_CONNECTIONS: usize = 65536;
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    // Everything that can be wrong with the command line or environment is checked
-    // before anything is loaded into the kernel.
-    let export_config = ExportConfig::from_env(|name| std::env::var(name).ok())?;
-    let head_sampler = HeadSampler::from_env(|name| std::env::var(name).ok())?;
-    let metrics_export_config = MetricsExportConfig::from_env(|name| std::env::var(name).ok())?;
-    let routes = RouteMatcher::new(&cli.routes)?;
-    let selection = Selection::new(&cli.pids, &cli.exes)?;
+/// Runs the agent until SIGTERM or SIGINT. The configuration was checked by
+/// [`crate::config::load`] before anything is loaded into the kernel.
+pub fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let AgentConfig {
+        run: cli,
+        export: export_config,
+        metrics_export: metrics_export_config,
+        head_sampler,
+        resource_attributes,
+        routes,
+        selection,
+        ..
+    } = config;
     privileges::check()?;
     let offsets = btf::kernel_offsets().context("reading kernel type information (BTF)")?;
 
@@ -142,7 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 // Built on its own thread: the pipeline's trace links are single-threaded.
                 let mut pipeline = Pipeline::new(
                     pipeline_config,
-                    ResourceDefaults::from_agent_env(),
+                    ResourceDefaults::new(resource_attributes),
                     sender,
                     metrics.clone(),
                     counters,
@@ -185,7 +186,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe_selection(cli: &Cli) -> String {
+fn describe_selection(cli: &RunArgs) -> String {
     let mut parts = Vec::new();
     if !cli.pids.is_empty() {
         parts.push(format!("pids {:?}", cli.pids));

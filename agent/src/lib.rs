@@ -1,12 +1,14 @@
 //! loupe: an eBPF agent that traces the HTTP requests of unmodified processes and exports
 //! them as OpenTelemetry spans.
 //!
-//! The binary (`main.rs`) only parses the command line and calls [`app::run`]; the modules
+//! The binary (`main.rs`) only parses the command line, reads the configuration
+//! ([`config::load`]) and calls [`app::run`]; the modules
 //! live in this library so that fuzz targets and benchmarks can drive the parsers directly.
 
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod events;
 pub mod export;
 pub mod kernel;

@@ -1,11 +1,15 @@
 //! loupe: an eBPF agent that traces the HTTP requests of unmodified processes and exports
 //! them as OpenTelemetry spans.
 
-use loupe::{app, cli};
+use loupe::{
+    app,
+    cli::{Cli, Command, ConfigCommand},
+    config,
+};
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 // The pipeline allocates and frees small strings per request on one thread and hands them
 // to the exporter's threads; glibc's allocator spent a third of the agent's CPU on that
@@ -14,11 +18,31 @@ use clap::Parser as _;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
-    match app::run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let given = config::given_on_command_line(&matches);
+    let env = |name: &str| std::env::var(name).ok();
+    let result = match cli.command {
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            config::load(Some(&file), cli.run, given, env)
+                .map_err(anyhow::Error::from)
+                .and_then(|config| Ok(config.effective_yaml(&file)?))
+                // Not print!: a closed pipe (`| head`) is an error to report, not a panic.
+                .and_then(|yaml| Ok(std::io::stdout().write_all(yaml.as_bytes())?))
+        }
+        None => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .format_target(false)
+                .init();
+            if let Some(path) = &cli.config {
+                log::info!("configuration file {}", path.display());
+            }
+            config::load(cli.config.as_deref(), cli.run, given, env)
+                .map_err(anyhow::Error::from)
+                .and_then(app::run)
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("loupe: error: {err:#}");

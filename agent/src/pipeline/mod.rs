@@ -49,7 +49,10 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 const SAMPLED: u8 = 0x01;
 
 /// What to do with spans of processes that run an OpenTelemetry SDK themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum SdkSpans {
     /// Do not export them: the SDK already does. Their trace context is still used.
     Skip,

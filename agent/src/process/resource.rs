@@ -15,17 +15,17 @@ use super::procfs;
 #[derive(Debug, Clone)]
 pub struct ResourceDefaults {
     pub host_name: String,
-    /// Parsed from the agent's own `OTEL_RESOURCE_ATTRIBUTES`.
+    /// The agent's own resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, configuration file).
     pub agent_attributes: Vec<(String, String)>,
 }
 
 impl ResourceDefaults {
-    pub fn from_agent_env() -> Self {
+    /// `agent_attributes` are the agent's own resource attributes, from its configuration
+    /// file and `OTEL_RESOURCE_ATTRIBUTES`.
+    pub fn new(agent_attributes: Vec<(String, String)>) -> Self {
         Self {
             host_name: host_name(),
-            agent_attributes: std::env::var("OTEL_RESOURCE_ATTRIBUTES")
-                .map(|v| parse_resource_attributes(&v))
-                .unwrap_or_default(),
+            agent_attributes,
         }
     }
 

@@ -36,7 +36,7 @@ mod store;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use config::MetricsExportConfig;
+pub use config::{MetricsConfigError, MetricsExportConfig, MetricsExporter};
 pub use exporter::spawn;
 pub use store::Limits;
 

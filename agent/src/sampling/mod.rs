@@ -9,7 +9,7 @@
 mod head;
 pub mod tail;
 
-pub use head::HeadSampler;
+pub use head::{HeadSampler, SamplerConfigError};
 pub use tail::{TailPolicy, TailSampler};
 
 use crate::span::TraceId;
