@@ -11,12 +11,6 @@ use std::{io::Write as _, process::ExitCode};
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 
-// The pipeline allocates and frees small strings per request on one thread and hands them
-// to the exporter's threads; glibc's allocator spent a third of the agent's CPU on that
-// pattern and kept per-thread arenas resident.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
