@@ -1,7 +1,11 @@
 //! Request and response heads: parsing with `httparse`, salvaging heads the capture cut short,
 //! recognising where a message starts, and reading the framing headers.
 
-use super::{Http1Limits, HttpRequest, HttpResponse, MAX_HEADER_VALUE_BYTES};
+use super::{
+    Http1Limits, HttpRequest, HttpResponse, KeepHeaders, MAX_HEADER_VALUE_BYTES,
+    SPAN_REQUEST_HEADERS,
+};
+use crate::span::context::PROPAGATION_HEADERS;
 
 /// Why a head could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -122,11 +126,30 @@ fn first_slots(buf: &[u8], limits: &Http1Limits) -> usize {
     limits.max_headers.min(retry_slots(buf, limits)).max(1)
 }
 
+/// Header slots on the stack: enough for ordinary heads, so parsing them allocates nothing.
+const STACK_HEADER_SLOTS: usize = 64;
+
+fn header_slots<'s, 'b>(
+    stack: &'s mut [httparse::Header<'b>; STACK_HEADER_SLOTS],
+    heap: &'s mut Vec<httparse::Header<'b>>,
+    slots: usize,
+) -> &'s mut [httparse::Header<'b>] {
+    if slots <= STACK_HEADER_SLOTS {
+        &mut stack[..slots]
+    } else {
+        heap.clear();
+        heap.resize(slots, httparse::EMPTY_HEADER);
+        heap
+    }
+}
+
 fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
     let mut slots = first_slots(buf, limits);
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
+    let mut heap = Vec::new();
     loop {
-        let mut headers = vec![httparse::EMPTY_HEADER; slots];
-        let mut req = httparse::Request::new(&mut headers);
+        let headers = header_slots(&mut stack, &mut heap, slots);
+        let mut req = httparse::Request::new(headers);
         match config().parse_request(&mut req, buf) {
             Ok(httparse::Status::Complete(len)) => {
                 if len > limits.max_header_bytes {
@@ -138,7 +161,7 @@ fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
                         method: req.method.unwrap_or_default().to_owned(),
                         target: req.path.unwrap_or_default().to_owned(),
                         minor_version: req.version.unwrap_or(1),
-                        headers: convert_headers(req.headers, limits.max_headers),
+                        headers: convert_headers(req.headers, limits, keep_request_header),
                         body_len: 0,
                         head_truncated: false,
                     },
@@ -156,9 +179,11 @@ fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
 
 fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
     let mut slots = first_slots(buf, limits);
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
+    let mut heap = Vec::new();
     loop {
-        let mut headers = vec![httparse::EMPTY_HEADER; slots];
-        let mut resp = httparse::Response::new(&mut headers);
+        let headers = header_slots(&mut stack, &mut heap, slots);
+        let mut resp = httparse::Response::new(headers);
         match config().parse_response(&mut resp, buf) {
             Ok(httparse::Status::Complete(len)) => {
                 if len > limits.max_header_bytes {
@@ -169,7 +194,7 @@ fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
                     response: HttpResponse {
                         status: resp.code.unwrap_or_default(),
                         minor_version: resp.version.unwrap_or(1),
-                        headers: convert_headers(resp.headers, limits.max_headers),
+                        headers: convert_headers(resp.headers, limits, |_| false),
                         body_len: 0,
                         head_truncated: false,
                     },
@@ -185,9 +210,24 @@ fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
     }
 }
 
-fn convert_headers(raw: &[httparse::Header], max: usize) -> Vec<(String, String)> {
+fn keep_request_header(name: &str) -> bool {
+    SPAN_REQUEST_HEADERS
+        .iter()
+        .chain(PROPAGATION_HEADERS)
+        .any(|kept| name.eq_ignore_ascii_case(kept))
+}
+
+/// The headers `limits.keep_headers` asks for; with [`KeepHeaders::Used`], those `used`
+/// accepts.
+fn convert_headers(
+    raw: &[httparse::Header],
+    limits: &Http1Limits,
+    used: fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    let all = limits.keep_headers == KeepHeaders::All;
     raw.iter()
-        .take(max)
+        .take(limits.max_headers)
+        .filter(|h| all || used(h.name))
         .map(|h| {
             (
                 bounded_text(h.name.as_bytes()).to_ascii_lowercase(),

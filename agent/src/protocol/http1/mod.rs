@@ -41,6 +41,8 @@ pub struct Http1Limits {
     /// Requests waiting for their response (pipelining depth); beyond it the oldest is
     /// dropped and counted.
     pub max_pending_requests: usize,
+    /// Which header values are copied out of the captured bytes.
+    pub keep_headers: KeepHeaders,
 }
 
 impl Default for Http1Limits {
@@ -49,9 +51,24 @@ impl Default for Http1Limits {
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             max_pending_requests: 32,
+            keep_headers: KeepHeaders::Used,
         }
     }
 }
+
+/// Which headers a parsed message keeps (framing is read from all of them regardless).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepHeaders {
+    /// Only what spans are built from: a request's `Host`, `User-Agent` and trace-context
+    /// headers; none of a response's. Values such as `Authorization` or `Cookie` are never
+    /// copied, and a request costs no allocation per header it does not need.
+    Used,
+    /// Every header, up to `max_headers` (tests and tools that inspect messages).
+    All,
+}
+
+/// Request headers spans are built from, besides the trace-context ones.
+pub const SPAN_REQUEST_HEADERS: &[&str] = &["host", "user-agent"];
 
 /// Longest header value kept, in bytes; longer values are cut at a character boundary.
 pub const MAX_HEADER_VALUE_BYTES: usize = 4096;

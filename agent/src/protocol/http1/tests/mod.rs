@@ -7,7 +7,7 @@ mod framing;
 mod pairing;
 mod robustness;
 
-use super::{ExchangeOutcome, Http1Limits, Http1Session, HttpExchange, SessionStats};
+use super::{ExchangeOutcome, Http1Limits, Http1Session, HttpExchange, KeepHeaders, SessionStats};
 use crate::protocol::{Chunk, Direction, Role};
 
 /// Plays chunks at a session. Chunk `n` (from 0) runs from `1000 * (n + 1)` to that plus 500.
@@ -26,7 +26,14 @@ impl Harness {
 
     fn with_limits(role: Role, limits: Http1Limits) -> Self {
         Self {
-            session: Http1Session::new(role, limits),
+            // These tests inspect every header; what production keeps is tested on its own.
+            session: Http1Session::new(
+                role,
+                Http1Limits {
+                    keep_headers: KeepHeaders::All,
+                    ..limits
+                },
+            ),
             out: Vec::new(),
             role,
             clock: 0,

@@ -320,6 +320,7 @@ fn deterministic_random_streams_never_panic_and_stay_bounded() {
             max_header_bytes: 64 + rng.below(2000) as usize,
             max_headers: 1 + rng.below(8) as usize,
             max_pending_requests: 1 + rng.below(5) as usize,
+            ..Http1Limits::default()
         };
         let mut session = Http1Session::new(role, limits);
         let mut out = Vec::new();
@@ -364,7 +365,7 @@ proptest! {
         chunks in proptest::collection::vec(chunk_strategy(), 0..40),
     ) {
         let role = if server { Role::Server } else { Role::Client };
-        let limits = Http1Limits { max_header_bytes: 512, max_headers: 4, max_pending_requests: 3 };
+        let limits = Http1Limits { max_header_bytes: 512, max_headers: 4, max_pending_requests: 3, ..Http1Limits::default() };
         let mut session = Http1Session::new(role, limits);
         let mut out = Vec::new();
         for (i, (ingress, bytes, gap)) in chunks.iter().enumerate() {
