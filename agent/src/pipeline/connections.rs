@@ -1,10 +1,11 @@
 //! The userspace connection table: one entry per traced TCP connection, holding what is
 //! known of its endpoints and the protocol session that reassembles its bytes.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+// hashbrown's seeded foldhash: these tables are looked up for every record, and SipHash
+// showed in profiles.
+use hashbrown::HashMap;
 
 use loupe_common::{AF_INET, AF_INET6, ConnKey, ConnTuple};
 

@@ -3,7 +3,7 @@
 //! Each record arrives just before the data record of the same syscall; the next request
 //! start on that connection (server) or thread (client) takes it.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use loupe_common::{ClientContextEvent, ConnKey, ServerContextEvent};
 

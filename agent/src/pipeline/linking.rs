@@ -21,12 +21,9 @@
 //!   several requests are in flight at once and a handler calls out after another request
 //!   arrived.
 
-use std::{
-    cell::RefCell,
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    rc::Rc,
-};
+use std::{cell::RefCell, collections::VecDeque, net::SocketAddr, rc::Rc};
+
+use hashbrown::HashMap;
 
 use crate::span::{SpanContext, SpanId, TraceId, context::new_span_id, context::new_trace_id};
 

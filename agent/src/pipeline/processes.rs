@@ -1,7 +1,9 @@
 //! What the pipeline knows of each traced process: its resource, and whether it runs an
 //! OpenTelemetry SDK of its own.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use crate::{process::resource::ResourceDefaults, span::Resource};
 
