@@ -12,7 +12,7 @@ use crate::{
     span::{HttpSpan, SpanKind, route::RouteMatcher},
 };
 
-use super::linking::ResolvedIds;
+use super::{linking::ResolvedIds, texts::TextCache};
 
 /// Longest `user_agent.original` exported; the rest is cut.
 const MAX_USER_AGENT: usize = 256;
@@ -24,11 +24,16 @@ const KNOWN_METHODS: &[&str] = &[
 pub struct SpanAssembler {
     routes: RouteMatcher,
     clock: Clock,
+    texts: TextCache,
 }
 
 impl SpanAssembler {
     pub fn new(routes: RouteMatcher, clock: Clock) -> Self {
-        Self { routes, clock }
+        Self {
+            routes,
+            clock,
+            texts: TextCache::default(),
+        }
     }
 
     pub fn set_clock(&mut self, clock: Clock) {
@@ -64,21 +69,20 @@ impl SpanAssembler {
         } = ids;
 
         let host = request.header("host").and_then(parse_host);
+        let texts = &self.texts;
+        let ip_text = |a: SocketAddr| texts.ip(a.ip());
+        let host_name = host.as_ref().map(|h| texts.text(&h.0));
         let (server_address, server_port, client_address, client_port) = match kind {
             SpanKind::Server => (
-                host.as_ref()
-                    .map(|h| h.0.clone())
-                    .or_else(|| local.map(|a| a.ip().to_string())),
+                host_name.or_else(|| local.map(ip_text)),
                 host.as_ref()
                     .and_then(|h| h.1)
                     .or_else(|| local.map(|a| a.port())),
-                remote.map(|a| a.ip().to_string()),
+                remote.map(ip_text),
                 remote.map(|a| a.port()),
             ),
             SpanKind::Client => (
-                host.as_ref()
-                    .map(|h| h.0.clone())
-                    .or_else(|| remote.map(|a| a.ip().to_string())),
+                host_name.or_else(|| remote.map(ip_text)),
                 host.as_ref()
                     .and_then(|h| h.1)
                     .or_else(|| remote.map(|a| a.port())),
@@ -121,9 +125,9 @@ impl SpanAssembler {
             server_port,
             client_address,
             client_port,
-            peer_address: remote.map(|a| a.ip().to_string()),
+            peer_address: remote.map(ip_text),
             peer_port: remote.map(|a| a.port()),
-            local_address: local.map(|a| a.ip().to_string()),
+            local_address: local.map(ip_text),
             local_port: local.map(|a| a.port()),
             user_agent: request
                 .header("user-agent")

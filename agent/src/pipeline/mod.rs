@@ -6,6 +6,7 @@ pub mod connections;
 mod injected;
 mod linking;
 mod processes;
+mod texts;
 
 use std::{
     net::SocketAddr,

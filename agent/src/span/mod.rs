@@ -63,16 +63,16 @@ pub struct HttpSpan {
     /// `network.protocol.version`: "1.0" or "1.1".
     pub protocol_version: String,
     /// `server.address` / `server.port`.
-    pub server_address: Option<String>,
+    pub server_address: Option<Arc<str>>,
     pub server_port: Option<u16>,
     /// `client.address` / `client.port` (server spans).
-    pub client_address: Option<String>,
+    pub client_address: Option<Arc<str>>,
     pub client_port: Option<u16>,
     /// `network.peer.address` / `network.peer.port`.
-    pub peer_address: Option<String>,
+    pub peer_address: Option<Arc<str>>,
     pub peer_port: Option<u16>,
     /// `network.local.address` / `network.local.port`.
-    pub local_address: Option<String>,
+    pub local_address: Option<Arc<str>>,
     pub local_port: Option<u16>,
     /// `user_agent.original`.
     pub user_agent: Option<String>,

@@ -181,15 +181,18 @@ pub fn for_each_attribute<'a>(span: &'a HttpSpan, mut f: impl FnMut(&'static str
         Attr::Str(&span.protocol_version),
     );
     let optional_strs = [
-        ("http.request.method_original", &span.method_original),
-        ("url.query", &span.query),
-        ("http.route", &span.route),
-        ("server.address", &span.server_address),
-        ("client.address", &span.client_address),
-        ("network.peer.address", &span.peer_address),
-        ("network.local.address", &span.local_address),
-        ("user_agent.original", &span.user_agent),
-        ("error.type", &span.error_type),
+        (
+            "http.request.method_original",
+            span.method_original.as_deref(),
+        ),
+        ("url.query", span.query.as_deref()),
+        ("http.route", span.route.as_deref()),
+        ("server.address", span.server_address.as_deref()),
+        ("client.address", span.client_address.as_deref()),
+        ("network.peer.address", span.peer_address.as_deref()),
+        ("network.local.address", span.local_address.as_deref()),
+        ("user_agent.original", span.user_agent.as_deref()),
+        ("error.type", span.error_type.as_deref()),
     ];
     for (key, value) in optional_strs {
         if let Some(value) = value {

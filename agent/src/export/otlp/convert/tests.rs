@@ -37,13 +37,13 @@ fn full_span() -> HttpSpan {
     span.query = Some("q=REDACTED".to_owned());
     span.route = Some("/users/{id}".to_owned());
     span.protocol_version = "1.0".to_owned();
-    span.server_address = Some("api.local".to_owned());
+    span.server_address = Some("api.local".into());
     span.server_port = Some(8080);
-    span.client_address = Some("10.0.0.2".to_owned());
+    span.client_address = Some("10.0.0.2".into());
     span.client_port = Some(51234);
-    span.peer_address = Some("10.0.0.2".to_owned());
+    span.peer_address = Some("10.0.0.2".into());
     span.peer_port = Some(51234);
-    span.local_address = Some("10.0.0.1".to_owned());
+    span.local_address = Some("10.0.0.1".into());
     span.local_port = Some(8080);
     span.user_agent = Some("curl/8.5".to_owned());
     span.request_body_size = Some(12);

@@ -1,0 +1,82 @@
+//! Shared text for span attributes that repeat across requests: peer and local addresses,
+//! Host header names. Formatting an address for every span was a seventh of the reader
+//! thread's time; a lookup here is a hash of a few bytes and a reference count.
+
+use std::{cell::RefCell, net::IpAddr, sync::Arc};
+
+use hashbrown::{HashMap, HashSet};
+
+/// Entries kept per table; past it the table starts over, so hostile traffic with ever
+/// new addresses or Host values costs memory up to this bound only.
+const MAX_ENTRIES: usize = 4096;
+
+#[derive(Default)]
+pub struct TextCache {
+    ips: RefCell<HashMap<IpAddr, Arc<str>>>,
+    strings: RefCell<HashSet<Arc<str>>>,
+}
+
+impl TextCache {
+    pub fn ip(&self, ip: IpAddr) -> Arc<str> {
+        let mut ips = self.ips.borrow_mut();
+        if let Some(text) = ips.get(&ip) {
+            return text.clone();
+        }
+        if ips.len() >= MAX_ENTRIES {
+            ips.clear();
+        }
+        let text: Arc<str> = ip.to_string().into();
+        ips.insert(ip, text.clone());
+        text
+    }
+
+    pub fn text(&self, value: &str) -> Arc<str> {
+        let mut strings = self.strings.borrow_mut();
+        if let Some(text) = strings.get(value) {
+            return text.clone();
+        }
+        if strings.len() >= MAX_ENTRIES {
+            strings.clear();
+        }
+        let text: Arc<str> = value.into();
+        strings.insert(text.clone());
+        text
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
+        (self.ips.borrow().len(), self.strings.borrow().len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn repeats_share_one_allocation() {
+        let cache = TextCache::default();
+        let a = cache.ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        let b = cache.ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(&*a, "10.0.0.1");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*cache.ip(IpAddr::V6(Ipv6Addr::LOCALHOST)), "::1");
+        let h1 = cache.text("shop.example");
+        assert!(Arc::ptr_eq(&h1, &cache.text("shop.example")));
+    }
+
+    #[test]
+    fn bounded_under_ever_new_values() {
+        let cache = TextCache::default();
+        for i in 0..(3 * MAX_ENTRIES as u32) {
+            let ip = IpAddr::V4(Ipv4Addr::from(i));
+            assert_eq!(*cache.ip(ip), *ip.to_string());
+            let host = format!("h{i}");
+            assert_eq!(&*cache.text(&host), host);
+        }
+        let (ips, strings) = cache.len();
+        assert!(ips <= MAX_ENTRIES && strings <= MAX_ENTRIES);
+    }
+}
