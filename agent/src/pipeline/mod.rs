@@ -208,11 +208,16 @@ impl Pipeline {
             let header = extract(&start.headers);
             match role {
                 Role::Server => {
+                    // Only a client loupe traces can adopt this span later; its connection
+                    // is known by now (its open record precedes its first write). For
+                    // other peers nothing is queued, which keeps the linker's peer queues
+                    // to the traffic between traced processes.
+                    let traced_peer = peers.filter(|&(l, r)| self.connections.has_endpoints(r, l));
                     self.linker.server_start(
                         request_key,
                         start.tid,
                         start.end_ns,
-                        peers,
+                        traced_peer,
                         header,
                         self.injected.server_ids(key),
                     );
