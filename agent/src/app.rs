@@ -53,6 +53,8 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     } = config;
     privileges::check()?;
     let offsets = btf::kernel_offsets().context("reading kernel type information (BTF)")?;
+    // Before any thread starts: on Linux niceness is per thread and inherited.
+    set_niceness(cli.nice);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -216,5 +218,21 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Lowers this thread's scheduling priority; every thread started afterwards inherits it.
+fn set_niceness(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain syscall on the calling thread (who = 0); raising niceness needs no
+    // privilege.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, libc::c_int::from(nice)) };
+    if rc != 0 {
+        log::warn!(
+            "could not set niceness {nice}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -203,3 +203,45 @@ fn garbage_on_a_traced_socket_is_counted() {
         agent.metric("loupe_parse_errors_total") >= 1.0
     });
 }
+
+/// Niceness of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).
+fn thread_niceness(pid: u32) -> Vec<(String, i64)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let path = entry.expect("task entry").path();
+        let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
+        // The command name is in parentheses and may hold spaces: fields follow the ')'.
+        let (name, rest) = stat
+            .split_once(" (")
+            .and_then(|(_, r)| r.rsplit_once(") "))
+            .expect("stat format");
+        let nice: i64 = rest
+            .split(' ')
+            .nth(16)
+            .and_then(|f| f.parse().ok())
+            .expect("nice field");
+        found.push((name.to_owned(), nice));
+    }
+    found
+}
+
+#[test]
+fn every_thread_runs_at_the_configured_niceness() {
+    require_root();
+    for (args, expected) in [
+        (&["--exe", "loupe-test-no-such-exe"][..], 10),
+        (&["--exe", "loupe-test-no-such-exe", "--nice", "3"][..], 3),
+    ] {
+        let mut agent = Agent::start(args, &[("OTEL_TRACES_EXPORTER", "none")]);
+        let threads = thread_niceness(agent.pid());
+        assert!(
+            threads.len() >= 3,
+            "reader, selector and runtime threads: {threads:?}"
+        );
+        assert!(
+            threads.iter().all(|(_, nice)| *nice == expected),
+            "{args:?}: {threads:?}"
+        );
+        agent.terminate();
+    }
+}

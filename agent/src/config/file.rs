@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub admin_addr: Option<SocketAddr>,
     pub capture_bytes: Option<Bounded<MIN_CAPTURE_BYTES_U64, MAX_CAPTURE>>,
     pub ring_buffer_mib: Option<Bounded<1, 1024, true>>,
+    pub nice: Option<Bounded<0, 19>>,
     pub sdk_spans: Option<SdkSpans>,
     pub inject_traceparent: Option<bool>,
     pub sampling: Option<Sampling>,
