@@ -15,6 +15,10 @@ use super::prom;
 use super::report::AgentPhase;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a settle waits for the export queue to empty: the default
+/// `OTEL_BSP_SCHEDULE_DELAY` of 5 s holds a partial batch that long, plus a margin for the
+/// export itself.
+const SETTLE_LIMIT: Duration = Duration::from_secs(8);
 /// Loading the kernel programs and reading BTF is quick, but a cold first start can page in
 /// a lot; a generous limit keeps a slow machine from failing the bench.
 const READY_LIMIT: Duration = Duration::from_secs(120);
@@ -89,6 +93,9 @@ pub struct Snapshot {
     exported: Option<f64>,
     created: Option<f64>,
     drops: Option<f64>,
+    dropped_spans: Option<f64>,
+    /// Spans accepted for export and not yet delivered or dropped.
+    queued: Option<f64>,
     sink: Option<u64>,
     bpf: Option<ProgStats>,
 }
@@ -108,6 +115,7 @@ impl Snapshot {
             spans_exported: delta(self.exported, earlier.exported),
             spans_created: delta(self.created, earlier.created),
             ringbuf_drops: delta(self.drops, earlier.drops),
+            spans_dropped: delta(self.dropped_spans, earlier.dropped_spans),
             sink_received: delta(sink(self), sink(earlier)),
             bpf_run_ns: delta(bpf_ns(self), bpf_ns(earlier)),
             bpf_runs: delta(bpf_runs(self), bpf_runs(earlier)),
@@ -139,17 +147,26 @@ pub struct Launch<'a> {
     pub pass_stdout: bool,
 }
 
-/// Export over OTLP gRPC to `endpoint` with batches large and frequent enough that a
-/// benchmark's burst of spans is neither dropped nor held long.
+/// Export over OTLP gRPC to `endpoint`, batching as the agent does by default: what the
+/// overhead is measured with.
 pub fn otlp_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+    ]
+}
+
+/// `otlp_env` with batches large and frequent enough that a burst of spans is neither
+/// dropped nor held long: for checks that want every span soon, not default behaviour.
+pub fn otlp_env_fast_flush(endpoint: &str) -> Vec<(&'static str, String)> {
+    let mut env = otlp_env(endpoint);
+    env.extend([
         ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096".to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
-    ]
+    ]);
+    env
 }
 
 pub struct Agent {
@@ -245,31 +262,40 @@ impl Agent {
             exported: get("loupe_spans_exported_total"),
             created: get("loupe_spans_created_total"),
             drops: get("loupe_ringbuf_drops_total"),
+            dropped_spans: get("loupe_spans_dropped_total"),
+            queued: get("loupe_export_queue_spans"),
             sink: sink.count(),
             bpf: procfs::bpf_prog_totals(pid),
         }
     }
 
     /// Waits for the exporter to flush what the last phase produced (at least a second,
-    /// then until the exported count stops moving, at most five more), and reads.
+    /// then until the export queue is empty and the counts stop moving, at most
+    /// `SETTLE_LIMIT` more), and reads.
     pub fn settle(&self, sink: &Sink) -> Snapshot {
         std::thread::sleep(Duration::from_secs(1));
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + SETTLE_LIMIT;
         let mut last = self.snapshot(sink);
         while Instant::now() < deadline && !interrupted() {
             std::thread::sleep(Duration::from_millis(250));
             let now = self.snapshot(sink);
+            // An agent without the gauge counts as drained, as before it existed.
+            let drained = now.queued.is_none_or(|q| q == 0.0);
             let still = now.exported == last.exported && now.sink == last.sink;
             last = now;
-            if still {
+            if drained && still {
                 break;
             }
         }
         last
     }
 
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        procfs::peak_rss_kib(self.guard.pid())
+        procfs::status_kib(self.guard.pid(), procfs::PEAK_RSS)
     }
 
     /// Fails when the agent died during a phase: its numbers would mean nothing.
@@ -326,6 +352,8 @@ mod tests {
             exported: Some(100.0),
             created: None,
             drops: Some(1.0),
+            dropped_spans: Some(0.0),
+            queued: Some(12.0),
             sink: Some(90),
             bpf: Some(ProgStats {
                 run_time_ns: 1_000,
@@ -337,6 +365,8 @@ mod tests {
             exported: Some(10_100.0),
             created: Some(5.0),
             drops: Some(1.0),
+            dropped_spans: Some(30.0),
+            queued: Some(0.0),
             sink: Some(10_090),
             bpf: Some(ProgStats {
                 run_time_ns: 51_000,
@@ -348,6 +378,7 @@ mod tests {
         assert_eq!(phase.spans_exported, Some(10_000.0));
         assert_eq!(phase.spans_created, None);
         assert_eq!(phase.ringbuf_drops, Some(0.0));
+        assert_eq!(phase.spans_dropped, Some(30.0));
         assert_eq!(phase.sink_received, Some(10_000.0));
         assert_eq!(phase.bpf_run_ns, Some(50_000.0));
         assert_eq!(phase.bpf_runs, Some(100.0));
