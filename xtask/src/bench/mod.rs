@@ -58,8 +58,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ServiceKind::Nginx])]
     pub service: Vec<ServiceKind>,
     /// Requests per second in the fixed-rate phase: `N` for every service, or
-    /// `SERVICE=N` for one, comma-separated. By default about half of what each service
-    /// carries closed-loop on two cores: nginx 10000, python 2000.
+    /// `SERVICE=N` for one, comma-separated. Defaults: nginx 10000, python 6000 (about
+    /// half of what the Python server carries closed-loop on two shared cores).
     #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
     pub rate: Vec<RateSpec>,
     /// Keep-alive connections sharing the fixed rate.
