@@ -15,10 +15,14 @@ use super::prom;
 use super::report::AgentPhase;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a settle waits for the export queue to empty: the default
-/// `OTEL_BSP_SCHEDULE_DELAY` of 5 s holds a partial batch that long, plus a margin for the
-/// export itself.
-const SETTLE_LIMIT: Duration = Duration::from_secs(8);
+/// How long a settle waits for the agent to go quiet. The default `OTEL_BSP_SCHEDULE_DELAY`
+/// holds a partial batch 5 s; after a closed-loop phase the agent may also still be
+/// working through a backlog in the ring buffer.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+const SETTLE_POLL: Duration = Duration::from_millis(500);
+/// The agent counts as idle when it used less than this share of a core between two
+/// readings (CPU time comes in 10 ms ticks; this allows a few for its own timers).
+const IDLE_CPU_SHARE: f64 = 0.1;
 /// Loading the kernel programs and reading BTF is quick, but a cold first start can page in
 /// a lot; a generous limit keeps a slow machine from failing the bench.
 const READY_LIMIT: Duration = Duration::from_secs(120);
@@ -121,6 +125,23 @@ impl Snapshot {
             bpf_runs: delta(bpf_runs(self), bpf_runs(earlier)),
         }
     }
+}
+
+/// Whether the agent did nothing between two readings `interval` apart: its export queue
+/// is empty, it made and exported no spans, the sink received none, and it used next to
+/// no CPU. A reading it does not offer counts as quiet, so an older agent still settles.
+pub fn quiet(before: &Snapshot, after: &Snapshot, interval: Duration) -> bool {
+    let drained = after.queued.is_none_or(|q| q == 0.0);
+    let still = after.created == before.created
+        && after.exported == before.exported
+        && after.sink == before.sink;
+    let idle = match (before.cpu, after.cpu) {
+        (Some(then), Some(now)) => {
+            now.saturating_sub(then).as_secs_f64() <= interval.as_secs_f64() * IDLE_CPU_SHARE
+        }
+        _ => true,
+    };
+    drained && still && idle
 }
 
 /// `OTEL_*` variables that would change what the agent exports or where.
@@ -269,25 +290,33 @@ impl Agent {
         }
     }
 
-    /// Waits for the exporter to flush what the last phase produced (at least a second,
-    /// then until the export queue is empty and the counts stop moving, at most
-    /// `SETTLE_LIMIT` more), and reads.
+    /// Waits until the agent has finished with what the last phase produced (at least a
+    /// second, then until it is quiet: see `quiet`), and reads. Otherwise a backlog from
+    /// one phase would be charged to the next one's CPU, latency and spans.
     pub fn settle(&self, sink: &Sink) -> Snapshot {
         std::thread::sleep(Duration::from_secs(1));
-        let deadline = Instant::now() + SETTLE_LIMIT;
+        let started = Instant::now();
         let mut last = self.snapshot(sink);
-        while Instant::now() < deadline && !interrupted() {
-            std::thread::sleep(Duration::from_millis(250));
+        loop {
+            if interrupted() {
+                return last;
+            }
+            if started.elapsed() >= SETTLE_LIMIT {
+                eprintln!(
+                    "bench: warning: the agent was still busy {} s after the phase; the next \
+                     phase's figures include the rest of its backlog",
+                    SETTLE_LIMIT.as_secs()
+                );
+                return last;
+            }
+            std::thread::sleep(SETTLE_POLL);
             let now = self.snapshot(sink);
-            // An agent without the gauge counts as drained, as before it existed.
-            let drained = now.queued.is_none_or(|q| q == 0.0);
-            let still = now.exported == last.exported && now.sink == last.sink;
+            let done = quiet(&last, &now, SETTLE_POLL);
             last = now;
-            if drained && still {
-                break;
+            if done {
+                return last;
             }
         }
-        last
     }
 
     pub fn pid(&self) -> u32 {
@@ -343,6 +372,46 @@ mod tests {
         assert_eq!(parse_count(b""), None);
         assert_eq!(parse_count(b"-1"), None);
         assert_eq!(parse_count(b"\xff"), None);
+    }
+
+    #[test]
+    fn quiet_means_drained_still_and_idle() {
+        let second = Duration::from_secs(1);
+        let before = Snapshot {
+            cpu: Some(Duration::from_millis(2_000)),
+            created: Some(100.0),
+            exported: Some(100.0),
+            queued: Some(0.0),
+            sink: Some(100),
+            ..Snapshot::default()
+        };
+        let same = Snapshot {
+            cpu: Some(Duration::from_millis(2_050)),
+            ..before.clone()
+        };
+        assert!(quiet(&before, &same, second));
+        let busy = Snapshot {
+            cpu: Some(Duration::from_millis(2_400)),
+            ..before.clone()
+        };
+        assert!(!quiet(&before, &busy, second));
+        let creating = Snapshot {
+            created: Some(150.0),
+            ..same.clone()
+        };
+        assert!(!quiet(&before, &creating, second));
+        let queued = Snapshot {
+            queued: Some(3.0),
+            ..same.clone()
+        };
+        assert!(!quiet(&before, &queued, second));
+        let arriving = Snapshot {
+            sink: Some(101),
+            ..same.clone()
+        };
+        assert!(!quiet(&before, &arriving, second));
+        // Nothing readable: nothing to wait for.
+        assert!(quiet(&Snapshot::default(), &Snapshot::default(), second));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! with it tracing the service, and (with `--host-tax`) with it tracing nothing.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
@@ -15,6 +15,9 @@ use super::{BenchArgs, Binaries, UNTRACED_EXE, check_interrupted, load, wrk};
 
 /// How often the agent's RSS is read during a fixed-rate phase.
 const RSS_EVERY: Duration = Duration::from_millis(500);
+/// With `--bpf-stats`, how long the service idles before the fixed rate while the agent's
+/// programs keep running for the rest of the machine: their cost then is subtracted.
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 /// The overhead rounds on `service`; returns the report as text and as JSON.
 pub fn measure(
@@ -162,6 +165,17 @@ fn measure_mode(
     target.check_alive()?;
     let middle = agent.as_ref().map(|(a, sink)| a.settle(sink));
     check_interrupted()?;
+    let idle = match (&agent, &middle) {
+        (Some((a, sink)), Some(middle)) if args.bpf_stats => {
+            let started = Instant::now();
+            std::thread::sleep(IDLE_WINDOW);
+            let now = a.snapshot(sink);
+            let ns = now.since(middle).bpf_run_ns;
+            Some((now, ns.map(|ns| ns / started.elapsed().as_secs_f64())))
+        }
+        _ => None,
+    };
+    let fixed_started = Instant::now();
     let config = load::PacedConfig {
         addr: target.addr(),
         rate: settings.rate,
@@ -180,13 +194,19 @@ fn measure_mode(
         Some((mut agent, sink)) => {
             let after = agent.settle(sink);
             agent.check_alive()?;
+            let fixed_window = fixed_started.elapsed().as_secs_f64();
             let (before, middle) = (before.unwrap_or_default(), middle.unwrap_or_default());
+            let (fixed_start, background_ns_per_s) = match idle {
+                Some((snapshot, rate)) => (snapshot, rate),
+                None => (middle.clone(), None),
+            };
             let run = AgentRun {
                 closed: middle.since(&before),
-                fixed: after.since(&middle),
+                fixed: after.since(&fixed_start),
                 peak_rss_kib: agent.peak_rss_kib(),
                 steady_rss_kib: median_kib(&rss, |s| Some(s.kib)),
                 steady_anon_kib: median_kib(&rss, |s| s.anon_kib),
+                bpf_background_ns: background_ns_per_s.map(|r| r * fixed_window),
             };
             stop(agent);
             Some(run)

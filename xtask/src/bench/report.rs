@@ -33,6 +33,9 @@ pub struct AgentRun {
     pub steady_rss_kib: Option<u64>,
     /// The same of their anonymous part (`RssAnon`).
     pub steady_anon_kib: Option<u64>,
+    /// The eBPF run time other processes' syscalls would have cost over the fixed-rate
+    /// phase, at the rate measured while the service was idle just before it.
+    pub bpf_background_ns: Option<f64>,
 }
 
 /// One mode (with or without the agent) of one round: a closed-loop phase, then a
@@ -89,11 +92,32 @@ pub struct Summary {
     pub ringbuf_drops: Option<f64>,
     pub spans_dropped: Option<f64>,
     pub bpf_ns_per_request: Option<f64>,
+    pub bpf_ns_per_request_net: Option<f64>,
     pub client_errors: u64,
     pub untraced_throughput_ratio: Option<f64>,
     pub untraced_fixed_p99_ratio: Option<f64>,
     pub untraced_peak_rss_mib: Option<f64>,
     pub untraced_steady_rss_mib: Option<f64>,
+    pub untraced_bpf_ns_per_request: Option<f64>,
+    pub untraced_bpf_ns_per_request_net: Option<f64>,
+}
+
+/// In-kernel ns per fixed-rate request over these runs: all the agent's programs ran, and
+/// that less the idle background. Without kernel.bpf_stats_enabled the kernel counts no
+/// runs and no time: no data, not zero.
+fn bpf_per_request(modes: &[&ModeRun]) -> [Option<f64>; 2] {
+    let runs: Vec<(&ModeRun, &AgentRun)> = modes
+        .iter()
+        .filter_map(|m| m.agent.as_ref().map(|a| (*m, a)))
+        .collect();
+    if sum_present(runs.iter().map(|(_, a)| a.fixed.bpf_runs)).is_none_or(|n| n <= 0.0) {
+        return [None, None];
+    }
+    let requests = Some(runs.iter().map(|(m, _)| m.fixed.completed as f64).sum());
+    let ns = sum_present(runs.iter().map(|(_, a)| a.fixed.bpf_run_ns));
+    let background = sum_present(runs.iter().map(|(_, a)| a.bpf_background_ns));
+    let net = ns.zip(background).map(|(n, b)| (n - b).max(0.0));
+    [ratio(ns, requests), ratio(net, requests)]
 }
 
 /// The agent's highest peak RSS, median steady RSS and median steady anonymous RSS over
@@ -152,6 +176,8 @@ pub fn summarize(rounds: &[Round]) -> Summary {
     let fixed_exported = phases(|p| p.spans_exported, Which::Fixed);
     let [peak_rss_mib, steady_rss_mib, steady_anon_mib] = rss_mib(&with);
     let [untraced_peak_rss_mib, untraced_steady_rss_mib, _] = rss_mib(&untraced);
+    let [bpf_ns_per_request, bpf_ns_per_request_net] = bpf_per_request(&with);
+    let [untraced_bpf_ns_per_request, untraced_bpf_ns_per_request_net] = bpf_per_request(&untraced);
 
     Summary {
         rps_without,
@@ -181,11 +207,8 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         ),
         ringbuf_drops: phases(|p| p.ringbuf_drops, Which::Both),
         spans_dropped: phases(|p| p.spans_dropped, Which::Both),
-        // Without kernel.bpf_stats_enabled the kernel counts no runs and no time: no data,
-        // not zero nanoseconds.
-        bpf_ns_per_request: phases(|p| p.bpf_runs, Which::Fixed)
-            .filter(|&runs| runs > 0.0)
-            .and_then(|_| ratio(phases(|p| p.bpf_run_ns, Which::Fixed), Some(fixed_requests))),
+        bpf_ns_per_request,
+        bpf_ns_per_request_net,
         client_errors: without
             .iter()
             .chain(&with)
@@ -196,6 +219,8 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         untraced_fixed_p99_ratio: ratio(med(&untraced, fixed_p99), fixed_p99_without_us),
         untraced_peak_rss_mib,
         untraced_steady_rss_mib,
+        untraced_bpf_ns_per_request,
+        untraced_bpf_ns_per_request_net,
     }
 }
 
@@ -365,8 +390,12 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
             opt(s.spans_dropped, 0),
         ),
         (
-            "in-kernel ns per request, all processes (--bpf-stats)".into(),
-            opt(s.bpf_ns_per_request, 0),
+            "in-kernel ns per request, all / net of idle background".into(),
+            format!(
+                "{} / {}",
+                opt(s.bpf_ns_per_request, 0),
+                opt(s.bpf_ns_per_request_net, 0)
+            ),
         ),
         ("client errors".into(), s.client_errors.to_string()),
     ];
@@ -378,6 +407,14 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         rows.push((
             "untraced p99 latency ratio at the fixed rate".into(),
             opt(s.untraced_fixed_p99_ratio, 3),
+        ));
+        rows.push((
+            "untraced in-kernel ns per request, all / net".into(),
+            format!(
+                "{} / {}",
+                opt(s.untraced_bpf_ns_per_request, 0),
+                opt(s.untraced_bpf_ns_per_request_net, 0)
+            ),
         ));
         rows.push((
             "untraced agent RSS, steady / peak (MiB)".into(),
@@ -437,6 +474,7 @@ fn mode_json(mode: &ModeRun) -> Value {
             "peak_rss_kib": a.peak_rss_kib,
             "steady_rss_kib": a.steady_rss_kib,
             "steady_anon_rss_kib": a.steady_anon_kib,
+            "bpf_background_ns": a.bpf_background_ns,
         })),
     })
 }
@@ -474,6 +512,9 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "ringbuf_drops": s.ringbuf_drops,
             "spans_dropped": s.spans_dropped,
             "bpf_ns_per_request": s.bpf_ns_per_request,
+            "bpf_ns_per_request_net": s.bpf_ns_per_request_net,
+            "untraced_bpf_ns_per_request": s.untraced_bpf_ns_per_request,
+            "untraced_bpf_ns_per_request_net": s.untraced_bpf_ns_per_request_net,
             "client_errors": s.client_errors,
             "untraced_throughput_ratio": s.untraced_throughput_ratio,
             "untraced_fixed_rate_p99_ratio": s.untraced_fixed_p99_ratio,

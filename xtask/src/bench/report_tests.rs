@@ -49,6 +49,7 @@ fn agent(cpu_closed: f64, cpu_fixed: f64, exported_fixed: f64, rss_kib: u64) -> 
         peak_rss_kib: Some(rss_kib),
         steady_rss_kib: Some(rss_kib / 2),
         steady_anon_kib: Some(rss_kib / 4),
+        bpf_background_ns: Some(10_000_000.0),
     }
 }
 
@@ -131,8 +132,9 @@ fn summary_uses_medians_and_totals() {
         a.fixed.bpf_runs = Some(400_000.0);
         a.fixed.bpf_run_ns = Some(100_000_000.0);
     }
-    // 300 ms in the kernel over 300k fixed-rate requests.
+    // 300 ms in the kernel over 300k fixed-rate requests, 30 ms of it other processes'.
     assert_eq!(summarize(&on).bpf_ns_per_request, Some(1000.0));
+    assert_eq!(summarize(&on).bpf_ns_per_request_net, Some(900.0));
     assert_eq!(s.fixed_rate_with, Some(10_000.0));
 }
 
@@ -252,6 +254,17 @@ fn untraced_mode_is_compared_with_the_baseline_and_kept_out_of_agent_totals() {
     assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
     assert_eq!(s.peak_rss_mib, Some(30.0));
     assert_eq!(s.fixed_exported, Some(299_000.0));
+    // The untraced agent ran no programs here: no in-kernel figure for either mode.
+    assert_eq!(s.untraced_bpf_ns_per_request, None);
+    for a in r.iter_mut().filter_map(|r| r.untraced.as_mut()?.agent.as_mut()) {
+        a.fixed.bpf_runs = Some(1_000_000.0);
+        a.fixed.bpf_run_ns = Some(50_000_000.0);
+    }
+    let host_tax = summarize(&r);
+    // 150 ms over 300k requests; 30 ms of it idle background.
+    assert_eq!(host_tax.untraced_bpf_ns_per_request, Some(500.0));
+    assert_eq!(host_tax.untraced_bpf_ns_per_request_net, Some(400.0));
+    assert_eq!(host_tax.bpf_ns_per_request, None);
     let untraced_peak = 99_999.0 / 1024.0;
     assert_eq!(s.untraced_peak_rss_mib, Some(untraced_peak));
     assert_eq!(s.untraced_steady_rss_mib, Some(49_999.0 / 1024.0));
