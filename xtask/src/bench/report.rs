@@ -235,6 +235,11 @@ pub fn opt(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// Two figures of the same kind, as `a / b`.
+fn pair(a: Option<f64>, b: Option<f64>, decimals: usize) -> String {
+    format!("{} / {}", opt(a, decimals), opt(b, decimals))
+}
+
 fn micros(us: Option<f64>) -> String {
     match us {
         None => "n/a".to_owned(),
@@ -345,23 +350,15 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         ),
         (
             "achieved fixed rate, with / without (req/s)".into(),
-            format!(
-                "{} / {}",
-                opt(s.fixed_rate_with, 0),
-                opt(s.fixed_rate_without, 0)
-            ),
+            pair(s.fixed_rate_with, s.fixed_rate_without, 0),
         ),
         (
             "agent CPU s per 100k requests (all / fixed rate)".into(),
-            format!(
-                "{} / {}",
-                opt(s.cpu_s_per_100k, 3),
-                opt(s.cpu_s_per_100k_fixed, 3)
-            ),
+            pair(s.cpu_s_per_100k, s.cpu_s_per_100k_fixed, 3),
         ),
         (
             "agent RSS, steady / peak (MiB)".into(),
-            format!("{} / {}", opt(s.steady_rss_mib, 1), opt(s.peak_rss_mib, 1)),
+            pair(s.steady_rss_mib, s.peak_rss_mib, 1),
         ),
         (
             "agent anonymous RSS (heap, no ring buffer), steady (MiB)".into(),
@@ -391,11 +388,7 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         ),
         (
             "in-kernel ns per request, all / net of idle background".into(),
-            format!(
-                "{} / {}",
-                opt(s.bpf_ns_per_request, 0),
-                opt(s.bpf_ns_per_request_net, 0)
-            ),
+            pair(s.bpf_ns_per_request, s.bpf_ns_per_request_net, 0),
         ),
         ("client errors".into(), s.client_errors.to_string()),
     ];
@@ -410,19 +403,15 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         ));
         rows.push((
             "untraced in-kernel ns per request, all / net".into(),
-            format!(
-                "{} / {}",
-                opt(s.untraced_bpf_ns_per_request, 0),
-                opt(s.untraced_bpf_ns_per_request_net, 0)
+            pair(
+                s.untraced_bpf_ns_per_request,
+                s.untraced_bpf_ns_per_request_net,
+                0,
             ),
         ));
         rows.push((
             "untraced agent RSS, steady / peak (MiB)".into(),
-            format!(
-                "{} / {}",
-                opt(s.untraced_steady_rss_mib, 1),
-                opt(s.untraced_peak_rss_mib, 1)
-            ),
+            pair(s.untraced_steady_rss_mib, s.untraced_peak_rss_mib, 1),
         ));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -256,7 +256,10 @@ fn untraced_mode_is_compared_with_the_baseline_and_kept_out_of_agent_totals() {
     assert_eq!(s.fixed_exported, Some(299_000.0));
     // The untraced agent ran no programs here: no in-kernel figure for either mode.
     assert_eq!(s.untraced_bpf_ns_per_request, None);
-    for a in r.iter_mut().filter_map(|r| r.untraced.as_mut()?.agent.as_mut()) {
+    for a in r
+        .iter_mut()
+        .filter_map(|r| r.untraced.as_mut()?.agent.as_mut())
+    {
         a.fixed.bpf_runs = Some(1_000_000.0);
         a.fixed.bpf_run_ns = Some(50_000_000.0);
     }
