@@ -71,6 +71,9 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON report to this file (the text still goes to stdout).
+    #[arg(long, value_name = "PATH")]
+    pub json_file: Option<PathBuf>,
     /// Measure nginx alone (no agent, no sink): checks the harness without the agent.
     #[arg(long)]
     pub baseline_only: bool,
@@ -247,12 +250,13 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
             completeness::report::json(chain, args.requests, &results),
         );
     }
-    let text = if args.json {
-        // One measurement prints as before; both nest under their names.
-        serde_json::to_string_pretty(&one_or_all(values))? + "\n"
-    } else {
-        texts.join("\n")
-    };
+    // One measurement prints as before; both nest under their names.
+    let json = serde_json::to_string_pretty(&one_or_all(values))? + "\n";
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, &json)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    let text = if args.json { json } else { texts.join("\n") };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
