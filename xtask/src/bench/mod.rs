@@ -2,12 +2,13 @@
 //! side by side in one run.
 //!
 //! Each round runs the same load in each mode: without the agent, with it started fresh,
-//! and with `--host-tax` also with it running but tracing nothing (see `overhead`). Each mode has a
-//! closed-loop phase (wrk: throughput) and a fixed-rate phase (our paced client: latency at
-//! a set rate, and spans exported per request). Alternating within one run, in reverse
-//! order every other round, keeps machine drift out of the ratios. Agent CPU counts from
-//! `/readyz` on, so start-up is not charged to requests. Progress goes to stderr, the
-//! report to stdout.
+//! and with `--host-tax` also with it running but tracing nothing (see `overhead`). Each
+//! mode has a closed-loop phase (wrk: throughput) and a fixed-rate phase (our paced
+//! client: latency at a set rate, and spans exported per request). Alternating within one
+//! run, in reverse order every other round, keeps machine drift out of the ratios. Agent
+//! CPU counts from `/readyz` on, so start-up is not charged to requests, and between
+//! phases the agent is left to finish its backlog. The agent runs with its default export
+//! settings. Progress goes to stderr, the report to stdout.
 //!
 //! `--completeness` measures something else instead: how many requests through three
 //! traced services come out as exactly the expected trace (see `completeness`); `--all`
