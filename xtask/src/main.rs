@@ -38,9 +38,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Set up, then lint, build and run the unit and integration tests, as CI does.
     Test(test::TestArgs),
-    /// Measure the agent's overhead on nginx (alternating rounds without and with it), or
-    /// with --completeness how many requests form exact traces across three services.
-    Bench(bench::BenchArgs),
+    /// Measure the agent's overhead on nginx or a Python service (alternating rounds
+    /// without and with it), with --soak whether its memory stays flat under steady load,
+    /// or with --completeness how many requests form exact traces across three services.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {

@@ -15,6 +15,14 @@ use super::prom;
 use super::report::AgentPhase;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a settle waits for the agent to go quiet. The default `OTEL_BSP_SCHEDULE_DELAY`
+/// holds a partial batch 5 s; after a closed-loop phase the agent may also still be
+/// working through a backlog in the ring buffer.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+const SETTLE_POLL: Duration = Duration::from_millis(500);
+/// The agent counts as idle when it used less than this share of a core between two
+/// readings (CPU time comes in 10 ms ticks; this allows a few for its own timers).
+const IDLE_CPU_SHARE: f64 = 0.1;
 /// Loading the kernel programs and reading BTF is quick, but a cold first start can page in
 /// a lot; a generous limit keeps a slow machine from failing the bench.
 const READY_LIMIT: Duration = Duration::from_secs(120);
@@ -89,6 +97,9 @@ pub struct Snapshot {
     exported: Option<f64>,
     created: Option<f64>,
     drops: Option<f64>,
+    dropped_spans: Option<f64>,
+    /// Spans accepted for export and not yet delivered or dropped.
+    queued: Option<f64>,
     sink: Option<u64>,
     bpf: Option<ProgStats>,
 }
@@ -108,11 +119,29 @@ impl Snapshot {
             spans_exported: delta(self.exported, earlier.exported),
             spans_created: delta(self.created, earlier.created),
             ringbuf_drops: delta(self.drops, earlier.drops),
+            spans_dropped: delta(self.dropped_spans, earlier.dropped_spans),
             sink_received: delta(sink(self), sink(earlier)),
             bpf_run_ns: delta(bpf_ns(self), bpf_ns(earlier)),
             bpf_runs: delta(bpf_runs(self), bpf_runs(earlier)),
         }
     }
+}
+
+/// Whether the agent did nothing between two readings `interval` apart: its export queue
+/// is empty, it made and exported no spans, the sink received none, and it used next to
+/// no CPU. A reading it does not offer counts as quiet, so an older agent still settles.
+pub fn quiet(before: &Snapshot, after: &Snapshot, interval: Duration) -> bool {
+    let drained = after.queued.is_none_or(|q| q == 0.0);
+    let still = after.created == before.created
+        && after.exported == before.exported
+        && after.sink == before.sink;
+    let idle = match (before.cpu, after.cpu) {
+        (Some(then), Some(now)) => {
+            now.saturating_sub(then).as_secs_f64() <= interval.as_secs_f64() * IDLE_CPU_SHARE
+        }
+        _ => true,
+    };
+    drained && still && idle
 }
 
 /// `OTEL_*` variables that would change what the agent exports or where.
@@ -139,17 +168,26 @@ pub struct Launch<'a> {
     pub pass_stdout: bool,
 }
 
-/// Export over OTLP gRPC to `endpoint` with batches large and frequent enough that a
-/// benchmark's burst of spans is neither dropped nor held long.
+/// Export over OTLP gRPC to `endpoint`, batching as the agent does by default: what the
+/// overhead is measured with.
 pub fn otlp_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+    ]
+}
+
+/// `otlp_env` with batches large and frequent enough that a burst of spans is neither
+/// dropped nor held long: for checks that want every span soon, not default behaviour.
+pub fn otlp_env_fast_flush(endpoint: &str) -> Vec<(&'static str, String)> {
+    let mut env = otlp_env(endpoint);
+    env.extend([
         ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096".to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
-    ]
+    ]);
+    env
 }
 
 pub struct Agent {
@@ -245,31 +283,48 @@ impl Agent {
             exported: get("loupe_spans_exported_total"),
             created: get("loupe_spans_created_total"),
             drops: get("loupe_ringbuf_drops_total"),
+            dropped_spans: get("loupe_spans_dropped_total"),
+            queued: get("loupe_export_queue_spans"),
             sink: sink.count(),
             bpf: procfs::bpf_prog_totals(pid),
         }
     }
 
-    /// Waits for the exporter to flush what the last phase produced (at least a second,
-    /// then until the exported count stops moving, at most five more), and reads.
+    /// Waits until the agent has finished with what the last phase produced (at least a
+    /// second, then until it is quiet: see `quiet`), and reads. Otherwise a backlog from
+    /// one phase would be charged to the next one's CPU, latency and spans.
     pub fn settle(&self, sink: &Sink) -> Snapshot {
         std::thread::sleep(Duration::from_secs(1));
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let started = Instant::now();
         let mut last = self.snapshot(sink);
-        while Instant::now() < deadline && !interrupted() {
-            std::thread::sleep(Duration::from_millis(250));
+        loop {
+            if interrupted() {
+                return last;
+            }
+            if started.elapsed() >= SETTLE_LIMIT {
+                eprintln!(
+                    "bench: warning: the agent was still busy {} s after the phase; the next \
+                     phase's figures include the rest of its backlog",
+                    SETTLE_LIMIT.as_secs()
+                );
+                return last;
+            }
+            std::thread::sleep(SETTLE_POLL);
             let now = self.snapshot(sink);
-            let still = now.exported == last.exported && now.sink == last.sink;
+            let done = quiet(&last, &now, SETTLE_POLL);
             last = now;
-            if still {
-                break;
+            if done {
+                return last;
             }
         }
-        last
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
     }
 
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        procfs::peak_rss_kib(self.guard.pid())
+        procfs::status_kib(self.guard.pid(), procfs::PEAK_RSS)
     }
 
     /// Fails when the agent died during a phase: its numbers would mean nothing.
@@ -320,12 +375,54 @@ mod tests {
     }
 
     #[test]
+    fn quiet_means_drained_still_and_idle() {
+        let second = Duration::from_secs(1);
+        let before = Snapshot {
+            cpu: Some(Duration::from_millis(2_000)),
+            created: Some(100.0),
+            exported: Some(100.0),
+            queued: Some(0.0),
+            sink: Some(100),
+            ..Snapshot::default()
+        };
+        let same = Snapshot {
+            cpu: Some(Duration::from_millis(2_050)),
+            ..before.clone()
+        };
+        assert!(quiet(&before, &same, second));
+        let busy = Snapshot {
+            cpu: Some(Duration::from_millis(2_400)),
+            ..before.clone()
+        };
+        assert!(!quiet(&before, &busy, second));
+        let creating = Snapshot {
+            created: Some(150.0),
+            ..same.clone()
+        };
+        assert!(!quiet(&before, &creating, second));
+        let queued = Snapshot {
+            queued: Some(3.0),
+            ..same.clone()
+        };
+        assert!(!quiet(&before, &queued, second));
+        let arriving = Snapshot {
+            sink: Some(101),
+            ..same.clone()
+        };
+        assert!(!quiet(&before, &arriving, second));
+        // Nothing readable: nothing to wait for.
+        assert!(quiet(&Snapshot::default(), &Snapshot::default(), second));
+    }
+
+    #[test]
     fn snapshot_deltas_need_both_ends() {
         let before = Snapshot {
             cpu: Some(Duration::from_millis(500)),
             exported: Some(100.0),
             created: None,
             drops: Some(1.0),
+            dropped_spans: Some(0.0),
+            queued: Some(12.0),
             sink: Some(90),
             bpf: Some(ProgStats {
                 run_time_ns: 1_000,
@@ -337,6 +434,8 @@ mod tests {
             exported: Some(10_100.0),
             created: Some(5.0),
             drops: Some(1.0),
+            dropped_spans: Some(30.0),
+            queued: Some(0.0),
             sink: Some(10_090),
             bpf: Some(ProgStats {
                 run_time_ns: 51_000,
@@ -348,6 +447,7 @@ mod tests {
         assert_eq!(phase.spans_exported, Some(10_000.0));
         assert_eq!(phase.spans_created, None);
         assert_eq!(phase.ringbuf_drops, Some(0.0));
+        assert_eq!(phase.spans_dropped, Some(30.0));
         assert_eq!(phase.sink_received, Some(10_000.0));
         assert_eq!(phase.bpf_run_ns, Some(50_000.0));
         assert_eq!(phase.bpf_runs, Some(100.0));

@@ -1,33 +1,38 @@
-//! `cargo xtask bench`: the agent's overhead on nginx, measured side by side in one run.
+//! `cargo xtask bench`: the agent's overhead on nginx and on a Python service, measured
+//! side by side in one run.
 //!
 //! Each round runs the same load in each mode: without the agent, with it started fresh,
-//! and with `--host-tax` also with it running but tracing nothing. Each mode has a
-//! closed-loop phase (wrk: throughput) and a fixed-rate phase (our paced client: latency at
-//! a set rate, and spans exported per request). Alternating within one run, in reverse
-//! order every other round, keeps machine drift out of the ratios. Agent CPU counts from
-//! `/readyz` on, so start-up is not charged to requests. Progress goes to stderr, the
-//! report to stdout.
+//! and with `--host-tax` also with it running but tracing nothing (see `overhead`). Each
+//! mode has a closed-loop phase (wrk: throughput) and a fixed-rate phase (our paced
+//! client: latency at a set rate, and spans exported per request). Alternating within one
+//! run, in reverse order every other round, keeps machine drift out of the ratios. Agent
+//! CPU counts from `/readyz` on, so start-up is not charged to requests, and between
+//! phases the agent is left to finish its backlog. The agent runs with its default export
+//! settings. Progress goes to stderr, the report to stdout.
 //!
 //! `--completeness` measures something else instead: how many requests through three
 //! traced services come out as exactly the expected trace (see `completeness`); `--all`
-//! measures both.
+//! measures both. `--soak` measures whether the agent's memory stays flat over a long
+//! steady load (see `soak`).
 
 pub(crate) mod agent;
 mod completeness;
 pub(crate) mod http;
 mod load;
 mod nginx;
+mod overhead;
 pub(crate) mod process;
 mod procfs;
 mod prom;
 mod report;
 pub(crate) mod services;
+mod soak;
 mod stats;
+mod target;
 mod wrk;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
@@ -35,9 +40,8 @@ use crate::cmd::{is_root, which};
 use crate::workspace::Workspace;
 use crate::{build, setup};
 
-use agent::{Agent, Sink};
-use nginx::Nginx;
-use report::{AgentRun, ModeRun, Round, Settings};
+use report::Settings;
+use target::{RateSpec, ServiceKind, parse_rate, rate_for};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -51,9 +55,14 @@ pub struct BenchArgs {
     /// wrk connections in the closed-loop phase.
     #[arg(long, default_value_t = 50)]
     pub connections: u32,
-    /// Requests per second in the fixed-rate phase.
-    #[arg(long, default_value_t = 10_000)]
-    pub rate: u64,
+    /// The services to measure, comma-separated; each gets its own table.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ServiceKind::Nginx])]
+    pub service: Vec<ServiceKind>,
+    /// Requests per second in the fixed-rate phase: `N` for every service, or
+    /// `SERVICE=N` for one, comma-separated. Defaults: nginx 10000, python 6000 (about
+    /// half of what the Python server carries closed-loop on two shared cores).
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    pub rate: Vec<RateSpec>,
     /// Keep-alive connections sharing the fixed rate.
     #[arg(long, default_value_t = 32)]
     pub rate_connections: u32,
@@ -63,6 +72,9 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON report to this file (the text still goes to stdout).
+    #[arg(long, value_name = "PATH")]
+    pub json_file: Option<PathBuf>,
     /// Measure nginx alone (no agent, no sink): checks the harness without the agent.
     #[arg(long)]
     pub baseline_only: bool,
@@ -93,6 +105,10 @@ pub struct BenchArgs {
     /// Measure the overhead and then trace completeness.
     #[arg(long, conflicts_with = "baseline_only")]
     pub all: bool,
+    /// Instead of the overhead, run one agent at the fixed rate (`--rate`) for this many
+    /// seconds and report whether its RSS stays flat.
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["baseline_only", "completeness", "all"])]
+    pub soak: Option<u64>,
     /// Completeness: requests per concurrency level.
     #[arg(long, default_value_t = 500)]
     pub requests: usize,
@@ -106,7 +122,7 @@ pub struct BenchArgs {
 }
 
 /// An executable name no process has, so the agent selects nothing.
-const UNTRACED_EXE: &str = "loupe-bench-traces-nothing";
+pub(crate) const UNTRACED_EXE: &str = "loupe-bench-traces-nothing";
 
 impl BenchArgs {
     fn validate(&self) -> Result<()> {
@@ -116,15 +132,21 @@ impl BenchArgs {
             self.connections >= 2,
             "--connections must be at least 2 (wrk runs 2 threads)"
         );
-        ensure!(self.rate >= 1, "--rate must be at least 1");
         ensure!(
             (1..=4096).contains(&self.rate_connections),
             "--rate-connections must be between 1 and 4096"
         );
-        ensure!(
-            self.rate >= u64::from(self.rate_connections),
-            "--rate must be at least --rate-connections"
-        );
+        ensure!(!self.service.is_empty(), "--service needs a service");
+        for &service in &self.service {
+            ensure!(
+                rate_for(&self.rate, service) >= u64::from(self.rate_connections),
+                "the {} rate must be at least --rate-connections",
+                service.name()
+            );
+        }
+        if let Some(seconds) = self.soak {
+            ensure!(seconds >= 10, "--soak must be at least 10 seconds");
+        }
         ensure!(self.requests >= 1, "--requests must be at least 1");
         ensure!(
             !self.concurrency.is_empty() && self.concurrency.iter().all(|c| (1..=1024).contains(c)),
@@ -137,22 +159,24 @@ impl BenchArgs {
         Ok(())
     }
 
-    fn settings(&self) -> Settings {
+    fn settings(&self, service: ServiceKind) -> Settings {
         Settings {
+            service: service.name(),
+            service_desc: service.describe(),
             duration_s: self.duration,
             rounds: self.rounds,
             connections: self.connections,
-            rate: self.rate,
+            rate: rate_for(&self.rate, service),
             rate_connections: self.rate_connections,
         }
     }
 }
 
 /// The built programs the measured rounds need.
-struct Binaries {
-    agent: PathBuf,
-    /// Only the overhead rounds export to the sink.
-    sink: Option<PathBuf>,
+pub(crate) struct Binaries {
+    pub(crate) agent: PathBuf,
+    /// Only the overhead rounds and the soak export to the sink.
+    pub(crate) sink: Option<PathBuf>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -173,26 +197,45 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
     if !args.no_build {
         setup::run(&mut std::io::stderr())?;
     }
-    let overhead = args.all || !args.completeness;
+    let overhead = args.soak.is_none() && (args.all || !args.completeness);
     let completeness = args.all || args.completeness;
-    if overhead {
-        for tool in ["nginx", "wrk"] {
-            if which(tool).is_none() {
-                bail!("{tool} not found on PATH: run `cargo xtask setup`");
-            }
+    if overhead || args.soak.is_some() {
+        if overhead && which("wrk").is_none() {
+            bail!("wrk not found on PATH: run `cargo xtask setup`");
+        }
+        for service in &args.service {
+            service.check_installed()?;
         }
     }
     let binaries = if args.baseline_only {
         None
     } else {
-        Some(prepare_binaries(&ws, args, overhead)?)
+        Some(prepare_binaries(
+            &ws,
+            args,
+            overhead || args.soak.is_some(),
+        )?)
     };
     let mut texts = Vec::new();
     let mut values = serde_json::Map::new();
     if overhead {
-        let (text, value) = measure_overhead(args, binaries.as_ref(), scratch)?;
-        texts.push(text);
-        values.insert("overhead".to_owned(), value);
+        let mut by_service = serde_json::Map::new();
+        for &service in &args.service {
+            let (text, value) =
+                overhead::measure(args, service, &ws.root, binaries.as_ref(), scratch.path())?;
+            texts.push(text);
+            by_service.insert(service.name().to_owned(), value);
+        }
+        values.insert("overhead".to_owned(), one_or_all(by_service));
+    }
+    if let (Some(seconds), Some(b)) = (args.soak, binaries.as_ref()) {
+        let mut by_service = serde_json::Map::new();
+        for &service in &args.service {
+            let (text, value) = soak::run(args, seconds, service, &ws.root, b, scratch.path())?;
+            texts.push(text);
+            by_service.insert(service.name().to_owned(), value);
+        }
+        values.insert("soak".to_owned(), one_or_all(by_service));
     }
     if let Some(b) = binaries.as_ref().filter(|_| completeness) {
         let settings = completeness::Settings {
@@ -208,137 +251,25 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
             completeness::report::json(chain, args.requests, &results),
         );
     }
-    let text = if args.json {
-        // One measurement prints as before; both nest under their names.
-        let value = match (values.len(), values.values().next()) {
-            (1, Some(only)) => only.clone(),
-            _ => serde_json::Value::Object(values),
-        };
-        serde_json::to_string_pretty(&value)? + "\n"
-    } else {
-        texts.join("\n")
-    };
+    // One measurement prints as before; both nest under their names.
+    let json = serde_json::to_string_pretty(&one_or_all(values))? + "\n";
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, &json)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    let text = if args.json { json } else { texts.join("\n") };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
 
-/// The overhead rounds; returns the report as text and as JSON.
-fn measure_overhead(
-    args: &BenchArgs,
-    binaries: Option<&Binaries>,
-    scratch: &process::TempDir,
-) -> Result<(String, serde_json::Value)> {
-    let mut nginx = Nginx::start(scratch.path())?;
-    eprintln!("bench: nginx on {}", nginx.url());
-    let sink = match binaries.and_then(|b| b.sink.as_ref()) {
-        Some(bin) => {
-            let sink = Sink::start(bin, scratch.path())?;
-            eprintln!("bench: OTLP sink on {}", sink.grpc());
-            Some(sink)
-        }
-        None => None,
-    };
-    let _bpf_stats = if args.bpf_stats {
-        match procfs::BpfStatsSwitch::enable() {
-            Ok(switch) => Some(switch),
-            Err(err) => {
-                eprintln!("bench: warning: cannot enable kernel.bpf_stats_enabled: {err}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-
-    if args.warmup > 0 {
-        eprintln!("bench: warm-up, {} s", args.warmup);
-        wrk::run(&nginx.url(), args.connections, args.warmup)?;
+/// The one value alone, or all of them by name.
+fn one_or_all(values: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    if values.len() == 1
+        && let Some(only) = values.values().next()
+    {
+        return only.clone();
     }
-    let mut rounds = Vec::new();
-    let agent_bins = binaries.zip(sink.as_ref());
-    for round in 1..=args.rounds {
-        let mut modes = vec![Mode::Without];
-        if agent_bins.is_some() {
-            modes.push(Mode::With);
-            if args.host_tax {
-                modes.push(Mode::Untraced);
-            }
-        }
-        // Every other round runs its modes in reverse, so a drift in the machine over the
-        // run does not always favour the same mode.
-        if round % 2 == 0 {
-            modes.reverse();
-        }
-        let (mut without, mut with, mut untraced) = (None, None, None);
-        for mode in modes {
-            eprintln!("bench: round {round}/{}: {}", args.rounds, mode.describe());
-            let agent = match (mode.exe(), agent_bins) {
-                (Some(exe), Some((b, sink))) => {
-                    let log = format!("agent-{}-{round}", mode.label());
-                    Some((
-                        Agent::start(&b.agent, exe, sink, scratch.path(), &log)?,
-                        sink,
-                    ))
-                }
-                _ => None,
-            };
-            let run = measure(args, &mut nginx, agent)?;
-            progress(&run);
-            match mode {
-                Mode::Without => without = Some(run),
-                Mode::With => with = Some(run),
-                Mode::Untraced => untraced = Some(run),
-            }
-        }
-        let Some(without) = without else {
-            bail!("round {round} has no baseline measurement");
-        };
-        rounds.push(Round {
-            without,
-            with,
-            untraced,
-        });
-    }
-
-    let settings = args.settings();
-    let summary = report::summarize(&rounds);
-    let text = report::table(&settings, &rounds, &summary);
-    let value = report::json(&settings, &rounds, &summary);
-    Ok((text, value))
-}
-
-#[derive(Clone, Copy)]
-enum Mode {
-    Without,
-    With,
-    Untraced,
-}
-
-impl Mode {
-    /// The executable the agent is told to trace, if the agent runs at all.
-    fn exe(self) -> Option<&'static str> {
-        match self {
-            Mode::Without => None,
-            Mode::With => Some("nginx"),
-            Mode::Untraced => Some(UNTRACED_EXE),
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Mode::Without => "without",
-            Mode::With => "with",
-            Mode::Untraced => "untraced",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Mode::Without => "without the agent",
-            Mode::With => "with the agent tracing nginx",
-            Mode::Untraced => "with the agent tracing nothing",
-        }
-    }
+    serde_json::Value::Object(values)
 }
 
 /// Builds (unless told not to) and finds the agent, and the OTLP sink when `sink` is
@@ -395,80 +326,9 @@ fn require(path: &Path, what: &str, hint: &str) -> Result<()> {
     }
 }
 
-/// One mode of one round: closed loop, then fixed rate, with the agent read between.
-fn measure(args: &BenchArgs, nginx: &mut Nginx, agent: Option<(Agent, &Sink)>) -> Result<ModeRun> {
-    let before = agent.as_ref().map(|(a, sink)| a.snapshot(sink));
-    let closed = wrk::run(&nginx.url(), args.connections, args.duration)?;
-    nginx.check_alive()?;
-    let middle = agent.as_ref().map(|(a, sink)| a.settle(sink));
-    check_interrupted()?;
-    let fixed = load::run(&load::PacedConfig {
-        addr: nginx.addr(),
-        rate: args.rate,
-        connections: args.rate_connections,
-        duration: Duration::from_secs(args.duration),
-    });
-    check_interrupted()?;
-    nginx.check_alive()?;
-    let agent_run = match agent {
-        Some((mut agent, sink)) => {
-            let after = agent.settle(sink);
-            agent.check_alive()?;
-            let peak_rss_kib = agent.peak_rss_kib();
-            let (before, middle) = (before.unwrap_or_default(), middle.unwrap_or_default());
-            let run = AgentRun {
-                closed: middle.since(&before),
-                fixed: after.since(&middle),
-                peak_rss_kib,
-            };
-            match agent.stop() {
-                Some(status) if !status.success() => {
-                    eprintln!(
-                        "bench: warning: the agent did not exit cleanly on SIGTERM ({status})"
-                    );
-                }
-                None => eprintln!("bench: warning: the agent had to be killed"),
-                Some(_) => {}
-            }
-            Some(run)
-        }
-        None => None,
-    };
-    Ok(ModeRun {
-        closed,
-        fixed,
-        agent: agent_run,
-    })
-}
-
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if process::interrupted() {
         bail!("interrupted");
     }
     Ok(())
-}
-
-fn progress(mode: &ModeRun) {
-    let p99 = mode
-        .fixed
-        .p99_us
-        .map_or_else(|| "n/a".to_owned(), |us| format!("{us} us"));
-    eprintln!(
-        "bench:   wrk {:.0} req/s (p99 {:.0} us); fixed rate {:.0} req/s achieved, p99 {p99}, \
-         {} errors",
-        mode.closed.requests_per_sec,
-        mode.closed.latency.p99_us,
-        mode.fixed.achieved_rate(),
-        mode.fixed.errors,
-    );
-    if let Some(agent) = &mode.agent {
-        let exported = agent
-            .fixed
-            .spans_exported
-            .map_or_else(|| "n/a".to_owned(), |n| format!("{n:.0}"));
-        eprintln!(
-            "bench:   agent: fixed-rate spans exported {exported} for {} requests sent",
-            mode.fixed.sent
-        );
-    }
 }

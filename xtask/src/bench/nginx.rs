@@ -117,10 +117,6 @@ impl Nginx {
         loopback(self.port)
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.addr())
-    }
-
     /// Fails when nginx has died since it started.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.guard.exited() {

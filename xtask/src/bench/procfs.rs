@@ -2,7 +2,8 @@
 //! of the eBPF programs it holds.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ProcError {
@@ -12,8 +13,8 @@ pub enum ProcError {
     MissingField(usize),
     #[error("stat field {field} is not a number: {value:?}")]
     NotANumber { field: usize, value: String },
-    #[error("no VmHWM line")]
-    NoPeakRss,
+    #[error("no {0} line")]
+    NoStatusLine(&'static str),
 }
 
 /// User and system CPU time in clock ticks, from `/proc/<pid>/stat`.
@@ -51,15 +52,24 @@ pub fn parse_stat(text: &str) -> Result<CpuTicks, ProcError> {
     })
 }
 
-/// Peak resident set size in KiB (`VmHWM`) from `/proc/<pid>/status`.
-pub fn parse_peak_rss_kib(status: &str) -> Result<u64, ProcError> {
+/// Peak resident set size.
+pub const PEAK_RSS: &str = "VmHWM";
+/// Resident set size now.
+pub const RSS: &str = "VmRSS";
+/// The anonymous part of `RSS`: heap and stacks, without mapped files and without the
+/// kernel ring buffer's mapping (whose data pages are mapped twice, so a 16 MiB buffer
+/// adds 32 MiB to `RSS`).
+pub const RSS_ANON: &str = "RssAnon";
+
+/// A size in KiB, such as `VmHWM` or `VmRSS`, from `/proc/<pid>/status`.
+pub fn parse_status_kib(status: &str, key: &'static str) -> Result<u64, ProcError> {
     status
         .lines()
         .find_map(|line| {
-            let rest = line.strip_prefix("VmHWM:")?;
+            let rest = line.strip_prefix(key)?.strip_prefix(':')?;
             rest.split_whitespace().next()?.parse().ok()
         })
-        .ok_or(ProcError::NoPeakRss)
+        .ok_or(ProcError::NoStatusLine(key))
 }
 
 /// Cumulative run time and run count of one eBPF program, from the fdinfo of a program fd.
@@ -107,9 +117,63 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     parse_stat(&text).ok().map(|t| t.total(ticks_per_second()))
 }
 
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// `key` (`PEAK_RSS` or `RSS`) of process `pid`, in KiB.
+pub fn status_kib(pid: u32, key: &'static str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_peak_rss_kib(&text).ok()
+    parse_status_kib(&text, key).ok()
+}
+
+/// The resident set size of a process at one moment of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RssSample {
+    /// Since sampling began.
+    pub at: Duration,
+    pub kib: u64,
+    pub anon_kib: Option<u64>,
+}
+
+/// Runs `work` while another thread reads the RSS of `pid` at once and then every `every`,
+/// handing each sample to `on_sample`; returns what `work` returned and the samples.
+pub fn sample_rss_during<T>(
+    pid: u32,
+    every: Duration,
+    mut on_sample: impl FnMut(&RssSample) + Send,
+    work: impl FnOnce() -> T,
+) -> (T, Vec<RssSample>) {
+    let done = AtomicBool::new(false);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            let mut next = start;
+            while !done.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now < next {
+                    // Short naps so the sampler ends soon after the work does.
+                    std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                    continue;
+                }
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+                if let Ok(status) = status
+                    && let Ok(kib) = parse_status_kib(&status, RSS)
+                {
+                    let sample = RssSample {
+                        at: now - start,
+                        kib,
+                        anon_kib: parse_status_kib(&status, RSS_ANON).ok(),
+                    };
+                    on_sample(&sample);
+                    samples.push(sample);
+                }
+                next += every.max(Duration::from_millis(10));
+            }
+            samples
+        });
+        let result = work();
+        done.store(true, Ordering::Relaxed);
+        let samples = sampler.join().unwrap_or_default();
+        (result, samples)
+    })
 }
 
 /// Sums the stats of every distinct eBPF program the process holds an fd to.
@@ -136,25 +200,61 @@ pub fn bpf_prog_totals(pid: u32) -> Option<ProgStats> {
     )
 }
 
-/// Turns on the kernel's eBPF run-time accounting for as long as it lives, then puts the
-/// old setting back.
-pub struct BpfStatsSwitch {
-    previous: String,
+/// Turns on the kernel's eBPF run-time accounting for as long as it lives.
+///
+/// It holds a `BPF_ENABLE_STATS` descriptor where the kernel has it (5.8+): the kernel
+/// counts those holders apart from the `kernel.bpf_stats_enabled` sysctl, so another
+/// program that sets the sysctl back to 0 during the run does not stop the counting. Older
+/// kernels get the sysctl, and the old setting back at the end.
+pub enum BpfStatsSwitch {
+    Held { _fd: std::os::fd::OwnedFd },
+    Sysctl { previous: String },
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// `BPF_ENABLE_STATS` from `enum bpf_cmd`, and `BPF_STATS_RUN_TIME` from `enum bpf_stats_type`.
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
 
 impl BpfStatsSwitch {
     pub fn enable() -> std::io::Result<Self> {
+        if let Ok(fd) = enable_stats_fd() {
+            return Ok(Self::Held { _fd: fd });
+        }
         let previous = std::fs::read_to_string(BPF_STATS)?;
         std::fs::write(BPF_STATS, "1")?;
-        Ok(Self { previous })
+        Ok(Self::Sysctl { previous })
     }
+}
+
+fn enable_stats_fd() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // `union bpf_attr` for this command is `struct { __u32 type; }`, zero-padded.
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&BPF_STATS_RUN_TIME.to_ne_bytes());
+    // SAFETY: the attribute buffer is valid for the size passed, and the kernel only reads it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    let fd = libc::c_int::try_from(ret)
+        .ok()
+        .filter(|&fd| fd >= 0)
+        .ok_or_else(std::io::Error::last_os_error)?;
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 impl Drop for BpfStatsSwitch {
     fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, self.previous.trim());
+        // A held descriptor turns the counting off as it closes.
+        if let Self::Sysctl { previous } = self {
+            let _ = std::fs::write(BPF_STATS, previous.trim());
+        }
     }
 }
 
@@ -207,17 +307,49 @@ mod tests {
     }
 
     #[test]
-    fn peak_rss_from_status() {
+    fn rss_from_status() {
         let status =
             "Name:\tloupe\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
-        assert_eq!(parse_peak_rss_kib(status), Ok(51234));
+        assert_eq!(parse_status_kib(status, PEAK_RSS), Ok(51234));
+        assert_eq!(parse_status_kib(status, RSS), Ok(40000));
         assert_eq!(
-            parse_peak_rss_kib("Name:\tloupe\n"),
-            Err(ProcError::NoPeakRss)
+            parse_status_kib("Name:\tloupe\n", PEAK_RSS),
+            Err(ProcError::NoStatusLine(PEAK_RSS))
         );
         assert_eq!(
-            parse_peak_rss_kib("VmHWM:\t kB\n"),
-            Err(ProcError::NoPeakRss)
+            parse_status_kib("VmHWM:\t kB\n", PEAK_RSS),
+            Err(ProcError::NoStatusLine(PEAK_RSS))
+        );
+        // A longer key with the same start is another line.
+        assert_eq!(
+            parse_status_kib("VmRSSx:\t 5 kB\n", RSS),
+            Err(ProcError::NoStatusLine(RSS))
+        );
+    }
+
+    #[test]
+    fn rss_is_sampled_while_the_work_runs() {
+        let pid = std::process::id();
+        let mut seen = 0;
+        let (value, samples) = sample_rss_during(
+            pid,
+            Duration::from_millis(20),
+            |_| seen += 1,
+            || {
+                std::thread::sleep(Duration::from_millis(130));
+                7
+            },
+        );
+        assert_eq!(value, 7);
+        assert_eq!(seen, samples.len());
+        assert!((4..=9).contains(&samples.len()), "{samples:?}");
+        assert!(samples[0].at < Duration::from_millis(20));
+        assert!(samples.windows(2).all(|w| w[0].at < w[1].at));
+        assert!(samples.iter().all(|s| s.kib > 0));
+        assert!(
+            samples
+                .iter()
+                .all(|s| s.anon_kib.is_some_and(|a| a <= s.kib))
         );
     }
 
@@ -250,7 +382,8 @@ mod tests {
     fn own_process_is_readable() {
         let pid = std::process::id();
         assert!(cpu_time(pid).is_some());
-        assert!(peak_rss_kib(pid).is_some_and(|kib| kib > 0));
+        assert!(status_kib(pid, PEAK_RSS).is_some_and(|kib| kib > 0));
+        assert!(status_kib(pid, RSS).is_some_and(|kib| kib > 0));
         assert_eq!(bpf_prog_totals(pid), None);
     }
 }

@@ -16,6 +16,8 @@ pub struct AgentPhase {
     pub spans_exported: Option<f64>,
     pub spans_created: Option<f64>,
     pub ringbuf_drops: Option<f64>,
+    /// Spans the agent made but lost: export queue full or export failed.
+    pub spans_dropped: Option<f64>,
     pub sink_received: Option<f64>,
     /// Kernel time spent in the agent's eBPF programs (only with --bpf-stats).
     pub bpf_run_ns: Option<f64>,
@@ -27,6 +29,13 @@ pub struct AgentRun {
     pub closed: AgentPhase,
     pub fixed: AgentPhase,
     pub peak_rss_kib: Option<u64>,
+    /// Median of the RSS samples taken during the fixed-rate phase.
+    pub steady_rss_kib: Option<u64>,
+    /// The same of their anonymous part (`RssAnon`).
+    pub steady_anon_kib: Option<u64>,
+    /// The eBPF run time other processes' syscalls would have cost over the fixed-rate
+    /// phase, at the rate measured while the service was idle just before it.
+    pub bpf_background_ns: Option<f64>,
 }
 
 /// One mode (with or without the agent) of one round: a closed-loop phase, then a
@@ -48,6 +57,10 @@ pub struct Round {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// `ServiceKind::name`.
+    pub service: &'static str,
+    /// `ServiceKind::describe`.
+    pub service_desc: &'static str,
     pub duration_s: u64,
     pub rounds: u32,
     pub connections: u32,
@@ -69,16 +82,58 @@ pub struct Summary {
     pub cpu_s_per_100k: Option<f64>,
     pub cpu_s_per_100k_fixed: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    pub steady_rss_mib: Option<f64>,
+    pub steady_anon_mib: Option<f64>,
     pub fixed_sent: u64,
     pub fixed_exported: Option<f64>,
     pub spans_per_request: Option<f64>,
     pub sink_spans_per_request: Option<f64>,
     pub closed_spans_per_request: Option<f64>,
     pub ringbuf_drops: Option<f64>,
+    pub spans_dropped: Option<f64>,
     pub bpf_ns_per_request: Option<f64>,
+    pub bpf_ns_per_request_net: Option<f64>,
     pub client_errors: u64,
     pub untraced_throughput_ratio: Option<f64>,
     pub untraced_fixed_p99_ratio: Option<f64>,
+    pub untraced_peak_rss_mib: Option<f64>,
+    pub untraced_steady_rss_mib: Option<f64>,
+    pub untraced_bpf_ns_per_request: Option<f64>,
+    pub untraced_bpf_ns_per_request_net: Option<f64>,
+}
+
+/// In-kernel ns per fixed-rate request over these runs: all the agent's programs ran, and
+/// that less the idle background. Without kernel.bpf_stats_enabled the kernel counts no
+/// runs and no time: no data, not zero.
+fn bpf_per_request(modes: &[&ModeRun]) -> [Option<f64>; 2] {
+    let runs: Vec<(&ModeRun, &AgentRun)> = modes
+        .iter()
+        .filter_map(|m| m.agent.as_ref().map(|a| (*m, a)))
+        .collect();
+    if sum_present(runs.iter().map(|(_, a)| a.fixed.bpf_runs)).is_none_or(|n| n <= 0.0) {
+        return [None, None];
+    }
+    let requests = Some(runs.iter().map(|(m, _)| m.fixed.completed as f64).sum());
+    let ns = sum_present(runs.iter().map(|(_, a)| a.fixed.bpf_run_ns));
+    let background = sum_present(runs.iter().map(|(_, a)| a.bpf_background_ns));
+    let net = ns.zip(background).map(|(n, b)| (n - b).max(0.0));
+    [ratio(ns, requests), ratio(net, requests)]
+}
+
+/// The agent's highest peak RSS, median steady RSS and median steady anonymous RSS over
+/// these runs, in MiB.
+fn rss_mib(modes: &[&ModeRun]) -> [Option<f64>; 3] {
+    let agents = || modes.iter().filter_map(|m| m.agent.as_ref());
+    let peak = agents().filter_map(|a| a.peak_rss_kib).max();
+    let steady = |f: fn(&AgentRun) -> Option<u64>| {
+        let kib: Vec<f64> = agents().filter_map(|a| f(a).map(|k| k as f64)).collect();
+        median(&kib).map(|kib| kib / 1024.0)
+    };
+    [
+        peak.map(|kib| kib as f64 / 1024.0),
+        steady(|a| a.steady_rss_kib),
+        steady(|a| a.steady_anon_kib),
+    ]
 }
 
 pub fn summarize(rounds: &[Round]) -> Summary {
@@ -119,6 +174,10 @@ pub fn summarize(rounds: &[Round]) -> Summary {
     };
     let per_100k = |cpu: Option<f64>, requests: f64| ratio(cpu, Some(requests)).map(|r| r * 1e5);
     let fixed_exported = phases(|p| p.spans_exported, Which::Fixed);
+    let [peak_rss_mib, steady_rss_mib, steady_anon_mib] = rss_mib(&with);
+    let [untraced_peak_rss_mib, untraced_steady_rss_mib, _] = rss_mib(&untraced);
+    let [bpf_ns_per_request, bpf_ns_per_request_net] = bpf_per_request(&with);
+    let [untraced_bpf_ns_per_request, untraced_bpf_ns_per_request_net] = bpf_per_request(&untraced);
 
     Summary {
         rps_without,
@@ -132,11 +191,9 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         fixed_rate_with: med(&with, fixed_rate),
         cpu_s_per_100k: per_100k(phases(|p| p.cpu_seconds, Which::Both), all_requests),
         cpu_s_per_100k_fixed: per_100k(phases(|p| p.cpu_seconds, Which::Fixed), fixed_requests),
-        peak_rss_mib: agent
-            .iter()
-            .filter_map(|(_, a)| a.peak_rss_kib)
-            .max()
-            .map(|kib| kib as f64 / 1024.0),
+        peak_rss_mib,
+        steady_rss_mib,
+        steady_anon_mib,
         fixed_sent,
         fixed_exported,
         spans_per_request: ratio(fixed_exported, Some(fixed_sent as f64)),
@@ -149,7 +206,9 @@ pub fn summarize(rounds: &[Round]) -> Summary {
             Some(closed_requests),
         ),
         ringbuf_drops: phases(|p| p.ringbuf_drops, Which::Both),
-        bpf_ns_per_request: ratio(phases(|p| p.bpf_run_ns, Which::Fixed), Some(fixed_requests)),
+        spans_dropped: phases(|p| p.spans_dropped, Which::Both),
+        bpf_ns_per_request,
+        bpf_ns_per_request_net,
         client_errors: without
             .iter()
             .chain(&with)
@@ -158,6 +217,10 @@ pub fn summarize(rounds: &[Round]) -> Summary {
             .sum(),
         untraced_throughput_ratio: ratio(med(&untraced, rps), rps_without),
         untraced_fixed_p99_ratio: ratio(med(&untraced, fixed_p99), fixed_p99_without_us),
+        untraced_peak_rss_mib,
+        untraced_steady_rss_mib,
+        untraced_bpf_ns_per_request,
+        untraced_bpf_ns_per_request_net,
     }
 }
 
@@ -168,8 +231,13 @@ enum Which {
     Both,
 }
 
-fn opt(value: Option<f64>, decimals: usize) -> String {
+pub fn opt(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// Two figures of the same kind, as `a / b`.
+fn pair(a: Option<f64>, b: Option<f64>, decimals: usize) -> String {
+    format!("{} / {}", opt(a, decimals), opt(b, decimals))
 }
 
 fn micros(us: Option<f64>) -> String {
@@ -184,8 +252,9 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "loupe overhead on nginx: {} round(s), {} s per phase; closed loop wrk -t2 -c{}; \
+        "loupe overhead on {}: {} round(s), {} s per phase; closed loop wrk -t2 -c{}; \
          fixed rate {} req/s over {} connections",
+        settings.service_desc,
         settings.rounds,
         settings.duration_s,
         settings.connections,
@@ -195,7 +264,7 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<6} {:<8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>7} {:>8} {:>11} {:>7}",
+        "{:<6} {:<8} {:>11} {:>10} {:>10} {:>10} {:>9} {:>7} {:>7} {:>10} {:>7} {:>7} {:>11}",
         "round",
         "agent",
         "wrk req/s",
@@ -206,7 +275,9 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         "errors",
         "CPU s",
         "exported",
-        "drops"
+        "rb drop",
+        "sp drop",
+        "RSS MiB",
     );
     for (i, round) in rounds.iter().enumerate() {
         let modes = std::iter::once(("without", &round.without))
@@ -214,12 +285,23 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
             .chain(round.untraced.as_ref().map(|m| ("untraced", m)));
         for (name, mode) in modes {
             let agent = mode.agent.as_ref();
-            let both = |f: fn(&AgentPhase) -> Option<f64>| {
-                agent.and_then(|a| sum_present([f(&a.closed), f(&a.fixed)]))
+            let both = |f: fn(&AgentPhase) -> Option<f64>, decimals| {
+                agent.map_or_else(
+                    || "-".to_owned(),
+                    |a| opt(sum_present([f(&a.closed), f(&a.fixed)]), decimals),
+                )
             };
+            let rss = agent.map_or_else(
+                || "-".to_owned(),
+                |a| {
+                    let mib = |kib: Option<u64>| opt(kib.map(|k| k as f64 / 1024.0), 1);
+                    format!("{}/{}", mib(a.steady_rss_kib), mib(a.peak_rss_kib))
+                },
+            );
             let _ = writeln!(
                 out,
-                "{:<6} {:<8} {:>11.0} {:>10} {:>10} {:>10} {:>9} {:>7} {:>8} {:>11} {:>7}",
+                "{:<6} {:<8} {:>11.0} {:>10} {:>10} {:>10} {:>9} {:>7} {:>7} {:>10} {:>7} {:>7} \
+                 {:>11}",
                 i + 1,
                 name,
                 mode.closed.requests_per_sec,
@@ -228,24 +310,19 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
                 micros(mode.fixed.p99_us.map(f64::from)),
                 mode.fixed.sent,
                 mode.fixed.errors + mode.closed.socket_errors,
-                if agent.is_some() {
-                    opt(both(|p| p.cpu_seconds), 2)
-                } else {
-                    "-".into()
-                },
-                if agent.is_some() {
-                    opt(both(|p| p.spans_exported), 0)
-                } else {
-                    "-".into()
-                },
-                if agent.is_some() {
-                    opt(both(|p| p.ringbuf_drops), 0)
-                } else {
-                    "-".into()
-                },
+                both(|p| p.cpu_seconds, 2),
+                both(|p| p.spans_exported, 0),
+                both(|p| p.ringbuf_drops, 0),
+                both(|p| p.spans_dropped, 0),
+                rss,
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "(RSS: median during the fixed-rate phase / peak; rb drop: ring-buffer records lost \
+         in the kernel; sp drop: spans lost by the export queue)"
+    );
     let _ = writeln!(out);
     let s = summary;
     let mut rows: Vec<(String, String)> = vec![
@@ -273,21 +350,20 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         ),
         (
             "achieved fixed rate, with / without (req/s)".into(),
-            format!(
-                "{} / {}",
-                opt(s.fixed_rate_with, 0),
-                opt(s.fixed_rate_without, 0)
-            ),
+            pair(s.fixed_rate_with, s.fixed_rate_without, 0),
         ),
         (
             "agent CPU s per 100k requests (all / fixed rate)".into(),
-            format!(
-                "{} / {}",
-                opt(s.cpu_s_per_100k, 3),
-                opt(s.cpu_s_per_100k_fixed, 3)
-            ),
+            pair(s.cpu_s_per_100k, s.cpu_s_per_100k_fixed, 3),
         ),
-        ("agent peak RSS (MiB)".into(), opt(s.peak_rss_mib, 1)),
+        (
+            "agent RSS, steady / peak (MiB)".into(),
+            pair(s.steady_rss_mib, s.peak_rss_mib, 1),
+        ),
+        (
+            "agent anonymous RSS (heap, no ring buffer), steady (MiB)".into(),
+            opt(s.steady_anon_mib, 1),
+        ),
         (
             "spans exported / requests sent (fixed rate)".into(),
             format!(
@@ -307,8 +383,12 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         ),
         ("ring buffer drops".into(), opt(s.ringbuf_drops, 0)),
         (
-            "in-kernel ns per request, all processes (--bpf-stats)".into(),
-            opt(s.bpf_ns_per_request, 0),
+            "spans dropped (export queue full or export failed)".into(),
+            opt(s.spans_dropped, 0),
+        ),
+        (
+            "in-kernel ns per request, all / net of idle background".into(),
+            pair(s.bpf_ns_per_request, s.bpf_ns_per_request_net, 0),
         ),
         ("client errors".into(), s.client_errors.to_string()),
     ];
@@ -320,6 +400,18 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
         rows.push((
             "untraced p99 latency ratio at the fixed rate".into(),
             opt(s.untraced_fixed_p99_ratio, 3),
+        ));
+        rows.push((
+            "untraced in-kernel ns per request, all / net".into(),
+            pair(
+                s.untraced_bpf_ns_per_request,
+                s.untraced_bpf_ns_per_request_net,
+                0,
+            ),
+        ));
+        rows.push((
+            "untraced agent RSS, steady / peak (MiB)".into(),
+            pair(s.untraced_steady_rss_mib, s.untraced_peak_rss_mib, 1),
         ));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -336,6 +428,7 @@ fn mode_json(mode: &ModeRun) -> Value {
             "spans_exported": p.spans_exported,
             "spans_created": p.spans_created,
             "ringbuf_drops": p.ringbuf_drops,
+            "spans_dropped": p.spans_dropped,
             "sink_received": p.sink_received,
             "bpf_run_ns": p.bpf_run_ns,
             "bpf_runs": p.bpf_runs,
@@ -368,6 +461,9 @@ fn mode_json(mode: &ModeRun) -> Value {
             "closed_loop": phase(&a.closed),
             "fixed_rate": phase(&a.fixed),
             "peak_rss_kib": a.peak_rss_kib,
+            "steady_rss_kib": a.steady_rss_kib,
+            "steady_anon_rss_kib": a.steady_anon_kib,
+            "bpf_background_ns": a.bpf_background_ns,
         })),
     })
 }
@@ -375,6 +471,7 @@ fn mode_json(mode: &ModeRun) -> Value {
 pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
     json!({
         "settings": {
+            "service": settings.service,
             "duration_s": settings.duration_s,
             "rounds": settings.rounds,
             "connections": settings.connections,
@@ -394,16 +491,24 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "agent_cpu_s_per_100k_requests": s.cpu_s_per_100k,
             "agent_cpu_s_per_100k_requests_fixed_rate": s.cpu_s_per_100k_fixed,
             "agent_peak_rss_mib": s.peak_rss_mib,
+            "agent_steady_rss_mib": s.steady_rss_mib,
+            "agent_steady_anon_rss_mib": s.steady_anon_mib,
             "fixed_rate_requests_sent": s.fixed_sent,
             "fixed_rate_spans_exported": s.fixed_exported,
             "spans_exported_per_request": s.spans_per_request,
             "sink_spans_per_request": s.sink_spans_per_request,
             "closed_loop_spans_per_request": s.closed_spans_per_request,
             "ringbuf_drops": s.ringbuf_drops,
+            "spans_dropped": s.spans_dropped,
             "bpf_ns_per_request": s.bpf_ns_per_request,
+            "bpf_ns_per_request_net": s.bpf_ns_per_request_net,
+            "untraced_bpf_ns_per_request": s.untraced_bpf_ns_per_request,
+            "untraced_bpf_ns_per_request_net": s.untraced_bpf_ns_per_request_net,
             "client_errors": s.client_errors,
             "untraced_throughput_ratio": s.untraced_throughput_ratio,
             "untraced_fixed_rate_p99_ratio": s.untraced_fixed_p99_ratio,
+            "untraced_agent_peak_rss_mib": s.untraced_peak_rss_mib,
+            "untraced_agent_steady_rss_mib": s.untraced_steady_rss_mib,
         },
         "rounds": rounds.iter().map(|r| json!({
             "without": mode_json(&r.without),

@@ -36,6 +36,7 @@ fn agent(cpu_closed: f64, cpu_fixed: f64, exported_fixed: f64, rss_kib: u64) -> 
             cpu_seconds: Some(cpu_closed),
             spans_exported: Some(500_000.0),
             ringbuf_drops: Some(2.0),
+            spans_dropped: Some(5.0),
             ..AgentPhase::default()
         },
         fixed: AgentPhase {
@@ -46,6 +47,9 @@ fn agent(cpu_closed: f64, cpu_fixed: f64, exported_fixed: f64, rss_kib: u64) -> 
             ..AgentPhase::default()
         },
         peak_rss_kib: Some(rss_kib),
+        steady_rss_kib: Some(rss_kib / 2),
+        steady_anon_kib: Some(rss_kib / 4),
+        bpf_background_ns: Some(10_000_000.0),
     }
 }
 
@@ -99,6 +103,10 @@ fn summary_uses_medians_and_totals() {
     assert!((cpu - 4.8 / 2_850_000.0 * 1e5).abs() < 1e-9);
     assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
     assert_eq!(s.peak_rss_mib, Some(30.0));
+    // Steady RSS is the median over rounds: 10, 15 and 12.5 MiB.
+    assert_eq!(s.steady_rss_mib, Some(12.5));
+    assert_eq!(s.steady_anon_mib, Some(6.25));
+    assert_eq!(s.spans_dropped, Some(15.0));
     assert_eq!(s.fixed_sent, 300_000);
     assert_eq!(s.fixed_exported, Some(299_000.0));
     let spr = s.spans_per_request.unwrap_or(0.0);
@@ -106,6 +114,27 @@ fn summary_uses_medians_and_totals() {
     assert_eq!(s.sink_spans_per_request, s.spans_per_request);
     assert_eq!(s.ringbuf_drops, Some(6.0));
     assert_eq!(s.bpf_ns_per_request, None);
+    // Stats switched off: the kernel reports zero runs, which is no figure.
+    let mut off = rounds();
+    for a in off
+        .iter_mut()
+        .filter_map(|r| r.with.as_mut()?.agent.as_mut())
+    {
+        a.fixed.bpf_runs = Some(0.0);
+        a.fixed.bpf_run_ns = Some(0.0);
+    }
+    assert_eq!(summarize(&off).bpf_ns_per_request, None);
+    let mut on = rounds();
+    for a in on
+        .iter_mut()
+        .filter_map(|r| r.with.as_mut()?.agent.as_mut())
+    {
+        a.fixed.bpf_runs = Some(400_000.0);
+        a.fixed.bpf_run_ns = Some(100_000_000.0);
+    }
+    // 300 ms in the kernel over 300k fixed-rate requests, 30 ms of it other processes'.
+    assert_eq!(summarize(&on).bpf_ns_per_request, Some(1000.0));
+    assert_eq!(summarize(&on).bpf_ns_per_request_net, Some(900.0));
     assert_eq!(s.fixed_rate_with, Some(10_000.0));
 }
 
@@ -127,6 +156,8 @@ fn baseline_only_runs_leave_agent_figures_empty() {
     assert_eq!(s.peak_rss_mib, None);
     assert_eq!(s.spans_per_request, None);
     assert_eq!(s.ringbuf_drops, None);
+    assert_eq!(s.steady_rss_mib, None);
+    assert_eq!(s.spans_dropped, None);
     let text = table(&settings(), &baseline, &s);
     assert!(text.contains("n/a"));
     assert!(text.lines().any(|l| l.starts_with("1      without")));
@@ -152,6 +183,8 @@ fn missing_agent_metrics_stay_missing_not_zero() {
 
 fn settings() -> Settings {
     Settings {
+        service: "nginx",
+        service_desc: "nginx (test)",
         duration_s: 10,
         rounds: 3,
         connections: 50,
@@ -169,6 +202,13 @@ fn table_and_json_carry_the_summary() {
     assert!(text.contains("0.850"));
     assert!(text.contains("1.650"));
     assert!(text.contains("30.0"));
+    assert!(text.contains("loupe overhead on nginx (test):"));
+    assert!(text.contains("12.5 / 30.0"));
+    // Round 1's agent: steady 10.0 MiB, peak 20.0 MiB.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("1      with") && l.ends_with("10.0/20.0"))
+    );
     assert_eq!(text.lines().filter(|l| l.starts_with("2 ")).count(), 2);
     let v = json(&settings(), &r, &s);
     assert_eq!(v["summary"]["throughput_ratio"], json!(0.85));
@@ -180,6 +220,13 @@ fn table_and_json_carry_the_summary() {
     );
     assert_eq!(v["rounds"][0]["without"]["agent"], Value::Null);
     assert_eq!(v["settings"]["rate"], json!(10_000));
+    assert_eq!(v["settings"]["service"], json!("nginx"));
+    assert_eq!(v["summary"]["agent_steady_rss_mib"], json!(12.5));
+    assert_eq!(v["summary"]["spans_dropped"], json!(15.0));
+    assert_eq!(
+        v["rounds"][0]["with"]["agent"]["closed_loop"]["spans_dropped"],
+        json!(5.0)
+    );
 }
 
 #[test]
@@ -207,6 +254,23 @@ fn untraced_mode_is_compared_with_the_baseline_and_kept_out_of_agent_totals() {
     assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
     assert_eq!(s.peak_rss_mib, Some(30.0));
     assert_eq!(s.fixed_exported, Some(299_000.0));
+    // The untraced agent ran no programs here: no in-kernel figure for either mode.
+    assert_eq!(s.untraced_bpf_ns_per_request, None);
+    for a in r
+        .iter_mut()
+        .filter_map(|r| r.untraced.as_mut()?.agent.as_mut())
+    {
+        a.fixed.bpf_runs = Some(1_000_000.0);
+        a.fixed.bpf_run_ns = Some(50_000_000.0);
+    }
+    let host_tax = summarize(&r);
+    // 150 ms over 300k requests; 30 ms of it idle background.
+    assert_eq!(host_tax.untraced_bpf_ns_per_request, Some(500.0));
+    assert_eq!(host_tax.untraced_bpf_ns_per_request_net, Some(400.0));
+    assert_eq!(host_tax.bpf_ns_per_request, None);
+    let untraced_peak = 99_999.0 / 1024.0;
+    assert_eq!(s.untraced_peak_rss_mib, Some(untraced_peak));
+    assert_eq!(s.untraced_steady_rss_mib, Some(49_999.0 / 1024.0));
     let text = table(&settings(), &r, &s);
     assert!(text.contains("untraced throughput ratio"));
     assert_eq!(

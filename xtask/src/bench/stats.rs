@@ -43,6 +43,23 @@ pub fn sum_present(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64>
         .fold(None, |acc, v| Some(acc.unwrap_or(0.0) + v))
 }
 
+/// The slope of the least-squares line through `(x, y)` points; `None` for fewer than two
+/// distinct x values.
+pub fn least_squares_slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(x, y) in points {
+        sxy += (x - mean_x) * (y - mean_y);
+        sxx += (x - mean_x) * (x - mean_x);
+    }
+    (sxx > 0.0 && sxy.is_finite()).then(|| sxy / sxx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +100,19 @@ mod tests {
         assert_eq!(sum_present([Some(1.0), None, Some(2.5)]), Some(3.5));
         assert_eq!(sum_present([None, None]), None);
         assert_eq!(sum_present([]), None);
+    }
+
+    #[test]
+    fn slopes_fit_the_line() {
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|x| (f64::from(x), 3.0 * f64::from(x) + 7.0))
+            .collect();
+        assert!(least_squares_slope(&line).is_some_and(|m| (m - 3.0).abs() < 1e-12));
+        // Noise around a flat line averages out.
+        let flat = [(0.0, 10.0), (1.0, 12.0), (2.0, 12.0), (3.0, 10.0)];
+        assert!(least_squares_slope(&flat).is_some_and(|m| m.abs() < 1e-12));
+        assert_eq!(least_squares_slope(&[(1.0, 2.0)]), None);
+        assert_eq!(least_squares_slope(&[(1.0, 2.0), (1.0, 5.0)]), None);
+        assert_eq!(least_squares_slope(&[]), None);
     }
 }

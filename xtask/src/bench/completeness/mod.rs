@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 
-use super::agent::{Agent, Launch, otlp_env};
+use super::agent::{Agent, Launch, otlp_env_fast_flush};
 use super::load::KeepAlive;
 use super::nginx::Nginx;
 use super::process::{free_port, interrupted};
@@ -177,7 +177,7 @@ fn run_chain(
     let mut agent = Agent::launch(&Launch {
         bin: agent_bin,
         args,
-        env: otlp_env(&receiver.grpc_endpoint()),
+        env: otlp_env_fast_flush(&receiver.grpc_endpoint()),
         log: dir.join("agent.log"),
         pass_stdout: false,
     })?;

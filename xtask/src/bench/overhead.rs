@@ -1,0 +1,302 @@
+//! The overhead rounds on one service: each round runs the same load without the agent,
+//! with it tracing the service, and (with `--host-tax`) with it tracing nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::agent::{Agent, Sink};
+use super::procfs::{self, RssSample};
+use super::report::{self, AgentRun, ModeRun, Round, Settings};
+use super::stats::median;
+use super::target::{ServiceKind, Target};
+use super::{BenchArgs, Binaries, UNTRACED_EXE, check_interrupted, load, wrk};
+
+/// How often the agent's RSS is read during a fixed-rate phase.
+const RSS_EVERY: Duration = Duration::from_millis(500);
+/// With `--bpf-stats`, how long the service idles before the fixed rate while the agent's
+/// programs keep running for the rest of the machine: their cost then is subtracted.
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
+
+/// The overhead rounds on `service`; returns the report as text and as JSON.
+pub fn measure(
+    args: &BenchArgs,
+    service: ServiceKind,
+    root: &Path,
+    binaries: Option<&Binaries>,
+    scratch: &Path,
+) -> Result<(String, serde_json::Value)> {
+    let dir = scratch.join(service.name());
+    let mut target = Target::start(service, root, &dir)?;
+    eprintln!("bench: {} on {}", service.name(), target.url());
+    let sink = match binaries.and_then(|b| b.sink.as_ref()) {
+        Some(bin) => {
+            let sink = Sink::start(bin, &dir)?;
+            eprintln!("bench: OTLP sink on {}", sink.grpc());
+            Some(sink)
+        }
+        None => None,
+    };
+    let _bpf_stats = args.bpf_stats.then(enable_bpf_stats).flatten();
+    let settings = args.settings(service);
+
+    if args.warmup > 0 {
+        eprintln!("bench: warm-up, {} s", args.warmup);
+        wrk::run(&target.url(), args.connections, args.warmup)?;
+    }
+    let mut rounds = Vec::new();
+    let agent_bins = binaries.zip(sink.as_ref());
+    for round in 1..=args.rounds {
+        let mut modes = vec![Mode::Without];
+        if agent_bins.is_some() {
+            modes.push(Mode::With);
+            if args.host_tax {
+                modes.push(Mode::Untraced);
+            }
+        }
+        // Every other round runs its modes in reverse, so a drift in the machine over the
+        // run does not always favour the same mode.
+        if round % 2 == 0 {
+            modes.reverse();
+        }
+        let (mut without, mut with, mut untraced) = (None, None, None);
+        for mode in modes {
+            eprintln!(
+                "bench: {}: round {round}/{}: {}",
+                service.name(),
+                args.rounds,
+                mode.describe()
+            );
+            let agent = match (mode.exe(service), agent_bins) {
+                (Some(exe), Some((b, sink))) => {
+                    let log = format!("agent-{}-{round}", mode.label());
+                    Some((Agent::start(&b.agent, exe, sink, &dir, &log)?, sink))
+                }
+                _ => None,
+            };
+            let run = measure_mode(args, &settings, &mut target, agent)?;
+            progress(&run);
+            match mode {
+                Mode::Without => without = Some(run),
+                Mode::With => with = Some(run),
+                Mode::Untraced => untraced = Some(run),
+            }
+        }
+        let Some(without) = without else {
+            bail!("round {round} has no baseline measurement");
+        };
+        rounds.push(Round {
+            without,
+            with,
+            untraced,
+        });
+    }
+
+    let summary = report::summarize(&rounds);
+    let text = report::table(&settings, &rounds, &summary);
+    let value = report::json(&settings, &rounds, &summary);
+    Ok((text, value))
+}
+
+/// Turns on the kernel's eBPF run-time accounting, or warns that it cannot.
+pub fn enable_bpf_stats() -> Option<procfs::BpfStatsSwitch> {
+    match procfs::BpfStatsSwitch::enable() {
+        Ok(switch) => Some(switch),
+        Err(err) => {
+            eprintln!("bench: warning: cannot enable kernel.bpf_stats_enabled: {err}");
+            None
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Without,
+    With,
+    Untraced,
+}
+
+impl Mode {
+    /// The executable the agent is told to trace, if the agent runs at all.
+    fn exe(self, service: ServiceKind) -> Option<&'static str> {
+        match self {
+            Mode::Without => None,
+            Mode::With => Some(service.exe()),
+            Mode::Untraced => Some(UNTRACED_EXE),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Without => "without",
+            Mode::With => "with",
+            Mode::Untraced => "untraced",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Without => "without the agent",
+            Mode::With => "with the agent tracing the service",
+            Mode::Untraced => "with the agent tracing nothing",
+        }
+    }
+}
+
+/// The median of what `field` reads off RSS samples, in KiB.
+pub fn median_kib(samples: &[RssSample], field: fn(&RssSample) -> Option<u64>) -> Option<u64> {
+    let kib: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| field(s).map(|k| k as f64))
+        .collect();
+    median(&kib).map(|m| m.round() as u64)
+}
+
+/// One mode of one round: closed loop, then fixed rate, with the agent read between.
+fn measure_mode(
+    args: &BenchArgs,
+    settings: &Settings,
+    target: &mut Target,
+    agent: Option<(Agent, &Sink)>,
+) -> Result<ModeRun> {
+    let before = agent.as_ref().map(|(a, sink)| a.snapshot(sink));
+    let closed = wrk::run(&target.url(), args.connections, args.duration)?;
+    target.check_alive()?;
+    let middle = agent.as_ref().map(|(a, sink)| a.settle(sink));
+    check_interrupted()?;
+    let idle = match (&agent, &middle) {
+        (Some((a, sink)), Some(middle)) if args.bpf_stats => {
+            let started = Instant::now();
+            std::thread::sleep(IDLE_WINDOW);
+            let now = a.snapshot(sink);
+            let ns = now.since(middle).bpf_run_ns;
+            Some((now, ns.map(|ns| ns / started.elapsed().as_secs_f64())))
+        }
+        _ => None,
+    };
+    let fixed_started = Instant::now();
+    let config = load::PacedConfig {
+        addr: target.addr(),
+        rate: settings.rate,
+        connections: settings.rate_connections,
+        duration: Duration::from_secs(args.duration),
+    };
+    let (fixed, rss) = match &agent {
+        Some((a, _)) => {
+            procfs::sample_rss_during(a.pid(), RSS_EVERY, |_| {}, || load::run(&config))
+        }
+        None => (load::run(&config), Vec::new()),
+    };
+    check_interrupted()?;
+    target.check_alive()?;
+    let agent_run = match agent {
+        Some((mut agent, sink)) => {
+            let after = agent.settle(sink);
+            agent.check_alive()?;
+            let fixed_window = fixed_started.elapsed().as_secs_f64();
+            let (before, middle) = (before.unwrap_or_default(), middle.unwrap_or_default());
+            let (fixed_start, background_ns_per_s) = match idle {
+                Some((snapshot, rate)) => (snapshot, rate),
+                None => (middle.clone(), None),
+            };
+            let run = AgentRun {
+                closed: middle.since(&before),
+                fixed: after.since(&fixed_start),
+                peak_rss_kib: agent.peak_rss_kib(),
+                steady_rss_kib: median_kib(&rss, |s| Some(s.kib)),
+                steady_anon_kib: median_kib(&rss, |s| s.anon_kib),
+                bpf_background_ns: background_ns_per_s.map(|r| r * fixed_window),
+            };
+            stop(agent);
+            Some(run)
+        }
+        None => None,
+    };
+    Ok(ModeRun {
+        closed,
+        fixed,
+        agent: agent_run,
+    })
+}
+
+/// Stops the agent, warning when it did not exit cleanly.
+pub fn stop(agent: Agent) {
+    match agent.stop() {
+        Some(status) if !status.success() => {
+            eprintln!("bench: warning: the agent did not exit cleanly on SIGTERM ({status})");
+        }
+        None => eprintln!("bench: warning: the agent had to be killed"),
+        Some(_) => {}
+    }
+}
+
+fn progress(mode: &ModeRun) {
+    let p99 = mode
+        .fixed
+        .p99_us
+        .map_or_else(|| "n/a".to_owned(), |us| format!("{us} us"));
+    eprintln!(
+        "bench:   wrk {:.0} req/s (p99 {:.0} us); fixed rate {:.0} req/s achieved, p99 {p99}, \
+         {} errors",
+        mode.closed.requests_per_sec,
+        mode.closed.latency.p99_us,
+        mode.fixed.achieved_rate(),
+        mode.fixed.errors,
+    );
+    if let Some(agent) = &mode.agent {
+        let count = |n: Option<f64>| n.map_or_else(|| "n/a".to_owned(), |n| format!("{n:.0}"));
+        eprintln!(
+            "bench:   agent: fixed-rate spans exported {} for {} requests sent; \
+             dropped {} spans, {} ring-buffer records; RSS {} KiB",
+            count(agent.fixed.spans_exported),
+            mode.fixed.sent,
+            count(agent.fixed.spans_dropped),
+            count(agent.fixed.ringbuf_drops),
+            agent
+                .steady_rss_kib
+                .map_or_else(|| "n/a".to_owned(), |k| k.to_string()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_rss_is_the_median_sample() {
+        let at = |s| Duration::from_secs(s);
+        let mut samples = [
+            RssSample {
+                at: at(0),
+                kib: 9_000,
+                anon_kib: Some(1_000),
+            },
+            RssSample {
+                at: at(1),
+                kib: 12_000,
+                anon_kib: Some(1_000),
+            },
+            RssSample {
+                at: at(2),
+                kib: 12_500,
+                anon_kib: Some(1_000),
+            },
+            RssSample {
+                at: at(3),
+                kib: 30_000,
+                anon_kib: Some(1_000),
+            },
+        ];
+        let rss = |s: &RssSample| Some(s.kib);
+        assert_eq!(median_kib(&samples, rss), Some(12_250));
+        assert_eq!(median_kib(&samples[..3], rss), Some(12_000));
+        assert_eq!(median_kib(&samples, |s| s.anon_kib), Some(1_000));
+        assert_eq!(median_kib(&[], rss), None);
+        samples[1].anon_kib = None;
+        samples[2].anon_kib = Some(4_000);
+        // Samples without the figure are left out, not counted as zero.
+        assert_eq!(median_kib(&samples, |s| s.anon_kib), Some(1_000));
+    }
+}

@@ -1,0 +1,199 @@
+//! The services the overhead is measured on: nginx, and an unmodified Python stdlib HTTP
+//! server. Both answer small responses over keep-alive connections on loopback.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::nginx::Nginx;
+use super::process::free_port;
+use super::services::{Service, example, port_arg};
+use crate::cmd::which;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceKind {
+    /// One nginx worker answering `ok\n` (`cargo xtask setup` installs nginx-light).
+    Nginx,
+    /// `examples/bench/json-api.py`: ThreadingHTTPServer answering a small JSON body.
+    Python,
+}
+
+impl ServiceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Nginx => "nginx",
+            ServiceKind::Python => "python",
+        }
+    }
+
+    /// How the report names the workload.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ServiceKind::Nginx => "nginx (1 worker, keep-alive, 3-byte body)",
+            ServiceKind::Python => {
+                "Python http.server (ThreadingHTTPServer, keep-alive, ~30-byte JSON body)"
+            }
+        }
+    }
+
+    /// The fixed rate when `--rate` names none. nginx: the 10,000 req/s, far
+    /// below its closed-loop capacity. The Python server carried 12k-22k req/s closed-loop
+    /// on a shared two-core machine; 6,000 is about half of the low end, so its latency is
+    /// measured below saturation even when the agent and neighbours take CPU.
+    pub fn default_rate(self) -> u64 {
+        match self {
+            ServiceKind::Nginx => 10_000,
+            ServiceKind::Python => 6_000,
+        }
+    }
+
+    /// The `--exe` pattern that selects the service's processes.
+    pub fn exe(self) -> &'static str {
+        match self {
+            ServiceKind::Nginx => "nginx",
+            // The interpreter's executable is usually python3.X.
+            ServiceKind::Python => "python3*",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            ServiceKind::Nginx => "nginx",
+            ServiceKind::Python => "python3",
+        }
+    }
+
+    /// Fails with advice when the service's program is not installed.
+    pub fn check_installed(self) -> Result<()> {
+        let program = self.program();
+        if which(program).is_none() {
+            bail!("{program} not found on PATH: run `cargo xtask setup`");
+        }
+        Ok(())
+    }
+}
+
+/// A fixed rate for one service, or (without a name) for every service: `10000` or
+/// `python=2500`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateSpec {
+    pub service: Option<ServiceKind>,
+    pub rate: u64,
+}
+
+pub fn parse_rate(text: &str) -> Result<RateSpec, String> {
+    let (service, number) = match text.split_once('=') {
+        Some((name, number)) => {
+            let service = <ServiceKind as clap::ValueEnum>::from_str(name.trim(), true)
+                .map_err(|_| format!("{name:?} is not a service (nginx or python)"))?;
+            (Some(service), number)
+        }
+        None => (None, text),
+    };
+    let rate = number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&r| r >= 1)
+        .ok_or_else(|| format!("{number:?} is not a rate in requests per second"))?;
+    Ok(RateSpec { service, rate })
+}
+
+/// The rate for `service`: the last spec naming it, else the last naming no service, else
+/// its default.
+pub fn rate_for(specs: &[RateSpec], service: ServiceKind) -> u64 {
+    let named = specs.iter().rev().find(|s| s.service == Some(service));
+    let general = specs.iter().rev().find(|s| s.service.is_none());
+    named
+        .or(general)
+        .map_or_else(|| service.default_rate(), |s| s.rate)
+}
+
+/// A running service under load.
+pub enum Target {
+    Nginx(Nginx),
+    Python(Service),
+}
+
+impl Target {
+    /// Starts `kind` with its files in `dir`; `root` is the workspace, where the Python
+    /// program lives.
+    pub fn start(kind: ServiceKind, root: &Path, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+        Ok(match kind {
+            ServiceKind::Nginx => Target::Nginx(Nginx::start(dir)?),
+            ServiceKind::Python => {
+                let port = free_port().context("no free loopback port")?;
+                let script = example(root, "bench/json-api.py");
+                let args = [script.into_os_string(), port_arg(port)];
+                Target::Python(Service::start("json-api", "python3", &args, port, dir)?)
+            }
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Nginx(nginx) => nginx.addr(),
+            Target::Python(service) => service.addr(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr())
+    }
+
+    /// Fails when the service has died since it started.
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self {
+            Target::Nginx(nginx) => nginx.check_alive(),
+            Target::Python(service) => service.check_alive(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_for_all_or_one_service() {
+        assert_eq!(
+            parse_rate("20000"),
+            Ok(RateSpec {
+                service: None,
+                rate: 20_000
+            })
+        );
+        assert_eq!(
+            parse_rate("Python=2500"),
+            Ok(RateSpec {
+                service: Some(ServiceKind::Python),
+                rate: 2_500
+            })
+        );
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("ruby=10").is_err());
+        assert!(parse_rate("nginx=").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn a_named_rate_wins_over_a_general_one_and_defaults_fill_in() {
+        let specs = [
+            RateSpec {
+                service: Some(ServiceKind::Python),
+                rate: 1_500,
+            },
+            RateSpec {
+                service: None,
+                rate: 20_000,
+            },
+        ];
+        assert_eq!(rate_for(&specs, ServiceKind::Python), 1_500);
+        assert_eq!(rate_for(&specs, ServiceKind::Nginx), 20_000);
+        assert_eq!(rate_for(&specs[..1], ServiceKind::Nginx), 10_000);
+        assert_eq!(rate_for(&[], ServiceKind::Python), 6_000);
+    }
+}
