@@ -1,8 +1,10 @@
 //! Writing records into the ring buffer.
 //!
-//! Wakeups are batched: a record only wakes the agent once the buffer is a quarter full;
-//! otherwise the agent's bounded poll interval picks it up. A wakeup per record would cost
-//! more than the record itself.
+//! Wakeups are batched: only the record that takes the buffer past a quarter full wakes the
+//! agent; otherwise the agent's bounded poll interval picks records up. A wakeup per record
+//! would cost more than the record itself, and so would one per record while the buffer
+//! stays above the mark because the agent is behind (it runs at a lower priority than the
+//! services it traces).
 
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
@@ -12,27 +14,64 @@ use loupe_common::counter;
 use crate::maps::{EVENTS, count};
 
 #[inline(always)]
-fn wakeup_flag() -> u64 {
+fn wakeup_flag(len: usize) -> u64 {
     // The size is set by the agent at load time (`--ring-buffer-mib`).
-    let threshold = EVENTS.query(BPF_RB_RING_SIZE as u64) / 4;
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+    let mark = EVENTS.query(BPF_RB_RING_SIZE as u64) / 4;
+    let before = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if crosses(before, len as u64, mark) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
 }
 
+/// True when writing `len` bytes onto `before` reaches `mark` for the first time.
+#[inline(always)]
+pub fn crosses(before: u64, len: u64, mark: u64) -> bool {
+    before < mark && before + len >= mark
+}
+
 /// Copies `record` into the ring buffer, counting it when it does not fit.
 #[inline(always)]
 pub fn output<T>(record: &T) {
-    if EVENTS.output::<T>(record, wakeup_flag()).is_err() {
+    if EVENTS
+        .output::<T>(record, wakeup_flag(size_of::<T>()))
+        .is_err()
+    {
         count(counter::RINGBUF_DROPS);
     }
 }
 
 #[inline(always)]
 pub fn output_bytes(record: &[u8]) {
-    if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
+    if EVENTS
+        .output::<[u8]>(record, wakeup_flag(record.len()))
+        .is_err()
+    {
         count(counter::RINGBUF_DROPS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crosses;
+
+    #[test]
+    fn one_wakeup_per_crossing_of_the_mark() {
+        let mark = 1 << 20;
+        // Filling record by record from empty wakes exactly once.
+        let (mut avail, mut wakeups) = (0u64, 0);
+        while avail < 3 * mark {
+            if crosses(avail, 300, mark) {
+                wakeups += 1;
+            }
+            avail += 300;
+        }
+        assert_eq!(wakeups, 1);
+        // A buffer that stays above the mark (agent behind) never wakes again.
+        assert!(!crosses(mark, 300, mark));
+        assert!(!crosses(2 * mark, 300, mark));
+        // Landing exactly on the mark counts.
+        assert!(crosses(mark - 300, 300, mark));
     }
 }

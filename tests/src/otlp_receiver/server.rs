@@ -52,7 +52,7 @@ pub(super) async fn start(
         let served = tonic::transport::Server::builder()
             .serve_with_incoming_shutdown(
                 service,
-                TcpIncoming::from(grpc_listener),
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 std::future::pending::<()>(),
             )
             .await;
