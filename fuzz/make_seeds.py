@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parent / "corpus"
 SERVER, CLIENT = 0, 1
 DEFAULT, TINY, SMALL = 0 << 1, 1 << 1, 2 << 1
 DRAIN = 8
-REQ, RESP, CLOSE, CUT, NOTHING_SEEN = 0, 1, 2, 4, 8
+REQ, RESP, CLOSE, CUT, NOTHING_SEEN, WIDE_GAP = 0, 1, 2, 4, 8, 64
 
 
 def records(flags, *events):
@@ -25,9 +25,10 @@ def records(flags, *events):
         ctl, data, *gap = event
         for i in range(0, max(len(data), 1), 255):
             part = data[i:i + 255]
-            out += bytes([ctl | (CUT if gap else 0), len(part)])
+            wide = bool(gap) and gap[0] > 0xFFFF
+            out += bytes([ctl | (CUT if gap else 0) | (WIDE_GAP if wide else 0), len(part)])
             if gap:
-                out += struct.pack("<H", gap[0])
+                out += struct.pack("<Q" if wide else "<H", gap[0])
             out += part
     return bytes(out)
 
@@ -75,6 +76,13 @@ SESSION = {
         (NOTHING_SEEN, b"x" * 10, 500),
         (REQ, b"GET /next HTTP/1.1\r\n\r\n"),
     ),
+    # A corrupt record's count once overflowed the chunked decoder's guess of the CRLF.
+    "huge_gap_after_chunk_cr": records(
+        SERVER | DEFAULT,
+        (REQ, b"GET / HTTP/1.1\r\n\r\n"),
+        (RESP, CHUNKED[:CHUNKED.index(b"hello\r") + 6]),
+        (RESP | NOTHING_SEEN, b"", 2**64 - 1),
+    ),
     "upgrade": records(
         SERVER | DEFAULT | DRAIN,
         (REQ, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
@@ -82,13 +90,11 @@ SESSION = {
         (REQ, b"\x81\x05hello"),
         (RESP, b"\x81\x02ok"),
     ),
-    "tiny_limits_garbage": records(
-        CLIENT | TINY,
-        (REQ, b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 100 + b"\r\n\r\n"),
+    "small_limits_pipelining": records(
+        CLIENT | SMALL,
+        (REQ, b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 300 + b"\r\n\r\n"),
         (RESP, b"\x16\x03\x01 not http"),
-        (REQ, GET),
-        (REQ, GET),
-        (REQ, GET),
+        (REQ, GET * 5),
         (RESP, OK),
     ),
 }

@@ -4,8 +4,8 @@
 //! and whether request starts are taken after every syscall (bit 3). Then records, each one
 //! syscall or a close: a control byte, a length byte and that many bytes. Control bits:
 //! 0 the response direction (else the request direction), 1 a close, 2 the capture is cut
-//! (two more bytes, little endian, count the unseen tail), 3 nothing captured (sendfile),
-//! 4-5 the thread.
+//! (two more bytes, little endian, count the unseen tail; eight with bit 6), 3 nothing
+//! captured (sendfile), 4-5 the thread.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -98,7 +98,7 @@ impl Checker {
             total_len,
         };
         let _ = detect_http1(&chunk);
-        self.fed += total_len;
+        self.fed = self.fed.saturating_add(total_len);
         self.session.on_chunk(&chunk, &mut self.out);
         self.check_bounds();
     }
@@ -120,7 +120,7 @@ impl Checker {
         self.drain();
         let stats = self.session.take_stats();
         self.dropped += stats.dropped_requests;
-        self.unparsed += stats.unparsed_bytes;
+        self.unparsed = self.unparsed.saturating_add(stats.unparsed_bytes);
         assert!(
             self.unparsed <= self.fed,
             "{} unparsed bytes of {} fed",
@@ -229,13 +229,19 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut gap = 0u64;
         if ctl & 4 != 0 {
-            let [lo, hi, tail @ ..] = rest else { break };
-            gap = u64::from(u16::from_le_bytes([*lo, *hi]));
+            // Bit 6: the kernel's count is trusted by no one, so any u64 may arrive.
+            let width = if ctl & 64 != 0 { 8 } else { 2 };
+            let Some((le, tail)) = rest.split_at_checked(width) else {
+                break;
+            };
+            let mut bytes = [0u8; 8];
+            bytes[..width].copy_from_slice(le);
+            gap = u64::from_le_bytes(bytes);
             rest = tail;
         }
         let (bytes, tail) = rest.split_at(usize::from(*len).min(rest.len()));
         rest = tail;
-        let total_len = bytes.len() as u64 + gap;
+        let total_len = (bytes.len() as u64).saturating_add(gap);
         let seen: &[u8] = if ctl & 8 != 0 { &[] } else { bytes };
         c.chunk(ctl & 1 != 0, seen, total_len, u32::from((ctl >> 4) & 3));
         closed = false;
