@@ -247,6 +247,27 @@ fn declared_targets(cargo_toml: &str) -> Vec<String> {
     names
 }
 
+/// `(name, version)` of every package in a `Cargo.lock`.
+#[cfg(test)]
+fn locked_versions(lock: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in lock.lines() {
+        let quoted = |key: &str| {
+            line.strip_prefix(key)
+                .map(|v| v.trim().trim_matches('"').to_owned())
+        };
+        if line == "[[package]]" {
+            name = None;
+        } else if let Some(n) = quoted("name = ") {
+            name = Some(n);
+        } else if let (Some(v), Some(n)) = (quoted("version = "), name.take()) {
+            out.push((n, v));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +357,40 @@ mod tests {
                 .unwrap_or(0);
             assert!(seeds > 0, "no seeds for {target}");
         }
+    }
+
+    #[test]
+    fn fuzz_lock_pins_the_versions_the_agent_ships_with() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let main = locked_versions(&read(&root.join("Cargo.lock")));
+        let fuzz = locked_versions(&read(&root.join("fuzz").join("Cargo.lock")));
+        assert!(main.len() > 50 && fuzz.len() > 50, "lock files not read");
+        let drifted: Vec<_> = fuzz
+            .iter()
+            .filter(|(name, _)| main.iter().any(|(n, _)| n == name))
+            .filter(|entry| !main.contains(entry))
+            .collect();
+        assert!(
+            drifted.is_empty(),
+            "fuzz/Cargo.lock differs from Cargo.lock in {drifted:?}; resync with \
+             `cp Cargo.lock fuzz/Cargo.lock && cargo metadata --manifest-path fuzz/Cargo.toml \
+             --format-version 1 >/dev/null`"
+        );
+    }
+
+    #[test]
+    fn locked_versions_pairs_names_with_versions() {
+        let lock = "version = 4\n\n[[package]]\nname = \"a\"\nversion = \"1.0.0\"\n\
+                    source = \"x\"\n\n[[package]]\nname = \"b\"\nversion = \"0.2.1\"\n";
+        let pairs = locked_versions(lock);
+        assert_eq!(
+            pairs,
+            [
+                ("a".to_owned(), "1.0.0".to_owned()),
+                ("b".to_owned(), "0.2.1".to_owned())
+            ]
+        );
     }
 
     #[test]

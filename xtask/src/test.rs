@@ -39,6 +39,7 @@ pub enum TestError {
 /// workspace-wide host commands leave it out.
 const KERNEL_CRATE: &str = "loupe-ebpf";
 const INTEGRATION_CRATE: &str = "loupe-integration-tests";
+const FUZZ_MANIFEST: &str = "fuzz/Cargo.toml";
 
 #[derive(Debug)]
 struct Step {
@@ -65,6 +66,11 @@ fn plan(args: &TestArgs, loupe_bin: OsString, fuzz_seconds: u64) -> Vec<Step> {
     let mut steps = Vec::new();
     if !args.no_lint {
         steps.push(step("fmt", &["fmt", "--all", "--", "--check"]));
+        // The fuzz crate is a workspace of its own, which `--all` does not reach.
+        steps.push(step(
+            "fmt fuzz",
+            &["fmt", "--manifest-path", FUZZ_MANIFEST, "--", "--check"],
+        ));
         steps.push(step(
             "clippy",
             &[
@@ -200,6 +206,7 @@ mod tests {
             names(&args),
             [
                 "fmt",
+                "fmt fuzz",
                 "clippy",
                 "build",
                 "unit tests",
@@ -209,14 +216,14 @@ mod tests {
             ]
         );
         let steps = plan(&args, OsString::from("/t/release/loupe"), 30);
-        assert_eq!(steps[5].fuzz_seconds, Some(30));
+        assert_eq!(steps[6].fuzz_seconds, Some(30));
         assert!(
             steps
                 .iter()
                 .filter(|s| s.name != "fuzz")
                 .all(|s| s.fuzz_seconds.is_none())
         );
-        let integration = &steps[6];
+        let integration = &steps[7];
         assert!(integration.needs_root);
         assert_eq!(
             integration.env,
@@ -228,9 +235,10 @@ mod tests {
                 .ends_with(&["--", "--test-threads=1"])
         );
         // Host-side commands never try to compile the BPF-only crate.
-        assert!(steps[1].cargo_args.contains(&KERNEL_CRATE));
-        assert!(steps[3].cargo_args.contains(&KERNEL_CRATE));
-        assert!(steps[3].cargo_args.contains(&INTEGRATION_CRATE));
+        assert!(steps[2].cargo_args.contains(&KERNEL_CRATE));
+        assert!(steps[4].cargo_args.contains(&KERNEL_CRATE));
+        assert!(steps[4].cargo_args.contains(&INTEGRATION_CRATE));
+        assert!(steps[1].cargo_args.contains(&FUZZ_MANIFEST));
     }
 
     #[test]
@@ -241,7 +249,13 @@ mod tests {
         };
         assert_eq!(
             names(&unit_only),
-            ["fmt", "clippy", "unit tests", "kernel unit tests"]
+            [
+                "fmt",
+                "fmt fuzz",
+                "clippy",
+                "unit tests",
+                "kernel unit tests"
+            ]
         );
         let bare = TestArgs {
             unit_only: true,
