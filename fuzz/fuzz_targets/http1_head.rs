@@ -1,7 +1,7 @@
 //! Request and response heads (start line and header lines) parsed from arbitrary bytes.
 //!
-//! Input layout: byte 0 picks the limits, byte 1 a split point for the streaming check, the
-//! rest is the head.
+//! Input layout: byte 0 picks the limits, byte 1 where to cut the head for the streaming
+//! check, the rest is the head.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -53,12 +53,14 @@ fn check<H: Head + std::fmt::Debug>(
             // than wrong: the stream parser relies on both when heads span syscalls.
             assert!(matches!(H::parse(&buf[..len], limits), HeadParse::Complete(_, l) if l == len));
             if len > 0 {
-                let cut = split % len;
-                let prefix = H::parse(&buf[..cut], limits);
-                assert!(
-                    matches!(prefix, HeadParse::Partial),
-                    "prefix of {cut} bytes of a {len}-byte head: {prefix:?}"
-                );
+                // Near the start, near the end (where the empty line is) and in proportion.
+                for cut in [split % len, len - 1 - split % len, split * len / 256] {
+                    let prefix = H::parse(&buf[..cut], limits);
+                    assert!(
+                        matches!(prefix, HeadParse::Partial),
+                        "prefix of {cut} bytes of a {len}-byte head: {prefix:?}"
+                    );
+                }
             }
         }
         HeadParse::Partial | HeadParse::Invalid(_) => {}
