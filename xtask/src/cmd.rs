@@ -82,6 +82,19 @@ impl Cmd {
         }
     }
 
+    /// Runs with stdout and stderr written to `log` (created or truncated); a non-zero exit
+    /// is an error.
+    pub fn run_logged(mut self, log: &Path) -> Result<(), CmdError> {
+        let spawn_error = |source| CmdError::Spawn {
+            cmd: self.shown.clone(),
+            source,
+        };
+        let file = std::fs::File::create(log).map_err(spawn_error)?;
+        let stderr = file.try_clone().map_err(spawn_error)?;
+        self.inner.stdout(file).stderr(stderr);
+        self.run()
+    }
+
     /// Runs quietly and returns stdout when the program exists and succeeds: for probes
     /// whose failure only means "not there".
     pub fn probe(mut self) -> Option<String> {

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -36,8 +37,12 @@ enum Command {
     /// Set up, build, and watch loupe trace two example services (Node and Python) into
     /// connected traces printed on the terminal (needs root).
     Demo(demo::DemoArgs),
-    /// Set up, then lint, build and run the unit and integration tests, as CI does.
+    /// Set up, then lint, build and run the unit tests, the fuzz targets and the integration
+    /// tests, as CI does.
     Test(test::TestArgs),
+    /// Run the fuzz targets in fuzz/ (all, or one) for a bounded time each; installs
+    /// cargo-fuzz when missing. Needs no root.
+    Fuzz(fuzz::FuzzArgs),
     /// Measure the agent's overhead on nginx or a Python service (alternating rounds
     /// without and with it), with --soak whether its memory stays flat under steady load,
     /// or with --completeness how many requests form exact traces across three services.
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Test(args) => test::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

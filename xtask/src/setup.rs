@@ -97,6 +97,32 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// What running the fuzz targets needs: nightly (for the sanitizers) and cargo-fuzz. Only
+/// fuzzing needs cargo-fuzz, so `run` leaves it out and other commands never wait for it.
+pub fn fuzzing(out: &mut dyn Write) -> Result<()> {
+    let mut out = Out(out);
+    rust_nightly(&mut out)?;
+    cargo_fuzz(&mut out)
+}
+
+fn cargo_fuzz(out: &mut Out<'_>) -> Result<()> {
+    let probe = || Cmd::new("cargo").args(["fuzz", "--version"]).probe();
+    if let Some(version) = probe() {
+        out.ok("cargo-fuzz", version.trim());
+        return Ok(());
+    }
+    let cmd = Cmd::new("cargo").args(["install", "cargo-fuzz", "--locked"]);
+    out.install("cargo-fuzz", cmd.shown());
+    cmd.run()?;
+    if probe().is_none() {
+        bail!(
+            "cargo-fuzz installed but `cargo fuzz --version` fails: add the cargo bin directory \
+             (usually ~/.cargo/bin) to PATH"
+        );
+    }
+    Ok(())
+}
+
 fn debian_packages(out: &mut Out<'_>) -> Result<()> {
     if which("dpkg-query").is_none() {
         bail!(

@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::cmd::{Cmd, CmdError, is_root};
-use crate::setup;
+use crate::cmd::{Cmd, is_root};
 use crate::workspace::Workspace;
+use crate::{fuzz, setup};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Run only the unit tests (no release build, no integration tests, no root needed).
+    /// Run only the unit tests (no release build, no fuzzing, no integration tests, no root
+    /// needed).
     #[arg(long)]
     pub unit_only: bool,
     /// Skip rustfmt and clippy.
@@ -25,7 +26,7 @@ pub enum TestError {
     #[error("step '{step}' failed")]
     StepFailed {
         step: &'static str,
-        source: CmdError,
+        source: anyhow::Error,
     },
     #[error(
         "step '{step}' needs root: the integration tests load eBPF programs; \
@@ -38,6 +39,7 @@ pub enum TestError {
 /// workspace-wide host commands leave it out.
 const KERNEL_CRATE: &str = "loupe-ebpf";
 const INTEGRATION_CRATE: &str = "loupe-integration-tests";
+const FUZZ_MANIFEST: &str = "fuzz/Cargo.toml";
 
 #[derive(Debug)]
 struct Step {
@@ -45,6 +47,8 @@ struct Step {
     cargo_args: Vec<&'static str>,
     env: Vec<(&'static str, OsString)>,
     needs_root: bool,
+    /// Instead of a cargo command: every fuzz target for this many seconds.
+    fuzz_seconds: Option<u64>,
 }
 
 fn step(name: &'static str, cargo_args: &[&'static str]) -> Step {
@@ -53,13 +57,20 @@ fn step(name: &'static str, cargo_args: &[&'static str]) -> Step {
         cargo_args: cargo_args.to_vec(),
         env: Vec::new(),
         needs_root: false,
+        fuzz_seconds: None,
     }
 }
 
-fn plan(args: &TestArgs, loupe_bin: OsString) -> Vec<Step> {
+/// `fuzz_seconds` per target, 0 for no fuzzing.
+fn plan(args: &TestArgs, loupe_bin: OsString, fuzz_seconds: u64) -> Vec<Step> {
     let mut steps = Vec::new();
     if !args.no_lint {
         steps.push(step("fmt", &["fmt", "--all", "--", "--check"]));
+        // The fuzz crate is a workspace of its own, which `--all` does not reach.
+        steps.push(step(
+            "fmt fuzz",
+            &["fmt", "--manifest-path", FUZZ_MANIFEST, "--", "--check"],
+        ));
         steps.push(step(
             "clippy",
             &[
@@ -90,6 +101,11 @@ fn plan(args: &TestArgs, loupe_bin: OsString) -> Vec<Step> {
     ));
     // The kernel programs' parsing logic, compiled for the host.
     steps.push(step("kernel unit tests", &["test", "-p", KERNEL_CRATE]));
+    if !args.unit_only && fuzz_seconds > 0 {
+        let mut fuzzing = step("fuzz", &[]);
+        fuzzing.fuzz_seconds = Some(fuzz_seconds);
+        steps.push(fuzzing);
+    }
     if !args.unit_only {
         let mut integration = step(
             "integration tests",
@@ -111,8 +127,9 @@ fn plan(args: &TestArgs, loupe_bin: OsString) -> Vec<Step> {
 
 pub fn run(args: &TestArgs) -> Result<()> {
     setup::run(&mut std::io::stdout())?;
+    let fuzz_seconds = fuzz::seconds_from_env(std::env::var(fuzz::SECONDS_ENV).ok().as_deref())?;
     let ws = Workspace::locate()?;
-    let steps = plan(args, ws.release_bin("loupe").into_os_string());
+    let steps = plan(args, ws.release_bin("loupe").into_os_string(), fuzz_seconds);
     let total = steps.len();
     let started = Instant::now();
     for (i, step) in steps.iter().enumerate() {
@@ -120,13 +137,27 @@ pub fn run(args: &TestArgs) -> Result<()> {
         for (key, value) in &step.env {
             cmd = cmd.env(key, value);
         }
-        println!("==> [{}/{total}] {}: {}", i + 1, step.name, cmd.shown());
+        let shown = match step.fuzz_seconds {
+            Some(seconds) => format!(
+                "{} target(s), {seconds} s each ({}=N to change, 0 to skip)",
+                fuzz::TARGETS.len(),
+                fuzz::SECONDS_ENV
+            ),
+            None => cmd.shown().to_owned(),
+        };
+        println!("==> [{}/{total}] {}: {shown}", i + 1, step.name);
         if step.needs_root && !is_root() {
             eprintln!("xtask test: stopped at step '{}'", step.name);
             return Err(TestError::NeedsRoot { step: step.name }.into());
         }
         let step_started = Instant::now();
-        if let Err(source) = cmd.run() {
+        let result = match step.fuzz_seconds {
+            Some(seconds) => setup::fuzzing(&mut std::io::stdout()).and_then(|()| {
+                fuzz::run_targets(&ws, fuzz::TARGETS, seconds, fuzz::Output::Logged)
+            }),
+            None => cmd.run().map_err(anyhow::Error::from),
+        };
+        if let Err(source) = result {
             eprintln!(
                 "xtask test: FAILED at step '{}' ({}/{total}) after {:.0} s",
                 step.name,
@@ -159,7 +190,7 @@ mod tests {
     use super::*;
 
     fn names(args: &TestArgs) -> Vec<&'static str> {
-        plan(args, OsString::from("/t/release/loupe"))
+        plan(args, OsString::from("/t/release/loupe"), 30)
             .iter()
             .map(|s| s.name)
             .collect()
@@ -175,15 +206,24 @@ mod tests {
             names(&args),
             [
                 "fmt",
+                "fmt fuzz",
                 "clippy",
                 "build",
                 "unit tests",
                 "kernel unit tests",
+                "fuzz",
                 "integration tests"
             ]
         );
-        let steps = plan(&args, OsString::from("/t/release/loupe"));
-        let integration = &steps[5];
+        let steps = plan(&args, OsString::from("/t/release/loupe"), 30);
+        assert_eq!(steps[6].fuzz_seconds, Some(30));
+        assert!(
+            steps
+                .iter()
+                .filter(|s| s.name != "fuzz")
+                .all(|s| s.fuzz_seconds.is_none())
+        );
+        let integration = &steps[7];
         assert!(integration.needs_root);
         assert_eq!(
             integration.env,
@@ -195,9 +235,10 @@ mod tests {
                 .ends_with(&["--", "--test-threads=1"])
         );
         // Host-side commands never try to compile the BPF-only crate.
-        assert!(steps[1].cargo_args.contains(&KERNEL_CRATE));
-        assert!(steps[3].cargo_args.contains(&KERNEL_CRATE));
-        assert!(steps[3].cargo_args.contains(&INTEGRATION_CRATE));
+        assert!(steps[2].cargo_args.contains(&KERNEL_CRATE));
+        assert!(steps[4].cargo_args.contains(&KERNEL_CRATE));
+        assert!(steps[4].cargo_args.contains(&INTEGRATION_CRATE));
+        assert!(steps[1].cargo_args.contains(&FUZZ_MANIFEST));
     }
 
     #[test]
@@ -208,7 +249,13 @@ mod tests {
         };
         assert_eq!(
             names(&unit_only),
-            ["fmt", "clippy", "unit tests", "kernel unit tests"]
+            [
+                "fmt",
+                "fmt fuzz",
+                "clippy",
+                "unit tests",
+                "kernel unit tests"
+            ]
         );
         let bare = TestArgs {
             unit_only: true,
@@ -221,6 +268,20 @@ mod tests {
         };
         assert_eq!(
             names(&no_lint),
+            [
+                "build",
+                "unit tests",
+                "kernel unit tests",
+                "fuzz",
+                "integration tests"
+            ]
+        );
+        let no_fuzz: Vec<&str> = plan(&no_lint, OsString::from("/t/release/loupe"), 0)
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            no_fuzz,
             [
                 "build",
                 "unit tests",

@@ -20,9 +20,7 @@ use std::fmt;
 
 pub use b3::parse_b3_single;
 pub use jaeger::parse_uber_trace_id;
-pub use w3c::parse_traceparent;
-#[cfg(test)]
-pub use w3c::{TRACESTATE_MAX_LEN, format_traceparent};
+pub use w3c::{TRACESTATE_MAX_LEN, format_traceparent, parse_traceparent};
 
 use super::{SpanContext, SpanId, TraceId};
 

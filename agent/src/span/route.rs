@@ -30,7 +30,7 @@
 
 mod heuristic;
 
-pub use heuristic::heuristic_route;
+pub use heuristic::{MAX_SEGMENT_LEN, MAX_SEGMENTS, heuristic_route};
 
 /// Where a route came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

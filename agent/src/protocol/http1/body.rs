@@ -236,7 +236,7 @@ impl Chunked {
             }
             ChunkedState::Data { remaining } => gap - remaining,
             ChunkedState::DataCr => gap,
-            ChunkedState::DataLf => gap + 1,
+            ChunkedState::DataLf => gap.saturating_add(1),
             _ => return false,
         };
         self.state = match past_data {

@@ -9,7 +9,7 @@ use crate::span::context::PROPAGATION_HEADERS;
 
 /// Why a head could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum HeadError {
+pub enum HeadError {
     #[error("malformed head: {0}")]
     Malformed(httparse::Error),
     #[error("head longer than the configured limit")]
@@ -18,7 +18,7 @@ pub(super) enum HeadError {
 
 /// Outcome of one attempt at parsing a head from the start of a buffer.
 #[derive(Debug)]
-pub(super) enum HeadParse<T> {
+pub enum HeadParse<T> {
     /// The head and how many bytes it took (leading empty lines included).
     Complete(T, usize),
     Partial,
@@ -27,7 +27,7 @@ pub(super) enum HeadParse<T> {
 
 /// How a message declares its body length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Framing {
+pub enum Framing {
     /// Neither Content-Length nor Transfer-Encoding.
     Unspecified,
     Length(u64),
@@ -39,7 +39,7 @@ pub(super) enum Framing {
 }
 
 /// The head kinds a stream can carry.
-pub(super) trait Head: Sized {
+pub trait Head: Sized {
     fn parse(buf: &[u8], limits: &Http1Limits) -> HeadParse<Self>;
     /// Best-effort head from the bytes before the capture cut it: the complete lines seen.
     fn salvage(buf: &[u8], limits: &Http1Limits) -> Option<Self>;
@@ -48,13 +48,13 @@ pub(super) trait Head: Sized {
 }
 
 #[derive(Debug)]
-pub(super) struct RequestHead {
+pub struct RequestHead {
     pub request: HttpRequest,
     pub framing: Framing,
 }
 
 #[derive(Debug)]
-pub(super) struct ResponseHead {
+pub struct ResponseHead {
     pub response: HttpResponse,
     pub framing: Framing,
 }
@@ -383,7 +383,7 @@ const KNOWN_METHODS: &[&[u8]] = &[
 
 /// A request line: `METHOD SP target SP HTTP/1.x` up to the line end; when the line end is not
 /// in `bytes` (a long target), a well-known method followed by a plausible target.
-pub(super) fn looks_like_request_start(bytes: &[u8]) -> bool {
+pub fn looks_like_request_start(bytes: &[u8]) -> bool {
     let bytes = &bytes[skip_empty_lines(bytes)..];
     let Some(sp) = bytes.iter().take(33).position(|&b| b == b' ') else {
         return false;
@@ -422,7 +422,7 @@ pub(super) fn looks_like_request_start(bytes: &[u8]) -> bool {
 }
 
 /// A status line: `HTTP/1.x SP ddd` followed by a space or the line end.
-pub(super) fn looks_like_response_start(bytes: &[u8]) -> bool {
+pub fn looks_like_response_start(bytes: &[u8]) -> bool {
     let bytes = &bytes[skip_empty_lines(bytes)..];
     let Some(rest) = bytes
         .strip_prefix(b"HTTP/1.1 ")

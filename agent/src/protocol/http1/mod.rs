@@ -19,7 +19,7 @@
 //! pairing the next response with it and shifting every later pair.
 
 mod body;
-mod head;
+pub mod head;
 mod session;
 mod stream;
 

@@ -71,9 +71,14 @@ impl Http1Session {
     }
 
     /// Requests still waiting for their final response.
-    #[cfg(test)]
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Bytes of incomplete heads held, both directions together; each direction holds fewer
+    /// than [`Http1Limits::max_header_bytes`].
+    pub fn buffered_head_bytes(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
     }
 
     fn request_direction(&self) -> Direction {

@@ -319,6 +319,11 @@ impl<H: Head> StreamParser<H> {
         matches!(self.state, State::Desynced).then_some(self.skipped)
     }
 
+    /// Bytes of an incomplete head held.
+    pub fn buffered(&self) -> usize {
+        self.head_buf.len()
+    }
+
     pub fn skipped(&self) -> u64 {
         self.skipped
     }

@@ -71,7 +71,6 @@ pub(super) fn tracestate<'a>(values: impl Iterator<Item = &'a str> + Clone) -> O
 }
 
 /// `00-{trace-id}-{parent-id}-{flags}`.
-#[cfg(test)]
 pub fn format_traceparent(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> String {
     format!("00-{trace_id}-{span_id}-{flags:02x}")
 }

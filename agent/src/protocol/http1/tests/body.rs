@@ -160,3 +160,15 @@ fn wrong_crlf_guess_is_a_gap_not_an_error() {
         Some(SyncLoss::Malformed(ChunkedError::MissingCrlf))
     );
 }
+
+#[test]
+fn huge_gap_after_chunk_data_loses_sync_without_overflow() {
+    // A corrupt record may count any u64 of unseen bytes; after the data's CR, the guess
+    // for the LF once added one to it.
+    let mut mode = chunked();
+    mode.feed(b"4\r\nabcd\r");
+    let fed = mode.feed_gap(u64::MAX);
+    assert_eq!(fed.consumed, u64::MAX);
+    assert_eq!(fed.lost, Some(SyncLoss::Gap));
+    assert!(mode.is_open_ended());
+}
