@@ -20,7 +20,7 @@ use loupe_common::ProbeConfig;
 
 use crate::{
     admin::{self, AdminState},
-    cli::RunArgs,
+    cli::{CpuPriority, RunArgs},
     config::AgentConfig,
     events::reader,
     export,
@@ -53,8 +53,9 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     } = config;
     privileges::check()?;
     let offsets = btf::kernel_offsets().context("reading kernel type information (BTF)")?;
-    // Before any thread starts: on Linux niceness is per thread and inherited.
-    set_niceness(cli.nice);
+    // Before any thread starts: on Linux the policy and niceness are per thread and
+    // inherited.
+    set_cpu_priority(cli.cpu_priority);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -222,17 +223,28 @@ async fn wait_for_signal() {
 }
 
 /// Lowers this thread's scheduling priority; every thread started afterwards inherits it.
-fn set_niceness(nice: u8) {
-    if nice == 0 {
-        return;
-    }
-    // SAFETY: plain syscall on the calling thread (who = 0); raising niceness needs no
-    // privilege.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, libc::c_int::from(nice)) };
+/// Lowering needs no privilege, so a failure is only logged.
+fn set_cpu_priority(priority: CpuPriority) {
+    let (what, rc) = match priority {
+        CpuPriority::Normal => return,
+        CpuPriority::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: a valid parameter block for the calling thread (pid 0).
+            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            ("SCHED_IDLE", rc)
+        }
+        CpuPriority::Low => {
+            // SAFETY: plain syscall on the calling thread (who = 0).
+            let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LOW_NICENESS) };
+            ("niceness 10", rc)
+        }
+    };
     if rc != 0 {
         log::warn!(
-            "could not set niceness {nice}: {}",
+            "could not switch to {what}: {}",
             std::io::Error::last_os_error()
         );
     }
 }
+
+const LOW_NICENESS: libc::c_int = 10;

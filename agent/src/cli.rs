@@ -167,18 +167,29 @@ pub struct RunArgs {
     #[arg(long)]
     pub inject_traceparent: bool,
 
-    /// Scheduling niceness of loupe's threads, 0 to 19. Above 0 the traced services win
-    /// the CPU when it is scarce: loupe then falls behind into its bounded buffers and
-    /// counts what it drops, rather than slowing the services it watches.
-    #[arg(long, value_name = "N", default_value_t = 10,
-          value_parser = clap::value_parser!(u8).range(0..=19))]
-    pub nice: u8,
+    /// How loupe's threads compete for the CPU with the services they trace. 'idle'
+    /// (SCHED_IDLE) runs loupe only on CPU time nothing else wants, 'low' at niceness 10,
+    /// 'normal' as an equal. Below 'normal', a saturated host gets its CPU back from loupe:
+    /// loupe falls behind into its bounded buffers and counts what it drops instead.
+    #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
+    pub cpu_priority: CpuPriority,
 
     /// Size of the kernel ring buffer in MiB (a power of two). Its pages count twice in
     /// the agent's RSS (mapped twice); 4 MiB holds about 100 ms of records at 150k
     /// requests/s. Records that do not fit are counted in loupe_ringbuf_drops_total.
     #[arg(long, value_name = "MIB", default_value_t = 4, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+}
+
+/// See [`Cli`]'s `--cpu-priority`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuPriority {
+    Idle,
+    Low,
+    Normal,
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {
@@ -231,7 +242,7 @@ mod tests {
         assert_eq!(cli.admin_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(cli.capture_bytes, 1024);
         assert_eq!(cli.ring_buffer_mib, 4);
-        assert_eq!(cli.nice, 10);
+        assert_eq!(cli.cpu_priority, CpuPriority::Idle);
         assert_eq!(cli.max_routes_per_service, 100);
         assert_eq!(cli.max_metric_series, 10_000);
         assert!(

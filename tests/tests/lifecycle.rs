@@ -204,8 +204,9 @@ fn garbage_on_a_traced_socket_is_counted() {
     });
 }
 
-/// Niceness of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).
-fn thread_niceness(pid: u32) -> Vec<(String, i64)> {
+/// (name, niceness, scheduling policy) of every thread of `pid`, from fields 19 and 41 of
+/// /proc/PID/task/TID/stat.
+fn thread_scheduling(pid: u32) -> Vec<(String, i64, u32)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
         let path = entry.expect("task entry").path();
@@ -215,32 +216,38 @@ fn thread_niceness(pid: u32) -> Vec<(String, i64)> {
             .split_once(" (")
             .and_then(|(_, r)| r.rsplit_once(") "))
             .expect("stat format");
-        let nice: i64 = rest
-            .split(' ')
-            .nth(16)
-            .and_then(|f| f.parse().ok())
-            .expect("nice field");
-        found.push((name.to_owned(), nice));
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let nice = fields[16].parse().expect("nice field");
+        let policy = fields[38].parse().expect("policy field");
+        found.push((name.to_owned(), nice, policy));
     }
     found
 }
 
 #[test]
-fn every_thread_runs_at_the_configured_niceness() {
+fn every_thread_runs_at_the_configured_cpu_priority() {
     require_root();
-    for (args, expected) in [
-        (&["--exe", "loupe-test-no-such-exe"][..], 10),
-        (&["--exe", "loupe-test-no-such-exe", "--nice", "3"][..], 3),
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let select = ["--exe", "loupe-test-no-such-exe"];
+    for (level, nice, policy) in [
+        (None, 0, SCHED_IDLE),
+        (Some("low"), 10, SCHED_OTHER),
+        (Some("normal"), 0, SCHED_OTHER),
     ] {
-        let mut agent = Agent::start(args, &[("OTEL_TRACES_EXPORTER", "none")]);
-        let threads = thread_niceness(agent.pid());
+        let mut args = select.to_vec();
+        if let Some(level) = level {
+            args.extend(["--cpu-priority", level]);
+        }
+        let mut agent = Agent::start(&args, &[("OTEL_TRACES_EXPORTER", "none")]);
+        let threads = thread_scheduling(agent.pid());
         assert!(
             threads.len() >= 3,
             "reader, selector and runtime threads: {threads:?}"
         );
         assert!(
-            threads.iter().all(|(_, nice)| *nice == expected),
-            "{args:?}: {threads:?}"
+            threads.iter().all(|t| t.1 == nice && t.2 == policy),
+            "{level:?}: {threads:?}"
         );
         agent.terminate();
     }

@@ -289,5 +289,5 @@ pub fn apply_file(run: &mut RunArgs, file: &FileConfig, given: impl Fn(&str) -> 
         ring_buffer_mib,
         file.ring_buffer_mib.map(|n| narrow(n.get()))
     );
-    layer!(nice, file.nice.map(|n| n.get() as u8));
+    layer!(cpu_priority, file.cpu_priority);
 }

@@ -35,7 +35,7 @@ impl AgentConfig {
             admin_addr: Some(run.admin_addr),
             capture_bytes: Some(Bounded::new(run.capture_bytes.into())),
             ring_buffer_mib: Some(Bounded::new(run.ring_buffer_mib.into())),
-            nice: Some(Bounded::new(run.nice.into())),
+            cpu_priority: Some(run.cpu_priority),
             sdk_spans: Some(run.sdk_spans),
             inject_traceparent: Some(run.inject_traceparent),
             sampling: Some(Sampling {
