@@ -41,7 +41,7 @@ impl SpanAssembler {
     }
 
     pub fn assemble(
-        &self,
+        &mut self,
         exchange: &HttpExchange,
         ids: ResolvedIds,
         local: Option<SocketAddr>,
@@ -69,20 +69,20 @@ impl SpanAssembler {
         } = ids;
 
         let host = request.header("host").and_then(parse_host);
-        let texts = &self.texts;
-        let ip_text = |a: SocketAddr| texts.ip(a.ip());
-        let host_name = host.as_ref().map(|h| texts.text(&h.0));
+        let host_name = host.as_ref().map(|h| self.texts.text(&h.0));
+        let local_ip = local.map(|a| self.texts.ip(a.ip()));
+        let remote_ip = remote.map(|a| self.texts.ip(a.ip()));
         let (server_address, server_port, client_address, client_port) = match kind {
             SpanKind::Server => (
-                host_name.or_else(|| local.map(ip_text)),
+                host_name.or_else(|| local_ip.clone()),
                 host.as_ref()
                     .and_then(|h| h.1)
                     .or_else(|| local.map(|a| a.port())),
-                remote.map(ip_text),
+                remote_ip.clone(),
                 remote.map(|a| a.port()),
             ),
             SpanKind::Client => (
-                host_name.or_else(|| remote.map(ip_text)),
+                host_name.or_else(|| remote_ip.clone()),
                 host.as_ref()
                     .and_then(|h| h.1)
                     .or_else(|| remote.map(|a| a.port())),
@@ -125,9 +125,9 @@ impl SpanAssembler {
             server_port,
             client_address,
             client_port,
-            peer_address: remote.map(ip_text),
+            peer_address: remote_ip,
             peer_port: remote.map(|a| a.port()),
-            local_address: local.map(ip_text),
+            local_address: local_ip,
             local_port: local.map(|a| a.port()),
             user_agent: request
                 .header("user-agent")

@@ -7,7 +7,7 @@ use crate::{
 
 /// Assembles with the ids the linker gives a lone request.
 fn build(
-    a: &SpanAssembler,
+    a: &mut SpanAssembler,
     ex: &HttpExchange,
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
@@ -96,7 +96,7 @@ fn server_span_follows_the_conventions() {
     );
     let ex = exchange(Role::Server, req, Some(response(200, 5)));
     let span = build(
-        &assembler(),
+        &mut assembler(),
         &ex,
         addr("127.0.0.1:8080"),
         addr("10.0.0.9:50000"),
@@ -138,7 +138,7 @@ fn server_span_joins_incoming_traceparent() {
         ],
     );
     let span = build(
-        &assembler(),
+        &mut assembler(),
         &exchange(Role::Server, req, Some(response(200, 0))),
         None,
         None,
@@ -166,7 +166,7 @@ fn client_span_keeps_the_ids_it_sent() {
         )],
     );
     let span = build(
-        &assembler(),
+        &mut assembler(),
         &exchange(Role::Client, req, Some(response(404, 0))),
         addr("127.0.0.1:40000"),
         addr("127.0.0.1:9000"),
@@ -185,10 +185,10 @@ fn client_span_keeps_the_ids_it_sent() {
 
 #[test]
 fn status_rules() {
-    let a = assembler();
-    let server = |status| {
+    let mut a = assembler();
+    let mut server = |status| {
         build(
-            &a,
+            &mut a,
             &exchange(
                 Role::Server,
                 request("GET", "/", &[]),
@@ -203,7 +203,7 @@ fn status_rules() {
     assert_eq!(server(503).error_type.as_deref(), Some("503"));
 
     let unanswered = build(
-        &a,
+        &mut a,
         &exchange(Role::Server, request("GET", "/", &[]), None),
         None,
         None,
@@ -219,14 +219,14 @@ fn status_rules() {
 
     let mut lost = exchange(Role::Server, request("GET", "/", &[]), None);
     lost.outcome = ExchangeOutcome::ResponseLost;
-    assert!(!build(&a, &lost, None, None).is_error());
+    assert!(!build(&mut a, &lost, None, None).is_error());
 }
 
 #[test]
 fn odd_methods_and_hosts() {
-    let a = assembler();
+    let mut a = assembler();
     let span = build(
-        &a,
+        &mut a,
         &exchange(
             Role::Server,
             request("PURGE", "/x", &[("host", "[::1]:8443")]),

@@ -2,7 +2,7 @@
 //! Host header names. Formatting an address for every span was a seventh of the reader
 //! thread's time; a lookup here is a hash of a few bytes and a reference count.
 
-use std::{cell::RefCell, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use hashbrown::{HashMap, HashSet};
 
@@ -12,13 +12,13 @@ const MAX_ENTRIES: usize = 4096;
 
 #[derive(Default)]
 pub struct TextCache {
-    ips: RefCell<HashMap<IpAddr, Arc<str>>>,
-    strings: RefCell<HashSet<Arc<str>>>,
+    ips: HashMap<IpAddr, Arc<str>>,
+    strings: HashSet<Arc<str>>,
 }
 
 impl TextCache {
-    pub fn ip(&self, ip: IpAddr) -> Arc<str> {
-        let mut ips = self.ips.borrow_mut();
+    pub fn ip(&mut self, ip: IpAddr) -> Arc<str> {
+        let ips = &mut self.ips;
         if let Some(text) = ips.get(&ip) {
             return text.clone();
         }
@@ -30,8 +30,8 @@ impl TextCache {
         text
     }
 
-    pub fn text(&self, value: &str) -> Arc<str> {
-        let mut strings = self.strings.borrow_mut();
+    pub fn text(&mut self, value: &str) -> Arc<str> {
+        let strings = &mut self.strings;
         if let Some(text) = strings.get(value) {
             return text.clone();
         }
@@ -45,7 +45,7 @@ impl TextCache {
 
     #[cfg(test)]
     fn len(&self) -> (usize, usize) {
-        (self.ips.borrow().len(), self.strings.borrow().len())
+        (self.ips.len(), self.strings.len())
     }
 }
 
@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn repeats_share_one_allocation() {
-        let cache = TextCache::default();
+        let mut cache = TextCache::default();
         let a = cache.ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
         let b = cache.ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(&*a, "10.0.0.1");
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn bounded_under_ever_new_values() {
-        let cache = TextCache::default();
+        let mut cache = TextCache::default();
         for i in 0..(3 * MAX_ENTRIES as u32) {
             let ip = IpAddr::V4(Ipv4Addr::from(i));
             assert_eq!(*cache.ip(ip), *ip.to_string());
