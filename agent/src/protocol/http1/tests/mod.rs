@@ -24,16 +24,20 @@ impl Harness {
         Self::with_limits(role, Http1Limits::default())
     }
 
+    /// Most tests inspect every header; `with_exact_limits` runs what production keeps.
     fn with_limits(role: Role, limits: Http1Limits) -> Self {
+        Self::with_exact_limits(
+            role,
+            Http1Limits {
+                keep_headers: KeepHeaders::All,
+                ..limits
+            },
+        )
+    }
+
+    fn with_exact_limits(role: Role, limits: Http1Limits) -> Self {
         Self {
-            // These tests inspect every header; what production keeps is tested on its own.
-            session: Http1Session::new(
-                role,
-                Http1Limits {
-                    keep_headers: KeepHeaders::All,
-                    ..limits
-                },
-            ),
+            session: Http1Session::new(role, limits),
             out: Vec::new(),
             role,
             clock: 0,

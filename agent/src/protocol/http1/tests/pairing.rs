@@ -363,27 +363,12 @@ fn unclaimed_starts_stay_bounded() {
 #[test]
 fn production_sessions_keep_only_the_headers_spans_use() {
     // No secret header value is ever copied out of the captured bytes.
-    use crate::protocol::{Chunk, Direction, http1::Http1Session};
-    let mut session = Http1Session::new(Role::Server, Http1Limits::default());
-    let mut out = Vec::new();
-    let request = b"GET /p HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer s3cret\r\n\
+    let mut h = Harness::with_exact_limits(Role::Server, Http1Limits::default());
+    h.req(b"GET /p HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer s3cret\r\n\
 Cookie: id=42\r\nUser-Agent: curl/8\r\nTraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
-X-Api-Key: k\r\n\r\n";
-    let response = b"HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Length: 2\r\n\r\nok";
-    for (direction, bytes) in [
-        (Direction::Ingress, &request[..]),
-        (Direction::Egress, &response[..]),
-    ] {
-        let chunk = Chunk {
-            direction,
-            start_ns: 1,
-            end_ns: 2,
-            tid: 1,
-            bytes,
-            total_len: bytes.len() as u64,
-        };
-        session.on_chunk(&chunk, &mut out);
-    }
+X-Api-Key: k\r\n\r\n");
+    h.resp(b"HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Length: 2\r\n\r\nok");
+    let out = h.take();
     assert_eq!(out.len(), 1);
     let names: Vec<&str> = out[0]
         .request
