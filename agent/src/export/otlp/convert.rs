@@ -3,8 +3,6 @@
 //! readable reference it is tested against, and the metrics exporter builds on `kv` and
 //! `to_proto_resource`.
 
-use std::sync::Arc;
-
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
@@ -12,29 +10,13 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind as ProtoKind, status},
 };
 
-use super::encode::{Attr, for_each_attribute};
+use super::encode::{Attr, SCOPE_NAME, SCOPE_VERSION, by_resource, for_each_attribute};
 use crate::span::{AttrValue, FinishedSpan, HttpSpan, Resource, SpanKind};
-
-const SCOPE_NAME: &str = "loupe";
-const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Groups spans by resource, one `ResourceSpans` per distinct resource in first-seen order.
 pub fn to_request(batch: &[FinishedSpan]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&Arc<Resource>, Vec<Span>)> = Vec::new();
-    for finished in batch {
-        let span = to_proto_span(&finished.span);
-        // The pointer test is the common case; equal content covers resources built twice
-        // for the same process.
-        match groups
-            .iter_mut()
-            .find(|(r, _)| Arc::ptr_eq(r, &finished.resource) || **r == finished.resource)
-        {
-            Some((_, spans)) => spans.push(span),
-            None => groups.push((&finished.resource, vec![span])),
-        }
-    }
     ExportTraceServiceRequest {
-        resource_spans: groups
+        resource_spans: by_resource(batch)
             .into_iter()
             .map(|(resource, spans)| ResourceSpans {
                 resource: Some(to_proto_resource(resource)),
@@ -44,7 +26,7 @@ pub fn to_request(batch: &[FinishedSpan]) -> ExportTraceServiceRequest {
                         version: SCOPE_VERSION.to_owned(),
                         ..Default::default()
                     }),
-                    spans,
+                    spans: spans.into_iter().map(to_proto_span).collect(),
                     schema_url: String::new(),
                 }],
                 schema_url: String::new(),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::span::{AttrValue, FinishedSpan, HttpSpan, Resource, SpanKind};
 
-const SCOPE_NAME: &str = "loupe";
-const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const SCOPE_NAME: &str = "loupe";
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 // Wire types.
 const VARINT: u32 = 0;
@@ -29,6 +29,17 @@ const RESOURCE_ATTRIBUTES: u32 = 1;
 /// Encodes `batch` as an `ExportTraceServiceRequest`, one `ResourceSpans` per distinct
 /// resource in first-seen order.
 pub fn trace_request(batch: &[FinishedSpan]) -> Vec<u8> {
+    let groups = by_resource(batch);
+    let mut out = Vec::with_capacity(batch.len() * 640 + 256);
+    let mut writer = Writer::default();
+    for (resource, spans) in groups {
+        writer.resource_spans(&mut out, resource, &spans);
+    }
+    out
+}
+
+/// The spans of `batch` grouped by resource, resources in first-seen order.
+pub fn by_resource(batch: &[FinishedSpan]) -> Vec<(&Arc<Resource>, Vec<&HttpSpan>)> {
     let mut groups: Vec<(&Arc<Resource>, Vec<&HttpSpan>)> = Vec::new();
     for finished in batch {
         // The pointer test is the common case; equal content covers resources built twice
@@ -41,12 +52,7 @@ pub fn trace_request(batch: &[FinishedSpan]) -> Vec<u8> {
             None => groups.push((&finished.resource, vec![&finished.span])),
         }
     }
-    let mut out = Vec::with_capacity(batch.len() * 640 + 256);
-    let mut writer = Writer::default();
-    for (resource, spans) in groups {
-        writer.resource_spans(&mut out, resource, &spans);
-    }
-    out
+    groups
 }
 
 /// Reusable scratch buffers, one per nesting level, so a batch allocates a handful of
