@@ -26,7 +26,7 @@ use crate::{
     export,
     kernel::btf,
     pipeline::{Pipeline, PipelineConfig},
-    probes::{Probes, privileges},
+    probes::{Probes, attach::ReadHooks, privileges},
     process::{resource::ResourceDefaults, selector::Selector},
     protocol::http1::Http1Limits,
     red,
@@ -106,8 +106,16 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         &cli.ports,
         &selection.exec_hints(),
         cli.ring_buffer_mib << 20,
+        cli.read_probes,
     )?;
     let maps = probes.take_maps()?;
+    log::info!(
+        "reads hooked {}",
+        match probes.read_hooks() {
+            ReadHooks::Exit => "at their return only",
+            ReadHooks::EntryAndExit => "at entry and return",
+        }
+    );
     if let Some(injection) = probes.injection() {
         log::info!(
             "adding traceparent to outgoing HTTP/1.x requests of traced processes (sock_ops on cgroup {})",

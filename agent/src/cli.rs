@@ -174,6 +174,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
     pub cpu_priority: CpuPriority,
 
+    /// How reads are hooked. 'exit' runs one program at each read's return and takes the
+    /// arguments from the registers saved at entry (Linux 5.15 or later); 'entry' adds a
+    /// program at each read's start to save them (any kernel, about twice the cost per
+    /// read for every process on the host); 'auto' uses 'exit' where the kernel allows it.
+    #[arg(long, value_name = "MODE", value_enum, default_value = "auto")]
+    pub read_probes: ReadProbes,
+
     /// Size of the kernel ring buffer in MiB (a power of two). Its pages count twice in
     /// the agent's RSS (mapped twice); 4 MiB holds about 100 ms of records at 150k
     /// requests/s. Records that do not fit are counted in loupe_ringbuf_drops_total.
@@ -190,6 +197,17 @@ pub enum CpuPriority {
     Idle,
     Low,
     Normal,
+}
+
+/// See [`Cli`]'s `--read-probes`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadProbes {
+    Auto,
+    Exit,
+    Entry,
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {

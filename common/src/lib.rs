@@ -74,6 +74,8 @@ pub mod data_flags {
 
 /// Which syscall a pending entry belongs to; stored between sys_enter and sys_exit.
 pub mod syscall_kind {
+    /// An empty pending-call slot: the thread is not inside a traced syscall.
+    pub const NONE: u8 = 0;
     pub const READ: u8 = 1;
     pub const WRITE: u8 = 2;
     pub const READV: u8 = 3;
@@ -136,7 +138,8 @@ pub struct DataEventHeader {
     pub tid: u32,
     pub fd: u32,
     pub conn_id: u64,
-    /// Monotonic ns at syscall entry.
+    /// Monotonic ns at syscall entry; equal to `end_ns` for reads hooked at exit only
+    /// (nothing uses a read's entry time).
     pub start_ns: u64,
     /// Monotonic ns at syscall exit.
     pub end_ns: u64,
@@ -292,6 +295,7 @@ pub struct ConnState {
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
 
 /// Syscall arguments saved at sys_enter for the matching sys_exit, keyed by pid_tgid.
+/// `kind` is [`syscall_kind::NONE`] while the thread is not inside a traced call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingCall {
@@ -330,9 +334,28 @@ pub struct KernelOffsets {
     pub sock_v6_daddr: u32,
     pub sock_v6_rcv_saddr: u32,
     pub sock_protocol: u32,
-    pub _pad: u32,
+    /// How the read exit programs find a syscall's arguments in `struct pt_regs`, one of
+    /// [`regs_layout`]; checked against the running kernel's BTF.
+    pub regs_layout: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+
+/// Layouts of `struct pt_regs` the read exit programs know, with the offsets of the first
+/// three syscall arguments fixed at build time (the verifier needs constant offsets) and
+/// checked against the running kernel's BTF before use.
+pub mod regs_layout {
+    /// Unknown: reads are traced with entry and exit programs instead.
+    pub const UNKNOWN: u32 = 0;
+    /// x86_64: arguments in `di`, `si`, `dx`, stored contiguously as `dx, si, di`.
+    pub const X86_64: u32 = 1;
+    pub const X86_64_DX: u32 = 96;
+    pub const X86_64_SI: u32 = 104;
+    pub const X86_64_DI: u32 = 112;
+    /// arm64: `x0` holds the return value at exit; the first argument stays in `orig_x0`.
+    pub const ARM64: u32 = 2;
+    pub const ARM64_REGS: u32 = 0;
+    pub const ARM64_ORIG_X0: u32 = 272;
+}
 
 /// Runtime settings handed to the kernel programs.
 #[repr(C)]
@@ -358,7 +381,7 @@ const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
 pub mod counter {
     /// A record did not fit in the ring buffer.
     pub const RINGBUF_DROPS: u32 = 0;
-    /// The pending-call table was full at sys_enter.
+    /// A traced thread got no pending-call slot: more than 16,384 traced threads at once.
     pub const PENDING_FULL: u32 = 1;
     /// The connection table was full when a connection became known.
     pub const CONN_TABLE_FULL: u32 = 2;

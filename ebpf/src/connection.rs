@@ -12,7 +12,8 @@ use loupe_common::{
 use crate::{
     emit::output,
     filter::traced_current,
-    maps::{CONNECTIONS, PENDING_CALLS, TRACED_PORTS, count},
+    maps::{CONNECTIONS, TRACED_PORTS, count},
+    pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
 };
@@ -124,9 +125,7 @@ pub fn loupe_connect_enter(ctx: TracePointContext) -> u32 {
         start_ns: unsafe { bpf_ktime_get_ns() },
         conn_id: 0,
     };
-    if PENDING_CALLS.insert(&pid_tgid, &call, 0).is_err() {
-        count(counter::PENDING_FULL);
-    }
+    pending::begin(pid_tgid, &call);
     0
 }
 
@@ -135,11 +134,9 @@ pub fn loupe_connect_exit(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid, pid_tgid, cfg)) = traced_current() else {
         return 0;
     };
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { PENDING_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(call) = pending::take(pid_tgid) else {
         return 0;
     };
-    let _ = PENDING_CALLS.remove(&pid_tgid);
     if call.kind != syscall_kind::CONNECT {
         return 0;
     }

@@ -13,16 +13,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, counter, data_flags,
-    direction, syscall_kind,
+    DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig, counter,
+    data_flags, direction, syscall_kind,
 };
 
 use crate::{
     connection::lookup_or_discover,
     emit::output_bytes,
     filter::traced_current,
-    maps::{DATA_CONTEXT, PENDING_CALLS, SCRATCH, config, count},
-    syscall::{arg, ret},
+    maps::{DATA_CONTEXT, SCRATCH, config, count},
+    pending,
+    syscall::{arg, args_at_exit, ret},
 };
 
 /// Offset of `msg_iov` and `msg_iovlen` in the userspace `struct msghdr` (x86_64, arm64).
@@ -48,30 +49,29 @@ fn on_enter(ctx: &TracePointContext, kind: u8) {
         start_ns: unsafe { bpf_ktime_get_ns() },
         conn_id: state.conn_id,
     };
-    if PENDING_CALLS.insert(&pid_tgid, &call, 0).is_err() {
-        count(counter::PENDING_FULL);
-    }
+    pending::begin(pid_tgid, &call);
 }
 
-macro_rules! enter_program {
-    ($name:ident, $kind:expr) => {
+/// A tracepoint program `$name` calling `$handler(&ctx, $kind)`.
+macro_rules! data_program {
+    ($name:ident, $handler:ident, $kind:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $kind);
+            $handler(&ctx, $kind);
             0
         }
     };
 }
 
-enter_program!(loupe_read_enter, syscall_kind::READ);
-enter_program!(loupe_recvfrom_enter, syscall_kind::READ);
-enter_program!(loupe_write_enter, syscall_kind::WRITE);
-enter_program!(loupe_sendto_enter, syscall_kind::WRITE);
-enter_program!(loupe_readv_enter, syscall_kind::READV);
-enter_program!(loupe_writev_enter, syscall_kind::WRITEV);
-enter_program!(loupe_recvmsg_enter, syscall_kind::RECVMSG);
-enter_program!(loupe_sendmsg_enter, syscall_kind::SENDMSG);
-enter_program!(loupe_sendfile_enter, syscall_kind::SENDFILE);
+data_program!(loupe_read_enter, on_enter, syscall_kind::READ);
+data_program!(loupe_recvfrom_enter, on_enter, syscall_kind::READ);
+data_program!(loupe_write_enter, on_enter, syscall_kind::WRITE);
+data_program!(loupe_sendto_enter, on_enter, syscall_kind::WRITE);
+data_program!(loupe_readv_enter, on_enter, syscall_kind::READV);
+data_program!(loupe_writev_enter, on_enter, syscall_kind::WRITEV);
+data_program!(loupe_recvmsg_enter, on_enter, syscall_kind::RECVMSG);
+data_program!(loupe_sendmsg_enter, on_enter, syscall_kind::SENDMSG);
+data_program!(loupe_sendfile_enter, on_enter, syscall_kind::SENDFILE);
 
 #[tracepoint]
 pub fn loupe_data_exit(ctx: TracePointContext) -> u32 {
@@ -84,11 +84,9 @@ fn on_exit(ctx: &TracePointContext) {
     // Only the entry program of a traced thread leaves a pending call, so its absence is
     // the whole filter: every untraced syscall exit costs this one lookup.
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { PENDING_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(call) = pending::take(pid_tgid) else {
         return;
     };
-    let _ = PENDING_CALLS.remove(&pid_tgid);
     let moved = ret(ctx);
     if moved <= 0 || call.kind == syscall_kind::CONNECT {
         return;
@@ -96,6 +94,51 @@ fn on_exit(ctx: &TracePointContext) {
     let Some(cfg) = config() else {
         return;
     };
+    emit(ctx, pid_tgid, &call, moved, cfg);
+}
+
+// Read exits that need no entry program: the arguments still sit in the registers saved
+// at entry. Reads are the commonest syscalls on a host and a read's entry time is never
+// used (a server span starts when the request is in hand, at the read's return), so
+// every read, traced or not, costs one program instead of two.
+data_program!(loupe_read_exit, on_read_exit, syscall_kind::READ);
+data_program!(loupe_readv_exit, on_read_exit, syscall_kind::READV);
+data_program!(loupe_recvmsg_exit, on_read_exit, syscall_kind::RECVMSG);
+
+#[inline(always)]
+fn on_read_exit(ctx: &TracePointContext, kind: u8) {
+    // Failed reads (EAGAIN after each request of an event loop) stop before any lookup.
+    let moved = ret(ctx);
+    if moved <= 0 {
+        return;
+    }
+    let Some((tgid, tid, pid_tgid, cfg)) = traced_current() else {
+        return;
+    };
+    let Some([fd, ptr, iovcnt]) = args_at_exit(cfg.offsets.regs_layout) else {
+        count(counter::READ_FAILURES);
+        return;
+    };
+    let fd = fd as u32;
+    let Some(state) = lookup_or_discover(tgid, tid, fd, cfg) else {
+        return;
+    };
+    let call = PendingCall {
+        kind,
+        _pad: [0; 3],
+        fd,
+        ptr,
+        count: iovcnt,
+        // Unknown: the record gets its end time.
+        start_ns: 0,
+        conn_id: state.conn_id,
+    };
+    emit(ctx, pid_tgid, &call, moved, cfg);
+}
+
+/// Captures the bytes `call` moved and writes its data record.
+#[inline(always)]
+fn emit(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, moved: i64, cfg: &ProbeConfig) {
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -126,6 +169,8 @@ fn on_exit(ctx: &TracePointContext) {
         }
         _ => (0, data_flags::SENDFILE),
     };
+    // SAFETY: the helper has no preconditions.
+    let end_ns = unsafe { bpf_ktime_get_ns() };
     event.header = DataEventHeader {
         kind: EventKind::Data as u8,
         direction: dir,
@@ -135,9 +180,12 @@ fn on_exit(ctx: &TracePointContext) {
         tid,
         fd: call.fd,
         conn_id: call.conn_id,
-        start_ns: call.start_ns,
-        // SAFETY: the helper has no preconditions.
-        end_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: if call.start_ns == 0 {
+            end_ns
+        } else {
+            call.start_ns
+        },
+        end_ns,
         total_len: moved as u64,
         captured_len: captured as u32,
         _pad2: 0,
@@ -174,7 +222,8 @@ pub fn bounded(len: usize) -> usize {
 
 #[inline(always)]
 fn read_user(event: &mut DataEvent, offset: usize, src: u64, len: usize) -> bool {
-    let offset = offset & (MAX_CAPTURE - 1);
+    // black_box: LLVM can prove the mask redundant and drop it, and the verifier cannot.
+    let offset = core::hint::black_box(offset) & (MAX_CAPTURE - 1);
     let len = bounded(len);
     // SAFETY: offset < MAX_CAPTURE and len <= MAX_CAPTURE, and the buffer holds twice that.
     let dst = unsafe { event.data.as_mut_ptr().add(offset) };

@@ -15,6 +15,7 @@ mod filter;
 mod head;
 mod inject;
 mod maps;
+mod pending;
 mod process;
 mod socket;
 mod syscall;

@@ -36,7 +36,8 @@ pub static TRACED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(65536, 0);
 
-/// Arguments saved at syscall entry, keyed by pid_tgid, for the matching exit.
+/// Arguments saved at syscall entry for the matching exit: one slot per traced thread,
+/// keyed by pid_tgid, reused by each call and freed when the thread exits.
 #[map]
 pub static PENDING_CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 

@@ -1,6 +1,7 @@
 //! Faults from the outside world: a collector that goes away and comes back, hostile
-//! traffic on traced sockets, a traced process killed mid-request. The agent keeps
-//! running, loses nothing it could keep, and counts the rest.
+//! traffic on traced sockets, a traced process killed mid-request, threads that come and
+//! go by the thousand. The agent keeps running, loses nothing it could keep, and counts
+//! the rest.
 
 mod support;
 
@@ -249,4 +250,35 @@ fn a_process_killed_mid_request_ends_its_spans() {
         WAIT,
         || agent.metric("loupe_connections_active") == 0.0,
     );
+}
+
+/// Each traced thread keeps a kernel slot for its syscall arguments while it lives. A
+/// thread-per-connection server goes through more threads than there are slots (16,384):
+/// only if exiting threads give theirs back is every request still traced.
+#[test]
+fn exited_threads_give_their_kernel_slots_back() {
+    const CONNECTIONS: usize = 17_000;
+    require_root();
+    let port = free_port();
+    let _server = servers::python(port, &[]);
+    let agent = Agent::start(
+        &["--exe", "python3*", "--port", &port.to_string()],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    for _ in 0..CONNECTIONS {
+        // ThreadingHTTPServer serves each connection on a new thread.
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        assert!(response.starts_with(b"HTTP/1."), "{response:?}");
+    }
+    wait_until("a span for every request", WAIT, || {
+        agent.metric("loupe_spans_created_total") >= CONNECTIONS as f64
+    });
+    // The kernel's counters reach /metrics on the agent's 250 ms tick.
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(agent.metric("loupe_kernel_pending_table_full_total"), 0.0);
 }

@@ -192,20 +192,37 @@ fn node_http_server_over_http_protobuf() {
 
 #[test]
 fn nginx_server_and_curl_client_spans() {
+    let stderr = nginx_and_curl(&[]);
+    // This kernel (5.15 or later, x86_64 or arm64) takes read arguments at the exit; a
+    // refused exit program would otherwise hide behind the fallback.
+    assert!(
+        stderr.contains("reads hooked at their return only"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn nginx_server_and_curl_client_spans_with_reads_hooked_at_entry() {
+    let stderr = nginx_and_curl(&["--read-probes", "entry"]);
+    assert!(
+        stderr.contains("reads hooked at entry and return"),
+        "{stderr}"
+    );
+}
+
+/// Traces nginx and curl with `extra` flags and checks both sides' spans; returns the
+/// agent's log.
+fn nginx_and_curl(extra: &[&str]) -> String {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
     let _server = servers::nginx(port);
     let endpoint = receiver.grpc_endpoint();
+    let port_arg = port.to_string();
+    let mut args = vec!["--exe", "nginx", "--exe", "curl", "--port", &port_arg];
+    args.extend_from_slice(extra);
     let mut agent = Agent::start(
-        &[
-            "--exe",
-            "nginx",
-            "--exe",
-            "curl",
-            "--port",
-            &port.to_string(),
-        ],
+        &args,
         &[
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
@@ -251,6 +268,7 @@ fn nginx_server_and_curl_client_spans() {
     assert_eq!(joined_client.trace_id, INCOMING_TRACE);
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
+    agent.stderr()
 }
 
 #[test]

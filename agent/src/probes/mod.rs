@@ -10,7 +10,7 @@ mod tracefs;
 use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
 use loupe_common::ProbeConfig;
 
-use crate::process::selector::ExecHints;
+use crate::{cli::ReadProbes, process::selector::ExecHints};
 
 pub use maps::{ConnectionMap, CounterMap, ProcessMap};
 
@@ -43,6 +43,11 @@ pub enum ProbeError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error(
+        "--read-probes exit: this kernel's BTF shows no pt_regs layout loupe knows \
+         (x86_64 and arm64 are supported); use --read-probes entry"
+    )]
+    ReadExitUnsupported,
     #[error("setting up --inject-traceparent")]
     Inject(#[from] inject::InjectError),
 }
@@ -54,6 +59,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 pub struct Probes {
     ebpf: Ebpf,
     injection: Option<inject::InjectAttachment>,
+    read_hooks: attach::ReadHooks,
 }
 
 /// The maps the agent works with, taken out of the loaded object.
@@ -66,12 +72,14 @@ pub struct ProbeMaps {
 
 impl Probes {
     /// Loads the programs with `config`, fills the port filter, and attaches every program
-    /// (the injection programs only when `config.inject_traceparent` is set).
+    /// (the read programs `read_probes` asks for, the injection programs only when
+    /// `config.inject_traceparent` is set).
     pub fn load(
         config: &ProbeConfig,
         ports: &[u16],
         exec_hints: &ExecHints,
         ring_bytes: u32,
+        read_probes: ReadProbes,
     ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::NotBuilt);
@@ -84,13 +92,23 @@ impl Probes {
         maps::write_config(&mut ebpf, config)?;
         maps::write_ports(&mut ebpf, ports)?;
         maps::write_exec_hints(&mut ebpf, exec_hints)?;
-        attach::attach_all(&mut ebpf)?;
+        let regs_known = config.offsets.regs_layout != loupe_common::regs_layout::UNKNOWN;
+        let read_hooks = attach::attach_all(&mut ebpf, read_probes, regs_known)?;
         let injection = if config.inject_traceparent != 0 {
             Some(inject::attach(&mut ebpf)?)
         } else {
             None
         };
-        Ok(Self { ebpf, injection })
+        Ok(Self {
+            ebpf,
+            injection,
+            read_hooks,
+        })
+    }
+
+    /// How reads ended up hooked.
+    pub fn read_hooks(&self) -> attach::ReadHooks {
+        self.read_hooks
     }
 
     /// Where `traceparent` injection is attached, when it is on.

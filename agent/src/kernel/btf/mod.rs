@@ -132,12 +132,33 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
         sock_v6_daddr: skc("skc_v6_daddr", Bytes(16))?,
         sock_v6_rcv_saddr: skc("skc_v6_rcv_saddr", Bytes(16))?,
         sock_protocol: r.field("sock", "sk_protocol", Bytes(2))?.offset,
-        _pad: 0,
+        regs_layout: regs_layout(&r),
     })
 }
 
+/// The `struct pt_regs` layout whose fixed argument offsets this kernel's BTF confirms.
+/// Not finding one is no error: reads are then traced by entry and exit programs.
+fn regs_layout(r: &Resolver) -> u32 {
+    use loupe_common::regs_layout::*;
+    let at = |field, size| {
+        r.field("pt_regs", field, Expect::Bytes(size))
+            .ok()
+            .map(|f| f.offset)
+    };
+    if at("dx", 8) == Some(X86_64_DX)
+        && at("si", 8) == Some(X86_64_SI)
+        && at("di", 8) == Some(X86_64_DI)
+    {
+        X86_64
+    } else if at("regs", 31 * 8) == Some(ARM64_REGS) && at("orig_x0", 8) == Some(ARM64_ORIG_X0) {
+        ARM64
+    } else {
+        UNKNOWN
+    }
+}
+
 /// The structs looked up by name; everything else is reached through member types.
-const STRUCTS: [&str; 7] = [
+const STRUCTS: [&str; 8] = [
     "task_struct",
     "files_struct",
     "fdtable",
@@ -145,6 +166,7 @@ const STRUCTS: [&str; 7] = [
     "inode",
     "socket",
     "sock",
+    "pt_regs",
 ];
 
 /// What a field's type must be for the kernel programs' reads to be right.

@@ -182,6 +182,19 @@ impl Blob {
 /// the reverse, a forward declaration and a same-named struct without the wanted field
 /// ahead of the real ones, and a kind_flag struct holding a real bitfield elsewhere.
 pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
+    // First, so that every truncation that loses it (it is optional) loses the rest too.
+    let ulong = b.int("long unsigned int", 8);
+    b.strukt(
+        "pt_regs",
+        168,
+        &[
+            ("r15", ulong, 0),
+            ("dx", ulong, 96),
+            ("si", ulong, 104),
+            ("di", ulong, 112),
+            ("orig_ax", ulong, 120),
+        ],
+    );
     let u8_ = b.int("unsigned char", 1);
     let u16_ = b.int("unsigned short", 2);
     let short = b.int("short", 2);
@@ -323,5 +336,5 @@ pub const FAKE_OFFSETS: KernelOffsets = KernelOffsets {
     sock_v6_daddr: 72,
     sock_v6_rcv_saddr: 88,
     sock_protocol: 516,
-    _pad: 0,
+    regs_layout: loupe_common::regs_layout::X86_64,
 };

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::parse::kind;
 use super::{
     BtfError, Expect, LayoutProblem, Resolver, VMLINUX_BTF, kernel_offsets, offsets_from_file,
-    resolve_offsets,
+    regs_layout, resolve_offsets,
 };
 
 fn malformed_reason(r: Result<KernelOffsets, BtfError>) -> &'static str {
@@ -35,6 +35,37 @@ fn layout_problem(r: Result<u32, BtfError>) -> LayoutProblem {
 fn resolves_fake_kernel() {
     let offsets = resolve_offsets(&fake_kernel(Blob::new())).expect("resolves");
     assert_eq!(offsets, FAKE_OFFSETS);
+}
+
+#[test]
+fn pt_regs_layouts_are_recognised_only_at_the_fixed_offsets() {
+    use loupe_common::regs_layout::{ARM64, UNKNOWN, X86_64};
+    let layout = |members: &[(&str, u32)]| {
+        let mut b = Blob::new();
+        let ulong = b.int("long unsigned int", 8);
+        let int_ = b.int("int", 4);
+        let regs = b.array(ulong, int_, 31);
+        let fields: Vec<(&str, u32, u32)> = members
+            .iter()
+            .map(|&(name, off)| (name, if name == "regs" { regs } else { ulong }, off))
+            .collect();
+        b.strukt("pt_regs", 336, &fields);
+        regs_layout(&Resolver::new(&b.bytes()).expect("parses"))
+    };
+    assert_eq!(layout(&[("dx", 96), ("si", 104), ("di", 112)]), X86_64);
+    // arm64 keeps the general registers in an array and the first argument in orig_x0.
+    assert_eq!(layout(&[("regs", 0), ("orig_x0", 272)]), ARM64);
+    // Any other placement falls back to entry programs rather than reading wrong registers.
+    assert_eq!(layout(&[("dx", 96), ("si", 104), ("di", 120)]), UNKNOWN);
+    assert_eq!(layout(&[("regs", 8), ("orig_x0", 272)]), UNKNOWN);
+    assert_eq!(layout(&[("ax", 80)]), UNKNOWN);
+    // A kernel without pt_regs in its BTF is no error either.
+    let mut b = Blob::new();
+    b.int("int", 4);
+    assert_eq!(
+        regs_layout(&Resolver::new(&b.bytes()).expect("parses")),
+        UNKNOWN
+    );
 }
 
 #[test]
@@ -394,6 +425,10 @@ fn running_kernel_offsets_are_plausible() {
     // sock_common is the head of sock; sk_protocol comes after it.
     assert!(o.sock_protocol > o.sock_v6_rcv_saddr);
     assert!(o.sock_family < 136 && o.sock_daddr < 136);
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(o.regs_layout, loupe_common::regs_layout::X86_64);
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(o.regs_layout, loupe_common::regs_layout::ARM64);
 
     let start = Instant::now();
     assert_eq!(kernel_offsets().expect("reads and resolves"), o);
