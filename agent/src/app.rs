@@ -57,8 +57,10 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     // inherited.
     set_cpu_priority(cli.cpu_priority);
 
+    // One worker: export, the admin endpoint and metrics push are light, and a second
+    // worker mostly added wakeups (tasks handed between idle workers).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("loupe-io")
         .enable_all()
         .build()

@@ -294,6 +294,10 @@ pub struct ConnState {
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
 
+/// Words of the traced-process bitmap: one bit per tgid up to the kernel's PID_MAX_LIMIT
+/// (4,194,304 on 64-bit), 512 KiB.
+pub const TGID_WORDS: u32 = 4_194_304 / 64;
+
 /// Syscall arguments saved at sys_enter for the matching sys_exit, keyed by pid_tgid.
 /// `kind` is [`syscall_kind::NONE`] while the thread is not inside a traced call.
 #[repr(C)]

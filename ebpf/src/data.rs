@@ -5,10 +5,7 @@
 //! syscall: the saved call says how to find the bytes.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_ktime_get_ns, bpf_probe_read_user},
-    },
+    helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -21,7 +18,7 @@ use crate::{
     connection::lookup_or_discover,
     emit::output_bytes,
     filter::traced_current,
-    maps::{DATA_CONTEXT, SCRATCH, config, count},
+    maps::{DATA_CONTEXT, SCRATCH, count},
     pending,
     syscall::{arg, args_at_exit, ret},
 };
@@ -81,9 +78,10 @@ pub fn loupe_data_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) {
-    // Only the entry program of a traced thread leaves a pending call, so its absence is
-    // the whole filter: every untraced syscall exit costs this one lookup.
-    let pid_tgid = bpf_get_current_pid_tgid();
+    // Untraced processes stop at the bitmap, before the pending-call lookup.
+    let Some((_, _, pid_tgid, cfg)) = traced_current() else {
+        return;
+    };
     let Some(call) = pending::take(pid_tgid) else {
         return;
     };
@@ -91,9 +89,6 @@ fn on_exit(ctx: &TracePointContext) {
     if moved <= 0 || call.kind == syscall_kind::CONNECT {
         return;
     }
-    let Some(cfg) = config() else {
-        return;
-    };
     emit(ctx, pid_tgid, &call, moved, cfg);
 }
 

@@ -6,6 +6,11 @@
 //! selected processes ever produce an event.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
+#![cfg_attr(
+    target_arch = "bpf",
+    allow(internal_features),
+    feature(core_intrinsics)
+)]
 
 mod connection;
 mod context;

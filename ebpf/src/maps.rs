@@ -1,5 +1,6 @@
 //! Maps shared by the programs and with the agent. Names are the agent's contract.
 
+use aya_ebpf::bindings::BPF_F_MMAPABLE;
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
@@ -7,7 +8,7 @@ use aya_ebpf::{
 };
 use loupe_common::{
     COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, MAX_EXEC_PREFIXES, PendingCall,
-    ProbeConfig, ThreadContext, counter,
+    ProbeConfig, TGID_WORDS, ThreadContext, counter,
 };
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
@@ -16,9 +17,11 @@ use crate::{context::ContextScratch, inject::SocketInjectState};
 #[map]
 pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
-/// Processes to trace (tgid -> 1), kept by the agent as processes come and go.
+/// Processes to trace: bit `tgid % 64` of word `tgid / 64`, kept by the agent (through a
+/// memory mapping) as processes come and go. Every syscall on the host checks it, and an
+/// array lookup costs a fraction of a hash lookup.
 #[map]
-pub static TRACED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+pub static TRACED_TGIDS: Array<u64> = Array::with_max_entries(TGID_WORDS, BPF_F_MMAPABLE);
 
 /// Command names traced from their exec on (`--exe nginx`), zero-padded.
 #[map]

@@ -9,8 +9,8 @@ use loupe_common::{COMM_LEN, EventKind, ExecEvent, MAX_EXEC_PREFIXES};
 
 use crate::{
     emit::output,
-    filter::traced_current,
-    maps::{EXEC_NAMES, EXEC_PREFIXES, TRACED_TGIDS, config},
+    filter::{mark_traced, traced_current},
+    maps::{EXEC_NAMES, EXEC_PREFIXES, config},
 };
 
 /// Offset of `child_pid` in the `sched:sched_process_fork` record: the 8-byte common
@@ -57,7 +57,7 @@ pub fn loupe_process_exec(_ctx: TracePointContext) -> u32 {
         && tgid != cfg.agent_tgid
         && comm_selected()
     {
-        let _ = TRACED_TGIDS.insert(&tgid, &1, 0);
+        mark_traced(tgid);
     }
     output(&ExecEvent {
         kind: EventKind::ProcessExec as u8,
@@ -82,6 +82,6 @@ pub fn loupe_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // New threads pass through here too; the agent prunes entries that are not processes.
-    let _ = TRACED_TGIDS.insert(&(child as u32), &1, 0);
+    mark_traced(child as u32);
     0
 }

@@ -11,7 +11,7 @@ use std::{
 
 use tokio::{
     io::AsyncWrite,
-    sync::{mpsc, watch},
+    sync::{Notify, mpsc, watch},
     task::JoinHandle,
     time::{Instant, sleep_until, timeout_at},
 };
@@ -47,6 +47,14 @@ pub struct SpanSender {
 pub(super) struct Queue {
     /// Spans accepted and not yet delivered or dropped.
     pending: AtomicU64,
+    /// Spans sent into the channel and not yet taken out by the worker.
+    waiting: AtomicU64,
+    /// `waiting` at which a sender wakes the worker: one export batch.
+    batch_size: u64,
+    /// Wakes the worker when a batch is waiting. The worker never waits on the channel
+    /// itself: a receiver parked there is woken by every span sent, which at steady rates
+    /// costs a thread wakeup per span.
+    batch_ready: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -82,11 +90,17 @@ impl SpanSender {
         let Some(tx) = &self.tx else {
             return;
         };
-        // Counted before sending so the worker can never resolve more than was added.
-        self.queue.pending.fetch_add(1, Ordering::Relaxed);
+        // Counted before sending so the worker can never resolve or take more than was
+        // added.
+        let queue = &self.queue;
+        queue.pending.fetch_add(1, Ordering::Relaxed);
+        let waiting = queue.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         if tx.try_send(span).is_err() {
-            self.queue.pending.fetch_sub(1, Ordering::Relaxed);
-            self.queue.metrics.spans_dropped.inc();
+            queue.pending.fetch_sub(1, Ordering::Relaxed);
+            queue.waiting.fetch_sub(1, Ordering::Relaxed);
+            queue.metrics.spans_dropped.inc();
+        } else if waiting == queue.batch_size {
+            queue.batch_ready.notify_one();
         }
     }
 }
@@ -180,6 +194,9 @@ where
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportStartError::NoRuntime)?;
     let queue = Arc::new(Queue {
         pending: AtomicU64::new(0),
+        waiting: AtomicU64::new(0),
+        batch_size: config.batch.max_export_batch_size as u64,
+        batch_ready: Notify::new(),
         metrics: Arc::clone(&metrics),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
@@ -228,28 +245,50 @@ impl OtlpWorker {
         let mut batch: Vec<FinishedSpan> = Vec::with_capacity(max);
         let mut next_export = Instant::now() + self.batch.schedule_delay;
         loop {
-            let room = max - batch.len();
+            // A shutdown (or a dropped handle) first: what is queued then goes through the
+            // flush, which keeps to the shutdown's deadline.
+            if self.shutdown.has_changed().unwrap_or(true) {
+                break;
+            }
+            self.take_waiting(&mut batch, max);
+            if batch.len() >= max {
+                self.export(&mut batch).await;
+                next_export = Instant::now() + self.batch.schedule_delay;
+                continue;
+            }
+            // Every sender gone (the pipeline stopped) and nothing left: as a shutdown.
+            if self.rx.is_closed() && self.rx.is_empty() {
+                break;
+            }
             tokio::select! {
                 biased;
                 // A dropped handle (`Err`) stops the worker like a shutdown does.
                 _ = self.shutdown.changed() => break,
-                received = self.rx.recv_many(&mut batch, room) => {
-                    if received == 0 {
-                        break;
-                    }
-                    self.queue.refresh_gauge();
-                    if batch.len() >= max {
-                        self.export(&mut batch).await;
-                        next_export = Instant::now() + self.batch.schedule_delay;
-                    }
-                }
+                () = self.queue.batch_ready.notified() => {}
                 () = sleep_until(next_export) => {
+                    self.take_waiting(&mut batch, max);
                     self.export(&mut batch).await;
                     next_export = Instant::now() + self.batch.schedule_delay;
                 }
             }
         }
         self.flush(batch).await
+    }
+
+    /// Moves queued spans into `batch` until it holds `max`, without waiting.
+    fn take_waiting(&mut self, batch: &mut Vec<FinishedSpan>, max: usize) {
+        let before = batch.len();
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
+        }
+        let taken = (batch.len() - before) as u64;
+        if taken > 0 {
+            self.queue.waiting.fetch_sub(taken, Ordering::Relaxed);
+            self.queue.refresh_gauge();
+        }
     }
 
     async fn export(&mut self, batch: &mut Vec<FinishedSpan>) -> (u64, u64) {
@@ -271,13 +310,7 @@ impl OtlpWorker {
         self.rx.close();
         let mut report = ShutdownReport::default();
         loop {
-            let max = self.batch.max_export_batch_size;
-            while batch.len() < max {
-                match self.rx.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(_) => break,
-                }
-            }
+            self.take_waiting(&mut batch, self.batch.max_export_batch_size);
             if batch.is_empty() {
                 break;
             }

@@ -10,7 +10,6 @@ use crate::process::selector::ExecHints;
 
 use super::ProbeError;
 
-pub type ProcessMap = HashMap<MapData, u32, u8>;
 pub type ConnectionMap = HashMap<MapData, ConnKey, ConnState>;
 pub type CounterMap = PerCpuArray<MapData, u64>;
 

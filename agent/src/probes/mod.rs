@@ -5,6 +5,7 @@ pub mod attach;
 pub mod inject;
 pub mod maps;
 pub mod privileges;
+pub mod traced;
 mod tracefs;
 
 use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
@@ -12,7 +13,8 @@ use loupe_common::ProbeConfig;
 
 use crate::{cli::ReadProbes, process::selector::ExecHints};
 
-pub use maps::{ConnectionMap, CounterMap, ProcessMap};
+pub use maps::{ConnectionMap, CounterMap};
+pub use traced::TracedTgids;
 
 /// Why the probes could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +67,7 @@ pub struct Probes {
 /// The maps the agent works with, taken out of the loaded object.
 pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
-    pub processes: ProcessMap,
+    pub processes: TracedTgids,
     pub connections: ConnectionMap,
     pub counters: CounterMap,
 }
@@ -120,7 +122,12 @@ impl Probes {
     pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
         Ok(ProbeMaps {
             events: maps::take(&mut self.ebpf, "EVENTS")?,
-            processes: maps::take(&mut self.ebpf, "TRACED_TGIDS")?,
+            processes: TracedTgids::new(self.ebpf.take_map("TRACED_TGIDS").ok_or(
+                ProbeError::Map {
+                    map: "TRACED_TGIDS",
+                    detail: "not found".into(),
+                },
+            )?)?,
             connections: maps::take(&mut self.ebpf, "CONNECTIONS")?,
             counters: maps::take(&mut self.ebpf, "COUNTERS")?,
         })

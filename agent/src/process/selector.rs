@@ -19,7 +19,7 @@ use std::{
 use loupe_common::{COMM_LEN, CommPrefix, MAX_EXEC_PREFIXES};
 
 use crate::{
-    probes::{ConnectionMap, ProcessMap},
+    probes::{ConnectionMap, TracedTgids},
     telemetry::metrics::Metrics,
 };
 
@@ -139,7 +139,7 @@ struct Known {
 pub struct Selector {
     selection: Selection,
     agent_pid: u32,
-    processes: ProcessMap,
+    processes: TracedTgids,
     connections: ConnectionMap,
     metrics: Arc<Metrics>,
     known: HashMap<u32, Known>,
@@ -148,7 +148,7 @@ pub struct Selector {
 impl Selector {
     pub fn new(
         selection: Selection,
-        processes: ProcessMap,
+        processes: TracedTgids,
         connections: ConnectionMap,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -210,11 +210,11 @@ impl Selector {
         let traced = parent_traced || self.selection.matches(pid, exe.as_deref(), comm.as_deref());
         self.known.insert(pid, Known { start_time, traced });
         if traced {
-            if self.processes.insert(pid, 1, 0).is_err() {
-                log::warn!("cannot add process {pid} to the kernel's traced set (full?)");
+            if !self.processes.insert(pid) {
+                log::warn!("cannot trace process {pid}: its id is beyond the kernel's pid limit");
             }
         } else {
-            let _ = self.processes.remove(&pid);
+            self.processes.remove(pid);
         }
     }
 
@@ -222,15 +222,14 @@ impl Selector {
         if let Some(known) = self.known.remove(&pid)
             && known.traced
         {
-            let _ = self.processes.remove(&pid);
+            self.processes.remove(pid);
         }
     }
 
     /// The kernel adds every task a traced process forks, threads included; keep only
     /// real processes, and record those children as traced.
     fn prune_threads(&mut self) {
-        let ids: Vec<u32> = self.processes.keys().filter_map(Result::ok).collect();
-        for id in ids {
+        for id in self.processes.tgids() {
             if self.known.get(&id).is_some_and(|k| k.traced) {
                 continue;
             }
@@ -245,7 +244,7 @@ impl Selector {
                     );
                 }
             } else {
-                let _ = self.processes.remove(&id);
+                self.processes.remove(id);
             }
         }
     }

@@ -61,6 +61,29 @@ async fn a_full_batch_is_sent_without_waiting_for_the_timer() {
 }
 
 #[tokio::test]
+async fn a_parked_worker_wakes_for_a_full_batch() {
+    let receiver = TestReceiver::start().await;
+    let config = otlp_config(
+        receiver.http_url(),
+        Protocol::HttpProtobuf,
+        batching(60_000, 100, 3),
+    );
+    let (handle, metrics) = start(config);
+    // The worker runs and parks with nothing queued.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let spans = batch(&resource("svc"), 3);
+    handle.submit(spans[0].clone());
+    handle.submit(spans[1].clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.span_count(), 0, "two spans are not a batch yet");
+    handle.submit(spans[2].clone());
+    assert!(receiver.wait_for_spans(3, Duration::from_secs(3)).await);
+    assert_eq!(receiver.received().len(), 1, "one request for the batch");
+    assert_eq!(metrics.spans_exported.get(), 3);
+    handle.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
 async fn the_timer_sends_partial_batches() {
     let receiver = TestReceiver::start().await;
     let config = otlp_config(

@@ -1,0 +1,149 @@
+//! The kernel's set of traced processes: one bit per tgid in an array map the agent maps
+//! into its own memory.
+//!
+//! The kernel programs set bits too (children of traced processes, programs exec'd under
+//! a selected name) with atomic adds, so the agent changes bits only with atomic
+//! operations on the shared words; a map update syscall would rewrite a whole word and
+//! could undo a bit the kernel just set.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{Map, MapData};
+use loupe_common::TGID_WORDS;
+
+use super::ProbeError;
+
+const BYTES: usize = TGID_WORDS as usize * 8;
+
+pub struct TracedTgids {
+    words: NonNull<AtomicU64>,
+    /// Keeps the map, and so the mapping's backing, alive (`None` in unit tests).
+    _map: Option<MapData>,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for TracedTgids {}
+
+impl TracedTgids {
+    pub fn new(map: Map) -> Result<Self, ProbeError> {
+        let err = |detail: String| ProbeError::Map {
+            map: "TRACED_TGIDS",
+            detail,
+        };
+        let Map::Array(data) = map else {
+            return Err(err("not an array map".into()));
+        };
+        let words = map_shared(data.fd().as_fd().as_raw_fd(), libc::MAP_SHARED)
+            .map_err(|e| err(format!("mapping it into memory failed: {e}")))?;
+        Ok(Self {
+            words,
+            _map: Some(data),
+        })
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: TGID_WORDS u64s, mapped for the life of self.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr(), TGID_WORDS as usize) }
+    }
+
+    /// Adds `tgid`; false when it is beyond the bitmap (larger than PID_MAX_LIMIT).
+    pub fn insert(&self, tgid: u32) -> bool {
+        let Some(word) = self.words().get((tgid / 64) as usize) else {
+            return false;
+        };
+        word.fetch_or(1 << (tgid % 64), Ordering::Relaxed);
+        true
+    }
+
+    pub fn remove(&self, tgid: u32) {
+        if let Some(word) = self.words().get((tgid / 64) as usize) {
+            word.fetch_and(!(1 << (tgid % 64)), Ordering::Relaxed);
+        }
+    }
+
+    /// Every tgid in the set, in order.
+    pub fn tgids(&self) -> Vec<u32> {
+        let mut found = Vec::new();
+        for (i, word) in self.words().iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 {
+                found.push(i as u32 * 64 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        found
+    }
+}
+
+/// Maps the bitmap's bytes from `fd` (-1 with MAP_ANONYMOUS).
+fn map_shared(fd: i32, flags: i32) -> std::io::Result<NonNull<AtomicU64>> {
+    // SAFETY: a fresh mapping of BYTES; it stays valid until unmapped in Drop.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mapped at address 0"))
+}
+
+impl Drop for TracedTgids {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in new.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), BYTES) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anonymous() -> TracedTgids {
+        TracedTgids {
+            words: map_shared(-1, libc::MAP_SHARED | libc::MAP_ANONYMOUS).expect("mmap"),
+            _map: None,
+        }
+    }
+
+    #[test]
+    fn bits_set_and_cleared_per_tgid() {
+        let set = anonymous();
+        assert!(set.tgids().is_empty());
+        for tgid in [0, 1, 63, 64, 1000, 4_194_303] {
+            assert!(set.insert(tgid), "{tgid}");
+        }
+        assert!(set.insert(1000), "setting twice is harmless");
+        assert_eq!(set.tgids(), vec![0, 1, 63, 64, 1000, 4_194_303]);
+        set.remove(64);
+        set.remove(5);
+        assert_eq!(set.tgids(), vec![0, 1, 63, 1000, 4_194_303]);
+        // Past PID_MAX_LIMIT: refused, nothing else touched.
+        assert!(!set.insert(4_194_304));
+        set.remove(u32::MAX);
+        assert_eq!(set.tgids().len(), 5);
+    }
+
+    #[test]
+    fn kernel_style_adds_and_agent_bits_share_words() {
+        let set = anonymous();
+        set.insert(130);
+        // What the kernel programs do for a child: add the bit when it is clear.
+        let word = &set.words()[2];
+        let bit = 1u64 << (131 % 64);
+        if word.load(Ordering::Relaxed) & bit == 0 {
+            word.fetch_add(bit, Ordering::Relaxed);
+        }
+        assert_eq!(set.tgids(), vec![130, 131]);
+    }
+}
