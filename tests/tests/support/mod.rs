@@ -228,6 +228,10 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // The whole process group (see `servers::spawn`): nginx's worker would otherwise
+        // outlive a killed master.
+        // SAFETY: plain syscall; a group that is gone already is harmless.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

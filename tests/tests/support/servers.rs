@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Command, Stdio},
 };
@@ -128,7 +129,9 @@ fn nginx_bin() -> &'static str {
 fn spawn(mut cmd: Command, env: &[(&str, &str)], port: u16) -> Guard {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        // Its own process group, which the guard kills whole.
+        .process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
