@@ -2,12 +2,14 @@
 //! before and after each load phase.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::SinkPriority;
 use super::http;
 use super::process::{Guard, free_port, interrupted, log_tail, loopback, poll_until};
 use super::procfs::{self, ProgStats};
@@ -36,7 +38,7 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn start(bin: &Path, dir: &Path) -> Result<Self> {
+    pub fn start(bin: &Path, dir: &Path, priority: SinkPriority) -> Result<Self> {
         let grpc = loopback(free_port()?);
         let http = loopback(free_port()?);
         let log = dir.join("otlp-sink.log");
@@ -49,6 +51,19 @@ impl Sink {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
+        if priority == SinkPriority::Idle {
+            // SAFETY: runs between fork and exec and only calls sched_setscheduler, which
+            // is async-signal-safe; every thread the sink starts inherits the policy.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let guard = Guard::spawn("otlp-sink", cmd, libc::SIGTERM, Duration::from_secs(3))
             .with_context(|| format!("could not start {}", bin.display()))?;
         let mut sink = Self {

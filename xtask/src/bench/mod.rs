@@ -94,6 +94,11 @@ pub struct BenchArgs {
     /// Use this OTLP sink binary instead of building the integration tests' otlp-sink.
     #[arg(long, value_name = "PATH")]
     pub sink_bin: Option<PathBuf>,
+    /// CPU priority of the OTLP sink, which stands in for a collector. 'idle' (SCHED_IDLE,
+    /// the default) keeps its decoding of every span off the cores the service needs, so
+    /// the figures are loupe's own; 'normal' shows a collector sharing those cores.
+    #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
+    pub sink_priority: SinkPriority,
     /// Add a third mode per round: the agent running but tracing no process, which shows
     /// what its syscall tracepoints cost processes it does not trace.
     #[arg(long)]
@@ -168,8 +173,16 @@ impl BenchArgs {
             connections: self.connections,
             rate: rate_for(&self.rate, service),
             rate_connections: self.rate_connections,
+            sink_idle: self.sink_priority == SinkPriority::Idle,
         }
     }
+}
+
+/// See [`BenchArgs`]'s `--sink-priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkPriority {
+    Idle,
+    Normal,
 }
 
 /// The built programs the measured rounds need.

@@ -32,7 +32,7 @@ pub fn measure(
     eprintln!("bench: {} on {}", service.name(), target.url());
     let sink = match binaries.and_then(|b| b.sink.as_ref()) {
         Some(bin) => {
-            let sink = Sink::start(bin, &dir)?;
+            let sink = Sink::start(bin, &dir, args.sink_priority)?;
             eprintln!("bench: OTLP sink on {}", sink.grpc());
             Some(sink)
         }

@@ -66,6 +66,8 @@ pub struct Settings {
     pub connections: u32,
     pub rate: u64,
     pub rate_connections: u32,
+    /// The OTLP sink runs at idle CPU priority (`--sink-priority`).
+    pub sink_idle: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -253,13 +255,14 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     let _ = writeln!(
         out,
         "loupe overhead on {}: {} round(s), {} s per phase; closed loop wrk -t2 -c{}; \
-         fixed rate {} req/s over {} connections",
+         fixed rate {} req/s over {} connections; OTLP sink at {} CPU priority",
         settings.service_desc,
         settings.rounds,
         settings.duration_s,
         settings.connections,
         settings.rate,
-        settings.rate_connections
+        settings.rate_connections,
+        if settings.sink_idle { "idle" } else { "normal" }
     );
     let _ = writeln!(out);
     let _ = writeln!(

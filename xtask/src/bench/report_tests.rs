@@ -190,6 +190,7 @@ fn settings() -> Settings {
         connections: 50,
         rate: 10_000,
         rate_connections: 32,
+        sink_idle: true,
     }
 }
 
