@@ -18,7 +18,9 @@ use aya::maps::{MapData, RingBuf};
 use super::{Event, decode};
 use crate::telemetry::metrics::Metrics;
 
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Every wakeup costs tens of microseconds on a virtual machine, traffic or not; 20 ms
+/// keeps an idle agent near 0.5% of a core while records still leave within a batch delay.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The next stage: gets every decoded event, in ring-buffer order, on the reader thread.

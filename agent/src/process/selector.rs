@@ -25,7 +25,10 @@ use crate::{
 
 use super::procfs;
 
-const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// The /proc scan is the backstop for what exec events and the kernel's fork rule miss
+/// (and how exits are noticed); each pass reads every process's directory, so it runs
+/// seldom.
+const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +271,12 @@ impl Selector {
         let mut last_scan = Instant::now();
         let mut last_prune = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            match execs.recv_timeout(Duration::from_millis(50)) {
+            // Sleep until the next scan is due: a stop comes as the exec channel's close,
+            // when the pipeline that holds the sender ends.
+            let wait = SCAN_INTERVAL
+                .saturating_sub(last_scan.elapsed())
+                .max(Duration::from_millis(1));
+            match execs.recv_timeout(wait) {
                 Ok(pid) => {
                     // An exec replaces the program: the old verdict no longer holds.
                     let restarted = self
