@@ -47,10 +47,8 @@ pub struct SpanSender {
 pub(super) struct Queue {
     /// Spans accepted and not yet delivered or dropped.
     pending: AtomicU64,
-    /// Spans sent into the channel and not yet taken out by the worker.
-    waiting: AtomicU64,
-    /// `waiting` at which a sender wakes the worker: one export batch.
-    batch_size: u64,
+    /// Spans in the channel at which a sender wakes the worker: one export batch.
+    batch_size: usize,
     /// Wakes the worker when a batch is waiting. The worker never waits on the channel
     /// itself: a receiver parked there is woken by every span sent, which at steady rates
     /// costs a thread wakeup per span.
@@ -90,16 +88,15 @@ impl SpanSender {
         let Some(tx) = &self.tx else {
             return;
         };
-        // Counted before sending so the worker can never resolve or take more than was
-        // added.
+        // Counted before sending so the worker can never resolve more than was added.
         let queue = &self.queue;
         queue.pending.fetch_add(1, Ordering::Relaxed);
-        let waiting = queue.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         if tx.try_send(span).is_err() {
             queue.pending.fetch_sub(1, Ordering::Relaxed);
-            queue.waiting.fetch_sub(1, Ordering::Relaxed);
             queue.metrics.spans_dropped.inc();
-        } else if waiting == queue.batch_size {
+        } else if tx.max_capacity() - tx.capacity() == queue.batch_size {
+            // While the worker is parked the channel only grows, one span at a time, so
+            // it passes this mark exactly once per batch.
             queue.batch_ready.notify_one();
         }
     }
@@ -194,8 +191,7 @@ where
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportStartError::NoRuntime)?;
     let queue = Arc::new(Queue {
         pending: AtomicU64::new(0),
-        waiting: AtomicU64::new(0),
-        batch_size: config.batch.max_export_batch_size as u64,
+        batch_size: config.batch.max_export_batch_size,
         batch_ready: Notify::new(),
         metrics: Arc::clone(&metrics),
     });
@@ -284,9 +280,7 @@ impl OtlpWorker {
                 Err(_) => break,
             }
         }
-        let taken = (batch.len() - before) as u64;
-        if taken > 0 {
-            self.queue.waiting.fetch_sub(taken, Ordering::Relaxed);
+        if batch.len() > before {
             self.queue.refresh_gauge();
         }
     }
