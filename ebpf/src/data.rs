@@ -29,24 +29,43 @@ const MSGHDR_IOVLEN: u64 = 24;
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, kind: u8) {
-    let Some((tgid, tid, pid_tgid, cfg)) = traced_current() else {
-        return;
+    let args = |_: &ProbeConfig| Some([arg(ctx, 0), arg(ctx, 1), arg(ctx, 2)]);
+    if let Some((pid_tgid, call, _)) = socket_call(kind, true, args) {
+        pending::begin(pid_tgid, &call);
+    }
+}
+
+/// The call of a traced process on a traced TCP socket, with its `[fd, buffer, count]`
+/// arguments from `args` and, when `stamped`, the time now as its start (else 0: the
+/// record gets its end time); `None` for other processes and other fds.
+#[inline(always)]
+fn socket_call(
+    kind: u8,
+    stamped: bool,
+    args: impl FnOnce(&ProbeConfig) -> Option<[u64; 3]>,
+) -> Option<(u64, PendingCall, &'static ProbeConfig)> {
+    let (tgid, tid, pid_tgid, cfg) = traced_current()?;
+    let Some([fd, ptr, len]) = args(cfg) else {
+        count(counter::READ_FAILURES);
+        return None;
     };
-    let fd = arg(ctx, 0) as u32;
-    let Some(state) = lookup_or_discover(tgid, tid, fd, cfg) else {
-        return;
-    };
+    let fd = fd as u32;
+    let state = lookup_or_discover(tgid, tid, fd, cfg)?;
     let call = PendingCall {
         kind,
         _pad: [0; 3],
         fd,
-        ptr: arg(ctx, 1),
-        count: arg(ctx, 2),
+        ptr,
+        count: len,
         // SAFETY: the helper has no preconditions.
-        start_ns: unsafe { bpf_ktime_get_ns() },
+        start_ns: if stamped {
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        },
         conn_id: state.conn_id,
     };
-    pending::begin(pid_tgid, &call);
+    Some((pid_tgid, call, cfg))
 }
 
 /// A tracepoint program `$name` calling `$handler(&ctx, $kind)`.
@@ -107,28 +126,10 @@ fn on_read_exit(ctx: &TracePointContext, kind: u8) {
     if moved <= 0 {
         return;
     }
-    let Some((tgid, tid, pid_tgid, cfg)) = traced_current() else {
-        return;
-    };
-    let Some([fd, ptr, iovcnt]) = args_at_exit(cfg.offsets.regs_layout) else {
-        count(counter::READ_FAILURES);
-        return;
-    };
-    let fd = fd as u32;
-    let Some(state) = lookup_or_discover(tgid, tid, fd, cfg) else {
-        return;
-    };
-    let call = PendingCall {
-        kind,
-        _pad: [0; 3],
-        fd,
-        ptr,
-        count: iovcnt,
-        // Unknown: the record gets its end time.
-        start_ns: 0,
-        conn_id: state.conn_id,
-    };
-    emit(ctx, pid_tgid, &call, moved, cfg);
+    let args = |cfg: &ProbeConfig| args_at_exit(cfg.offsets.regs_layout);
+    if let Some((pid_tgid, call, cfg)) = socket_call(kind, false, args) {
+        emit(ctx, pid_tgid, &call, moved, cfg);
+    }
 }
 
 /// Captures the bytes `call` moved and writes its data record.
