@@ -101,7 +101,8 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         filter_ports: (!cli.ports.is_empty()) as u32,
         offsets,
         inject_traceparent: cli.inject_traceparent as u32,
-        _pad: 0,
+        // Filled in once tracefs is known to be mounted.
+        fork_child_pid_offset: 0,
     };
     let mut probes = Probes::load(
         &probe_config,

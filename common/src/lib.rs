@@ -361,6 +361,11 @@ pub mod regs_layout {
     pub const ARM64_ORIG_X0: u32 = 272;
 }
 
+/// Where `sched_process_fork` records have kept `child_pid`: after two fixed 16-byte comms
+/// (44) and, since Linux 6.10, after dynamic-string comms (20). The program needs a constant
+/// offset, so only these are read.
+pub const FORK_CHILD_PID_OFFSETS: [u32; 2] = [44, 20];
+
 /// Runtime settings handed to the kernel programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -377,7 +382,10 @@ pub struct ProbeConfig {
     /// Non-zero when `--inject-traceparent` is on: threads reading requests get a trace
     /// context, and outgoing HTTP/1.x requests without `traceparent` get one.
     pub inject_traceparent: u32,
-    pub _pad: u32,
+    /// Offset of `child_pid` in `sched:sched_process_fork` records, one of
+    /// [`FORK_CHILD_PID_OFFSETS`] (read from tracefs); 0 when unknown, and then children
+    /// are left to the agent's /proc scan.
+    pub fork_child_pid_offset: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
 

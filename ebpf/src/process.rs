@@ -13,10 +13,6 @@ use crate::{
     maps::{EXEC_NAMES, EXEC_PREFIXES, config},
 };
 
-/// Offset of `child_pid` in the `sched:sched_process_fork` record: the 8-byte common
-/// header, `char parent_comm[16]`, `pid_t parent_pid`, `char child_comm[16]`.
-const FORK_CHILD_PID: usize = 44;
-
 /// True when the new program's command name is one the user selected by name. The
 /// agent re-checks with its full rules; this only closes the window between exec and
 /// the agent hearing of it.
@@ -77,8 +73,14 @@ pub fn loupe_process_fork(ctx: TracePointContext) -> u32 {
     if cfg.trace_all != 0 {
         return 0;
     }
-    // SAFETY: reads inside the tracepoint record at the documented offset.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(FORK_CHILD_PID) }) else {
+    // The verifier wants constant context offsets: one read per known layout.
+    // SAFETY: reads inside the tracepoint record, at the offset its format file gives.
+    let child = match cfg.fork_child_pid_offset {
+        44 => unsafe { ctx.read_at::<i32>(44) },
+        20 => unsafe { ctx.read_at::<i32>(20) },
+        _ => return 0,
+    };
+    let Ok(child) = child else {
         return 0;
     };
     // New threads pass through here too; the agent prunes entries that are not processes.

@@ -316,3 +316,71 @@ fn connection_opened_before_the_agent_started_is_traced() {
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
 }
+
+/// Waits for a trigger file, then forks a child that serves HTTP: a process that did not
+/// exist when loupe started and never calls exec.
+const FORKING_PARENT: &str = r#"
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+port, trigger = int(sys.argv[1]), sys.argv[2]
+while not os.path.exists(trigger):
+    time.sleep(0.01)
+if os.fork() == 0:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+        def log_message(self, *args):
+            pass
+    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+else:
+    os.wait()
+"#;
+
+/// The kernel marks a traced process's children as traced when they are forked, so a
+/// child's first request is traced before the agent's /proc scan (every 2 s) could see it.
+#[test]
+fn a_child_forked_after_the_start_is_traced_from_its_first_request() {
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let dir = support::scratch_dir("forking-parent");
+    let script = dir.join("parent.py");
+    let trigger = dir.join("fork-now");
+    std::fs::write(&script, FORKING_PARENT).expect("write parent.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script)
+        .arg(port.to_string())
+        .arg(&trigger)
+        .env("OTEL_SERVICE_NAME", "forked")
+        .process_group(0);
+    let parent = support::Guard(cmd.spawn().expect("spawn parent.py"));
+    let endpoint = receiver.grpc_endpoint();
+    let _agent = Agent::start(
+        &["--pid", &parent.pid().to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    std::fs::write(&trigger, b"").expect("write trigger");
+    support::wait_for_port(port);
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{port}/first")]),
+        vec![200]
+    );
+    let spans = receiver.wait_for_spans(1, WAIT);
+    let spans = server_spans(&spans, "forked");
+    assert_eq!(spans.len(), 1, "{:#?}", names(&spans));
+    assert_eq!(attr(&spans[0], "url.path"), "/first");
+    assert_ne!(
+        spans[0].resource.get("process.pid"),
+        Some(&parent.pid().to_string()),
+        "served by the child"
+    );
+}

@@ -87,11 +87,22 @@ impl Probes {
             return Err(ProbeError::NotBuilt);
         }
         tracefs::ensure_mounted().map_err(ProbeError::Tracefs)?;
+        let mut config = *config;
+        config.fork_child_pid_offset =
+            tracefs::field_offset("sched", "sched_process_fork", "child_pid")
+                .filter(|offset| loupe_common::FORK_CHILD_PID_OFFSETS.contains(offset))
+                .unwrap_or_else(|| {
+                    log::warn!(
+                        "sched_process_fork records have an unknown layout: children of traced \
+                         processes are picked up by the /proc scan (within 2 s), not at fork"
+                    );
+                    0
+                });
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        maps::write_config(&mut ebpf, config)?;
+        maps::write_config(&mut ebpf, &config)?;
         maps::write_ports(&mut ebpf, ports)?;
         maps::write_exec_hints(&mut ebpf, exec_hints)?;
         let regs_known = config.offsets.regs_layout != loupe_common::regs_layout::UNKNOWN;
