@@ -34,6 +34,8 @@ fn batching(delay_ms: u64, queue: usize, max_batch: usize) -> BatchConfig {
     }
 }
 
+/// The receiver records a request before the exporter has read its answer, so the export
+/// counters are final only once `shutdown` has joined the worker; tests read them after it.
 fn start(config: ExportConfig) -> (ExportHandle, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
     let handle = spawn_with(config, Arc::clone(&metrics), FAST_RETRY, tokio::io::sink()).unwrap();
@@ -54,9 +56,9 @@ async fn a_full_batch_is_sent_without_waiting_for_the_timer() {
     }
     assert!(receiver.wait_for_spans(3, Duration::from_secs(3)).await);
     assert_eq!(receiver.received().len(), 1, "one request for the batch");
-    assert_eq!(metrics.spans_exported.get(), 3);
     let report = handle.shutdown(Duration::from_secs(1)).await;
     assert_eq!(report, ShutdownReport::default());
+    assert_eq!(metrics.spans_exported.get(), 3);
     assert_eq!(metrics.export_queue_spans.get(), 0);
 }
 
@@ -79,8 +81,9 @@ async fn a_parked_worker_wakes_for_a_full_batch() {
     handle.submit(spans[2].clone());
     assert!(receiver.wait_for_spans(3, Duration::from_secs(3)).await);
     assert_eq!(receiver.received().len(), 1, "one request for the batch");
+    let report = handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report, ShutdownReport::default());
     assert_eq!(metrics.spans_exported.get(), 3);
-    handle.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -98,8 +101,9 @@ async fn the_timer_sends_partial_batches() {
     handle.sender().submit(spans[1].clone());
     assert!(receiver.wait_for_spans(2, Duration::from_secs(3)).await);
     assert_eq!(receiver.received().len(), 2);
+    let report = handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report, ShutdownReport::default());
     assert_eq!(metrics.spans_exported.get(), 2);
-    handle.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -198,10 +202,11 @@ async fn the_queue_keeps_working_after_a_collector_outage() {
         handle.submit(span);
     }
     assert!(receiver.wait_for_spans(6, Duration::from_secs(5)).await);
+    let report = handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report, ShutdownReport::default());
     assert_eq!(metrics.export_failures.get(), 3);
     assert_eq!(metrics.spans_exported.get(), 6);
     assert_eq!(metrics.spans_dropped.get(), 0);
-    handle.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
