@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use support::{Agent, curl, free_port, require_root, servers, wait_until};
+use support::{Agent, curl, free_port, http_get, require_root, servers, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -383,4 +383,50 @@ fn a_child_forked_after_the_start_is_traced_from_its_first_request() {
         Some(&parent.pid().to_string()),
         "served by the child"
     );
+}
+
+/// A collector that loupe traces receives loupe's own exports. Were they spans, each
+/// export would make a span to export, without end: here the collector is this test
+/// process, and the only spans it may show are the requests the test makes itself.
+#[test]
+fn a_traced_collector_shows_no_spans_of_loupes_own_exports() {
+    require_root();
+    let receiver = OtlpReceiver::start().unwrap();
+    let own_pid = std::process::id().to_string();
+    let agent = Agent::start(
+        &["--pid", &own_pid],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ],
+    );
+    // Three requests of the test's own, to loupe's admin address: three client spans,
+    // then the exports that carry them (200 ms schedule) reach the traced receiver.
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(agent.admin_port, "/healthz").map(|r| r.0),
+            Some(200)
+        );
+    }
+    receiver.wait_for_spans(3, WAIT);
+    // Long enough for ten more export rounds, had the exports become spans.
+    std::thread::sleep(Duration::from_secs(2));
+    let spans = receiver.spans();
+    let exports: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attr("url.path") == Some("/v1/traces"))
+        .collect();
+    assert!(exports.is_empty(), "export spans: {:#?}", names(&spans));
+    let own: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == "client" && s.attr("url.path") == Some("/healthz"))
+        .collect();
+    assert!(
+        own.len() >= 3,
+        "the test's own requests: {:#?}",
+        names(&spans)
+    );
+    // The exports did reach the traced receiver, and were recognised there.
+    assert!(agent.metric("loupe_spans_skipped_own_export_total") >= 1.0);
 }

@@ -10,7 +10,7 @@ use hashbrown::HashMap;
 use loupe_common::{AF_INET, AF_INET6, ConnKey, ConnTuple};
 
 use super::linking::NodeRef;
-use crate::protocol::{Chunk, Role, detect_http1, http1::Http1Session};
+use crate::protocol::{Chunk, Direction, Role, detect_http1, http1::Http1Session, may_begin_http1};
 
 /// Chunks looked at before a connection is declared not HTTP and left alone.
 const DETECT_ATTEMPTS: u8 = 4;
@@ -18,10 +18,19 @@ const DETECT_ATTEMPTS: u8 = 4;
 pub enum ProtocolState {
     Undetected {
         attempts: u8,
+        /// The beginning of a message its sender wrote in pieces (`GET ` and then the
+        /// target), waiting for the rest before detection decides.
+        held: Option<Box<HeldPiece>>,
     },
     Http1(Box<Http1Session>),
     /// Not a protocol loupe parses (TLS, a database protocol ...): bytes are only counted.
     Opaque,
+}
+
+pub struct HeldPiece {
+    direction: Direction,
+    start_ns: u64,
+    bytes: Vec<u8>,
 }
 
 pub struct Connection {
@@ -41,24 +50,72 @@ impl Connection {
             conn_id,
             local,
             remote,
-            protocol: ProtocolState::Undetected { attempts: 0 },
+            protocol: ProtocolState::Undetected {
+                attempts: 0,
+                held: None,
+            },
             last_activity_ns: now_ns,
             parent_hint: None,
         }
     }
 
-    /// Finds the protocol on the first chunks. Returns the session once one exists.
+    /// Joins a held piece to `chunk` when both go the same way: the joined chunk starts
+    /// when the piece did. `joined` holds the bytes. Also returns how many held bytes were
+    /// given up (a piece followed by bytes the other way).
+    pub fn join_held<'a>(&mut self, chunk: Chunk<'a>, joined: &'a mut Vec<u8>) -> (Chunk<'a>, u64) {
+        let ProtocolState::Undetected { held, .. } = &mut self.protocol else {
+            return (chunk, 0);
+        };
+        let Some(piece) = held.take() else {
+            return (chunk, 0);
+        };
+        if piece.direction != chunk.direction {
+            return (chunk, piece.bytes.len() as u64);
+        }
+        *joined = piece.bytes;
+        joined.extend_from_slice(chunk.bytes);
+        let total_len = (joined.len() - chunk.bytes.len()) as u64 + chunk.total_len;
+        let chunk = Chunk {
+            start_ns: piece.start_ns,
+            bytes: joined,
+            total_len,
+            ..chunk
+        };
+        (chunk, 0)
+    }
+
+    /// Bytes held back from detection, which the connection's end gives up.
+    pub fn held_len(&self) -> u64 {
+        match &self.protocol {
+            ProtocolState::Undetected {
+                held: Some(piece), ..
+            } => piece.bytes.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// Finds the protocol on the first chunks. Returns the session once one exists, and
+    /// `Held` while a chunk that may begin a message waits for the next.
     pub fn session_for(
         &mut self,
         chunk: &Chunk<'_>,
         new_session: impl FnOnce(Role) -> Http1Session,
-    ) -> Option<&mut Http1Session> {
-        if let ProtocolState::Undetected { attempts } = &mut self.protocol {
+    ) -> Detection<'_> {
+        if let ProtocolState::Undetected { attempts, held } = &mut self.protocol {
             if chunk.bytes.is_empty() {
-                return None;
+                return Detection::None;
             }
             match detect_http1(chunk) {
                 Some(role) => self.protocol = ProtocolState::Http1(Box::new(new_session(role))),
+                // Bounded: only a few bytes without a line end pass the check.
+                None if may_begin_http1(chunk) => {
+                    *held = Some(Box::new(HeldPiece {
+                        direction: chunk.direction,
+                        start_ns: chunk.start_ns,
+                        bytes: chunk.bytes.to_vec(),
+                    }));
+                    return Detection::Held;
+                }
                 None => {
                     *attempts += 1;
                     if *attempts >= DETECT_ATTEMPTS {
@@ -68,10 +125,19 @@ impl Connection {
             }
         }
         match &mut self.protocol {
-            ProtocolState::Http1(session) => Some(session),
-            _ => None,
+            ProtocolState::Http1(session) => Detection::Http1(session),
+            _ => Detection::None,
         }
     }
+}
+
+/// What [`Connection::session_for`] made of a chunk.
+pub enum Detection<'a> {
+    Http1(&'a mut Http1Session),
+    /// Kept back, to be joined to the next chunk.
+    Held,
+    /// Not (yet) a protocol loupe parses.
+    None,
 }
 
 /// Addresses from the kernel's tuple; IPv4-mapped IPv6 addresses (dual-stack sockets)
@@ -197,6 +263,7 @@ impl ConnectionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::http1::HttpExchange;
 
     fn tuple_v4() -> ConnTuple {
         let mut t = ConnTuple {
@@ -208,6 +275,84 @@ mod tests {
         t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         t.remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
         t
+    }
+
+    /// Feeds `pieces` (direction, bytes, syscall entry time) the way the pipeline does;
+    /// returns the finished exchanges and the bytes given up.
+    fn feed(pieces: &[(Direction, &[u8], u64)]) -> (Vec<HttpExchange>, u64) {
+        let mut conn = Connection::new(1, None, 0);
+        let (mut exchanges, mut given_up) = (Vec::new(), 0);
+        for &(direction, bytes, start_ns) in pieces {
+            let chunk = Chunk {
+                direction,
+                start_ns,
+                end_ns: start_ns + 1,
+                tid: 7,
+                bytes,
+                total_len: bytes.len() as u64,
+            };
+            let mut joined = Vec::new();
+            let (chunk, lost) = conn.join_held(chunk, &mut joined);
+            match conn.session_for(&chunk, |role| Http1Session::new(role, Default::default())) {
+                Detection::Http1(session) => session.on_chunk(&chunk, &mut exchanges),
+                Detection::Held => {}
+                Detection::None => given_up += chunk.total_len,
+            }
+            given_up += lost;
+        }
+        (exchanges, given_up + conn.held_len())
+    }
+
+    #[test]
+    fn a_request_line_written_in_pieces_is_one_request_from_its_first_piece() {
+        use Direction::{Egress, Ingress};
+        // As an unbuffered `write!` sends it: method, target, then the rest.
+        let (exchanges, lost) = feed(&[
+            (Egress, b"GET ", 10),
+            (Egress, b"/healthz", 20),
+            (Egress, b" HTTP/1.1\r\nHost: a\r\n\r\n", 30),
+            (
+                Ingress,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                40,
+            ),
+        ]);
+        assert_eq!(lost, 0);
+        assert_eq!(exchanges.len(), 1);
+        let exchange = &exchanges[0];
+        assert_eq!(exchange.role, Role::Client);
+        assert_eq!(exchange.request.target, "/healthz");
+        assert_eq!(exchange.request_first_start_ns, 10);
+        assert_eq!(exchange.response.as_ref().unwrap().status, 200);
+
+        // Byte by byte, on the server side, including the status line it writes.
+        let request = b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        let response = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let mut pieces: Vec<(Direction, &[u8], u64)> = Vec::new();
+        pieces.extend((0..request.len()).map(|i| (Ingress, &request[i..=i], i as u64)));
+        pieces.extend((0..response.len()).map(|i| (Egress, &response[i..=i], 100 + i as u64)));
+        let (exchanges, lost) = feed(&pieces);
+        assert_eq!(lost, 0);
+        assert_eq!(exchanges.len(), 1);
+        assert_eq!(exchanges[0].role, Role::Server);
+        assert_eq!(exchanges[0].request.method, "POST");
+        assert_eq!(exchanges[0].response.as_ref().unwrap().status, 204);
+    }
+
+    #[test]
+    fn a_held_piece_not_followed_by_more_of_its_message_is_counted_as_unparsed() {
+        use Direction::{Egress, Ingress};
+        // Followed by bytes the other way.
+        let (exchanges, lost) = feed(&[(Egress, b"GET", 1), (Ingress, b"+OK\r\n", 2)]);
+        assert!(exchanges.is_empty());
+        assert_eq!(lost, 3 + 5);
+        // Followed by more bytes that are not HTTP.
+        let (exchanges, lost) = feed(&[(Egress, b"GET", 1), (Egress, b"\x00\x01", 2)]);
+        assert!(exchanges.is_empty());
+        assert_eq!(lost, 5);
+        // The connection ends with the piece still held.
+        let (_, lost) = feed(&[(Egress, b"HTTP/1.", 1)]);
+        assert_eq!(lost, 7);
     }
 
     #[test]

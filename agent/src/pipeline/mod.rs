@@ -22,7 +22,7 @@ use crate::{
         clock::{Clock, monotonic_now_ns},
         reader::EventSink,
     },
-    export::SpanSender,
+    export::{SpanSender, otlp::sent_by_loupe},
     probes::{CounterMap, maps::read_counters},
     process::{
         instrumented::{OTLP_PORTS, is_otlp_export},
@@ -39,7 +39,7 @@ use crate::{
 };
 
 use assemble::SpanAssembler;
-use connections::{Connection, ConnectionTable};
+use connections::{Connection, ConnectionTable, Detection};
 use injected::InjectedIds;
 use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
 use processes::Processes;
@@ -162,10 +162,13 @@ impl Pipeline {
             },
             total_len: header.total_len,
         };
+        let mut joined = Vec::new();
+        let (chunk, given_up) = conn.join_held(chunk, &mut joined);
+        self.metrics.bytes_unparsed.add(given_up);
         let limits = self.limits;
         let mut role = None;
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
-            Some(session) => {
+            Detection::Http1(session) => {
                 session.on_chunk(&chunk, &mut self.exchanges);
                 self.starts.extend(session.take_started());
                 role = Some(session.role());
@@ -176,7 +179,8 @@ impl Pipeline {
                     .exchanges_incomplete
                     .add(stats.requests_without_response);
             }
-            None => self.metrics.bytes_unparsed.add(header.total_len),
+            Detection::Held => {}
+            Detection::None => self.metrics.bytes_unparsed.add(chunk.total_len),
         }
         let (conn_id, local, remote) = (conn.conn_id, conn.local, conn.remote);
         let hint = conn.parent_hint.clone();
@@ -243,6 +247,7 @@ impl Pipeline {
     }
 
     fn finish_connection(&mut self, key: ConnKey, mut conn: Connection, ts_ns: u64) {
+        self.metrics.bytes_unparsed.add(conn.held_len());
         if let connections::ProtocolState::Http1(session) = &mut conn.protocol {
             session.on_close(ts_ns, &mut self.exchanges);
             self.starts.extend(session.take_started());
@@ -319,6 +324,15 @@ impl Pipeline {
                     }
                 }
             };
+            if exchange.role == Role::Server
+                && sent_by_loupe(
+                    &exchange.request.method,
+                    exchange.request.header("user-agent"),
+                )
+            {
+                self.metrics.spans_skipped_own_export.inc();
+                continue;
+            }
             if exchange.role == Role::Server
                 && matches!(node.borrow().parent, Parent::Root(_))
                 && local

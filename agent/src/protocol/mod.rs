@@ -53,3 +53,9 @@ impl Chunk<'_> {
 pub fn detect_http1(chunk: &Chunk) -> Option<Role> {
     http1::detect(chunk)
 }
+
+/// Whether a chunk [`detect_http1`] turned down may be the first piece of a request or
+/// status line its sender wrote in several syscalls: worth joining to the next chunk.
+pub fn may_begin_http1(chunk: &Chunk) -> bool {
+    http1::could_begin_message(chunk)
+}

@@ -24,7 +24,16 @@ use self::{
 use super::config::OtlpConfig;
 use crate::{span::FinishedSpan, telemetry::metrics::Metrics};
 
+/// The product token of loupe's exports' `User-Agent`, whatever the version.
+const USER_AGENT_PRODUCT: &str = "loupe/";
 const USER_AGENT: &str = concat!("loupe/", env!("CARGO_PKG_VERSION"));
+
+/// Whether a request is an OTLP export of a loupe agent (this one or one on another host),
+/// seen arriving at a collector that loupe traces. Turning it into a span would feed a
+/// loop: the span is exported, which is another such request.
+pub fn sent_by_loupe(method: &str, user_agent: Option<&str>) -> bool {
+    method == "POST" && user_agent.is_some_and(|ua| ua.starts_with(USER_AGENT_PRODUCT))
+}
 
 /// Why the OTLP exporter could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -421,6 +421,28 @@ pub fn looks_like_request_start(bytes: &[u8]) -> bool {
     }
 }
 
+/// Whether `bytes`, which the two checks above turned down, may be the first piece of a
+/// request or status line that its sender wrote in several syscalls (`GE`, `GET `,
+/// `HTTP/1.`, `HTTP/1.1 20`). True only for such short, line-less beginnings.
+pub fn could_begin_message(bytes: &[u8]) -> bool {
+    let bytes = &bytes[skip_empty_lines(bytes)..];
+    if bytes.is_empty() || bytes.contains(&b'\n') {
+        return false;
+    }
+    for status in [&b"HTTP/1.1 "[..], &b"HTTP/1.0 "[..]] {
+        if status.starts_with(bytes) {
+            return true;
+        }
+        if let Some(code) = bytes.strip_prefix(status) {
+            return code.len() < 3 && code.iter().all(u8::is_ascii_digit);
+        }
+    }
+    match bytes.iter().position(|&b| b == b' ') {
+        None => KNOWN_METHODS.iter().any(|m| m.starts_with(bytes)),
+        Some(sp) => KNOWN_METHODS.contains(&&bytes[..sp]) && bytes[sp..].iter().all(|&b| b == b' '),
+    }
+}
+
 /// A status line: `HTTP/1.x SP ddd` followed by a space or the line end.
 pub fn looks_like_response_start(bytes: &[u8]) -> bool {
     let bytes = &bytes[skip_empty_lines(bytes)..];

@@ -222,6 +222,12 @@ impl SessionStats {
 }
 
 /// See [`super::detect_http1`].
+/// Whether a chunk `detect` turned down may be the start of a message cut short by its
+/// sender, worth holding until the next chunk.
+pub fn could_begin_message(chunk: &Chunk) -> bool {
+    chunk.unseen_len() == 0 && head::could_begin_message(chunk.bytes)
+}
+
 pub fn detect(chunk: &Chunk) -> Option<Role> {
     if head::looks_like_request_start(chunk.bytes) {
         Some(match chunk.direction {

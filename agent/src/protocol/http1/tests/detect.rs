@@ -100,3 +100,61 @@ fn empty_chunk_is_not_http() {
     assert_eq!(detect(Direction::Ingress, b""), None);
     assert_eq!(detect(Direction::Egress, b"\r\n"), None);
 }
+
+fn may_begin(bytes: &[u8]) -> bool {
+    crate::protocol::may_begin_http1(&Chunk {
+        direction: Direction::Egress,
+        start_ns: 1,
+        end_ns: 2,
+        tid: 1,
+        bytes,
+        total_len: bytes.len() as u64,
+    })
+}
+
+#[test]
+fn first_pieces_of_a_line_written_in_parts_may_begin_a_message() {
+    for piece in [
+        &b"G"[..],
+        b"GE",
+        b"GET",
+        b"GET ",
+        b"OPTIONS  ",
+        b"\r\nPOS",
+        b"H",
+        b"HTTP/1.",
+        b"HTTP/1.1 ",
+        b"HTTP/1.1 20",
+    ] {
+        assert_eq!(detect(Direction::Egress, piece), None, "{piece:?}");
+        assert!(may_begin(piece), "{piece:?}");
+    }
+}
+
+#[test]
+fn other_short_bytes_are_not_held() {
+    for bytes in [
+        &b""[..],
+        b"\r\n",
+        b"get ",
+        b"GETX",
+        b"FOO ",
+        b"GET \r\n",
+        b"HTTP/2 ",
+        b"HTTP/1.1 2x",
+        b"HTTP/1.1 2000",
+        b"\x16\x03\x01",
+        b"*1\r\n$4\r\nPING\r\n",
+    ] {
+        assert!(!may_begin(bytes), "{bytes:?}");
+    }
+    // A piece whose bytes were not all captured cannot be joined to what follows.
+    assert!(!crate::protocol::may_begin_http1(&Chunk {
+        direction: Direction::Egress,
+        start_ns: 1,
+        end_ns: 2,
+        tid: 1,
+        bytes: b"GET ",
+        total_len: 9000,
+    }));
+}
