@@ -421,12 +421,17 @@ pub fn looks_like_request_start(bytes: &[u8]) -> bool {
     }
 }
 
+/// Bytes [`could_begin_message`] accepts, past any empty lines.
+pub const MAX_BEGINNING: usize = 16;
+
 /// Whether `bytes`, which the two checks above turned down, may be the first piece of a
 /// request or status line that its sender wrote in several syscalls (`GE`, `GET `,
 /// `HTTP/1.`, `HTTP/1.1 20`). True only for such short, line-less beginnings.
 pub fn could_begin_message(bytes: &[u8]) -> bool {
     let bytes = &bytes[skip_empty_lines(bytes)..];
-    if bytes.is_empty() || bytes.contains(&b'\n') {
+    // The longest such beginning is a method and its space (`M-SEARCH `) or `HTTP/1.1 20`;
+    // the bound keeps held pieces from growing however the sender splits its writes.
+    if bytes.is_empty() || bytes.len() > MAX_BEGINNING || bytes.contains(&b'\n') {
         return false;
     }
     for status in [&b"HTTP/1.1 "[..], &b"HTTP/1.0 "[..]] {
@@ -439,7 +444,7 @@ pub fn could_begin_message(bytes: &[u8]) -> bool {
     }
     match bytes.iter().position(|&b| b == b' ') {
         None => KNOWN_METHODS.iter().any(|m| m.starts_with(bytes)),
-        Some(sp) => KNOWN_METHODS.contains(&&bytes[..sp]) && bytes[sp..].iter().all(|&b| b == b' '),
+        Some(sp) => KNOWN_METHODS.contains(&&bytes[..sp]) && &bytes[sp..] == b" ",
     }
 }
 
