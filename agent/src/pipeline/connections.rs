@@ -72,9 +72,9 @@ impl Connection {
         if piece.direction != chunk.direction {
             return (chunk, piece.bytes.len() as u64);
         }
+        let total_len = piece.bytes.len() as u64 + chunk.total_len;
         *joined = piece.bytes;
         joined.extend_from_slice(chunk.bytes);
-        let total_len = (joined.len() - chunk.bytes.len()) as u64 + chunk.total_len;
         let chunk = Chunk {
             start_ns: piece.start_ns,
             bytes: joined,

@@ -42,15 +42,23 @@ fn start(config: ExportConfig) -> (ExportHandle, Arc<Metrics>) {
     (handle, metrics)
 }
 
+/// An exporter sending to `receiver` over `protocol`.
+fn start_to(
+    receiver: &TestReceiver,
+    protocol: Protocol,
+    batch: BatchConfig,
+) -> (ExportHandle, Arc<Metrics>) {
+    let endpoint = match protocol {
+        Protocol::Grpc => receiver.grpc_endpoint(),
+        Protocol::HttpProtobuf => receiver.http_url(),
+    };
+    start(otlp_config(endpoint, protocol, batch))
+}
+
 #[tokio::test]
 async fn a_full_batch_is_sent_without_waiting_for_the_timer() {
     let receiver = TestReceiver::start().await;
-    let config = otlp_config(
-        receiver.http_url(),
-        Protocol::HttpProtobuf,
-        batching(60_000, 100, 3),
-    );
-    let (handle, metrics) = start(config);
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 100, 3));
     for span in batch(&resource("svc"), 3) {
         handle.submit(span);
     }
@@ -65,12 +73,7 @@ async fn a_full_batch_is_sent_without_waiting_for_the_timer() {
 #[tokio::test]
 async fn a_parked_worker_wakes_for_a_full_batch() {
     let receiver = TestReceiver::start().await;
-    let config = otlp_config(
-        receiver.http_url(),
-        Protocol::HttpProtobuf,
-        batching(60_000, 100, 3),
-    );
-    let (handle, metrics) = start(config);
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 100, 3));
     // The worker runs and parks with nothing queued.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let spans = batch(&resource("svc"), 3);
@@ -89,12 +92,7 @@ async fn a_parked_worker_wakes_for_a_full_batch() {
 #[tokio::test]
 async fn the_timer_sends_partial_batches() {
     let receiver = TestReceiver::start().await;
-    let config = otlp_config(
-        receiver.grpc_endpoint(),
-        Protocol::Grpc,
-        batching(100, 100, 50),
-    );
-    let (handle, metrics) = start(config);
+    let (handle, metrics) = start_to(&receiver, Protocol::Grpc, batching(100, 100, 50));
     let spans = batch(&resource("svc"), 2);
     handle.submit(spans[0].clone());
     assert!(receiver.wait_for_spans(1, Duration::from_secs(3)).await);
@@ -109,12 +107,7 @@ async fn the_timer_sends_partial_batches() {
 #[tokio::test]
 async fn a_full_queue_drops_and_counts_without_blocking() {
     let receiver = TestReceiver::start().await;
-    let config = otlp_config(
-        receiver.http_url(),
-        Protocol::HttpProtobuf,
-        batching(60_000, 4, 4),
-    );
-    let (handle, metrics) = start(config);
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 4, 4));
     // The current-thread runtime cannot run the worker until this test yields, so the
     // queue holds exactly its capacity.
     for span in batch(&resource("svc"), 10) {
@@ -132,12 +125,8 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
 async fn shutdown_flushes_everything_queued() {
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
         let receiver = TestReceiver::start().await;
-        let endpoint = match protocol {
-            Protocol::Grpc => receiver.grpc_endpoint(),
-            Protocol::HttpProtobuf => receiver.http_url(),
-        };
         // A long timer: only the shutdown can send these.
-        let (handle, metrics) = start(otlp_config(endpoint, protocol, batching(60_000, 100, 4)));
+        let (handle, metrics) = start_to(&receiver, protocol, batching(60_000, 100, 4));
         for span in batch(&resource("svc"), 10) {
             handle.submit(span);
         }
@@ -192,12 +181,7 @@ async fn the_queue_keeps_working_after_a_collector_outage() {
     let receiver = TestReceiver::start().await;
     let down = Answer::Unavailable { retry_after: None };
     receiver.script(&[down; 3]);
-    let config = otlp_config(
-        receiver.http_url(),
-        Protocol::HttpProtobuf,
-        batching(50, 100, 2),
-    );
-    let (handle, metrics) = start(config);
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(50, 100, 2));
     for span in batch(&resource("svc"), 6) {
         handle.submit(span);
     }
@@ -243,12 +227,7 @@ fn spawning_outside_a_runtime_is_an_error() {
 #[tokio::test]
 async fn spans_sent_after_shutdown_are_counted_as_dropped() {
     let receiver = TestReceiver::start().await;
-    let config = otlp_config(
-        receiver.http_url(),
-        Protocol::HttpProtobuf,
-        batching(60_000, 100, 10),
-    );
-    let (handle, metrics) = start(config);
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 100, 10));
     let late = handle.sender();
     handle.shutdown(Duration::from_secs(1)).await;
     for span in batch(&resource("svc"), 2) {

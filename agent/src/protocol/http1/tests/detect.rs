@@ -1,17 +1,22 @@
 //! Recognising HTTP/1.x from the first bytes of a connection.
 
 use super::{GET, OK_HELLO};
-use crate::protocol::{Chunk, Direction, Role, detect_http1};
+use crate::protocol::{Chunk, Direction, Role, detect_http1, may_begin_http1};
 
-fn detect(direction: Direction, bytes: &[u8]) -> Option<Role> {
-    detect_http1(&Chunk {
+/// One syscall that moved `total_len` bytes, of which `bytes` were captured.
+fn chunk(direction: Direction, bytes: &[u8], total_len: u64) -> Chunk<'_> {
+    Chunk {
         direction,
         start_ns: 1,
         end_ns: 2,
         tid: 1,
         bytes,
-        total_len: bytes.len() as u64,
-    })
+        total_len,
+    }
+}
+
+fn detect(direction: Direction, bytes: &[u8]) -> Option<Role> {
+    detect_http1(&chunk(direction, bytes, bytes.len() as u64))
 }
 
 #[test]
@@ -102,14 +107,7 @@ fn empty_chunk_is_not_http() {
 }
 
 fn may_begin(bytes: &[u8]) -> bool {
-    crate::protocol::may_begin_http1(&Chunk {
-        direction: Direction::Egress,
-        start_ns: 1,
-        end_ns: 2,
-        tid: 1,
-        bytes,
-        total_len: bytes.len() as u64,
-    })
+    may_begin_http1(&chunk(Direction::Egress, bytes, bytes.len() as u64))
 }
 
 #[test]
@@ -151,12 +149,5 @@ fn other_short_bytes_are_not_held() {
         assert!(!may_begin(bytes), "{bytes:?}");
     }
     // A piece whose bytes were not all captured cannot be joined to what follows.
-    assert!(!crate::protocol::may_begin_http1(&Chunk {
-        direction: Direction::Egress,
-        start_ns: 1,
-        end_ns: 2,
-        tid: 1,
-        bytes: b"GET ",
-        total_len: 9000,
-    }));
+    assert!(!may_begin_http1(&chunk(Direction::Egress, b"GET ", 9000)));
 }
