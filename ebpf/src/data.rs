@@ -16,7 +16,7 @@ use loupe_common::{
 
 use crate::{
     connection::lookup_or_discover,
-    emit::output_bytes,
+    emit::{has_room, output_bytes},
     filter::traced_current,
     maps::{DATA_CONTEXT, SCRATCH, count},
     pending,
@@ -154,6 +154,12 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, moved: i64, 
     } else {
         cap
     };
+    // With injection on, the context program must still learn the request's context even
+    // when its record is lost.
+    if cfg.inject_traceparent == 0 && !has_room(size_of::<DataEventHeader>() + want as usize) {
+        count(counter::RINGBUF_DROPS);
+        return;
+    }
     let (captured, flags) = match call.kind {
         syscall_kind::READ | syscall_kind::WRITE => (copy_buf(event, call.ptr, want), 0),
         syscall_kind::READV | syscall_kind::WRITEV => {

@@ -31,6 +31,23 @@ pub fn crosses(before: u64, len: u64, mark: u64) -> bool {
     before < mark && before + len >= mark
 }
 
+/// What the ring buffer adds to every record: an 8-byte header, and padding to 8 bytes.
+#[inline(always)]
+pub fn record_footprint(len: u64) -> u64 {
+    8 + len.next_multiple_of(8)
+}
+
+/// False when a record of `len` bytes cannot fit in the ring right now. Under overload
+/// (the agent starved of CPU) most records find the ring full: checking first drops them
+/// before their bytes are copied, so a saturated traced process pays least exactly when
+/// it has the least to spare.
+#[inline(always)]
+pub fn has_room(len: usize) -> bool {
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    record_footprint(len as u64) <= size.saturating_sub(waiting)
+}
+
 /// Copies `record` into the ring buffer, counting it when it does not fit.
 #[inline(always)]
 pub fn output<T>(record: &T) {
@@ -54,7 +71,7 @@ pub fn output_bytes(record: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::crosses;
+    use super::{crosses, record_footprint};
 
     #[test]
     fn one_wakeup_per_crossing_of_the_mark() {
@@ -73,5 +90,13 @@ mod tests {
         assert!(!crosses(2 * mark, 300, mark));
         // Landing exactly on the mark counts.
         assert!(crosses(mark - 300, 300, mark));
+    }
+
+    #[test]
+    fn records_take_a_header_and_padding() {
+        assert_eq!(record_footprint(0), 8);
+        assert_eq!(record_footprint(1), 16);
+        assert_eq!(record_footprint(8), 16);
+        assert_eq!(record_footprint(61), 72);
     }
 }

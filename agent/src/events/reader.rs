@@ -40,6 +40,9 @@ fn next_poll_interval(current: Duration, read: u64) -> Duration {
 /// The next stage: gets every decoded event, in ring-buffer order, on the reader thread.
 pub trait EventSink {
     fn handle(&mut self, event: Event<'_>);
+    /// Called after each read that handled at least one event, once the ring buffer had
+    /// nothing more waiting.
+    fn drained(&mut self);
     /// Called about every `TICK_INTERVAL` for time-based work (timeouts, counters).
     fn tick(&mut self);
     /// Called once when the reader stops, after the ring buffer was drained.
@@ -66,6 +69,9 @@ pub fn run(
                     log::debug!("malformed ring-buffer record: {err}");
                 }
             }
+        }
+        if read > 0 {
+            sink.drained();
         }
         metrics.events_read.add(read);
         if last_tick.elapsed() >= TICK_INTERVAL {

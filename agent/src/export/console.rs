@@ -21,8 +21,8 @@ pub const TRACE_IDLE: Duration = Duration::from_secs(1);
 /// Spans held at most; past it the quietest traces are printed early.
 pub const BUFFER_LIMIT: usize = 10_000;
 const TICK: Duration = Duration::from_millis(250);
-/// Spans taken from the queue per wakeup.
-const RECEIVE_CHUNK: usize = 256;
+/// Chunks of spans taken from the queue per wakeup.
+const RECEIVE_CHUNK: usize = 16;
 
 struct PendingTrace {
     spans: Vec<FinishedSpan>,
@@ -130,7 +130,7 @@ impl TraceBuffer {
 }
 
 pub(super) struct ConsoleWorker<W> {
-    rx: mpsc::Receiver<FinishedSpan>,
+    rx: mpsc::UnboundedReceiver<Vec<FinishedSpan>>,
     out: W,
     shutdown: watch::Receiver<Option<Instant>>,
     queue: Arc<Queue>,
@@ -139,7 +139,7 @@ pub(super) struct ConsoleWorker<W> {
 
 impl<W: AsyncWrite + Unpin + Send> ConsoleWorker<W> {
     pub(super) fn new(
-        rx: mpsc::Receiver<FinishedSpan>,
+        rx: mpsc::UnboundedReceiver<Vec<FinishedSpan>>,
         out: W,
         shutdown: watch::Receiver<Option<Instant>>,
         queue: Arc<Queue>,
@@ -167,8 +167,11 @@ impl<W: AsyncWrite + Unpin + Send> ConsoleWorker<W> {
                     }
                     let now = Instant::now();
                     let mut ready = Vec::new();
-                    for span in received.drain(..) {
-                        ready.extend(self.buffer.push(span, now));
+                    for chunk in received.drain(..) {
+                        self.queue.taken(chunk.len());
+                        for span in chunk {
+                            ready.extend(self.buffer.push(span, now));
+                        }
                     }
                     self.queue.refresh_gauge();
                     self.print(ready).await;
@@ -184,9 +187,12 @@ impl<W: AsyncWrite + Unpin + Send> ConsoleWorker<W> {
 
     async fn flush(mut self) -> ShutdownReport {
         self.rx.close();
-        while let Ok(span) = self.rx.try_recv() {
-            let ready = self.buffer.push(span, Instant::now());
-            self.print(ready).await;
+        while let Ok(chunk) = self.rx.try_recv() {
+            self.queue.taken(chunk.len());
+            for span in chunk {
+                let ready = self.buffer.push(span, Instant::now());
+                self.print(ready).await;
+            }
         }
         let ready = self.buffer.take_all();
         let count = ready.iter().map(|(_, s)| s.len() as u64).sum();

@@ -56,7 +56,10 @@ impl SpanAssembler {
         let (path, query) = split_target(&request.target);
         let (route, _) = self.routes.route(&path);
         let (method, method_original) = normalise_method(&request.method);
-        let name = format!("{method} {route}");
+        let mut name = String::with_capacity(method.len() + 1 + route.len());
+        name.push_str(method);
+        name.push(' ');
+        name.push_str(&route);
         let status_code = exchange.response.as_ref().map(|r| r.status);
 
         let ResolvedIds {
@@ -117,10 +120,10 @@ impl SpanAssembler {
             method_original,
             path,
             query: query.map(|q| redact_query(&q)),
-            scheme: "http".into(),
+            scheme: "http",
             route: (kind == SpanKind::Server).then(|| route.clone()),
             status_code,
-            protocol_version: format!("1.{}", request.minor_version),
+            protocol_version: protocol_version(request.minor_version),
             server_address,
             server_port,
             client_address,
@@ -179,12 +182,16 @@ fn split_target(target: &str) -> (String, Option<String>) {
     }
 }
 
-fn normalise_method(method: &str) -> (String, Option<String>) {
-    if KNOWN_METHODS.contains(&method) {
-        (method.to_string(), None)
-    } else {
-        ("_OTHER".into(), Some(truncate(method, 32)))
+fn normalise_method(method: &str) -> (&'static str, Option<String>) {
+    match KNOWN_METHODS.iter().find(|known| **known == method) {
+        Some(known) => (known, None),
+        None => ("_OTHER", Some(truncate(method, 32))),
     }
+}
+
+/// httparse only accepts HTTP/1.0 and HTTP/1.1.
+fn protocol_version(minor: u8) -> &'static str {
+    if minor == 0 { "1.0" } else { "1.1" }
 }
 
 /// Keeps the keys of a query string and replaces every value: values often carry tokens,

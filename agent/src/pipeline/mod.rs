@@ -48,6 +48,9 @@ use processes::Processes;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 const SAMPLED: u8 = 0x01;
+/// Finished spans handed to the export queue together; they also go whenever the ring
+/// buffer has been read empty, so none waits longer than one poll interval.
+const OUTBOX_SPANS: usize = 128;
 
 /// What to do with spans of processes that run an OpenTelemetry SDK themselves.
 #[derive(
@@ -81,6 +84,8 @@ pub struct Pipeline {
     head_sampler: HeadSampler,
     tail_sampler: Option<TailSampler>,
     exporter: SpanSender,
+    /// Spans on their way to `exporter`, sent in chunks.
+    outbox: Vec<FinishedSpan>,
     red: RedRecorder,
     metrics: Arc<Metrics>,
     counters: CounterMap,
@@ -110,6 +115,7 @@ impl Pipeline {
             head_sampler: config.head_sampler,
             tail_sampler: config.tail_policy.map(TailSampler::new),
             exporter,
+            outbox: Vec::with_capacity(OUTBOX_SPANS),
             red: config.red,
             metrics,
             counters,
@@ -170,7 +176,7 @@ impl Pipeline {
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
             Detection::Http1(session) => {
                 session.on_chunk(&chunk, &mut self.exchanges);
-                self.starts.extend(session.take_started());
+                session.append_started(&mut self.starts);
                 role = Some(session.role());
                 let stats = session.take_stats();
                 self.metrics.parse_errors.add(stats.parse_errors);
@@ -201,8 +207,9 @@ impl Pipeline {
         hint: Option<&linking::NodeRef>,
     ) {
         let peers = local.zip(remote);
-        let starts = std::mem::take(&mut self.starts);
-        for start in starts {
+        // Taken and put back drained, keeping its capacity for the next request.
+        let mut starts = std::mem::take(&mut self.starts);
+        for start in starts.drain(..) {
             let request_key = RequestKey {
                 tgid: key.tgid,
                 fd: key.fd,
@@ -244,13 +251,14 @@ impl Pipeline {
                 }
             }
         }
+        self.starts = starts;
     }
 
     fn finish_connection(&mut self, key: ConnKey, mut conn: Connection, ts_ns: u64) {
         self.metrics.bytes_unparsed.add(conn.held_len());
         if let connections::ProtocolState::Http1(session) = &mut conn.protocol {
             session.on_close(ts_ns, &mut self.exchanges);
-            self.starts.extend(session.take_started());
+            session.append_started(&mut self.starts);
             let role = session.role();
             let hint = conn.parent_hint.clone();
             self.link_starts(
@@ -282,7 +290,8 @@ impl Pipeline {
         if self.exchanges.is_empty() {
             return;
         }
-        let exchanges = std::mem::take(&mut self.exchanges);
+        // Taken and put back drained, keeping its capacity for the next request.
+        let mut exchanges = std::mem::take(&mut self.exchanges);
         if exchanges
             .iter()
             .any(|e| e.role == Role::Client && is_otlp_export(&e.request.method, &e.request.target))
@@ -294,7 +303,7 @@ impl Pipeline {
             entry.resource.clone(),
             entry.sdk && self.sdk_spans == SdkSpans::Skip,
         );
-        for exchange in exchanges {
+        for exchange in exchanges.drain(..) {
             let request_key = RequestKey {
                 tgid: key.tgid,
                 fd: key.fd,
@@ -368,8 +377,23 @@ impl Pipeline {
                     let released = tail.offer(finished, Instant::now());
                     self.release(released);
                 }
-                None => self.exporter.submit(finished),
+                None => self.send(finished),
             }
+        }
+        self.exchanges = exchanges;
+    }
+
+    fn send(&mut self, span: FinishedSpan) {
+        self.outbox.push(span);
+        if self.outbox.len() >= OUTBOX_SPANS {
+            self.flush_outbox();
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        if !self.outbox.is_empty() {
+            let spans = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUTBOX_SPANS));
+            self.exporter.submit_all(spans);
         }
     }
 
@@ -378,7 +402,7 @@ impl Pipeline {
         self.metrics.spans_tail_dropped.add(released.dropped);
         self.metrics.tail_decisions_forced.add(released.forced);
         for span in released.kept {
-            self.exporter.submit(span);
+            self.send(span);
         }
         if let Some(tail) = &self.tail_sampler {
             self.metrics.tail_held_spans.set(tail.held().1 as u64);
@@ -483,10 +507,16 @@ impl EventSink for Pipeline {
         }
     }
 
+    fn drained(&mut self) {
+        self.flush_outbox();
+    }
+
     fn tick(&mut self) {
         if self.last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             self.housekeeping();
             self.last_housekeeping = Instant::now();
+            // Housekeeping finishes idle connections and releases tail decisions.
+            self.flush_outbox();
         }
     }
 
@@ -496,5 +526,6 @@ impl EventSink for Pipeline {
         if let Some(released) = self.tail_sampler.as_mut().map(TailSampler::flush) {
             self.release(released);
         }
+        self.flush_outbox();
     }
 }

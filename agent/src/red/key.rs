@@ -83,8 +83,8 @@ impl<'a> SeriesRef<'a> {
         Self {
             instrument,
             resource,
-            method: &span.method,
-            scheme: &span.scheme,
+            method: span.method,
+            scheme: span.scheme,
             route: route_of(span),
             status_code: span.status_code,
             error_type: span.error_type.as_deref(),
@@ -132,7 +132,7 @@ fn route_of(span: &HttpSpan) -> Option<&str> {
         return Some(route);
     }
     span.name
-        .strip_prefix(span.method.as_str())
+        .strip_prefix(span.method)
         .and_then(|rest| rest.strip_prefix(' '))
         .filter(|route| !route.is_empty())
 }

@@ -47,7 +47,7 @@ pub struct HttpSpan {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     /// `http.request.method`, normalised: unknown methods become `_OTHER`.
-    pub method: String,
+    pub method: &'static str,
     /// `http.request.method_original`, set only when `method` is `_OTHER`.
     pub method_original: Option<String>,
     /// `url.path`.
@@ -55,13 +55,13 @@ pub struct HttpSpan {
     /// `url.query`, already redacted.
     pub query: Option<String>,
     /// `url.scheme`.
-    pub scheme: String,
+    pub scheme: &'static str,
     /// `http.route`.
     pub route: Option<String>,
     /// `http.response.status_code`; `None` when no response was seen.
     pub status_code: Option<u16>,
     /// `network.protocol.version`: "1.0" or "1.1".
-    pub protocol_version: String,
+    pub protocol_version: &'static str,
     /// `server.address` / `server.port`.
     pub server_address: Option<Arc<str>>,
     pub server_port: Option<u16>,

@@ -121,6 +121,74 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     assert_eq!(metrics.spans_dropped.get(), 6);
 }
 
+/// The span ids of every span the receiver got, request by request.
+fn ids_by_request(receiver: &TestReceiver) -> Vec<Vec<u64>> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| {
+            r.request
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .map(|s| u64::from_be_bytes(s.span_id.as_slice().try_into().unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_chunk_larger_than_a_batch_goes_out_in_batches_of_the_maximum() {
+    let receiver = TestReceiver::start().await;
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(100, 100, 4));
+    handle.sender().submit_all(batch(&resource("svc"), 10));
+    assert!(receiver.wait_for_spans(10, Duration::from_secs(3)).await);
+    handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        ids_by_request(&receiver),
+        vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10]],
+        "every request holds at most max_export_batch_size spans, in submission order"
+    );
+    assert_eq!(metrics.spans_exported.get(), 10);
+    assert_eq!(metrics.spans_dropped.get(), 0);
+    assert_eq!(metrics.export_queue_spans.get(), 0);
+}
+
+#[tokio::test]
+async fn a_chunk_beyond_the_room_left_keeps_its_first_spans_and_counts_the_rest() {
+    let receiver = TestReceiver::start().await;
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 6, 100));
+    let spans = batch(&resource("svc"), 9);
+    // The worker cannot run before this test yields: the queue fills to its capacity.
+    handle.sender().submit_all(spans[..4].to_vec());
+    handle.sender().submit_all(spans[4..].to_vec());
+    assert_eq!(metrics.spans_dropped.get(), 3);
+    assert_eq!(metrics.export_queue_spans.get(), 6);
+    let report = handle.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(report.flushed, 6);
+    assert_eq!(ids_by_request(&receiver).concat(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(metrics.spans_dropped.get(), 3);
+}
+
+#[tokio::test]
+async fn chunks_wake_a_parked_worker_once_a_batch_is_waiting() {
+    let receiver = TestReceiver::start().await;
+    let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 100, 5));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let spans = batch(&resource("svc"), 7);
+    handle.sender().submit_all(spans[..3].to_vec());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.span_count(), 0, "three spans are not a batch yet");
+    // This chunk passes the mark: one batch of 5 goes, 2 wait for the timer.
+    handle.sender().submit_all(spans[3..].to_vec());
+    assert!(receiver.wait_for_spans(5, Duration::from_secs(3)).await);
+    assert_eq!(ids_by_request(&receiver), vec![vec![1, 2, 3, 4, 5]]);
+    let report = handle.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.flushed, 2, "the rest goes with the shutdown flush");
+    assert_eq!(metrics.spans_exported.get(), 7);
+}
+
 #[tokio::test]
 async fn shutdown_flushes_everything_queued() {
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {

@@ -3,8 +3,9 @@
 //! Building the generated message structs first cost an allocation per attribute key and
 //! value, per span, and a deep copy per send; at full load that was the largest part of
 //! the agent's CPU. This writer produces the same bytes from `FinishedSpan`s with no
-//! per-span allocation: each nested message is written into a reusable scratch buffer and
-//! copied behind its length. `convert` stays the reference it is tested against.
+//! per-span allocation: attributes, whose lengths are known up front, go straight into their
+//! span; each span is written into a reusable scratch buffer and copied behind its length.
+//! `convert` stays the reference it is tested against.
 
 use std::sync::Arc;
 
@@ -55,14 +56,12 @@ pub fn by_resource(batch: &[FinishedSpan]) -> Vec<(&Arc<Resource>, Vec<&HttpSpan
     groups
 }
 
-/// Reusable scratch buffers, one per nesting level, so a batch allocates a handful of
-/// buffers rather than several per span.
+/// Reusable scratch buffers for the spans of a resource and for one span, so a batch
+/// allocates a handful of buffers rather than several per span.
 #[derive(Default)]
 struct Writer {
     spans: Vec<u8>,
     span: Vec<u8>,
-    attr: Vec<u8>,
-    value: Vec<u8>,
 }
 
 impl Writer {
@@ -149,24 +148,32 @@ impl Writer {
 
     /// A `KeyValue` with a string `AnyValue`, as field `field` of `out`.
     fn str_attr(&mut self, out: &mut Vec<u8>, field: u32, name: &str, value: &str) {
-        self.value.clear();
-        string(&mut self.value, 1, value);
-        self.key_value(out, field, name);
+        // AnyValue { string_value = 1 }
+        key_value_head(out, field, name, field_len(1, value.len()));
+        string(out, 1, value);
     }
 
     fn int_attr(&mut self, out: &mut Vec<u8>, field: u32, name: &str, value: i64) {
-        self.value.clear();
-        key(&mut self.value, 3, VARINT);
-        varint(&mut self.value, value as u64);
-        self.key_value(out, field, name);
+        // AnyValue { int_value = 3 }: a one-byte key and the varint.
+        key_value_head(out, field, name, 1 + varint_len(value as u64));
+        key(out, 3, VARINT);
+        varint(out, value as u64);
     }
+}
 
-    fn key_value(&mut self, out: &mut Vec<u8>, field: u32, name: &str) {
-        self.attr.clear();
-        string(&mut self.attr, 1, name);
-        message(&mut self.attr, 2, &self.value);
-        message(out, field, &self.attr);
-    }
+/// Writes a `KeyValue { key = 1; value = 2 }` up to the `AnyValue` body of `value_len`
+/// bytes, which the caller appends. The lengths are known in advance, so attributes go
+/// straight into the span instead of through buffers copied behind their lengths: those
+/// small copies were the largest part of encoding.
+fn key_value_head(out: &mut Vec<u8>, field: u32, name: &str, value_len: usize) {
+    key(out, field, LEN);
+    varint(
+        out,
+        (field_len(1, name.len()) + field_len(2, value_len)) as u64,
+    );
+    string(out, 1, name);
+    key(out, 2, LEN);
+    varint(out, value_len as u64);
 }
 
 /// A span attribute's value, borrowed from the span.
@@ -178,14 +185,11 @@ pub enum Attr<'a> {
 /// Calls `f` with every attribute of `span` under the stable HTTP semantic conventions,
 /// in a fixed order; unset optional fields are left out.
 pub fn for_each_attribute<'a>(span: &'a HttpSpan, mut f: impl FnMut(&'static str, Attr<'a>)) {
-    f("http.request.method", Attr::Str(&span.method));
+    f("http.request.method", Attr::Str(span.method));
     f("url.path", Attr::Str(&span.path));
-    f("url.scheme", Attr::Str(&span.scheme));
+    f("url.scheme", Attr::Str(span.scheme));
     f("network.protocol.name", Attr::Str("http"));
-    f(
-        "network.protocol.version",
-        Attr::Str(&span.protocol_version),
-    );
+    f("network.protocol.version", Attr::Str(span.protocol_version));
     let optional_strs = [
         (
             "http.request.method_original",

@@ -15,7 +15,7 @@ fn varied_spans() -> Vec<FinishedSpan> {
     let web = resource("web");
     let db = resource("db");
     let mut full = http_span(SpanKind::Client, Some(503));
-    full.method = "_OTHER".into();
+    full.method = "_OTHER";
     full.method_original = Some("PURGE".into());
     full.query = Some("a=REDACTED&b".into());
     full.route = Some("/users/{id}".into());

@@ -177,8 +177,6 @@ pub struct RequestStart {
     pub tid: u32,
     pub start_ns: u64,
     pub end_ns: u64,
-    pub method: String,
-    pub target: String,
     /// The trace-context headers only (`span::context::PROPAGATION_HEADERS`).
     pub headers: Vec<(String, String)>,
 }

@@ -191,8 +191,14 @@ impl Http1Session {
         std::mem::take(&mut self.stats)
     }
 
-    /// Requests whose head was seen since the last call, in order. Bounded by the
-    /// pipelining limit when nobody takes them.
+    /// Moves the requests whose head was seen since the last call onto `to`, in order.
+    /// Bounded by the pipelining limit when nobody takes them. Appending keeps both
+    /// buffers' capacity: a fresh vector per request was an allocation per request.
+    pub fn append_started(&mut self, to: &mut Vec<RequestStart>) {
+        to.append(&mut self.started);
+    }
+
+    #[cfg(test)]
     pub fn take_started(&mut self) -> Vec<RequestStart> {
         std::mem::take(&mut self.started)
     }
@@ -260,8 +266,6 @@ impl Http1Session {
             tid: first.tid,
             start_ns: first.start_ns,
             end_ns: first.end_ns,
-            method: request.method.clone(),
-            target: request.target.clone(),
             // Only what linking reads: cloning every header of every request would be the
             // hot path's biggest allocation.
             headers: request

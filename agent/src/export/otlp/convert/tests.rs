@@ -32,11 +32,11 @@ fn status_code(span: &Span) -> StatusCode {
 
 fn full_span() -> HttpSpan {
     let mut span = http_span(SpanKind::Server, Some(201));
-    span.method = "_OTHER".to_owned();
+    span.method = "_OTHER";
     span.method_original = Some("PURGE".to_owned());
     span.query = Some("q=REDACTED".to_owned());
     span.route = Some("/users/{id}".to_owned());
-    span.protocol_version = "1.0".to_owned();
+    span.protocol_version = "1.0";
     span.server_address = Some("api.local".into());
     span.server_port = Some(8080);
     span.client_address = Some("10.0.0.2".into());
