@@ -17,7 +17,7 @@ use loupe_common::{
 
 use crate::{
     data::{bounded, output_data},
-    emit::output,
+    emit::{RingLevel, output},
     head::{
         HeadBytes, HeadLines, MAX_LINES, MapBytes, NAME_WINDOW, TRACEPARENT, TRACEPARENT_BUF,
         TRACEPARENT_COPY, find_lines, line_count, line_start, name_is, parse_traceparent,
@@ -68,7 +68,8 @@ pub fn loupe_data_context(_ctx: TracePointContext) -> u32 {
     } else {
         on_egress(event, captured);
     }
-    output_data(event);
+    // Read after this program's own record went in.
+    output_data(event, &RingLevel::now());
     0
 }
 

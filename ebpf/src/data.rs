@@ -16,7 +16,7 @@ use loupe_common::{
 
 use crate::{
     connection::lookup_or_discover,
-    emit::{has_room, output_bytes},
+    emit::{RingLevel, output_bytes},
     filter::traced_current,
     maps::{DATA_CONTEXT, SCRATCH, count},
     pending,
@@ -156,7 +156,9 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, moved: i64, 
     };
     // With injection on, the context program must still learn the request's context even
     // when its record is lost.
-    if cfg.inject_traceparent == 0 && !has_room(size_of::<DataEventHeader>() + want as usize) {
+    let level = RingLevel::now();
+    if cfg.inject_traceparent == 0 && !level.has_room(size_of::<DataEventHeader>() + want as usize)
+    {
         count(counter::RINGBUF_DROPS);
         return;
     }
@@ -200,18 +202,18 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, moved: i64, 
         // SAFETY: the context program is a tracepoint program taking the same context.
         unsafe { DATA_CONTEXT.tail_call(ctx, 0) };
     }
-    output_data(event);
+    output_data(event, &level);
 }
 
 /// Writes the assembled data event: its header and `captured_len` payload bytes.
 #[inline(always)]
-pub fn output_data(event: &DataEvent) {
+pub fn output_data(event: &DataEvent, level: &RingLevel) {
     let len = size_of::<DataEventHeader>() + bounded(event.header.captured_len as usize);
     // SAFETY: DataEvent is plain bytes; the length is within it.
     let bytes: &[u8; size_of::<DataEvent>()] =
         unsafe { &*(event as *const DataEvent as *const [u8; size_of::<DataEvent>()]) };
     if len <= bytes.len() {
-        output_bytes(&bytes[..len]);
+        output_bytes(&bytes[..len], level);
     }
 }
 

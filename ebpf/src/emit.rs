@@ -13,15 +13,38 @@ use loupe_common::counter;
 
 use crate::maps::{EVENTS, count};
 
-#[inline(always)]
-fn wakeup_flag(len: usize) -> u64 {
-    // The size is set by the agent at load time (`--ring-buffer-mib`).
-    let mark = EVENTS.query(BPF_RB_RING_SIZE as u64) / 4;
-    let before = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if crosses(before, len as u64, mark) {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+/// How full the ring buffer is at one moment.
+pub struct RingLevel {
+    /// Set by the agent at load time (`--ring-buffer-mib`).
+    size: u64,
+    /// Bytes written and not yet consumed.
+    waiting: u64,
+}
+
+impl RingLevel {
+    #[inline(always)]
+    pub fn now() -> Self {
+        Self {
+            size: EVENTS.query(BPF_RB_RING_SIZE as u64),
+            waiting: EVENTS.query(BPF_RB_AVAIL_DATA as u64),
+        }
+    }
+
+    /// False when a record of `len` bytes cannot fit. Under overload (the agent starved of
+    /// CPU) most records find the ring full: checking first drops them before their bytes
+    /// are copied, so a saturated traced process pays least when it has least to spare.
+    #[inline(always)]
+    pub fn has_room(&self, len: usize) -> bool {
+        record_footprint(len as u64) <= self.size.saturating_sub(self.waiting)
+    }
+
+    #[inline(always)]
+    fn wakeup_flag(&self, len: usize) -> u64 {
+        if crosses(self.waiting, len as u64, self.size / 4) {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
     }
 }
 
@@ -37,32 +60,23 @@ pub fn record_footprint(len: u64) -> u64 {
     8 + len.next_multiple_of(8)
 }
 
-/// False when a record of `len` bytes cannot fit in the ring right now. Under overload
-/// (the agent starved of CPU) most records find the ring full: checking first drops them
-/// before their bytes are copied, so a saturated traced process pays least exactly when
-/// it has the least to spare.
-#[inline(always)]
-pub fn has_room(len: usize) -> bool {
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    record_footprint(len as u64) <= size.saturating_sub(waiting)
-}
-
 /// Copies `record` into the ring buffer, counting it when it does not fit.
 #[inline(always)]
 pub fn output<T>(record: &T) {
     if EVENTS
-        .output::<T>(record, wakeup_flag(size_of::<T>()))
+        .output::<T>(record, RingLevel::now().wakeup_flag(size_of::<T>()))
         .is_err()
     {
         count(counter::RINGBUF_DROPS);
     }
 }
 
+/// `output` for a record of bytes, with the ring's level as read before the record was
+/// assembled.
 #[inline(always)]
-pub fn output_bytes(record: &[u8]) {
+pub fn output_bytes(record: &[u8], level: &RingLevel) {
     if EVENTS
-        .output::<[u8]>(record, wakeup_flag(record.len()))
+        .output::<[u8]>(record, level.wakeup_flag(record.len()))
         .is_err()
     {
         count(counter::RINGBUF_DROPS);

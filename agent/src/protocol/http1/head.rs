@@ -194,7 +194,7 @@ fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
                     response: HttpResponse {
                         status: resp.code.unwrap_or_default(),
                         minor_version: resp.version.unwrap_or(1),
-                        headers: convert_headers(resp.headers, limits, |_| false),
+                        headers: convert_headers(resp.headers, limits, |_| None),
                         body_len: 0,
                         head_truncated: false,
                     },
@@ -210,29 +210,34 @@ fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
     }
 }
 
-fn keep_request_header(name: &str) -> bool {
+/// The lowercase name of a request header spans or linking use, `None` for the others.
+fn keep_request_header(name: &str) -> Option<&'static str> {
     SPAN_REQUEST_HEADERS
         .iter()
         .chain(PROPAGATION_HEADERS)
-        .any(|kept| name.eq_ignore_ascii_case(kept))
+        .find(|kept| name.eq_ignore_ascii_case(kept))
+        .copied()
 }
 
-/// The headers `limits.keep_headers` asks for; with [`KeepHeaders::Used`], those `used`
-/// accepts.
+/// The headers `limits.keep_headers` asks for, names in lowercase; with
+/// [`KeepHeaders::Used`], those `used` names.
 fn convert_headers(
     raw: &[httparse::Header],
     limits: &Http1Limits,
-    used: fn(&str) -> bool,
+    used: fn(&str) -> Option<&'static str>,
 ) -> Vec<(String, String)> {
     let all = limits.keep_headers == KeepHeaders::All;
     raw.iter()
         .take(limits.max_headers)
-        .filter(|h| all || used(h.name))
-        .map(|h| {
-            (
-                bounded_text(h.name.as_bytes()).to_ascii_lowercase(),
-                bounded_text(h.value),
-            )
+        .filter_map(|h| {
+            // A kept name is copied from its lowercase constant: one allocation, not the
+            // two of decoding and lowercasing the bytes.
+            let name = match used(h.name) {
+                Some(known) => known.to_owned(),
+                None if all => bounded_text(h.name.as_bytes()).to_ascii_lowercase(),
+                None => return None,
+            };
+            Some((name, bounded_text(h.value)))
         })
         .collect()
 }
