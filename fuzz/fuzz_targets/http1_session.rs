@@ -157,7 +157,8 @@ impl Checker {
     /// Takes the request starts and checks the exchanges emitted since the last drain.
     fn drain(&mut self) {
         let cap = self.limits.max_pending_requests.max(1);
-        let starts = self.session.take_started();
+        let mut starts = Vec::new();
+        self.session.append_started(&mut starts);
         assert!(
             starts.len() <= cap,
             "{} starts kept, cap {cap}",

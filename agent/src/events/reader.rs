@@ -15,7 +15,10 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 
-use super::{Event, decode};
+use super::{
+    Event, decode,
+    hold::{HOLD_POLL, Hold},
+};
 use crate::telemetry::metrics::Metrics;
 
 /// Every wakeup costs tens of microseconds on a virtual machine, traffic or not. With
@@ -41,8 +44,14 @@ fn next_poll_interval(current: Duration, read: u64) -> Duration {
 pub trait EventSink {
     fn handle(&mut self, event: Event<'_>);
     /// Called after each read that handled at least one event, once the ring buffer had
-    /// nothing more waiting.
-    fn drained(&mut self);
+    /// nothing more waiting (`holding` false) or the reader stopped early to wait for
+    /// `has_room` (`holding` true).
+    fn drained(&mut self, holding: bool);
+    /// False while the next stage cannot take more work without dropping some: the reader
+    /// then leaves records in the ring buffer for a while (see the hold module).
+    fn has_room(&self) -> bool {
+        true
+    }
     /// Called about every `TICK_INTERVAL` for time-based work (timeouts, counters).
     fn tick(&mut self);
     /// Called once when the reader stops, after the ring buffer was drained.
@@ -57,10 +66,21 @@ pub fn run(
 ) {
     let mut last_tick = Instant::now();
     let mut interval = POLL_INTERVAL;
+    let mut hold = Hold::default();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let mut read = 0u64;
-        while let Some(item) = ring.next() {
+        let mut holding = false;
+        loop {
+            // A stopping reader drains everything: `finish` flushes what it can.
+            if !stopping && hold.should_wait(sink.has_room(), Instant::now) {
+                holding = true;
+                metrics.reader_waits.inc();
+                break;
+            }
+            let Some(item) = ring.next() else {
+                break;
+            };
             read += 1;
             match decode(&item) {
                 Ok(event) => sink.handle(event),
@@ -71,7 +91,7 @@ pub fn run(
             }
         }
         if read > 0 {
-            sink.drained();
+            sink.drained(holding);
         }
         metrics.events_read.add(read);
         if last_tick.elapsed() >= TICK_INTERVAL {
@@ -81,6 +101,11 @@ pub fn run(
         if stopping {
             sink.finish();
             return;
+        }
+        if holding {
+            // The ring is readable, so polling it would return at once.
+            std::thread::sleep(HOLD_POLL);
+            continue;
         }
         interval = next_poll_interval(interval, read);
         wait_readable(ring.as_raw_fd(), interval);

@@ -51,8 +51,8 @@ pub struct SpanSender {
 pub(super) struct Queue {
     /// Spans accepted and not yet delivered or dropped.
     pending: AtomicU64,
-    /// Spans in the channel, not yet taken by the worker: what `capacity` bounds (the
-    /// channel itself is unbounded and carries chunks).
+    /// Spans in the channel or in the worker's partly taken chunk, not yet in a batch: what
+    /// `capacity` bounds (the channel itself is unbounded and carries chunks).
     queued: AtomicU64,
     /// The most spans `queued` may hold: `max_queue_size`.
     capacity: u64,
@@ -84,7 +84,7 @@ impl Queue {
         self.resolved(n);
     }
 
-    /// The worker took `n` spans out of the channel.
+    /// The worker moved `n` spans into a batch (the console worker: took them).
     pub(super) fn taken(&self, n: usize) {
         self.queued.fetch_sub(n as u64, Ordering::Relaxed);
     }
@@ -100,6 +100,12 @@ impl SpanSender {
     /// Queues a span for export; when the queue is full the span is counted as dropped.
     pub fn submit(&self, span: FinishedSpan) {
         self.submit_all(vec![span]);
+    }
+
+    /// Whether the queue can take `n` more spans now. Always true for the `none` exporter.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.tx.is_none()
+            || self.queue.queued.load(Ordering::Relaxed) + n as u64 <= self.queue.capacity
     }
 
     /// Queues spans for export, in order; those the queue has no room for (the last
@@ -323,19 +329,19 @@ impl OtlpWorker {
         while batch.len() < max {
             if self.taken.is_empty() {
                 match self.rx.try_recv() {
-                    Ok(chunk) => {
-                        self.queue.taken(chunk.len());
-                        self.taken = chunk;
-                    }
+                    Ok(chunk) => self.taken = chunk,
                     Err(_) => break,
                 }
             }
+            // Spans left over in `taken` still count against the queue's capacity.
             let room = max - batch.len();
-            if self.taken.len() <= room {
+            let moved = self.taken.len().min(room);
+            if moved == self.taken.len() {
                 batch.append(&mut self.taken);
             } else {
-                batch.extend(self.taken.drain(..room));
+                batch.extend(self.taken.drain(..moved));
             }
+            self.queue.taken(moved);
         }
         if batch.len() > before {
             self.queue.refresh_gauge();

@@ -390,6 +390,7 @@ impl Pipeline {
         }
     }
 
+    /// Hands the outbox to the export queue, which drops and counts what it has no room for.
     fn flush_outbox(&mut self) {
         if !self.outbox.is_empty() {
             let spans = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUTBOX_SPANS));
@@ -507,8 +508,17 @@ impl EventSink for Pipeline {
         }
     }
 
-    fn drained(&mut self) {
-        self.flush_outbox();
+    fn drained(&mut self, holding: bool) {
+        // While the reader holds back for the queue, a partial outbox the queue has no room
+        // for waits with the records still in the ring.
+        if !holding || self.exporter.has_room(self.outbox.len()) {
+            self.flush_outbox();
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        // Room for what waits in the outbox and the next span.
+        self.exporter.has_room(self.outbox.len() + 1)
     }
 
     fn tick(&mut self) {

@@ -65,6 +65,7 @@ macro_rules! metrics {
 
 metrics! {
     events_read: Counter = "loupe_events_read_total", "Records read from the kernel ring buffer.";
+    reader_waits: Counter = "loupe_reader_waits_for_export_total", "Pauses of 5 ms the ring-buffer reader took, leaving records in the ring, because the export queue was full (at most 100 ms in a row).";
     events_malformed: Counter = "loupe_events_malformed_total", "Ring-buffer records that could not be decoded.";
     ringbuf_drops: Counter = "loupe_ringbuf_drops_total", "Records the kernel dropped because the ring buffer was full.";
     kernel_pending_full: Counter = "loupe_kernel_pending_table_full_total", "Syscalls not traced because the kernel's pending-call table (one slot per traced thread) was full.";

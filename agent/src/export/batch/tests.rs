@@ -55,6 +55,16 @@ fn start_to(
     start(otlp_config(endpoint, protocol, batch))
 }
 
+/// An exporter sending over gRPC to a port where nothing listens.
+async fn start_to_dead_collector(batch: BatchConfig) -> (ExportHandle, Arc<Metrics>) {
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    start(otlp_config(format!("http://{addr}"), Protocol::Grpc, batch))
+}
+
 #[tokio::test]
 async fn a_full_batch_is_sent_without_waiting_for_the_timer() {
     let receiver = TestReceiver::start().await;
@@ -172,6 +182,25 @@ async fn a_chunk_beyond_the_room_left_keeps_its_first_spans_and_counts_the_rest(
 }
 
 #[tokio::test]
+async fn spans_left_in_a_partly_taken_chunk_still_count_against_the_queue() {
+    // The first batch stays in flight, retried, for the whole test.
+    let (handle, metrics) = start_to_dead_collector(batching(60_000, 6, 4)).await;
+    let sender = handle.sender();
+    sender.submit_all(batch(&resource("svc"), 6));
+    // The worker takes the chunk: 4 spans into the batch in flight, 2 left waiting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(sender.has_room(4) && !sender.has_room(5));
+    sender.submit_all(batch(&resource("svc"), 10));
+    assert_eq!(metrics.spans_dropped.get(), 6, "room for 4 of 10");
+    handle.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(
+        metrics.spans_dropped.get() + metrics.spans_exported.get(),
+        16,
+        "every span offered is delivered or counted"
+    );
+}
+
+#[tokio::test]
 async fn chunks_wake_a_parked_worker_once_a_batch_is_waiting() {
     let receiver = TestReceiver::start().await;
     let (handle, metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 100, 5));
@@ -216,17 +245,7 @@ async fn shutdown_flushes_everything_queued() {
 
 #[tokio::test]
 async fn shutdown_with_a_dead_collector_ends_on_time_and_counts_the_loss() {
-    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = otlp_config(
-        format!("http://{addr}"),
-        Protocol::Grpc,
-        batching(60_000, 100, 4),
-    );
-    let (handle, metrics) = start(config);
+    let (handle, metrics) = start_to_dead_collector(batching(60_000, 100, 4)).await;
     for span in batch(&resource("svc"), 10) {
         handle.submit(span);
     }
