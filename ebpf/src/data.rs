@@ -154,11 +154,15 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, moved: i64, 
     } else {
         cap
     };
-    // With injection on, the context program must still learn the request's context even
-    // when its record is lost.
+    // A sendfile record carries no bytes. With injection on, the context program must still
+    // learn the request's context even when its record is lost.
+    let payload = if call.kind == syscall_kind::SENDFILE {
+        0
+    } else {
+        want as usize
+    };
     let level = RingLevel::now();
-    if cfg.inject_traceparent == 0 && !level.has_room(size_of::<DataEventHeader>() + want as usize)
-    {
+    if cfg.inject_traceparent == 0 && !level.has_room(size_of::<DataEventHeader>() + payload) {
         count(counter::RINGBUF_DROPS);
         return;
     }

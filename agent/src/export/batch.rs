@@ -98,6 +98,9 @@ impl Queue {
 
 impl SpanSender {
     /// Queues a span for export; when the queue is full the span is counted as dropped.
+    /// The pipeline sends chunks (`submit_all`): one span per call costs a channel
+    /// operation per span.
+    #[cfg(test)]
     pub fn submit(&self, span: FinishedSpan) {
         self.submit_all(vec![span]);
     }
@@ -255,7 +258,7 @@ where
             let (tx, rx) = mpsc::unbounded_channel();
             let worker = OtlpWorker {
                 rx,
-                taken: Vec::new(),
+                leftover: Vec::new(),
                 exporter,
                 batch: config.batch,
                 shutdown: shutdown_rx,
@@ -279,8 +282,9 @@ where
 
 struct OtlpWorker {
     rx: mpsc::UnboundedReceiver<Vec<FinishedSpan>>,
-    /// Spans of the last chunk taken that did not fit in the batch, oldest first.
-    taken: Vec<FinishedSpan>,
+    /// Spans of the last chunk taken from the channel that did not fit in the batch,
+    /// oldest first.
+    leftover: Vec<FinishedSpan>,
     exporter: OtlpExporter,
     batch: BatchConfig,
     shutdown: watch::Receiver<Option<Instant>>,
@@ -305,7 +309,7 @@ impl OtlpWorker {
                 continue;
             }
             // Every sender gone (the pipeline stopped) and nothing left: as a shutdown.
-            if self.rx.is_closed() && self.rx.is_empty() && self.taken.is_empty() {
+            if self.rx.is_closed() && self.rx.is_empty() && self.leftover.is_empty() {
                 break;
             }
             tokio::select! {
@@ -327,20 +331,15 @@ impl OtlpWorker {
     fn take_waiting(&mut self, batch: &mut Vec<FinishedSpan>, max: usize) {
         let before = batch.len();
         while batch.len() < max {
-            if self.taken.is_empty() {
+            if self.leftover.is_empty() {
                 match self.rx.try_recv() {
-                    Ok(chunk) => self.taken = chunk,
+                    Ok(chunk) => self.leftover = chunk,
                     Err(_) => break,
                 }
             }
-            // Spans left over in `taken` still count against the queue's capacity.
-            let room = max - batch.len();
-            let moved = self.taken.len().min(room);
-            if moved == self.taken.len() {
-                batch.append(&mut self.taken);
-            } else {
-                batch.extend(self.taken.drain(..moved));
-            }
+            // Spans left over still count against the queue's capacity.
+            let moved = self.leftover.len().min(max - batch.len());
+            batch.extend(self.leftover.drain(..moved));
             self.queue.taken(moved);
         }
         if batch.len() > before {

@@ -4,7 +4,7 @@
 //! ```ignore
 //! let config = export::ExportConfig::from_env(|k| std::env::var(k).ok())?;
 //! let exporter = export::spawn(config, metrics)?;
-//! exporter.submit(finished_span);
+//! exporter.sender().submit_all(finished_spans);
 //! exporter.shutdown(Duration::from_secs(4)).await;
 //! ```
 

@@ -84,12 +84,8 @@ impl Writer {
         let mut proto_resource = Vec::with_capacity(256);
         for (key, value) in &resource.attributes {
             match value {
-                AttrValue::Str(s) => {
-                    self.str_attr(&mut proto_resource, RESOURCE_ATTRIBUTES, key, s)
-                }
-                AttrValue::Int(i) => {
-                    self.int_attr(&mut proto_resource, RESOURCE_ATTRIBUTES, key, *i)
-                }
+                AttrValue::Str(s) => str_attr(&mut proto_resource, RESOURCE_ATTRIBUTES, key, s),
+                AttrValue::Int(i) => int_attr(&mut proto_resource, RESOURCE_ATTRIBUTES, key, *i),
             }
         }
 
@@ -127,7 +123,10 @@ impl Writer {
         out.extend_from_slice(&span.start_unix_ns.to_le_bytes());
         key(out, 8, FIXED64);
         out.extend_from_slice(&span.end_unix_ns.max(span.start_unix_ns).to_le_bytes());
-        self.span_attributes(out, span);
+        for_each_attribute(span, |key, value| match value {
+            Attr::Str(value) => str_attr(out, SPAN_ATTRIBUTES, key, value),
+            Attr::Int(value) => int_attr(out, SPAN_ATTRIBUTES, key, value),
+        });
         if span.is_error() {
             // Status { code = 3 }; an empty message is left out, as prost does.
             let status = [(3 << 3) as u8, STATUS_CODE_ERROR as u8];
@@ -138,27 +137,20 @@ impl Writer {
             out.extend_from_slice(&u32::from(span.trace_flags).to_le_bytes());
         }
     }
+}
 
-    fn span_attributes(&mut self, out: &mut Vec<u8>, span: &HttpSpan) {
-        for_each_attribute(span, |key, value| match value {
-            Attr::Str(value) => self.str_attr(out, SPAN_ATTRIBUTES, key, value),
-            Attr::Int(value) => self.int_attr(out, SPAN_ATTRIBUTES, key, value),
-        });
-    }
+/// A `KeyValue` with a string `AnyValue`, as field `field` of `out`.
+fn str_attr(out: &mut Vec<u8>, field: u32, name: &str, value: &str) {
+    // AnyValue { string_value = 1 }
+    key_value_head(out, field, name, field_len(1, value.len()));
+    string(out, 1, value);
+}
 
-    /// A `KeyValue` with a string `AnyValue`, as field `field` of `out`.
-    fn str_attr(&mut self, out: &mut Vec<u8>, field: u32, name: &str, value: &str) {
-        // AnyValue { string_value = 1 }
-        key_value_head(out, field, name, field_len(1, value.len()));
-        string(out, 1, value);
-    }
-
-    fn int_attr(&mut self, out: &mut Vec<u8>, field: u32, name: &str, value: i64) {
-        // AnyValue { int_value = 3 }: a one-byte key and the varint.
-        key_value_head(out, field, name, 1 + varint_len(value as u64));
-        key(out, 3, VARINT);
-        varint(out, value as u64);
-    }
+fn int_attr(out: &mut Vec<u8>, field: u32, name: &str, value: i64) {
+    // AnyValue { int_value = 3 }: a one-byte key and the varint.
+    key_value_head(out, field, name, 1 + varint_len(value as u64));
+    key(out, 3, VARINT);
+    varint(out, value as u64);
 }
 
 /// Writes a `KeyValue { key = 1; value = 2 }` up to the `AnyValue` body of `value_len`
