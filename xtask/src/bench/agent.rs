@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::SinkPriority;
 use super::http;
 use super::process::{Guard, free_port, interrupted, log_tail, loopback, poll_until};
 use super::procfs::{self, ProgStats};
 use super::prom;
 use super::report::AgentPhase;
+use super::{OtlpProtocol, SinkPriority};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a settle waits for the agent to go quiet. The default `OTEL_BSP_SCHEDULE_DELAY`
@@ -34,11 +34,18 @@ pub struct Sink {
     guard: Guard,
     grpc: SocketAddr,
     http: SocketAddr,
+    protocol: OtlpProtocol,
     log: PathBuf,
 }
 
 impl Sink {
-    pub fn start(bin: &Path, dir: &Path, priority: SinkPriority) -> Result<Self> {
+    /// Starts the sink; agents export to it over `protocol`.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        priority: SinkPriority,
+        protocol: OtlpProtocol,
+    ) -> Result<Self> {
         let grpc = loopback(free_port()?);
         let http = loopback(free_port()?);
         let log = dir.join("otlp-sink.log");
@@ -70,6 +77,7 @@ impl Sink {
             guard,
             grpc,
             http,
+            protocol,
             log,
         };
         if poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
@@ -86,8 +94,27 @@ impl Sink {
         Ok(sink)
     }
 
-    pub fn grpc(&self) -> SocketAddr {
-        self.grpc
+    /// The address agents export to.
+    pub fn addr(&self) -> SocketAddr {
+        match self.protocol {
+            OtlpProtocol::Grpc => self.grpc,
+            OtlpProtocol::Http => self.http,
+        }
+    }
+
+    /// The agent's OTLP settings for exporting here.
+    pub fn agent_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                self.protocol.otel_name().to_owned(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", self.addr()),
+            ),
+        ]
     }
 
     /// Spans received so far.
@@ -218,7 +245,7 @@ impl Agent {
         Self::launch(&Launch {
             bin,
             args: vec!["--exe".to_owned(), exe.to_owned()],
-            env: otlp_env(&format!("http://{}", sink.grpc())),
+            env: sink.agent_env(),
             log: dir.join(format!("{name}.log")),
             pass_stdout: false,
         })

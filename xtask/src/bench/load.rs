@@ -1,4 +1,6 @@
-//! Fixed-rate load: keep-alive HTTP/1.1 connections, each sending on a fixed schedule.
+//! Fixed-rate load: keep-alive HTTP/1.1 connections, each sending on a fixed schedule
+//! (driven by one event-loop thread, `paced.rs`), and the blocking keep-alive client of the
+//! completeness benchmark.
 //!
 //! Latency is measured from when a request was due, not from when it was sent, so a slow
 //! response that delays the next request is charged to the requests it delayed (a
@@ -6,12 +8,12 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::http::{self, BodyKind, HttpError, MAX_HEAD};
-use super::process::interrupted;
-use super::stats::percentile;
+
+mod paced;
+pub use paced::run;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Latency samples kept per connection; more are counted but not stored.
@@ -49,15 +51,6 @@ impl PacedResult {
     }
 }
 
-#[derive(Default)]
-struct ConnectionTally {
-    sent: u64,
-    completed: u64,
-    errors: u64,
-    non_2xx: u64,
-    latencies_us: Vec<u32>,
-}
-
 /// When request `index` of connection `lane` is due, as an offset from the start. Lanes are
 /// staggered so the connections together send evenly rather than in bursts.
 pub fn due_offset(rate: u64, connections: u32, lane: u32, index: u64) -> Duration {
@@ -66,112 +59,6 @@ pub fn due_offset(rate: u64, connections: u32, lane: u32, index: u64) -> Duratio
     Duration::from_secs_f64(seconds)
 }
 
-pub fn run(config: &PacedConfig) -> PacedResult {
-    let start = Instant::now() + Duration::from_millis(50);
-    let stop = AtomicBool::new(false);
-    let tallies: Vec<ConnectionTally> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..config.connections)
-            .map(|lane| {
-                let stop = &stop;
-                scope.spawn(move || connection_loop(config, lane, start, stop))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let seconds = start
-        .elapsed()
-        .as_secs_f64()
-        .min(config.duration.as_secs_f64());
-    let mut latencies: Vec<u32> = Vec::new();
-    let mut result = PacedResult {
-        sent: 0,
-        completed: 0,
-        errors: 0,
-        non_2xx: 0,
-        seconds,
-        p50_us: None,
-        p99_us: None,
-        max_us: None,
-    };
-    for tally in tallies {
-        result.sent += tally.sent;
-        result.completed += tally.completed;
-        result.errors += tally.errors;
-        result.non_2xx += tally.non_2xx;
-        latencies.extend(tally.latencies_us);
-    }
-    latencies.sort_unstable();
-    result.p50_us = percentile(&latencies, 50.0);
-    result.p99_us = percentile(&latencies, 99.0);
-    result.max_us = latencies.last().copied();
-    result
-}
-
-fn connection_loop(
-    config: &PacedConfig,
-    lane: u32,
-    start: Instant,
-    stop: &AtomicBool,
-) -> ConnectionTally {
-    let mut tally = ConnectionTally::default();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: loupe-bench\r\n\r\n",
-        config.addr
-    );
-    let end = start + config.duration;
-    let mut conn: Option<Connection> = None;
-    for index in 0u64.. {
-        let due = start + due_offset(config.rate, config.connections, lane, index);
-        if due >= end || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if interrupted() {
-            stop.store(true, Ordering::Relaxed);
-            break;
-        }
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let (live, reused) = match conn.take() {
-            Some(kept) => (kept, true),
-            None => match Connection::open(config.addr) {
-                Ok(fresh) => (fresh, false),
-                Err(_) => {
-                    tally.errors += 1;
-                    continue;
-                }
-            },
-        };
-        tally.sent += 1;
-        match exchange(live, reused, config.addr, request.as_bytes()) {
-            Ok((live, status, keep)) => {
-                tally.completed += 1;
-                if !(200..300).contains(&status) {
-                    tally.non_2xx += 1;
-                }
-                if tally.latencies_us.len() < MAX_SAMPLES_PER_CONNECTION {
-                    let us = due.elapsed().as_micros();
-                    tally
-                        .latencies_us
-                        .push(u32::try_from(us).unwrap_or(u32::MAX));
-                }
-                if keep {
-                    conn = Some(live);
-                }
-            }
-            Err(_) => tally.errors += 1,
-        }
-    }
-    tally
-}
-
-/// One request and its response. A kept connection that the server closed while idle
-/// fails without a response byte; that request goes again once on a new connection, as
-/// HTTP clients do.
 fn exchange(
     live: Connection,
     reused: bool,

@@ -59,8 +59,9 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ServiceKind::Nginx])]
     pub service: Vec<ServiceKind>,
     /// Requests per second in the fixed-rate phase: `N` for every service, or
-    /// `SERVICE=N` for one, comma-separated. Defaults: nginx 10000, python 6000 (about
-    /// half of what the Python server carries closed-loop on two shared cores).
+    /// `SERVICE=N` for one, comma-separated. Defaults: nginx 10000, python 6000, each
+    /// lowered to half of what the service carried in the warm-up when the host is slower
+    /// than that (latency near saturation measures queueing, not the agent).
     #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
     pub rate: Vec<RateSpec>,
     /// Keep-alive connections sharing the fixed rate.
@@ -99,6 +100,11 @@ pub struct BenchArgs {
     /// the figures are loupe's own; 'normal' shows a collector sharing those cores.
     #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
     pub sink_priority: SinkPriority,
+    /// How the agent exports to the sink. 'http' (OTLP/HTTP protobuf) is the agent's own
+    /// default; 'grpc' costs the agent more CPU per span, because HTTP/2 writes every
+    /// 16 KiB frame of an export with its own syscall.
+    #[arg(long, value_name = "PROTOCOL", value_enum, default_value = "http")]
+    pub otlp_protocol: OtlpProtocol,
     /// Add a third mode per round: the agent running but tracing no process, which shows
     /// what its syscall tracepoints cost processes it does not trace.
     #[arg(long)]
@@ -174,6 +180,7 @@ impl BenchArgs {
             rate: rate_for(&self.rate, service),
             rate_connections: self.rate_connections,
             sink_idle: self.sink_priority == SinkPriority::Idle,
+            otlp_protocol: self.otlp_protocol,
         }
     }
 }
@@ -183,6 +190,23 @@ impl BenchArgs {
 pub enum SinkPriority {
     Idle,
     Normal,
+}
+
+/// See [`BenchArgs`]'s `--otlp-protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    Http,
+    Grpc,
+}
+
+impl OtlpProtocol {
+    /// The value of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn otel_name(self) -> &'static str {
+        match self {
+            OtlpProtocol::Http => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
 }
 
 /// The built programs the measured rounds need.

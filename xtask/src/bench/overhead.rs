@@ -10,7 +10,7 @@ use super::agent::{Agent, Sink};
 use super::procfs::{self, RssSample};
 use super::report::{self, AgentRun, ModeRun, Round, Settings};
 use super::stats::median;
-use super::target::{ServiceKind, Target};
+use super::target::{ServiceKind, Target, explicit_rate, fitted_rate};
 use super::{BenchArgs, Binaries, UNTRACED_EXE, check_interrupted, load, wrk};
 
 /// How often the agent's RSS is read during a fixed-rate phase.
@@ -32,18 +32,39 @@ pub fn measure(
     eprintln!("bench: {} on {}", service.name(), target.url());
     let sink = match binaries.and_then(|b| b.sink.as_ref()) {
         Some(bin) => {
-            let sink = Sink::start(bin, &dir, args.sink_priority)?;
-            eprintln!("bench: OTLP sink on {}", sink.grpc());
+            let sink = Sink::start(bin, &dir, args.sink_priority, args.otlp_protocol)?;
+            eprintln!(
+                "bench: OTLP sink on {} ({})",
+                sink.addr(),
+                args.otlp_protocol.otel_name()
+            );
             Some(sink)
         }
         None => None,
     };
     let _bpf_stats = args.bpf_stats.then(enable_bpf_stats).flatten();
-    let settings = args.settings(service);
+    let mut settings = args.settings(service);
 
     if args.warmup > 0 {
         eprintln!("bench: warm-up, {} s", args.warmup);
-        wrk::run(&target.url(), args.connections, args.warmup)?;
+        let warm = wrk::run(&target.url(), args.connections, args.warmup)?;
+        if explicit_rate(&args.rate, service).is_none() {
+            let fitted = fitted_rate(
+                settings.rate,
+                warm.requests_per_sec,
+                u64::from(args.rate_connections),
+            );
+            if fitted < settings.rate {
+                eprintln!(
+                    "bench: {} carried {:.0} req/s in the warm-up: fixed rate {fitted} req/s \
+                     instead of {} (half its capacity at most)",
+                    service.name(),
+                    warm.requests_per_sec,
+                    settings.rate
+                );
+                settings.rate = fitted;
+            }
+        }
     }
     let mut rounds = Vec::new();
     let agent_bins = binaries.zip(sink.as_ref());

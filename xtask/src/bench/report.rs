@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use super::OtlpProtocol;
 use super::load::PacedResult;
 use super::stats::{median, ratio, sum_present};
 use super::wrk::WrkResult;
@@ -68,6 +69,8 @@ pub struct Settings {
     pub rate_connections: u32,
     /// The OTLP sink runs at idle CPU priority (`--sink-priority`).
     pub sink_idle: bool,
+    /// How the agent exports to the sink (`--otlp-protocol`).
+    pub otlp_protocol: OtlpProtocol,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -255,13 +258,17 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     let _ = writeln!(
         out,
         "loupe overhead on {}: {} round(s), {} s per phase; closed loop wrk -t2 -c{}; \
-         fixed rate {} req/s over {} connections; OTLP sink at {} CPU priority",
+         fixed rate {} req/s over {} connections; OTLP/{} sink at {} CPU priority",
         settings.service_desc,
         settings.rounds,
         settings.duration_s,
         settings.connections,
         settings.rate,
         settings.rate_connections,
+        match settings.otlp_protocol {
+            OtlpProtocol::Http => "HTTP",
+            OtlpProtocol::Grpc => "gRPC",
+        },
         if settings.sink_idle { "idle" } else { "normal" }
     );
     let _ = writeln!(out);
@@ -480,6 +487,7 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "connections": settings.connections,
             "rate": settings.rate,
             "rate_connections": settings.rate_connections,
+            "otlp_protocol": settings.otlp_protocol.otel_name(),
         },
         "summary": {
             "throughput_ratio": s.throughput_ratio,

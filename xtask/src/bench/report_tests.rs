@@ -191,6 +191,7 @@ fn settings() -> Settings {
         rate: 10_000,
         rate_connections: 32,
         sink_idle: true,
+        otlp_protocol: OtlpProtocol::Http,
     }
 }
 

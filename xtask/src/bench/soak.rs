@@ -115,7 +115,7 @@ pub fn run(
         .sink
         .as_ref()
         .context("the soak needs the OTLP sink")?;
-    let sink = Sink::start(sink_bin, &dir, args.sink_priority)?;
+    let sink = Sink::start(sink_bin, &dir, args.sink_priority, args.otlp_protocol)?;
     let mut agent = Agent::start(&binaries.agent, service.exe(), &sink, &dir, "agent-soak")?;
     let rate = rate_for(&args.rate, service);
     let total = Duration::from_secs(seconds);
