@@ -26,7 +26,7 @@ use crate::{
     export,
     kernel::btf,
     pipeline::{Pipeline, PipelineConfig},
-    probes::{Probes, attach::ReadHooks, privileges},
+    probes::{Probes, privileges},
     process::{resource::ResourceDefaults, selector::Selector},
     protocol::http1::Http1Limits,
     red,
@@ -109,15 +109,14 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         &cli.ports,
         &selection.exec_hints(),
         cli.ring_buffer_mib << 20,
-        cli.read_probes,
+        cli.data_probes,
     )?;
     let maps = probes.take_maps()?;
+    let hooks = probes.data_hooks();
     log::info!(
-        "reads hooked {}",
-        match probes.read_hooks() {
-            ReadHooks::Exit => "at their return only",
-            ReadHooks::EntryAndExit => "at entry and return",
-        }
+        "reads hooked {}, writes {}",
+        hooks.reads.describe(),
+        hooks.writes.describe()
     );
     if let Some(injection) = probes.injection() {
         log::info!(

@@ -174,12 +174,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
     pub cpu_priority: CpuPriority,
 
-    /// How reads are hooked. 'exit' runs one program at each read's return and takes the
-    /// arguments from the registers saved at entry (Linux 5.15 or later); 'entry' adds a
-    /// program at each read's start to save them (any kernel, about twice the cost per
-    /// read for every process on the host); 'auto' uses 'exit' where the kernel allows it.
-    #[arg(long, value_name = "MODE", value_enum, default_value = "auto")]
-    pub read_probes: ReadProbes,
+    /// How reads and writes are hooked. 'exit' captures each call at its return and takes
+    /// the arguments from the registers saved at entry (Linux 5.15 or later): reads run one
+    /// program, writes one more at entry that only stamps their start; 'entry' saves the
+    /// arguments in a per-thread table at entry (any kernel; about twice the cost per read
+    /// for every process on the host, and a third more per traced write); 'auto' uses
+    /// 'exit' where the kernel allows it.
+    #[arg(
+        long,
+        visible_alias = "read-probes",
+        value_name = "MODE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub data_probes: DataProbes,
 
     /// Size of the kernel ring buffer in MiB (a power of two). Its pages count twice in
     /// the agent's RSS (mapped twice); 4 MiB holds about 100 ms of records at 150k
@@ -199,12 +207,12 @@ pub enum CpuPriority {
     Normal,
 }
 
-/// See [`Cli`]'s `--read-probes`.
+/// See [`Cli`]'s `--data-probes`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum ReadProbes {
+pub enum DataProbes {
     Auto,
     Exit,
     Entry,

@@ -341,8 +341,13 @@ pub struct KernelOffsets {
     /// How the read exit programs find a syscall's arguments in `struct pt_regs`, one of
     /// [`regs_layout`]; checked against the running kernel's BTF.
     pub regs_layout: u32,
+    /// `task_struct.nvcsw`, followed by `nivcsw`: the thread's context switches, which
+    /// tell a write's exit whether its per-CPU start stamp is its own ([`WriteStart`]).
+    /// 0 when the BTF does not show the two counters side by side; writes are then
+    /// traced with entry and exit programs.
+    pub task_switches: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 76);
 
 /// Layouts of `struct pt_regs` the read exit programs know, with the offsets of the first
 /// three syscall arguments fixed at build time (the verifier needs constant offsets) and
@@ -387,7 +392,23 @@ pub struct ProbeConfig {
     /// are left to the agent's /proc scan.
     pub fork_child_pid_offset: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 96);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 100);
+
+/// When a traced thread's write began, stamped at syscall entry in a per-CPU slot so that
+/// the exit, which finds the arguments in the saved registers, still knows the start.
+/// The exit trusts the slot only when its thread is the current one and that thread has
+/// not been switched out since: then it ran on this CPU throughout, and nothing else
+/// could have entered a syscall here in between.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteStart {
+    pub tid: u32,
+    pub _pad: u32,
+    /// The thread's `nvcsw + nivcsw` at entry.
+    pub switches: u64,
+    pub start_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<WriteStart>() == 24);
 
 /// Indexes of the kernel's per-CPU counters.
 pub mod counter {
@@ -412,7 +433,10 @@ pub mod counter {
     pub const INJECT_FAILED: u32 = 7;
     /// A connection of a traced process could not be put under injection (socket map full).
     pub const INJECT_SOCKET_FAILED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// A write on a traced connection captured at its return without its start stamp (the
+    /// thread was switched out during the call): the record starts at its end.
+    pub const WRITE_START_UNKNOWN: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 #[cfg(feature = "user")]

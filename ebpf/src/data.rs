@@ -1,8 +1,11 @@
 //! Bytes moving through traced TCP connections: the read and write syscall families.
 //!
-//! Entry programs save the fd and buffer per thread, only for known TCP sockets, so file
-//! and pipe I/O never reaches the exit program. One exit program serves every data
-//! syscall: the saved call says how to find the bytes.
+//! Where the kernel allows it (`bpf_task_pt_regs`, Linux 5.15), the exit programs take a
+//! call's arguments from the registers saved at syscall entry: reads need no entry program
+//! at all, and writes only one that stamps their start time. Elsewhere entry programs save
+//! the fd and buffer per thread, only for known TCP sockets, so file and pipe I/O never
+//! reaches the exit program, and one exit program serves every data syscall: the saved
+//! call says how to find the bytes.
 
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user},
@@ -10,17 +13,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig, counter,
-    data_flags, direction, syscall_kind,
+    DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
+    WriteStart, counter, data_flags, direction, syscall_kind,
 };
 
 use crate::{
     connection::lookup_or_discover,
     emit::{RingLevel, output_bytes},
     filter::traced_current,
-    maps::{DATA_CONTEXT, SCRATCH, count},
+    maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WRITE_STARTS, count},
     pending,
-    syscall::{arg, args_at_exit, ret},
+    syscall::{arg, args_at_exit, context_switches, ret},
 };
 
 /// Offset of `msg_iov` and `msg_iovlen` in the userspace `struct msghdr` (x86_64, arm64).
@@ -121,14 +124,82 @@ data_program!(loupe_recvmsg_exit, on_read_exit, syscall_kind::RECVMSG);
 
 #[inline(always)]
 fn on_read_exit(ctx: &TracePointContext, kind: u8) {
-    // Failed reads (EAGAIN after each request of an event loop) stop before any lookup.
+    capture_at_exit(ctx, kind, false);
+}
+
+/// Captures a call at its exit, its arguments taken from the saved registers; `stamped`
+/// when the entry program stamped its start (writes).
+#[inline(always)]
+fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
+    // Failed calls (EAGAIN after each request of an event loop) stop before any lookup.
     let moved = ret(ctx);
     if moved <= 0 {
         return;
     }
     let args = |cfg: &ProbeConfig| args_at_exit(cfg.offsets.regs_layout);
-    if let Some((pid_tgid, call, cfg)) = socket_call(kind, false, args) {
+    if let Some((pid_tgid, mut call, cfg)) = socket_call(kind, false, args) {
+        if stamped {
+            call.start_ns = stamped_start(pid_tgid as u32);
+        }
         emit(ctx, pid_tgid, &call, moved, cfg);
+    }
+}
+
+/// Stamps when a traced thread's write begins; the exit program finds the rest. One
+/// program for every write syscall.
+#[tracepoint]
+pub fn loupe_write_stamp(_ctx: TracePointContext) -> u32 {
+    stamp_write();
+    0
+}
+
+#[inline(always)]
+fn stamp_write() {
+    let Some((_, tid, _, _)) = traced_current() else {
+        return;
+    };
+    let switches = context_switches();
+    let Some(slot) = WRITE_STARTS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot; a program runs to completion on its CPU.
+    unsafe {
+        *slot = WriteStart {
+            tid,
+            _pad: 0,
+            switches,
+            start_ns: bpf_ktime_get_ns(),
+        }
+    };
+}
+
+data_program!(loupe_write_exit, on_write_exit, syscall_kind::WRITE);
+data_program!(loupe_writev_exit, on_write_exit, syscall_kind::WRITEV);
+data_program!(loupe_sendmsg_exit, on_write_exit, syscall_kind::SENDMSG);
+data_program!(loupe_sendfile_exit, on_write_exit, syscall_kind::SENDFILE);
+
+#[inline(always)]
+fn on_write_exit(ctx: &TracePointContext, kind: u8) {
+    capture_at_exit(ctx, kind, true);
+}
+
+/// The start the entry program stamped for this thread's write, or 0 (the record then
+/// starts at its end) when the thread was switched out during the call: it may have moved
+/// CPUs, and the slot here may be another thread's or an older call's.
+#[inline(always)]
+fn stamped_start(tid: u32) -> u64 {
+    let Some(slot) = WRITE_STARTS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot; a program runs to completion on its CPU.
+    let slot = unsafe { &mut *slot };
+    let own = slot.tid == tid && context_switches() == slot.switches;
+    slot.tid = 0;
+    if own {
+        slot.start_ns
+    } else {
+        count(counter::WRITE_START_UNKNOWN);
+        0
     }
 }
 
@@ -232,7 +303,7 @@ pub fn bounded(len: usize) -> usize {
 fn read_user(event: &mut DataEvent, offset: usize, src: u64, len: usize) -> bool {
     // black_box: LLVM can prove the mask redundant and drop it, and the verifier cannot.
     let offset = core::hint::black_box(offset) & (MAX_CAPTURE - 1);
-    let len = bounded(len);
+    let len = bounded(core::hint::black_box(len));
     // SAFETY: offset < MAX_CAPTURE and len <= MAX_CAPTURE, and the buffer holds twice that.
     let dst = unsafe { event.data.as_mut_ptr().add(offset) };
     // SAFETY: the helper checks the user address itself.
@@ -266,17 +337,37 @@ fn msghdr_iov(msghdr: u64) -> (u64, u64) {
 #[inline(always)]
 fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64) -> usize {
     let want = bounded(want as usize);
+    // The iovec array in one helper call instead of one per entry (a call costs more than
+    // copying the 16 bytes of an entry).
+    let used = if iovcnt < MAX_IOV as u64 {
+        iovcnt as usize
+    } else {
+        MAX_IOV
+    };
+    let Some(entries) = IOV_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let entries = unsafe { &mut *entries };
+    // black_box: the verifier must see the bound on the size, which LLVM could fold away.
+    let size = core::hint::black_box(used * 16) & (MAX_IOV * 16 * 2 - 1);
+    if size == 0 || size > MAX_IOV * 16 {
+        return 0;
+    }
+    // SAFETY: `entries` holds MAX_IOV * 16 bytes and `size` is at most that; the helper
+    // checks the user address itself.
+    let rc =
+        unsafe { bpf_probe_read_user(entries.as_mut_ptr().cast(), size as u32, iov as *const _) };
+    if rc != 0 {
+        count(counter::READ_FAILURES);
+        return 0;
+    }
     let mut captured: usize = 0;
     for i in 0..MAX_IOV {
-        if i as u64 >= iovcnt || captured >= want {
+        if i >= used || captured >= want {
             break;
         }
-        // SAFETY: the helper checks the user address itself.
-        let Ok(entry) = (unsafe {
-            aya_ebpf::helpers::bpf_probe_read_user((iov + i as u64 * 16) as *const [u64; 2])
-        }) else {
-            break;
-        };
+        let entry = entries[i];
         let room = want - captured;
         let n = if (entry[1] as usize) < room {
             entry[1] as usize

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use loupe_common::{
-    COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, MAX_EXEC_PREFIXES, PendingCall,
-    ProbeConfig, TGID_WORDS, ThreadContext, counter,
+    COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, MAX_EXEC_PREFIXES, MAX_IOV, PendingCall,
+    ProbeConfig, TGID_WORDS, ThreadContext, WriteStart, counter,
 };
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
@@ -43,6 +43,17 @@ pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(
 /// keyed by pid_tgid, reused by each call and freed when the thread exits.
 #[map]
 pub static PENDING_CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Room for a call's iovec array, read with one helper call (too large for the stack
+/// next to the rest of the exit programs' frames).
+#[map]
+pub static IOV_SCRATCH: PerCpuArray<[[u64; 2]; MAX_IOV]> = PerCpuArray::with_max_entries(1, 0);
+
+/// When the last write of a traced thread on this CPU began (see [`WriteStart`]). A
+/// per-CPU slot costs the write entry program a store where a per-thread hash slot cost a
+/// lookup, and the entry program needs nothing else.
+#[map]
+pub static WRITE_STARTS: PerCpuArray<WriteStart> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every record the agent reads. One buffer for all CPUs keeps records in order.
 #[map]

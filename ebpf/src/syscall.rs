@@ -36,18 +36,51 @@ pub fn ret(ctx: &TracePointContext) -> i64 {
 #[inline(always)]
 pub fn args_at_exit(layout: u32) -> Option<[u64; 3]> {
     // SAFETY: both helpers take the current task, which is alive while it runs this.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    // Plain loads, not bpf_probe_read_kernel: the helper returns a BTF-typed pointer, so
+    // the verifier checks each constant offset against `struct pt_regs` and lets the load
+    // through as a direct read, a few instructions instead of a helper call. Both layouts'
+    // branches are verified on every kernel, so a plain load must fit in both structs
+    // (x86_64's is 168 bytes); arm64's orig_x0 beyond that is read with the helper.
+    let at = |offset: u32| {
+        // SAFETY: `offset` is one of the layout's fixed register offsets, inside pt_regs.
+        unsafe { core::ptr::read_volatile(regs.add(offset as usize).cast::<u64>()) }
+    };
     if layout == regs_layout::X86_64 {
-        // dx, si, di are adjacent: one read.
-        let [dx, si, di] = read_kernel::<[u64; 3]>(regs + regs_layout::X86_64_DX as u64)?;
-        Some([di, si, dx])
+        Some([
+            at(regs_layout::X86_64_DI),
+            at(regs_layout::X86_64_SI),
+            at(regs_layout::X86_64_DX),
+        ])
     } else if layout == regs_layout::ARM64 {
-        let [_, x1, x2] = read_kernel::<[u64; 3]>(regs + regs_layout::ARM64_REGS as u64)?;
-        let x0 = read_kernel::<u64>(regs + regs_layout::ARM64_ORIG_X0 as u64)?;
-        Some([x0, x1, x2])
+        Some([
+            read_kernel::<u64>(regs as u64 + regs_layout::ARM64_ORIG_X0 as u64)?,
+            at(regs_layout::ARM64_REGS + 8),
+            at(regs_layout::ARM64_REGS + 16),
+        ])
     } else {
         None
     }
+}
+
+/// `KernelOffsets::task_switches`, written by the agent into the object's read-only data
+/// before loading. The verifier knows values in frozen read-only maps, so a load at this
+/// offset from a BTF-typed task pointer is checked against `task_struct` and runs as a
+/// plain load, where a `bpf_probe_read_kernel` would cost a helper call at every write's
+/// entry and exit.
+#[unsafe(no_mangle)]
+static TASK_SWITCHES_OFFSET: u32 = 0;
+
+/// The current thread's context switches so far (`nvcsw + nivcsw`).
+#[inline(always)]
+pub fn context_switches() -> u64 {
+    // SAFETY: a plain read of a static; volatile so the build-time 0 is not folded in.
+    let offset = unsafe { core::ptr::read_volatile(&TASK_SWITCHES_OFFSET) } as usize;
+    // SAFETY: the helper has no preconditions; the task is alive while it runs this.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: the agent checked against BTF that two unsigned longs sit at `offset`.
+    let at = |o: usize| unsafe { core::ptr::read_volatile(task.add(o).cast::<u64>()) };
+    at(offset).wrapping_add(at(offset + 8))
 }
 
 #[inline(always)]

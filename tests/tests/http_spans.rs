@@ -192,27 +192,32 @@ fn node_http_server_over_http_protobuf() {
 
 #[test]
 fn nginx_server_and_curl_client_spans() {
-    let stderr = nginx_and_curl(&[]);
-    // This kernel (5.15 or later, x86_64 or arm64) takes read arguments at the exit; a
-    // refused exit program would otherwise hide behind the fallback.
+    let (stderr, unstamped) = nginx_and_curl(&[]);
+    // This kernel (5.15 or later, x86_64 or arm64) takes read and write arguments at the
+    // exit; a refused exit program would otherwise hide behind the fallback.
     assert!(
-        stderr.contains("reads hooked at their return only"),
+        stderr.contains("reads hooked at their return, writes at their return"),
         "{stderr}"
     );
+    // The writes' start stamps are found at their exits: nginx's and curl's writes do not
+    // block, so hardly any of the 14 or more writes (a request and a response in each of
+    // 7 exchanges) can have been switched out.
+    assert!(unstamped <= 3.0, "{unstamped} writes without start stamp");
 }
 
 #[test]
-fn nginx_server_and_curl_client_spans_with_reads_hooked_at_entry() {
-    let stderr = nginx_and_curl(&["--read-probes", "entry"]);
+fn nginx_server_and_curl_client_spans_with_data_syscalls_hooked_at_entry() {
+    let (stderr, unstamped) = nginx_and_curl(&["--data-probes", "entry"]);
     assert!(
-        stderr.contains("reads hooked at entry and return"),
+        stderr.contains("reads hooked at entry and return, writes at entry and return"),
         "{stderr}"
     );
+    assert_eq!(unstamped, 0.0);
 }
 
 /// Traces nginx and curl with `extra` flags and checks both sides' spans; returns the
-/// agent's log.
-fn nginx_and_curl(extra: &[&str]) -> String {
+/// agent's log and `loupe_kernel_write_start_unknown_total`.
+fn nginx_and_curl(extra: &[&str]) -> (String, f64) {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
@@ -266,9 +271,28 @@ fn nginx_and_curl(extra: &[&str]) -> String {
         .find(|s| s.attributes.get("url.path").map(String::as_str) == Some("/joined"))
         .expect("client span for /joined");
     assert_eq!(joined_client.trace_id, INCOMING_TRACE);
+    // Each client span starts before its server span: the client's first write begins
+    // before the server's read can return. (The ends carry no such order: the client may
+    // read the response before the server's write has returned.)
+    for server in &nginx {
+        let path = server.attributes.get("url.path");
+        let Some(client) = clients
+            .iter()
+            .find(|c| c.attributes.get("url.path") == path)
+        else {
+            continue;
+        };
+        assert!(
+            client.start_ns <= server.start_ns,
+            "{path:?}: client starts at {}, after the server at {}",
+            client.start_ns,
+            server.start_ns
+        );
+    }
+    let unstamped = agent.metric("loupe_kernel_write_start_unknown_total");
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
-    agent.stderr()
+    (agent.stderr(), unstamped)
 }
 
 #[test]

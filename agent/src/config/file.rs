@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::ConfigError;
 use crate::{
-    cli::{CpuPriority, MAX_METRIC_SERIES_LIMIT, MIN_CAPTURE_BYTES, ReadProbes},
+    cli::{CpuPriority, DataProbes, MAX_METRIC_SERIES_LIMIT, MIN_CAPTURE_BYTES},
     export::config::MAX_QUEUE_SIZE_LIMIT,
     pipeline::SdkSpans,
 };
@@ -31,7 +31,8 @@ pub struct FileConfig {
     pub capture_bytes: Option<Bounded<MIN_CAPTURE_BYTES_U64, MAX_CAPTURE>>,
     pub ring_buffer_mib: Option<Bounded<1, 1024, true>>,
     pub cpu_priority: Option<CpuPriority>,
-    pub read_probes: Option<ReadProbes>,
+    #[serde(alias = "read_probes")]
+    pub data_probes: Option<DataProbes>,
     pub sdk_spans: Option<SdkSpans>,
     pub inject_traceparent: Option<bool>,
     pub sampling: Option<Sampling>,

@@ -290,5 +290,5 @@ pub fn apply_file(run: &mut RunArgs, file: &FileConfig, given: impl Fn(&str) -> 
         file.ring_buffer_mib.map(|n| narrow(n.get()))
     );
     layer!(cpu_priority, file.cpu_priority);
-    layer!(read_probes, file.read_probes);
+    layer!(data_probes, file.data_probes);
 }

@@ -36,7 +36,7 @@ impl AgentConfig {
             capture_bytes: Some(Bounded::new(run.capture_bytes.into())),
             ring_buffer_mib: Some(Bounded::new(run.ring_buffer_mib.into())),
             cpu_priority: Some(run.cpu_priority),
-            read_probes: Some(run.read_probes),
+            data_probes: Some(run.data_probes),
             sdk_spans: Some(run.sdk_spans),
             inject_traceparent: Some(run.inject_traceparent),
             sampling: Some(Sampling {

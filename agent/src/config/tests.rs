@@ -490,3 +490,14 @@ fn the_readme_example_is_valid() {
     assert_eq!(config.run.exes, vec!["python3*", "nginx"]);
     assert_eq!(config.export.batch.max_queue_size, 4096);
 }
+
+#[test]
+fn the_old_read_probes_name_still_works() {
+    use crate::cli::DataProbes;
+    let from_file = load("read_probes: entry\n", &[], &[]).unwrap();
+    assert_eq!(from_file.run.data_probes, DataProbes::Entry);
+    let from_flag = load("", &["--read-probes", "exit"], &[]).unwrap();
+    assert_eq!(from_flag.run.data_probes, DataProbes::Exit);
+    let new_flag = load("", &["--data-probes", "entry"], &[]).unwrap();
+    assert_eq!(new_flag.run.data_probes, DataProbes::Entry);
+}

@@ -451,6 +451,9 @@ impl Pipeline {
         self.metrics
             .kernel_read_failures
             .set(kernel[loupe_common::counter::READ_FAILURES as usize]);
+        self.metrics
+            .kernel_write_start_unknown
+            .set(kernel[loupe_common::counter::WRITE_START_UNKNOWN as usize]);
         self.metrics.set_injection_counters(&kernel);
         self.assembler.set_clock(Clock::measure());
     }

@@ -3,35 +3,25 @@
 use aya::{Ebpf, programs::TracePoint};
 
 use super::ProbeError;
-use crate::cli::ReadProbes;
+use crate::cli::DataProbes;
 
 /// (program, tracepoint category, tracepoint name). A program may appear several times:
 /// the data exit program serves every data syscall.
 type Attachment = (&'static str, &'static str, &'static str);
 
-/// Everything but the reads.
+/// Everything but the data syscalls.
 pub const ATTACHMENTS: &[Attachment] = &[
     ("loupe_accept_exit", "syscalls", "sys_exit_accept"),
     ("loupe_accept4_exit", "syscalls", "sys_exit_accept4"),
     ("loupe_connect_enter", "syscalls", "sys_enter_connect"),
     ("loupe_connect_exit", "syscalls", "sys_exit_connect"),
     ("loupe_close_enter", "syscalls", "sys_enter_close"),
-    ("loupe_write_enter", "syscalls", "sys_enter_write"),
-    ("loupe_sendto_enter", "syscalls", "sys_enter_sendto"),
-    ("loupe_writev_enter", "syscalls", "sys_enter_writev"),
-    ("loupe_sendmsg_enter", "syscalls", "sys_enter_sendmsg"),
-    ("loupe_sendfile_enter", "syscalls", "sys_enter_sendfile64"),
-    ("loupe_data_exit", "syscalls", "sys_exit_write"),
-    ("loupe_data_exit", "syscalls", "sys_exit_sendto"),
-    ("loupe_data_exit", "syscalls", "sys_exit_writev"),
-    ("loupe_data_exit", "syscalls", "sys_exit_sendmsg"),
-    ("loupe_data_exit", "syscalls", "sys_exit_sendfile64"),
     ("loupe_process_exec", "sched", "sched_process_exec"),
     ("loupe_process_fork", "sched", "sched_process_fork"),
     ("loupe_thread_exit", "sched", "sched_process_exit"),
 ];
 
-/// Reads hooked at their return only (`--read-probes exit`).
+/// Reads hooked at their return only (`--data-probes exit`).
 pub const READS_AT_EXIT: &[Attachment] = &[
     ("loupe_read_exit", "syscalls", "sys_exit_read"),
     ("loupe_read_exit", "syscalls", "sys_exit_recvfrom"),
@@ -39,7 +29,7 @@ pub const READS_AT_EXIT: &[Attachment] = &[
     ("loupe_recvmsg_exit", "syscalls", "sys_exit_recvmsg"),
 ];
 
-/// Reads hooked at entry and return (`--read-probes entry`).
+/// Reads hooked at entry and return (`--data-probes entry`).
 pub const READS_AT_ENTRY_AND_EXIT: &[Attachment] = &[
     ("loupe_read_enter", "syscalls", "sys_enter_read"),
     ("loupe_recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
@@ -51,59 +41,84 @@ pub const READS_AT_ENTRY_AND_EXIT: &[Attachment] = &[
     ("loupe_data_exit", "syscalls", "sys_exit_recvmsg"),
 ];
 
-/// Which read programs ended up attached.
+/// Writes captured at their return, their start stamped at entry (`--data-probes exit`).
+pub const WRITES_AT_EXIT: &[Attachment] = &[
+    ("loupe_write_stamp", "syscalls", "sys_enter_write"),
+    ("loupe_write_stamp", "syscalls", "sys_enter_sendto"),
+    ("loupe_write_stamp", "syscalls", "sys_enter_writev"),
+    ("loupe_write_stamp", "syscalls", "sys_enter_sendmsg"),
+    ("loupe_write_stamp", "syscalls", "sys_enter_sendfile64"),
+    ("loupe_write_exit", "syscalls", "sys_exit_write"),
+    ("loupe_write_exit", "syscalls", "sys_exit_sendto"),
+    ("loupe_writev_exit", "syscalls", "sys_exit_writev"),
+    ("loupe_sendmsg_exit", "syscalls", "sys_exit_sendmsg"),
+    ("loupe_sendfile_exit", "syscalls", "sys_exit_sendfile64"),
+];
+
+/// Writes hooked at entry, arguments saved per thread, and return (`--data-probes entry`).
+pub const WRITES_AT_ENTRY_AND_EXIT: &[Attachment] = &[
+    ("loupe_write_enter", "syscalls", "sys_enter_write"),
+    ("loupe_sendto_enter", "syscalls", "sys_enter_sendto"),
+    ("loupe_writev_enter", "syscalls", "sys_enter_writev"),
+    ("loupe_sendmsg_enter", "syscalls", "sys_enter_sendmsg"),
+    ("loupe_sendfile_enter", "syscalls", "sys_enter_sendfile64"),
+    ("loupe_data_exit", "syscalls", "sys_exit_write"),
+    ("loupe_data_exit", "syscalls", "sys_exit_sendto"),
+    ("loupe_data_exit", "syscalls", "sys_exit_writev"),
+    ("loupe_data_exit", "syscalls", "sys_exit_sendmsg"),
+    ("loupe_data_exit", "syscalls", "sys_exit_sendfile64"),
+];
+
+/// How one family of data syscalls ended up hooked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadHooks {
+pub enum Hooks {
     Exit,
     EntryAndExit,
 }
 
-/// Loads and attaches every program, the read programs as `mode` says. `regs_known` is
-/// whether the running kernel's BTF confirmed a register layout the read exit programs
-/// know.
+impl Hooks {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hooks::Exit => "at their return",
+            Hooks::EntryAndExit => "at entry and return",
+        }
+    }
+}
+
+/// How reads and writes ended up hooked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHooks {
+    pub reads: Hooks,
+    pub writes: Hooks,
+}
+
+/// What the running kernel's BTF confirmed for the exit-only programs.
+#[derive(Debug, Clone, Copy)]
+pub struct ExitSupport {
+    /// A `pt_regs` layout the exit programs know (reads and writes).
+    pub regs: bool,
+    /// `task_struct`'s switch counters, side by side (writes).
+    pub switches: bool,
+}
+
+/// Loads and attaches every program, the data syscall programs as `mode` says.
 pub fn attach_all(
     ebpf: &mut Ebpf,
-    mode: ReadProbes,
-    regs_known: bool,
-) -> Result<ReadHooks, ProbeError> {
+    mode: DataProbes,
+    support: ExitSupport,
+) -> Result<DataHooks, ProbeError> {
     // Load each program before any attach: a verifier failure then names the program and
     // nothing is half-attached.
     load(ebpf, ATTACHMENTS)?;
-    let hooks = match mode {
-        ReadProbes::Entry => ReadHooks::EntryAndExit,
-        ReadProbes::Exit if !regs_known => return Err(ProbeError::ReadExitUnsupported),
-        ReadProbes::Exit => {
-            load(ebpf, READS_AT_EXIT)?;
-            ReadHooks::Exit
-        }
-        ReadProbes::Auto if !regs_known => {
-            log::info!(
-                "reads hooked at entry and exit: this kernel's BTF shows no pt_regs layout \
-                 loupe knows"
-            );
-            ReadHooks::EntryAndExit
-        }
-        ReadProbes::Auto => match load(ebpf, READS_AT_EXIT) {
-            Ok(()) => ReadHooks::Exit,
-            Err(err) => {
-                log::info!(
-                    "reads hooked at entry and exit: the kernel refused the read exit \
-                     programs (bpf_task_pt_regs needs Linux 5.15): {}",
-                    first_cause(&err)
-                );
-                log::debug!("read exit programs refused: {err:?}");
-                ReadHooks::EntryAndExit
-            }
-        },
-    };
-    let reads = match hooks {
-        ReadHooks::Exit => READS_AT_EXIT,
-        ReadHooks::EntryAndExit => {
-            load(ebpf, READS_AT_ENTRY_AND_EXIT)?;
-            READS_AT_ENTRY_AND_EXIT
-        }
-    };
-    for &(program, category, tracepoint_name) in ATTACHMENTS.iter().chain(reads) {
+    let reads = choose(ebpf, mode, Family::Reads, support.regs)?;
+    let writes = choose(ebpf, mode, Family::Writes, support.regs && support.switches)?;
+    let mut all: Vec<Attachment> = ATTACHMENTS.to_vec();
+    for (family, hooks) in [(Family::Reads, reads), (Family::Writes, writes)] {
+        let list = family.attachments(hooks);
+        load(ebpf, list)?;
+        all.extend_from_slice(list);
+    }
+    for (program, category, tracepoint_name) in all {
         tracepoint(ebpf, program)?
             .attach(category, tracepoint_name)
             .map_err(|source| ProbeError::Attach {
@@ -113,7 +128,66 @@ pub fn attach_all(
                 source: Box::new(source),
             })?;
     }
-    Ok(hooks)
+    Ok(DataHooks { reads, writes })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    Reads,
+    Writes,
+}
+
+impl Family {
+    fn attachments(self, hooks: Hooks) -> &'static [Attachment] {
+        match (self, hooks) {
+            (Family::Reads, Hooks::Exit) => READS_AT_EXIT,
+            (Family::Reads, Hooks::EntryAndExit) => READS_AT_ENTRY_AND_EXIT,
+            (Family::Writes, Hooks::Exit) => WRITES_AT_EXIT,
+            (Family::Writes, Hooks::EntryAndExit) => WRITES_AT_ENTRY_AND_EXIT,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Reads => "reads",
+            Family::Writes => "writes",
+        }
+    }
+}
+
+/// The hooks `mode` asks for, falling back from exit to entry under `auto` when the BTF
+/// did not confirm what the exit programs read (`known`) or the kernel refuses them.
+fn choose(
+    ebpf: &mut Ebpf,
+    mode: DataProbes,
+    family: Family,
+    known: bool,
+) -> Result<Hooks, ProbeError> {
+    let name = family.name();
+    Ok(match mode {
+        DataProbes::Entry => Hooks::EntryAndExit,
+        DataProbes::Exit if !known => return Err(ProbeError::ExitUnsupported { family: name }),
+        DataProbes::Exit => Hooks::Exit,
+        DataProbes::Auto if !known => {
+            log::info!(
+                "{name} hooked at entry and exit: this kernel's BTF does not show the layout \
+                 the exit programs read"
+            );
+            Hooks::EntryAndExit
+        }
+        DataProbes::Auto => match load(ebpf, family.attachments(Hooks::Exit)) {
+            Ok(()) => Hooks::Exit,
+            Err(err) => {
+                log::info!(
+                    "{name} hooked at entry and exit: the kernel refused the exit programs \
+                     (bpf_task_pt_regs needs Linux 5.15): {}",
+                    first_cause(&err)
+                );
+                log::debug!("{name} exit programs refused: {err:?}");
+                Hooks::EntryAndExit
+            }
+        },
+    })
 }
 
 /// The innermost error's first line: a verifier log can run to thousands of lines.

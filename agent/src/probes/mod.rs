@@ -11,7 +11,7 @@ mod tracefs;
 use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
 use loupe_common::ProbeConfig;
 
-use crate::{cli::ReadProbes, process::selector::ExecHints};
+use crate::{cli::DataProbes, process::selector::ExecHints};
 
 pub use maps::{ConnectionMap, CounterMap};
 pub use traced::TracedTgids;
@@ -46,10 +46,11 @@ pub enum ProbeError {
         source: Box<aya::programs::ProgramError>,
     },
     #[error(
-        "--read-probes exit: this kernel's BTF shows no pt_regs layout loupe knows \
-         (x86_64 and arm64 are supported); use --read-probes entry"
+        "--data-probes exit: this kernel's BTF shows no pt_regs layout the {family} exit \
+         programs know (x86_64 and arm64 are supported), or, for writes, no \
+         task_struct.nvcsw/nivcsw; use --data-probes entry"
     )]
-    ReadExitUnsupported,
+    ExitUnsupported { family: &'static str },
     #[error("setting up --inject-traceparent")]
     Inject(#[from] inject::InjectError),
 }
@@ -61,7 +62,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 pub struct Probes {
     ebpf: Ebpf,
     injection: Option<inject::InjectAttachment>,
-    read_hooks: attach::ReadHooks,
+    data_hooks: attach::DataHooks,
 }
 
 /// The maps the agent works with, taken out of the loaded object.
@@ -74,14 +75,14 @@ pub struct ProbeMaps {
 
 impl Probes {
     /// Loads the programs with `config`, fills the port filter, and attaches every program
-    /// (the read programs `read_probes` asks for, the injection programs only when
+    /// (the read programs `data_probes` asks for, the injection programs only when
     /// `config.inject_traceparent` is set).
     pub fn load(
         config: &ProbeConfig,
         ports: &[u16],
         exec_hints: &ExecHints,
         ring_bytes: u32,
-        read_probes: ReadProbes,
+        data_probes: DataProbes,
     ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::NotBuilt);
@@ -100,13 +101,17 @@ impl Probes {
                 });
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
+            .override_global("TASK_SWITCHES_OFFSET", &config.offsets.task_switches, true)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         maps::write_config(&mut ebpf, &config)?;
         maps::write_ports(&mut ebpf, ports)?;
         maps::write_exec_hints(&mut ebpf, exec_hints)?;
-        let regs_known = config.offsets.regs_layout != loupe_common::regs_layout::UNKNOWN;
-        let read_hooks = attach::attach_all(&mut ebpf, read_probes, regs_known)?;
+        let support = attach::ExitSupport {
+            regs: config.offsets.regs_layout != loupe_common::regs_layout::UNKNOWN,
+            switches: config.offsets.task_switches != 0,
+        };
+        let data_hooks = attach::attach_all(&mut ebpf, data_probes, support)?;
         let injection = if config.inject_traceparent != 0 {
             Some(inject::attach(&mut ebpf)?)
         } else {
@@ -115,13 +120,13 @@ impl Probes {
         Ok(Self {
             ebpf,
             injection,
-            read_hooks,
+            data_hooks,
         })
     }
 
-    /// How reads ended up hooked.
-    pub fn read_hooks(&self) -> attach::ReadHooks {
-        self.read_hooks
+    /// How reads and writes ended up hooked.
+    pub fn data_hooks(&self) -> attach::DataHooks {
+        self.data_hooks
     }
 
     /// Where `traceparent` injection is attached, when it is on.

@@ -133,7 +133,23 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
         sock_v6_rcv_saddr: skc("skc_v6_rcv_saddr", Bytes(16))?,
         sock_protocol: r.field("sock", "sk_protocol", Bytes(2))?.offset,
         regs_layout: regs_layout(&r),
+        task_switches: task_switches(&r),
     })
+}
+
+/// The offset of `task_struct.nvcsw` when `nivcsw` follows it directly (one read gets
+/// both); 0 otherwise, which is no error: writes are then traced by entry and exit
+/// programs.
+fn task_switches(r: &Resolver) -> u32 {
+    let at = |field| {
+        r.field("task_struct", field, Expect::Bytes(8))
+            .ok()
+            .map(|f| f.offset)
+    };
+    match (at("nvcsw"), at("nivcsw")) {
+        (Some(voluntary), Some(involuntary)) if involuntary == voluntary + 8 => voluntary,
+        _ => 0,
+    }
 }
 
 /// The `struct pt_regs` layout whose fixed argument offsets this kernel's BTF confirms.

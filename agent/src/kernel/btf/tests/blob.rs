@@ -229,7 +229,12 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
     b.strukt(
         "task_struct",
         4000,
-        &[("__state", u32_, 0), ("files", files_ptr, 2456)],
+        &[
+            ("__state", u32_, 0),
+            ("nvcsw", u64_, 1600),
+            ("nivcsw", u64_, 1608),
+            ("files", files_ptr, 2456),
+        ],
     );
     b.strukt(
         "files_struct",
@@ -337,4 +342,5 @@ pub const FAKE_OFFSETS: KernelOffsets = KernelOffsets {
     sock_v6_rcv_saddr: 88,
     sock_protocol: 516,
     regs_layout: loupe_common::regs_layout::X86_64,
+    task_switches: 1600,
 };

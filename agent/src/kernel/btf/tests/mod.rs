@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::parse::kind;
 use super::{
     BtfError, Expect, LayoutProblem, Resolver, VMLINUX_BTF, kernel_offsets, offsets_from_file,
-    regs_layout, resolve_offsets,
+    regs_layout, resolve_offsets, task_switches,
 };
 
 fn malformed_reason(r: Result<KernelOffsets, BtfError>) -> &'static str {
@@ -66,6 +66,25 @@ fn pt_regs_layouts_are_recognised_only_at_the_fixed_offsets() {
         regs_layout(&Resolver::new(&b.bytes()).expect("parses")),
         UNKNOWN
     );
+}
+
+#[test]
+fn switch_counters_are_used_only_side_by_side() {
+    let switches = |members: &[(&str, u32)]| {
+        let mut b = Blob::new();
+        let ulong = b.int("long unsigned int", 8);
+        let fields: Vec<(&str, u32, u32)> = members
+            .iter()
+            .map(|&(name, off)| (name, ulong, off))
+            .collect();
+        b.strukt("task_struct", 4000, &fields);
+        task_switches(&Resolver::new(&b.bytes()).expect("parses"))
+    };
+    assert_eq!(switches(&[("nvcsw", 1200), ("nivcsw", 1208)]), 1200);
+    // Apart, in the other order, or missing: writes keep their entry programs.
+    assert_eq!(switches(&[("nvcsw", 1200), ("nivcsw", 1216)]), 0);
+    assert_eq!(switches(&[("nivcsw", 1200), ("nvcsw", 1208)]), 0);
+    assert_eq!(switches(&[("nvcsw", 1200)]), 0);
 }
 
 #[test]
@@ -425,6 +444,7 @@ fn running_kernel_offsets_are_plausible() {
     // sock_common is the head of sock; sk_protocol comes after it.
     assert!(o.sock_protocol > o.sock_v6_rcv_saddr);
     assert!(o.sock_family < 136 && o.sock_daddr < 136);
+    assert!(o.task_switches > 0 && o.task_switches < 16384);
     #[cfg(target_arch = "x86_64")]
     assert_eq!(o.regs_layout, loupe_common::regs_layout::X86_64);
     #[cfg(target_arch = "aarch64")]
