@@ -178,8 +178,8 @@ pub struct RunArgs {
     /// the arguments from the registers saved at entry (Linux 5.15 or later): reads run one
     /// program, writes one more at entry that only stamps their start; 'entry' saves the
     /// arguments in a per-thread table at entry (any kernel; about twice the cost per read
-    /// for every process on the host, and a third more per traced write); 'auto' uses
-    /// 'exit' where the kernel allows it.
+    /// for every process on the host, and about a quarter more per traced write); 'auto'
+    /// uses 'exit' where the kernel allows it.
     #[arg(
         long,
         visible_alias = "read-probes",
