@@ -179,7 +179,9 @@ pub struct RunArgs {
     /// program, writes one more at entry that only stamps their start; 'entry' saves the
     /// arguments in a per-thread table at entry (any kernel; about twice the cost per read
     /// for every process on the host, and about a quarter more per traced write); 'auto'
-    /// uses 'exit' where the kernel allows it.
+    /// uses 'exit' where the kernel allows it, for each family on its own. 'exit' fails
+    /// when either family cannot have it (writes also need `task_struct`'s switch counters
+    /// in BTF); the older name --read-probes now sets both families too.
     #[arg(
         long,
         visible_alias = "read-probes",

@@ -139,7 +139,8 @@ pub struct DataEventHeader {
     pub fd: u32,
     pub conn_id: u64,
     /// Monotonic ns at syscall entry; equal to `end_ns` for reads hooked at exit only
-    /// (nothing uses a read's entry time).
+    /// (nothing uses a read's entry time) and for writes whose start stamp was not their
+    /// own (`counter::WRITE_START_UNKNOWN`).
     pub start_ns: u64,
     /// Monotonic ns at syscall exit.
     pub end_ns: u64,
@@ -338,8 +339,8 @@ pub struct KernelOffsets {
     pub sock_v6_daddr: u32,
     pub sock_v6_rcv_saddr: u32,
     pub sock_protocol: u32,
-    /// How the read exit programs find a syscall's arguments in `struct pt_regs`, one of
-    /// [`regs_layout`]; checked against the running kernel's BTF.
+    /// How the read and write exit programs find a syscall's arguments in
+    /// `struct pt_regs`, one of [`regs_layout`]; checked against the running kernel's BTF.
     pub regs_layout: u32,
     /// `task_struct.nvcsw`, followed by `nivcsw`: the thread's context switches, which
     /// tell a write's exit whether its per-CPU start stamp is its own ([`WriteStart`]).
@@ -349,11 +350,11 @@ pub struct KernelOffsets {
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 76);
 
-/// Layouts of `struct pt_regs` the read exit programs know, with the offsets of the first
+/// Layouts of `struct pt_regs` the exit programs know, with the offsets of the first
 /// three syscall arguments fixed at build time (the verifier needs constant offsets) and
 /// checked against the running kernel's BTF before use.
 pub mod regs_layout {
-    /// Unknown: reads are traced with entry and exit programs instead.
+    /// Unknown: reads and writes are traced with entry and exit programs instead.
     pub const UNKNOWN: u32 = 0;
     /// x86_64: arguments in `di`, `si`, `dx`, stored contiguously as `dx, si, di`.
     pub const X86_64: u32 = 1;

@@ -289,7 +289,12 @@ fn nginx_and_curl(extra: &[&str]) -> (String, f64) {
             server.start_ns
         );
     }
-    let unstamped = agent.metric("loupe_kernel_write_start_unknown_total");
+    // The kernel's counters reach /metrics with the agent's housekeeping, once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let metrics = agent.metrics();
+    let unstamped = *metrics
+        .get("loupe_kernel_write_start_unknown_total")
+        .expect("the write-stamp counter is exported");
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
     (agent.stderr(), unstamped)

@@ -210,8 +210,8 @@ pub struct Launch<'a> {
     pub pass_stdout: bool,
 }
 
-/// Export over OTLP gRPC to `endpoint`, batching as the agent does by default: what the
-/// overhead is measured with.
+/// Export over OTLP gRPC to `endpoint`, batching as the agent does by default (the
+/// completeness receiver listens for gRPC; the overhead rounds use [`Sink::agent_env`]).
 pub fn otlp_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),

@@ -14,6 +14,8 @@ use super::http::{self, BodyKind, HttpError, MAX_HEAD};
 
 mod paced;
 pub use paced::run;
+#[cfg(test)]
+use paced::run_with_timeout;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Latency samples kept per connection; more are counted but not stored.
@@ -301,6 +303,36 @@ mod tests {
         };
         let mut dead = KeepAlive::new(super::super::process::loopback(port));
         assert!(dead.send(b"GET / HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn requests_that_time_out_free_their_lane_for_the_overdue_ones() {
+        // Accepts and never answers.
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+            panic!("bind");
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("addr");
+        };
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(8).flatten().collect();
+            std::thread::sleep(Duration::from_secs(5));
+            drop(held);
+        });
+        // Due at 0, 100 and 200 ms; each waits 150 ms for nothing.
+        let result = run_with_timeout(
+            &PacedConfig {
+                addr,
+                rate: 10,
+                connections: 1,
+                duration: Duration::from_millis(300),
+            },
+            Duration::from_millis(150),
+        );
+        assert_eq!(result.sent, 3);
+        assert_eq!(result.errors, 3);
+        assert_eq!(result.completed, 0);
+        assert_eq!(result.p99_us, None);
     }
 
     #[test]

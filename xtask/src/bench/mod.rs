@@ -59,9 +59,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ServiceKind::Nginx])]
     pub service: Vec<ServiceKind>,
     /// Requests per second in the fixed-rate phase: `N` for every service, or
-    /// `SERVICE=N` for one, comma-separated. Defaults: nginx 10000, python 6000, each
-    /// lowered to half of what the service carried in the warm-up when the host is slower
-    /// than that (latency near saturation measures queueing, not the agent).
+    /// `SERVICE=N` for one, comma-separated. Defaults: nginx 10000, python 6000; the
+    /// overhead rounds lower each to half of what the service carried in the warm-up when
+    /// the host is slower than that (latency near saturation measures queueing, not the
+    /// agent); the soak and a run with `--warmup 0` use them as they are.
     #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
     pub rate: Vec<RateSpec>,
     /// Keep-alive connections sharing the fixed rate.

@@ -114,12 +114,13 @@ pub fn explicit_rate(specs: &[RateSpec], service: ServiceKind) -> Option<u64> {
 }
 
 /// The default rate, lowered to half of what the service carried closed-loop in the
-/// warm-up (in steps of 500, never below `floor`). Latency measured near saturation is
+/// warm-up (in steps of 500 from 1,000 req/s up, never below `floor`). Latency measured near saturation is
 /// queueing, not overhead: the Python server's p50 reached a second at 6,000 req/s on a
 /// day it carried 6,500 closed-loop.
 pub fn fitted_rate(default: u64, closed_loop_rps: f64, floor: u64) -> u64 {
-    let half = (closed_loop_rps / 2.0 / 500.0).floor() as u64 * 500;
-    default.min(half).max(floor)
+    let half = (closed_loop_rps / 2.0).max(0.0) as u64;
+    let rounded = if half >= 500 { half / 500 * 500 } else { half };
+    default.min(rounded).max(floor)
 }
 
 /// A running service under load.
@@ -217,6 +218,8 @@ mod tests {
         assert_eq!(fitted_rate(10_000, 80_000.0, 32), 10_000);
         // Python carrying 6,500 gets 3,000 instead of 6,000.
         assert_eq!(fitted_rate(6_000, 6_500.0, 32), 3_000);
+        // Below 1,000 req/s the half is kept as it is, not rounded down to nothing.
+        assert_eq!(fitted_rate(6_000, 999.0, 32), 499);
         // A service that barely answers still gets the floor (one request per connection).
         assert_eq!(fitted_rate(6_000, 10.0, 32), 32);
     }

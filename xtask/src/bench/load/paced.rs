@@ -46,7 +46,9 @@ struct Conn {
 
 impl Conn {
     fn open(addr: SocketAddr) -> io::Result<Self> {
-        // Blocking connect (loopback: immediate), then nonblocking for the loop.
+        // Blocking connect, then nonblocking for the loop. On loopback a connect is
+        // immediate; one that waits (a full accept backlog dropping the SYN) stalls every
+        // lane for up to IO_TIMEOUT, and their latencies show it.
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
@@ -259,6 +261,11 @@ impl Loop<'_> {
 }
 
 pub fn run(config: &PacedConfig) -> PacedResult {
+    run_with_timeout(config, IO_TIMEOUT)
+}
+
+/// [`run`], a request failing when its response takes longer than `timeout`.
+pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> PacedResult {
     let start = Instant::now() + Duration::from_millis(50);
     let mut state = Loop {
         config,
@@ -291,6 +298,17 @@ pub fn run(config: &PacedConfig) -> PacedResult {
         polled.clear();
         polled_lanes.clear();
         for (i, lane) in lanes.iter_mut().enumerate() {
+            // A timed-out request frees its lane first, so the lane's overdue requests go
+            // out (or count as errors) in this same pass.
+            if lane
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| now.duration_since(flight.sent_at) > timeout)
+            {
+                state.tally.errors += 1;
+                lane.in_flight = None;
+                lane.conn = None;
+            }
             if lane.in_flight.is_none()
                 && let Some(due) = state.send_if_due(lane, now)
             {
@@ -298,13 +316,7 @@ pub fn run(config: &PacedConfig) -> PacedResult {
                 busy = true;
             }
             if let (Some(flight), Some(conn)) = (&lane.in_flight, &lane.conn) {
-                if now.duration_since(flight.sent_at) > IO_TIMEOUT {
-                    state.tally.errors += 1;
-                    lane.in_flight = None;
-                    lane.conn = None;
-                    continue;
-                }
-                wake = wake.min(flight.sent_at + IO_TIMEOUT);
+                wake = wake.min(flight.sent_at + timeout);
                 busy = true;
                 polled.push(libc::pollfd {
                     fd: conn.stream.as_raw_fd(),
@@ -318,7 +330,7 @@ pub fn run(config: &PacedConfig) -> PacedResult {
             break;
         }
         let wait = wake.saturating_duration_since(Instant::now());
-        let timeout = libc::timespec {
+        let wait = libc::timespec {
             tv_sec: wait.as_secs() as libc::time_t,
             tv_nsec: wait.subsec_nanos() as libc::c_long,
         };
@@ -328,7 +340,7 @@ pub fn run(config: &PacedConfig) -> PacedResult {
             libc::ppoll(
                 polled.as_mut_ptr(),
                 polled.len() as libc::nfds_t,
-                &timeout,
+                &wait,
                 std::ptr::null(),
             )
         };
