@@ -345,7 +345,8 @@ pub struct KernelOffsets {
     /// `task_struct.nvcsw`, followed by `nivcsw`: the thread's context switches, which
     /// tell a write's exit whether its per-CPU start stamp is its own ([`WriteStart`]).
     /// 0 when the BTF does not show the two counters side by side; writes are then
-    /// traced with entry and exit programs.
+    /// traced with entry and exit programs. The programs take it from the read-only global
+    /// `TASK_SWITCHES_OFFSET`, a constant to the verifier, not from this struct.
     pub task_switches: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 76);

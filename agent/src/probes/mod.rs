@@ -75,7 +75,7 @@ pub struct ProbeMaps {
 
 impl Probes {
     /// Loads the programs with `config`, fills the port filter, and attaches every program
-    /// (the read programs `data_probes` asks for, the injection programs only when
+    /// (the read and write programs `data_probes` asks for, the injection programs only when
     /// `config.inject_traceparent` is set).
     pub fn load(
         config: &ProbeConfig,

@@ -104,17 +104,7 @@ impl Sink {
 
     /// The agent's OTLP settings for exporting here.
     pub fn agent_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
-            (
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                self.protocol.otel_name().to_owned(),
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://{}", self.addr()),
-            ),
-        ]
+        otlp_env(&format!("http://{}", self.addr()), self.protocol)
     }
 
     /// Spans received so far.
@@ -210,12 +200,14 @@ pub struct Launch<'a> {
     pub pass_stdout: bool,
 }
 
-/// Export over OTLP gRPC to `endpoint`, batching as the agent does by default (the
-/// completeness receiver listens for gRPC; the overhead rounds use [`Sink::agent_env`]).
-pub fn otlp_env(endpoint: &str) -> Vec<(&'static str, String)> {
+/// Export over `protocol` to `endpoint`, batching as the agent does by default.
+fn otlp_env(endpoint: &str, protocol: OtlpProtocol) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            protocol.otel_name().to_owned(),
+        ),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
     ]
 }
@@ -223,7 +215,8 @@ pub fn otlp_env(endpoint: &str) -> Vec<(&'static str, String)> {
 /// `otlp_env` with batches large and frequent enough that a burst of spans is neither
 /// dropped nor held long: for checks that want every span soon, not default behaviour.
 pub fn otlp_env_fast_flush(endpoint: &str) -> Vec<(&'static str, String)> {
-    let mut env = otlp_env(endpoint);
+    // The completeness receiver listens for gRPC.
+    let mut env = otlp_env(endpoint, OtlpProtocol::Grpc);
     env.extend([
         ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096".to_owned()),

@@ -114,9 +114,9 @@ pub fn explicit_rate(specs: &[RateSpec], service: ServiceKind) -> Option<u64> {
 }
 
 /// The default rate, lowered to half of what the service carried closed-loop in the
-/// warm-up (in steps of 500 from 1,000 req/s up, never below `floor`). Latency measured near saturation is
-/// queueing, not overhead: the Python server's p50 reached a second at 6,000 req/s on a
-/// day it carried 6,500 closed-loop.
+/// warm-up (in steps of 500 from 1,000 req/s up, never below `floor`). Latency measured
+/// near saturation is queueing, not overhead: the Python server's p50 reached a second at
+/// 6,000 req/s on a day it carried 6,500 closed-loop.
 pub fn fitted_rate(default: u64, closed_loop_rps: f64, floor: u64) -> u64 {
     let half = (closed_loop_rps / 2.0).max(0.0) as u64;
     let rounded = if half >= 500 { half / 500 * 500 } else { half };

@@ -170,48 +170,35 @@ impl Loop<'_> {
                 return Some(due);
             }
             lane.next += 1;
-            if self.send(lane, due, now) {
+            if self.put(lane, due, now) {
+                self.tally.sent += 1;
                 return None;
             }
             // The request could not go out: counted; the next one may be due already.
+            self.tally.errors += 1;
         }
     }
 
-    /// Puts a request due at `due` on the lane's connection, opening one if needed.
-    fn send(&mut self, lane: &mut Lane, due: Instant, now: Instant) -> bool {
-        if let Some(conn) = lane.conn.as_ref() {
-            let reused = conn.served > 0;
-            if conn.send(&self.request).is_ok() {
-                self.tally.sent += 1;
-                lane.in_flight = Some(InFlight {
-                    due,
-                    sent_at: now,
-                    reused,
-                });
-                return true;
-            }
-            lane.conn = None;
-            if !reused {
-                self.tally.errors += 1;
-                return false;
-            }
-        }
-        match Conn::open(self.config.addr) {
-            Ok(conn) if conn.send(&self.request).is_ok() => {
-                self.tally.sent += 1;
-                lane.conn = Some(conn);
-                lane.in_flight = Some(InFlight {
-                    due,
-                    sent_at: now,
-                    reused: false,
-                });
-                true
-            }
-            _ => {
-                self.tally.errors += 1;
-                false
-            }
-        }
+    /// Puts a request due at `due` on the lane's connection, or on a new one when there is
+    /// none or the server closed a kept one while idle; false when it could not go out.
+    fn put(&self, lane: &mut Lane, due: Instant, now: Instant) -> bool {
+        let kept = lane.conn.take();
+        let reused = kept.as_ref().is_some_and(|conn| conn.served > 0);
+        let (conn, reused) = match kept {
+            Some(conn) if conn.send(&self.request).is_ok() => (conn, reused),
+            Some(_) if !reused => return false,
+            _ => match Conn::open(self.config.addr) {
+                Ok(conn) if conn.send(&self.request).is_ok() => (conn, false),
+                _ => return false,
+            },
+        };
+        lane.conn = Some(conn);
+        lane.in_flight = Some(InFlight {
+            due,
+            sent_at: now,
+            reused,
+        });
+        true
     }
 
     fn on_readable(&mut self, lane: &mut Lane) {
@@ -242,13 +229,12 @@ impl Loop<'_> {
             Progress::ClosedEarly if flight.reused => {
                 // The server closed the idle connection: the same request goes again once,
                 // on a new connection, as HTTP clients do.
+                // Already counted as sent.
                 let due = flight.due;
                 lane.conn = None;
                 lane.in_flight = None;
-                // Still one request: `send` counts it again, or counts the error.
-                self.tally.sent -= 1;
-                if !self.send(lane, due, Instant::now()) {
-                    self.tally.sent += 1;
+                if !self.put(lane, due, Instant::now()) {
+                    self.tally.errors += 1;
                 }
             }
             Progress::ClosedEarly | Progress::Failed => {
