@@ -36,7 +36,6 @@ use crate::{
 /// What the exporter gets to deliver queued spans after SIGTERM; the whole shutdown
 /// stays under five seconds.
 const EXPORT_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
-const MAX_CONNECTIONS: usize = 65536;
 
 /// Runs the agent until SIGTERM or SIGINT. The configuration was checked by
 /// [`crate::config::load`] before anything is loaded into the kernel.
@@ -140,7 +139,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         sdk_spans: cli.sdk_spans,
         head_sampler,
         tail_policy: cli.tail_policy(),
-        max_connections: MAX_CONNECTIONS,
+        max_connections: loupe_common::MAX_CONNECTIONS as usize,
         limits: Http1Limits::default(),
         routes,
         red: red_recorder,

@@ -14,6 +14,14 @@ pub const DEFAULT_CAPTURE: u32 = 1024;
 /// How many iovec entries of a readv/writev/recvmsg/sendmsg are looked at.
 pub const MAX_IOV: usize = 8;
 
+/// TCP connections of traced processes the kernel side keeps: the first
+/// [`FIRST_CONNECTIONS`] in a small table every traced read and write looks in first, the
+/// rest in an overflow table. A lookup in one table of 65,536 entries mostly misses the
+/// TLB and the cache (its bucket array alone spans 1 MiB in 4 KiB pages), and a traced
+/// read's lookup comes after the thread slept, when nothing of it is warm.
+pub const MAX_CONNECTIONS: u32 = 65_536;
+pub const FIRST_CONNECTIONS: u32 = 1024;
+
 /// The first byte of every ring-buffer record.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

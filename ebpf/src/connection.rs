@@ -12,7 +12,7 @@ use loupe_common::{
 use crate::{
     emit::output,
     filter::traced_current,
-    maps::{CONNECTIONS, TRACED_PORTS, count},
+    maps::{CONNECTION_OVERFLOW, CONNECTIONS, TRACED_PORTS, count},
     pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
@@ -49,10 +49,7 @@ pub fn register(
         ignored: ignored as u8,
         _pad: [0; 6],
     };
-    if CONNECTIONS
-        .insert(&ConnKey { tgid, fd }, &state, 0)
-        .is_err()
-    {
+    if !store(&ConnKey { tgid, fd }, &state) {
         count(counter::CONN_TABLE_FULL);
         return None;
     }
@@ -73,12 +70,31 @@ pub fn register(
     Some(state)
 }
 
+/// The stored state of `key`, from whichever table holds it.
+#[inline(always)]
+fn stored(key: &ConnKey) -> Option<ConnState> {
+    // SAFETY: the values are copied out at once.
+    unsafe {
+        CONNECTIONS
+            .get(key)
+            .or_else(|| CONNECTION_OVERFLOW.get(key))
+    }
+    .copied()
+}
+
+/// Stores `state` in the first table, or in the overflow when the first is full; false
+/// when both are. An entry left in the overflow by a close loupe missed is shadowed by the
+/// first table's and removed with it.
+#[inline(always)]
+fn store(key: &ConnKey, state: &ConnState) -> bool {
+    CONNECTIONS.insert(key, state, 0).is_ok() || CONNECTION_OVERFLOW.insert(key, state, 0).is_ok()
+}
+
 /// The traced connection behind `fd`, discovering it on first use.
 #[inline(always)]
 pub fn lookup_or_discover(tgid: u32, tid: u32, fd: u32, cfg: &ProbeConfig) -> Option<ConnState> {
-    // SAFETY: the value is copied out at once.
-    let state = match unsafe { CONNECTIONS.get(&ConnKey { tgid, fd }) } {
-        Some(state) => *state,
+    let state = match stored(&ConnKey { tgid, fd }) {
+        Some(state) => state,
         None => register(tgid, tid, fd, role::UNKNOWN, cfg)?,
     };
     if state.ignored != 0 {
@@ -157,11 +173,11 @@ pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
         tgid,
         fd: arg(&ctx, 0) as u32,
     };
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(state) = (unsafe { CONNECTIONS.get(&key) }).copied() else {
+    let Some(state) = stored(&key) else {
         return 0;
     };
     let _ = CONNECTIONS.remove(&key);
+    let _ = CONNECTION_OVERFLOW.remove(&key);
     if state.ignored == 0 {
         output(&CloseEvent {
             kind: EventKind::ConnClose as u8,

@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use loupe_common::{
-    COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, MAX_EXEC_PREFIXES, MAX_IOV, PendingCall,
-    ProbeConfig, TGID_WORDS, ThreadContext, WriteStart, counter,
+    COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, FIRST_CONNECTIONS, MAX_CONNECTIONS,
+    MAX_EXEC_PREFIXES, MAX_IOV, PendingCall, ProbeConfig, TGID_WORDS, ThreadContext, WriteStart,
+    counter,
 };
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
@@ -35,9 +36,16 @@ pub static EXEC_PREFIXES: Array<CommPrefix> = Array::with_max_entries(MAX_EXEC_P
 #[map]
 pub static TRACED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Known TCP socket fds of traced processes.
+/// Known TCP socket fds of traced processes, the first [`FIRST_CONNECTIONS`] of them (see
+/// there why the table is small).
 #[map]
-pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(65536, 0);
+pub static CONNECTIONS: HashMap<ConnKey, ConnState> =
+    HashMap::with_max_entries(FIRST_CONNECTIONS, 0);
+
+/// Known TCP socket fds that found [`CONNECTIONS`] full.
+#[map]
+pub static CONNECTION_OVERFLOW: HashMap<ConnKey, ConnState> =
+    HashMap::with_max_entries(MAX_CONNECTIONS - FIRST_CONNECTIONS, 0);
 
 /// Arguments saved at syscall entry for the matching exit: one slot per traced thread,
 /// keyed by pid_tgid, reused by each call and freed when the thread exits.

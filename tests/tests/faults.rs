@@ -326,3 +326,80 @@ fn exited_threads_give_their_kernel_slots_back() {
     thread::sleep(Duration::from_secs(2));
     assert_eq!(agent.metric("loupe_kernel_pending_table_full_total"), 0.0);
 }
+
+/// The kernel keeps the first connections of traced processes in a small table that every
+/// traced read and write looks in first, and the rest in an overflow table. With more
+/// connections open at once than the first table holds, every request is still traced,
+/// none is counted as lost to a full table, and the closes of all of them are seen.
+#[test]
+fn connections_beyond_the_first_kernel_table_are_traced() {
+    const OPEN: usize = loupe_common::FIRST_CONNECTIONS as usize + 100;
+    require_root();
+    // The server inherits the limit. Node: one event loop and a listen backlog of 511, so
+    // a thousand connections are accepted as fast as they are made.
+    raise_open_files_limit(4 * OPEN as u64);
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let _server = servers::node(port, &[]);
+    let endpoint = receiver.grpc_endpoint();
+    let agent = Agent::start(
+        &["--exe", "node", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let mut streams: Vec<TcpStream> = (0..OPEN)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    wait_until("every connection to be tracked", WAIT, || {
+        agent.metric("loupe_connections_active") >= OPEN as f64
+    });
+    for stream in &mut streams {
+        stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send request");
+    }
+    for stream in &mut streams {
+        // Node answers in chunks: the response ends with the empty last chunk.
+        let mut response = Vec::new();
+        let mut buf = [0u8; 512];
+        while !response.ends_with(b"\r\n0\r\n\r\n") {
+            let n = stream.read(&mut buf).expect("read response");
+            assert!(n > 0, "closed early: {response:?}");
+            response.extend_from_slice(&buf[..n]);
+        }
+        assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    }
+    let spans = receiver.wait_for_spans(OPEN, WAIT);
+    let served = spans.iter().filter(|s| s.name == "GET /ok").count();
+    assert_eq!(served, OPEN, "one span per connection");
+    assert_eq!(
+        agent.metric("loupe_kernel_connection_table_full_total"),
+        0.0
+    );
+    drop(streams);
+    wait_until("the close of every connection", WAIT, || {
+        agent.metric("loupe_connections_active") == 0.0
+    });
+}
+
+fn raise_open_files_limit(at_least: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct passed, nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < at_least {
+            limit.rlim_cur = at_least;
+            limit.rlim_max = limit.rlim_max.max(at_least);
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit),
+                0,
+                "raise the open-files limit to {at_least}"
+            );
+        }
+    }
+}

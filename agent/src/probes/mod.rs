@@ -69,7 +69,8 @@ pub struct Probes {
 pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
     pub processes: TracedTgids,
-    pub connections: ConnectionMap,
+    /// The kernel's connection tables: the first, small one and its overflow.
+    pub connections: [ConnectionMap; 2],
     pub counters: CounterMap,
 }
 
@@ -144,7 +145,10 @@ impl Probes {
                     detail: "not found".into(),
                 },
             )?)?,
-            connections: maps::take(&mut self.ebpf, "CONNECTIONS")?,
+            connections: [
+                maps::take(&mut self.ebpf, "CONNECTIONS")?,
+                maps::take(&mut self.ebpf, "CONNECTION_OVERFLOW")?,
+            ],
             counters: maps::take(&mut self.ebpf, "COUNTERS")?,
         })
     }

@@ -143,7 +143,7 @@ pub struct Selector {
     selection: Selection,
     agent_pid: u32,
     processes: TracedTgids,
-    connections: ConnectionMap,
+    connections: [ConnectionMap; 2],
     metrics: Arc<Metrics>,
     known: HashMap<u32, Known>,
 }
@@ -152,7 +152,7 @@ impl Selector {
     pub fn new(
         selection: Selection,
         processes: TracedTgids,
-        connections: ConnectionMap,
+        connections: [ConnectionMap; 2],
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -255,13 +255,15 @@ impl Selector {
     /// Drops kernel connection entries of processes that exited without closing them.
     fn prune_connections(&mut self) {
         let mut dead: HashMap<u32, bool> = HashMap::new();
-        let keys: Vec<_> = self.connections.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let is_dead = *dead
-                .entry(key.tgid)
-                .or_insert_with(|| !procfs::is_process(key.tgid));
-            if is_dead {
-                let _ = self.connections.remove(&key);
+        for table in &mut self.connections {
+            let keys: Vec<_> = table.keys().filter_map(Result::ok).collect();
+            for key in keys {
+                let is_dead = *dead
+                    .entry(key.tgid)
+                    .or_insert_with(|| !procfs::is_process(key.tgid));
+                if is_dead {
+                    let _ = table.remove(&key);
+                }
             }
         }
     }
