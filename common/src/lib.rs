@@ -14,12 +14,13 @@ pub const DEFAULT_CAPTURE: u32 = 1024;
 /// How many iovec entries of a readv/writev/recvmsg/sendmsg are looked at.
 pub const MAX_IOV: usize = 8;
 
-/// TCP connections of traced processes the kernel side keeps: the first
-/// [`FIRST_CONNECTIONS`] in a small table every traced read and write looks in first, the
-/// rest in an overflow table. A lookup in one table of 65,536 entries mostly misses the
-/// TLB and the cache (its bucket array alone spans 1 MiB in 4 KiB pages), and a traced
-/// read's lookup comes after the thread slept, when nothing of it is warm.
+/// TCP connections of traced processes the kernel side keeps, in its two tables together.
 pub const MAX_CONNECTIONS: u32 = 65_536;
+/// Room in the kernel's first connection table, the one every traced read and write looks
+/// in first: up to this many connections at a time live there, the rest in an overflow
+/// table. A lookup in one table of 65,536 entries mostly misses the TLB and the cache (its
+/// bucket array alone spans 1 MiB in 4 KiB pages), and a traced read's lookup comes after
+/// the thread slept, when nothing of it is warm.
 pub const FIRST_CONNECTIONS: u32 = 1024;
 
 /// The first byte of every ring-buffer record.
@@ -281,7 +282,7 @@ pub struct CommPrefix {
 }
 const _: () = assert!(core::mem::size_of::<CommPrefix>() == 24);
 
-/// Key of the kernel's connection table.
+/// Key of the kernel's connection tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -290,7 +291,7 @@ pub struct ConnKey {
 }
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 
-/// Value of the kernel's connection table.
+/// Value of the kernel's connection tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnState {

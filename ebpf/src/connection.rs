@@ -82,12 +82,23 @@ fn stored(key: &ConnKey) -> Option<ConnState> {
     .copied()
 }
 
-/// Stores `state` in the first table, or in the overflow when the first is full; false
-/// when both are. An entry left in the overflow by a close loupe missed is shadowed by the
-/// first table's and removed with it.
+/// Stores `state` in the first table, or in the overflow when the first is full or the
+/// connection is one the port filter leaves out (its lookups need not be fast); false when
+/// the overflow is full too. An entry left in the overflow by a close loupe missed is
+/// shadowed by the first table's and removed with it.
 #[inline(always)]
 fn store(key: &ConnKey, state: &ConnState) -> bool {
-    CONNECTIONS.insert(key, state, 0).is_ok() || CONNECTION_OVERFLOW.insert(key, state, 0).is_ok()
+    if state.ignored == 0 {
+        // Replacing an existing key succeeds even in a full table.
+        if CONNECTIONS.insert(key, state, 0).is_ok() {
+            return true;
+        }
+    } else {
+        // An entry of the key in the first table, left by a close loupe missed, would
+        // shadow this one.
+        let _ = CONNECTIONS.remove(key);
+    }
+    CONNECTION_OVERFLOW.insert(key, state, 0).is_ok()
 }
 
 /// The traced connection behind `fd`, discovering it on first use.
@@ -134,7 +145,7 @@ pub fn loupe_connect_enter(ctx: TracePointContext) -> u32 {
     let call = PendingCall {
         kind: syscall_kind::CONNECT,
         _pad: [0; 3],
-        fd: arg(&ctx, 0) as u32,
+        fd: arg::<0>(&ctx) as u32,
         ptr: 0,
         count: 0,
         // SAFETY: the helper has no preconditions.
@@ -171,7 +182,7 @@ pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
     };
     let key = ConnKey {
         tgid,
-        fd: arg(&ctx, 0) as u32,
+        fd: arg::<0>(&ctx) as u32,
     };
     let Some(state) = stored(&key) else {
         return 0;

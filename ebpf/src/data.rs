@@ -32,7 +32,7 @@ const MSGHDR_IOVLEN: u64 = 24;
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, kind: u8) {
-    let args = |_: &ProbeConfig| Some([arg(ctx, 0), arg(ctx, 1), arg(ctx, 2)]);
+    let args = |_: &ProbeConfig| Some([arg::<0>(ctx), arg::<1>(ctx), arg::<2>(ctx)]);
     if let Some((pid_tgid, call, _)) = socket_call(kind, true, args) {
         pending::begin(pid_tgid, &call);
     }

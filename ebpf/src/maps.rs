@@ -36,13 +36,14 @@ pub static EXEC_PREFIXES: Array<CommPrefix> = Array::with_max_entries(MAX_EXEC_P
 #[map]
 pub static TRACED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Known TCP socket fds of traced processes, the first [`FIRST_CONNECTIONS`] of them (see
+/// Known TCP socket fds of traced processes, up to [`FIRST_CONNECTIONS`] at a time (see
 /// there why the table is small).
 #[map]
 pub static CONNECTIONS: HashMap<ConnKey, ConnState> =
     HashMap::with_max_entries(FIRST_CONNECTIONS, 0);
 
-/// Known TCP socket fds that found [`CONNECTIONS`] full.
+/// Known TCP socket fds that found [`CONNECTIONS`] full, and those the port filter leaves
+/// out.
 #[map]
 pub static CONNECTION_OVERFLOW: HashMap<ConnKey, ConnState> =
     HashMap::with_max_entries(MAX_CONNECTIONS - FIRST_CONNECTIONS, 0);

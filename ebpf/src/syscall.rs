@@ -16,9 +16,10 @@ use loupe_common::regs_layout;
 
 const FIRST_ARG: usize = 16;
 
+/// Argument `INDEX` of a `sys_enter_*` record; a constant, as the plain load needs.
 #[inline(always)]
-pub fn arg(ctx: &TracePointContext, index: usize) -> u64 {
-    record_field(ctx, FIRST_ARG + index * 8)
+pub fn arg<const INDEX: usize>(ctx: &TracePointContext) -> u64 {
+    record_field(ctx, FIRST_ARG + INDEX * 8)
 }
 
 #[inline(always)]
