@@ -33,18 +33,19 @@ const MSGHDR_IOVLEN: u64 = 24;
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, kind: u8) {
     let args = |_: &ProbeConfig| Some([arg::<0>(ctx), arg::<1>(ctx), arg::<2>(ctx)]);
-    if let Some((pid_tgid, call, _)) = socket_call(kind, true, args) {
+    if let Some((pid_tgid, mut call, _)) = socket_call(kind, args) {
+        // SAFETY: the helper has no preconditions.
+        call.start_ns = unsafe { bpf_ktime_get_ns() };
         pending::begin(pid_tgid, &call);
     }
 }
 
 /// The call of a traced process on a traced TCP socket, with its `[fd, buffer, count]`
-/// arguments from `args` and, when `stamped`, the time now as its start (else 0: the
-/// record gets its end time); `None` for other processes and other fds.
+/// arguments from `args` and no start yet (0: the record gets its end time unless the
+/// caller knows better); `None` for other processes and other fds.
 #[inline(always)]
 fn socket_call(
     kind: u8,
-    stamped: bool,
     args: impl FnOnce(&ProbeConfig) -> Option<[u64; 3]>,
 ) -> Option<(u64, PendingCall, &'static ProbeConfig)> {
     let (tgid, tid, pid_tgid, cfg) = traced_current()?;
@@ -60,12 +61,7 @@ fn socket_call(
         fd,
         ptr,
         count: len,
-        // SAFETY: the helper has no preconditions.
-        start_ns: if stamped {
-            unsafe { bpf_ktime_get_ns() }
-        } else {
-            0
-        },
+        start_ns: 0,
         conn_id: state.conn_id,
     };
     Some((pid_tgid, call, cfg))
@@ -137,7 +133,7 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
         return;
     }
     let args = |cfg: &ProbeConfig| args_at_exit(cfg.offsets.regs_layout);
-    if let Some((pid_tgid, mut call, cfg)) = socket_call(kind, false, args) {
+    if let Some((pid_tgid, mut call, cfg)) = socket_call(kind, args) {
         if stamped {
             call.start_ns = stamped_start(pid_tgid as u32);
         }
