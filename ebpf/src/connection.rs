@@ -5,14 +5,14 @@ use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
 use loupe_common::{
-    CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall, ProbeConfig, counter, role,
-    syscall_kind,
+    CachedConnection, CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall,
+    ProbeConfig, counter, role, syscall_kind,
 };
 
 use crate::{
     emit::output,
     filter::traced_current,
-    maps::{CONNECTION_OVERFLOW, CONNECTIONS, TRACED_PORTS, count},
+    maps::{CONNECTION_CACHE, CONNECTIONS, TRACED_PORTS, count},
     pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
@@ -70,35 +70,69 @@ pub fn register(
     Some(state)
 }
 
-/// The stored state of `key`, from whichever table holds it.
+/// The stored state of `key`: from the cache when its slot holds it, else from the table.
 #[inline(always)]
 fn stored(key: &ConnKey) -> Option<ConnState> {
-    // SAFETY: the values are copied out at once.
-    unsafe {
-        CONNECTIONS
-            .get(key)
-            .or_else(|| CONNECTION_OVERFLOW.get(key))
+    if let Some(state) = cached(key) {
+        return Some(state);
     }
-    .copied()
+    // SAFETY: the value is copied out at once.
+    unsafe { CONNECTIONS.get(key) }.copied()
 }
 
-/// Stores `state` in the first table, or in the overflow when the first is full or the
-/// connection is one the port filter leaves out (its lookups need not be fast); false when
-/// the overflow is full too. An entry left in the overflow by a close loupe missed is
-/// shadowed by the first table's and removed with it.
+/// `key`'s state when its cache slot holds it whole.
+#[inline(always)]
+fn cached(key: &ConnKey) -> Option<ConnState> {
+    let slot = CONNECTION_CACHE.get_ptr(CachedConnection::slot(key))?;
+    // SAFETY: a map value that lives as long as the map; a torn read fails the check.
+    let (cached_key, state, check) = unsafe {
+        (
+            core::ptr::read_volatile(&(*slot).key),
+            core::ptr::read_volatile(&(*slot).state),
+            core::ptr::read_volatile(&(*slot).check),
+        )
+    };
+    (cached_key == *key && check == CachedConnection::check_of(key, &state)).then_some(state)
+}
+
+/// Puts `key` in its cache slot, evicting whatever was there (it stays in its table).
+#[inline(always)]
+fn cache(key: &ConnKey, state: &ConnState) {
+    let Some(slot) = CONNECTION_CACHE.get_ptr_mut(CachedConnection::slot(key)) else {
+        return;
+    };
+    // SAFETY: a map value that lives as long as the map; readers check what they read.
+    unsafe {
+        core::ptr::write_volatile(&mut (*slot).key, *key);
+        core::ptr::write_volatile(&mut (*slot).state, *state);
+        core::ptr::write_volatile(&mut (*slot).check, CachedConnection::check_of(key, state));
+    }
+}
+
+/// Empties `key`'s cache slot when it holds `key`.
+#[inline(always)]
+fn uncache(key: &ConnKey) {
+    let Some(slot) = CONNECTION_CACHE.get_ptr_mut(CachedConnection::slot(key)) else {
+        return;
+    };
+    // SAFETY: as in `cache`.
+    unsafe {
+        if (*slot).key == *key {
+            core::ptr::write_volatile(&mut (*slot).check, 0);
+        }
+    }
+}
+
+/// Stores `state` in the table (replacing an entry of the key left by a close loupe
+/// missed, which succeeds even in a full table) and in the key's cache slot; false when
+/// the table is full.
 #[inline(always)]
 fn store(key: &ConnKey, state: &ConnState) -> bool {
-    if state.ignored == 0 {
-        // Replacing an existing key succeeds even in a full table.
-        if CONNECTIONS.insert(key, state, 0).is_ok() {
-            return true;
-        }
-    } else {
-        // An entry of the key in the first table, left by a close loupe missed, would
-        // shadow this one.
-        let _ = CONNECTIONS.remove(key);
+    if CONNECTIONS.insert(key, state, 0).is_err() {
+        return false;
     }
-    CONNECTION_OVERFLOW.insert(key, state, 0).is_ok()
+    cache(key, state);
+    true
 }
 
 /// The traced connection behind `fd`, discovering it on first use.
@@ -187,8 +221,8 @@ pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
     let Some(state) = stored(&key) else {
         return 0;
     };
+    uncache(&key);
     let _ = CONNECTIONS.remove(&key);
-    let _ = CONNECTION_OVERFLOW.remove(&key);
     if state.ignored == 0 {
         output(&CloseEvent {
             kind: EventKind::ConnClose as u8,

@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use loupe_common::{
-    COMM_LEN, CommPrefix, ConnKey, ConnState, DataEvent, FIRST_CONNECTIONS, MAX_CONNECTIONS,
-    MAX_EXEC_PREFIXES, MAX_IOV, PendingCall, ProbeConfig, TGID_WORDS, ThreadContext, WriteStart,
-    counter,
+    COMM_LEN, CONNECTION_CACHE_SLOTS, CachedConnection, CommPrefix, ConnKey, ConnState, DataEvent,
+    MAX_CONNECTIONS, MAX_EXEC_PREFIXES, MAX_IOV, PendingCall, ProbeConfig, TGID_WORDS,
+    ThreadContext, WriteStart, counter,
 };
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
@@ -36,17 +36,16 @@ pub static EXEC_PREFIXES: Array<CommPrefix> = Array::with_max_entries(MAX_EXEC_P
 #[map]
 pub static TRACED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Known TCP socket fds of traced processes, up to [`FIRST_CONNECTIONS`] at a time (see
-/// there why the table is small).
+/// Connections as they were registered, by [`CachedConnection::slot`]: looked in before
+/// [`CONNECTIONS`]. Mapped by the agent, which clears the slots of processes that died.
 #[map]
-pub static CONNECTIONS: HashMap<ConnKey, ConnState> =
-    HashMap::with_max_entries(FIRST_CONNECTIONS, 0);
+pub static CONNECTION_CACHE: Array<CachedConnection> =
+    Array::with_max_entries(CONNECTION_CACHE_SLOTS, BPF_F_MMAPABLE);
 
-/// Known TCP socket fds that found [`CONNECTIONS`] full, and those the port filter leaves
-/// out.
+/// Known TCP socket fds of traced processes, and those the port filter leaves out (so
+/// their reads and writes stop at a lookup).
 #[map]
-pub static CONNECTION_OVERFLOW: HashMap<ConnKey, ConnState> =
-    HashMap::with_max_entries(MAX_CONNECTIONS - FIRST_CONNECTIONS, 0);
+pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// Arguments saved at syscall entry for the matching exit: one slot per traced thread,
 /// keyed by pid_tgid, reused by each call and freed when the thread exits.

@@ -327,16 +327,17 @@ fn exited_threads_give_their_kernel_slots_back() {
     assert_eq!(agent.metric("loupe_kernel_pending_table_full_total"), 0.0);
 }
 
-/// The kernel keeps the first connections of traced processes in a small table that every
-/// traced read and write looks in first, and the rest in an overflow table. With more
-/// connections open at once than the first table holds, every request is still traced,
-/// none is counted as lost to a full table, and the closes of all of them are seen.
+/// Every traced read and write looks in the kernel's connection cache before its table,
+/// and a process's fds wrap around the cache after 4,096 slots. With more connections
+/// open at once in one process than the cache has slots, so that later ones take the
+/// slots of the first, every request is still traced whole, none is counted as lost to a
+/// full table, and the closes of all of them are seen.
 #[test]
-fn connections_beyond_the_first_kernel_table_are_traced() {
-    const OPEN: usize = loupe_common::FIRST_CONNECTIONS as usize + 100;
+fn connections_beyond_the_kernel_cache_are_traced() {
+    const OPEN: usize = loupe_common::CONNECTION_CACHE_SLOTS as usize + 100;
     require_root();
     // The server inherits the limit. Node: one event loop and a listen backlog of 511, so
-    // a thousand connections are accepted as fast as they are made.
+    // thousands of connections are accepted as fast as they are made.
     raise_open_files_limit(4 * OPEN as u64);
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
@@ -376,8 +377,8 @@ fn connections_beyond_the_first_kernel_table_are_traced() {
         assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
     }
     let spans = receiver.wait_for_spans(OPEN, WAIT);
-    // A connection whose lookup missed would be discovered again at each syscall, and its
-    // exchange cut short: a span, but not a whole one.
+    // A connection whose lookup missed would be discovered again at each syscall, and
+    // one that took another's state would mix two exchanges: a span, but not a whole one.
     let answered = spans
         .iter()
         .filter(|s| s.name == "GET /ok" && s.attr("http.response.status_code") == Some("200"))

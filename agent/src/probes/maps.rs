@@ -13,15 +13,20 @@ use super::ProbeError;
 pub type ConnectionMap = HashMap<MapData, ConnKey, ConnState>;
 pub type CounterMap = PerCpuArray<MapData, u64>;
 
+/// The map `name`, taken out of the loaded object.
+pub fn take_raw(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::Map {
+        map: name,
+        detail: "not found".into(),
+    })
+}
+
+/// The map `name` as a typed map.
 pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(ProbeError::Map {
-        map: name,
-        detail: "not found".into(),
-    })?;
-    T::try_from(map).map_err(|e| ProbeError::Map {
+    T::try_from(take_raw(ebpf, name)?).map_err(|e| ProbeError::Map {
         map: name,
         detail: e.to_string(),
     })

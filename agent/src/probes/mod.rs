@@ -2,9 +2,11 @@
 //! the agent shares with them.
 
 pub mod attach;
+pub mod connection_cache;
 pub mod inject;
 pub mod maps;
 pub mod privileges;
+mod shared_words;
 pub mod traced;
 mod tracefs;
 
@@ -13,6 +15,7 @@ use loupe_common::ProbeConfig;
 
 use crate::{cli::DataProbes, process::selector::ExecHints};
 
+pub use connection_cache::ConnectionCache;
 pub use maps::{ConnectionMap, CounterMap};
 pub use traced::TracedTgids;
 
@@ -69,8 +72,9 @@ pub struct Probes {
 pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
     pub processes: TracedTgids,
-    /// The kernel's connection tables: the first, small one and its overflow.
-    pub connections: [ConnectionMap; 2],
+    /// The kernel's connection table and the cache in front of it.
+    pub connections: ConnectionMap,
+    pub connection_cache: ConnectionCache,
     pub counters: CounterMap,
 }
 
@@ -139,16 +143,12 @@ impl Probes {
     pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
         Ok(ProbeMaps {
             events: maps::take(&mut self.ebpf, "EVENTS")?,
-            processes: TracedTgids::new(self.ebpf.take_map("TRACED_TGIDS").ok_or(
-                ProbeError::Map {
-                    map: "TRACED_TGIDS",
-                    detail: "not found".into(),
-                },
+            processes: TracedTgids::new(maps::take_raw(&mut self.ebpf, "TRACED_TGIDS")?)?,
+            connections: maps::take(&mut self.ebpf, "CONNECTIONS")?,
+            connection_cache: ConnectionCache::new(maps::take_raw(
+                &mut self.ebpf,
+                "CONNECTION_CACHE",
             )?)?,
-            connections: [
-                maps::take(&mut self.ebpf, "CONNECTIONS")?,
-                maps::take(&mut self.ebpf, "CONNECTION_OVERFLOW")?,
-            ],
             counters: maps::take(&mut self.ebpf, "COUNTERS")?,
         })
     }

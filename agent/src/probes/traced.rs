@@ -6,48 +6,26 @@
 //! operations on the shared words; a map update syscall would rewrite a whole word and
 //! could undo a bit the kernel just set.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use aya::maps::{Map, MapData};
+use aya::maps::Map;
 use loupe_common::TGID_WORDS;
 
-use super::ProbeError;
-
-const BYTES: usize = TGID_WORDS as usize * 8;
+use super::{ProbeError, shared_words::SharedWords};
 
 pub struct TracedTgids {
-    words: NonNull<AtomicU64>,
-    /// Keeps the map, and so the mapping's backing, alive (`None` in unit tests).
-    _map: Option<MapData>,
+    words: SharedWords,
 }
-
-// SAFETY: the mapping is shared memory accessed only through atomics.
-unsafe impl Send for TracedTgids {}
 
 impl TracedTgids {
     pub fn new(map: Map) -> Result<Self, ProbeError> {
-        let err = |detail: String| ProbeError::Map {
-            map: "TRACED_TGIDS",
-            detail,
-        };
-        let Map::Array(data) = map else {
-            return Err(err("not an array map".into()));
-        };
-        let words = map_shared(data.fd().as_fd().as_raw_fd(), libc::MAP_SHARED)
-            .map_err(|e| err(format!("mapping it into memory failed: {e}")))?;
         Ok(Self {
-            words,
-            _map: Some(data),
+            words: SharedWords::new(map, "TRACED_TGIDS", TGID_WORDS as usize)?,
         })
     }
 
     fn words(&self) -> &[AtomicU64] {
-        // SAFETY: TGID_WORDS u64s, mapped for the life of self.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr(), TGID_WORDS as usize) }
+        self.words.words()
     }
 
     /// Adds `tgid`; false when it is beyond the bitmap (larger than PID_MAX_LIMIT).
@@ -79,40 +57,13 @@ impl TracedTgids {
     }
 }
 
-/// Maps the bitmap's bytes from `fd` (-1 with MAP_ANONYMOUS).
-fn map_shared(fd: i32, flags: i32) -> std::io::Result<NonNull<AtomicU64>> {
-    // SAFETY: a fresh mapping of BYTES; it stays valid until unmapped in Drop.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            BYTES,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            fd,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mapped at address 0"))
-}
-
-impl Drop for TracedTgids {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in new.
-        unsafe { libc::munmap(self.words.as_ptr().cast(), BYTES) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn anonymous() -> TracedTgids {
         TracedTgids {
-            words: map_shared(-1, libc::MAP_SHARED | libc::MAP_ANONYMOUS).expect("mmap"),
-            _map: None,
+            words: SharedWords::anonymous(TGID_WORDS as usize),
         }
     }
 

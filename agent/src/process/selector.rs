@@ -19,7 +19,7 @@ use std::{
 use loupe_common::{COMM_LEN, CommPrefix, MAX_EXEC_PREFIXES};
 
 use crate::{
-    probes::{ConnectionMap, TracedTgids},
+    probes::{ConnectionCache, ConnectionMap, TracedTgids},
     telemetry::metrics::Metrics,
 };
 
@@ -143,7 +143,8 @@ pub struct Selector {
     selection: Selection,
     agent_pid: u32,
     processes: TracedTgids,
-    connections: [ConnectionMap; 2],
+    connections: ConnectionMap,
+    connection_cache: ConnectionCache,
     metrics: Arc<Metrics>,
     known: HashMap<u32, Known>,
 }
@@ -152,7 +153,8 @@ impl Selector {
     pub fn new(
         selection: Selection,
         processes: TracedTgids,
-        connections: [ConnectionMap; 2],
+        connections: ConnectionMap,
+        connection_cache: ConnectionCache,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -160,6 +162,7 @@ impl Selector {
             agent_pid: std::process::id(),
             processes,
             connections,
+            connection_cache,
             metrics,
             known: HashMap::new(),
         }
@@ -252,20 +255,22 @@ impl Selector {
         }
     }
 
-    /// Drops kernel connection entries of processes that exited without closing them.
+    /// Drops kernel connection entries, and cache slots, of processes that exited without
+    /// closing them.
     fn prune_connections(&mut self) {
         let mut dead: HashMap<u32, bool> = HashMap::new();
-        for table in &mut self.connections {
-            let keys: Vec<_> = table.keys().filter_map(Result::ok).collect();
-            for key in keys {
-                let is_dead = *dead
-                    .entry(key.tgid)
-                    .or_insert_with(|| !procfs::is_process(key.tgid));
-                if is_dead {
-                    let _ = table.remove(&key);
-                }
+        let mut is_dead = |tgid: u32| {
+            *dead
+                .entry(tgid)
+                .or_insert_with(|| !procfs::is_process(tgid))
+        };
+        let keys: Vec<_> = self.connections.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            if is_dead(key.tgid) {
+                let _ = self.connections.remove(&key);
             }
         }
+        self.connection_cache.forget_dead(is_dead);
     }
 
     /// Runs until `stop` is set, reacting to exec notifications at once.

@@ -69,7 +69,7 @@ metrics! {
     events_malformed: Counter = "loupe_events_malformed_total", "Ring-buffer records that could not be decoded.";
     ringbuf_drops: Counter = "loupe_ringbuf_drops_total", "Records the kernel dropped because the ring buffer was full.";
     kernel_pending_full: Counter = "loupe_kernel_pending_table_full_total", "Syscalls not traced because the kernel's pending-call table (one slot per traced thread) was full.";
-    kernel_conn_table_full: Counter = "loupe_kernel_connection_table_full_total", "Connections not traced because the kernel's connection tables (65,536 in all) were full.";
+    kernel_conn_table_full: Counter = "loupe_kernel_connection_table_full_total", "Connections not traced because the kernel's connection table (65,536) was full.";
     kernel_read_failures: Counter = "loupe_kernel_read_failures_total", "Kernel or user memory reads that failed in the probes.";
     kernel_write_start_unknown: Counter = "loupe_kernel_write_start_unknown_total", "Writes on traced connections captured at their return without their start time, because the thread was switched out during the call; they start at their return.";
     traceparent_injected: Counter = "loupe_traceparent_injected_total", "Outgoing HTTP/1.x requests loupe added a traceparent header to (--inject-traceparent).";

@@ -1,0 +1,122 @@
+//! The kernel's connection cache (see [`CachedConnection`]), mapped into the agent so it
+//! can empty the slots of processes that died: their fds were closed by the exit, not by
+//! close calls the kernel programs see, and a new process with the same tgid must not find
+//! its fds taken by them.
+//!
+//! The kernel programs write slots without locks and check each slot they read against
+//! its `check` word, so the agent empties a slot by clearing only that word, atomically.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aya::maps::Map;
+use loupe_common::{CONNECTION_CACHE_SLOTS, CachedConnection};
+
+use super::{ProbeError, shared_words::SharedWords};
+
+const WORDS_PER_SLOT: usize = size_of::<CachedConnection>() / 8;
+const WORDS: usize = CONNECTION_CACHE_SLOTS as usize * WORDS_PER_SLOT;
+/// Word of a slot holding the key (tgid in its low half on little-endian machines).
+const KEY_WORD: usize = 0;
+/// Word of a slot holding `check`.
+const CHECK_WORD: usize = 3;
+
+pub struct ConnectionCache {
+    words: SharedWords,
+}
+
+impl ConnectionCache {
+    pub fn new(map: Map) -> Result<Self, ProbeError> {
+        Ok(Self {
+            words: SharedWords::new(map, "CONNECTION_CACHE", WORDS)?,
+        })
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &[AtomicU64]> {
+        self.words.words().chunks_exact(WORDS_PER_SLOT)
+    }
+
+    /// Empties every filled slot whose process `is_dead` says has exited; returns how many.
+    pub fn forget_dead(&self, mut is_dead: impl FnMut(u32) -> bool) -> usize {
+        let mut emptied = 0;
+        for slot in self.slots() {
+            if slot[CHECK_WORD].load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let tgid = slot[KEY_WORD].load(Ordering::Relaxed) as u32;
+            if is_dead(tgid) {
+                slot[CHECK_WORD].store(0, Ordering::Relaxed);
+                emptied += 1;
+            }
+        }
+        emptied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loupe_common::{ConnKey, ConnState};
+
+    use super::*;
+
+    fn anonymous() -> ConnectionCache {
+        ConnectionCache {
+            words: SharedWords::anonymous(WORDS),
+        }
+    }
+
+    /// Writes a slot as the kernel programs do.
+    fn fill(cache: &ConnectionCache, tgid: u32, fd: u32) -> usize {
+        let key = ConnKey { tgid, fd };
+        let state = ConnState {
+            conn_id: 77,
+            role: 1,
+            ignored: 0,
+            _pad: [0; 6],
+        };
+        let index = CachedConnection::slot(&key) as usize;
+        let slot = cache.slots().nth(index).expect("slot");
+        // SAFETY: ConnKey is two u32s, read as the one u64 the kernel would store.
+        let key_word: u64 = unsafe { std::mem::transmute(key) };
+        slot[KEY_WORD].store(key_word, Ordering::Relaxed);
+        slot[1].store(state.conn_id, Ordering::Relaxed);
+        slot[CHECK_WORD].store(CachedConnection::check_of(&key, &state), Ordering::Relaxed);
+        index
+    }
+
+    fn filled(cache: &ConnectionCache) -> Vec<usize> {
+        let mut at = Vec::new();
+        for (i, slot) in cache.slots().enumerate() {
+            if slot[CHECK_WORD].load(Ordering::Relaxed) != 0 {
+                at.push(i);
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn empties_only_the_slots_of_dead_processes() {
+        let cache = anonymous();
+        assert_eq!(
+            cache.forget_dead(|_| true),
+            0,
+            "an empty cache has nothing to forget"
+        );
+        let live = fill(&cache, 4242, 7);
+        let dead_a = fill(&cache, 99_000, 5);
+        let dead_b = fill(&cache, 99_000, 6);
+        let mut asked = Vec::new();
+        let emptied = cache.forget_dead(|tgid| {
+            asked.push(tgid);
+            tgid == 99_000
+        });
+        assert_eq!(emptied, 2);
+        assert_eq!(filled(&cache), vec![live]);
+        assert!(!filled(&cache).contains(&dead_a) && !filled(&cache).contains(&dead_b));
+        asked.sort_unstable();
+        asked.dedup();
+        assert_eq!(asked, vec![4242, 99_000]);
+        // A second pass finds only the live slot and leaves it.
+        assert_eq!(cache.forget_dead(|tgid| tgid == 99_000), 0);
+        assert_eq!(filled(&cache), vec![live]);
+    }
+}
