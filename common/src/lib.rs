@@ -334,9 +334,13 @@ impl CachedConnection {
     /// A value that matches the fields only when they were written together; never 0.
     #[inline(always)]
     pub fn check_of(key: &ConnKey, state: &ConnState) -> u64 {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        // One field per round, each round a bijection of what came before, so no two
+        // fields can cancel each other out.
+        let mix = |h: u64, field: u64| (h ^ (h >> 29) ^ field).wrapping_mul(K);
         let key_bits = ((key.tgid as u64) << 32) | key.fd as u64;
-        let flags = ((state.role as u64) << 48) | ((state.ignored as u64) << 56);
-        (key_bits ^ state.conn_id.rotate_left(29) ^ flags).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+        let flags = ((state.role as u64) << 8) | state.ignored as u64;
+        mix(mix(key_bits.wrapping_mul(K), state.conn_id), flags) | 1
     }
 }
 

@@ -125,13 +125,21 @@ fn uncache(key: &ConnKey) {
 
 /// Stores `state` in the table (replacing an entry of the key left by a close loupe
 /// missed, which succeeds even in a full table) and in the key's cache slot; false when
-/// the table is full.
+/// the table is full, with the slot emptied of any stale entry of the key.
 #[inline(always)]
 fn store(key: &ConnKey, state: &ConnState) -> bool {
     if CONNECTIONS.insert(key, state, 0).is_err() {
+        uncache(key);
         return false;
     }
     cache(key, state);
+    // A close of the fd on another thread between the insert and the slot write found
+    // nothing in the slot to empty; the table says whether the connection still stands.
+    // SAFETY: the value is only compared.
+    let standing = unsafe { CONNECTIONS.get(key) }.is_some_and(|s| s.conn_id == state.conn_id);
+    if !standing {
+        uncache(key);
+    }
     true
 }
 
@@ -221,8 +229,10 @@ pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
     let Some(state) = stored(&key) else {
         return 0;
     };
-    uncache(&key);
+    // Table first, then slot: a registration racing this close checks the table after
+    // writing the slot (see `store`).
     let _ = CONNECTIONS.remove(&key);
+    uncache(&key);
     if state.ignored == 0 {
         output(&CloseEvent {
             kind: EventKind::ConnClose as u8,

@@ -402,6 +402,73 @@ fn connections_beyond_the_kernel_cache_are_traced() {
     });
 }
 
+/// A closed connection's fd number, reused by a socket loupe does not trace (a Unix
+/// socket pair), must not be taken for the old connection: the kernel side forgets the
+/// fd at close, in its cache as in its table. Were either left behind, the request and
+/// response passed over the pair would come out as a span of the closed connection.
+#[test]
+fn a_closed_connections_fd_reused_for_a_unix_socket_is_not_traced() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let _server = servers::python(port, &[]);
+    let endpoint = receiver.grpc_endpoint();
+    let _agent = Agent::start(
+        &["--exe", "python3*"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let client = format!(
+        r#"
+import os, socket
+def get(path):
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    while s.recv(4096):
+        pass
+    fd = s.fileno()
+    s.close()
+    return fd
+closed = get(b"/before")
+a, b = socket.socketpair()
+assert a.fileno() == closed, (a.fileno(), closed)
+b.sendall(b"GET /over-the-pair HTTP/1.1\r\nHost: x\r\n\r\n")
+a.recv(4096)
+a.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+b.recv(4096)
+get(b"/after")
+"#
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &client])
+        .status()
+        .expect("run the python client");
+    assert!(status.success(), "client failed: {status}");
+    // Spans of the client's own requests, the later one made after the pair's exchange.
+    let spans = receiver.wait_for_spans(4, WAIT);
+    let paths: Vec<_> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert_eq!(
+        paths
+            .iter()
+            .filter(|&&p| p == "/before" || p == "/after")
+            .count(),
+        4,
+        "a client and a server span for each real request: {paths:?}"
+    );
+    thread::sleep(Duration::from_secs(1));
+    let paths: Vec<_> = receiver
+        .spans()
+        .iter()
+        .map(|s| format!("{} {} {:?}", s.kind, s.name, s.attr("url.path")))
+        .collect();
+    assert!(
+        !paths.iter().any(|p| p.contains("over-the-pair")),
+        "traffic on the reused fd was traced: {paths:?}"
+    );
+}
+
 fn raise_open_files_limit(at_least: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -1,7 +1,8 @@
 //! The kernel's connection cache (see [`CachedConnection`]), mapped into the agent so it
 //! can empty the slots of processes that died: their fds were closed by the exit, not by
-//! close calls the kernel programs see, and a new process with the same tgid must not find
-//! its fds taken by them.
+//! close calls the kernel programs see. Pruned on the same schedule as the connection
+//! table, so a tgid reused before the next prune can meet its predecessor's slots, as it
+//! can its table entries.
 //!
 //! The kernel programs write slots without locks and check each slot they read against
 //! its `check` word, so the agent empties a slot by clearing only that word, atomically.
@@ -15,7 +16,7 @@ use super::{ProbeError, shared_words::SharedWords};
 
 const WORDS_PER_SLOT: usize = size_of::<CachedConnection>() / 8;
 const WORDS: usize = CONNECTION_CACHE_SLOTS as usize * WORDS_PER_SLOT;
-/// Word of a slot holding the key (tgid in its low half on little-endian machines).
+/// Word of a slot holding the key: `tgid`, then `fd`, in memory order.
 const KEY_WORD: usize = 0;
 /// Word of a slot holding `check`.
 const CHECK_WORD: usize = 3;
@@ -42,7 +43,8 @@ impl ConnectionCache {
             if slot[CHECK_WORD].load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let tgid = slot[KEY_WORD].load(Ordering::Relaxed) as u32;
+            let key = slot[KEY_WORD].load(Ordering::Relaxed).to_ne_bytes();
+            let tgid = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
             if is_dead(tgid) {
                 slot[CHECK_WORD].store(0, Ordering::Relaxed);
                 emptied += 1;
