@@ -397,8 +397,13 @@ pub struct KernelOffsets {
     /// traced with entry and exit programs. The programs take it from the read-only global
     /// `TASK_SWITCHES_OFFSET`, a constant to the verifier, not from this struct.
     pub task_switches: u32,
+    /// `task_struct.pid`, followed by `tgid`: the exit and stamp programs read the
+    /// thread's ids from the task they hold instead of asking a helper. 0 when the BTF does
+    /// not show the two side by side; the programs then call `bpf_get_current_pid_tgid`.
+    /// Taken from the read-only global `TASK_PID_OFFSET`, as `task_switches` is.
+    pub task_pid: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 76);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 
 /// Layouts of `struct pt_regs` the exit programs know, with the offsets of the first
 /// three syscall arguments fixed at build time (the verifier needs constant offsets) and
@@ -443,7 +448,7 @@ pub struct ProbeConfig {
     /// are left to the agent's /proc scan.
     pub fork_child_pid_offset: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 100);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 104);
 
 /// When a traced thread's write began, stamped at syscall entry in a per-CPU slot so that
 /// the exit, which finds the arguments in the saved registers, still knows the start.

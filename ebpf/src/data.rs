@@ -20,10 +20,10 @@ use loupe_common::{
 use crate::{
     connection::lookup_or_discover,
     emit::{RingLevel, output_bytes},
-    filter::traced_current,
+    filter::{traced_current, traced_task},
     maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WRITE_STARTS, count},
     pending,
-    syscall::{arg, args_at_exit, context_switches, ret},
+    syscall::{Task, arg, ret},
 };
 
 /// Offset of `msg_iov` and `msg_iovlen` in the userspace `struct msghdr` (x86_64, arm64).
@@ -33,22 +33,24 @@ const MSGHDR_IOVLEN: u64 = 24;
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, kind: u8) {
     let args = |_: &ProbeConfig| Some([arg::<0>(ctx), arg::<1>(ctx), arg::<2>(ctx)]);
-    if let Some((pid_tgid, mut call, _)) = socket_call(kind, args) {
+    if let Some((pid_tgid, mut call, _)) = socket_call(kind, traced_current(), args) {
         // SAFETY: the helper has no preconditions.
         call.start_ns = unsafe { bpf_ktime_get_ns() };
         pending::begin(pid_tgid, &call);
     }
 }
 
-/// The call of a traced process on a traced TCP socket, with its `[fd, buffer, count]`
-/// arguments from `args` and no start yet (0: the record gets its end time unless the
-/// caller knows better); `None` for other processes and other fds.
+/// The call of the `current` thread, when its process is traced, on a traced TCP socket,
+/// with its `[fd, buffer, count]` arguments from `args` and no start yet (0: the record
+/// gets its end time unless the caller knows better); `None` for other processes and
+/// other fds.
 #[inline(always)]
 fn socket_call(
     kind: u8,
+    current: Option<(u32, u32, u64, &'static ProbeConfig)>,
     args: impl FnOnce(&ProbeConfig) -> Option<[u64; 3]>,
 ) -> Option<(u64, PendingCall, &'static ProbeConfig)> {
-    let (tgid, tid, pid_tgid, cfg) = traced_current()?;
+    let (tgid, tid, pid_tgid, cfg) = current?;
     let Some([fd, ptr, len]) = args(cfg) else {
         count(counter::READ_FAILURES);
         return None;
@@ -132,10 +134,11 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
     if moved <= 0 {
         return;
     }
-    let args = |cfg: &ProbeConfig| args_at_exit(cfg.offsets.regs_layout);
-    if let Some((pid_tgid, mut call, cfg)) = socket_call(kind, args) {
+    let task = Task::current();
+    let args = |cfg: &ProbeConfig| task.args_at_exit(cfg.offsets.regs_layout);
+    if let Some((pid_tgid, mut call, cfg)) = socket_call(kind, traced_task(&task), args) {
         if stamped {
-            call.start_ns = stamped_start(pid_tgid as u32);
+            call.start_ns = stamped_start(&task, pid_tgid as u32);
         }
         emit(ctx, pid_tgid, &call, moved, cfg);
     }
@@ -151,10 +154,11 @@ pub fn loupe_write_stamp(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn stamp_write() {
-    let Some((_, tid, _, _)) = traced_current() else {
+    let task = Task::current();
+    let Some((_, tid, _, _)) = traced_task(&task) else {
         return;
     };
-    let switches = context_switches();
+    let switches = task.context_switches();
     let Some(slot) = WRITE_STARTS.get_ptr_mut(0) else {
         return;
     };
@@ -183,13 +187,13 @@ fn on_write_exit(ctx: &TracePointContext, kind: u8) {
 /// starts at its end) when the thread was switched out during the call: it may have moved
 /// CPUs, and the slot here may be another thread's or an older call's.
 #[inline(always)]
-fn stamped_start(tid: u32) -> u64 {
+fn stamped_start(task: &Task, tid: u32) -> u64 {
     let Some(slot) = WRITE_STARTS.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: per-CPU slot; a program runs to completion on its CPU.
     let slot = unsafe { &mut *slot };
-    let own = slot.tid == tid && context_switches() == slot.switches;
+    let own = slot.tid == tid && task.context_switches() == slot.switches;
     slot.tid = 0;
     if own {
         slot.start_ns

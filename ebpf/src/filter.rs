@@ -3,13 +3,27 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use loupe_common::ProbeConfig;
 
-use crate::maps::{TRACED_TGIDS, config};
+use crate::{
+    maps::{TRACED_TGIDS, config},
+    syscall::Task,
+};
 
-/// The current thread's (tgid, tid) and the probe configuration, when this process is
-/// traced. Every program calls this first, so untraced processes pay one map lookup.
+/// The current thread's (tgid, tid, pid_tgid) and the probe configuration, when this
+/// process is traced. Every program calls this or [`traced_task`] first, so untraced
+/// processes pay one map lookup.
 #[inline(always)]
 pub fn traced_current() -> Option<(u32, u32, u64, &'static ProbeConfig)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    traced(bpf_get_current_pid_tgid())
+}
+
+/// [`traced_current`] for programs that hold the current task already.
+#[inline(always)]
+pub fn traced_task(task: &Task) -> Option<(u32, u32, u64, &'static ProbeConfig)> {
+    traced(task.pid_tgid())
+}
+
+#[inline(always)]
+fn traced(pid_tgid: u64) -> Option<(u32, u32, u64, &'static ProbeConfig)> {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     let cfg = config()?;

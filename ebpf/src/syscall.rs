@@ -7,7 +7,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     programs::TracePointContext,
@@ -38,60 +38,96 @@ fn record_field(ctx: &TracePointContext, offset: usize) -> u64 {
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<u64>()) }
 }
 
-/// The first three arguments of the current syscall, read at its exit from the registers
-/// saved at entry (the kernel does not change them, bar the return value register).
-/// `layout` is the BTF-checked [`regs_layout`]; `None` when it is unknown.
-///
-/// Needs `bpf_task_pt_regs` in tracepoint programs (Linux 5.15); where the verifier
-/// refuses it, the agent falls back to entry programs for reads.
-#[inline(always)]
-pub fn args_at_exit(layout: u32) -> Option<[u64; 3]> {
-    // SAFETY: both helpers take the current task, which is alive while it runs this.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    // Plain loads, not bpf_probe_read_kernel: the helper returns a BTF-typed pointer, so
-    // the verifier checks each constant offset against `struct pt_regs` and lets the load
-    // through as a direct read, a few instructions instead of a helper call. Both layouts'
-    // branches are verified on every kernel, so a plain load must fit in both structs
-    // (x86_64's is 168 bytes); arm64's orig_x0 beyond that is read with the helper.
-    let at = |offset: u32| {
-        // SAFETY: `offset` is one of the layout's fixed register offsets, inside pt_regs.
-        unsafe { core::ptr::read_volatile(regs.add(offset as usize).cast::<u64>()) }
-    };
-    if layout == regs_layout::X86_64 {
-        Some([
-            at(regs_layout::X86_64_DI),
-            at(regs_layout::X86_64_SI),
-            at(regs_layout::X86_64_DX),
-        ])
-    } else if layout == regs_layout::ARM64 {
-        Some([
-            read_kernel::<u64>(regs as u64 + regs_layout::ARM64_ORIG_X0 as u64)?,
-            at(regs_layout::ARM64_REGS + 8),
-            at(regs_layout::ARM64_REGS + 16),
-        ])
-    } else {
-        None
-    }
-}
-
-/// `KernelOffsets::task_switches`, written by the agent into the object's read-only data
-/// before loading. The verifier knows values in frozen read-only maps, so a load at this
-/// offset from a BTF-typed task pointer is checked against `task_struct` and runs as a
-/// plain load, where a `bpf_probe_read_kernel` would cost a helper call at every write's
-/// entry and exit.
+/// `KernelOffsets::task_switches` and `task_pid`, written by the agent into the object's
+/// read-only data before loading. The verifier knows values in frozen read-only maps, so a
+/// load at such an offset from a BTF-typed task pointer is checked against `task_struct`
+/// and runs as a plain load, where a helper call would cost more than the load. At 0 (not
+/// found in the BTF) the branch that uses it is never taken, and the verifier skips it.
 #[unsafe(no_mangle)]
 static TASK_SWITCHES_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = 0;
 
-/// The current thread's context switches so far (`nvcsw + nivcsw`).
-#[inline(always)]
-pub fn context_switches() -> u64 {
-    // SAFETY: a plain read of a static; volatile so the build-time 0 is not folded in.
-    let offset = unsafe { core::ptr::read_volatile(&TASK_SWITCHES_OFFSET) } as usize;
-    // SAFETY: the helper has no preconditions; the task is alive while it runs this.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    // SAFETY: the agent checked against BTF that two unsigned longs sit at `offset`.
-    let at = |o: usize| unsafe { core::ptr::read_volatile(task.add(o).cast::<u64>()) };
-    at(offset).wrapping_add(at(offset + 8))
+/// The current thread's `task_struct`, as a BTF-typed pointer: for the programs that only
+/// run where `bpf_get_current_task_btf` exists (Linux 5.11), the read and write exits and
+/// the write stamp. One helper call gives them the thread's ids, its context switches and
+/// its saved registers, which took three.
+pub struct Task(*const u8);
+
+impl Task {
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: the helper has no preconditions; the task is alive while it runs this.
+        Self(unsafe { bpf_get_current_task_btf() } as *const u8)
+    }
+
+    /// The 8-byte field at `offset`, by a plain load.
+    #[inline(always)]
+    fn field<T: Copy>(&self, offset: usize) -> T {
+        // SAFETY: the agent checked the offset against the running kernel's BTF, and the
+        // verifier checks it again.
+        unsafe { core::ptr::read_volatile(self.0.add(offset).cast::<T>()) }
+    }
+
+    /// `tgid << 32 | pid`, as `bpf_get_current_pid_tgid` gives it.
+    #[inline(always)]
+    pub fn pid_tgid(&self) -> u64 {
+        // SAFETY: a plain read of a static; volatile so the build-time 0 is not folded in.
+        let offset = unsafe { core::ptr::read_volatile(&TASK_PID_OFFSET) } as usize;
+        if offset == 0 {
+            return bpf_get_current_pid_tgid();
+        }
+        // The agent checked that `tgid` follows `pid`; the verifier allows no load that
+        // spans two fields, so two loads.
+        let pid: u32 = self.field(offset);
+        let tgid: u32 = self.field(offset + 4);
+        ((tgid as u64) << 32) | pid as u64
+    }
+
+    /// The thread's context switches so far (`nvcsw + nivcsw`).
+    #[inline(always)]
+    pub fn context_switches(&self) -> u64 {
+        // SAFETY: as in `pid_tgid`.
+        let offset = unsafe { core::ptr::read_volatile(&TASK_SWITCHES_OFFSET) } as usize;
+        self.field::<u64>(offset)
+            .wrapping_add(self.field::<u64>(offset + 8))
+    }
+
+    /// The first three arguments of the current syscall, read at its exit from the
+    /// registers saved at entry (the kernel does not change them, bar the return value
+    /// register). `layout` is the BTF-checked [`regs_layout`]; `None` when it is unknown.
+    ///
+    /// Needs `bpf_task_pt_regs` in tracepoint programs (Linux 5.15); where the verifier
+    /// refuses it, the agent falls back to entry programs for reads.
+    #[inline(always)]
+    pub fn args_at_exit(&self, layout: u32) -> Option<[u64; 3]> {
+        // SAFETY: the task is the current one, alive while it runs this.
+        let regs = unsafe { bpf_task_pt_regs(self.0 as *mut _) } as *const u8;
+        // Plain loads, not bpf_probe_read_kernel: the helper returns a BTF-typed pointer, so
+        // the verifier checks each constant offset against `struct pt_regs` and lets the
+        // load through as a direct read. Both layouts' branches are verified on every
+        // kernel, so a plain load must fit in both structs (x86_64's is 168 bytes); arm64's
+        // orig_x0 beyond that is read with the helper.
+        let at = |offset: u32| {
+            // SAFETY: `offset` is one of the layout's fixed register offsets, inside pt_regs.
+            unsafe { core::ptr::read_volatile(regs.add(offset as usize).cast::<u64>()) }
+        };
+        if layout == regs_layout::X86_64 {
+            Some([
+                at(regs_layout::X86_64_DI),
+                at(regs_layout::X86_64_SI),
+                at(regs_layout::X86_64_DX),
+            ])
+        } else if layout == regs_layout::ARM64 {
+            Some([
+                read_kernel::<u64>(regs as u64 + regs_layout::ARM64_ORIG_X0 as u64)?,
+                at(regs_layout::ARM64_REGS + 8),
+                at(regs_layout::ARM64_REGS + 16),
+            ])
+        } else {
+            None
+        }
+    }
 }
 
 #[inline(always)]

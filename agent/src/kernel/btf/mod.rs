@@ -134,7 +134,22 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
         sock_protocol: r.field("sock", "sk_protocol", Bytes(2))?.offset,
         regs_layout: regs_layout(&r),
         task_switches: task_switches(&r),
+        task_pid: task_pid(&r),
     })
+}
+
+/// The offset of `task_struct.pid` when `tgid` follows it directly; 0 otherwise, which is
+/// no error: the programs then ask a helper for the ids.
+fn task_pid(r: &Resolver) -> u32 {
+    let at = |field| {
+        r.field("task_struct", field, Expect::Bytes(4))
+            .ok()
+            .map(|f| f.offset)
+    };
+    match (at("pid"), at("tgid")) {
+        (Some(pid), Some(tgid)) if pid != 0 && tgid == pid + 4 => pid,
+        _ => 0,
+    }
 }
 
 /// The offset of `task_struct.nvcsw` when `nivcsw` follows it directly (one read gets

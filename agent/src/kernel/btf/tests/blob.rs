@@ -231,6 +231,8 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
         4000,
         &[
             ("__state", u32_, 0),
+            ("pid", int_, 1560),
+            ("tgid", int_, 1564),
             ("nvcsw", u64_, 1600),
             ("nivcsw", u64_, 1608),
             ("files", files_ptr, 2456),
@@ -343,4 +345,5 @@ pub const FAKE_OFFSETS: KernelOffsets = KernelOffsets {
     sock_protocol: 516,
     regs_layout: loupe_common::regs_layout::X86_64,
     task_switches: 1600,
+    task_pid: 1560,
 };

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::parse::kind;
 use super::{
     BtfError, Expect, LayoutProblem, Resolver, VMLINUX_BTF, kernel_offsets, offsets_from_file,
-    regs_layout, resolve_offsets, task_switches,
+    regs_layout, resolve_offsets, task_pid, task_switches,
 };
 
 fn malformed_reason(r: Result<KernelOffsets, BtfError>) -> &'static str {
@@ -85,6 +85,26 @@ fn switch_counters_are_used_only_side_by_side() {
     assert_eq!(switches(&[("nvcsw", 1200), ("nivcsw", 1216)]), 0);
     assert_eq!(switches(&[("nivcsw", 1200), ("nvcsw", 1208)]), 0);
     assert_eq!(switches(&[("nvcsw", 1200)]), 0);
+}
+
+#[test]
+fn thread_ids_are_read_from_the_task_only_side_by_side() {
+    let pid = |members: &[(&str, u32)]| {
+        let mut b = Blob::new();
+        let int = b.int("int", 4);
+        let pid_t = b.typedef("pid_t", int);
+        let fields: Vec<(&str, u32, u32)> = members
+            .iter()
+            .map(|&(name, off)| (name, pid_t, off))
+            .collect();
+        b.strukt("task_struct", 4000, &fields);
+        task_pid(&Resolver::new(&b.bytes()).expect("parses"))
+    };
+    assert_eq!(pid(&[("pid", 1560), ("tgid", 1564)]), 1560);
+    // Apart, in the other order, or missing: the programs ask the helper.
+    assert_eq!(pid(&[("pid", 1560), ("tgid", 1568)]), 0);
+    assert_eq!(pid(&[("tgid", 1560), ("pid", 1564)]), 0);
+    assert_eq!(pid(&[("pid", 1560)]), 0);
 }
 
 #[test]
@@ -445,6 +465,7 @@ fn running_kernel_offsets_are_plausible() {
     assert!(o.sock_protocol > o.sock_v6_rcv_saddr);
     assert!(o.sock_family < 136 && o.sock_daddr < 136);
     assert!(o.task_switches > 0 && o.task_switches < 16384);
+    assert!(o.task_pid > 0 && o.task_pid < 16384);
     #[cfg(target_arch = "x86_64")]
     assert_eq!(o.regs_layout, loupe_common::regs_layout::X86_64);
     #[cfg(target_arch = "aarch64")]
