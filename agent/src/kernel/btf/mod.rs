@@ -141,28 +141,25 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
 /// The offset of `task_struct.pid` when `tgid` follows it directly; 0 otherwise, which is
 /// no error: the programs then ask a helper for the ids.
 fn task_pid(r: &Resolver) -> u32 {
-    let at = |field| {
-        r.field("task_struct", field, Expect::Bytes(4))
-            .ok()
-            .map(|f| f.offset)
-    };
-    match (at("pid"), at("tgid")) {
-        (Some(pid), Some(tgid)) if pid != 0 && tgid == pid + 4 => pid,
-        _ => 0,
-    }
+    adjacent_task_fields(r, "pid", "tgid", 4)
 }
 
-/// The offset of `task_struct.nvcsw` when `nivcsw` follows it directly (one read gets
-/// both); 0 otherwise, which is no error: writes are then traced by entry and exit
-/// programs.
+/// The offset of `task_struct.nvcsw` when `nivcsw` follows it directly; 0 otherwise, which
+/// is no error: writes are then traced by entry and exit programs.
 fn task_switches(r: &Resolver) -> u32 {
+    adjacent_task_fields(r, "nvcsw", "nivcsw", 8)
+}
+
+/// The offset of `task_struct.first` when `second`, of the same `size`, follows it
+/// directly (the programs read them as a pair); 0 otherwise.
+fn adjacent_task_fields(r: &Resolver, first: &'static str, second: &'static str, size: u32) -> u32 {
     let at = |field| {
-        r.field("task_struct", field, Expect::Bytes(8))
+        r.field("task_struct", field, Expect::Bytes(size.into()))
             .ok()
             .map(|f| f.offset)
     };
-    match (at("nvcsw"), at("nivcsw")) {
-        (Some(voluntary), Some(involuntary)) if involuntary == voluntary + 8 => voluntary,
+    match (at(first), at(second)) {
+        (Some(a), Some(b)) if a != 0 && b == a + size => a,
         _ => 0,
     }
 }

@@ -68,18 +68,19 @@ fn pt_regs_layouts_are_recognised_only_at_the_fixed_offsets() {
     );
 }
 
+/// `resolve` on a task_struct holding `members`, each of an integer type `name` of `size`.
+fn on_task(name: &str, size: u32, members: &[(&str, u32)], resolve: fn(&Resolver) -> u32) -> u32 {
+    let mut b = Blob::new();
+    let int = b.int(name, size);
+    let fields: Vec<(&str, u32, u32)> = members.iter().map(|&(n, off)| (n, int, off)).collect();
+    b.strukt("task_struct", 4000, &fields);
+    resolve(&Resolver::new(&b.bytes()).expect("parses"))
+}
+
 #[test]
 fn switch_counters_are_used_only_side_by_side() {
-    let switches = |members: &[(&str, u32)]| {
-        let mut b = Blob::new();
-        let ulong = b.int("long unsigned int", 8);
-        let fields: Vec<(&str, u32, u32)> = members
-            .iter()
-            .map(|&(name, off)| (name, ulong, off))
-            .collect();
-        b.strukt("task_struct", 4000, &fields);
-        task_switches(&Resolver::new(&b.bytes()).expect("parses"))
-    };
+    let switches =
+        |members: &[(&str, u32)]| on_task("long unsigned int", 8, members, task_switches);
     assert_eq!(switches(&[("nvcsw", 1200), ("nivcsw", 1208)]), 1200);
     // Apart, in the other order, or missing: writes keep their entry programs.
     assert_eq!(switches(&[("nvcsw", 1200), ("nivcsw", 1216)]), 0);
@@ -89,17 +90,7 @@ fn switch_counters_are_used_only_side_by_side() {
 
 #[test]
 fn thread_ids_are_read_from_the_task_only_side_by_side() {
-    let pid = |members: &[(&str, u32)]| {
-        let mut b = Blob::new();
-        let int = b.int("int", 4);
-        let pid_t = b.typedef("pid_t", int);
-        let fields: Vec<(&str, u32, u32)> = members
-            .iter()
-            .map(|&(name, off)| (name, pid_t, off))
-            .collect();
-        b.strukt("task_struct", 4000, &fields);
-        task_pid(&Resolver::new(&b.bytes()).expect("parses"))
-    };
+    let pid = |members: &[(&str, u32)]| on_task("int", 4, members, task_pid);
     assert_eq!(pid(&[("pid", 1560), ("tgid", 1564)]), 1560);
     // Apart, in the other order, or missing: the programs ask the helper.
     assert_eq!(pid(&[("pid", 1560), ("tgid", 1568)]), 0);
