@@ -61,7 +61,7 @@ impl Task {
         Self(unsafe { bpf_get_current_task_btf() } as *const u8)
     }
 
-    /// The 8-byte field at `offset`, by a plain load.
+    /// The `T` at `offset` of the task, by a plain load.
     #[inline(always)]
     fn field<T: Copy>(&self, offset: usize) -> T {
         // SAFETY: the agent checked the offset against the running kernel's BTF, and the

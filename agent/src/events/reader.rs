@@ -1,8 +1,8 @@
 //! The thread that drains the kernel ring buffer.
 //!
 //! The kernel side only wakes the agent when the buffer passes a quarter full (see the
-//! emit module there), so this loop also polls on a timer: records wait at most one poll interval
-//! before being read, and the traced process never pays for a wakeup.
+//! emit module there), so this loop also polls on a timer: records wait at most one poll
+//! interval before being read, and the traced process never pays for a wakeup.
 
 use std::{
     os::fd::AsRawFd,

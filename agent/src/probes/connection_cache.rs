@@ -81,6 +81,8 @@ mod tests {
         let key_word: u64 = unsafe { std::mem::transmute(key) };
         slot[KEY_WORD].store(key_word, Ordering::Relaxed);
         slot[1].store(state.conn_id, Ordering::Relaxed);
+        let flags = [state.role, state.ignored, 0, 0, 0, 0, 0, 0];
+        slot[2].store(u64::from_ne_bytes(flags), Ordering::Relaxed);
         slot[CHECK_WORD].store(CachedConnection::check_of(&key, &state), Ordering::Relaxed);
         index
     }
