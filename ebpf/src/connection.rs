@@ -82,7 +82,7 @@ fn stored(key: &ConnKey) -> Option<ConnState> {
 
 /// `key`'s state when its cache slot holds it whole.
 #[inline(always)]
-fn cached(key: &ConnKey) -> Option<ConnState> {
+pub fn cached(key: &ConnKey) -> Option<ConnState> {
     let slot = CONNECTION_CACHE.get_ptr(CachedConnection::slot(key))?;
     // SAFETY: a map value that lives as long as the map; a torn read fails the check.
     let (cached_key, state, check) = unsafe {

@@ -13,12 +13,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
-    WriteStart, counter, data_flags, direction, syscall_kind,
+    ConnKey, DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
+    WriteStart, counter, data_flags, direction, role, syscall_kind,
 };
 
 use crate::{
-    connection::lookup_or_discover,
+    connection::{cached, lookup_or_discover},
     emit::{RingLevel, output_bytes},
     filter::{traced_current, traced_task},
     maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WRITE_STARTS, count},
@@ -33,7 +33,7 @@ const MSGHDR_IOVLEN: u64 = 24;
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, kind: u8) {
     let args = |_: &ProbeConfig| Some([arg::<0>(ctx), arg::<1>(ctx), arg::<2>(ctx)]);
-    if let Some((pid_tgid, mut call, _)) = socket_call(kind, traced_current(), args) {
+    if let Some((pid_tgid, mut call, _, _)) = socket_call(kind, traced_current(), args) {
         // SAFETY: the helper has no preconditions.
         call.start_ns = unsafe { bpf_ktime_get_ns() };
         pending::begin(pid_tgid, &call);
@@ -42,14 +42,14 @@ fn on_enter(ctx: &TracePointContext, kind: u8) {
 
 /// The call of the `current` thread, when its process is traced, on a traced TCP socket,
 /// with its `[fd, buffer, count]` arguments from `args` and no start yet (0: the record
-/// gets its end time unless the caller knows better); `None` for other processes and
-/// other fds.
+/// gets its end time unless the caller knows better), and the connection's role; `None`
+/// for other processes and other fds.
 #[inline(always)]
 fn socket_call(
     kind: u8,
     current: Option<(u32, u32, u64, &'static ProbeConfig)>,
     args: impl FnOnce(&ProbeConfig) -> Option<[u64; 3]>,
-) -> Option<(u64, PendingCall, &'static ProbeConfig)> {
+) -> Option<(u64, PendingCall, &'static ProbeConfig, u8)> {
     let (tgid, tid, pid_tgid, cfg) = current?;
     let Some([fd, ptr, len]) = args(cfg) else {
         count(counter::READ_FAILURES);
@@ -66,7 +66,7 @@ fn socket_call(
         start_ns: 0,
         conn_id: state.conn_id,
     };
-    Some((pid_tgid, call, cfg))
+    Some((pid_tgid, call, cfg, state.role))
 }
 
 /// A tracepoint program `$name` calling `$handler(&ctx, $kind)`.
@@ -136,8 +136,9 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
     }
     let task = Task::current();
     let args = |cfg: &ProbeConfig| task.args_at_exit(cfg.offsets.regs_layout);
-    if let Some((pid_tgid, mut call, cfg)) = socket_call(kind, traced_task(&task), args) {
-        if stamped {
+    if let Some((pid_tgid, mut call, cfg, conn_role)) = socket_call(kind, traced_task(&task), args)
+    {
+        if stamped && needs_start(conn_role) {
             call.start_ns = stamped_start(&task, pid_tgid as u32);
         }
         emit(ctx, pid_tgid, &call, moved, cfg);
@@ -147,17 +148,33 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
 /// Stamps when a traced thread's write begins; the exit program finds the rest. One
 /// program for every write syscall.
 #[tracepoint]
-pub fn loupe_write_stamp(_ctx: TracePointContext) -> u32 {
-    stamp_write();
+pub fn loupe_write_stamp(ctx: TracePointContext) -> u32 {
+    stamp_write(&ctx);
     0
 }
 
+/// Whether a write on a connection of `conn_role` needs its start time: a client span
+/// starts when its request begins to go out, but a server span ends at its response's
+/// last byte, so a server's writes need none. Unknown roles (connections loupe saw only
+/// once they were in use) keep theirs.
 #[inline(always)]
-fn stamp_write() {
+fn needs_start(conn_role: u8) -> bool {
+    conn_role != role::SERVER
+}
+
+#[inline(always)]
+fn stamp_write(ctx: &TracePointContext) {
     let task = Task::current();
-    let Some((_, tid, _, _)) = traced_task(&task) else {
+    let Some((tgid, tid, _, _)) = traced_task(&task) else {
         return;
     };
+    // Every write family's first argument is the fd written to. Only the cache is asked:
+    // the exit reads the same slot, so the load costs it nothing, and a connection the
+    // cache does not hold is stamped as before.
+    let fd = arg::<0>(ctx) as u32;
+    if cached(&ConnKey { tgid, fd }).is_some_and(|state| !needs_start(state.role)) {
+        return;
+    }
     let switches = task.context_switches();
     let Some(slot) = WRITE_STARTS.get_ptr_mut(0) else {
         return;
@@ -380,4 +397,18 @@ fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64) -> usize {
         captured += n;
     }
     bounded(captured)
+}
+
+#[cfg(test)]
+mod tests {
+    use loupe_common::role;
+
+    use super::needs_start;
+
+    #[test]
+    fn only_a_servers_writes_go_unstamped() {
+        assert!(!needs_start(role::SERVER));
+        assert!(needs_start(role::CLIENT));
+        assert!(needs_start(role::UNKNOWN));
+    }
 }
