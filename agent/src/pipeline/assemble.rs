@@ -72,7 +72,7 @@ impl SpanAssembler {
         } = ids;
 
         let host = request.header("host").and_then(parse_host);
-        let host_name = host.as_ref().map(|h| self.texts.text(&h.0));
+        let host_name = host.map(|h| self.texts.text(h.0));
         let local_ip = local.map(|a| self.texts.ip(a.ip()));
         let remote_ip = remote.map(|a| self.texts.ip(a.ip()));
         let (server_address, server_port, client_address, client_port) = match kind {
@@ -208,7 +208,7 @@ pub fn redact_query(query: &str) -> String {
 }
 
 /// `host[:port]` or `[v6]:port` from a Host header.
-fn parse_host(value: &str) -> Option<(String, Option<u16>)> {
+fn parse_host(value: &str) -> Option<(&str, Option<u16>)> {
     let value = value.trim();
     if value.is_empty() {
         return None;
@@ -216,11 +216,11 @@ fn parse_host(value: &str) -> Option<(String, Option<u16>)> {
     if let Some(rest) = value.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return Some((host.to_string(), port));
+        return Some((host, port));
     }
     match value.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host.to_string(), port.parse().ok())),
-        _ => Some((value.to_string(), None)),
+        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok())),
+        _ => Some((value, None)),
     }
 }
 

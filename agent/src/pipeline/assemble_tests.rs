@@ -240,10 +240,7 @@ fn odd_methods_and_hosts() {
     assert_eq!(span.name, "_OTHER /x");
     assert_eq!(span.server_address.as_deref(), Some("::1"));
     assert_eq!(span.server_port, Some(8443));
-    assert_eq!(
-        parse_host("example.com"),
-        Some(("example.com".into(), None))
-    );
+    assert_eq!(parse_host("example.com"), Some(("example.com", None)));
     assert_eq!(parse_host(""), None);
     assert_eq!(split_target("/a#frag"), ("/a".into(), None));
     assert_eq!(redact_query("a=1&b&c=2=3"), "a=REDACTED&b&c=REDACTED");
