@@ -142,7 +142,8 @@ pub struct DataEventHeader {
     pub fd: u32,
     pub conn_id: u64,
     /// Monotonic ns at syscall entry; equal to `end_ns` for reads hooked at exit only
-    /// (nothing uses a read's entry time) and for writes whose start stamp was not their
+    /// (nothing uses a read's entry time), for writes on accepted connections (nothing
+    /// uses a server's write's either) and for writes whose start stamp was not their
     /// own (`counter::WRITE_START_UNKNOWN`).
     pub start_ns: u64,
     /// Monotonic ns at syscall exit.
