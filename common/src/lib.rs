@@ -142,9 +142,9 @@ pub struct DataEventHeader {
     pub fd: u32,
     pub conn_id: u64,
     /// Monotonic ns at syscall entry; equal to `end_ns` for reads hooked at exit only
-    /// (nothing uses a read's entry time), for writes on accepted connections (nothing
-    /// uses a server's write's either) and for writes whose start stamp was not their
-    /// own (`counter::WRITE_START_UNKNOWN`).
+    /// (nothing uses a read's entry time), for writes hooked at exit on connections loupe
+    /// saw being accepted (a server's response start is not used either) and for writes
+    /// whose start stamp was not their own (`counter::WRITE_START_UNKNOWN`).
     pub start_ns: u64,
     /// Monotonic ns at syscall exit.
     pub end_ns: u64,

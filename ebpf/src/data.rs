@@ -156,7 +156,9 @@ pub fn loupe_write_stamp(ctx: TracePointContext) -> u32 {
 /// Whether a write on a connection of `conn_role` needs its start time: a client span
 /// starts when its request begins to go out, but a server span ends at its response's
 /// last byte, so a server's writes need none. Unknown roles (connections loupe saw only
-/// once they were in use) keep theirs.
+/// once they were in use) keep theirs. A process that accepts a connection and then
+/// sends requests over it (a reverse tunnel) gets client spans that start at their first
+/// write's return, a few microseconds late.
 #[inline(always)]
 fn needs_start(conn_role: u8) -> bool {
     conn_role != role::SERVER

@@ -59,7 +59,8 @@ pub static IOV_SCRATCH: PerCpuArray<[[u64; 2]; MAX_IOV]> = PerCpuArray::with_max
 
 /// When the last write of a traced thread on this CPU began (see [`WriteStart`]). A
 /// per-CPU slot costs the write entry program a store where a per-thread hash slot cost a
-/// lookup, and the entry program needs nothing else.
+/// lookup; besides it, the entry program only asks the connection cache whether the
+/// connection was accepted (whose writes it leaves unstamped).
 #[map]
 pub static WRITE_STARTS: PerCpuArray<WriteStart> = PerCpuArray::with_max_entries(1, 0);
 

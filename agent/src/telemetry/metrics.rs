@@ -71,7 +71,7 @@ metrics! {
     kernel_pending_full: Counter = "loupe_kernel_pending_table_full_total", "Syscalls not traced because the kernel's pending-call table (one slot per traced thread) was full.";
     kernel_conn_table_full: Counter = "loupe_kernel_connection_table_full_total", "Connections not traced because the kernel's connection table (65,536) was full.";
     kernel_read_failures: Counter = "loupe_kernel_read_failures_total", "Kernel or user memory reads that failed in the probes.";
-    kernel_write_start_unknown: Counter = "loupe_kernel_write_start_unknown_total", "Writes on traced connections captured at their return without their start time, because the thread was switched out during the call; they start at their return.";
+    kernel_write_start_unknown: Counter = "loupe_kernel_write_start_unknown_total", "Writes on traced connections captured at their return without their start time, because the thread was switched out during the call; they start at their return. Writes on accepted connections are not stamped and not counted.";
     traceparent_injected: Counter = "loupe_traceparent_injected_total", "Outgoing HTTP/1.x requests loupe added a traceparent header to (--inject-traceparent).";
     traceparent_skipped_present: Counter = "loupe_traceparent_skipped_present_total", "Outgoing requests sent untouched because they already carried a traceparent.";
     traceparent_skipped_unsafe: Counter = "loupe_traceparent_skipped_unsafe_total", "Outgoing requests sent untouched because loupe could not check them safely (head split or over 4 KiB, chunked or pipelined body, malformed).";

@@ -152,7 +152,9 @@ pub struct HttpExchange {
     /// Exit of the last syscall that carried request bytes (so far, if the response ended
     /// first).
     pub request_last_end_ns: u64,
-    /// Entry of the syscall that carried the final response's first byte; 0 without response.
+    /// Entry of the syscall that carried the final response's first byte (its exit when
+    /// the kernel hooks writes at exit and the connection was accepted: see
+    /// `DataEventHeader::start_ns`); 0 without response. No span uses it.
     pub response_first_start_ns: u64,
     /// Exit of the syscall that carried the response's last byte; 0 without response.
     pub response_last_end_ns: u64,
