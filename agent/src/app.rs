@@ -143,6 +143,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let pipeline_config = PipelineConfig {
         sdk_spans: cli.sdk_spans,
+        span_attributes: cli.span_attributes,
         head_sampler,
         tail_policy: cli.tail_policy(),
         max_connections: loupe_common::MAX_CONNECTIONS as usize,

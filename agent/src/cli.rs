@@ -121,6 +121,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_enum, default_value = "skip")]
     pub sdk_spans: crate::pipeline::SdkSpans,
 
+    /// Which HTTP semantic-convention attributes spans carry: 'recommended' (the
+    /// required, conditionally required and recommended ones) or 'all' (also the opt-in
+    /// client.port, network.local.address/port and http.request/response.body.size, which
+    /// make each span about a quarter larger to send and store).
+    #[arg(long, value_name = "SET", value_enum, default_value = "recommended")]
+    pub span_attributes: crate::span::SpanAttributes,
+
     /// Turn on tail sampling: a trace's spans wait until it is complete, then the trace is
     /// kept when a span failed (--tail-keep-errors) or was slow (--tail-keep-slower-than),
     /// else with this probability. Applies after head sampling (OTEL_TRACES_SAMPLER).

@@ -65,6 +65,20 @@ fn check_server_spans(spans: &[ReceivedSpan], port: u16) {
     assert_eq!(attr(ok, "client.address"), "127.0.0.1");
     assert!(attr(ok, "user_agent.original").starts_with("curl/"));
     assert_eq!(ok.status_code, "unset");
+    // The conventions' opt-in attributes only with --span-attributes all.
+    for opt_in in [
+        "client.port",
+        "network.local.address",
+        "network.local.port",
+        "http.response.body.size",
+    ] {
+        assert!(
+            !ok.attributes.contains_key(opt_in),
+            "{opt_in} by default: {:?}",
+            ok.attributes
+        );
+    }
+    assert_eq!(attr(ok, "network.peer.address"), "127.0.0.1");
 
     let missing = find(spans, "GET /missing");
     assert_eq!(attr(missing, "http.response.status_code"), "404");
@@ -224,7 +238,16 @@ fn nginx_and_curl(extra: &[&str]) -> (String, f64) {
     let _server = servers::nginx(port);
     let endpoint = receiver.grpc_endpoint();
     let port_arg = port.to_string();
-    let mut args = vec!["--exe", "nginx", "--exe", "curl", "--port", &port_arg];
+    let mut args = vec![
+        "--exe",
+        "nginx",
+        "--exe",
+        "curl",
+        "--port",
+        &port_arg,
+        "--span-attributes",
+        "all",
+    ];
     args.extend_from_slice(extra);
     let mut agent = Agent::start(
         &args,
@@ -248,6 +271,7 @@ fn nginx_and_curl(extra: &[&str]) -> (String, f64) {
     assert_eq!(find(&nginx, "GET /joined").trace_id, INCOMING_TRACE);
     let file = find(&nginx, "GET /static/file.txt");
     assert_eq!(attr(file, "http.response.body.size"), "20000");
+    assert_eq!(attr(ok, "network.local.port"), port.to_string());
 
     let clients: Vec<_> = all.iter().filter(|s| s.kind == "client").cloned().collect();
     assert_eq!(clients.len(), 7, "{:#?}", names(&all));
@@ -309,8 +333,9 @@ fn connection_opened_before_the_agent_started_is_traced() {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert_eq!(support::keep_alive_get(&mut stream, "/before"), 200);
     let endpoint = receiver.grpc_endpoint();
+    let pid = server.pid().to_string();
     let mut agent = Agent::start(
-        &["--pid", &server.pid().to_string()],
+        &["--pid", &pid, "--span-attributes", "all"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),

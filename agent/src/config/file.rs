@@ -14,6 +14,7 @@ use crate::{
     cli::{CpuPriority, DataProbes, MAX_METRIC_SERIES_LIMIT, MIN_CAPTURE_BYTES},
     export::config::MAX_QUEUE_SIZE_LIMIT,
     pipeline::SdkSpans,
+    span::SpanAttributes,
 };
 
 /// Far beyond any real configuration; keeps a wrong path (a log, a device) from being
@@ -34,6 +35,7 @@ pub struct FileConfig {
     #[serde(alias = "read_probes")]
     pub data_probes: Option<DataProbes>,
     pub sdk_spans: Option<SdkSpans>,
+    pub span_attributes: Option<SpanAttributes>,
     pub inject_traceparent: Option<bool>,
     pub sampling: Option<Sampling>,
     pub metrics: Option<Metrics>,

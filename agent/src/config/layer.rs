@@ -274,6 +274,7 @@ pub fn apply_file(run: &mut RunArgs, file: &FileConfig, given: impl Fn(&str) -> 
     layer!(admin_addr, file.admin_addr);
     layer!(capture_bytes, file.capture_bytes.map(|n| narrow(n.get())));
     layer!(sdk_spans, file.sdk_spans);
+    layer!(span_attributes, file.span_attributes);
     layer!(tail_sample_ratio, tail.ratio.map(|r| Some(r.0)));
     layer!(tail_keep_errors, tail.keep_errors);
     layer!(tail_keep_slower_than, tail.keep_slower_than_ms.map(Some));

@@ -38,6 +38,7 @@ impl AgentConfig {
             cpu_priority: Some(run.cpu_priority),
             data_probes: Some(run.data_probes),
             sdk_spans: Some(run.sdk_spans),
+            span_attributes: Some(run.span_attributes),
             inject_traceparent: Some(run.inject_traceparent),
             sampling: Some(Sampling {
                 sampler: Some(sampler),

@@ -8,6 +8,7 @@ use crate::{
     export::config::{Compression, ExporterConfig, Protocol},
     pipeline::SdkSpans,
     red::MetricsExporter,
+    span::SpanAttributes,
 };
 
 /// Sets every key, none to its default.
@@ -21,6 +22,7 @@ admin_addr: 0.0.0.0:9000
 capture_bytes: 2048
 ring_buffer_mib: 32
 sdk_spans: export
+span_attributes: all
 inject_traceparent: true
 sampling:
   sampler: parentbased_traceidratio
@@ -113,6 +115,7 @@ fn a_full_file_sets_everything() {
     assert_eq!(run.capture_bytes, 2048);
     assert_eq!(run.ring_buffer_mib, 32);
     assert_eq!(run.sdk_spans, SdkSpans::Export);
+    assert_eq!(run.span_attributes, SpanAttributes::All);
     assert!(run.inject_traceparent);
     let tail = run.tail_policy().unwrap();
     assert_eq!(tail.ratio, 0.1);
@@ -252,6 +255,11 @@ fn bad_values_are_named_with_their_path_and_line() {
         ),
         ("admin_addr: nowhere\n", "admin_addr", 1),
         ("sdk_spans: maybe\n", "sdk_spans: unknown variant", 1),
+        (
+            "span_attributes: every\n",
+            "span_attributes: unknown variant",
+            1,
+        ),
     ];
     for (yaml, expected, line) in cases {
         let message = error(yaml, &[]);

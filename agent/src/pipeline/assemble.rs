@@ -9,7 +9,7 @@ use crate::{
         Role,
         http1::{ExchangeOutcome, HttpExchange},
     },
-    span::{HttpSpan, SpanKind, route::RouteMatcher},
+    span::{HttpSpan, SpanAttributes, SpanKind, route::RouteMatcher},
 };
 
 use super::{linking::ResolvedIds, texts::TextCache};
@@ -25,15 +25,23 @@ pub struct SpanAssembler {
     routes: RouteMatcher,
     clock: Clock,
     texts: TextCache,
+    opt_in: bool,
 }
 
 impl SpanAssembler {
+    /// An assembler that fills every attribute it can (`SpanAttributes::All`).
     pub fn new(routes: RouteMatcher, clock: Clock) -> Self {
         Self {
             routes,
             clock,
             texts: TextCache::default(),
+            opt_in: true,
         }
+    }
+
+    pub fn with_attributes(mut self, set: SpanAttributes) -> Self {
+        self.opt_in = set == SpanAttributes::All;
+        self
     }
 
     pub fn set_clock(&mut self, clock: Clock) {
@@ -127,19 +135,20 @@ impl SpanAssembler {
             server_address,
             server_port,
             client_address,
-            client_port,
+            // Opt-in attributes of the conventions: only when asked for.
+            client_port: client_port.filter(|_| self.opt_in),
             peer_address: remote_ip,
             peer_port: remote.map(|a| a.port()),
-            local_address: local_ip,
-            local_port: local.map(|a| a.port()),
+            local_address: local_ip.filter(|_| self.opt_in),
+            local_port: local.map(|a| a.port()).filter(|_| self.opt_in),
             user_agent: request
                 .header("user-agent")
                 .map(|ua| truncate(ua, MAX_USER_AGENT)),
-            request_body_size: (request.body_len > 0).then_some(request.body_len),
+            request_body_size: (self.opt_in && request.body_len > 0).then_some(request.body_len),
             response_body_size: exchange
                 .response
                 .as_ref()
-                .filter(|r| r.body_len > 0)
+                .filter(|r| self.opt_in && r.body_len > 0)
                 .map(|r| r.body_len),
             error_type,
         }

@@ -125,6 +125,34 @@ fn server_span_follows_the_conventions() {
 }
 
 #[test]
+fn opt_in_attributes_only_when_asked_for() {
+    let mut req = request("POST", "/orders", &[("host", "shop.example")]);
+    req.body_len = 7;
+    let ex = exchange(Role::Server, req, Some(response(201, 5)));
+    let (local, remote) = (addr("127.0.0.1:8080"), addr("10.0.0.9:50000"));
+    let all = build(&mut assembler(), &ex, local, remote);
+    assert_eq!(all.client_port, Some(50000));
+    assert_eq!(all.local_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(all.local_port, Some(8080));
+    assert_eq!(all.request_body_size, Some(7));
+    assert_eq!(all.response_body_size, Some(5));
+
+    let mut recommended = assembler().with_attributes(SpanAttributes::Recommended);
+    let span = build(&mut recommended, &ex, local, remote);
+    assert_eq!(span.client_port, None);
+    assert_eq!(span.local_address, None);
+    assert_eq!(span.local_port, None);
+    assert_eq!(span.request_body_size, None);
+    assert_eq!(span.response_body_size, None);
+    // The recommended ones stay, the local address still standing in for a missing port.
+    assert_eq!(span.client_address.as_deref(), Some("10.0.0.9"));
+    assert_eq!(span.peer_port, Some(50000));
+    assert_eq!(span.server_address.as_deref(), Some("shop.example"));
+    assert_eq!(span.server_port, Some(8080));
+    assert_eq!(span.status_code, Some(201));
+}
+
+#[test]
 fn server_span_joins_incoming_traceparent() {
     let req = request(
         "GET",

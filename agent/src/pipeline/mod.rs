@@ -34,7 +34,7 @@ use crate::{
     },
     red::RedRecorder,
     sampling::{HeadSampler, TailPolicy, TailSampler, tail::Released},
-    span::{FinishedSpan, context::extract, route::RouteMatcher},
+    span::{FinishedSpan, SpanAttributes, context::extract, route::RouteMatcher},
     telemetry::metrics::Metrics,
 };
 
@@ -66,6 +66,7 @@ pub enum SdkSpans {
 
 pub struct PipelineConfig {
     pub sdk_spans: SdkSpans,
+    pub span_attributes: SpanAttributes,
     pub head_sampler: HeadSampler,
     pub tail_policy: Option<TailPolicy>,
     pub max_connections: usize,
@@ -109,7 +110,8 @@ impl Pipeline {
         Self {
             connections: ConnectionTable::new(config.max_connections),
             limits: config.limits,
-            assembler: SpanAssembler::new(config.routes, Clock::measure()),
+            assembler: SpanAssembler::new(config.routes, Clock::measure())
+                .with_attributes(config.span_attributes),
             processes: Processes::new(resource_defaults),
             sdk_spans: config.sdk_spans,
             head_sampler: config.head_sampler,

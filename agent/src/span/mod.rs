@@ -27,6 +27,19 @@ pub struct SpanContext {
     pub is_remote: bool,
 }
 
+/// Which of the HTTP conventions' attributes spans carry.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanAttributes {
+    /// The required, conditionally required and recommended ones.
+    Recommended,
+    /// Those and the opt-in ones loupe knows: `client.port`, `network.local.address`,
+    /// `network.local.port`, `http.request.body.size` and `http.response.body.size`.
+    All,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
     Server,
