@@ -124,7 +124,7 @@ pub struct RunArgs {
     /// Which HTTP semantic-convention attributes spans carry: 'recommended' (the
     /// required, conditionally required and recommended ones) or 'all' (also the opt-in
     /// client.port, network.local.address/port and http.request/response.body.size, which
-    /// make each span about a quarter larger to send and store).
+    /// make each span about 30 % larger to send and store).
     #[arg(long, value_name = "SET", value_enum, default_value = "recommended")]
     pub span_attributes: crate::span::SpanAttributes,
 
