@@ -114,7 +114,7 @@ impl SpanAssembler {
             (None, ExchangeOutcome::ResponseLost | ExchangeOutcome::Complete) => None,
         };
 
-        HttpSpan {
+        let mut span = HttpSpan {
             trace_id,
             span_id,
             parent_span_id,
@@ -135,23 +135,26 @@ impl SpanAssembler {
             server_address,
             server_port,
             client_address,
-            // Opt-in attributes of the conventions: only when asked for.
-            client_port: client_port.filter(|_| self.opt_in),
+            client_port,
             peer_address: remote_ip,
             peer_port: remote.map(|a| a.port()),
-            local_address: local_ip.filter(|_| self.opt_in),
-            local_port: local.map(|a| a.port()).filter(|_| self.opt_in),
+            local_address: local_ip,
+            local_port: local.map(|a| a.port()),
             user_agent: request
                 .header("user-agent")
                 .map(|ua| truncate(ua, MAX_USER_AGENT)),
-            request_body_size: (self.opt_in && request.body_len > 0).then_some(request.body_len),
+            request_body_size: (request.body_len > 0).then_some(request.body_len),
             response_body_size: exchange
                 .response
                 .as_ref()
-                .filter(|r| self.opt_in && r.body_len > 0)
+                .filter(|r| r.body_len > 0)
                 .map(|r| r.body_len),
             error_type,
+        };
+        if !self.opt_in {
+            span.clear_opt_in();
         }
+        span
     }
 }
 

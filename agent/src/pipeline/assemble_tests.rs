@@ -144,7 +144,7 @@ fn opt_in_attributes_only_when_asked_for() {
     assert_eq!(span.local_port, None);
     assert_eq!(span.request_body_size, None);
     assert_eq!(span.response_body_size, None);
-    // The recommended ones stay, the local address still standing in for a missing port.
+    // The recommended ones stay, the local port still standing in for the Host header's.
     assert_eq!(span.client_address.as_deref(), Some("10.0.0.9"));
     assert_eq!(span.peer_port, Some(50000));
     assert_eq!(span.server_address.as_deref(), Some("shop.example"));

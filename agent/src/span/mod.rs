@@ -98,6 +98,15 @@ pub struct HttpSpan {
 }
 
 impl HttpSpan {
+    /// Leaves out the attributes the conventions make opt-in (see [`SpanAttributes::All`]).
+    pub fn clear_opt_in(&mut self) {
+        self.client_port = None;
+        self.local_address = None;
+        self.local_port = None;
+        self.request_body_size = None;
+        self.response_body_size = None;
+    }
+
     /// Span status per the HTTP conventions: 5xx is an error on both sides, 4xx only on
     /// clients, and an exchange that did not complete is an error.
     pub fn is_error(&self) -> bool {
