@@ -28,6 +28,7 @@ mod report;
 pub(crate) mod services;
 mod soak;
 mod stats;
+mod stats_floor;
 mod target;
 mod wrk;
 

@@ -11,7 +11,7 @@ use super::procfs::{self, RssSample};
 use super::report::{self, AgentRun, ModeRun, Round, Settings};
 use super::stats::median;
 use super::target::{ServiceKind, Target, explicit_rate, fitted_rate};
-use super::{BenchArgs, Binaries, UNTRACED_EXE, check_interrupted, load, wrk};
+use super::{BenchArgs, Binaries, UNTRACED_EXE, check_interrupted, load, stats_floor, wrk};
 
 /// How often the agent's RSS is read during a fixed-rate phase.
 const RSS_EVERY: Duration = Duration::from_millis(500);
@@ -131,6 +131,17 @@ pub fn enable_bpf_stats() -> Option<procfs::BpfStatsSwitch> {
     }
 }
 
+/// What the run-time accounting records per run of an empty program, or a warning.
+fn empty_run_ns() -> Option<f64> {
+    match stats_floor::empty_program_ns() {
+        Ok(ns) => Some(ns),
+        Err(err) => {
+            eprintln!("bench: warning: cannot measure the eBPF accounting's floor: {err}");
+            None
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Mode {
     Without,
@@ -191,8 +202,9 @@ fn measure_mode(
             let started = Instant::now();
             std::thread::sleep(IDLE_WINDOW);
             let now = a.snapshot(sink);
-            let ns = now.since(middle).bpf_run_ns;
-            Some((now, ns.map(|ns| ns / started.elapsed().as_secs_f64())))
+            let idle = now.since(middle);
+            let per_s = |v: Option<f64>| v.map(|v| v / started.elapsed().as_secs_f64());
+            Some((now, per_s(idle.bpf_run_ns), per_s(idle.bpf_runs)))
         }
         _ => None,
     };
@@ -217,10 +229,12 @@ fn measure_mode(
             agent.check_alive()?;
             let fixed_window = fixed_started.elapsed().as_secs_f64();
             let (before, middle) = (before.unwrap_or_default(), middle.unwrap_or_default());
-            let (fixed_start, background_ns_per_s) = match idle {
-                Some((snapshot, rate)) => (snapshot, rate),
-                None => (middle.clone(), None),
+            let (fixed_start, background_ns_per_s, background_runs_per_s) = match idle {
+                Some((snapshot, ns, runs)) => (snapshot, ns, runs),
+                None => (middle.clone(), None, None),
             };
+            // Measured while the agent still runs, so the host is as loaded as it was.
+            let empty_run_ns = args.bpf_stats.then(empty_run_ns).flatten();
             let run = AgentRun {
                 closed: middle.since(&before),
                 fixed: after.since(&fixed_start),
@@ -228,6 +242,8 @@ fn measure_mode(
                 steady_rss_kib: median_kib(&rss, |s| Some(s.kib)),
                 steady_anon_kib: median_kib(&rss, |s| s.anon_kib),
                 bpf_background_ns: background_ns_per_s.map(|r| r * fixed_window),
+                bpf_background_runs: background_runs_per_s.map(|r| r * fixed_window),
+                bpf_empty_run_ns: empty_run_ns,
             };
             stop(agent);
             Some(run)

@@ -37,6 +37,11 @@ pub struct AgentRun {
     /// The eBPF run time other processes' syscalls would have cost over the fixed-rate
     /// phase, at the rate measured while the service was idle just before it.
     pub bpf_background_ns: Option<f64>,
+    /// The program runs those syscalls would have made, likewise.
+    pub bpf_background_runs: Option<f64>,
+    /// What the run-time accounting recorded per run of an empty program, measured right
+    /// after the fixed-rate phase: its own clock reads and the call, charged to every run.
+    pub bpf_empty_run_ns: Option<f64>,
 }
 
 /// One mode (with or without the agent) of one round: a closed-loop phase, then a
@@ -98,6 +103,10 @@ pub struct Summary {
     pub spans_dropped: Option<f64>,
     pub bpf_ns_per_request: Option<f64>,
     pub bpf_ns_per_request_net: Option<f64>,
+    /// The net figure less the accounting's floor for each program run in it.
+    pub bpf_ns_per_request_own: Option<f64>,
+    /// Median of the floors measured, ns per run.
+    pub bpf_empty_run_ns: Option<f64>,
     pub client_errors: u64,
     pub untraced_throughput_ratio: Option<f64>,
     pub untraced_fixed_p99_ratio: Option<f64>,
@@ -105,24 +114,48 @@ pub struct Summary {
     pub untraced_steady_rss_mib: Option<f64>,
     pub untraced_bpf_ns_per_request: Option<f64>,
     pub untraced_bpf_ns_per_request_net: Option<f64>,
+    pub untraced_bpf_ns_per_request_own: Option<f64>,
 }
 
-/// In-kernel ns per fixed-rate request over these runs: all the agent's programs ran, and
-/// that less the idle background. Without kernel.bpf_stats_enabled the kernel counts no
-/// runs and no time: no data, not zero.
-fn bpf_per_request(modes: &[&ModeRun]) -> [Option<f64>; 2] {
+/// In-kernel ns per fixed-rate request over these runs: all the agent's programs ran; that
+/// less the idle background; and that less the accounting's floor (what it records for an
+/// empty program) for each remaining run. Without kernel.bpf_stats_enabled the kernel
+/// counts no runs and no time: no data, not zero.
+fn bpf_per_request(modes: &[&ModeRun]) -> [Option<f64>; 3] {
     let runs: Vec<(&ModeRun, &AgentRun)> = modes
         .iter()
         .filter_map(|m| m.agent.as_ref().map(|a| (*m, a)))
         .collect();
     if sum_present(runs.iter().map(|(_, a)| a.fixed.bpf_runs)).is_none_or(|n| n <= 0.0) {
-        return [None, None];
+        return [None, None, None];
     }
     let requests = Some(runs.iter().map(|(m, _)| m.fixed.completed as f64).sum());
     let ns = sum_present(runs.iter().map(|(_, a)| a.fixed.bpf_run_ns));
     let background = sum_present(runs.iter().map(|(_, a)| a.bpf_background_ns));
     let net = ns.zip(background).map(|(n, b)| (n - b).max(0.0));
-    [ratio(ns, requests), ratio(net, requests)]
+    // Each run's floor applies to that run: the host's clock costs what it cost then.
+    let own: Option<f64> = runs
+        .iter()
+        .map(|(_, a)| {
+            let net = a.fixed.bpf_run_ns? - a.bpf_background_ns?;
+            let program_runs = a.fixed.bpf_runs? - a.bpf_background_runs?;
+            Some((net - program_runs.max(0.0) * a.bpf_empty_run_ns?).max(0.0))
+        })
+        .sum();
+    [
+        ratio(ns, requests),
+        ratio(net, requests),
+        ratio(own, requests),
+    ]
+}
+
+/// The median floor measured over these runs, ns per program run.
+fn empty_run_ns(modes: &[&ModeRun]) -> Option<f64> {
+    let floors: Vec<f64> = modes
+        .iter()
+        .filter_map(|m| m.agent.as_ref()?.bpf_empty_run_ns)
+        .collect();
+    median(&floors)
 }
 
 /// The agent's highest peak RSS, median steady RSS and median steady anonymous RSS over
@@ -181,8 +214,16 @@ pub fn summarize(rounds: &[Round]) -> Summary {
     let fixed_exported = phases(|p| p.spans_exported, Which::Fixed);
     let [peak_rss_mib, steady_rss_mib, steady_anon_mib] = rss_mib(&with);
     let [untraced_peak_rss_mib, untraced_steady_rss_mib, _] = rss_mib(&untraced);
-    let [bpf_ns_per_request, bpf_ns_per_request_net] = bpf_per_request(&with);
-    let [untraced_bpf_ns_per_request, untraced_bpf_ns_per_request_net] = bpf_per_request(&untraced);
+    let [
+        bpf_ns_per_request,
+        bpf_ns_per_request_net,
+        bpf_ns_per_request_own,
+    ] = bpf_per_request(&with);
+    let [
+        untraced_bpf_ns_per_request,
+        untraced_bpf_ns_per_request_net,
+        untraced_bpf_ns_per_request_own,
+    ] = bpf_per_request(&untraced);
 
     Summary {
         rps_without,
@@ -214,6 +255,8 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         spans_dropped: phases(|p| p.spans_dropped, Which::Both),
         bpf_ns_per_request,
         bpf_ns_per_request_net,
+        bpf_ns_per_request_own,
+        bpf_empty_run_ns: empty_run_ns(&with),
         client_errors: without
             .iter()
             .chain(&with)
@@ -226,6 +269,7 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         untraced_steady_rss_mib,
         untraced_bpf_ns_per_request,
         untraced_bpf_ns_per_request_net,
+        untraced_bpf_ns_per_request_own,
     }
 }
 
@@ -400,6 +444,14 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
             "in-kernel ns per request, all / net of idle background".into(),
             pair(s.bpf_ns_per_request, s.bpf_ns_per_request_net, 0),
         ),
+        (
+            "  net less the accounting's floor per run (ns per request)".into(),
+            opt(s.bpf_ns_per_request_own, 0),
+        ),
+        (
+            "  the floor: ns recorded per run of an empty program".into(),
+            opt(s.bpf_empty_run_ns, 1),
+        ),
         ("client errors".into(), s.client_errors.to_string()),
     ];
     if rounds.iter().any(|r| r.untraced.is_some()) {
@@ -418,6 +470,10 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
                 s.untraced_bpf_ns_per_request_net,
                 0,
             ),
+        ));
+        rows.push((
+            "  untraced, net less the accounting's floor per run".into(),
+            opt(s.untraced_bpf_ns_per_request_own, 0),
         ));
         rows.push((
             "untraced agent RSS, steady / peak (MiB)".into(),
@@ -474,6 +530,8 @@ fn mode_json(mode: &ModeRun) -> Value {
             "steady_rss_kib": a.steady_rss_kib,
             "steady_anon_rss_kib": a.steady_anon_kib,
             "bpf_background_ns": a.bpf_background_ns,
+            "bpf_background_runs": a.bpf_background_runs,
+            "bpf_empty_run_ns": a.bpf_empty_run_ns,
         })),
     })
 }
@@ -513,8 +571,11 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "spans_dropped": s.spans_dropped,
             "bpf_ns_per_request": s.bpf_ns_per_request,
             "bpf_ns_per_request_net": s.bpf_ns_per_request_net,
+            "bpf_ns_per_request_own": s.bpf_ns_per_request_own,
+            "bpf_empty_run_ns": s.bpf_empty_run_ns,
             "untraced_bpf_ns_per_request": s.untraced_bpf_ns_per_request,
             "untraced_bpf_ns_per_request_net": s.untraced_bpf_ns_per_request_net,
+            "untraced_bpf_ns_per_request_own": s.untraced_bpf_ns_per_request_own,
             "client_errors": s.client_errors,
             "untraced_throughput_ratio": s.untraced_throughput_ratio,
             "untraced_fixed_rate_p99_ratio": s.untraced_fixed_p99_ratio,

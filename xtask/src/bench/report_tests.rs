@@ -50,6 +50,8 @@ fn agent(cpu_closed: f64, cpu_fixed: f64, exported_fixed: f64, rss_kib: u64) -> 
         steady_rss_kib: Some(rss_kib / 2),
         steady_anon_kib: Some(rss_kib / 4),
         bpf_background_ns: Some(10_000_000.0),
+        bpf_background_runs: Some(40_000.0),
+        bpf_empty_run_ns: Some(50.0),
     }
 }
 
@@ -134,6 +136,15 @@ fn summary_uses_medians_and_totals() {
     }
     // 300 ms in the kernel over 300k fixed-rate requests, 30 ms of it other processes'.
     assert_eq!(summarize(&on).bpf_ns_per_request, Some(1000.0));
+    assert_eq!(summarize(&on).bpf_ns_per_request_net, Some(900.0));
+    // Each round: 90 ms net over 360k runs net, 50 ns of each the accounting's own.
+    assert_eq!(summarize(&on).bpf_ns_per_request_own, Some(720.0));
+    assert_eq!(summarize(&on).bpf_empty_run_ns, Some(50.0));
+    // A round without its floor leaves no floor-adjusted figure rather than a smaller one.
+    if let Some(a) = on[1].with.as_mut().and_then(|m| m.agent.as_mut()) {
+        a.bpf_empty_run_ns = None;
+    }
+    assert_eq!(summarize(&on).bpf_ns_per_request_own, None);
     assert_eq!(summarize(&on).bpf_ns_per_request_net, Some(900.0));
     assert_eq!(s.fixed_rate_with, Some(10_000.0));
 }
@@ -262,13 +273,15 @@ fn untraced_mode_is_compared_with_the_baseline_and_kept_out_of_agent_totals() {
         .iter_mut()
         .filter_map(|r| r.untraced.as_mut()?.agent.as_mut())
     {
-        a.fixed.bpf_runs = Some(1_000_000.0);
+        a.fixed.bpf_runs = Some(500_000.0);
         a.fixed.bpf_run_ns = Some(50_000_000.0);
     }
     let host_tax = summarize(&r);
     // 150 ms over 300k requests; 30 ms of it idle background.
     assert_eq!(host_tax.untraced_bpf_ns_per_request, Some(500.0));
     assert_eq!(host_tax.untraced_bpf_ns_per_request_net, Some(400.0));
+    // 40 ms net per round, 23 ms of it the floor of 460k runs net at 50 ns each.
+    assert_eq!(host_tax.untraced_bpf_ns_per_request_own, Some(170.0));
     assert_eq!(host_tax.bpf_ns_per_request, None);
     let untraced_peak = 99_999.0 / 1024.0;
     assert_eq!(s.untraced_peak_rss_mib, Some(untraced_peak));
