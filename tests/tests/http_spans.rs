@@ -484,3 +484,58 @@ fn a_traced_collector_shows_no_spans_of_loupes_own_exports() {
     // The exports did reach the traced receiver, and were recognised there.
     assert!(agent.metric("loupe_spans_skipped_own_export_total") >= 1.0);
 }
+
+/// Servers that move their bytes only with the scatter/gather syscalls: `recvmsg` and
+/// `sendmsg`, or `readv` and `writev`. Each request lands in two buffers split inside its
+/// request line, and each response leaves in two split inside its status line, so a
+/// span comes out whole only if every buffer of a call was captured, in order.
+#[test]
+fn scatter_gather_syscalls_are_captured_across_their_buffers() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let modes = [("msg", free_port()), ("vec", free_port())];
+    let servers: Vec<_> = modes
+        .iter()
+        .map(|(mode, port)| {
+            let service = format!("scatter-gather-{mode}");
+            servers::scatter_gather(*port, mode, &[("OTEL_SERVICE_NAME", &service)])
+        })
+        .collect();
+    let pids: Vec<String> = servers.iter().map(|s| s.pid().to_string()).collect();
+    let endpoint = receiver.http_endpoint();
+    let mut agent = Agent::start(
+        &["--pid", &pids[0], "--pid", &pids[1]],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    for (_, port) in modes {
+        let base = format!("http://127.0.0.1:{port}");
+        // One keep-alive connection each: later requests reuse the buffers' split.
+        let statuses = curl(&[
+            &format!("{base}/users/12345"),
+            &format!("{base}/missing"),
+            &format!("{base}/fail"),
+        ]);
+        assert_eq!(statuses, vec![200, 404, 500]);
+    }
+    let spans = receiver.wait_for_spans(6, WAIT);
+    for (mode, port) in modes {
+        let service = format!("scatter-gather-{mode}");
+        let spans = server_spans(&spans, &service);
+        assert_eq!(spans.len(), 3, "{mode}: {:#?}", names(&spans));
+        let user = find(&spans, "GET /users/{id}");
+        assert_eq!(attr(user, "url.path"), "/users/12345", "{mode}");
+        assert_eq!(attr(user, "http.response.status_code"), "200", "{mode}");
+        assert_eq!(attr(user, "server.port"), port.to_string(), "{mode}");
+        assert!(attr(user, "user_agent.original").starts_with("curl/"));
+        assert_eq!(
+            attr(find(&spans, "GET /missing"), "http.response.status_code"),
+            "404",
+            "{mode}"
+        );
+        let fail = find(&spans, "GET /fail");
+        assert_eq!(attr(fail, "http.response.status_code"), "500", "{mode}");
+        assert_eq!(fail.status_code, "error", "{mode}");
+    }
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}

@@ -59,6 +59,69 @@ http.createServer((req, res) => {
 }).listen(port, '127.0.0.1');
 "#;
 
+/// An HTTP/1.1 server on raw sockets that moves its bytes only with the scatter/gather
+/// syscalls: `recvmsg` and `sendmsg` (mode `msg`), or `readv` and `writev` (mode `vec`).
+/// Requests land in two buffers, the first 16 bytes long so that a request line spans
+/// both; a response goes out as two buffers split inside its status line. Keep-alive,
+/// one thread per connection.
+const SCATTER_GATHER_SERVER: &str = r#"
+import os, socket, sys, threading
+
+MODE = sys.argv[2]
+
+def receive(conn):
+    first, second = bytearray(16), bytearray(4096)
+    if MODE == "msg":
+        n = conn.recvmsg_into([first, second])[0]
+    else:
+        n = os.readv(conn.fileno(), [first, second])
+    return bytes(first + second)[:n]
+
+def send(conn, response):
+    parts = [response[:12], response[12:]]
+    if MODE == "msg":
+        conn.sendmsg(parts)
+    else:
+        os.writev(conn.fileno(), parts)
+
+def serve(conn):
+    pending = b""
+    while True:
+        while b"\r\n\r\n" not in pending:
+            data = receive(conn)
+            if not data:
+                conn.close()
+                return
+            pending += data
+        head, pending = pending.split(b"\r\n\r\n", 1)
+        path = head.split(b" ")[1].decode()
+        status = {"/missing": 404, "/fail": 500}.get(path, 200)
+        body = ("%s %s\n" % (MODE, path)).encode()
+        reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}[status]
+        head = ("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+                % (status, reason, len(body))).encode()
+        send(conn, head + body)
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(sys.argv[1])))
+listener.listen(16)
+while True:
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// Starts the scatter/gather server in `mode` (`msg` or `vec`).
+pub fn scatter_gather(port: u16, mode: &str, env: &[(&str, &str)]) -> Guard {
+    let dir = scratch_dir(&format!("scatter-gather-{mode}"));
+    let script = dir.join("server.py");
+    fs::write(&script, SCATTER_GATHER_SERVER).expect("write server.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(port.to_string()).arg(mode);
+    spawn(cmd, env, port)
+}
+
 /// Starts `python3 server.py PORT` with the given environment.
 pub fn python(port: u16, env: &[(&str, &str)]) -> Guard {
     let dir = scratch_dir("python");
