@@ -493,7 +493,10 @@ pub mod counter {
     /// A write on a traced connection captured at its return without its start stamp (the
     /// thread was switched out during the call): the record starts at its end.
     pub const WRITE_START_UNKNOWN: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A known connection was not in the kernel's connection cache and was looked up in
+    /// the connection table instead.
+    pub const CONN_CACHE_MISSES: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 #[cfg(feature = "user")]

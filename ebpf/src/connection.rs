@@ -80,6 +80,25 @@ fn stored(key: &ConnKey) -> Option<ConnState> {
     unsafe { CONNECTIONS.get(key) }.copied()
 }
 
+/// [`stored`] for a read or write: a connection found only in the table takes its slot
+/// back when the slot is empty (its evictor closed), so a long-lived connection evicted
+/// once does not pay the table lookup on every call for the rest of its life. An
+/// occupied slot is left alone: two busy connections sharing a slot would otherwise
+/// evict each other on every call.
+#[inline(always)]
+fn stored_for_use(key: &ConnKey) -> Option<ConnState> {
+    if let Some(state) = cached(key) {
+        return Some(state);
+    }
+    // SAFETY: the value is copied out at once.
+    let state = unsafe { CONNECTIONS.get(key) }.copied()?;
+    count(counter::CONN_CACHE_MISSES);
+    if slot_is_empty(key) {
+        cache_if_standing(key, &state);
+    }
+    Some(state)
+}
+
 /// `key`'s state when its cache slot holds it whole.
 #[inline(always)]
 pub fn cached(key: &ConnKey) -> Option<ConnState> {
@@ -109,6 +128,16 @@ fn cache(key: &ConnKey, state: &ConnState) {
     }
 }
 
+/// Whether `key`'s cache slot holds no connection: never written, or emptied by a close
+/// or by the agent.
+#[inline(always)]
+fn slot_is_empty(key: &ConnKey) -> bool {
+    CONNECTION_CACHE
+        .get_ptr(CachedConnection::slot(key))
+        // SAFETY: a map value that lives as long as the map.
+        .is_some_and(|slot| unsafe { core::ptr::read_volatile(&(*slot).check) } == 0)
+}
+
 /// Empties `key`'s cache slot when it holds `key`.
 #[inline(always)]
 fn uncache(key: &ConnKey) {
@@ -132,21 +161,27 @@ fn store(key: &ConnKey, state: &ConnState) -> bool {
         uncache(key);
         return false;
     }
+    cache_if_standing(key, state);
+    true
+}
+
+/// Puts `key` in its cache slot, then empties the slot again unless the table still
+/// holds the same connection: a close of the fd on another thread between the table
+/// read or insert and the slot write found nothing in the slot to empty.
+#[inline(always)]
+fn cache_if_standing(key: &ConnKey, state: &ConnState) {
     cache(key, state);
-    // A close of the fd on another thread between the insert and the slot write found
-    // nothing in the slot to empty; the table says whether the connection still stands.
     // SAFETY: the value is only compared.
     let standing = unsafe { CONNECTIONS.get(key) }.is_some_and(|s| s.conn_id == state.conn_id);
     if !standing {
         uncache(key);
     }
-    true
 }
 
 /// The traced connection behind `fd`, discovering it on first use.
 #[inline(always)]
 pub fn lookup_or_discover(tgid: u32, tid: u32, fd: u32, cfg: &ProbeConfig) -> Option<ConnState> {
-    let state = match stored(&ConnKey { tgid, fd }) {
+    let state = match stored_for_use(&ConnKey { tgid, fd }) {
         Some(state) => state,
         None => register(tgid, tid, fd, role::UNKNOWN, cfg)?,
     };

@@ -456,6 +456,9 @@ impl Pipeline {
         self.metrics
             .kernel_write_start_unknown
             .set(kernel[loupe_common::counter::WRITE_START_UNKNOWN as usize]);
+        self.metrics
+            .kernel_conn_cache_misses
+            .set(kernel[loupe_common::counter::CONN_CACHE_MISSES as usize]);
         self.metrics.set_injection_counters(&kernel);
         self.assembler.set_clock(Clock::measure());
     }
