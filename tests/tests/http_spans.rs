@@ -289,6 +289,8 @@ fn nginx_and_curl(extra: &[&str]) -> (String, f64) {
         "4xx is an error on the client side"
     );
     assert_eq!(attr(missing, "server.port"), port.to_string());
+    // curl's Host header names the address and port it connected to.
+    assert_eq!(attr(missing, "url.full"), format!("{base}/missing"));
     // curl sent the traceparent itself, so its span keeps those ids.
     let joined_client = clients
         .iter()

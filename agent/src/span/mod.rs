@@ -107,6 +107,47 @@ impl HttpSpan {
         self.response_body_size = None;
     }
 
+    /// `url.full` of a client span, which the conventions require there:
+    /// `scheme://host[:port]path[?query]`, the port left out when it is the scheme's
+    /// default, an IPv6 address bracketed, the query as redacted. `None` for server spans
+    /// and when no host is known.
+    pub fn url_full(&self) -> Option<String> {
+        if self.kind != SpanKind::Client {
+            return None;
+        }
+        let host = self.server_address.as_deref()?;
+        let mut url = String::with_capacity(
+            self.scheme.len()
+                + host.len()
+                + self.path.len()
+                + 16
+                + self.query.as_ref().map_or(0, String::len),
+        );
+        url.push_str(self.scheme);
+        url.push_str("://");
+        if host.contains(':') {
+            url.push('[');
+            url.push_str(host);
+            url.push(']');
+        } else {
+            url.push_str(host);
+        }
+        let default_port = match self.scheme {
+            "https" => 443,
+            _ => 80,
+        };
+        if let Some(port) = self.server_port.filter(|&p| p != default_port) {
+            url.push(':');
+            url.push_str(&port.to_string());
+        }
+        url.push_str(&self.path);
+        if let Some(query) = &self.query {
+            url.push('?');
+            url.push_str(query);
+        }
+        Some(url)
+    }
+
     /// Span status per the HTTP conventions: 5xx is an error on both sides, 4xx only on
     /// clients, and an exchange that did not complete is an error.
     pub fn is_error(&self) -> bool {

@@ -175,9 +175,13 @@ pub enum Attr<'a> {
 }
 
 /// Calls `f` with every attribute of `span` under the stable HTTP semantic conventions,
-/// in a fixed order; unset optional fields are left out.
-pub fn for_each_attribute<'a>(span: &'a HttpSpan, mut f: impl FnMut(&'static str, Attr<'a>)) {
+/// in a fixed order; unset optional fields are left out. Client spans carry `url.full`,
+/// which the conventions require on them, besides the path and query it is made of.
+pub fn for_each_attribute(span: &HttpSpan, mut f: impl FnMut(&'static str, Attr<'_>)) {
     f("http.request.method", Attr::Str(span.method));
+    if let Some(url) = span.url_full() {
+        f("url.full", Attr::Str(&url));
+    }
     f("url.path", Attr::Str(&span.path));
     f("url.scheme", Attr::Str(span.scheme));
     f("network.protocol.name", Attr::Str("http"));

@@ -106,6 +106,39 @@ fn absent_optional_fields_produce_no_attributes() {
 }
 
 #[test]
+fn client_spans_carry_the_full_url() {
+    let mut span = http_span(SpanKind::Client, Some(200));
+    span.server_address = Some("api.local".into());
+    span.server_port = Some(8080);
+    span.query = Some("q=REDACTED".to_owned());
+    let url = |span: &HttpSpan| attr_map(&to_proto_span(span).attributes).remove("url.full");
+    assert_eq!(
+        url(&span).as_deref(),
+        Some("http://api.local:8080/users/7?q=REDACTED"),
+        "with the query as redacted"
+    );
+    span.server_port = Some(80);
+    span.query = None;
+    assert_eq!(
+        url(&span).as_deref(),
+        Some("http://api.local/users/7"),
+        "the scheme's default port left out"
+    );
+    span.server_address = Some("fd00::1".into());
+    span.server_port = Some(9000);
+    assert_eq!(url(&span).as_deref(), Some("http://[fd00::1]:9000/users/7"));
+    span.server_address = None;
+    assert_eq!(url(&span), None, "no host, no URL");
+    let mut server = http_span(SpanKind::Server, Some(200));
+    server.server_address = Some("api.local".into());
+    assert_eq!(
+        url(&server),
+        None,
+        "server spans have url.path and url.query"
+    );
+}
+
+#[test]
 fn ids_context_and_timing() {
     let span = full_span();
     let proto = to_proto_span(&span);
