@@ -1,5 +1,5 @@
-//! Connection lifecycle: accept, connect and close, and discovery of connections that
-//! were set up before loupe was watching.
+//! Connection lifecycle: accept, connect, close (and dup2/dup3 over a connection's fd), and
+//! discovery of connections that were set up before loupe was watching.
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
@@ -254,15 +254,32 @@ pub fn loupe_connect_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
+    forget(arg::<0>(&ctx) as u32);
+    0
+}
+
+/// `dup2` and `dup3` close their target fd, when it is open, without a close call: a
+/// connection there ends just as at close, or the next reads and writes on that fd (a
+/// file, a pipe, another socket) would be taken for it. A call whose two fds are the
+/// same closes nothing.
+#[tracepoint]
+pub fn loupe_dup_enter(ctx: TracePointContext) -> u32 {
+    let (old_fd, new_fd) = (arg::<0>(&ctx) as u32, arg::<1>(&ctx) as u32);
+    if old_fd != new_fd {
+        forget(new_fd);
+    }
+    0
+}
+
+/// Ends the connection on the current process's `fd`, if loupe knows one there.
+#[inline(always)]
+fn forget(fd: u32) {
     let Some((tgid, tid, _, _)) = traced_current() else {
-        return 0;
+        return;
     };
-    let key = ConnKey {
-        tgid,
-        fd: arg::<0>(&ctx) as u32,
-    };
+    let key = ConnKey { tgid, fd };
     let Some(state) = stored(&key) else {
-        return 0;
+        return;
     };
     // Table first, then slot: a registration racing this close checks the table after
     // writing the slot (see `store`).
@@ -274,11 +291,10 @@ pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
             _pad: [0; 3],
             tgid,
             tid,
-            fd: key.fd,
+            fd,
             conn_id: state.conn_id,
             // SAFETY: the helper has no preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         });
     }
-    0
 }

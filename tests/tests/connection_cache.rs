@@ -13,9 +13,32 @@ use std::{
 };
 
 use loupe_integration_tests::otlp_receiver::OtlpReceiver;
-use support::{Agent, free_port, require_root, servers, wait_until};
+use support::{Agent, Guard, free_port, require_root, servers, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Needs root; an OTLP receiver, and an untraced Python server on a free port.
+fn receiver_and_python_server() -> (OtlpReceiver, u16, Guard) {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let server = servers::python(port, &[]);
+    (receiver, port, server)
+}
+
+/// `get(sock, path)` for the Python clients below: one keep-alive request, its response
+/// read whole (the test servers send Content-Length).
+const GET: &str = r#"
+def get(s, path):
+    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += s.recv(4096)
+"#;
 
 /// Every traced read and write looks in the kernel's connection cache before its table,
 /// and a process's fds wrap around the cache after 4,096 slots. With more connections
@@ -98,10 +121,7 @@ fn connections_beyond_the_kernel_cache_are_traced() {
 /// response passed over the pair would come out as a span of the closed connection.
 #[test]
 fn a_closed_connections_fd_reused_for_a_unix_socket_is_not_traced() {
-    require_root();
-    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    let port = free_port();
-    let _server = servers::python(port, &[]);
+    let (receiver, port, _server) = receiver_and_python_server();
     let endpoint = receiver.grpc_endpoint();
     let _agent = Agent::start(
         &["--exe", "python3*"],
@@ -185,25 +205,14 @@ fn raise_open_files_limit(at_least: u64) {
 #[test]
 fn an_evicted_connection_takes_its_slot_back_when_the_slot_frees() {
     const REQUESTS: usize = 20;
-    require_root();
-    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    let port = free_port();
-    let _server = servers::python(port, &[]);
+    let (receiver, port, _server) = receiver_and_python_server();
     // The traced process is this client. It waits on stdin between steps, so that the
     // agent is attached before its first connection and the counter is read in between.
     let script = format!(
         r#"
 import os, resource, socket, sys
+{GET}
 resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
-def get(s, path):
-    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(4096)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    while len(body) < length:
-        body += s.recv(4096)
 step = lambda: sys.stdin.readline()
 step()
 held = socket.create_connection(("127.0.0.1", {port}))
@@ -272,5 +281,65 @@ step()
         after - before <= 2.0,
         "{} cache misses over {REQUESTS} requests on the held connection",
         after - before
+    );
+}
+
+/// `dup2` onto a connection's fd closes the connection without a close call. The fd,
+/// now a Unix socket pair's end, must not be taken for the connection: an HTTP exchange
+/// over it must not come out as a span.
+#[test]
+fn a_connections_fd_replaced_by_dup2_is_forgotten() {
+    let (receiver, port, _server) = receiver_and_python_server();
+    let script = format!(
+        r#"
+import os, socket, sys
+{GET}
+sys.stdin.readline()
+held = socket.create_connection(("127.0.0.1", {port}))
+get(held, b"/before")
+a, b = socket.socketpair()
+fd = held.detach()
+os.dup2(a.fileno(), fd)
+os.write(fd, b"GET /over-the-dup HTTP/1.1\r\nHost: x\r\n\r\n")
+b.recv(4096)
+b.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+os.read(fd, 4096)
+get(socket.create_connection(("127.0.0.1", {port})), b"/after")
+"#
+    );
+    let mut client = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run the python client");
+    let endpoint = receiver.http_endpoint();
+    let _agent = Agent::start(
+        &["--pid", &client.id().to_string()],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    writeln!(client.stdin.take().expect("client stdin"), "go").expect("start the client");
+    assert!(
+        client.wait().expect("client").success(),
+        "the client failed"
+    );
+    let spans = receiver.wait_for_spans(2, WAIT);
+    let paths = |spans: &[loupe_integration_tests::otlp_receiver::ReceivedSpan]| {
+        spans
+            .iter()
+            .map(|s| format!("{} {:?}", s.kind, s.attr("url.path")))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        ["/before", "/after"]
+            .iter()
+            .all(|p| spans.iter().any(|s| s.attr("url.path") == Some(p))),
+        "a client span for each real request: {:?}",
+        paths(&spans)
+    );
+    thread::sleep(Duration::from_secs(1));
+    let all = paths(&receiver.spans());
+    assert!(
+        !all.iter().any(|p| p.contains("over-the-dup")),
+        "traffic on the fd dup2 replaced was traced: {all:?}"
     );
 }

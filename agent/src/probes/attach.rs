@@ -16,10 +16,14 @@ pub const ATTACHMENTS: &[Attachment] = &[
     ("loupe_connect_enter", "syscalls", "sys_enter_connect"),
     ("loupe_connect_exit", "syscalls", "sys_exit_connect"),
     ("loupe_close_enter", "syscalls", "sys_enter_close"),
+    ("loupe_dup_enter", "syscalls", "sys_enter_dup3"),
     ("loupe_process_exec", "sched", "sched_process_exec"),
     ("loupe_process_fork", "sched", "sched_process_fork"),
     ("loupe_thread_exit", "sched", "sched_process_exit"),
 ];
+
+/// Attached where the kernel has the tracepoint: syscalls some architectures lack.
+pub const WHERE_PRESENT: &[Attachment] = &[("loupe_dup_enter", "syscalls", "sys_enter_dup2")];
 
 /// Reads hooked at their return only (`--data-probes exit`).
 pub const READS_AT_EXIT: &[Attachment] = &[
@@ -110,9 +114,15 @@ pub fn attach_all(
     // Load each program before any attach: a verifier failure then names the program and
     // nothing is half-attached.
     load(ebpf, ATTACHMENTS)?;
+    load(ebpf, WHERE_PRESENT)?;
     let reads = choose(ebpf, mode, Family::Reads, support.regs)?;
     let writes = choose(ebpf, mode, Family::Writes, support.regs && support.switches)?;
     let mut all: Vec<Attachment> = ATTACHMENTS.to_vec();
+    all.extend(
+        WHERE_PRESENT
+            .iter()
+            .filter(|(_, category, name)| super::tracefs::has_tracepoint(category, name)),
+    );
     for (family, hooks) in [(Family::Reads, reads), (Family::Writes, writes)] {
         let list = family.attachments(hooks);
         load(ebpf, list)?;

@@ -30,6 +30,18 @@ pub fn ensure_mounted() -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the running kernel has tracepoint `category/event` (syscall tracepoints exist
+/// only for the syscalls of the architecture: arm64 has `dup3` but no `dup2`).
+pub fn has_tracepoint(category: &str, event: &str) -> bool {
+    [TRACEFS, "/sys/kernel/debug/tracing"].iter().any(|root| {
+        Path::new(root)
+            .join("events")
+            .join(category)
+            .join(event)
+            .exists()
+    })
+}
+
 /// Offset of `field` in the records of tracepoint `category/event`, from its format file.
 pub fn field_offset(category: &str, event: &str, field: &str) -> Option<u32> {
     [TRACEFS, "/sys/kernel/debug/tracing"]
