@@ -83,6 +83,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
             red: red_metrics.clone(),
         },
     ))?;
+    log::info!("span export: {}", export_config.exporter);
     let exporter = {
         let _guard = runtime.enter();
         export::spawn(export_config, metrics.clone())?

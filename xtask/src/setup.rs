@@ -25,12 +25,13 @@ const fn deb(package: &'static str) -> Deb {
 }
 
 /// What the agent's build needs: bpf-linker links against LLVM 22, the version nightly's
-/// rustc emits bitcode for.
+/// rustc emits bitcode for; ring, the TLS exports' cryptography, compiles C.
 const BUILD_DEBS: &[Deb] = &[
     deb("llvm-22-dev"),
     deb("libpolly-22-dev"),
     deb("libzstd-dev"),
     deb("zlib1g-dev"),
+    deb("gcc"),
 ];
 
 /// Real peers the integration tests and the benchmark talk to.

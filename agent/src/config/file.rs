@@ -100,6 +100,13 @@ pub struct Export {
     pub timeout_ms: Option<Millis>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// TLS files (PEM paths) for https:// endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
     pub traces: Option<Otlp>,
     pub metrics: Option<Otlp>,
     pub batch: Option<Batch>,
@@ -114,6 +121,13 @@ pub struct Otlp {
     pub headers: Option<BTreeMap<String, String>>,
     pub timeout_ms: Option<Millis>,
     pub compression: Option<Compression>,
+    /// TLS files (PEM paths) for https:// endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]

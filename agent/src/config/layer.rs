@@ -20,6 +20,9 @@ const GENERIC: SignalVars = SignalVars {
     headers: "OTEL_EXPORTER_OTLP_HEADERS",
     timeout: "OTEL_EXPORTER_OTLP_TIMEOUT",
     compression: "OTEL_EXPORTER_OTLP_COMPRESSION",
+    certificate: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
     http_path: "",
 };
 
@@ -69,6 +72,21 @@ impl FileVars {
             names.compression,
             &key("compression"),
             otlp.compression.map(|c| c.as_str().to_owned()),
+        );
+        self.set(
+            names.certificate,
+            &key("certificate"),
+            otlp.certificate.clone(),
+        );
+        self.set(
+            names.client_certificate,
+            &key("client_certificate"),
+            otlp.client_certificate.clone(),
+        );
+        self.set(
+            names.client_key,
+            &key("client_key"),
+            otlp.client_key.clone(),
         );
     }
 }
@@ -153,6 +171,9 @@ fn generic_otlp(export: &Export) -> Otlp {
         headers: export.headers.clone(),
         timeout_ms: export.timeout_ms,
         compression: export.compression,
+        certificate: export.certificate.clone(),
+        client_certificate: export.client_certificate.clone(),
+        client_key: export.client_key.clone(),
     }
 }
 

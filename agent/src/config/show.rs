@@ -116,6 +116,9 @@ fn otlp(config: &OtlpConfig) -> Otlp {
             export::Compression::Gzip => Compression::Gzip,
             export::Compression::None => Compression::None,
         }),
+        certificate: config.tls.ca.as_ref().map(|f| f.path.clone()),
+        client_certificate: config.tls.client.as_ref().map(|c| c.cert.path.clone()),
+        client_key: config.tls.client.as_ref().map(|c| c.key.path.clone()),
     }
 }
 

@@ -509,3 +509,42 @@ fn the_old_read_probes_name_still_works() {
     let new_flag = load("", &["--data-probes", "entry"], &[]).unwrap();
     assert_eq!(new_flag.run.data_probes, DataProbes::Entry);
 }
+
+#[test]
+fn tls_files_come_from_the_file_under_their_keys() {
+    let missing = error(
+        "export:\n  endpoint: https://c:4318\n  certificate: /nonexistent/ca.pem\n",
+        &[],
+    );
+    assert!(
+        missing.starts_with(
+            "loupe.yaml: export.certificate=\"/nonexistent/ca.pem\": the file cannot be read"
+        ),
+        "{missing}"
+    );
+    let half = error(
+        "export:\n  endpoint: https://c:4318\n  traces: {client_key: /nonexistent/key.pem}\n",
+        &[],
+    );
+    assert!(half.contains("export.traces.client_key"), "{half}");
+    assert!(half.contains("client certificate"), "{half}");
+
+    let dir = std::env::temp_dir().join(format!("loupe-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, crate::export::testutil::CERT_PEM).unwrap();
+    let yaml = format!(
+        "export:\n  endpoint: https://c:4318\n  certificate: {}\n",
+        ca.display()
+    );
+    let config = load(&yaml, &[], &[]).unwrap();
+    let shown = config.effective_yaml(Path::new(PATH)).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let traces = otlp(&config.export.exporter);
+    assert_eq!(traces.tls.ca.as_ref().map(|f| f.path.as_str()), ca.to_str());
+    assert!(
+        shown.contains(&format!("certificate: {}", ca.display())),
+        "the effective configuration names the file: {shown}"
+    );
+    assert!(!shown.contains("BEGIN CERTIFICATE"), "{shown}");
+}

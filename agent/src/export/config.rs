@@ -7,12 +7,14 @@
 mod headers;
 #[cfg(test)]
 mod tests;
+mod tls;
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use hyper::http::{HeaderName, HeaderValue, Uri};
 
 pub use headers::HeaderProblem;
+pub use tls::{ClientIdentity, PemFile, TlsConfig};
 
 const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -34,6 +36,10 @@ pub struct SignalVars {
     pub headers: &'static str,
     pub timeout: &'static str,
     pub compression: &'static str,
+    /// PEM files for TLS: a CA to trust, a client certificate and its key.
+    pub certificate: &'static str,
+    pub client_certificate: &'static str,
+    pub client_key: &'static str,
     /// Appended to `OTEL_EXPORTER_OTLP_ENDPOINT` for http/protobuf, e.g. `v1/traces`.
     pub http_path: &'static str,
 }
@@ -44,6 +50,9 @@ pub const TRACES: SignalVars = SignalVars {
     headers: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
     timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     compression: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    certificate: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
     http_path: "v1/traces",
 };
 
@@ -53,6 +62,9 @@ pub const METRICS: SignalVars = SignalVars {
     headers: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
     timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
     compression: "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    certificate: "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+    client_certificate: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    client_key: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
     http_path: "v1/metrics",
 };
 
@@ -76,23 +88,36 @@ pub enum ExporterConfig {
     None,
 }
 
-/// For the startup log. Headers are left out: they usually carry credentials.
+/// For the startup log.
 impl fmt::Display for ExporterConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ExporterConfig::Otlp(otlp) => {
-                write!(f, "otlp {} to {}", otlp.protocol, otlp.endpoint)?;
-                if otlp.compression == Compression::Gzip {
-                    f.write_str(" (gzip)")?;
-                }
-                if !otlp.headers.is_empty() {
-                    write!(f, " with {} header(s)", otlp.headers.len())?;
-                }
-                Ok(())
-            }
+            ExporterConfig::Otlp(otlp) => otlp.fmt(f),
             ExporterConfig::Console => f.write_str("console"),
             ExporterConfig::None => f.write_str("none"),
         }
+    }
+}
+
+/// For the startup log. Header values and key material are left out: they are credentials.
+impl fmt::Display for OtlpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "otlp {} to {}", self.protocol, self.endpoint)?;
+        if self.compression == Compression::Gzip {
+            f.write_str(" (gzip)")?;
+        }
+        if !self.headers.is_empty() {
+            write!(f, " with {} header(s)", self.headers.len())?;
+        }
+        if self.is_tls() {
+            f.write_str(match (&self.tls.ca, &self.tls.client) {
+                (None, None) => " over TLS",
+                (Some(_), None) => " over TLS (with an extra CA)",
+                (None, Some(_)) => " over TLS (with a client certificate)",
+                (Some(_), Some(_)) => " over TLS (with an extra CA and a client certificate)",
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -127,6 +152,17 @@ pub struct OtlpConfig {
     /// Time allowed for one export request.
     pub timeout: Duration,
     pub compression: Compression,
+    /// Used when the endpoint is `https://`. Shared: the PEM files it holds are read once.
+    pub tls: Arc<TlsConfig>,
+}
+
+impl OtlpConfig {
+    /// Whether exports go over TLS: the endpoint's scheme is `https`.
+    pub fn is_tls(&self) -> bool {
+        self.endpoint
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+    }
 }
 
 /// The batch span processor settings (`OTEL_BSP_*`).
@@ -164,7 +200,7 @@ impl fmt::Display for EndpointProblem {
         f.write_str(match self {
             EndpointProblem::NotAUrl => "not a valid URL",
             EndpointProblem::NoScheme => "missing scheme, write it as http://host:port",
-            EndpointProblem::UnknownScheme => "scheme must be http",
+            EndpointProblem::UnknownScheme => "scheme must be http or https",
             EndpointProblem::NoHost => "missing host",
         })
     }
@@ -187,11 +223,21 @@ pub enum ExportConfigError {
         value: String,
         problem: EndpointProblem,
     },
+    #[error("{var}={path:?}: the file {problem}")]
+    TlsFile {
+        var: &'static str,
+        path: String,
+        problem: String,
+    },
     #[error(
-        "{var}={value:?}: https endpoints need TLS, which loupe does not support yet; \
-         use an http:// endpoint such as a collector on the node"
+        "{given} is set but neither {missing} nor {missing_for_signal} is: a client \
+         certificate needs its key, and the key its certificate"
     )]
-    TlsNotSupported { var: &'static str, value: String },
+    TlsClientHalf {
+        given: &'static str,
+        missing: &'static str,
+        missing_for_signal: &'static str,
+    },
     // The value is left out on purpose: headers usually carry credentials.
     #[error("{var}: header entry {index} {problem} (value not shown: it may hold a credential)")]
     InvalidHeader {
@@ -339,12 +385,14 @@ pub fn parse_otlp<F: Fn(&str) -> Option<String>>(
         Some((var, value)) => parse_compression(var, &value)?,
         None => Compression::None,
     };
+    let tls = Arc::new(tls::parse(env, signal)?);
     Ok(OtlpConfig {
         endpoint,
         protocol,
         headers,
         timeout,
         compression,
+        tls,
     })
 }
 
@@ -390,13 +438,7 @@ fn parse_endpoint_with(
     let uri: Uri = url.parse().map_err(|_| invalid(EndpointProblem::NotAUrl))?;
     match uri.scheme_str() {
         None => return Err(invalid(EndpointProblem::NoScheme)),
-        Some(s) if s.eq_ignore_ascii_case("http") => {}
-        Some(s) if s.eq_ignore_ascii_case("https") => {
-            return Err(ExportConfigError::TlsNotSupported {
-                var,
-                value: value.to_owned(),
-            });
-        }
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
         Some(_) => return Err(invalid(EndpointProblem::UnknownScheme)),
     }
     match uri.host() {

@@ -85,3 +85,16 @@ pub fn batch(resource: &Arc<Resource>, n: usize) -> Vec<FinishedSpan> {
         })
         .collect()
 }
+
+/// A self-signed certificate (CN=localhost, made with openssl), for tests that only parse one.
+pub const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBfDCCASOgAwIBAgIUSrBsMKcywCjxplCDGhE6nm7C4DQwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MB4XDTI2MTIwNDIzMzM1MloXDTM2MTIwMTIz
+MzM1MlowFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0CAQYIKoZIzj0D
+AQcDQgAEUh68kqrIsmpADylT4jkKvj6VGUVxbLx3OpY9RbkkgdcbBHzlxxN/Kv53
+HgNF1fUfZHP6L8GJiqkVf5eDu+5B76NTMFEwHQYDVR0OBBYEFOhf5MKjo7oSzSRk
+NoMaU4014otXMB8GA1UdIwQYMBaAFOhf5MKjo7oSzSRkNoMaU4014otXMA8GA1Ud
+EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgf+KDQ3nrYLbqdwbTctmeAG4K
+2b4jRqAz9vHGxMD6iLsCICgmaNFvVL7i974wiEwdiKBNz0mJW27XdZDHSTJO4gvz
+-----END CERTIFICATE-----
+";

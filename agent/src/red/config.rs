@@ -34,9 +34,7 @@ pub enum MetricsExporter {
 impl fmt::Display for MetricsExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MetricsExporter::Otlp(otlp) => {
-                write!(f, "otlp {} to {}", otlp.protocol, otlp.endpoint)
-            }
+            MetricsExporter::Otlp(otlp) => otlp.fmt(f),
             MetricsExporter::None => f.write_str("none (served on /metrics)"),
         }
     }

@@ -42,6 +42,7 @@ fn config(
             )],
             timeout: Duration::from_secs(2),
             compression,
+            tls: Default::default(),
         }),
         interval,
         timeout: Duration::from_secs(3),
@@ -311,6 +312,7 @@ async fn a_dead_collector_costs_nothing_but_failures() {
         headers: Vec::new(),
         timeout: Duration::from_millis(100),
         compression: Compression::None,
+        tls: Default::default(),
     });
     let handle = spawn_with(cfg, reader, Arc::clone(&metrics), FAST_RETRY).unwrap();
     let started = tokio::time::Instant::now();

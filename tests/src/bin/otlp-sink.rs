@@ -26,6 +26,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<ReceiverOptio
         http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
         keep_requests: false,
         worker_threads: 2,
+        tls: None,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {

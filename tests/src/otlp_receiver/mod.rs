@@ -16,6 +16,7 @@ mod flatten;
 mod server;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::{
     collections::BTreeMap,
@@ -49,6 +50,8 @@ pub enum ReceiverError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +78,17 @@ pub struct ReceiverOptions {
     /// Keep requests for `requests()` / `spans()`; off, spans are only counted.
     pub keep_requests: bool,
     pub worker_threads: usize,
+    /// Both servers speak only TLS; the endpoints become `https://`.
+    pub tls: Option<ReceiverTls>,
+}
+
+/// What a TLS receiver presents and asks for, as PEM.
+#[derive(Clone, Debug)]
+pub struct ReceiverTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// When set, a client must present a certificate that chains to this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for ReceiverOptions {
@@ -84,6 +98,7 @@ impl Default for ReceiverOptions {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             keep_requests: true,
             worker_threads: 1,
+            tls: None,
         }
     }
 }
@@ -157,6 +172,7 @@ pub struct OtlpReceiver {
     shared: Arc<Shared>,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    scheme: &'static str,
     runtime: Option<Runtime>,
 }
 
@@ -189,15 +205,22 @@ impl OtlpReceiver {
             inner: Mutex::new(Inner::default()),
             arrived: Condvar::new(),
         });
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (grpc_addr, http_addr) = runtime.block_on(server::start(
             options.grpc_addr,
             options.http_addr,
+            options.tls.as_ref(),
             Arc::clone(&shared),
         ))?;
         Ok(Self {
             shared,
             grpc_addr,
             http_addr,
+            scheme,
             runtime: Some(runtime),
         })
     }
@@ -212,13 +235,13 @@ impl OtlpReceiver {
 
     /// For `OTEL_EXPORTER_OTLP_ENDPOINT` with the `grpc` protocol.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme, self.grpc_addr)
     }
 
     /// The base URL, for `OTEL_EXPORTER_OTLP_ENDPOINT` with `http/protobuf`; traces are
     /// posted to `/v1/traces` under it.
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme, self.http_addr)
     }
 
     /// Every stored request, in arrival order.

@@ -22,7 +22,7 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 use tonic::{codec::CompressionEncoding, transport::server::TcpIncoming};
 
-use super::{ReceivedRequest, ReceiverError, Shared, Transport};
+use super::{ReceivedRequest, ReceiverError, ReceiverTls, Shared, Transport, tls};
 
 /// Largest request accepted, compressed or not.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -31,6 +31,7 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 pub(super) async fn start(
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    tls: Option<&ReceiverTls>,
     shared: Arc<Shared>,
 ) -> Result<(SocketAddr, SocketAddr), ReceiverError> {
     let bind = |addr| async move {
@@ -48,8 +49,15 @@ pub(super) async fn start(
     let service = TraceServiceServer::new(GrpcReceiver(Arc::clone(&shared)))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_BODY);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls::grpc(tls))
+            .map_err(|e| ReceiverError::Tls(e.to_string()))?;
+    }
+    let acceptor = tls.map(tls::acceptor).transpose()?;
     tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = builder
             .serve_with_incoming_shutdown(
                 service,
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -60,7 +68,7 @@ pub(super) async fn start(
             eprintln!("otlp receiver: gRPC server stopped: {e}");
         }
     });
-    tokio::spawn(serve_http(http_listener, shared));
+    tokio::spawn(serve_http(http_listener, acceptor, shared));
     Ok((grpc_local, http_local))
 }
 
@@ -99,7 +107,11 @@ impl TraceService for GrpcReceiver {
     }
 }
 
-async fn serve_http(listener: TcpListener, shared: Arc<Shared>) {
+async fn serve_http(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -112,11 +124,22 @@ async fn serve_http(listener: TcpListener, shared: Arc<Shared>) {
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match acceptor {
+                // A client that fails the handshake (an unknown CA, no client certificate
+                // when one is required) gets no further.
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }

@@ -20,6 +20,7 @@ fn otlp_config(endpoint: String, protocol: Protocol, batch: BatchConfig) -> Expo
             headers: Vec::new(),
             timeout: Duration::from_secs(2),
             compression: Compression::Gzip,
+            tls: Default::default(),
         }),
         batch,
     }

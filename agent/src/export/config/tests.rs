@@ -1,6 +1,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use super::*;
+use crate::export::testutil::CERT_PEM;
 
 const TRACES_ENDPOINT: &str = TRACES.endpoint;
 const TRACES_PROTOCOL: &str = TRACES.protocol;
@@ -195,26 +196,129 @@ fn protocol_errors() {
     );
 }
 
-#[test]
-fn https_endpoint_is_a_clear_tls_error() {
-    let e = err(&[(ENDPOINT, "https://collector:4318")]);
-    assert_eq!(
-        e,
-        ExportConfigError::TlsNotSupported {
-            var: ENDPOINT,
-            value: "https://collector:4318".to_owned()
+/// A file under a fresh directory, removed with it.
+fn scratch_file(name: &str, contents: &str) -> (tempdir::Dir, String) {
+    let dir = tempdir::Dir::new();
+    let path = dir.path.join(name);
+    std::fs::write(&path, contents).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+mod tempdir {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+
+    impl Dir {
+        pub fn new() -> Self {
+            static SEQ: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "loupe-tls-test-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Self { path }
         }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[test]
+fn https_endpoints_use_tls_with_the_files_given() {
+    let config = otlp(&[(ENDPOINT, "https://collector:4318")]);
+    assert!(config.is_tls());
+    assert_eq!(
+        *config.tls,
+        TlsConfig::default(),
+        "the host's trust store alone"
+    );
+    assert!(!otlp(&[(ENDPOINT, "http://collector:4318")]).is_tls());
+    assert!(otlp(&[(TRACES_ENDPOINT, "HTTPS://c:4317"), (PROTOCOL, "grpc")]).is_tls());
+
+    let (_dir, ca) = scratch_file("ca.pem", CERT_PEM);
+    let config = otlp(&[
+        (ENDPOINT, "https://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+    ]);
+    let file = config.tls.ca.clone().expect("the CA file");
+    assert_eq!(
+        (file.path.as_str(), file.pem.as_slice()),
+        (ca.as_str(), CERT_PEM.as_bytes())
+    );
+    assert!(
+        !format!("{file:?}").contains("BEGIN"),
+        "debug output shows the path, not the PEM"
+    );
+    // The signal's own variable wins over the generic one.
+    let e = err(&[
+        (ENDPOINT, "https://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "/nonexistent/ca.pem",
+        ),
+    ]);
+    assert!(
+        matches!(&e, ExportConfigError::TlsFile { var: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", path, .. } if path == "/nonexistent/ca.pem"),
+        "{e:?}"
     );
     let text = e.to_string();
-    assert!(text.contains("TLS") && text.contains(ENDPOINT), "{text}");
-    assert!(!text.contains('\n'));
-    assert!(matches!(
-        err(&[(TRACES_ENDPOINT, "HTTPS://c:4317"), (PROTOCOL, "grpc")]),
-        ExportConfigError::TlsNotSupported {
-            var: TRACES_ENDPOINT,
-            ..
+    assert!(
+        text.contains("cannot be read") && !text.contains('\n'),
+        "{text}"
+    );
+}
+
+#[test]
+fn tls_files_are_checked_when_read() {
+    let (_dir, not_pem) = scratch_file("ca.pem", "just some text\n");
+    let e = err(&[
+        (ENDPOINT, "https://c:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &not_pem),
+    ]);
+    assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+
+    let (_dir2, cert) = scratch_file("client.pem", CERT_PEM);
+    // A certificate where the key should be: no private key in it.
+    let e = err(&[
+        (ENDPOINT, "https://c:4318"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &cert),
+    ]);
+    assert!(
+        matches!(
+            &e,
+            ExportConfigError::TlsFile {
+                var: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("holds no PEM private key"), "{e}");
+
+    // Half a client identity is refused, naming the missing half.
+    let e = err(&[
+        (ENDPOINT, "https://c:4318"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+    ]);
+    assert_eq!(
+        e,
+        ExportConfigError::TlsClientHalf {
+            given: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            missing: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            missing_for_signal: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
         }
-    ));
+    );
 }
 
 #[test]
@@ -368,7 +472,10 @@ fn every_error_is_one_line_naming_its_variable() {
         &[(TRACES_EXPORTER, "a,b")],
         &[(ENDPOINT, "x"), (PROTOCOL, "udp")],
         &[(ENDPOINT, "ftp://x")],
-        &[(ENDPOINT, "https://x")],
+        &[
+            (ENDPOINT, "https://x"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent"),
+        ],
         &[(ENDPOINT, "http://x"), (TIMEOUT, "x")],
         &[(ENDPOINT, "http://x"), (HEADERS, "x")],
         &[(BSP_MAX_QUEUE_SIZE, "x")],

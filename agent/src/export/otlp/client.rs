@@ -62,7 +62,7 @@ impl<S: Signal> OtlpClient<S> {
                     source,
                 }
             })?),
-            Protocol::HttpProtobuf => Transport::Http(Box::new(HttpTransport::new(config))),
+            Protocol::HttpProtobuf => Transport::Http(Box::new(HttpTransport::new(config)?)),
         };
         Ok(Self {
             transport,

@@ -26,10 +26,13 @@ impl GrpcTransport {
     /// Must run inside a tokio runtime. Does not connect: a collector that is not up yet is
     /// reached on the first export.
     pub fn new(config: &OtlpConfig) -> Result<Self, tonic::transport::Error> {
-        let endpoint = Endpoint::from(config.endpoint.clone())
+        let mut endpoint = Endpoint::from(config.endpoint.clone())
             .user_agent(USER_AGENT)?
             .connect_timeout(config.timeout)
             .tcp_nodelay(true);
+        if config.is_tls() {
+            endpoint = endpoint.tls_config(super::tls::grpc(&config.tls))?;
+        }
         let headers: HeaderMap = config.headers.iter().cloned().collect();
         Ok(Self {
             channel: endpoint.connect_lazy(),

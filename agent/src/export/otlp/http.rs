@@ -9,21 +9,43 @@ use hyper::{
     header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT as USER_AGENT_HEADER},
     http::{HeaderName, HeaderValue},
 };
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
 use prost::Message;
 
-use super::{AttemptError, Delivered, USER_AGENT, retry::parse_retry_after, signal::Signal};
+use super::{
+    AttemptError, Delivered, OtlpStartError, USER_AGENT, retry::parse_retry_after, signal::Signal,
+    tls,
+};
 use crate::export::config::{Compression, OtlpConfig};
 
 /// A response body larger than this is not read: a success needs only its partial-success
 /// counts, which fit easily.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
+/// A client for plain HTTP, or one that speaks only TLS (an `https://` endpoint).
+enum HttpClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl HttpClient {
+    async fn request(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            HttpClient::Plain(client) => client.request(request).await,
+            HttpClient::Tls(client) => client.request(request).await,
+        }
+    }
+}
+
 pub struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     endpoint: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     gzip: bool,
@@ -36,20 +58,36 @@ pub struct HttpBody {
 }
 
 impl HttpTransport {
-    pub fn new(config: &OtlpConfig) -> Self {
+    pub fn new(config: &OtlpConfig) -> Result<Self, OtlpStartError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(2)
-            .build(connector);
-        Self {
+            .pool_max_idle_per_host(2);
+        let client = if config.is_tls() {
+            // The TLS layer is handed the https:// URLs, so the TCP layer must accept them.
+            connector.enforce_http(false);
+            let tls = tls::http(&config.tls).map_err(|source| OtlpStartError::Tls {
+                endpoint: config.endpoint.to_string(),
+                source,
+            })?;
+            let connector = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http1()
+                .wrap_connector(connector);
+            HttpClient::Tls(builder.build(connector))
+        } else {
+            HttpClient::Plain(builder.build(connector))
+        };
+        Ok(Self {
             client,
             endpoint: config.endpoint.clone(),
             headers: config.headers.clone(),
             gzip: config.compression == Compression::Gzip,
-        }
+        })
     }
 
     /// The body for an encoded export request, compressed when configured.

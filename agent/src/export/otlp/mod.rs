@@ -11,6 +11,7 @@ pub mod signal;
 pub(crate) mod test_receiver;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::{sync::Arc, time::Duration};
 
@@ -43,6 +44,12 @@ pub enum OtlpStartError {
         endpoint: String,
         #[source]
         source: tonic::transport::Error,
+    },
+    #[error("cannot set up TLS to {endpoint}")]
+    Tls {
+        endpoint: String,
+        #[source]
+        source: tls::TlsSetupError,
     },
 }
 

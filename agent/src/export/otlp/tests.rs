@@ -39,6 +39,7 @@ fn config(receiver: &TestReceiver, protocol: Protocol, compression: Compression)
         ],
         timeout: Duration::from_secs(2),
         compression,
+        tls: Default::default(),
     }
 }
 
@@ -285,6 +286,7 @@ async fn a_collector_that_is_down_costs_the_batch_and_nothing_else() {
                 headers: Vec::new(),
                 timeout: Duration::from_millis(200),
                 compression: Compression::Gzip,
+                tls: Default::default(),
             },
             FAST_RETRY,
             Arc::clone(&metrics),
@@ -322,6 +324,7 @@ async fn shutdown_cuts_a_retrying_export_short() {
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             compression: Compression::None,
+            tls: Default::default(),
         },
         FAST_RETRY,
         Arc::clone(&metrics),
