@@ -88,6 +88,8 @@ pub mod syscall_kind {
     pub const CONNECT: u8 = 7;
     pub const ACCEPT: u8 = 8;
     pub const SENDFILE: u8 = 9;
+    /// `dup2` or `dup3` onto a different fd, which closes that fd's file.
+    pub const DUP: u8 = 10;
 }
 
 /// Address family values as the kernel stores them.

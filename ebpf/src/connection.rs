@@ -260,13 +260,42 @@ pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
 
 /// `dup2` and `dup3` close their target fd, when it is open, without a close call: a
 /// connection there ends just as at close, or the next reads and writes on that fd (a
-/// file, a pipe, another socket) would be taken for it. A call whose two fds are the
-/// same closes nothing.
+/// file, a pipe, another socket) would be taken for it. The target is forgotten when the
+/// call returns, and only if it succeeded: a failed call closes nothing, and a read on the
+/// fd by another thread before the swap would have put the old connection back. A call
+/// whose two fds are the same closes nothing.
 #[tracepoint]
 pub fn loupe_dup_enter(ctx: TracePointContext) -> u32 {
     let (old_fd, new_fd) = (arg::<0>(&ctx) as u32, arg::<1>(&ctx) as u32);
-    if old_fd != new_fd {
-        forget(new_fd);
+    if old_fd == new_fd {
+        return 0;
+    }
+    let Some((_, _, pid_tgid, _)) = traced_current() else {
+        return 0;
+    };
+    let call = PendingCall {
+        kind: syscall_kind::DUP,
+        _pad: [0; 3],
+        fd: new_fd,
+        ptr: 0,
+        count: 0,
+        start_ns: 0,
+        conn_id: 0,
+    };
+    pending::begin(pid_tgid, &call);
+    0
+}
+
+#[tracepoint]
+pub fn loupe_dup_exit(ctx: TracePointContext) -> u32 {
+    let Some((_, _, pid_tgid, _)) = traced_current() else {
+        return 0;
+    };
+    let Some(call) = pending::take(pid_tgid) else {
+        return 0;
+    };
+    if call.kind == syscall_kind::DUP && ret(&ctx) >= 0 {
+        forget(call.fd);
     }
     0
 }

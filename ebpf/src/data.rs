@@ -106,7 +106,7 @@ fn on_exit(ctx: &TracePointContext) {
         return;
     };
     let moved = ret(ctx);
-    if moved <= 0 || call.kind == syscall_kind::CONNECT {
+    if moved <= 0 || call.kind == syscall_kind::CONNECT || call.kind == syscall_kind::DUP {
         return;
     }
     emit(ctx, pid_tgid, &call, moved, cfg);

@@ -222,6 +222,9 @@ while not fillers or fillers[-1] < held.fileno() + 4095:
 evictor = socket.create_connection(("127.0.0.1", {port}))
 assert evictor.fileno() == held.fileno() + 4096, (held.fileno(), evictor.fileno())
 get(evictor, b"/evictor")
+print("sharing", flush=True)
+step()
+get(held, b"/while-evicted")
 evictor.close()
 for fd in fillers:
     os.close(fd)
@@ -254,18 +257,23 @@ step()
         &["--pid", &client.id().to_string()],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
-    step("evicted");
     // The kernel's counters reach /metrics with the agent's housekeeping, once a second.
     let misses = || {
         thread::sleep(Duration::from_millis(2_500));
-        agent.metric("loupe_kernel_connection_cache_misses_total")
+        *agent
+            .metrics()
+            .get("loupe_kernel_connection_cache_misses_total")
+            .expect("the cache-miss counter is exported")
     };
+    step("sharing");
+    let sharing = misses();
+    step("evicted");
     let before = misses();
     step("done");
     let after = misses();
     step("");
     let _ = client.wait();
-    let spans = receiver.wait_for_spans(REQUESTS + 1, WAIT);
+    let spans = receiver.wait_for_spans(REQUESTS + 2, WAIT);
     let held = spans
         .iter()
         .filter(|s| s.kind == "client" && s.attr("url.path") == Some("/held"))
@@ -273,6 +281,13 @@ step()
     assert_eq!(
         held, REQUESTS,
         "every request on the held connection traced"
+    );
+    // While the evictor held the slot, the held connection's send and receive missed: the
+    // counter counts.
+    assert!(
+        before - sharing >= 2.0,
+        "{} misses for a request on an evicted connection",
+        before - sharing
     );
     // The first read or write after the evictor closed finds the slot empty in the cache
     // and the connection in the table, and puts it back; left out, each of the requests'
@@ -284,26 +299,36 @@ step()
     );
 }
 
-/// `dup2` onto a connection's fd closes the connection without a close call. The fd,
-/// now a Unix socket pair's end, must not be taken for the connection: an HTTP exchange
-/// over it must not come out as a span.
+/// `dup2` and `dup3` onto a connection's fd close the connection without a close call.
+/// The fd, now a Unix socket pair's end, must not be taken for the connection: an HTTP
+/// exchange over it must not come out as a span. A `dup2` that fails closes nothing: the
+/// connection goes on as the same connection, not one found anew.
 #[test]
-fn a_connections_fd_replaced_by_dup2_is_forgotten() {
+fn a_connections_fd_replaced_by_dup2_or_dup3_is_forgotten() {
     let (receiver, port, _server) = receiver_and_python_server();
     let script = format!(
         r#"
 import os, socket, sys
 {GET}
+def over_the_pair(fd, path, **dup):
+    a, b = socket.socketpair()
+    os.dup2(a.fileno(), fd, **dup)
+    os.write(fd, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    b.recv(4096)
+    b.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    os.read(fd, 4096)
 sys.stdin.readline()
 held = socket.create_connection(("127.0.0.1", {port}))
 get(held, b"/before")
-a, b = socket.socketpair()
-fd = held.detach()
-os.dup2(a.fileno(), fd)
-os.write(fd, b"GET /over-the-dup HTTP/1.1\r\nHost: x\r\n\r\n")
-b.recv(4096)
-b.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-os.read(fd, 4096)
+try:
+    os.dup2(4000, held.fileno())  # fd 4000 is not open: EBADF, nothing closed
+except OSError:
+    pass
+get(held, b"/after-failed-dup")
+over_the_pair(held.detach(), b"/over-the-dup2")  # inheritable: the dup2 syscall
+held = socket.create_connection(("127.0.0.1", {port}))
+get(held, b"/before-dup3")
+over_the_pair(held.detach(), b"/over-the-dup3", inheritable=False)  # dup3
 get(socket.create_connection(("127.0.0.1", {port})), b"/after")
 "#
     );
@@ -313,7 +338,7 @@ get(socket.create_connection(("127.0.0.1", {port})), b"/after")
         .spawn()
         .expect("run the python client");
     let endpoint = receiver.http_endpoint();
-    let _agent = Agent::start(
+    let agent = Agent::start(
         &["--pid", &client.id().to_string()],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
@@ -322,7 +347,8 @@ get(socket.create_connection(("127.0.0.1", {port})), b"/after")
         client.wait().expect("client").success(),
         "the client failed"
     );
-    let spans = receiver.wait_for_spans(2, WAIT);
+    let real = ["/before", "/after-failed-dup", "/before-dup3", "/after"];
+    let spans = receiver.wait_for_spans(real.len(), WAIT);
     let paths = |spans: &[loupe_integration_tests::otlp_receiver::ReceivedSpan]| {
         spans
             .iter()
@@ -330,8 +356,7 @@ get(socket.create_connection(("127.0.0.1", {port})), b"/after")
             .collect::<Vec<_>>()
     };
     assert!(
-        ["/before", "/after"]
-            .iter()
+        real.iter()
             .all(|p| spans.iter().any(|s| s.attr("url.path") == Some(p))),
         "a client span for each real request: {:?}",
         paths(&spans)
@@ -340,6 +365,11 @@ get(socket.create_connection(("127.0.0.1", {port})), b"/after")
     let all = paths(&receiver.spans());
     assert!(
         !all.iter().any(|p| p.contains("over-the-dup")),
-        "traffic on the fd dup2 replaced was traced: {all:?}"
+        "traffic on the fd dup2 or dup3 replaced was traced: {all:?}"
+    );
+    // Three TCP connections, each known once: the failed dup2 did not end the first.
+    assert_eq!(
+        agent.metrics().get("loupe_connections_opened_total"),
+        Some(&3.0)
     );
 }

@@ -1,13 +1,13 @@
 //! Export to `https://` collectors: the real agent sends its spans over TLS, over gRPC and
 //! over HTTP, to a receiver whose certificate a CA file vouches for; it refuses a collector
-//! it cannot verify (counting the failures); and it presents a client certificate to a
-//! collector that demands one.
+//! it cannot verify or whose certificate names another host (counting the failures); and
+//! it presents a client certificate to a collector that demands one.
 
 mod support;
 
 use std::time::Duration;
 
-use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceiverOptions};
+use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceiverOptions, ReceiverTls};
 use support::{
     Agent, Guard, curl, free_port, require_root, servers,
     tls::{TlsFiles, tls_files},
@@ -26,10 +26,15 @@ struct Setup {
 
 impl Setup {
     fn new(client_auth: bool) -> Self {
+        Self::presenting(client_auth, |tls| tls.server.clone())
+    }
+
+    /// A receiver presenting what `server` picks of the fresh certificates.
+    fn presenting(client_auth: bool, server: impl FnOnce(&TlsFiles) -> ReceiverTls) -> Self {
         require_root();
         let tls = tls_files(client_auth);
         let receiver = OtlpReceiver::start_with(ReceiverOptions {
-            tls: Some(tls.server.clone()),
+            tls: Some(server(&tls)),
             ..ReceiverOptions::default()
         })
         .expect("start the TLS receiver");
@@ -82,7 +87,10 @@ fn exports_fail(mut agent: Agent, protocol: &str) {
 /// log.
 fn spans_arrive(mut agent: Agent, receiver: &OtlpReceiver, before: u64, what: &str) -> String {
     wait_until(what, WAIT, || receiver.span_count() > before);
-    assert_eq!(agent.metric("loupe_export_failures_total"), 0.0);
+    assert_eq!(
+        agent.metrics().get("loupe_export_failures_total"),
+        Some(&0.0)
+    );
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
     agent.stderr()
@@ -131,6 +139,25 @@ fn a_collector_loupe_cannot_verify_gets_nothing() {
         setup.receiver.span_count(),
         0,
         "nothing crossed an unverified TLS"
+    );
+}
+
+#[test]
+fn a_certificate_for_another_host_is_refused() {
+    // Signed by the CA loupe trusts, but for another name than the endpoint's.
+    let setup = Setup::presenting(false, |tls| tls.misnamed_server.clone());
+    for (protocol, endpoint) in setup.endpoints() {
+        let agent = setup.traced_request(
+            protocol,
+            &endpoint,
+            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &setup.tls.ca)],
+        );
+        exports_fail(agent, protocol);
+    }
+    assert_eq!(
+        setup.receiver.span_count(),
+        0,
+        "a misnamed collector got spans"
     );
 }
 

@@ -14,7 +14,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use hyper::http::{HeaderName, HeaderValue, Uri};
 
 pub use headers::HeaderProblem;
-pub use tls::{ClientIdentity, PemFile, TlsConfig};
+pub use tls::{ClientIdentity, PemFile, TlsConfig, crypto_provider};
 
 const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -102,7 +102,12 @@ impl fmt::Display for ExporterConfig {
 /// For the startup log. Header values and key material are left out: they are credentials.
 impl fmt::Display for OtlpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "otlp {} to {}", self.protocol, self.endpoint)?;
+        write!(
+            f,
+            "otlp {} to {}",
+            self.protocol,
+            without_userinfo(&self.endpoint)
+        )?;
         if self.compression == Compression::Gzip {
             f.write_str(" (gzip)")?;
         }
@@ -152,7 +157,8 @@ pub struct OtlpConfig {
     /// Time allowed for one export request.
     pub timeout: Duration,
     pub compression: Compression,
-    /// Used when the endpoint is `https://`. Shared: the PEM files it holds are read once.
+    /// Used when the endpoint is `https://`; behind an `Arc` so that the enums holding an
+    /// `OtlpConfig` stay small.
     pub tls: Arc<TlsConfig>,
 }
 
@@ -162,6 +168,20 @@ impl OtlpConfig {
         self.endpoint
             .scheme_str()
             .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+    }
+}
+
+/// `uri` with any `user:password@` of its authority replaced by `***@`, for logs.
+fn without_userinfo(uri: &Uri) -> String {
+    let text = uri.to_string();
+    match uri.authority().map(|a| a.as_str()) {
+        Some(authority) if authority.contains('@') => {
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            text.replacen(authority, &format!("***@{host}"), 1)
+        }
+        _ => text,
     }
 }
 

@@ -98,3 +98,19 @@ EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgf+KDQ3nrYLbqdwbTctmeAG4K
 2b4jRqAz9vHGxMD6iLsCICgmaNFvVL7i974wiEwdiKBNz0mJW27XdZDHSTJO4gvz
 -----END CERTIFICATE-----
 ";
+
+/// The private key of [`CERT_PEM`], made for these tests and used nowhere else.
+pub const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgx+Ec7psxC362BQGZ
+DNzf0nv0P+wZyRd36eno/hLIcTehRANCAARSHrySqsiyakAPKVPiOQq+PpUZRXFs
+vHc6lj1FuSSB1xsEfOXHE38q/nceA0XV9R9kc/ovwYmKqRV/l4O77kHv
+-----END PRIVATE KEY-----
+";
+
+/// A key that belongs to no certificate here.
+pub const OTHER_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgKY7mNmQeQrze+Ryb
+pcywIZmtoLsMjBNpgvd1npK7ehWhRANCAASpMz9NtsPjMAX3R9xHKDuMIKygZIxK
+ArW9acEmmOc3IpLmcEARzodEFpMLGhaKMFWPjSbcL7Ikg8Xrqpr2Iu7p
+-----END PRIVATE KEY-----
+";

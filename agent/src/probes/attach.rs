@@ -17,13 +17,17 @@ pub const ATTACHMENTS: &[Attachment] = &[
     ("loupe_connect_exit", "syscalls", "sys_exit_connect"),
     ("loupe_close_enter", "syscalls", "sys_enter_close"),
     ("loupe_dup_enter", "syscalls", "sys_enter_dup3"),
+    ("loupe_dup_exit", "syscalls", "sys_exit_dup3"),
     ("loupe_process_exec", "sched", "sched_process_exec"),
     ("loupe_process_fork", "sched", "sched_process_fork"),
     ("loupe_thread_exit", "sched", "sched_process_exit"),
 ];
 
 /// Attached where the kernel has the tracepoint: syscalls some architectures lack.
-pub const WHERE_PRESENT: &[Attachment] = &[("loupe_dup_enter", "syscalls", "sys_enter_dup2")];
+pub const WHERE_PRESENT: &[Attachment] = &[
+    ("loupe_dup_enter", "syscalls", "sys_enter_dup2"),
+    ("loupe_dup_exit", "syscalls", "sys_exit_dup2"),
+];
 
 /// Reads hooked at their return only (`--data-probes exit`).
 pub const READS_AT_EXIT: &[Attachment] = &[

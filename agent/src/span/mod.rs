@@ -109,10 +109,28 @@ impl HttpSpan {
 
     /// `url.full` of a client span, which the conventions require there:
     /// `scheme://host[:port]path[?query]`, the port left out when it is the scheme's
-    /// default, an IPv6 address bracketed, the query as redacted. `None` for server spans
-    /// and when no host is known.
+    /// default, an IPv6 address bracketed, the query as redacted. A request that named its
+    /// absolute URL (one sent to a proxy) has that URL. `None` for server spans, when no
+    /// host is known, and for targets that are no URL path (`CONNECT host:port`,
+    /// `OPTIONS *`).
     pub fn url_full(&self) -> Option<String> {
         if self.kind != SpanKind::Client {
+            return None;
+        }
+        let absolute = ["http://", "https://"].iter().any(|scheme| {
+            self.path
+                .get(..scheme.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+        });
+        if absolute {
+            let mut url = self.path.clone();
+            if let Some(query) = &self.query {
+                url.push('?');
+                url.push_str(query);
+            }
+            return Some(url);
+        }
+        if !self.path.starts_with('/') {
             return None;
         }
         let host = self.server_address.as_deref()?;

@@ -18,6 +18,9 @@ pub struct TlsFiles {
     /// A CA that signed nothing here: trusting it alone verifies no one.
     pub other_ca: String,
     pub server: ReceiverTls,
+    /// A certificate the same CA signed for another host name: valid, but not the
+    /// endpoint's.
+    pub misnamed_server: ReceiverTls,
 }
 
 fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
@@ -47,6 +50,7 @@ pub fn tls_files(client_auth: bool) -> TlsFiles {
     let (other_pem, _) = ca("loupe unrelated CA");
     let (server_cert, server_key) = signed(&["localhost", "127.0.0.1"], &issuer);
     let (client_cert, client_key) = signed(&["loupe-agent"], &issuer);
+    let (misnamed_cert, misnamed_key) = signed(&["collector.elsewhere.example"], &issuer);
     let write = |name: &str, pem: &str| {
         let path = dir.join(name);
         fs::write(&path, pem).expect("write PEM");
@@ -61,6 +65,11 @@ pub fn tls_files(client_auth: bool) -> TlsFiles {
             cert_pem: server_cert.into_bytes(),
             key_pem: server_key.into_bytes(),
             client_ca_pem: client_auth.then(|| ca_pem.clone().into_bytes()),
+        },
+        misnamed_server: ReceiverTls {
+            cert_pem: misnamed_cert.into_bytes(),
+            key_pem: misnamed_key.into_bytes(),
+            client_ca_pem: None,
         },
         dir,
     }

@@ -1,7 +1,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use super::*;
-use crate::export::testutil::CERT_PEM;
+use crate::export::testutil::{CERT_PEM, KEY_PEM, OTHER_KEY_PEM};
 
 const TRACES_ENDPOINT: &str = TRACES.endpoint;
 const TRACES_PROTOCOL: &str = TRACES.protocol;
@@ -279,6 +279,20 @@ fn https_endpoints_use_tls_with_the_files_given() {
 }
 
 #[test]
+fn the_startup_line_hides_credentials_in_the_endpoint() {
+    let config = otlp(&[(
+        TRACES_ENDPOINT,
+        "https://user:s3cret@collector:4318/v1/traces",
+    )]);
+    let shown = config.to_string();
+    assert_eq!(
+        shown,
+        "otlp http/protobuf to https://***@collector:4318/v1/traces over TLS"
+    );
+    assert!(!shown.contains("s3cret"));
+}
+
+#[test]
 fn tls_files_are_checked_when_read() {
     let (_dir, not_pem) = scratch_file("ca.pem", "just some text\n");
     let e = err(&[
@@ -305,6 +319,43 @@ fn tls_files_are_checked_when_read() {
         "{e:?}"
     );
     assert!(e.to_string().contains("holds no PEM private key"), "{e}");
+
+    // Framing alone is not enough: what is inside must be a certificate.
+    let (_dir3, garbage) = scratch_file(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let e = err(&[
+        (ENDPOINT, "https://c:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &garbage),
+    ]);
+    assert!(e.to_string().contains("does not parse"), "{e}");
+
+    // The key must belong to the certificate; the message names the key's variable and
+    // both files, and shows nothing of the key.
+    let (_dir4, key) = scratch_file("key.pem", KEY_PEM);
+    let (_dir5, other_key) = scratch_file("other-key.pem", OTHER_KEY_PEM);
+    let pair = |key: &str| {
+        parse(&[
+            (ENDPOINT, "https://c:4318"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key),
+        ])
+    };
+    let identity = pair(&key).map(|c| match c.exporter {
+        ExporterConfig::Otlp(otlp) => otlp.tls.client.clone().map(|c| c.key.path),
+        _ => None,
+    });
+    assert_eq!(identity, Ok(Some(key.clone())), "a matching pair is taken");
+    let e = pair(&other_key).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("OTEL_EXPORTER_OTLP_CLIENT_KEY=")
+            && text.contains("is not a usable key for the certificate in")
+            && text.contains(&cert),
+        "{text}"
+    );
+    assert!(!text.contains("BEGIN"), "{text}");
 
     // Half a client identity is refused, naming the missing half.
     let e = err(&[

@@ -3,9 +3,20 @@
 //! when the configuration is, so a missing or malformed one fails at startup (and in `loupe
 //! config check`), not at the first export.
 
+use std::sync::Arc;
+
+use rustls::{RootCertStore, crypto::CryptoProvider, sign::CertifiedKey};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 use super::{Env, ExportConfigError, SignalVars};
+
+/// The cryptography behind every TLS connection loupe makes: ring. rustls deprecates it for
+/// lacking post-quantum key exchange; the provider that has it (aws-lc-rs) needs cmake and
+/// a C++ toolchain to build, and tonic's gRPC TLS uses ring too.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
 pub const CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
 pub const CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
@@ -45,16 +56,22 @@ pub fn parse<F: Fn(&str) -> Option<String>>(
     signal: &SignalVars,
 ) -> Result<TlsConfig, ExportConfigError> {
     let ca = match env.either(signal.certificate, CERTIFICATE) {
-        Some((var, path)) => Some(read_certificates(var, path)?),
+        Some((var, path)) => {
+            let file = read_certificates(var, path)?;
+            check_trust_anchors(var, &file)?;
+            Some(file)
+        }
         None => None,
     };
     let cert = env.either(signal.client_certificate, CLIENT_CERTIFICATE);
     let key = env.either(signal.client_key, CLIENT_KEY);
     let client = match (cert, key) {
-        (Some((cert_var, cert_path)), Some((key_var, key_path))) => Some(ClientIdentity {
-            cert: read_certificates(cert_var, cert_path)?,
-            key: read_key(key_var, key_path)?,
-        }),
+        (Some((cert_var, cert_path)), Some((key_var, key_path))) => {
+            let cert = read_certificates(cert_var, cert_path)?;
+            let key = read_key(key_var, key_path)?;
+            check_pair(key_var, &cert, &key)?;
+            Some(ClientIdentity { cert, key })
+        }
         (Some((given, _)), None) => {
             return Err(ExportConfigError::TlsClientHalf {
                 given,
@@ -106,6 +123,46 @@ fn read_certificates(var: &'static str, path: String) -> Result<PemFile, ExportC
         ));
     }
     Ok(PemFile { path, pem })
+}
+
+/// Each certificate of a CA file must be one a TLS client can trust: parseable X.509.
+fn check_trust_anchors(var: &'static str, file: &PemFile) -> Result<(), ExportConfigError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&file.pem).flatten() {
+        roots.add(cert).map_err(|e| {
+            problem(
+                var,
+                &file.path,
+                &format!("holds a certificate that does not parse: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The key must be one loupe can sign with and belong to the certificate.
+fn check_pair(
+    key_var: &'static str,
+    cert: &PemFile,
+    key: &PemFile,
+) -> Result<(), ExportConfigError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert.pem)
+        .flatten()
+        .collect();
+    let der = PrivateKeyDer::from_pem_slice(&key.pem)
+        .map_err(|_| problem(key_var, &key.path, "holds no PEM private key"))?;
+    // rustls's errors name the mismatch or the key type, never the key's bytes.
+    CertifiedKey::from_der(chain, der, &crypto_provider()).map_err(|e| {
+        problem(
+            key_var,
+            &key.path,
+            &format!(
+                "is not a usable key for the certificate in {}: {e}",
+                cert.path
+            ),
+        )
+    })?;
+    Ok(())
 }
 
 /// The file's bytes when it holds a PEM private key (PKCS#8, PKCS#1 or SEC1).

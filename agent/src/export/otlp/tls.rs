@@ -4,13 +4,11 @@
 //! both transports: tonic's own configuration for gRPC, and a rustls client configuration
 //! for HTTP.
 
-use std::sync::Arc;
-
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::export::config::TlsConfig;
+use crate::export::config::{TlsConfig, crypto_provider};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -20,9 +18,13 @@ pub enum TlsSetupError {
     File { path: String, problem: String },
 }
 
-/// tonic's TLS settings for a gRPC channel.
+/// tonic's TLS settings for a gRPC channel. tonic refuses to connect at all when asked
+/// for the host's trust store and finding none, so it is asked only when there is one.
 pub fn grpc(tls: &TlsConfig) -> ClientTlsConfig {
-    let mut config = ClientTlsConfig::new().with_native_roots();
+    let mut config = ClientTlsConfig::new();
+    if !native_roots(tls).is_empty() {
+        config = config.with_native_roots();
+    }
     if let Some(ca) = &tls.ca {
         config = config.ca_certificate(Certificate::from_pem(&ca.pem));
     }
@@ -34,11 +36,7 @@ pub fn grpc(tls: &TlsConfig) -> ClientTlsConfig {
 
 /// A rustls client configuration for HTTP.
 pub fn http(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
-    // Deprecated for lacking post-quantum key exchange. The provider that has it
-    // (aws-lc-rs) needs cmake and a C++ toolchain to build; tonic's gRPC TLS uses ring too.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(tls)?);
     let config = match &tls.client {
@@ -54,7 +52,6 @@ pub fn http(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
         }
         None => builder.with_no_client_auth(),
     };
-    // The connector offers HTTP/1.1 by ALPN itself (`enable_http1`).
     Ok(config)
 }
 
@@ -62,23 +59,29 @@ pub fn http(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
 /// not parse are skipped, as every TLS client does.
 fn roots(tls: &TlsConfig) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
+    roots.add_parsable_certificates(native_roots(tls));
     if let Some(ca) = &tls.ca {
         for cert in certificates(&ca.path, &ca.pem)? {
             roots.add(cert)?;
         }
     }
-    if roots.is_empty() {
+    Ok(roots)
+}
+
+/// The host's trust store (`/etc/ssl/certs` and the like, or `SSL_CERT_FILE`), with a
+/// warning when it is empty and no CA file makes up for it.
+fn native_roots(tls: &TlsConfig) -> Vec<CertificateDer<'static>> {
+    let native = rustls_native_certs::load_native_certs();
+    if native.certs.is_empty() && tls.ca.is_none() {
         log::warn!(
-            "no trusted CA certificates: the host's store is empty or unreadable ({} errors) \
-             and OTEL_EXPORTER_OTLP_CERTIFICATE is not set; exports over TLS will fail",
+            "no trusted CA certificates: the host's trust store is empty or unreadable \
+             ({} errors; install ca-certificates) and no CA file is configured \
+             (OTEL_EXPORTER_OTLP_CERTIFICATE or export.certificate); exports over TLS will \
+             fail",
             native.errors.len()
         );
-    } else {
-        log::debug!("TLS: {added} CA certificates from the host's store");
     }
-    Ok(roots)
+    native.certs
 }
 
 fn certificates(path: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {

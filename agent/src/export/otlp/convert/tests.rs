@@ -129,6 +129,18 @@ fn client_spans_carry_the_full_url() {
     assert_eq!(url(&span).as_deref(), Some("http://[fd00::1]:9000/users/7"));
     span.server_address = None;
     assert_eq!(url(&span), None, "no host, no URL");
+    // A proxy's client names the whole URL; CONNECT and OPTIONS * name none.
+    span.server_address = Some("proxy.local".into());
+    span.path = "http://api.local/users/7".to_owned();
+    span.query = Some("q=REDACTED".to_owned());
+    assert_eq!(
+        url(&span).as_deref(),
+        Some("http://api.local/users/7?q=REDACTED")
+    );
+    for target in ["api.local:443", "*"] {
+        span.path = target.to_owned();
+        assert_eq!(url(&span), None, "{target}");
+    }
     let mut server = http_span(SpanKind::Server, Some(200));
     server.server_address = Some("api.local".into());
     assert_eq!(
