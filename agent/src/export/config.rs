@@ -121,6 +121,11 @@ impl fmt::Display for OtlpConfig {
                 (None, Some(_)) => " over TLS (with a client certificate)",
                 (Some(_), Some(_)) => " over TLS (with an extra CA and a client certificate)",
             })?;
+        } else if self.tls.ca.is_some() || self.tls.client.is_some() {
+            // Most likely an endpoint written http:// by mistake: say so where it shows.
+            f.write_str(
+                " in plain text (the TLS files are not used: the endpoint is not https://)",
+            )?;
         }
         Ok(())
     }

@@ -293,6 +293,22 @@ fn the_startup_line_hides_credentials_in_the_endpoint() {
 }
 
 #[test]
+fn tls_files_with_a_plain_endpoint_are_pointed_out() {
+    let (_dir, ca) = scratch_file("ca.pem", CERT_PEM);
+    let config = otlp(&[
+        (ENDPOINT, "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+    ]);
+    assert!(!config.is_tls());
+    assert!(
+        config
+            .to_string()
+            .ends_with("(the TLS files are not used: the endpoint is not https://)"),
+        "{config}"
+    );
+}
+
+#[test]
 fn tls_files_are_checked_when_read() {
     let (_dir, not_pem) = scratch_file("ca.pem", "just some text\n");
     let e = err(&[
