@@ -90,6 +90,14 @@ pub mod syscall_kind {
     pub const SENDFILE: u8 = 9;
     /// `dup2` or `dup3` onto a different fd, which closes that fd's file.
     pub const DUP: u8 = 10;
+
+    /// Whether a call of `kind` moves bytes that the data exit captures.
+    pub const fn carries_data(kind: u8) -> bool {
+        matches!(
+            kind,
+            READ | WRITE | READV | WRITEV | RECVMSG | SENDMSG | SENDFILE
+        )
+    }
 }
 
 /// Address family values as the kernel stores them.
@@ -369,6 +377,21 @@ pub struct PendingCall {
 }
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
 
+impl PendingCall {
+    /// A call that moves no bytes (connect, dup), known by its kind and fd alone.
+    pub const fn on_fd(kind: u8, fd: u32, start_ns: u64) -> Self {
+        Self {
+            kind,
+            _pad: [0; 3],
+            fd,
+            ptr: 0,
+            count: 0,
+            start_ns,
+            conn_id: 0,
+        }
+    }
+}
+
 /// Kernel structure field offsets, resolved at startup from the running kernel's BTF.
 /// Rust eBPF has no CO-RE relocations, so nothing here may be baked in at build time.
 #[repr(C)]
@@ -524,6 +547,17 @@ mod tests {
             role,
             ignored,
             _pad: [0; 6],
+        }
+    }
+
+    #[test]
+    fn only_calls_that_move_bytes_reach_the_data_exit() {
+        use syscall_kind::*;
+        for kind in [READ, WRITE, READV, WRITEV, RECVMSG, SENDMSG, SENDFILE] {
+            assert!(carries_data(kind), "{kind}");
+        }
+        for kind in [NONE, CONNECT, ACCEPT, DUP] {
+            assert!(!carries_data(kind), "{kind}");
         }
     }
 

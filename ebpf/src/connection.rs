@@ -87,22 +87,34 @@ fn stored(key: &ConnKey) -> Option<ConnState> {
 /// evict each other on every call.
 #[inline(always)]
 fn stored_for_use(key: &ConnKey) -> Option<ConnState> {
-    if let Some(state) = cached(key) {
+    let slot = read_slot(key);
+    if let Slot::Holds(state) = slot {
         return Some(state);
     }
     // SAFETY: the value is copied out at once.
     let state = unsafe { CONNECTIONS.get(key) }.copied()?;
     count(counter::CONN_CACHE_MISSES);
-    if slot_is_empty(key) {
+    if let Slot::Empty = slot {
         cache_if_standing(key, &state);
     }
     Some(state)
 }
 
-/// `key`'s state when its cache slot holds it whole.
+/// What `key`'s cache slot holds, read once.
+enum Slot {
+    /// `key`'s state, whole.
+    Holds(ConnState),
+    /// No connection: never written, or emptied by a close or by the agent.
+    Empty,
+    /// Another connection, or a torn write.
+    Other,
+}
+
 #[inline(always)]
-pub fn cached(key: &ConnKey) -> Option<ConnState> {
-    let slot = CONNECTION_CACHE.get_ptr(CachedConnection::slot(key))?;
+fn read_slot(key: &ConnKey) -> Slot {
+    let Some(slot) = CONNECTION_CACHE.get_ptr(CachedConnection::slot(key)) else {
+        return Slot::Other;
+    };
     // SAFETY: a map value that lives as long as the map; a torn read fails the check.
     let (cached_key, state, check) = unsafe {
         (
@@ -111,7 +123,22 @@ pub fn cached(key: &ConnKey) -> Option<ConnState> {
             core::ptr::read_volatile(&(*slot).check),
         )
     };
-    (cached_key == *key && check == CachedConnection::check_of(key, &state)).then_some(state)
+    if cached_key == *key && check == CachedConnection::check_of(key, &state) {
+        Slot::Holds(state)
+    } else if check == 0 {
+        Slot::Empty
+    } else {
+        Slot::Other
+    }
+}
+
+/// `key`'s state when its cache slot holds it whole.
+#[inline(always)]
+pub fn cached(key: &ConnKey) -> Option<ConnState> {
+    match read_slot(key) {
+        Slot::Holds(state) => Some(state),
+        Slot::Empty | Slot::Other => None,
+    }
 }
 
 /// Puts `key` in its cache slot, evicting whatever was there (it stays in its table).
@@ -126,16 +153,6 @@ fn cache(key: &ConnKey, state: &ConnState) {
         core::ptr::write_volatile(&mut (*slot).state, *state);
         core::ptr::write_volatile(&mut (*slot).check, CachedConnection::check_of(key, state));
     }
-}
-
-/// Whether `key`'s cache slot holds no connection: never written, or emptied by a close
-/// or by the agent.
-#[inline(always)]
-fn slot_is_empty(key: &ConnKey) -> bool {
-    CONNECTION_CACHE
-        .get_ptr(CachedConnection::slot(key))
-        // SAFETY: a map value that lives as long as the map.
-        .is_some_and(|slot| unsafe { core::ptr::read_volatile(&(*slot).check) } == 0)
 }
 
 /// Empties `key`'s cache slot when it holds `key`.
@@ -219,16 +236,9 @@ pub fn loupe_connect_enter(ctx: TracePointContext) -> u32 {
     let Some((_, _, pid_tgid, _)) = traced_current() else {
         return 0;
     };
-    let call = PendingCall {
-        kind: syscall_kind::CONNECT,
-        _pad: [0; 3],
-        fd: arg::<0>(&ctx) as u32,
-        ptr: 0,
-        count: 0,
-        // SAFETY: the helper has no preconditions.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        conn_id: 0,
-    };
+    // SAFETY: the helper has no preconditions.
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    let call = PendingCall::on_fd(syscall_kind::CONNECT, arg::<0>(&ctx) as u32, start_ns);
     pending::begin(pid_tgid, &call);
     0
 }
@@ -254,7 +264,9 @@ pub fn loupe_connect_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
-    forget(arg::<0>(&ctx) as u32);
+    if let Some((tgid, tid, _, _)) = traced_current() {
+        forget(tgid, tid, arg::<0>(&ctx) as u32);
+    }
     0
 }
 
@@ -273,39 +285,28 @@ pub fn loupe_dup_enter(ctx: TracePointContext) -> u32 {
     let Some((_, _, pid_tgid, _)) = traced_current() else {
         return 0;
     };
-    let call = PendingCall {
-        kind: syscall_kind::DUP,
-        _pad: [0; 3],
-        fd: new_fd,
-        ptr: 0,
-        count: 0,
-        start_ns: 0,
-        conn_id: 0,
-    };
-    pending::begin(pid_tgid, &call);
+    pending::begin(pid_tgid, &PendingCall::on_fd(syscall_kind::DUP, new_fd, 0));
     0
 }
 
 #[tracepoint]
 pub fn loupe_dup_exit(ctx: TracePointContext) -> u32 {
-    let Some((_, _, pid_tgid, _)) = traced_current() else {
+    let Some((tgid, tid, pid_tgid, _)) = traced_current() else {
         return 0;
     };
     let Some(call) = pending::take(pid_tgid) else {
         return 0;
     };
     if call.kind == syscall_kind::DUP && ret(&ctx) >= 0 {
-        forget(call.fd);
+        forget(tgid, tid, call.fd);
     }
     0
 }
 
-/// Ends the connection on the current process's `fd`, if loupe knows one there.
+/// Ends the connection on `fd` of the traced process `tgid` (thread `tid`), if loupe
+/// knows one there.
 #[inline(always)]
-fn forget(fd: u32) {
-    let Some((tgid, tid, _, _)) = traced_current() else {
-        return;
-    };
+fn forget(tgid: u32, tid: u32, fd: u32) {
     let key = ConnKey { tgid, fd };
     let Some(state) = stored(&key) else {
         return;

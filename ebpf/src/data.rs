@@ -106,7 +106,8 @@ fn on_exit(ctx: &TracePointContext) {
         return;
     };
     let moved = ret(ctx);
-    if moved <= 0 || call.kind == syscall_kind::CONNECT || call.kind == syscall_kind::DUP {
+    // Connect and dup share the slot; their own exit programs take their calls.
+    if moved <= 0 || !syscall_kind::carries_data(call.kind) {
         return;
     }
     emit(ctx, pid_tgid, &call, moved, cfg);

@@ -114,6 +114,7 @@ impl HttpSpan {
     /// host is known, and for targets that are no URL path (`CONNECT host:port`,
     /// `OPTIONS *`).
     pub fn url_full(&self) -> Option<String> {
+        use std::fmt::Write as _;
         if self.kind != SpanKind::Client {
             return None;
         }
@@ -122,41 +123,22 @@ impl HttpSpan {
                 .get(..scheme.len())
                 .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
         });
-        if absolute {
-            let mut url = self.path.clone();
-            if let Some(query) = &self.query {
-                url.push('?');
-                url.push_str(query);
+        let mut url = String::new();
+        if !absolute {
+            if !self.path.starts_with('/') {
+                return None;
             }
-            return Some(url);
-        }
-        if !self.path.starts_with('/') {
-            return None;
-        }
-        let host = self.server_address.as_deref()?;
-        let mut url = String::with_capacity(
-            self.scheme.len()
-                + host.len()
-                + self.path.len()
-                + 16
-                + self.query.as_ref().map_or(0, String::len),
-        );
-        url.push_str(self.scheme);
-        url.push_str("://");
-        if host.contains(':') {
-            url.push('[');
-            url.push_str(host);
-            url.push(']');
-        } else {
-            url.push_str(host);
-        }
-        let default_port = match self.scheme {
-            "https" => 443,
-            _ => 80,
-        };
-        if let Some(port) = self.server_port.filter(|&p| p != default_port) {
-            url.push(':');
-            url.push_str(&port.to_string());
+            let host = self.server_address.as_deref()?;
+            // An IPv6 address is bracketed in a URL.
+            let _ = if host.contains(':') {
+                write!(url, "{}://[{host}]", self.scheme)
+            } else {
+                write!(url, "{}://{host}", self.scheme)
+            };
+            let default_port = if self.scheme == "https" { 443 } else { 80 };
+            if let Some(port) = self.server_port.filter(|&p| p != default_port) {
+                let _ = write!(url, ":{port}");
+            }
         }
         url.push_str(&self.path);
         if let Some(query) = &self.query {

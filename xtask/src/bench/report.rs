@@ -150,7 +150,7 @@ fn bpf_per_request(modes: &[&ModeRun]) -> [Option<f64>; 3] {
 }
 
 /// The median floor measured over these runs, ns per program run.
-fn empty_run_ns(modes: &[&ModeRun]) -> Option<f64> {
+fn median_floor_ns(modes: &[&ModeRun]) -> Option<f64> {
     let floors: Vec<f64> = modes
         .iter()
         .filter_map(|m| m.agent.as_ref()?.bpf_empty_run_ns)
@@ -256,7 +256,7 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         bpf_ns_per_request,
         bpf_ns_per_request_net,
         bpf_ns_per_request_own,
-        bpf_empty_run_ns: empty_run_ns(&with),
+        bpf_empty_run_ns: median_floor_ns(&with),
         client_errors: without
             .iter()
             .chain(&with)

@@ -43,6 +43,20 @@ pub struct PemFile {
     pub pem: Vec<u8>,
 }
 
+impl PemFile {
+    /// The certificates in the file (checked when it was read to hold only well-formed ones).
+    pub fn certificates(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(&self.pem)
+            .flatten()
+            .collect()
+    }
+
+    /// The private key in the file; `None` when it holds none.
+    pub fn private_key(&self) -> Option<PrivateKeyDer<'static>> {
+        PrivateKeyDer::from_pem_slice(&self.pem).ok()
+    }
+}
+
 /// Only the path: key material stays out of logs and debug output.
 impl std::fmt::Debug for PemFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,7 +142,7 @@ fn read_certificates(var: &'static str, path: String) -> Result<PemFile, ExportC
 /// Each certificate of a CA file must be one a TLS client can trust: parseable X.509.
 fn check_trust_anchors(var: &'static str, file: &PemFile) -> Result<(), ExportConfigError> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&file.pem).flatten() {
+    for cert in file.certificates() {
         roots.add(cert).map_err(|e| {
             problem(
                 var,
@@ -146,13 +160,11 @@ fn check_pair(
     cert: &PemFile,
     key: &PemFile,
 ) -> Result<(), ExportConfigError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert.pem)
-        .flatten()
-        .collect();
-    let der = PrivateKeyDer::from_pem_slice(&key.pem)
-        .map_err(|_| problem(key_var, &key.path, "holds no PEM private key"))?;
+    let der = key
+        .private_key()
+        .ok_or_else(|| problem(key_var, &key.path, "holds no PEM private key"))?;
     // rustls's errors name the mismatch or the key type, never the key's bytes.
-    CertifiedKey::from_der(chain, der, &crypto_provider()).map_err(|e| {
+    CertifiedKey::from_der(cert.certificates(), der, &crypto_provider()).map_err(|e| {
         problem(
             key_var,
             &key.path,
@@ -167,9 +179,13 @@ fn check_pair(
 
 /// The file's bytes when it holds a PEM private key (PKCS#8, PKCS#1 or SEC1).
 fn read_key(var: &'static str, path: String) -> Result<PemFile, ExportConfigError> {
-    let pem = read(var, &path)?;
+    let file = PemFile {
+        pem: read(var, &path)?,
+        path,
+    };
     // The parse error is left out: it could quote part of the key.
-    PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|_| problem(var, &path, "holds no PEM private key"))?;
-    Ok(PemFile { path, pem })
+    match file.private_key() {
+        Some(_) => Ok(file),
+        None => Err(problem(var, &file.path, "holds no PEM private key")),
+    }
 }

@@ -5,7 +5,7 @@
 //! for HTTP.
 
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use rustls_pki_types::CertificateDer;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::export::config::{TlsConfig, crypto_provider};
@@ -14,8 +14,8 @@ use crate::export::config::{TlsConfig, crypto_provider};
 pub enum TlsSetupError {
     #[error("the TLS configuration was refused: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("{path}: {problem}")]
-    File { path: String, problem: String },
+    #[error("{0}: holds no PEM private key")]
+    NoKey(String),
 }
 
 /// tonic's TLS settings for a gRPC channel. tonic refuses to connect at all when asked
@@ -41,14 +41,11 @@ pub fn http(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
         .with_root_certificates(roots(tls)?);
     let config = match &tls.client {
         Some(client) => {
-            let chain = certificates(&client.cert.path, &client.cert.pem)?;
-            let key = PrivateKeyDer::from_pem_slice(&client.key.pem).map_err(|_| {
-                TlsSetupError::File {
-                    path: client.key.path.clone(),
-                    problem: "holds no PEM private key".to_owned(),
-                }
-            })?;
-            builder.with_client_auth_cert(chain, key)?
+            let key = client
+                .key
+                .private_key()
+                .ok_or_else(|| TlsSetupError::NoKey(client.key.path.clone()))?;
+            builder.with_client_auth_cert(client.cert.certificates(), key)?
         }
         None => builder.with_no_client_auth(),
     };
@@ -61,7 +58,7 @@ fn roots(tls: &TlsConfig) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(native_roots(tls));
     if let Some(ca) = &tls.ca {
-        for cert in certificates(&ca.path, &ca.pem)? {
+        for cert in ca.certificates() {
             roots.add(cert)?;
         }
     }
@@ -82,13 +79,4 @@ fn native_roots(tls: &TlsConfig) -> Vec<CertificateDer<'static>> {
         );
     }
     native.certs
-}
-
-fn certificates(path: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsSetupError::File {
-            path: path.to_owned(),
-            problem: format!("is not valid PEM: {e}"),
-        })
 }
