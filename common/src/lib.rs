@@ -521,7 +521,10 @@ pub mod counter {
     /// A known connection was not in the kernel's connection cache and was looked up in
     /// the connection table instead.
     pub const CONN_CACHE_MISSES: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// A server's response left in two buffers, a whole head and then its body: only the
+    /// head was copied.
+    pub const RESPONSE_BODIES_SKIPPED: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 #[cfg(feature = "user")]

@@ -110,7 +110,7 @@ fn on_exit(ctx: &TracePointContext) {
     if moved <= 0 || !syscall_kind::carries_data(call.kind) {
         return;
     }
-    emit(ctx, pid_tgid, &call, moved, cfg);
+    emit(ctx, pid_tgid, &call, moved, cfg, role::UNKNOWN);
 }
 
 // Read exits that need no entry program: the arguments still sit in the registers saved
@@ -142,7 +142,7 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
         if stamped && needs_start(conn_role) {
             call.start_ns = stamped_start(&task, pid_tgid as u32);
         }
-        emit(ctx, pid_tgid, &call, moved, cfg);
+        emit(ctx, pid_tgid, &call, moved, cfg, conn_role);
     }
 }
 
@@ -225,7 +225,14 @@ fn stamped_start(task: &Task, tid: u32) -> u64 {
 
 /// Captures the bytes `call` moved and writes its data record.
 #[inline(always)]
-fn emit(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, moved: i64, cfg: &ProbeConfig) {
+fn emit(
+    ctx: &TracePointContext,
+    pid_tgid: u64,
+    call: &PendingCall,
+    moved: i64,
+    cfg: &ProbeConfig,
+    conn_role: u8,
+) {
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -257,14 +264,16 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, call: &PendingCall, moved: i64, 
         count(counter::RINGBUF_DROPS);
         return;
     }
+    // A response's body is never needed: only a server's writes may stop at the head.
+    let response = dir == direction::EGRESS && conn_role == role::SERVER;
     let (captured, flags) = match call.kind {
         syscall_kind::READ | syscall_kind::WRITE => (copy_buf(event, call.ptr, want), 0),
         syscall_kind::READV | syscall_kind::WRITEV => {
-            (copy_iov(event, call.ptr, call.count, want), 0)
+            (copy_iov(event, call.ptr, call.count, want, response), 0)
         }
         syscall_kind::RECVMSG | syscall_kind::SENDMSG => {
             let (iov, iovlen) = msghdr_iov(call.ptr);
-            (copy_iov(event, iov, iovlen, want), 0)
+            (copy_iov(event, iov, iovlen, want, response), 0)
         }
         _ => (0, data_flags::SENDFILE),
     };
@@ -359,8 +368,14 @@ fn msghdr_iov(msghdr: u64) -> (u64, u64) {
     }
 }
 
+/// Copies up to `want` bytes from the `iovcnt` buffers at `iov`. With `response`, a call of
+/// two buffers whose first holds a whole response head (nginx's status line and headers,
+/// then its body) stops after that head: the body's bytes are counted, not copied, and
+/// the agent keeps its framing from the head's `Content-Length`. A chunked body in the
+/// second buffer cannot be followed unseen; the agent then ends that response at the next
+/// request, with the time of the call that carried it.
 #[inline(always)]
-fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64) -> usize {
+fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64, response: bool) -> usize {
     let want = bounded(want as usize);
     // The iovec array in one helper call instead of one per entry (a call costs more than
     // copying the 16 bytes of an entry).
@@ -403,15 +418,64 @@ fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64) -> usize {
             break;
         }
         captured += n;
+        if i == 0 && response && used == 2 && n == entry[1] as usize && is_whole_head(event, n) {
+            count(counter::RESPONSE_BODIES_SKIPPED);
+            break;
+        }
     }
     bounded(captured)
 }
 
+/// Whether the first `len` bytes of the event's data are a whole response head: they begin
+/// like a status line (`HTTP/1.1 200 \r\n\r\n` is the shortest) and end with the blank
+/// line.
+#[inline(always)]
+pub fn is_whole_head(event: &DataEvent, len: usize) -> bool {
+    if len < 17 {
+        return false;
+    }
+    let last = (core::hint::black_box(len) - 4) & (MAX_CAPTURE - 1);
+    let tail = u32::from_ne_bytes([
+        event.data[last],
+        event.data[last + 1],
+        event.data[last + 2],
+        event.data[last + 3],
+    ]);
+    let start = u32::from_ne_bytes([event.data[0], event.data[1], event.data[2], event.data[3]]);
+    tail == u32::from_ne_bytes(*b"\r\n\r\n") && start == u32::from_ne_bytes(*b"HTTP")
+}
+
 #[cfg(test)]
 mod tests {
-    use loupe_common::role;
+    use loupe_common::{DataEvent, role};
 
-    use super::needs_start;
+    use super::{is_whole_head, needs_start};
+
+    fn holding(bytes: &[u8]) -> Box<DataEvent> {
+        // SAFETY: DataEvent is plain integers and bytes, for which zero is a value.
+        let mut event: Box<DataEvent> = Box::new(unsafe { core::mem::zeroed() });
+        event.data[..bytes.len()].copy_from_slice(bytes);
+        event
+    }
+
+    #[test]
+    fn only_a_whole_response_head_stops_the_copy() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+        assert!(is_whole_head(&holding(head), head.len()));
+        let shortest = b"HTTP/1.1 200 \r\n\r\n";
+        assert!(is_whole_head(&holding(shortest), shortest.len()));
+        // The first buffer holds only part of the head (split inside the status line or
+        // between headers): the rest must be copied.
+        assert!(!is_whole_head(&holding(head), 12));
+        assert!(!is_whole_head(&holding(head), head.len() - 2));
+        // A request, a body that happens to end with a blank line, too little to tell.
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(!is_whole_head(&holding(request), request.len()));
+        let chunk_end = b"5\r\nhello\r\n0\r\n\r\n";
+        assert!(!is_whole_head(&holding(chunk_end), chunk_end.len()));
+        assert!(!is_whole_head(&holding(b"HTTP\r\n\r\n"), 8));
+        assert!(!is_whole_head(&holding(b""), 0));
+    }
 
     #[test]
     fn only_a_servers_writes_go_unstamped() {

@@ -6,48 +6,15 @@ mod support;
 use std::time::Duration;
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use support::{Agent, curl, free_port, http_get, require_root, servers, wait_until};
+use support::{
+    Agent, curl, free_port, http_get, require_root, servers,
+    spans::{attr, find, names, server_spans},
+    wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const INCOMING_PARENT: &str = "00f067aa0ba902b7";
-
-fn server_spans(spans: &[ReceivedSpan], service: &str) -> Vec<ReceivedSpan> {
-    spans
-        .iter()
-        .filter(|s| {
-            s.kind == "server"
-                && s.resource.get("service.name").map(String::as_str) == Some(service)
-        })
-        .cloned()
-        .collect()
-}
-
-fn find<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
-    spans
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no span named {name:?} in {:#?}", names(spans)))
-}
-
-fn names(spans: &[ReceivedSpan]) -> Vec<String> {
-    spans
-        .iter()
-        .map(|s| format!("{} {}", s.kind, s.name))
-        .collect()
-}
-
-fn attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
-    span.attributes
-        .get(key)
-        .map(String::as_str)
-        .unwrap_or_else(|| {
-            panic!(
-                "span {:?} has no attribute {key}: {:?}",
-                span.name, span.attributes
-            )
-        })
-}
 
 fn duration_ms(span: &ReceivedSpan) -> f64 {
     (span.end_ns.saturating_sub(span.start_ns)) as f64 / 1e6
@@ -485,59 +452,4 @@ fn a_traced_collector_shows_no_spans_of_loupes_own_exports() {
     );
     // The exports did reach the traced receiver, and were recognised there.
     assert!(agent.metric("loupe_spans_skipped_own_export_total") >= 1.0);
-}
-
-/// Servers that move their bytes only with the scatter/gather syscalls: `recvmsg` and
-/// `sendmsg`, or `readv` and `writev`. Each request lands in two buffers split inside its
-/// request line, and each response leaves in two split inside its status line, so a
-/// span comes out whole only if every buffer of a call was captured, in order.
-#[test]
-fn scatter_gather_syscalls_are_captured_across_their_buffers() {
-    require_root();
-    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    let modes = [("msg", free_port()), ("vec", free_port())];
-    let servers: Vec<_> = modes
-        .iter()
-        .map(|(mode, port)| {
-            let service = format!("scatter-gather-{mode}");
-            servers::scatter_gather(*port, mode, &[("OTEL_SERVICE_NAME", &service)])
-        })
-        .collect();
-    let pids: Vec<String> = servers.iter().map(|s| s.pid().to_string()).collect();
-    let endpoint = receiver.http_endpoint();
-    let mut agent = Agent::start(
-        &["--pid", &pids[0], "--pid", &pids[1]],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
-    );
-    for (_, port) in modes {
-        let base = format!("http://127.0.0.1:{port}");
-        // One keep-alive connection each: later requests reuse the buffers' split.
-        let statuses = curl(&[
-            &format!("{base}/users/12345"),
-            &format!("{base}/missing"),
-            &format!("{base}/fail"),
-        ]);
-        assert_eq!(statuses, vec![200, 404, 500]);
-    }
-    let spans = receiver.wait_for_spans(6, WAIT);
-    for (mode, port) in modes {
-        let service = format!("scatter-gather-{mode}");
-        let spans = server_spans(&spans, &service);
-        assert_eq!(spans.len(), 3, "{mode}: {:#?}", names(&spans));
-        let user = find(&spans, "GET /users/{id}");
-        assert_eq!(attr(user, "url.path"), "/users/12345", "{mode}");
-        assert_eq!(attr(user, "http.response.status_code"), "200", "{mode}");
-        assert_eq!(attr(user, "server.port"), port.to_string(), "{mode}");
-        assert!(attr(user, "user_agent.original").starts_with("curl/"));
-        assert_eq!(
-            attr(find(&spans, "GET /missing"), "http.response.status_code"),
-            "404",
-            "{mode}"
-        );
-        let fail = find(&spans, "GET /fail");
-        assert_eq!(attr(fail, "http.response.status_code"), "500", "{mode}");
-        assert_eq!(fail.status_code, "error", "{mode}");
-    }
-    let (status, _) = agent.terminate();
-    assert!(status.success(), "{}", agent.stderr());
 }

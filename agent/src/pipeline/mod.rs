@@ -459,6 +459,9 @@ impl Pipeline {
         self.metrics
             .kernel_conn_cache_misses
             .set(kernel[loupe_common::counter::CONN_CACHE_MISSES as usize]);
+        self.metrics
+            .kernel_response_bodies_skipped
+            .set(kernel[loupe_common::counter::RESPONSE_BODIES_SKIPPED as usize]);
         self.metrics.set_injection_counters(&kernel);
         self.assembler.set_clock(Clock::measure());
     }

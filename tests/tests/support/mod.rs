@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod servers;
+pub mod spans;
 pub mod tls;
 
 use std::{

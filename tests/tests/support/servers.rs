@@ -62,12 +62,13 @@ http.createServer((req, res) => {
 /// An HTTP/1.1 server on raw sockets that moves its bytes only with the scatter/gather
 /// syscalls: `recvmsg` and `sendmsg` (mode `msg`), or `readv` and `writev` (mode `vec`).
 /// Requests land in two buffers, the first 16 bytes long so that a request line spans
-/// both; a response goes out as two buffers split inside its status line. Keep-alive,
-/// one thread per connection.
+/// both. A response goes out as two buffers split inside its status line (split
+/// `status`), or as its head and then its body (split `head`, as nginx writes). `/chunked`
+/// answers with a chunked body. Keep-alive, one thread per connection.
 const SCATTER_GATHER_SERVER: &str = r#"
 import os, socket, sys, threading
 
-MODE = sys.argv[2]
+MODE, SPLIT = sys.argv[2], sys.argv[3]
 
 def receive(conn):
     first, second = bytearray(16), bytearray(4096)
@@ -77,8 +78,11 @@ def receive(conn):
         n = os.readv(conn.fileno(), [first, second])
     return bytes(first + second)[:n]
 
-def send(conn, response):
-    parts = [response[:12], response[12:]]
+def send(conn, head, body):
+    if SPLIT == "head":
+        parts = [head, body]
+    else:
+        parts = [(head + body)[:12], (head + body)[12:]]
     if MODE == "msg":
         conn.sendmsg(parts)
     else:
@@ -98,9 +102,14 @@ def serve(conn):
         status = {"/missing": 404, "/fail": 500}.get(path, 200)
         body = ("%s %s\n" % (MODE, path)).encode()
         reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}[status]
-        head = ("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
-                % (status, reason, len(body))).encode()
-        send(conn, head + body)
+        if path == "/chunked":
+            framing = "Transfer-Encoding: chunked"
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        else:
+            framing = "Content-Length: %d" % len(body)
+        head = ("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n%s\r\n\r\n"
+                % (status, reason, framing)).encode()
+        send(conn, head, body)
 
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,13 +121,14 @@ while True:
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 "#;
 
-/// Starts the scatter/gather server in `mode` (`msg` or `vec`).
-pub fn scatter_gather(port: u16, mode: &str, env: &[(&str, &str)]) -> Guard {
-    let dir = scratch_dir(&format!("scatter-gather-{mode}"));
+/// Starts the scatter/gather server in `mode` (`msg` or `vec`), its responses split at
+/// `split` (`status` or `head`).
+pub fn scatter_gather(port: u16, mode: &str, split: &str, env: &[(&str, &str)]) -> Guard {
+    let dir = scratch_dir(&format!("scatter-gather-{mode}-{split}"));
     let script = dir.join("server.py");
     fs::write(&script, SCATTER_GATHER_SERVER).expect("write server.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(port.to_string()).arg(mode);
+    cmd.arg(&script).arg(port.to_string()).arg(mode).arg(split);
     spawn(cmd, env, port)
 }
 

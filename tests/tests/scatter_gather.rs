@@ -1,0 +1,134 @@
+//! Servers that move their bytes only with the scatter/gather syscalls: `recvmsg` and
+//! `sendmsg`, or `readv` and `writev`. Each request lands in two buffers split inside its
+//! request line. Run as root (`cargo xtask test`), one test at a time.
+
+mod support;
+
+use std::{thread, time::Duration};
+
+use loupe_integration_tests::otlp_receiver::OtlpReceiver;
+use support::{
+    Agent, Guard, curl, free_port, require_root, servers,
+    spans::{attr, find, names, server_spans},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+const MODES: [&str; 2] = ["msg", "vec"];
+const BODIES_SKIPPED: &str = "loupe_kernel_response_bodies_skipped_total";
+
+/// Both servers (`msg` and `vec`) with their responses split at `split`, traced by an
+/// agent exporting to a fresh receiver; each server's port, in `MODES` order.
+fn trace_servers(split: &str) -> (OtlpReceiver, Agent, Vec<(Guard, u16)>) {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let servers: Vec<(Guard, u16)> = MODES
+        .iter()
+        .map(|mode| {
+            let port = free_port();
+            let service = format!("scatter-gather-{mode}");
+            let server =
+                servers::scatter_gather(port, mode, split, &[("OTEL_SERVICE_NAME", &service)]);
+            (server, port)
+        })
+        .collect();
+    let pids: Vec<String> = servers.iter().map(|(s, _)| s.pid().to_string()).collect();
+    let agent = Agent::start(
+        &["--pid", &pids[0], "--pid", &pids[1]],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_endpoint())],
+    );
+    (receiver, agent, servers)
+}
+
+/// Requests `paths` from each server over one keep-alive connection (later requests
+/// reuse the buffers' split) and checks the statuses curl saw.
+fn request(servers: &[(Guard, u16)], paths: &[&str], statuses: &[u16]) {
+    for (_, port) in servers {
+        let urls: Vec<String> = paths
+            .iter()
+            .map(|path| format!("http://127.0.0.1:{port}{path}"))
+            .collect();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        assert_eq!(curl(&urls), statuses);
+    }
+}
+
+/// A kernel counter from `/metrics`, once the agent's housekeeping (once a second) has
+/// read it.
+fn kernel_counter(agent: &Agent, name: &str) -> f64 {
+    thread::sleep(Duration::from_millis(2_500));
+    *agent
+        .metrics()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is exported"))
+}
+
+/// Each response leaves in two buffers split inside its status line, so a span comes out
+/// whole only if every buffer of a call was captured, in order; no body is skipped.
+#[test]
+fn scatter_gather_syscalls_are_captured_across_their_buffers() {
+    let (receiver, mut agent, servers) = trace_servers("status");
+    request(
+        &servers,
+        &["/users/12345", "/missing", "/fail"],
+        &[200, 404, 500],
+    );
+    let spans = receiver.wait_for_spans(6, WAIT);
+    for (mode, (_, port)) in MODES.iter().zip(&servers) {
+        let spans = server_spans(&spans, &format!("scatter-gather-{mode}"));
+        assert_eq!(spans.len(), 3, "{mode}: {:#?}", names(&spans));
+        let user = find(&spans, "GET /users/{id}");
+        assert_eq!(attr(user, "url.path"), "/users/12345", "{mode}");
+        assert_eq!(attr(user, "http.response.status_code"), "200", "{mode}");
+        assert_eq!(attr(user, "server.port"), port.to_string(), "{mode}");
+        assert!(attr(user, "user_agent.original").starts_with("curl/"));
+        assert_eq!(
+            attr(find(&spans, "GET /missing"), "http.response.status_code"),
+            "404",
+            "{mode}"
+        );
+        let fail = find(&spans, "GET /fail");
+        assert_eq!(attr(fail, "http.response.status_code"), "500", "{mode}");
+        assert_eq!(fail.status_code, "error", "{mode}");
+    }
+    // A first buffer that is not a whole head never ends the copy.
+    assert_eq!(kernel_counter(&agent, BODIES_SKIPPED), 0.0);
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}
+
+/// Each response leaves as its head and then its body, as nginx writes them: the probe
+/// copies only the head, and the agent keeps the framing from it. A chunked body skipped
+/// this way cannot be followed, but its span still comes out whole, and the requests after
+/// it on the connection are parsed as before.
+#[test]
+fn a_response_head_in_its_own_buffer_is_copied_without_its_body() {
+    let (receiver, mut agent, servers) = trace_servers("head");
+    request(
+        &servers,
+        &["/users/12345", "/chunked", "/missing", "/fail"],
+        &[200, 200, 404, 500],
+    );
+    let spans = receiver.wait_for_spans(8, WAIT);
+    for (mode, (_, port)) in MODES.iter().zip(&servers) {
+        let spans = server_spans(&spans, &format!("scatter-gather-{mode}"));
+        assert_eq!(spans.len(), 4, "{mode}: {:#?}", names(&spans));
+        let user = find(&spans, "GET /users/{id}");
+        assert_eq!(attr(user, "http.response.status_code"), "200", "{mode}");
+        assert_eq!(attr(user, "server.port"), port.to_string(), "{mode}");
+        let chunked = find(&spans, "GET /chunked");
+        assert_eq!(attr(chunked, "http.response.status_code"), "200", "{mode}");
+        let missing = find(&spans, "GET /missing");
+        assert_eq!(attr(missing, "http.response.status_code"), "404", "{mode}");
+        // The chunked response ends with the write that carried it, not when the agent
+        // learnt that it had ended (the next request).
+        assert!(chunked.end_ns <= missing.start_ns, "{mode}");
+        let fail = find(&spans, "GET /fail");
+        assert_eq!(attr(fail, "http.response.status_code"), "500", "{mode}");
+        assert_eq!(fail.status_code, "error", "{mode}");
+    }
+    // Every response of both servers, the chunked ones too.
+    assert_eq!(kernel_counter(&agent, BODIES_SKIPPED), 8.0);
+    assert_eq!(agent.metric("loupe_parse_errors_total"), 0.0);
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}

@@ -1,0 +1,44 @@
+//! Picking spans and their attributes out of what the OTLP receiver got.
+
+use loupe_integration_tests::otlp_receiver::ReceivedSpan;
+
+/// The SERVER spans of `service`.
+pub fn server_spans(spans: &[ReceivedSpan], service: &str) -> Vec<ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| {
+            s.kind == "server"
+                && s.resource.get("service.name").map(String::as_str) == Some(service)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The span named `name`; panics with every span's name when there is none.
+pub fn find<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
+    spans
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no span named {name:?} in {:#?}", names(spans)))
+}
+
+/// Each span's kind and name, for failure messages.
+pub fn names(spans: &[ReceivedSpan]) -> Vec<String> {
+    spans
+        .iter()
+        .map(|s| format!("{} {}", s.kind, s.name))
+        .collect()
+}
+
+/// The value of attribute `key`; panics with the span's attributes when it has none.
+pub fn attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
+    span.attributes
+        .get(key)
+        .map(String::as_str)
+        .unwrap_or_else(|| {
+            panic!(
+                "span {:?} has no attribute {key}: {:?}",
+                span.name, span.attributes
+            )
+        })
+}
