@@ -40,6 +40,9 @@ const EXPORT_FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 /// Runs the agent until SIGTERM or SIGINT. The configuration was checked by
 /// [`crate::config::load`] before anything is loaded into the kernel.
 pub fn run(config: AgentConfig) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
     let AgentConfig {
         run: cli,
         export: export_config,

@@ -20,7 +20,12 @@ fn main() -> ExitCode {
         Some(Command::Config(ConfigCommand::Check { file })) => {
             config::load(Some(&file), cli.run, given, env)
                 .map_err(anyhow::Error::from)
-                .and_then(|config| Ok(config.effective_yaml(&file)?))
+                .and_then(|config| {
+                    for warning in config.warnings() {
+                        eprintln!("loupe: warning: {warning}");
+                    }
+                    Ok(config.effective_yaml(&file)?)
+                })
                 // Not print!: a closed pipe (`| head`) is an error to report, not a panic.
                 .and_then(|yaml| Ok(std::io::stdout().write_all(yaml.as_bytes())?))
         }

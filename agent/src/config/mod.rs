@@ -19,10 +19,11 @@ use clap::{ArgMatches, parser::ValueSource};
 use crate::{
     cli::RunArgs,
     export::config::{
-        Env, ExportConfig, ExportConfigError, METRICS, OtlpConfig, TRACES, parse_otlp,
+        Env, ExportConfig, ExportConfigError, ExporterConfig, METRICS, OtlpConfig, TRACES,
+        parse_otlp,
     },
     process::selector::{Selection, SelectionError},
-    red::{MetricsConfigError, MetricsExportConfig},
+    red::{MetricsConfigError, MetricsExportConfig, MetricsExporter},
     sampling::{HeadSampler, SamplerConfigError},
     span::route::{RouteMatcher, RoutePatternError},
 };
@@ -44,6 +45,25 @@ pub struct AgentConfig {
     /// `config check` can show them.
     traces_otlp: OtlpConfig,
     metrics_otlp: OtlpConfig,
+}
+
+impl AgentConfig {
+    /// Settings that are valid but most likely not what was meant, one line each:
+    /// `config check` prints them, and the agent logs them at startup.
+    pub fn warnings(&self) -> Vec<String> {
+        let spans = match &self.export.exporter {
+            ExporterConfig::Otlp(otlp) => Some(otlp),
+            ExporterConfig::Console | ExporterConfig::None => None,
+        };
+        let metrics = match &self.metrics_export.exporter {
+            MetricsExporter::Otlp(otlp) => Some(otlp),
+            MetricsExporter::None => None,
+        };
+        [("span export", spans), ("metrics export", metrics)]
+            .into_iter()
+            .filter_map(|(what, otlp)| Some(format!("{what}: {}", otlp?.unused_tls_files()?)))
+            .collect()
+    }
 }
 
 /// Why the configuration cannot be used. Each message is one line.

@@ -548,3 +548,30 @@ fn tls_files_come_from_the_file_under_their_keys() {
     );
     assert!(!shown.contains("BEGIN CERTIFICATE"), "{shown}");
 }
+
+#[test]
+fn tls_files_beside_a_plain_endpoint_are_warned_about() {
+    let dir = std::env::temp_dir().join(format!("loupe-config-plain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, crate::export::testutil::CERT_PEM).unwrap();
+    let with_endpoint = |endpoint: &str| {
+        let yaml = format!(
+            "export:\n  endpoint: {endpoint}\n  certificate: {}\n",
+            ca.display()
+        );
+        load(&yaml, &[], &[]).unwrap().warnings()
+    };
+    let plain = with_endpoint("http://user:secret@c:4318");
+    let tls = with_endpoint("https://c:4318");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        plain,
+        [
+            "span export: the TLS files are not used: the endpoint http://***@c:4318/v1/traces is not https://",
+            "metrics export: the TLS files are not used: the endpoint http://***@c:4318/v1/metrics is not https://",
+        ],
+    );
+    assert!(tls.is_empty(), "{tls:?}");
+    assert!(load("", &[], &[]).unwrap().warnings().is_empty());
+}

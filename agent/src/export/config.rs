@@ -174,6 +174,17 @@ impl OtlpConfig {
             .scheme_str()
             .is_some_and(|s| s.eq_ignore_ascii_case("https"))
     }
+
+    /// Why TLS files set alongside a plain `http://` endpoint go unused: most likely an
+    /// endpoint written `http://` by mistake. `None` when nothing was set in vain.
+    pub fn unused_tls_files(&self) -> Option<String> {
+        (!self.is_tls() && (self.tls.ca.is_some() || self.tls.client.is_some())).then(|| {
+            format!(
+                "the TLS files are not used: the endpoint {} is not https://",
+                without_userinfo(&self.endpoint)
+            )
+        })
+    }
 }
 
 /// `uri` with any `user:password@` of its authority replaced by `***@`, for logs.
