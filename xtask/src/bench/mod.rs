@@ -29,6 +29,7 @@ pub(crate) mod services;
 mod soak;
 mod stats;
 mod stats_floor;
+mod summary;
 mod target;
 mod wrk;
 

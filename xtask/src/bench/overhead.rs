@@ -215,12 +215,17 @@ fn measure_mode(
         connections: settings.rate_connections,
         duration: Duration::from_secs(args.duration),
     };
+    let service_cpu_before = target.cpu_time();
     let (fixed, rss) = match &agent {
         Some((a, _)) => {
             procfs::sample_rss_during(a.pid(), RSS_EVERY, |_| {}, || load::run(&config))
         }
         None => (load::run(&config), Vec::new()),
     };
+    let fixed_service_cpu_s = target
+        .cpu_time()
+        .zip(service_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
     check_interrupted()?;
     target.check_alive()?;
     let agent_run = match agent {
@@ -253,6 +258,7 @@ fn measure_mode(
     Ok(ModeRun {
         closed,
         fixed,
+        fixed_service_cpu_s,
         agent: agent_run,
     })
 }

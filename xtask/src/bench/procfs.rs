@@ -52,6 +52,16 @@ pub fn parse_stat(text: &str) -> Result<CpuTicks, ProcError> {
     })
 }
 
+/// The parent's pid (field 4) from `/proc/<pid>/stat`.
+pub fn parse_ppid(text: &str) -> Option<u32> {
+    let after_comm = text.rfind(')')?;
+    text[after_comm + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Peak resident set size.
 pub const PEAK_RSS: &str = "VmHWM";
 /// Resident set size now.
@@ -115,6 +125,23 @@ pub fn ticks_per_second() -> u64 {
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&text).ok().map(|t| t.total(ticks_per_second()))
+}
+
+/// The CPU time of process `pid` and of its children (nginx's workers under their
+/// master), each with all its threads, living and exited; `None` when `pid` is gone.
+pub fn family_cpu_time(pid: u32) -> Option<Duration> {
+    let own = cpu_time(pid)?;
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| parse_ppid(&stat))
+                == Some(pid)
+        });
+    Some(own + children.filter_map(cpu_time).sum::<Duration>())
 }
 
 /// `key` (`PEAK_RSS` or `RSS`) of process `pid`, in KiB.
@@ -283,6 +310,16 @@ mod tests {
     }
 
     #[test]
+    fn stat_parent_pid() {
+        let stat = STAT.replace("S 1 4242", "S 977 4242");
+        assert_eq!(parse_ppid(&stat), Some(977));
+        let tricky = stat.replace("(loupe)", "(lo) S 5 (x)");
+        assert_eq!(parse_ppid(&tricky), Some(977));
+        assert_eq!(parse_ppid("4242 (loupe) S"), None);
+        assert_eq!(parse_ppid("4242 (loupe) S x"), None);
+    }
+
+    #[test]
     fn stat_truncated_or_garbled() {
         assert_eq!(parse_stat("4242 loupe S 1"), Err(ProcError::NoCommEnd));
         assert_eq!(
@@ -385,5 +422,26 @@ mod tests {
         assert!(status_kib(pid, PEAK_RSS).is_some_and(|kib| kib > 0));
         assert!(status_kib(pid, RSS).is_some_and(|kib| kib > 0));
         assert_eq!(bpf_prog_totals(pid), None);
+    }
+
+    #[test]
+    fn a_family_counts_its_childrens_cpu() {
+        // A child that spins for 0.3 s of CPU, then waits to be read.
+        let spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", spin])
+            .spawn()
+            .expect("spawn python3");
+        std::thread::sleep(Duration::from_millis(1_500));
+        let pid = std::process::id();
+        let own = cpu_time(pid).unwrap();
+        let family = family_cpu_time(pid).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            family >= own + Duration::from_millis(200),
+            "family {family:?}, own {own:?}"
+        );
+        assert_eq!(family_cpu_time(u32::MAX), None);
     }
 }

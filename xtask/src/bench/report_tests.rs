@@ -26,6 +26,7 @@ fn mode(rps: f64, closed_p99: f64, fixed_p99: u32, agent: Option<AgentRun>) -> M
             p99_us: Some(fixed_p99),
             max_us: Some(fixed_p99 * 2),
         },
+        fixed_service_cpu_s: None,
         agent,
     }
 }
@@ -295,4 +296,33 @@ fn untraced_mode_is_compared_with_the_baseline_and_kept_out_of_agent_totals() {
         1
     );
     assert!(json(&settings(), &r, &s)["rounds"][2]["untraced"].is_object());
+}
+
+#[test]
+fn service_cpu_per_request_is_total_over_total() {
+    let mut r = rounds();
+    // 100,000 requests per round: 2.0, 2.0 and 2.3 s without; 2.2, 2.4, 2.3 s with.
+    for (round, (without, with)) in r.iter_mut().zip([(2.0, 2.2), (2.0, 2.4), (2.3, 2.3)]) {
+        round.without.fixed_service_cpu_s = Some(without);
+        round.with.as_mut().unwrap().fixed_service_cpu_s = Some(with);
+    }
+    let s = summarize(&r);
+    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+    assert!(close(s.service_cpu_us_without, 21.0), "{s:?}");
+    assert!(close(s.service_cpu_us_with, 23.0), "{s:?}");
+    assert!(close(s.service_cpu_ratio, 23.0 / 21.0), "{s:?}");
+    let text = table(&settings(), &r, &s);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("service CPU per request at the fixed rate, with/without"))
+        .unwrap_or_else(|| panic!("no service CPU row in {text}"));
+    assert!(row.ends_with("  1.095  (23.0 / 21.0 us)"), "{row}");
+    assert_eq!(
+        json(&settings(), &r, &s)["rounds"][0]["with"]["fixed_rate"]["service_cpu_seconds"],
+        2.2
+    );
+    // One round without the reading leaves no figure rather than a wrong one.
+    r[1].with.as_mut().unwrap().fixed_service_cpu_s = None;
+    assert_eq!(summarize(&r).service_cpu_ratio, None);
+    assert_eq!(summarize(&rounds()).service_cpu_us_without, None);
 }

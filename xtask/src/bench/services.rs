@@ -83,6 +83,10 @@ impl Service {
     }
 
     /// Fails when the service has died since it started.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.guard.exited() {
             bail!(

@@ -157,6 +157,16 @@ impl Target {
         format!("http://{}/", self.addr())
     }
 
+    /// The CPU time the service's processes have used so far (nginx's master and
+    /// workers), or `None` once it is gone.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let pid = match self {
+            Target::Nginx(nginx) => nginx.pid(),
+            Target::Python(service) => service.pid(),
+        };
+        super::procfs::family_cpu_time(pid)
+    }
+
     /// Fails when the service has died since it started.
     pub fn check_alive(&mut self) -> Result<()> {
         match self {
