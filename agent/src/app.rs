@@ -159,7 +159,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         let stop = stop.clone();
         let metrics = metrics.clone();
         let sender = exporter.sender();
-        let (ring, counters) = (maps.events, maps.counters);
+        let (ring, counters, whole_responses) = (maps.events, maps.counters, maps.whole_responses);
         thread::Builder::new()
             .name("loupe-events".into())
             .spawn(move || {
@@ -170,6 +170,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
                     sender,
                     metrics.clone(),
                     counters,
+                    whole_responses,
                     exec_tx,
                 );
                 reader::run(ring, &mut pipeline, &metrics, &stop)

@@ -73,6 +73,9 @@ pub mod direction {
 pub mod data_flags {
     /// Bytes were moved by sendfile: counted, never captured.
     pub const SENDFILE: u8 = 1;
+    /// A server's response left in two buffers, a whole head and then its body, of which
+    /// only the head was copied: the uncaptured tail is meant to be that body.
+    pub const BODY_SKIPPED: u8 = 2;
 }
 
 /// Which syscall a pending entry belongs to; stored between sys_enter and sys_exit.

@@ -20,8 +20,8 @@ use loupe_common::{
 use crate::{
     connection::{cached, lookup_or_discover},
     emit::{RingLevel, output_bytes},
-    filter::{traced_current, traced_task},
-    maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WRITE_STARTS, count},
+    filter::{is_marked, traced_current, traced_task},
+    maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, WRITE_STARTS, count},
     pending,
     syscall::{Task, arg, ret},
 };
@@ -269,11 +269,11 @@ fn emit(
     let (captured, flags) = match call.kind {
         syscall_kind::READ | syscall_kind::WRITE => (copy_buf(event, call.ptr, want), 0),
         syscall_kind::READV | syscall_kind::WRITEV => {
-            (copy_iov(event, call.ptr, call.count, want, response), 0)
+            copy_iov(event, call.ptr, call.count, want, response.then_some(tgid))
         }
         syscall_kind::RECVMSG | syscall_kind::SENDMSG => {
             let (iov, iovlen) = msghdr_iov(call.ptr);
-            (copy_iov(event, iov, iovlen, want, response), 0)
+            copy_iov(event, iov, iovlen, want, response.then_some(tgid))
         }
         _ => (0, data_flags::SENDFILE),
     };
@@ -368,14 +368,22 @@ fn msghdr_iov(msghdr: u64) -> (u64, u64) {
     }
 }
 
-/// Copies up to `want` bytes from the `iovcnt` buffers at `iov`. With `response`, a call of
+/// Copies up to `want` bytes from the `iovcnt` buffers at `iov`; returns the bytes copied
+/// and the record's flags. For a response of the server process `response_of`, a call of
 /// two buffers whose first holds a whole response head (nginx's status line and headers,
 /// then its body) stops after that head: the body's bytes are counted, not copied, and
-/// the agent keeps its framing from the head's `Content-Length`. A chunked body in the
-/// second buffer cannot be followed unseen; the agent then ends that response at the next
-/// request, with the time of the call that carried it.
+/// the agent keeps its framing from the head's `Content-Length`. When the second buffer
+/// held more than that (a chunked body, whose chunks cannot be followed unseen, or the
+/// next pipelined response), the agent loses that much once and has the process's
+/// responses copied whole from then on ([`WHOLE_RESPONSE_TGIDS`]).
 #[inline(always)]
-fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64, response: bool) -> usize {
+fn copy_iov(
+    event: &mut DataEvent,
+    iov: u64,
+    iovcnt: u64,
+    want: u64,
+    response_of: Option<u32>,
+) -> (usize, u8) {
     let want = bounded(want as usize);
     // The iovec array in one helper call instead of one per entry (a call costs more than
     // copying the 16 bytes of an entry).
@@ -385,14 +393,14 @@ fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64, response: b
         MAX_IOV
     };
     let Some(entries) = IOV_SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        return (0, 0);
     };
     // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
     let entries = unsafe { &mut *entries };
     // black_box: the verifier must see the bound on the size, which LLVM could fold away.
     let size = core::hint::black_box(used * 16) & (MAX_IOV * 16 * 2 - 1);
     if size == 0 || size > MAX_IOV * 16 {
-        return 0;
+        return (0, 0);
     }
     // SAFETY: `entries` holds MAX_IOV * 16 bytes and `size` is at most that; the helper
     // checks the user address itself.
@@ -400,7 +408,7 @@ fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64, response: b
         unsafe { bpf_probe_read_user(entries.as_mut_ptr().cast(), size as u32, iov as *const _) };
     if rc != 0 {
         count(counter::READ_FAILURES);
-        return 0;
+        return (0, 0);
     }
     let mut captured: usize = 0;
     for i in 0..MAX_IOV {
@@ -418,20 +426,32 @@ fn copy_iov(event: &mut DataEvent, iov: u64, iovcnt: u64, want: u64, response: b
             break;
         }
         captured += n;
-        if i == 0 && response && used == 2 && n == entry[1] as usize && is_whole_head(event, n) {
+        if i == 0
+            && used == 2
+            && n == entry[1] as usize
+            && response_of.is_some_and(|tgid| !is_marked(&WHOLE_RESPONSE_TGIDS, tgid))
+            && heads_a_body(event, n)
+        {
             count(counter::RESPONSE_BODIES_SKIPPED);
-            break;
+            return (bounded(captured), data_flags::BODY_SKIPPED);
         }
     }
-    bounded(captured)
+    (bounded(captured), 0)
 }
 
-/// Whether the first `len` bytes of the event's data are a whole response head: they begin
-/// like a status line (`HTTP/1.1 200 \r\n\r\n` is the shortest) and end with the blank
-/// line.
+/// Whether the first `len` bytes of the event's data are a whole response head whose
+/// status may carry a body: they begin like a status line (`HTTP/1.1 200 \r\n\r\n` is
+/// the shortest) and end with the blank line, and the status is none of 1xx, 204 and 304.
+/// What follows a response without a body (an interim 100 and then the final response,
+/// or the next pipelined response) is no body, and must be copied.
 #[inline(always)]
-pub fn is_whole_head(event: &DataEvent, len: usize) -> bool {
+pub fn heads_a_body(event: &DataEvent, len: usize) -> bool {
     if len < 17 {
+        return false;
+    }
+    let [class, tens, units] = [event.data[9], event.data[10], event.data[11]];
+    let bodiless = (class == b'2' || class == b'3') && tens == b'0' && units == b'4';
+    if !(b'2'..=b'5').contains(&class) || bodiless {
         return false;
     }
     let last = (core::hint::black_box(len) - 4) & (MAX_CAPTURE - 1);
@@ -449,7 +469,7 @@ pub fn is_whole_head(event: &DataEvent, len: usize) -> bool {
 mod tests {
     use loupe_common::{DataEvent, role};
 
-    use super::{is_whole_head, needs_start};
+    use super::{heads_a_body, needs_start};
 
     fn holding(bytes: &[u8]) -> Box<DataEvent> {
         // SAFETY: DataEvent is plain integers and bytes, for which zero is a value.
@@ -459,22 +479,48 @@ mod tests {
     }
 
     #[test]
-    fn only_a_whole_response_head_stops_the_copy() {
+    fn only_a_whole_head_of_a_response_with_a_body_stops_the_copy() {
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
-        assert!(is_whole_head(&holding(head), head.len()));
+        assert!(heads_a_body(&holding(head), head.len()));
         let shortest = b"HTTP/1.1 200 \r\n\r\n";
-        assert!(is_whole_head(&holding(shortest), shortest.len()));
+        assert!(heads_a_body(&holding(shortest), shortest.len()));
         // The first buffer holds only part of the head (split inside the status line or
         // between headers): the rest must be copied.
-        assert!(!is_whole_head(&holding(head), 12));
-        assert!(!is_whole_head(&holding(head), head.len() - 2));
+        assert!(!heads_a_body(&holding(head), 12));
+        assert!(!heads_a_body(&holding(head), head.len() - 2));
         // A request, a body that happens to end with a blank line, too little to tell.
         let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert!(!is_whole_head(&holding(request), request.len()));
+        assert!(!heads_a_body(&holding(request), request.len()));
         let chunk_end = b"5\r\nhello\r\n0\r\n\r\n";
-        assert!(!is_whole_head(&holding(chunk_end), chunk_end.len()));
-        assert!(!is_whole_head(&holding(b"HTTP\r\n\r\n"), 8));
-        assert!(!is_whole_head(&holding(b""), 0));
+        assert!(!heads_a_body(&holding(chunk_end), chunk_end.len()));
+        assert!(!heads_a_body(&holding(b"HTTP\r\n\r\n"), 8));
+        assert!(!heads_a_body(&holding(b""), 0));
+        // Responses without a body: what follows them is another response.
+        for status in [
+            "100 Continue",
+            "101 Switching Protocols",
+            "204 No Content",
+            "304 Not Modified",
+        ] {
+            let head = format!("HTTP/1.1 {status}\r\nServer: x\r\n\r\n");
+            assert!(
+                !heads_a_body(&holding(head.as_bytes()), head.len()),
+                "{status}"
+            );
+        }
+        for status in [
+            "200 OK",
+            "201 Created",
+            "301 Moved",
+            "404 Not Found",
+            "503 Busy",
+        ] {
+            let head = format!("HTTP/1.1 {status}\r\nServer: x\r\n\r\n");
+            assert!(
+                heads_a_body(&holding(head.as_bytes()), head.len()),
+                "{status}"
+            );
+        }
     }
 
     #[test]

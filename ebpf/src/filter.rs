@@ -1,6 +1,6 @@
 //! Which processes produce events.
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::Array};
 use loupe_common::ProbeConfig;
 
 use crate::{
@@ -38,8 +38,13 @@ fn traced(pid_tgid: u64) -> Option<(u32, u32, u64, &'static ProbeConfig)> {
 
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
-    TRACED_TGIDS
-        .get(tgid / 64)
+    is_marked(&TRACED_TGIDS, tgid)
+}
+
+/// Whether `tgid`'s bit is set in a bitmap of one bit per tgid.
+#[inline(always)]
+pub fn is_marked(bits: &Array<u64>, tgid: u32) -> bool {
+    bits.get(tgid / 64)
         .is_some_and(|word| word & (1 << (tgid % 64)) != 0)
 }
 

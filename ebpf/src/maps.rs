@@ -24,6 +24,11 @@ pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static TRACED_TGIDS: Array<u64> = Array::with_max_entries(TGID_WORDS, BPF_F_MMAPABLE);
 
+/// Processes whose responses are copied whole, one bit per tgid like [`TRACED_TGIDS`]:
+/// set by the agent when a body buffer the probe left uncopied held more than that body.
+#[map]
+pub static WHOLE_RESPONSE_TGIDS: Array<u64> = Array::with_max_entries(TGID_WORDS, BPF_F_MMAPABLE);
+
 /// Command names traced from their exec on (`--exe nginx`), zero-padded.
 #[map]
 pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);

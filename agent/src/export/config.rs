@@ -122,10 +122,8 @@ impl fmt::Display for OtlpConfig {
                 (Some(_), Some(_)) => " over TLS (with an extra CA and a client certificate)",
             })?;
         } else if self.tls.ca.is_some() || self.tls.client.is_some() {
-            // Most likely an endpoint written http:// by mistake: say so where it shows.
-            f.write_str(
-                " in plain text (the TLS files are not used: the endpoint is not https://)",
-            )?;
+            // `unused_tls_files` explains, in a warning of its own.
+            f.write_str(" in plain text")?;
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ use crate::{
         reader::EventSink,
     },
     export::{SpanSender, otlp::sent_by_loupe},
-    probes::{CounterMap, maps::read_counters},
+    probes::{CounterMap, TgidSet, maps::read_counters},
     process::{
         instrumented::{OTLP_PORTS, is_otlp_export},
         resource::ResourceDefaults,
@@ -90,6 +90,8 @@ pub struct Pipeline {
     red: RedRecorder,
     metrics: Arc<Metrics>,
     counters: CounterMap,
+    /// Processes whose responses the kernel copies whole (`WHOLE_RESPONSE_TGIDS`).
+    whole_responses: TgidSet,
     execs: SyncSender<u32>,
     exchanges: Vec<HttpExchange>,
     starts: Vec<RequestStart>,
@@ -105,6 +107,7 @@ impl Pipeline {
         exporter: SpanSender,
         metrics: Arc<Metrics>,
         counters: CounterMap,
+        whole_responses: TgidSet,
         execs: SyncSender<u32>,
     ) -> Self {
         Self {
@@ -121,6 +124,7 @@ impl Pipeline {
             red: config.red,
             metrics,
             counters,
+            whole_responses,
             execs,
             exchanges: Vec::new(),
             starts: Vec::new(),
@@ -177,7 +181,13 @@ impl Pipeline {
         let mut role = None;
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
             Detection::Http1(session) => {
+                let body_skipped = header.flags & data_flags::BODY_SKIPPED != 0;
+                let in_step = session.responses_in_step();
                 session.on_chunk(&chunk, &mut self.exchanges);
+                if body_skipped && in_step && !session.responses_in_step() {
+                    // The buffer left uncopied held more than its response's body.
+                    copy_whole_responses(&self.whole_responses, &self.metrics, key.tgid);
+                }
                 session.append_started(&mut self.starts);
                 role = Some(session.role());
                 let stats = session.take_stats();
@@ -465,6 +475,22 @@ impl Pipeline {
         self.metrics.set_injection_counters(&kernel);
         self.assembler.set_clock(Clock::measure());
     }
+}
+
+/// Has the kernel copy `tgid`'s responses whole from now on: a body buffer it left
+/// uncopied held more than that body (a chunked body, or the next pipelined response),
+/// and the agent lost that much. A tgid reused by a later process keeps its bit, which
+/// costs that process only the saving.
+fn copy_whole_responses(set: &TgidSet, metrics: &Metrics, tgid: u32) {
+    if set.contains(tgid) || !set.insert(tgid) {
+        return;
+    }
+    metrics.response_body_skips_stopped.inc();
+    log::warn!(
+        "process {tgid}: a response's body buffer that loupe left uncopied held more than \
+         that body (a chunked body, or the next pipelined response); its responses are \
+         copied whole from now on"
+    );
 }
 
 fn alive(tgid: u32) -> bool {

@@ -7,7 +7,7 @@ pub mod inject;
 pub mod maps;
 pub mod privileges;
 mod shared_words;
-pub mod traced;
+pub mod tgid_set;
 mod tracefs;
 
 use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
@@ -17,7 +17,7 @@ use crate::{cli::DataProbes, process::selector::ExecHints};
 
 pub use connection_cache::ConnectionCache;
 pub use maps::{ConnectionMap, CounterMap};
-pub use traced::TracedTgids;
+pub use tgid_set::TgidSet;
 
 /// Why the probes could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,9 @@ pub struct Probes {
 /// The maps the agent works with, taken out of the loaded object.
 pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
-    pub processes: TracedTgids,
+    pub processes: TgidSet,
+    /// Processes whose responses the probes copy whole.
+    pub whole_responses: TgidSet,
     /// The kernel's connection table and the cache in front of it.
     pub connections: ConnectionMap,
     pub connection_cache: ConnectionCache,
@@ -145,7 +147,14 @@ impl Probes {
     pub fn take_maps(&mut self) -> Result<ProbeMaps, ProbeError> {
         Ok(ProbeMaps {
             events: maps::take(&mut self.ebpf, "EVENTS")?,
-            processes: TracedTgids::new(maps::take_raw(&mut self.ebpf, "TRACED_TGIDS")?)?,
+            processes: TgidSet::new(
+                maps::take_raw(&mut self.ebpf, "TRACED_TGIDS")?,
+                "TRACED_TGIDS",
+            )?,
+            whole_responses: TgidSet::new(
+                maps::take_raw(&mut self.ebpf, "WHOLE_RESPONSE_TGIDS")?,
+                "WHOLE_RESPONSE_TGIDS",
+            )?,
             connections: maps::take(&mut self.ebpf, "CONNECTIONS")?,
             connection_cache: ConnectionCache::new(maps::take_raw(
                 &mut self.ebpf,

@@ -19,7 +19,7 @@ use std::{
 use loupe_common::{COMM_LEN, CommPrefix, MAX_EXEC_PREFIXES};
 
 use crate::{
-    probes::{ConnectionCache, ConnectionMap, TracedTgids},
+    probes::{ConnectionCache, ConnectionMap, TgidSet},
     telemetry::metrics::Metrics,
 };
 
@@ -142,7 +142,7 @@ struct Known {
 pub struct Selector {
     selection: Selection,
     agent_pid: u32,
-    processes: TracedTgids,
+    processes: TgidSet,
     connections: ConnectionMap,
     connection_cache: ConnectionCache,
     metrics: Arc<Metrics>,
@@ -152,7 +152,7 @@ pub struct Selector {
 impl Selector {
     pub fn new(
         selection: Selection,
-        processes: TracedTgids,
+        processes: TgidSet,
         connections: ConnectionMap,
         connection_cache: ConnectionCache,
         metrics: Arc<Metrics>,

@@ -269,8 +269,8 @@ pub fn wait_for_port(port: u16) {
     );
 }
 
-/// Sends a GET on an open keep-alive connection and reads the whole response; returns
-/// the status code.
+/// Sends a GET on an open keep-alive connection and reads the whole response (framed by
+/// Content-Length, or chunked without trailers); returns the status code.
 pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
     write!(
         stream,
@@ -287,16 +287,25 @@ pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
         buf.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&buf).to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .expect("content-length");
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("read body");
+    let length: Option<usize> = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    });
+    if let Some(length) = length {
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).expect("read body");
+    } else {
+        assert!(
+            head.to_ascii_lowercase().contains("chunked"),
+            "unframed: {head}"
+        );
+        let mut body = Vec::new();
+        while !body.ends_with(b"0\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("read chunked body");
+            body.push(byte[0]);
+        }
+    }
     head.split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())

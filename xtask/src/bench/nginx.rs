@@ -117,12 +117,12 @@ impl Nginx {
         loopback(self.port)
     }
 
-    /// Fails when nginx has died since it started.
     /// The master's pid; its workers are its children.
     pub fn pid(&self) -> u32 {
         self.guard.pid()
     }
 
+    /// Fails when nginx has died since it started.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.guard.exited() {
             bail!("nginx exited ({status})\n{}", log_tail(&self.error_log, 20));

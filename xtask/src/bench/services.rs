@@ -82,11 +82,11 @@ impl Service {
         loopback(self.port)
     }
 
-    /// Fails when the service has died since it started.
     pub fn pid(&self) -> u32 {
         self.guard.pid()
     }
 
+    /// Fails when the service has died since it started.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.guard.exited() {
             bail!(

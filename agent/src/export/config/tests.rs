@@ -300,12 +300,22 @@ fn tls_files_with_a_plain_endpoint_are_pointed_out() {
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
     ]);
     assert!(!config.is_tls());
-    assert!(
-        config
-            .to_string()
-            .ends_with("(the TLS files are not used: the endpoint is not https://)"),
-        "{config}"
+    assert_eq!(
+        config.unused_tls_files().as_deref(),
+        Some(
+            "the TLS files are not used: the endpoint http://collector:4318/v1/traces is not https://"
+        )
     );
+    // Said once, by the startup warning, not again in the export line.
+    assert_eq!(
+        config.to_string(),
+        "otlp http/protobuf to http://collector:4318/v1/traces in plain text"
+    );
+    let tls = otlp(&[
+        (ENDPOINT, "https://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+    ]);
+    assert_eq!(tls.unused_tls_files(), None);
 }
 
 #[test]

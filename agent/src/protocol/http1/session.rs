@@ -66,6 +66,11 @@ impl Http1Session {
         }
     }
 
+    /// Whether the response stream still knows where each response begins and ends.
+    pub fn responses_in_step(&self) -> bool {
+        self.responses.in_step()
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }

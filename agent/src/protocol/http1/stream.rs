@@ -314,6 +314,19 @@ impl<H: Head> StreamParser<H> {
         }
     }
 
+    /// Whether the stream still knows where its messages begin and end: not skipping to
+    /// the next message start, and not in a body whose framing was lost.
+    pub fn in_step(&self) -> bool {
+        !matches!(
+            self.state,
+            State::Desynced
+                | State::Body {
+                    mode: BodyMode::LostSync,
+                    ..
+                }
+        )
+    }
+
     /// While skipping to the next message start: bytes skipped so far over the stream's life.
     pub fn desynced_skipped(&self) -> Option<u64> {
         matches!(self.state, State::Desynced).then_some(self.skipped)

@@ -1,6 +1,8 @@
 //! Heads split across chunks and bodies of every framing, seen whole or through capture gaps.
 
-use super::{GET, Harness, OK_HELLO, assert_complete, get, ok_with_body, response_body_len};
+use super::{
+    GET, Harness, OK_HELLO, assert_complete, get, ok_with_body, response_body_len, status,
+};
 use crate::protocol::http1::{ExchangeOutcome, SessionStats};
 
 #[test]
@@ -464,4 +466,39 @@ fn lost_events_between_messages_skip_to_the_next_start() {
     let stats = h.stats();
     assert_eq!(stats.unparsed_bytes, 25 + 9);
     assert_eq!(stats.resyncs, 1);
+}
+
+/// The kernel copies only the head of a response written as a head buffer and a body
+/// buffer. The session stays in step when the head's framing accounts for the rest, and
+/// says when it does not, so that the agent can have that process's responses copied
+/// whole.
+#[test]
+fn an_uncopied_body_keeps_step_only_when_the_head_frames_it() {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+    let mut h = Harness::server();
+    for path in ["/a", "/b"] {
+        h.req(&get(path));
+        h.resp_truncated(head, head.len() as u64 + 3);
+        assert!(h.session.responses_in_step());
+        assert_complete(&h.take_one(), "GET", path, 200);
+    }
+
+    // A chunked body cannot be followed unseen.
+    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut h = Harness::server();
+    h.req(&get("/chunked"));
+    h.resp_truncated(chunked, chunked.len() as u64 + 12);
+    assert!(!h.session.responses_in_step());
+    // The next request ends it, timed by the write that carried it.
+    h.req(&get("/next"));
+    let exchange = h.take_one();
+    assert_eq!(status(&exchange), Some(200));
+    assert_eq!(exchange.response_last_end_ns, 2500);
+
+    // What followed a response's own body was the next pipelined response.
+    let empty = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let mut h = Harness::server();
+    h.req(&[get("/1"), get("/2")].concat());
+    h.resp_truncated(empty, (empty.len() + head.len() + 3) as u64);
+    assert!(!h.session.responses_in_step());
 }

@@ -1,10 +1,11 @@
-//! The kernel's set of traced processes: one bit per tgid in an array map the agent maps
-//! into its own memory.
+//! Sets of processes shared with the kernel: one bit per tgid in an array map the agent
+//! maps into its own memory. `TRACED_TGIDS` holds the traced processes,
+//! `WHOLE_RESPONSE_TGIDS` those whose responses are copied whole.
 //!
-//! The kernel programs set bits too (children of traced processes, programs exec'd under
-//! a selected name) with atomic adds, so the agent changes bits only with atomic
-//! operations on the shared words; a map update syscall would rewrite a whole word and
-//! could undo a bit the kernel just set.
+//! The kernel programs set bits of the traced set too (children of traced processes,
+//! programs exec'd under a selected name) with atomic adds, so the agent changes bits only
+//! with atomic operations on the shared words; a map update syscall would rewrite a whole
+//! word and could undo a bit the kernel just set.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,14 +14,15 @@ use loupe_common::TGID_WORDS;
 
 use super::{ProbeError, shared_words::SharedWords};
 
-pub struct TracedTgids {
+pub struct TgidSet {
     words: SharedWords,
 }
 
-impl TracedTgids {
-    pub fn new(map: Map) -> Result<Self, ProbeError> {
+impl TgidSet {
+    /// Maps the bitmap `name`.
+    pub fn new(map: Map, name: &'static str) -> Result<Self, ProbeError> {
         Ok(Self {
-            words: SharedWords::new(map, "TRACED_TGIDS", TGID_WORDS as usize)?,
+            words: SharedWords::new(map, name, TGID_WORDS as usize)?,
         })
     }
 
@@ -35,6 +37,12 @@ impl TracedTgids {
         };
         word.fetch_or(1 << (tgid % 64), Ordering::Relaxed);
         true
+    }
+
+    pub fn contains(&self, tgid: u32) -> bool {
+        self.words()
+            .get((tgid / 64) as usize)
+            .is_some_and(|word| word.load(Ordering::Relaxed) & (1 << (tgid % 64)) != 0)
     }
 
     pub fn remove(&self, tgid: u32) {
@@ -61,8 +69,8 @@ impl TracedTgids {
 mod tests {
     use super::*;
 
-    fn anonymous() -> TracedTgids {
-        TracedTgids {
+    fn anonymous() -> TgidSet {
+        TgidSet {
             words: SharedWords::anonymous(TGID_WORDS as usize),
         }
     }
@@ -79,6 +87,8 @@ mod tests {
         set.remove(64);
         set.remove(5);
         assert_eq!(set.tgids(), vec![0, 1, 63, 1000, 4_194_303]);
+        assert!(set.contains(63) && set.contains(4_194_303));
+        assert!(!set.contains(64) && !set.contains(62) && !set.contains(u32::MAX));
         // Past PID_MAX_LIMIT: refused, nothing else touched.
         assert!(!set.insert(4_194_304));
         set.remove(u32::MAX);
