@@ -128,7 +128,9 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 }
 
 /// The CPU time of process `pid` and of its children (nginx's workers under their
-/// master), each with all its threads, living and exited; `None` when `pid` is gone.
+/// master), each with all its threads, living and exited; `None` when `pid` is gone. A
+/// child that exits between two readings takes its time with it: the services measured
+/// keep theirs.
 pub fn family_cpu_time(pid: u32) -> Option<Duration> {
     let own = cpu_time(pid)?;
     let children = std::fs::read_dir("/proc")
@@ -432,10 +434,17 @@ mod tests {
             .args(["-c", spin])
             .spawn()
             .expect("spawn python3");
-        std::thread::sleep(Duration::from_millis(1_500));
+        // The child's spin, however slow the host: up to 20 s to see it.
         let pid = std::process::id();
-        let own = cpu_time(pid).unwrap();
-        let family = family_cpu_time(pid).unwrap();
+        let started = std::time::Instant::now();
+        let (own, family) = loop {
+            let own = cpu_time(pid).unwrap();
+            let family = family_cpu_time(pid).unwrap();
+            if family >= own + Duration::from_millis(200) || started.elapsed().as_secs() >= 20 {
+                break (own, family);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let _ = child.kill();
         let _ = child.wait();
         assert!(
