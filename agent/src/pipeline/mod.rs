@@ -7,6 +7,7 @@ mod injected;
 mod linking;
 mod processes;
 mod texts;
+mod whole_responses;
 
 use std::{
     net::SocketAddr,
@@ -43,6 +44,7 @@ use connections::{Connection, ConnectionTable, Detection};
 use injected::InjectedIds;
 use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
 use processes::Processes;
+use whole_responses::WholeResponses;
 
 /// A connection with no traffic for this long is forgotten (its session flushed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -90,8 +92,7 @@ pub struct Pipeline {
     red: RedRecorder,
     metrics: Arc<Metrics>,
     counters: CounterMap,
-    /// Processes whose responses the kernel copies whole (`WHOLE_RESPONSE_TGIDS`).
-    whole_responses: TgidSet,
+    whole_responses: WholeResponses,
     execs: SyncSender<u32>,
     exchanges: Vec<HttpExchange>,
     starts: Vec<RequestStart>,
@@ -124,7 +125,7 @@ impl Pipeline {
             red: config.red,
             metrics,
             counters,
-            whole_responses,
+            whole_responses: WholeResponses::new(whole_responses),
             execs,
             exchanges: Vec::new(),
             starts: Vec::new(),
@@ -186,7 +187,7 @@ impl Pipeline {
                 session.on_chunk(&chunk, &mut self.exchanges);
                 if body_skipped && in_step && !session.responses_in_step() {
                     // The buffer left uncopied held more than its response's body.
-                    copy_whole_responses(&self.whole_responses, &self.metrics, key.tgid);
+                    self.whole_responses.copy_whole(key.tgid, &self.metrics);
                 }
                 session.append_started(&mut self.starts);
                 role = Some(session.role());
@@ -441,6 +442,7 @@ impl Pipeline {
             self.finish_connection(key, conn, now);
         }
         self.processes.retain(alive);
+        self.whole_responses.forget_dead(alive);
         for tgid in dead {
             self.linker.forget_process(tgid);
         }
@@ -475,22 +477,6 @@ impl Pipeline {
         self.metrics.set_injection_counters(&kernel);
         self.assembler.set_clock(Clock::measure());
     }
-}
-
-/// Has the kernel copy `tgid`'s responses whole from now on: a body buffer it left
-/// uncopied held more than that body (a chunked body, or the next pipelined response),
-/// and the agent lost that much. A tgid reused by a later process keeps its bit, which
-/// costs that process only the saving.
-fn copy_whole_responses(set: &TgidSet, metrics: &Metrics, tgid: u32) {
-    if set.contains(tgid) || !set.insert(tgid) {
-        return;
-    }
-    metrics.response_body_skips_stopped.inc();
-    log::warn!(
-        "process {tgid}: a response's body buffer that loupe left uncopied held more than \
-         that body (a chunked body, or the next pipelined response); its responses are \
-         copied whole from now on"
-    );
 }
 
 fn alive(tgid: u32) -> bool {

@@ -39,6 +39,14 @@ impl TgidSet {
         true
     }
 
+    /// A set in anonymous memory, standing in for a map in unit tests.
+    #[cfg(test)]
+    pub fn anonymous() -> Self {
+        Self {
+            words: SharedWords::anonymous(TGID_WORDS as usize),
+        }
+    }
+
     pub fn contains(&self, tgid: u32) -> bool {
         self.words()
             .get((tgid / 64) as usize)
@@ -69,15 +77,9 @@ impl TgidSet {
 mod tests {
     use super::*;
 
-    fn anonymous() -> TgidSet {
-        TgidSet {
-            words: SharedWords::anonymous(TGID_WORDS as usize),
-        }
-    }
-
     #[test]
     fn bits_set_and_cleared_per_tgid() {
-        let set = anonymous();
+        let set = TgidSet::anonymous();
         assert!(set.tgids().is_empty());
         for tgid in [0, 1, 63, 64, 1000, 4_194_303] {
             assert!(set.insert(tgid), "{tgid}");
@@ -97,7 +99,7 @@ mod tests {
 
     #[test]
     fn kernel_style_adds_and_agent_bits_share_words() {
-        let set = anonymous();
+        let set = TgidSet::anonymous();
         set.insert(130);
         // What the kernel programs do for a child: add the bit when it is clear.
         let word = &set.words()[2];
