@@ -248,12 +248,9 @@ pub fn loupe_connect_exit(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid, pid_tgid, cfg)) = traced_current() else {
         return 0;
     };
-    let Some(call) = pending::take(pid_tgid) else {
+    let Some(call) = pending::take_kind(pid_tgid, syscall_kind::CONNECT) else {
         return 0;
     };
-    if call.kind != syscall_kind::CONNECT {
-        return 0;
-    }
     let result = ret(&ctx);
     // A non-blocking connect has its local port by the time it returns EINPROGRESS.
     if result == 0 || result == -EINPROGRESS {
@@ -294,10 +291,9 @@ pub fn loupe_dup_exit(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid, pid_tgid, _)) = traced_current() else {
         return 0;
     };
-    let Some(call) = pending::take(pid_tgid) else {
-        return 0;
-    };
-    if call.kind == syscall_kind::DUP && ret(&ctx) >= 0 {
+    if let Some(call) = pending::take_kind(pid_tgid, syscall_kind::DUP)
+        && ret(&ctx) >= 0
+    {
         forget(tgid, tid, call.fd);
     }
     0

@@ -41,6 +41,13 @@ pub fn take(pid_tgid: u64) -> Option<PendingCall> {
     Some(call)
 }
 
+/// [`take`] for the exit program of one call kind: `None` also when the slot held another
+/// kind's call, which is dropped all the same (its own exit has passed).
+#[inline(always)]
+pub fn take_kind(pid_tgid: u64, kind: u8) -> Option<PendingCall> {
+    take(pid_tgid).filter(|call| call.kind == kind)
+}
+
 /// Frees the slot of an exiting thread (`sched_process_exit` fires once per thread).
 #[tracepoint]
 pub fn loupe_thread_exit(_ctx: TracePointContext) -> u32 {

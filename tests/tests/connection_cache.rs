@@ -257,14 +257,7 @@ step()
         &["--pid", &client.id().to_string()],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
-    // The kernel's counters reach /metrics with the agent's housekeeping, once a second.
-    let misses = || {
-        thread::sleep(Duration::from_millis(2_500));
-        *agent
-            .metrics()
-            .get("loupe_kernel_connection_cache_misses_total")
-            .expect("the cache-miss counter is exported")
-    };
+    let misses = || agent.kernel_counter("loupe_kernel_connection_cache_misses_total");
     step("sharing");
     let sharing = misses();
     step("evicted");

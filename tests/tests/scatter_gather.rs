@@ -6,7 +6,7 @@ mod support;
 
 use std::{net::TcpStream, thread, time::Duration};
 
-use loupe_integration_tests::otlp_receiver::OtlpReceiver;
+use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use support::{
     Agent, Guard, curl, free_port, keep_alive_get, require_root, servers,
     spans::{attr, find, names, server_spans},
@@ -53,14 +53,18 @@ fn request(servers: &[(Guard, u16)], paths: &[&str], statuses: &[u16]) {
     }
 }
 
-/// A kernel counter from `/metrics`, once the agent's housekeeping (once a second) has
-/// read it.
-fn kernel_counter(agent: &Agent, name: &str) -> f64 {
-    thread::sleep(Duration::from_millis(2_500));
-    *agent
-        .metrics()
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} is exported"))
+/// The spans both servers' tests expect of `mode`'s server on `port`: `/users/12345`
+/// answered 200, `/missing` 404, `/fail` 500 as an error.
+fn check_spans(spans: &[ReceivedSpan], mode: &str, port: u16) {
+    let user = find(spans, "GET /users/{id}");
+    assert_eq!(attr(user, "url.path"), "/users/12345", "{mode}");
+    assert_eq!(attr(user, "http.response.status_code"), "200", "{mode}");
+    assert_eq!(attr(user, "server.port"), port.to_string(), "{mode}");
+    let missing = find(spans, "GET /missing");
+    assert_eq!(attr(missing, "http.response.status_code"), "404", "{mode}");
+    let fail = find(spans, "GET /fail");
+    assert_eq!(attr(fail, "http.response.status_code"), "500", "{mode}");
+    assert_eq!(fail.status_code, "error", "{mode}");
 }
 
 /// Each response leaves in two buffers split inside its status line, so a span comes out
@@ -77,22 +81,12 @@ fn scatter_gather_syscalls_are_captured_across_their_buffers() {
     for (mode, (_, port)) in MODES.iter().zip(&servers) {
         let spans = server_spans(&spans, &format!("scatter-gather-{mode}"));
         assert_eq!(spans.len(), 3, "{mode}: {:#?}", names(&spans));
+        check_spans(&spans, mode, *port);
         let user = find(&spans, "GET /users/{id}");
-        assert_eq!(attr(user, "url.path"), "/users/12345", "{mode}");
-        assert_eq!(attr(user, "http.response.status_code"), "200", "{mode}");
-        assert_eq!(attr(user, "server.port"), port.to_string(), "{mode}");
         assert!(attr(user, "user_agent.original").starts_with("curl/"));
-        assert_eq!(
-            attr(find(&spans, "GET /missing"), "http.response.status_code"),
-            "404",
-            "{mode}"
-        );
-        let fail = find(&spans, "GET /fail");
-        assert_eq!(attr(fail, "http.response.status_code"), "500", "{mode}");
-        assert_eq!(fail.status_code, "error", "{mode}");
     }
     // A first buffer that is not a whole head never ends the copy.
-    assert_eq!(kernel_counter(&agent, BODIES_SKIPPED), 0.0);
+    assert_eq!(agent.kernel_counter(BODIES_SKIPPED), 0.0);
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
 }
@@ -131,23 +125,18 @@ fn a_response_head_in_its_own_buffer_is_copied_without_its_body() {
     for (mode, (_, port)) in MODES.iter().zip(&servers) {
         let spans = server_spans(&spans, &format!("scatter-gather-{mode}"));
         assert_eq!(spans.len(), 4, "{mode}: {:#?}", names(&spans));
+        check_spans(&spans, mode, *port);
         let user = find(&spans, "GET /users/{id}");
-        assert_eq!(attr(user, "http.response.status_code"), "200", "{mode}");
-        assert_eq!(attr(user, "server.port"), port.to_string(), "{mode}");
         assert_eq!(attr(user, "user_agent.original"), "loupe-test", "{mode}");
         let chunked = find(&spans, "GET /chunked");
         assert_eq!(attr(chunked, "http.response.status_code"), "200", "{mode}");
-        let missing = find(&spans, "GET /missing");
-        assert_eq!(attr(missing, "http.response.status_code"), "404", "{mode}");
         // The chunked response ends with the write that carried it, not when the agent
         // learnt that it had ended (the next request, a second later).
+        let missing = find(&spans, "GET /missing");
         assert!(chunked.end_ns + 500_000_000 < missing.start_ns, "{mode}");
-        let fail = find(&spans, "GET /fail");
-        assert_eq!(attr(fail, "http.response.status_code"), "500", "{mode}");
-        assert_eq!(fail.status_code, "error", "{mode}");
     }
     // Each server's first two responses, the chunked one included; none after it.
-    assert_eq!(kernel_counter(&agent, BODIES_SKIPPED), 4.0);
+    assert_eq!(agent.kernel_counter(BODIES_SKIPPED), 4.0);
     assert_eq!(agent.metric("loupe_response_body_skips_stopped_total"), 2.0);
     assert_eq!(agent.metric("loupe_parse_errors_total"), 0.0);
     let (status, _) = agent.terminate();

@@ -83,6 +83,20 @@ fn exports_fail(mut agent: Agent, protocol: &str) {
     assert!(status.success(), "{}", agent.stderr());
 }
 
+/// Over each protocol, an agent trusting `ca` traces a request and fails every export;
+/// the receiver gets no span (`what` says why that matters).
+fn every_export_fails(setup: &Setup, ca: &str, what: &str) {
+    for (protocol, endpoint) in setup.endpoints() {
+        let agent = setup.traced_request(
+            protocol,
+            &endpoint,
+            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)],
+        );
+        exports_fail(agent, protocol);
+    }
+    assert_eq!(setup.receiver.span_count(), 0, "{what}");
+}
+
 /// Waits until the receiver has more than `before` spans, then stops `agent`; returns its
 /// log.
 fn spans_arrive(mut agent: Agent, receiver: &OtlpReceiver, before: u64, what: &str) -> String {
@@ -127,18 +141,10 @@ fn a_collector_loupe_cannot_verify_gets_nothing() {
     let setup = Setup::new(false);
     // Trusting only an unrelated CA, as when the collector's certificate is self-signed
     // and nobody told loupe: every export fails the handshake, and is counted.
-    for (protocol, endpoint) in setup.endpoints() {
-        let agent = setup.traced_request(
-            protocol,
-            &endpoint,
-            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &setup.tls.other_ca)],
-        );
-        exports_fail(agent, protocol);
-    }
-    assert_eq!(
-        setup.receiver.span_count(),
-        0,
-        "nothing crossed an unverified TLS"
+    every_export_fails(
+        &setup,
+        &setup.tls.other_ca,
+        "nothing crossed an unverified TLS",
     );
 }
 
@@ -146,19 +152,7 @@ fn a_collector_loupe_cannot_verify_gets_nothing() {
 fn a_certificate_for_another_host_is_refused() {
     // Signed by the CA loupe trusts, but for another name than the endpoint's.
     let setup = Setup::presenting(false, |tls| tls.misnamed_server.clone());
-    for (protocol, endpoint) in setup.endpoints() {
-        let agent = setup.traced_request(
-            protocol,
-            &endpoint,
-            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &setup.tls.ca)],
-        );
-        exports_fail(agent, protocol);
-    }
-    assert_eq!(
-        setup.receiver.span_count(),
-        0,
-        "a misnamed collector got spans"
-    );
+    every_export_fails(&setup, &setup.tls.ca, "a misnamed collector got spans");
 }
 
 #[test]

@@ -121,7 +121,7 @@ impl fmt::Display for OtlpConfig {
                 (None, Some(_)) => " over TLS (with a client certificate)",
                 (Some(_), Some(_)) => " over TLS (with an extra CA and a client certificate)",
             })?;
-        } else if self.tls.ca.is_some() || self.tls.client.is_some() {
+        } else if self.tls.has_files() {
             // `unused_tls_files` explains, in a warning of its own.
             f.write_str(" in plain text")?;
         }
@@ -176,7 +176,7 @@ impl OtlpConfig {
     /// Why TLS files set alongside a plain `http://` endpoint go unused: most likely an
     /// endpoint written `http://` by mistake. `None` when nothing was set in vain.
     pub fn unused_tls_files(&self) -> Option<String> {
-        (!self.is_tls() && (self.tls.ca.is_some() || self.tls.client.is_some())).then(|| {
+        (!self.is_tls() && self.tls.has_files()).then(|| {
             format!(
                 "the TLS files are not used: the endpoint {} is not https://",
                 without_userinfo(&self.endpoint)

@@ -182,10 +182,11 @@ impl Pipeline {
         let mut role = None;
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
             Detection::Http1(session) => {
-                let body_skipped = header.flags & data_flags::BODY_SKIPPED != 0;
-                let in_step = session.responses_in_step();
+                // Only a record whose body buffer went uncopied is checked, before and after.
+                let skipped_in_step =
+                    header.flags & data_flags::BODY_SKIPPED != 0 && session.responses_in_step();
                 session.on_chunk(&chunk, &mut self.exchanges);
-                if body_skipped && in_step && !session.responses_in_step() {
+                if skipped_in_step && !session.responses_in_step() {
                     // The buffer left uncopied held more than its response's body.
                     self.whole_responses.copy_whole(key.tgid, &self.metrics);
                 }

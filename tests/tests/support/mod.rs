@@ -189,6 +189,16 @@ impl Agent {
         self.metrics().get(name).copied().unwrap_or(0.0)
     }
 
+    /// A kernel counter from `/metrics`, once the agent's housekeeping (once a second) has
+    /// read it; panics when it is not exported.
+    pub fn kernel_counter(&self, name: &str) -> f64 {
+        thread::sleep(Duration::from_millis(2_500));
+        *self
+            .metrics()
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is exported"))
+    }
+
     /// SIGTERM, then wait; returns the exit status and how long the exit took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let mut child = self.child.take().expect("agent already stopped");

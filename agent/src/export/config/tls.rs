@@ -29,6 +29,13 @@ pub struct TlsConfig {
     pub client: Option<ClientIdentity>,
 }
 
+impl TlsConfig {
+    /// Whether any TLS file is configured.
+    pub fn has_files(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+}
+
 /// A client certificate chain and its private key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientIdentity {
