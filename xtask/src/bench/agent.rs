@@ -1,6 +1,7 @@
 //! The agent under test and the OTLP sink it exports to, and readings of both taken
 //! before and after each load phase.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use super::http;
 use super::process::{Guard, free_port, interrupted, log_tail, loopback, poll_until};
 use super::procfs::{self, ProgStats};
+use super::programs;
 use super::prom;
 use super::report::AgentPhase;
 use super::{OtlpProtocol, SinkPriority};
@@ -134,6 +136,8 @@ pub struct Snapshot {
     queued: Option<f64>,
     sink: Option<u64>,
     bpf: Option<ProgStats>,
+    /// The same by program name.
+    programs: BTreeMap<String, ProgStats>,
 }
 
 impl Snapshot {
@@ -155,6 +159,7 @@ impl Snapshot {
             sink_received: delta(sink(self), sink(earlier)),
             bpf_run_ns: delta(bpf_ns(self), bpf_ns(earlier)),
             bpf_runs: delta(bpf_runs(self), bpf_runs(earlier)),
+            programs: programs::since(&self.programs, &earlier.programs),
         }
     }
 }
@@ -230,6 +235,8 @@ pub struct Agent {
     admin: SocketAddr,
     log: PathBuf,
     warned_metrics: std::cell::Cell<bool>,
+    /// Names of the agent's eBPF programs by id, read once they are loaded.
+    program_names: std::cell::RefCell<BTreeMap<u64, String>>,
 }
 
 impl Agent {
@@ -276,6 +283,7 @@ impl Agent {
             admin,
             log,
             warned_metrics: std::cell::Cell::new(false),
+            program_names: std::cell::RefCell::default(),
         };
         let ready = poll_until(READY_LIMIT, Duration::from_millis(100), || {
             if agent.guard.exited().is_some() {
@@ -309,10 +317,20 @@ impl Agent {
         log_tail(&self.log, 30)
     }
 
+    /// `stats` by program name, reading the names of programs not seen before.
+    fn by_name(&self, stats: &BTreeMap<u64, ProgStats>) -> BTreeMap<String, ProgStats> {
+        let mut names = self.program_names.borrow_mut();
+        if stats.keys().any(|id| !names.contains_key(id)) {
+            *names = programs::names_of(stats.keys().copied());
+        }
+        programs::by_name(stats, &names)
+    }
+
     pub fn snapshot(&self, sink: &Sink) -> Snapshot {
         let pid = self.guard.pid();
         let metrics = self.metrics();
         let get = |name: &str| metrics.as_ref().and_then(|m| m.get(name));
+        let programs = procfs::bpf_programs(pid);
         Snapshot {
             cpu: procfs::cpu_time(pid),
             exported: get("loupe_spans_exported_total"),
@@ -321,7 +339,8 @@ impl Agent {
             dropped_spans: get("loupe_spans_dropped_total"),
             queued: get("loupe_export_queue_spans"),
             sink: sink.count(),
-            bpf: procfs::bpf_prog_totals(pid),
+            bpf: programs.as_ref().map(|p| procfs::bpf_totals(p.values())),
+            programs: programs.map_or_else(BTreeMap::new, |p| self.by_name(&p)),
         }
     }
 
@@ -399,6 +418,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::programs::ProgramPhase;
 
     #[test]
     fn sink_count_body() {
@@ -463,6 +483,11 @@ mod tests {
                 run_time_ns: 1_000,
                 run_cnt: 10,
             }),
+            programs: BTreeMap::from([
+                ("loupe_read_exit".to_owned(), stats(600, 6)),
+                // Reloaded in between: its counters start again.
+                ("loupe_write_exit".to_owned(), stats(400, 4)),
+            ]),
         };
         let after = Snapshot {
             cpu: Some(Duration::from_millis(1750)),
@@ -476,6 +501,12 @@ mod tests {
                 run_time_ns: 51_000,
                 run_cnt: 110,
             }),
+            programs: BTreeMap::from([
+                ("loupe_read_exit".to_owned(), stats(40_600, 86)),
+                ("loupe_write_exit".to_owned(), stats(100, 1)),
+                // Loaded in between: no reading to start from.
+                ("loupe_close_enter".to_owned(), stats(9_000, 20)),
+            ]),
         };
         let phase = after.since(&before);
         assert_eq!(phase.cpu_seconds, Some(1.25));
@@ -486,5 +517,22 @@ mod tests {
         assert_eq!(phase.sink_received, Some(10_000.0));
         assert_eq!(phase.bpf_run_ns, Some(50_000.0));
         assert_eq!(phase.bpf_runs, Some(100.0));
+        assert_eq!(
+            phase.programs,
+            BTreeMap::from([(
+                "loupe_read_exit".to_owned(),
+                ProgramPhase {
+                    run_ns: 40_000.0,
+                    runs: 80.0
+                }
+            )])
+        );
+    }
+
+    fn stats(run_time_ns: u64, run_cnt: u64) -> ProgStats {
+        ProgStats {
+            run_time_ns,
+            run_cnt,
+        }
     }
 }

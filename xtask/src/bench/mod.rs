@@ -23,6 +23,7 @@ mod nginx;
 mod overhead;
 pub(crate) mod process;
 mod procfs;
+mod programs;
 mod prom;
 mod report;
 pub(crate) mod services;

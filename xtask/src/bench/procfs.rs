@@ -205,8 +205,9 @@ pub fn sample_rss_during<T>(
     })
 }
 
-/// Sums the stats of every distinct eBPF program the process holds an fd to.
-pub fn bpf_prog_totals(pid: u32) -> Option<ProgStats> {
+/// The stats of every distinct eBPF program the process holds an fd to, by program id;
+/// `None` when it holds none.
+pub fn bpf_programs(pid: u32) -> Option<BTreeMap<u64, ProgStats>> {
     let entries = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
     let mut programs: BTreeMap<u64, ProgStats> = BTreeMap::new();
     for entry in entries.flatten() {
@@ -216,17 +217,17 @@ pub fn bpf_prog_totals(pid: u32) -> Option<ProgStats> {
             programs.insert(id, stats);
         }
     }
-    if programs.is_empty() {
-        return None;
-    }
-    Some(
-        programs
-            .values()
-            .fold(ProgStats::default(), |acc, s| ProgStats {
-                run_time_ns: acc.run_time_ns.saturating_add(s.run_time_ns),
-                run_cnt: acc.run_cnt.saturating_add(s.run_cnt),
-            }),
-    )
+    (!programs.is_empty()).then_some(programs)
+}
+
+/// The sum of the stats of `programs`.
+pub fn bpf_totals<'a>(programs: impl IntoIterator<Item = &'a ProgStats>) -> ProgStats {
+    programs
+        .into_iter()
+        .fold(ProgStats::default(), |acc, s| ProgStats {
+            run_time_ns: acc.run_time_ns.saturating_add(s.run_time_ns),
+            run_cnt: acc.run_cnt.saturating_add(s.run_cnt),
+        })
 }
 
 /// Turns on the kernel's eBPF run-time accounting for as long as it lives.
@@ -423,7 +424,7 @@ mod tests {
         assert!(cpu_time(pid).is_some());
         assert!(status_kib(pid, PEAK_RSS).is_some_and(|kib| kib > 0));
         assert!(status_kib(pid, RSS).is_some_and(|kib| kib > 0));
-        assert_eq!(bpf_prog_totals(pid), None);
+        assert_eq!(bpf_programs(pid), None);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! What a benchmark run measured, summarised as ratios of "with the agent" to "without",
 //! and printed as a table or JSON. It reports; it asserts nothing.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
 use super::OtlpProtocol;
 use super::load::PacedResult;
+use super::programs::{self, ProgramPhase};
 use super::stats::sum_present;
 pub use super::summary::{Summary, summarize};
 use super::wrk::WrkResult;
@@ -24,6 +26,8 @@ pub struct AgentPhase {
     /// Kernel time spent in the agent's eBPF programs (only with --bpf-stats).
     pub bpf_run_ns: Option<f64>,
     pub bpf_runs: Option<f64>,
+    /// The same by program (only with --bpf-stats).
+    pub programs: BTreeMap<String, ProgramPhase>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -263,8 +267,9 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
             "  the floor: ns recorded per run of an empty program".into(),
             opt(s.bpf_empty_run_ns, 1),
         ),
-        ("client errors".into(), s.client_errors.to_string()),
     ];
+    rows.extend(programs::text_rows(&s.programs));
+    rows.push(("client errors".into(), s.client_errors.to_string()));
     if rounds.iter().any(|r| r.untraced.is_some()) {
         rows.push((
             "untraced throughput ratio (agent tracing nothing)".into(),
@@ -313,6 +318,7 @@ fn mode_json(mode: &ModeRun) -> Value {
             "sink_received": p.sink_received,
             "bpf_run_ns": p.bpf_run_ns,
             "bpf_runs": p.bpf_runs,
+            "bpf_by_program": programs::phase_json(&p.programs),
         })
     };
     json!({
@@ -393,6 +399,7 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "bpf_ns_per_request_net": s.bpf_ns_per_request_net,
             "bpf_ns_per_request_own": s.bpf_ns_per_request_own,
             "bpf_empty_run_ns": s.bpf_empty_run_ns,
+            "bpf_by_program": programs::json_rows(&s.programs),
             "untraced_bpf_ns_per_request": s.untraced_bpf_ns_per_request,
             "untraced_bpf_ns_per_request_net": s.untraced_bpf_ns_per_request_net,
             "untraced_bpf_ns_per_request_own": s.untraced_bpf_ns_per_request_own,

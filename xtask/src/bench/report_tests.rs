@@ -1,4 +1,5 @@
 use super::*;
+use crate::bench::programs::ProgramPhase;
 use crate::bench::wrk::Latency;
 
 fn mode(rps: f64, closed_p99: f64, fixed_p99: u32, agent: Option<AgentRun>) -> ModeRun {
@@ -325,4 +326,71 @@ fn service_cpu_per_request_is_total_over_total() {
     r[1].with.as_mut().unwrap().fixed_service_cpu_s = None;
     assert_eq!(summarize(&r).service_cpu_ratio, None);
     assert_eq!(summarize(&rounds()).service_cpu_us_without, None);
+}
+
+#[test]
+fn in_kernel_time_by_program() {
+    let phase = |programs: &[(&str, f64, f64)]| AgentPhase {
+        programs: programs
+            .iter()
+            .map(|&(name, run_ns, runs)| (name.to_owned(), ProgramPhase { run_ns, runs }))
+            .collect(),
+        ..AgentPhase::default()
+    };
+    let with_programs = |fixed: AgentPhase| {
+        let mut run = agent(1.0, 0.5, 100_000.0, 20_480);
+        run.fixed = fixed;
+        Some(mode(90_000.0, 1500.0, 300, Some(run)))
+    };
+    // Two rounds of 100,000 fixed-rate requests each.
+    let traced = phase(&[
+        ("loupe_read_exit", 60_000_000.0, 200_000.0),
+        ("loupe_writev_exit", 70_000_000.0, 100_000.0),
+        ("loupe_process_exec", 20_000.0, 10.0),
+        ("loupe_dup_exit", 0.0, 0.0),
+    ]);
+    let idle = phase(&[
+        ("loupe_read_exit", 20_000_000.0, 200_000.0),
+        ("loupe_writev_exit", 9_000_000.0, 100_000.0),
+    ]);
+    let round = || Round {
+        without: mode(100_000.0, 1000.0, 200, None),
+        with: with_programs(traced.clone()),
+        untraced: with_programs(idle.clone()),
+    };
+    let rounds = vec![round(), round()];
+    let s = summarize(&rounds);
+    let names: Vec<&str> = s.programs.iter().map(|r| r.name.as_str()).collect();
+    // The costliest first; a program under half a nanosecond per request, or that never
+    // ran, is left out.
+    assert_eq!(names, ["loupe_writev_exit", "loupe_read_exit"]);
+    let read = &s.programs[1];
+    assert_eq!(read.runs_per_request, 2.0);
+    assert_eq!(read.ns_per_run, 300.0);
+    assert_eq!(read.ns_per_request, 600.0);
+    assert_eq!(read.untraced_ns_per_request, Some(200.0));
+    assert_eq!(s.programs[0].ns_per_request, 700.0);
+
+    let text = table(&settings(), &rounds, &s);
+    assert!(text.contains("by program (fixed rate)"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("loupe_read_exit"))
+        .expect("a row for the read exit");
+    assert!(line.ends_with("2.00 x 300 = 600  (200)"), "{line}");
+    let json = json(&settings(), &rounds, &s);
+    assert_eq!(
+        json["summary"]["bpf_by_program"][1]["ns_per_request"],
+        600.0
+    );
+    assert_eq!(
+        json["rounds"][0]["with"]["agent"]["fixed_rate"]["bpf_by_program"]["loupe_read_exit"]["runs"],
+        200_000.0
+    );
+
+    // Without --bpf-stats nothing is counted: no breakdown, no heading.
+    let plain = self::rounds();
+    let s = summarize(&plain);
+    assert!(s.programs.is_empty());
+    assert!(!table(&settings(), &plain, &s).contains("by program"));
 }

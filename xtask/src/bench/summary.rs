@@ -1,5 +1,6 @@
 //! The figures a run's rounds come to: medians and sums per mode, and their ratios.
 
+use super::programs::{self, ProgramRow};
 use super::report::{AgentPhase, AgentRun, ModeRun, Round};
 use super::stats::{median, ratio, sum_present};
 
@@ -37,6 +38,8 @@ pub struct Summary {
     pub bpf_ns_per_request_own: Option<f64>,
     /// Median of the floors measured, ns per run.
     pub bpf_empty_run_ns: Option<f64>,
+    /// In-kernel time per fixed-rate request by program, the costliest first.
+    pub programs: Vec<ProgramRow>,
     pub client_errors: u64,
     pub untraced_throughput_ratio: Option<f64>,
     pub untraced_fixed_p99_ratio: Option<f64>,
@@ -201,6 +204,7 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         bpf_ns_per_request_net,
         bpf_ns_per_request_own,
         bpf_empty_run_ns: median_floor_ns(&with),
+        programs: programs::breakdown(&with, &untraced),
         client_errors: without
             .iter()
             .chain(&with)
