@@ -400,13 +400,12 @@ pub struct KernelOffsets {
     /// `task_struct.nvcsw`, followed by `nivcsw`: the thread's context switches, which
     /// tell a write's exit whether its per-CPU start stamp is its own ([`WriteStart`]).
     /// 0 when the BTF does not show the two counters side by side; writes are then
-    /// traced with entry and exit programs. The programs take it from the read-only global
-    /// `TASK_SWITCHES_OFFSET`, a constant to the verifier, not from this struct.
+    /// traced with entry and exit programs. A constant to the verifier, as the whole
+    /// configuration is (read-only data).
     pub task_switches: u32,
     /// `task_struct.pid`, followed by `tgid`: the exit and stamp programs read the
     /// thread's ids from the task they hold instead of asking a helper. 0 when the BTF does
     /// not show the two side by side; the programs then call `bpf_get_current_pid_tgid`.
-    /// Taken from the read-only global `TASK_PID_OFFSET`, as `task_switches` is.
     pub task_pid: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);

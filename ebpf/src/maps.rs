@@ -14,9 +14,13 @@ use loupe_common::{
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
 
-/// Settings and kernel offsets, written once by the agent before attaching.
-#[map]
-pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
+/// Settings and kernel offsets, written by the agent into the object's read-only data
+/// before loading. The verifier knows values in frozen read-only data: a branch on a
+/// setting that is off is removed before the program runs, and an offset from here is a
+/// constant that a load from a BTF-typed pointer may use. Every program reads it first,
+/// beside the other read-only globals, instead of in a map value of its own.
+#[unsafe(no_mangle)]
+static PROBE_CONFIG: ProbeConfig = unsafe { core::mem::zeroed() };
 
 /// Processes to trace: bit `tgid % 64` of word `tgid / 64`, kept by the agent (through a
 /// memory mapping) as processes come and go. Every syscall on the host checks it, and an
@@ -113,6 +117,9 @@ pub fn count(index: u32) {
     }
 }
 
+#[inline(always)]
 pub fn config() -> Option<&'static ProbeConfig> {
-    CONFIG.get(0)
+    // black_box: the build-time zeros must not be folded into the programs; the loads
+    // stay loads, of the values the agent wrote.
+    Some(core::hint::black_box(&PROBE_CONFIG))
 }

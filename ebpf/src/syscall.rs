@@ -14,6 +14,8 @@ use aya_ebpf::{
 };
 use loupe_common::regs_layout;
 
+use crate::maps::config;
+
 const FIRST_ARG: usize = 16;
 
 /// Argument `INDEX` of a `sys_enter_*` record; a constant, as the plain load needs.
@@ -37,16 +39,6 @@ fn record_field(ctx: &TracePointContext, offset: usize) -> u64 {
     // SAFETY: `offset` is a constant inside the record, whose layout is the kernel ABI above.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<u64>()) }
 }
-
-/// `KernelOffsets::task_switches` and `task_pid`, written by the agent into the object's
-/// read-only data before loading. The verifier knows values in frozen read-only maps, so a
-/// load at such an offset from a BTF-typed task pointer is checked against `task_struct`
-/// and runs as a plain load, where a helper call would cost more than the load. At 0 (not
-/// found in the BTF) the branch that uses it is never taken, and the verifier skips it.
-#[unsafe(no_mangle)]
-static TASK_SWITCHES_OFFSET: u32 = 0;
-#[unsafe(no_mangle)]
-static TASK_PID_OFFSET: u32 = 0;
 
 /// The current thread's `task_struct`, as a BTF-typed pointer: for the programs that only
 /// run where `bpf_get_current_task_btf` exists (Linux 5.11), the read and write exits and
@@ -72,8 +64,9 @@ impl Task {
     /// `tgid << 32 | pid`, as `bpf_get_current_pid_tgid` gives it.
     #[inline(always)]
     pub fn pid_tgid(&self) -> u64 {
-        // SAFETY: a plain read of a static; volatile so the build-time 0 is not folded in.
-        let offset = unsafe { core::ptr::read_volatile(&TASK_PID_OFFSET) } as usize;
+        // A constant to the verifier (read-only data), so the loads below are checked
+        // against `task_struct` and run as plain loads.
+        let offset = config().map_or(0, |cfg| cfg.offsets.task_pid) as usize;
         if offset == 0 {
             return bpf_get_current_pid_tgid();
         }
@@ -87,8 +80,9 @@ impl Task {
     /// The thread's context switches so far (`nvcsw + nivcsw`).
     #[inline(always)]
     pub fn context_switches(&self) -> u64 {
-        // SAFETY: as in `pid_tgid`.
-        let offset = unsafe { core::ptr::read_volatile(&TASK_SWITCHES_OFFSET) } as usize;
+        // As in `pid_tgid`. At 0 (not found in the BTF) the agent never attaches the
+        // programs that use it.
+        let offset = config().map_or(0, |cfg| cfg.offsets.task_switches) as usize;
         self.field::<u64>(offset)
             .wrapping_add(self.field::<u64>(offset + 8))
     }

@@ -4,7 +4,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
-use loupe_common::{COMM_LEN, CommPrefix, ConnKey, ConnState, ProbeConfig, counter};
+use loupe_common::{COMM_LEN, CommPrefix, ConnKey, ConnState, counter};
 
 use crate::process::selector::ExecHints;
 
@@ -30,19 +30,6 @@ where
         map: name,
         detail: e.to_string(),
     })
-}
-
-pub fn write_config(ebpf: &mut Ebpf, config: &ProbeConfig) -> Result<(), ProbeError> {
-    let err = |e: aya::maps::MapError| ProbeError::Map {
-        map: "CONFIG",
-        detail: e.to_string(),
-    };
-    let map = ebpf.map_mut("CONFIG").ok_or(ProbeError::Map {
-        map: "CONFIG",
-        detail: "not found".into(),
-    })?;
-    let mut array: Array<&mut MapData, ProbeConfig> = Array::try_from(map).map_err(err)?;
-    array.set(0, config, 0).map_err(err)
 }
 
 pub fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {

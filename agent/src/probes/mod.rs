@@ -108,12 +108,10 @@ impl Probes {
                 });
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
-            .override_global("TASK_SWITCHES_OFFSET", &config.offsets.task_switches, true)
-            .override_global("TASK_PID_OFFSET", &config.offsets.task_pid, true)
+            .override_global("PROBE_CONFIG", &config, true)
             .override_global("RING_BYTES", &ring_bytes, true)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        maps::write_config(&mut ebpf, &config)?;
         maps::write_ports(&mut ebpf, ports)?;
         maps::write_exec_hints(&mut ebpf, exec_hints)?;
         let support = attach::ExitSupport {
