@@ -157,6 +157,22 @@ pub struct DataEvent {
 }
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 56 + MAX_CAPTURE * 2);
 
+/// Payload bytes that a plain read or write record carries in a ring-buffer slot of its
+/// own size ([`SmallDataEvent`]); larger captures, and scatter/gather calls, are assembled
+/// in the per-CPU [`DataEvent`] and copied.
+pub const SMALL_CAPTURE: usize = 256;
+
+/// A data record reserved in the ring buffer at this fixed size and filled in place: the
+/// bytes go from the process straight into the ring. Only the first `captured_len` bytes
+/// of `data` are written; the rest is padding the reader skips.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SmallDataEvent {
+    pub header: DataEventHeader,
+    pub data: [u8; SMALL_CAPTURE],
+}
+const _: () = assert!(core::mem::size_of::<SmallDataEvent>() == 56 + SMALL_CAPTURE);
+
 /// Emitted when a known connection's fd is closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    ConnKey, DataEvent, DataEventHeader, EventKind, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
-    WriteStart, counter, data_flags, direction, role, syscall_kind,
+    ConnKey, DataEvent, DataEventHeader, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
+    SMALL_CAPTURE, WriteStart, counter, data_flags, direction, role, syscall_kind,
 };
 
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
     filter::{is_marked, traced_current, traced_task},
     maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, WRITE_STARTS, count},
     pending,
+    record::{header, write_small},
     syscall::{Task, arg, ret},
 };
 
@@ -233,12 +234,7 @@ fn emit(
     cfg: &ProbeConfig,
     conn_role: u8,
 ) {
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    let Some(event) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
-    let event: &mut DataEvent = unsafe { &mut *event };
+    let tgid = (pid_tgid >> 32) as u32;
     let dir = match call.kind {
         syscall_kind::READ | syscall_kind::READV | syscall_kind::RECVMSG => direction::INGRESS,
         _ => direction::EGRESS,
@@ -252,6 +248,19 @@ fn emit(
     } else {
         cap
     };
+    // With injection on, the context program reads the record from the scratch event.
+    if cfg.inject_traceparent == 0
+        && (call.kind == syscall_kind::READ || call.kind == syscall_kind::WRITE)
+        && want <= SMALL_CAPTURE as u64
+    {
+        write_small(pid_tgid, call, dir, moved, want);
+        return;
+    }
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let event: &mut DataEvent = unsafe { &mut *event };
     // A sendfile record carries no bytes. With injection on, the context program must still
     // learn the request's context even when its record is lost.
     let payload = if call.kind == syscall_kind::SENDFILE {
@@ -279,25 +288,7 @@ fn emit(
     };
     // SAFETY: the helper has no preconditions.
     let end_ns = unsafe { bpf_ktime_get_ns() };
-    event.header = DataEventHeader {
-        kind: EventKind::Data as u8,
-        direction: dir,
-        flags,
-        _pad: 0,
-        tgid,
-        tid,
-        fd: call.fd,
-        conn_id: call.conn_id,
-        start_ns: if call.start_ns == 0 {
-            end_ns
-        } else {
-            call.start_ns
-        },
-        end_ns,
-        total_len: moved as u64,
-        captured_len: captured as u32,
-        _pad2: 0,
-    };
+    event.header = header(pid_tgid, call, dir, flags, moved, captured, end_ns);
     if cfg.inject_traceparent != 0 && captured > 0 {
         // The context program reads the request from the scratch event, writes its own
         // record and then this one, in that order. It is a separate program so its

@@ -48,6 +48,22 @@ impl RingLevel {
         record_footprint(len as u64) <= self.size.saturating_sub(self.waiting)
     }
 
+    /// [`Self::wakeup_flag`] for a record of `len` bytes already reserved when the level
+    /// was read: the level counts it.
+    #[inline(always)]
+    pub fn wakeup_flag_reserved(&self, len: usize) -> u64 {
+        let footprint = record_footprint(len as u64);
+        if crosses(
+            self.waiting.saturating_sub(footprint),
+            footprint,
+            self.size / 4,
+        ) {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
+    }
+
     #[inline(always)]
     fn wakeup_flag(&self, len: usize) -> u64 {
         if crosses(self.waiting, len as u64, self.size / 4) {
@@ -95,7 +111,8 @@ pub fn output_bytes(record: &[u8], level: &RingLevel) {
 
 #[cfg(test)]
 mod tests {
-    use super::{crosses, record_footprint};
+    use super::{RingLevel, crosses, record_footprint};
+    use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 
     #[test]
     fn one_wakeup_per_crossing_of_the_mark() {
@@ -122,5 +139,28 @@ mod tests {
         assert_eq!(record_footprint(1), 16);
         assert_eq!(record_footprint(8), 16);
         assert_eq!(record_footprint(61), 72);
+    }
+
+    #[test]
+    fn a_reserved_record_wakes_the_reader_when_it_takes_the_ring_past_the_mark() {
+        let size = 4 << 20;
+        let mark = size / 4;
+        let len = 312;
+        let footprint = record_footprint(len as u64);
+        // The level, read after reserving, counts the record itself.
+        let after = |waiting| RingLevel { size, waiting };
+        let wakes =
+            |waiting| after(waiting).wakeup_flag_reserved(len) == BPF_RB_FORCE_WAKEUP as u64;
+        assert!(!wakes(footprint));
+        assert!(wakes(mark));
+        assert!(wakes(mark + footprint - 1));
+        assert!(!wakes(mark + footprint));
+        assert!(!wakes(mark - 1));
+        assert_eq!(
+            after(size).wakeup_flag_reserved(len),
+            BPF_RB_NO_WAKEUP as u64
+        );
+        // A level below the record's own size (the reader consumed it already) is no crossing.
+        assert!(!wakes(0));
     }
 }

@@ -22,6 +22,7 @@ mod inject;
 mod maps;
 mod pending;
 mod process;
+mod record;
 mod socket;
 mod syscall;
 

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
@@ -452,4 +454,74 @@ fn a_traced_collector_shows_no_spans_of_loupes_own_exports() {
     );
     // The exports did reach the traced receiver, and were recognised there.
     assert!(agent.metric("loupe_spans_skipped_own_export_total") >= 1.0);
+}
+
+/// A plain read or write whose capture fits a small record is written straight into the
+/// ring buffer, a larger one through the per-CPU scratch event: requests whose heads end
+/// on either side of that size keep every byte of their paths, and the responses (the
+/// Python server writes the head, then a body that echoes the path) their status.
+#[test]
+fn heads_on_either_side_of_the_small_record_size_keep_their_paths() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let server = servers::python(port, &[("OTEL_SERVICE_NAME", "py-sizes")]);
+    let pid = server.pid().to_string();
+    let endpoint = receiver.http_endpoint();
+    let mut agent = Agent::start(
+        &["--pid", &pid],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    let small = loupe_common::SMALL_CAPTURE;
+    let frame = "GET  HTTP/1.1\r\nHost: x\r\n\r\n".len();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut paths = Vec::new();
+    for head_len in [small - 1, small, small + 1, 3 * small] {
+        let path = format!("/p{}", "x".repeat(head_len - frame - 2));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(request.len(), head_len);
+        stream.write_all(request.as_bytes()).expect("send");
+        let body = format!("python {path}\n");
+        read_response(&mut stream, &body);
+        paths.push(path);
+    }
+    let spans = receiver.wait_for_spans(paths.len(), WAIT);
+    let spans = server_spans(&spans, "py-sizes");
+    assert_eq!(spans.len(), paths.len(), "{:#?}", names(&spans));
+    for path in &paths {
+        let span = spans
+            .iter()
+            .find(|s| s.attributes.get("url.path") == Some(path))
+            .unwrap_or_else(|| panic!("no span with the path of {} bytes", path.len()));
+        assert_eq!(attr(span, "http.response.status_code"), "200");
+        assert_eq!(attr(span, "http.request.method"), "GET");
+    }
+    let metrics = agent.metrics();
+    for clean in ["loupe_parse_errors_total", "loupe_events_malformed_total"] {
+        assert_eq!(metrics.get(clean), Some(&0.0), "{clean}");
+    }
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+}
+
+/// Reads one response with a `Content-Length` body from `stream` and checks its body.
+fn read_response(stream: &mut TcpStream, body: &str) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let whole = loop {
+        let n = stream.read(&mut buf).expect("read response");
+        assert!(n > 0, "closed before the response ended");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n")
+            && head.starts_with("HTTP/1.")
+            && rest.len() >= body.len()
+        {
+            break rest.to_owned();
+        }
+    };
+    assert_eq!(whole, body);
 }
