@@ -139,8 +139,8 @@ pub fn text_rows(rows: &[ProgramRow]) -> Vec<(String, String)> {
         return Vec::new();
     }
     let mut out = vec![(
-        "  by program (fixed rate): runs x ns per run = ns per request".to_owned(),
-        "(tracing nothing)".to_owned(),
+        "  by program at the fixed rate (the kernel keeps 15 characters of a name)".to_owned(),
+        "runs x ns per run = ns per request  (tracing nothing)".to_owned(),
     )];
     for row in rows {
         let untraced = row

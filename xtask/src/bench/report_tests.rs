@@ -372,7 +372,7 @@ fn in_kernel_time_by_program() {
     assert_eq!(s.programs[0].ns_per_request, 700.0);
 
     let text = table(&settings(), &rounds, &s);
-    assert!(text.contains("by program (fixed rate)"), "{text}");
+    assert!(text.contains("by program at the fixed rate"), "{text}");
     let line = text
         .lines()
         .find(|l| l.trim_start().starts_with("loupe_read_exit"))
