@@ -199,8 +199,9 @@ pub struct RunArgs {
     pub data_probes: DataProbes,
 
     /// Size of the kernel ring buffer in MiB (a power of two). Its pages count twice in
-    /// the agent's RSS (mapped twice); 4 MiB holds about 100 ms of records at 150k
-    /// requests/s. Records that do not fit are counted in loupe_ringbuf_drops_total.
+    /// the agent's RSS (mapped twice); 4 MiB holds about 50 ms of records at 150k small
+    /// requests/s (a read or write record takes at least 320 bytes). Records that do not
+    /// fit are counted in loupe_ringbuf_drops_total.
     #[arg(long, value_name = "MIB", default_value_t = 4, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
 }

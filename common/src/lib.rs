@@ -158,8 +158,9 @@ pub struct DataEvent {
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 56 + MAX_CAPTURE * 2);
 
 /// Payload bytes that a plain read or write record carries in a ring-buffer slot of its
-/// own size ([`SmallDataEvent`]); larger captures, and scatter/gather calls, are assembled
-/// in the per-CPU [`DataEvent`] and copied.
+/// own size ([`SmallDataEvent`]); larger captures, scatter/gather calls, and every record
+/// while traceparent injection is on (its context program reads the per-CPU event) are
+/// assembled in the per-CPU [`DataEvent`] and copied.
 pub const SMALL_CAPTURE: usize = 256;
 
 /// A data record reserved in the ring buffer at this fixed size and filled in place: the

@@ -198,9 +198,7 @@ fn set_mode(state: *mut SocketInjectState, value: u32) {
 /// Only the insertion is for traced processes.
 #[inline(always)]
 fn on_message(ctx: &SkMsgContext) -> bool {
-    let Some(cfg) = config() else {
-        return true;
-    };
+    let cfg = config();
     if cfg.inject_traceparent == 0 {
         return true;
     }

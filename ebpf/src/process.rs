@@ -48,11 +48,8 @@ fn comm_selected() -> bool {
 #[tracepoint]
 pub fn loupe_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(cfg) = config()
-        && cfg.trace_all == 0
-        && tgid != cfg.agent_tgid
-        && comm_selected()
-    {
+    let cfg = config();
+    if cfg.trace_all == 0 && tgid != cfg.agent_tgid && comm_selected() {
         mark_traced(tgid);
     }
     output(&ExecEvent {

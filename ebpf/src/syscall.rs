@@ -66,7 +66,7 @@ impl Task {
     pub fn pid_tgid(&self) -> u64 {
         // A constant to the verifier (read-only data), so the loads below are checked
         // against `task_struct` and run as plain loads.
-        let offset = config().map_or(0, |cfg| cfg.offsets.task_pid) as usize;
+        let offset = config().offsets.task_pid as usize;
         if offset == 0 {
             return bpf_get_current_pid_tgid();
         }
@@ -82,7 +82,7 @@ impl Task {
     pub fn context_switches(&self) -> u64 {
         // As in `pid_tgid`. At 0 (not found in the BTF) the agent never attaches the
         // programs that use it.
-        let offset = config().map_or(0, |cfg| cfg.offsets.task_switches) as usize;
+        let offset = config().offsets.task_switches as usize;
         self.field::<u64>(offset)
             .wrapping_add(self.field::<u64>(offset + 8))
     }

@@ -458,50 +458,64 @@ fn a_traced_collector_shows_no_spans_of_loupes_own_exports() {
 
 /// A plain read or write whose capture fits a small record is written straight into the
 /// ring buffer, a larger one through the per-CPU scratch event: requests whose heads end
-/// on either side of that size keep every byte of their paths, and the responses (the
-/// Python server writes the head, then a body that echoes the path) their status.
+/// on either side of that size keep every byte of their last header, and the responses
+/// (the Python server writes the head, then a body that echoes the path) their status.
+/// Both with reads and writes hooked at their return and at entry and return.
 #[test]
-fn heads_on_either_side_of_the_small_record_size_keep_their_paths() {
+fn heads_on_either_side_of_the_small_record_size_keep_their_last_header() {
     require_root();
+    for extra in [&[][..], &["--data-probes", "entry"][..]] {
+        small_and_large_heads(extra);
+    }
+}
+
+fn small_and_large_heads(extra: &[&str]) {
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
     let server = servers::python(port, &[("OTEL_SERVICE_NAME", "py-sizes")]);
     let pid = server.pid().to_string();
     let endpoint = receiver.http_endpoint();
-    let mut agent = Agent::start(
-        &["--pid", &pid],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
-    );
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(extra);
+    let mut agent = Agent::start(&args, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
     let small = loupe_common::SMALL_CAPTURE;
-    let frame = "GET  HTTP/1.1\r\nHost: x\r\n\r\n".len();
+    // The padding is the last header's value, so a capture cut short by more than the
+    // blank line's bytes shows in `user_agent.original`.
+    let frame =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: \r\n\r\n").len();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let mut paths = Vec::new();
-    for head_len in [small - 1, small, small + 1, 3 * small] {
-        let path = format!("/p{}", "x".repeat(head_len - frame - 2));
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut sent = Vec::new();
+    for (i, head_len) in [small - 1, small, small + 1, 3 * small]
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("/size/{i}");
+        let agent_name = format!("ua-{}", "x".repeat(head_len - frame(&path) - 3));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent_name}\r\n\r\n");
         assert_eq!(request.len(), head_len);
         stream.write_all(request.as_bytes()).expect("send");
-        let body = format!("python {path}\n");
-        read_response(&mut stream, &body);
-        paths.push(path);
+        read_response(&mut stream, &format!("python {path}\n"));
+        sent.push((path, agent_name));
     }
-    let spans = receiver.wait_for_spans(paths.len(), WAIT);
+    let spans = receiver.wait_for_spans(sent.len(), WAIT);
     let spans = server_spans(&spans, "py-sizes");
-    assert_eq!(spans.len(), paths.len(), "{:#?}", names(&spans));
-    for path in &paths {
+    assert_eq!(spans.len(), sent.len(), "{:#?}", names(&spans));
+    for (path, agent_name) in &sent {
         let span = spans
             .iter()
             .find(|s| s.attributes.get("url.path") == Some(path))
-            .unwrap_or_else(|| panic!("no span with the path of {} bytes", path.len()));
+            .unwrap_or_else(|| panic!("no span for {path} ({extra:?})"));
+        // The agent exports 256 characters of it at most.
+        let exported: String = agent_name.chars().take(256).collect();
+        assert_eq!(attr(span, "user_agent.original"), exported, "{extra:?}");
         assert_eq!(attr(span, "http.response.status_code"), "200");
-        assert_eq!(attr(span, "http.request.method"), "GET");
     }
     let metrics = agent.metrics();
     for clean in ["loupe_parse_errors_total", "loupe_events_malformed_total"] {
-        assert_eq!(metrics.get(clean), Some(&0.0), "{clean}");
+        assert_eq!(metrics.get(clean), Some(&0.0), "{clean} ({extra:?})");
     }
     let (status, _) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());

@@ -39,21 +39,36 @@ pub fn names_of(ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, String> {
     names
 }
 
-/// Readings by program id, summed by program name; a program without a known name keeps
-/// its id (`prog 42`).
+/// Readings by program id, by program name. The kernel keeps 15 characters of a name, so
+/// two programs may share one (`loupe_connect_enter` and `loupe_connect_exit` are both
+/// `loupe_connect_e`): those get `#1`, `#2` in the order they were loaded (by id), which
+/// is the same in every agent of a run. A program without a known name keeps its id
+/// (`prog 42`).
 pub fn by_name(
     stats: &BTreeMap<u64, ProgStats>,
     names: &BTreeMap<u64, String>,
 ) -> BTreeMap<String, ProgStats> {
-    let mut out: BTreeMap<String, ProgStats> = BTreeMap::new();
-    for (id, s) in stats {
-        let name = names
+    let name_of = |id: &u64| {
+        names
             .get(id)
             .cloned()
-            .unwrap_or_else(|| format!("prog {id}"));
-        let entry = out.entry(name).or_default();
-        entry.run_time_ns = entry.run_time_ns.saturating_add(s.run_time_ns);
-        entry.run_cnt = entry.run_cnt.saturating_add(s.run_cnt);
+            .unwrap_or_else(|| format!("prog {id}"))
+    };
+    let mut ids_by_name: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for id in stats.keys() {
+        ids_by_name.entry(name_of(id)).or_default().push(*id);
+    }
+    let mut out = BTreeMap::new();
+    for (name, ids) in ids_by_name {
+        // The map's keys come sorted, so the ids are in load order.
+        for (rank, id) in ids.iter().enumerate() {
+            let label = if ids.len() == 1 {
+                name.clone()
+            } else {
+                format!("{name}#{}", rank + 1)
+            };
+            out.insert(label, stats[id]);
+        }
     }
     out
 }
@@ -98,7 +113,9 @@ pub fn breakdown(with: &[&ModeRun], untraced: &[&ModeRun]) -> Vec<ProgramRow> {
         .into_iter()
         .filter(|(_, (ns, _))| *ns >= SHOWN_FROM_NS)
         .map(|(name, (ns, runs))| ProgramRow {
-            untraced_ns_per_request: idle.get(&name).map(|&(ns, _)| ns),
+            // A program that never ran while the agent traced nothing cost nothing then.
+            untraced_ns_per_request: (!idle.is_empty())
+                .then(|| idle.get(&name).map_or(0.0, |&(ns, _)| ns)),
             ns_per_run: if runs > 0.0 { ns / runs } else { 0.0 },
             runs_per_request: runs,
             ns_per_request: ns,
@@ -109,12 +126,13 @@ pub fn breakdown(with: &[&ModeRun], untraced: &[&ModeRun]) -> Vec<ProgramRow> {
     rows
 }
 
-/// (ns, runs) per fixed-rate request of each program, over the runs that have an agent.
+/// (ns, runs) per fixed-rate request of each program, over the runs that have program
+/// readings (an agent, and `--bpf-stats`).
 fn per_request(modes: &[&ModeRun]) -> BTreeMap<String, (f64, f64)> {
     let mut sums: BTreeMap<String, ProgramPhase> = BTreeMap::new();
     let mut requests = 0.0;
     for mode in modes {
-        let Some(agent) = &mode.agent else {
+        let Some(agent) = mode.agent.as_ref().filter(|a| !a.fixed.programs.is_empty()) else {
             continue;
         };
         requests += mode.fixed.completed as f64;
@@ -139,7 +157,7 @@ pub fn text_rows(rows: &[ProgramRow]) -> Vec<(String, String)> {
         return Vec::new();
     }
     let mut out = vec![(
-        "  by program at the fixed rate (the kernel keeps 15 characters of a name)".to_owned(),
+        "  by program at the fixed rate (15 characters of a name; #1, #2 in load order)".to_owned(),
         "runs x ns per run = ns per request  (tracing nothing)".to_owned(),
     )];
     for row in rows {
@@ -187,20 +205,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readings_are_summed_by_name() {
+    fn programs_are_named_and_cut_names_told_apart() {
         let stats = |run_time_ns, run_cnt| ProgStats {
             run_time_ns,
             run_cnt,
         };
-        let by_id = BTreeMap::from([(7, stats(100, 1)), (8, stats(50, 2)), (9, stats(5, 5))]);
+        let by_id = BTreeMap::from([
+            (7, stats(100, 1)),
+            (8, stats(50, 2)),
+            (9, stats(5, 5)),
+            (10, stats(70, 7)),
+        ]);
         let names = BTreeMap::from([
-            (7, "loupe_read_exit".to_owned()),
-            (8, "loupe_read_exit".to_owned()),
+            (8, "loupe_connect_e".to_owned()),
+            (7, "loupe_connect_e".to_owned()),
+            (10, "loupe_read_exit".to_owned()),
         ]);
         assert_eq!(
             by_name(&by_id, &names),
             BTreeMap::from([
-                ("loupe_read_exit".to_owned(), stats(150, 3)),
+                ("loupe_connect_e#1".to_owned(), stats(100, 1)),
+                ("loupe_connect_e#2".to_owned(), stats(50, 2)),
+                ("loupe_read_exit".to_owned(), stats(70, 7)),
                 ("prog 9".to_owned(), stats(5, 5)),
             ])
         );

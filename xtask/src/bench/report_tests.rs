@@ -348,6 +348,7 @@ fn in_kernel_time_by_program() {
         ("loupe_writev_exit", 70_000_000.0, 100_000.0),
         ("loupe_process_exec", 20_000.0, 10.0),
         ("loupe_dup_exit", 0.0, 0.0),
+        ("loupe_write_sta", 30_000_000.0, 200_000.0),
     ]);
     let idle = phase(&[
         ("loupe_read_exit", 20_000_000.0, 200_000.0),
@@ -358,12 +359,23 @@ fn in_kernel_time_by_program() {
         with: with_programs(traced.clone()),
         untraced: with_programs(idle.clone()),
     };
-    let rounds = vec![round(), round()];
+    // A round whose agent gave no program readings counts neither its runs nor its
+    // requests.
+    let unread = Round {
+        with: with_programs(AgentPhase::default()),
+        ..round()
+    };
+    let rounds = vec![round(), round(), unread];
     let s = summarize(&rounds);
     let names: Vec<&str> = s.programs.iter().map(|r| r.name.as_str()).collect();
     // The costliest first; a program under half a nanosecond per request, or that never
     // ran, is left out.
-    assert_eq!(names, ["loupe_writev_exit", "loupe_read_exit"]);
+    assert_eq!(
+        names,
+        ["loupe_writev_exit", "loupe_read_exit", "loupe_write_sta"]
+    );
+    // Not run at all while the agent traced nothing: it cost nothing then.
+    assert_eq!(s.programs[2].untraced_ns_per_request, Some(0.0));
     let read = &s.programs[1];
     assert_eq!(read.runs_per_request, 2.0);
     assert_eq!(read.ns_per_run, 300.0);
