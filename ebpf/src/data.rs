@@ -23,7 +23,8 @@ use crate::{
     filter::{is_marked, traced_current, traced_task},
     maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, WRITE_STARTS, count},
     pending,
-    record::{header, write_small},
+    record::{header, write_head_only, write_small},
+    response_head::heads_a_body,
     syscall::{Task, arg, ret},
 };
 
@@ -256,6 +257,21 @@ fn emit(
         write_small(pid_tgid, call, dir, moved, want);
         return;
     }
+    // A response's body is never needed: only a server's writes may stop at the head.
+    let response = dir == direction::EGRESS && conn_role == role::SERVER;
+    let iov = match call.kind {
+        syscall_kind::READV | syscall_kind::WRITEV => Some((call.ptr, call.count)),
+        syscall_kind::RECVMSG | syscall_kind::SENDMSG => Some(msghdr_iov(call.ptr)),
+        _ => None,
+    };
+    if cfg.inject_traceparent == 0
+        && response
+        && let Some((iov, iovcnt)) = iov
+        && !is_marked(&WHOLE_RESPONSE_TGIDS, tgid)
+        && write_head_only(pid_tgid, call, moved, want, iov, iovcnt)
+    {
+        return;
+    }
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -273,17 +289,9 @@ fn emit(
         count(counter::RINGBUF_DROPS);
         return;
     }
-    // A response's body is never needed: only a server's writes may stop at the head.
-    let response = dir == direction::EGRESS && conn_role == role::SERVER;
-    let (captured, flags) = match call.kind {
-        syscall_kind::READ | syscall_kind::WRITE => (copy_buf(event, call.ptr, want), 0),
-        syscall_kind::READV | syscall_kind::WRITEV => {
-            copy_iov(event, call.ptr, call.count, want, response.then_some(tgid))
-        }
-        syscall_kind::RECVMSG | syscall_kind::SENDMSG => {
-            let (iov, iovlen) = msghdr_iov(call.ptr);
-            copy_iov(event, iov, iovlen, want, response.then_some(tgid))
-        }
+    let (captured, flags) = match (call.kind, iov) {
+        (_, Some((iov, iovcnt))) => copy_iov(event, iov, iovcnt, want, response.then_some(tgid)),
+        (syscall_kind::READ | syscall_kind::WRITE, None) => (copy_buf(event, call.ptr, want), 0),
         _ => (0, data_flags::SENDFILE),
     };
     // SAFETY: the helper has no preconditions.
@@ -421,7 +429,7 @@ fn copy_iov(
             && used == 2
             && n == entry[1] as usize
             && response_of.is_some_and(|tgid| !is_marked(&WHOLE_RESPONSE_TGIDS, tgid))
-            && heads_a_body(event, n)
+            && heads_a_body(&event.data, n)
         {
             count(counter::RESPONSE_BODIES_SKIPPED);
             return (bounded(captured), data_flags::BODY_SKIPPED);
@@ -430,89 +438,11 @@ fn copy_iov(
     (bounded(captured), 0)
 }
 
-/// Whether the first `len` bytes of the event's data are a whole response head whose
-/// status may carry a body: they begin like a status line (`HTTP/1.1 200 \r\n\r\n` is
-/// the shortest) and end with the blank line, and the status is none of 1xx, 204 and 304.
-/// What follows a response without a body (an interim 100 and then the final response,
-/// or the next pipelined response) is no body, and must be copied.
-#[inline(always)]
-pub fn heads_a_body(event: &DataEvent, len: usize) -> bool {
-    if len < 17 {
-        return false;
-    }
-    let [class, tens, units] = [event.data[9], event.data[10], event.data[11]];
-    let bodiless = (class == b'2' || class == b'3') && tens == b'0' && units == b'4';
-    if !(b'2'..=b'5').contains(&class) || bodiless {
-        return false;
-    }
-    let last = (core::hint::black_box(len) - 4) & (MAX_CAPTURE - 1);
-    let tail = u32::from_ne_bytes([
-        event.data[last],
-        event.data[last + 1],
-        event.data[last + 2],
-        event.data[last + 3],
-    ]);
-    let start = u32::from_ne_bytes([event.data[0], event.data[1], event.data[2], event.data[3]]);
-    tail == u32::from_ne_bytes(*b"\r\n\r\n") && start == u32::from_ne_bytes(*b"HTTP")
-}
-
 #[cfg(test)]
 mod tests {
-    use loupe_common::{DataEvent, role};
+    use loupe_common::role;
 
-    use super::{heads_a_body, needs_start};
-
-    fn holding(bytes: &[u8]) -> Box<DataEvent> {
-        // SAFETY: DataEvent is plain integers and bytes, for which zero is a value.
-        let mut event: Box<DataEvent> = Box::new(unsafe { core::mem::zeroed() });
-        event.data[..bytes.len()].copy_from_slice(bytes);
-        event
-    }
-
-    #[test]
-    fn only_a_whole_head_of_a_response_with_a_body_stops_the_copy() {
-        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
-        assert!(heads_a_body(&holding(head), head.len()));
-        let shortest = b"HTTP/1.1 200 \r\n\r\n";
-        assert!(heads_a_body(&holding(shortest), shortest.len()));
-        // The first buffer holds only part of the head (split inside the status line or
-        // between headers): the rest must be copied.
-        assert!(!heads_a_body(&holding(head), 12));
-        assert!(!heads_a_body(&holding(head), head.len() - 2));
-        // A request, a body that happens to end with a blank line, too little to tell.
-        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert!(!heads_a_body(&holding(request), request.len()));
-        let chunk_end = b"5\r\nhello\r\n0\r\n\r\n";
-        assert!(!heads_a_body(&holding(chunk_end), chunk_end.len()));
-        assert!(!heads_a_body(&holding(b"HTTP\r\n\r\n"), 8));
-        assert!(!heads_a_body(&holding(b""), 0));
-        // Responses without a body: what follows them is another response.
-        for status in [
-            "100 Continue",
-            "101 Switching Protocols",
-            "204 No Content",
-            "304 Not Modified",
-        ] {
-            let head = format!("HTTP/1.1 {status}\r\nServer: x\r\n\r\n");
-            assert!(
-                !heads_a_body(&holding(head.as_bytes()), head.len()),
-                "{status}"
-            );
-        }
-        for status in [
-            "200 OK",
-            "201 Created",
-            "301 Moved",
-            "404 Not Found",
-            "503 Busy",
-        ] {
-            let head = format!("HTTP/1.1 {status}\r\nServer: x\r\n\r\n");
-            assert!(
-                heads_a_body(&holding(head.as_bytes()), head.len()),
-                "{status}"
-            );
-        }
-    }
+    use super::needs_start;
 
     #[test]
     fn only_a_servers_writes_go_unstamped() {

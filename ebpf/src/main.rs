@@ -23,6 +23,7 @@ mod maps;
 mod pending;
 mod process;
 mod record;
+mod response_head;
 mod socket;
 mod syscall;
 

@@ -1,13 +1,18 @@
 //! Data records: their header, and the small records written straight into the ring.
 
-use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user};
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_probe_read_user, generated},
+};
 use loupe_common::{
-    DataEventHeader, EventKind, PendingCall, SMALL_CAPTURE, SmallDataEvent, counter,
+    DataEventHeader, EventKind, PendingCall, SMALL_CAPTURE, SmallDataEvent, counter, data_flags,
+    direction,
 };
 
 use crate::{
     emit::RingLevel,
     maps::{EVENTS, count},
+    response_head::heads_a_body,
 };
 
 /// The header of the record of `call`, which moved `moved` bytes and ended at `end_ns`,
@@ -55,19 +60,13 @@ pub fn write_small(pid_tgid: u64, call: &PendingCall, dir: u8, moved: i64, want:
         return;
     };
     let record = slot.as_mut_ptr();
-    // black_box: LLVM can prove the clamp redundant and drop it, and the verifier cannot.
-    let want = core::hint::black_box(want as usize) & (SMALL_CAPTURE * 2 - 1);
-    let want = if want > SMALL_CAPTURE {
-        SMALL_CAPTURE
-    } else {
-        want
-    };
+    let want = bounded_small(want);
     let mut captured = 0;
     if want > 0 {
         // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `want` is at most that; the
         // helper checks the user address itself.
         let rc = unsafe {
-            bpf_probe_read_user(
+            generated::bpf_probe_read_user(
                 (*record).data.as_mut_ptr().cast(),
                 want as u32,
                 call.ptr as *const _,
@@ -80,8 +79,79 @@ pub fn write_small(pid_tgid: u64, call: &PendingCall, dir: u8, moved: i64, want:
         }
     }
     // SAFETY: the helper has no preconditions.
-    let end_ns = unsafe { bpf_ktime_get_ns() };
+    let end_ns = unsafe { generated::bpf_ktime_get_ns() };
     // SAFETY: the slot is this program's until it is submitted.
     unsafe { (*record).header = header(pid_tgid, call, dir, 0, moved, captured, end_ns) };
     slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<SmallDataEvent>()));
+}
+
+/// Writes the record of a server's response sent as exactly two buffers, a whole head of
+/// at most [`SMALL_CAPTURE`] bytes and then its body (nginx's `writev`), in place: the
+/// head goes into a reserved slot and the body is counted, not copied (see `copy_iov` for
+/// why that is safe and what happens when the second buffer held more). `want` is the
+/// capture limit for the call. False, with nothing written, when the call is not that:
+/// the caller then assembles the record in the scratch event as for any other call.
+#[inline(always)]
+pub fn write_head_only(
+    pid_tgid: u64,
+    call: &PendingCall,
+    moved: i64,
+    want: u64,
+    iov: u64,
+    iovcnt: u64,
+) -> bool {
+    if iovcnt != 2 {
+        return false;
+    }
+    // SAFETY: the helper checks the user address itself.
+    let Ok([[head_ptr, head_len], _]) =
+        (unsafe { bpf_probe_read_user(iov as *const [[u64; 2]; 2]) })
+    else {
+        return false;
+    };
+    if head_len == 0 || head_len > want || head_len > SMALL_CAPTURE as u64 {
+        return false;
+    }
+    let Some(mut slot) = EVENTS.reserve::<SmallDataEvent>(0) else {
+        count(counter::RINGBUF_DROPS);
+        return true;
+    };
+    let record = slot.as_mut_ptr();
+    let len = bounded_small(head_len);
+    // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `len` is at most that; the
+    // helper checks the user address itself.
+    let copied = unsafe {
+        generated::bpf_probe_read_user(
+            (*record).data.as_mut_ptr().cast(),
+            len as u32,
+            head_ptr as *const _,
+        )
+    } == 0;
+    // SAFETY: the slot is this program's until it is submitted or discarded.
+    if !copied || !heads_a_body(unsafe { &(*record).data }, len) {
+        slot.discard(BPF_RB_NO_WAKEUP as u64);
+        return false;
+    }
+    count(counter::RESPONSE_BODIES_SKIPPED);
+    // SAFETY: the helper has no preconditions.
+    let end_ns = unsafe { generated::bpf_ktime_get_ns() };
+    let flags = data_flags::BODY_SKIPPED;
+    // SAFETY: as above.
+    unsafe {
+        (*record).header = header(pid_tgid, call, direction::EGRESS, flags, moved, len, end_ns)
+    };
+    slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<SmallDataEvent>()));
+    true
+}
+
+/// Clamps a length to [`SMALL_CAPTURE`] in a form the verifier tracks.
+#[inline(always)]
+fn bounded_small(len: u64) -> usize {
+    // black_box: LLVM can prove the clamp redundant and drop it, and the verifier cannot.
+    let len = core::hint::black_box(len as usize) & (SMALL_CAPTURE * 2 - 1);
+    if len > SMALL_CAPTURE {
+        SMALL_CAPTURE
+    } else {
+        len
+    }
 }
