@@ -9,7 +9,7 @@ use super::*;
 use crate::{
     export::{
         config::{Compression, OtlpConfig, Protocol},
-        otlp::test_receiver::{Answer, ReceivedMetrics, TestReceiver},
+        otlp::test_receiver::{Answer, ReceivedMetrics, RefusingAddr, TestReceiver},
         testutil::{http_span, resource},
     },
     red::{self, Limits, RedRecorder},
@@ -296,9 +296,8 @@ async fn partial_success_is_not_counted_as_exported() {
 
 #[tokio::test]
 async fn a_dead_collector_costs_nothing_but_failures() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let dead = RefusingAddr::new();
+    let addr = dead.addr;
     let (recorder, reader, metrics) = setup();
     record(&recorder, 1);
     let mut cfg = MetricsExportConfig {

@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::export::{
     config::{Compression, OtlpConfig, Protocol},
-    otlp::test_receiver::{Answer, TestReceiver},
+    otlp::test_receiver::{Answer, RefusingAddr, TestReceiver},
     testutil::{batch, resource},
 };
 
@@ -56,14 +56,16 @@ fn start_to(
     start(otlp_config(endpoint, protocol, batch))
 }
 
-/// An exporter sending over gRPC to a port where nothing listens.
-async fn start_to_dead_collector(batch: BatchConfig) -> (ExportHandle, Arc<Metrics>) {
-    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    start(otlp_config(format!("http://{addr}"), Protocol::Grpc, batch))
+/// An exporter sending over gRPC to a port that refuses connections, which it must hold
+/// for as long as the exporter runs.
+fn start_to_dead_collector(batch: BatchConfig) -> (ExportHandle, Arc<Metrics>, RefusingAddr) {
+    let dead = RefusingAddr::new();
+    let (handle, metrics) = start(otlp_config(
+        format!("http://{}", dead.addr),
+        Protocol::Grpc,
+        batch,
+    ));
+    (handle, metrics, dead)
 }
 
 #[tokio::test]
@@ -185,7 +187,7 @@ async fn a_chunk_beyond_the_room_left_keeps_its_first_spans_and_counts_the_rest(
 #[tokio::test]
 async fn spans_left_in_a_partly_taken_chunk_still_count_against_the_queue() {
     // The first batch stays in flight, retried, for the whole test.
-    let (handle, metrics) = start_to_dead_collector(batching(60_000, 6, 4)).await;
+    let (handle, metrics, _dead) = start_to_dead_collector(batching(60_000, 6, 4));
     let sender = handle.sender();
     sender.submit_all(batch(&resource("svc"), 6));
     // The worker takes the chunk: 4 spans into the batch in flight, 2 left waiting.
@@ -246,7 +248,7 @@ async fn shutdown_flushes_everything_queued() {
 
 #[tokio::test]
 async fn shutdown_with_a_dead_collector_ends_on_time_and_counts_the_loss() {
-    let (handle, metrics) = start_to_dead_collector(batching(60_000, 100, 4)).await;
+    let (handle, metrics, _dead) = start_to_dead_collector(batching(60_000, 100, 4));
     for span in batch(&resource("svc"), 10) {
         handle.submit(span);
     }

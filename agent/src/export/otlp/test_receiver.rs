@@ -88,6 +88,27 @@ impl State {
     }
 }
 
+/// A loopback address where connections are refused for as long as this is held. The
+/// port stays bound (without `SO_REUSEADDR`, never listened on), so no other test's
+/// receiver can be given it meanwhile: a port merely freed again was, now and then, and
+/// a "dead" collector's exports then landed in a parallel test's receiver.
+pub struct RefusingAddr {
+    _bound: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl RefusingAddr {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        Self {
+            _bound: socket,
+            addr,
+        }
+    }
+}
+
 pub struct TestReceiver {
     pub grpc_addr: SocketAddr,
     /// The gRPC metrics service listens apart from the trace service.

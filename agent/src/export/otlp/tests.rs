@@ -6,7 +6,7 @@ use hyper::http::{HeaderName, HeaderValue};
 use tokio::{sync::watch, time::Instant};
 
 use super::{
-    test_receiver::{Answer, TestReceiver},
+    test_receiver::{Answer, RefusingAddr, TestReceiver},
     *,
 };
 use crate::export::{
@@ -264,16 +264,11 @@ async fn partial_success_counts_rejected_spans_as_dropped() {
     }
 }
 
-/// An address where nothing listens.
-async fn dead_endpoint() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 #[tokio::test]
 async fn a_collector_that_is_down_costs_the_batch_and_nothing_else() {
     for protocol in BOTH {
-        let addr = dead_endpoint().await;
+        let dead = RefusingAddr::new();
+        let addr = dead.addr;
         let endpoint = match protocol {
             Protocol::Grpc => format!("http://{addr}"),
             Protocol::HttpProtobuf => format!("http://{addr}/v1/traces"),
@@ -315,7 +310,8 @@ async fn a_collector_that_is_down_costs_the_batch_and_nothing_else() {
 
 #[tokio::test]
 async fn shutdown_cuts_a_retrying_export_short() {
-    let addr = dead_endpoint().await;
+    let dead = RefusingAddr::new();
+    let addr = dead.addr;
     let metrics = Arc::new(Metrics::default());
     let mut exporter = OtlpExporter::new(
         &OtlpConfig {
