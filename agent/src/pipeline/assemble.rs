@@ -207,16 +207,26 @@ fn protocol_version(minor: u8) -> &'static str {
 }
 
 /// Keeps the keys of a query string and replaces every value: values often carry tokens,
-/// e-mail addresses or session ids.
+/// e-mail addresses or session ids. An item without `=` may be either a flag (`?wsdl`,
+/// `?debug`) or a bare value (`?3f9a…`, a one-time code): it is kept only when it reads
+/// like a flag, up to 32 letters, `-`, `_` or `.`, and replaced otherwise.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
+        .map(|item| match item.split_once('=') {
             Some((key, _)) => format!("{key}=REDACTED"),
-            None => pair.to_string(),
+            None if item.is_empty() || reads_like_a_flag(item) => item.to_string(),
+            None => "REDACTED".to_string(),
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+fn reads_like_a_flag(item: &str) -> bool {
+    item.len() <= 32
+        && item
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `host[:port]` or `[v6]:port` from a Host header.

@@ -274,3 +274,23 @@ fn odd_methods_and_hosts() {
     assert_eq!(redact_query("a=1&b&c=2=3"), "a=REDACTED&b&c=REDACTED");
     assert_eq!(truncate("héllo", 2), "h");
 }
+
+#[test]
+fn query_items_without_a_value_are_kept_only_when_they_read_like_flags() {
+    assert_eq!(redact_query("wsdl"), "wsdl");
+    assert_eq!(
+        redact_query("a=1&&pretty-print&dry_run"),
+        "a=REDACTED&&pretty-print&dry_run"
+    );
+    // Bare values: a token, a one-time code, an address, anything percent-encoded or long.
+    assert_eq!(redact_query("eyJhbGciOiJIUzI1NiJ9&debug"), "REDACTED&debug");
+    assert_eq!(redact_query("482913"), "REDACTED");
+    assert_eq!(redact_query("me%40example.com"), "REDACTED");
+    assert_eq!(
+        redact_query("page=2&sessionidabcdefghijklmnopqrstuvwxyz"),
+        "page=REDACTED&REDACTED"
+    );
+    assert_eq!(redact_query(&"x".repeat(32)), "x".repeat(32));
+    assert_eq!(redact_query(&"x".repeat(33)), "REDACTED");
+    assert_eq!(redact_query(""), "");
+}
