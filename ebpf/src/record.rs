@@ -3,6 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_probe_read_user, generated},
+    maps::ring_buf::RingBufEntry,
 };
 use loupe_common::{
     DataEventHeader, EventKind, PendingCall, SMALL_CAPTURE, SmallDataEvent, counter, data_flags,
@@ -55,34 +56,21 @@ pub fn header(
 /// dropped.
 #[inline(always)]
 pub fn write_small(pid_tgid: u64, call: &PendingCall, dir: u8, moved: i64, want: u64) {
-    let Some(mut slot) = EVENTS.reserve::<SmallDataEvent>(0) else {
-        count(counter::RINGBUF_DROPS);
+    let Some(mut slot) = reserve_small() else {
         return;
     };
-    let record = slot.as_mut_ptr();
     let want = bounded_small(want);
     let mut captured = 0;
     if want > 0 {
-        // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `want` is at most that; the
-        // helper checks the user address itself.
-        let rc = unsafe {
-            generated::bpf_probe_read_user(
-                (*record).data.as_mut_ptr().cast(),
-                want as u32,
-                call.ptr as *const _,
-            )
-        };
-        if rc == 0 {
+        if copy_from_user(&mut slot, want, call.ptr) {
             captured = want;
         } else {
             count(counter::READ_FAILURES);
         }
     }
-    // SAFETY: the helper has no preconditions.
-    let end_ns = unsafe { generated::bpf_ktime_get_ns() };
-    // SAFETY: the slot is this program's until it is submitted.
-    unsafe { (*record).header = header(pid_tgid, call, dir, 0, moved, captured, end_ns) };
-    slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<SmallDataEvent>()));
+    submit_small(slot, |end_ns| {
+        header(pid_tgid, call, dir, 0, moved, captured, end_ns)
+    });
 }
 
 /// Writes the record of a server's response sent as exactly two buffers, a whole head of
@@ -112,36 +100,64 @@ pub fn write_head_only(
     if head_len == 0 || head_len > want || head_len > SMALL_CAPTURE as u64 {
         return false;
     }
-    let Some(mut slot) = EVENTS.reserve::<SmallDataEvent>(0) else {
-        count(counter::RINGBUF_DROPS);
+    let Some(mut slot) = reserve_small() else {
         return true;
     };
-    let record = slot.as_mut_ptr();
     let len = bounded_small(head_len);
-    // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `len` is at most that; the
-    // helper checks the user address itself.
-    let copied = unsafe {
-        generated::bpf_probe_read_user(
-            (*record).data.as_mut_ptr().cast(),
-            len as u32,
-            head_ptr as *const _,
-        )
-    } == 0;
     // SAFETY: the slot is this program's until it is submitted or discarded.
-    if !copied || !heads_a_body(unsafe { &(*record).data }, len) {
+    if !copy_from_user(&mut slot, len, head_ptr)
+        || !heads_a_body(unsafe { &(*slot.as_mut_ptr()).data }, len)
+    {
         slot.discard(BPF_RB_NO_WAKEUP as u64);
         return false;
     }
     count(counter::RESPONSE_BODIES_SKIPPED);
+    let flags = data_flags::BODY_SKIPPED;
+    submit_small(slot, |end_ns| {
+        header(pid_tgid, call, direction::EGRESS, flags, moved, len, end_ns)
+    });
+    true
+}
+
+/// A small record's slot, or `None` (counted as a ring-buffer drop) when the ring is full.
+#[inline(always)]
+fn reserve_small() -> Option<RingBufEntry<SmallDataEvent>> {
+    let slot = EVENTS.reserve::<SmallDataEvent>(0);
+    if slot.is_none() {
+        count(counter::RINGBUF_DROPS);
+    }
+    slot
+}
+
+/// Copies `len` bytes (at most [`SMALL_CAPTURE`], as `bounded_small` gives) from the
+/// process at `from` into the slot's data; false when the process's memory could not be
+/// read.
+#[inline(always)]
+fn copy_from_user(slot: &mut RingBufEntry<SmallDataEvent>, len: usize, from: u64) -> bool {
+    let record = slot.as_mut_ptr();
+    // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `len` is at most that; the
+    // helper checks the user address itself.
+    unsafe {
+        generated::bpf_probe_read_user(
+            (*record).data.as_mut_ptr().cast(),
+            len as u32,
+            from as *const _,
+        ) == 0
+    }
+}
+
+/// Ends the record now: writes the slot's header, which `header_at` makes from the end
+/// time, and hands the record to the agent.
+#[inline(always)]
+fn submit_small(
+    mut slot: RingBufEntry<SmallDataEvent>,
+    header_at: impl FnOnce(u64) -> DataEventHeader,
+) {
     // SAFETY: the helper has no preconditions.
     let end_ns = unsafe { generated::bpf_ktime_get_ns() };
-    let flags = data_flags::BODY_SKIPPED;
-    // SAFETY: as above.
-    unsafe {
-        (*record).header = header(pid_tgid, call, direction::EGRESS, flags, moved, len, end_ns)
-    };
+    // SAFETY: the slot is this program's until it is submitted.
+    unsafe { (*slot.as_mut_ptr()).header = header_at(end_ns) };
     slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<SmallDataEvent>()));
-    true
 }
 
 /// Clamps a length to [`SMALL_CAPTURE`] in a form the verifier tracks.
