@@ -207,16 +207,24 @@ fn protocol_version(minor: u8) -> &'static str {
 }
 
 /// Keeps the keys of a query string and replaces every value: values often carry tokens,
-/// e-mail addresses or session ids. An item without `=` may be either a flag (`?wsdl`,
-/// `?debug`) or a bare value (`?3f9a…`, a one-time code): it is kept only when it reads
-/// like a flag, up to 32 letters, `-`, `_` or `.`, and replaced otherwise.
+/// e-mail addresses or session ids. Best effort for what is not `key=value`:
+/// - an item without `=` may be a flag (`?wsdl`, `?debug`) or a bare value (`?3f9a…`, a
+///   one-time code): it is kept only when it reads like a flag, up to 32 ASCII letters,
+///   `-`, `_` or `.`;
+/// - an item whose key does not read like one (over 64 bytes, or other than ASCII letters,
+///   digits, `-`, `_`, `.`, `[`, `]`, `%`), or whose value starts with `=` (a base64 token's
+///   padding, `?dG9rZW4==`), is a value too.
+///
+/// Either becomes `REDACTED` whole; empty items stay empty.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
         .map(|item| match item.split_once('=') {
-            Some((key, _)) => format!("{key}=REDACTED"),
+            Some((key, value)) if reads_like_a_key(key) && !value.starts_with('=') => {
+                format!("{key}=REDACTED")
+            }
             None if item.is_empty() || reads_like_a_flag(item) => item.to_string(),
-            None => "REDACTED".to_string(),
+            _ => "REDACTED".to_string(),
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -227,6 +235,13 @@ fn reads_like_a_flag(item: &str) -> bool {
         && item
             .bytes()
             .all(|b| b.is_ascii_alphabetic() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn reads_like_a_key(key: &str) -> bool {
+    key.len() <= 64
+        && key.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'[' | b']' | b'%')
+        })
 }
 
 /// `host[:port]` or `[v6]:port` from a Host header.

@@ -293,4 +293,29 @@ fn query_items_without_a_value_are_kept_only_when_they_read_like_flags() {
     assert_eq!(redact_query(&"x".repeat(32)), "x".repeat(32));
     assert_eq!(redact_query(&"x".repeat(33)), "REDACTED");
     assert_eq!(redact_query(""), "");
+    assert_eq!(redact_query("débogage"), "REDACTED");
+}
+
+#[test]
+fn query_items_whose_key_is_no_key_are_redacted_whole() {
+    // Keys as applications write them stay.
+    assert_eq!(
+        redact_query("filter[name]=x&filter%5Bage%5D=3&utm_source=a&v2=b&=c&debug="),
+        "filter[name]=REDACTED&filter%5Bage%5D=REDACTED&utm_source=REDACTED&v2=REDACTED\
+         &=REDACTED&debug=REDACTED"
+    );
+    // A base64 token's padding, and keys no application names that way.
+    assert_eq!(
+        redact_query("dG9rZW4gc2VjcmV0==&page=2"),
+        "REDACTED&page=REDACTED"
+    );
+    assert_eq!(
+        redact_query("a=1&ab/cd+ef=&me@example.com=x"),
+        "a=REDACTED&REDACTED&REDACTED"
+    );
+    assert_eq!(
+        redact_query(&format!("{}=1", "k".repeat(64))),
+        format!("{}=REDACTED", "k".repeat(64))
+    );
+    assert_eq!(redact_query(&format!("{}=1", "k".repeat(65))), "REDACTED");
 }
