@@ -59,13 +59,11 @@ pub fn write_small(pid_tgid: u64, call: &PendingCall, dir: u8, moved: i64, want:
     let Some(mut slot) = reserve_small() else {
         return;
     };
-    let want = bounded_small(want);
     let mut captured = 0;
     if want > 0 {
-        if copy_from_user(&mut slot, want, call.ptr) {
-            captured = want;
-        } else {
-            count(counter::READ_FAILURES);
+        match copy_from_user(&mut slot, want, call.ptr) {
+            Some(copied) => captured = copied,
+            None => count(counter::READ_FAILURES),
         }
     }
     submit_small(slot, |end_ns| {
@@ -103,14 +101,13 @@ pub fn write_head_only(
     let Some(mut slot) = reserve_small() else {
         return true;
     };
-    let len = bounded_small(head_len);
+    let copied = copy_from_user(&mut slot, head_len, head_ptr);
     // SAFETY: the slot is this program's until it is submitted or discarded.
-    if !copy_from_user(&mut slot, len, head_ptr)
-        || !heads_a_body(unsafe { &(*slot.as_mut_ptr()).data }, len)
-    {
+    let Some(len) = copied.filter(|&len| heads_a_body(unsafe { &(*slot.as_mut_ptr()).data }, len))
+    else {
         slot.discard(BPF_RB_NO_WAKEUP as u64);
         return false;
-    }
+    };
     count(counter::RESPONSE_BODIES_SKIPPED);
     let flags = data_flags::BODY_SKIPPED;
     submit_small(slot, |end_ns| {
@@ -129,21 +126,22 @@ fn reserve_small() -> Option<RingBufEntry<SmallDataEvent>> {
     slot
 }
 
-/// Copies `len` bytes (at most [`SMALL_CAPTURE`], as `bounded_small` gives) from the
-/// process at `from` into the slot's data; false when the process's memory could not be
-/// read.
+/// Copies `len` bytes, at most [`SMALL_CAPTURE`], from the process at `from` into the
+/// slot's data: how many, or `None` when the process's memory could not be read.
 #[inline(always)]
-fn copy_from_user(slot: &mut RingBufEntry<SmallDataEvent>, len: usize, from: u64) -> bool {
+fn copy_from_user(slot: &mut RingBufEntry<SmallDataEvent>, len: u64, from: u64) -> Option<usize> {
+    let len = bounded_small(len);
     let record = slot.as_mut_ptr();
     // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `len` is at most that; the
     // helper checks the user address itself.
-    unsafe {
+    let rc = unsafe {
         generated::bpf_probe_read_user(
             (*record).data.as_mut_ptr().cast(),
             len as u32,
             from as *const _,
-        ) == 0
-    }
+        )
+    };
+    (rc == 0).then_some(len)
 }
 
 /// Ends the record now: writes the slot's header, which `header_at` makes from the end
