@@ -130,7 +130,8 @@ fn reserve_small() -> Option<RingBufEntry<SmallDataEvent>> {
 /// slot's data: how many, or `None` when the process's memory could not be read.
 #[inline(always)]
 fn copy_from_user(slot: &mut RingBufEntry<SmallDataEvent>, len: u64, from: u64) -> Option<usize> {
-    let len = bounded_small(len);
+    // Cut first: `bounded_small` masks before it clamps, which would shrink a longer length.
+    let len = bounded_small(len.min(SMALL_CAPTURE as u64));
     let record = slot.as_mut_ptr();
     // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `len` is at most that; the
     // helper checks the user address itself.

@@ -213,14 +213,20 @@ fn protocol_version(minor: u8) -> &'static str {
 ///   `-`, `_` or `.`;
 /// - an item whose key does not read like one (over 64 bytes, or other than ASCII letters,
 ///   digits, `-`, `_`, `.`, `[`, `]`, `%`), or whose value starts with `=` (a base64 token's
-///   padding, `?dG9rZW4==`), is a value too.
+///   padding, `?dG9rZW4==`), is a value too;
+/// - so is an item with an empty value (`?dG9rZW4=`, `?482913=`) whose key does not read
+///   like a flag.
 ///
 /// Either becomes `REDACTED` whole; empty items stay empty.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
         .map(|item| match item.split_once('=') {
-            Some((key, value)) if reads_like_a_key(key) && !value.starts_with('=') => {
+            Some((key, value))
+                if reads_like_a_key(key)
+                    && !value.starts_with('=')
+                    && (!value.is_empty() || reads_like_a_flag(key)) =>
+            {
                 format!("{key}=REDACTED")
             }
             None if item.is_empty() || reads_like_a_flag(item) => item.to_string(),

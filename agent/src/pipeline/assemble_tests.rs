@@ -310,6 +310,10 @@ fn query_items_whose_key_is_no_key_are_redacted_whole() {
         "REDACTED&page=REDACTED"
     );
     assert_eq!(
+        redact_query("dG9rZW4=&482913=&debug="),
+        "REDACTED&REDACTED&debug=REDACTED"
+    );
+    assert_eq!(
         redact_query("a=1&ab/cd+ef=&me@example.com=x"),
         "a=REDACTED&REDACTED&REDACTED"
     );
