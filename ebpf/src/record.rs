@@ -130,8 +130,7 @@ fn reserve_small() -> Option<RingBufEntry<SmallDataEvent>> {
 /// slot's data: how many, or `None` when the process's memory could not be read.
 #[inline(always)]
 fn copy_from_user(slot: &mut RingBufEntry<SmallDataEvent>, len: u64, from: u64) -> Option<usize> {
-    // Cut first: `bounded_small` masks before it clamps, which would shrink a longer length.
-    let len = bounded_small(len.min(SMALL_CAPTURE as u64));
+    let len = bounded_small(len);
     let record = slot.as_mut_ptr();
     // SAFETY: the slot's data holds SMALL_CAPTURE bytes and `len` is at most that; the
     // helper checks the user address itself.
@@ -162,8 +161,11 @@ fn submit_small(
 /// Clamps a length to [`SMALL_CAPTURE`] in a form the verifier tracks.
 #[inline(always)]
 fn bounded_small(len: u64) -> usize {
-    // black_box: LLVM can prove the clamp redundant and drop it, and the verifier cannot.
-    let len = core::hint::black_box(len as usize) & (SMALL_CAPTURE * 2 - 1);
+    // The cut comes first, so the mask cannot shrink a longer length; black_box: LLVM can
+    // prove the mask and the clamp redundant after it and drop them, and the verifier
+    // cannot.
+    let len =
+        core::hint::black_box(len.min(SMALL_CAPTURE as u64) as usize) & (SMALL_CAPTURE * 2 - 1);
     if len > SMALL_CAPTURE {
         SMALL_CAPTURE
     } else {

@@ -229,7 +229,8 @@ pub fn redact_query(query: &str) -> String {
             {
                 format!("{key}=REDACTED")
             }
-            None if item.is_empty() || reads_like_a_flag(item) => item.to_string(),
+            // An empty item reads like a flag too, and stays empty.
+            None if reads_like_a_flag(item) => item.to_string(),
             _ => "REDACTED".to_string(),
         })
         .collect::<Vec<_>>()
