@@ -169,7 +169,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
                     ResourceDefaults::new(resource_attributes),
                     sender,
                     metrics.clone(),
-                    counters,
+                    Some(counters),
                     whole_responses,
                     exec_tx,
                 );

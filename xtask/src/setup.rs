@@ -34,7 +34,8 @@ const BUILD_DEBS: &[Deb] = &[
     deb("gcc"),
 ];
 
-/// Real peers the integration tests and the benchmark talk to.
+/// Real peers the integration tests and the benchmark talk to, and valgrind, whose
+/// callgrind counts the agent's instructions (`cargo xtask bench --instructions`).
 const TEST_DEBS: &[Deb] = &[
     Deb {
         package: "nginx-light",
@@ -42,6 +43,7 @@ const TEST_DEBS: &[Deb] = &[
     },
     deb("curl"),
     deb("wrk"),
+    deb("valgrind"),
 ];
 
 /// Python packages the test peers will need beyond the standard library.

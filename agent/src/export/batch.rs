@@ -152,6 +152,49 @@ impl SpanSender {
     }
 }
 
+/// A queue with no worker behind it: whoever holds it takes the spans in batches, as the
+/// OTLP worker does (the replay in `pipeline::replay`, which encodes them itself).
+pub struct DetachedQueue {
+    rx: mpsc::UnboundedReceiver<Vec<FinishedSpan>>,
+    leftover: Vec<FinishedSpan>,
+    queue: Arc<Queue>,
+}
+
+impl DetachedQueue {
+    /// A sender and the queue it feeds, holding at most `capacity` spans.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (SpanSender, Self) {
+        let queue = Arc::new(Queue {
+            pending: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            capacity: capacity as u64,
+            batch_size: capacity,
+            batch_ready: Notify::new(),
+            metrics,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = SpanSender {
+            tx: Some(tx),
+            queue: Arc::clone(&queue),
+        };
+        let detached = Self {
+            rx,
+            leftover: Vec::new(),
+            queue,
+        };
+        (sender, detached)
+    }
+
+    /// Moves queued spans into `batch` until it holds `max`, without waiting.
+    pub fn fill(&mut self, batch: &mut Vec<FinishedSpan>, max: usize) {
+        take_waiting(&mut self.rx, &mut self.leftover, &self.queue, batch, max);
+    }
+
+    /// `n` spans taken by `fill` were delivered.
+    pub fn delivered(&self, n: usize) {
+        self.queue.delivered(n as u64);
+    }
+}
+
 /// What the shutdown flush achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ShutdownReport {
@@ -327,24 +370,8 @@ impl OtlpWorker {
         self.flush(batch).await
     }
 
-    /// Moves queued spans into `batch` until it holds `max`, without waiting.
     fn take_waiting(&mut self, batch: &mut Vec<FinishedSpan>, max: usize) {
-        let before = batch.len();
-        while batch.len() < max {
-            if self.leftover.is_empty() {
-                match self.rx.try_recv() {
-                    Ok(chunk) => self.leftover = chunk,
-                    Err(_) => break,
-                }
-            }
-            // Spans left over still count against the queue's capacity.
-            let moved = self.leftover.len().min(max - batch.len());
-            batch.extend(self.leftover.drain(..moved));
-            self.queue.taken(moved);
-        }
-        if batch.len() > before {
-            self.queue.refresh_gauge();
-        }
+        take_waiting(&mut self.rx, &mut self.leftover, &self.queue, batch, max);
     }
 
     async fn export(&mut self, batch: &mut Vec<FinishedSpan>) -> (u64, u64) {
@@ -376,6 +403,33 @@ impl OtlpWorker {
             report.dropped += dropped;
         }
         report
+    }
+}
+
+/// Moves queued spans into `batch` until it holds `max`, without waiting. `leftover` holds
+/// the spans of the last chunk taken from `rx` that did not fit, oldest first.
+fn take_waiting(
+    rx: &mut mpsc::UnboundedReceiver<Vec<FinishedSpan>>,
+    leftover: &mut Vec<FinishedSpan>,
+    queue: &Queue,
+    batch: &mut Vec<FinishedSpan>,
+    max: usize,
+) {
+    let before = batch.len();
+    while batch.len() < max {
+        if leftover.is_empty() {
+            match rx.try_recv() {
+                Ok(chunk) => *leftover = chunk,
+                Err(_) => break,
+            }
+        }
+        // Spans left over still count against the queue's capacity.
+        let moved = leftover.len().min(max - batch.len());
+        batch.extend(leftover.drain(..moved));
+        queue.taken(moved);
+    }
+    if batch.len() > before {
+        queue.refresh_gauge();
     }
 }
 

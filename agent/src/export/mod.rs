@@ -19,7 +19,7 @@ pub mod testutil;
 
 // The stage's public face for main.rs; unit tests reach the items through their modules.
 #[allow(unused_imports)]
-pub use batch::{ExportHandle, ExportStartError, ShutdownReport, SpanSender, spawn};
+pub use batch::{DetachedQueue, ExportHandle, ExportStartError, ShutdownReport, SpanSender, spawn};
 #[allow(unused_imports)]
 pub use config::{ExportConfig, ExportConfigError};
 #[allow(unused_imports)]

@@ -6,6 +6,7 @@ pub mod connections;
 mod injected;
 mod linking;
 mod processes;
+pub mod replay;
 mod texts;
 mod whole_responses;
 
@@ -91,7 +92,8 @@ pub struct Pipeline {
     outbox: Vec<FinishedSpan>,
     red: RedRecorder,
     metrics: Arc<Metrics>,
-    counters: CounterMap,
+    /// The kernel's counters; `None` in the replay, which runs without the kernel.
+    counters: Option<CounterMap>,
     whole_responses: WholeResponses,
     execs: SyncSender<u32>,
     exchanges: Vec<HttpExchange>,
@@ -107,7 +109,7 @@ impl Pipeline {
         resource_defaults: ResourceDefaults,
         exporter: SpanSender,
         metrics: Arc<Metrics>,
-        counters: CounterMap,
+        counters: Option<CounterMap>,
         whole_responses: TgidSet,
         execs: SyncSender<u32>,
     ) -> Self {
@@ -453,7 +455,13 @@ impl Pipeline {
             .connections_active
             .set(self.connections.len() as u64);
 
-        let kernel = read_counters(&self.counters);
+        if let Some(counters) = &self.counters {
+            self.copy_kernel_counters(&read_counters(counters));
+        }
+        self.assembler.set_clock(Clock::measure());
+    }
+
+    fn copy_kernel_counters(&self, kernel: &[u64; loupe_common::counter::COUNT as usize]) {
         self.metrics
             .ringbuf_drops
             .set(kernel[loupe_common::counter::RINGBUF_DROPS as usize]);
@@ -475,8 +483,7 @@ impl Pipeline {
         self.metrics
             .kernel_response_bodies_skipped
             .set(kernel[loupe_common::counter::RESPONSE_BODIES_SKIPPED as usize]);
-        self.metrics.set_injection_counters(&kernel);
-        self.assembler.set_clock(Clock::measure());
+        self.metrics.set_injection_counters(kernel);
     }
 }
 

@@ -54,7 +54,7 @@ mod tests {
     #[test]
     fn marked_once_per_process_and_cleared_when_it_exits() {
         let metrics = Metrics::default();
-        let mut whole = WholeResponses::new(TgidSet::anonymous());
+        let mut whole = WholeResponses::new(TgidSet::anonymous().unwrap());
         whole.copy_whole(4242, &metrics);
         whole.copy_whole(4242, &metrics);
         whole.copy_whole(77, &metrics);

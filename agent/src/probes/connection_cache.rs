@@ -62,7 +62,7 @@ mod tests {
 
     fn anonymous() -> ConnectionCache {
         ConnectionCache {
-            words: SharedWords::anonymous(WORDS),
+            words: SharedWords::anonymous(WORDS).unwrap(),
         }
     }
 

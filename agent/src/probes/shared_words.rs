@@ -37,14 +37,14 @@ impl SharedWords {
         })
     }
 
-    /// `len` zeroed words of anonymous shared memory, standing in for a map in unit tests.
-    #[cfg(test)]
-    pub fn anonymous(len: usize) -> Self {
-        Self {
-            words: map_shared(-1, libc::MAP_SHARED | libc::MAP_ANONYMOUS, len).expect("mmap"),
+    /// `len` zeroed words of anonymous shared memory, standing in for a map where no
+    /// kernel programs run (unit tests, the replay).
+    pub fn anonymous(len: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            words: map_shared(-1, libc::MAP_SHARED | libc::MAP_ANONYMOUS, len)?,
             len,
             _map: None,
-        }
+        })
     }
 
     pub fn words(&self) -> &[AtomicU64] {

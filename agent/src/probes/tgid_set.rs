@@ -39,12 +39,12 @@ impl TgidSet {
         true
     }
 
-    /// A set in anonymous memory, standing in for a map in unit tests.
-    #[cfg(test)]
-    pub fn anonymous() -> Self {
-        Self {
-            words: SharedWords::anonymous(TGID_WORDS as usize),
-        }
+    /// A set in anonymous memory, standing in for a map where no kernel programs run
+    /// (unit tests, the replay).
+    pub fn anonymous() -> std::io::Result<Self> {
+        Ok(Self {
+            words: SharedWords::anonymous(TGID_WORDS as usize)?,
+        })
     }
 
     pub fn contains(&self, tgid: u32) -> bool {
@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn bits_set_and_cleared_per_tgid() {
-        let set = TgidSet::anonymous();
+        let set = TgidSet::anonymous().unwrap();
         assert!(set.tgids().is_empty());
         for tgid in [0, 1, 63, 64, 1000, 4_194_303] {
             assert!(set.insert(tgid), "{tgid}");
@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn kernel_style_adds_and_agent_bits_share_words() {
-        let set = TgidSet::anonymous();
+        let set = TgidSet::anonymous().unwrap();
         set.insert(130);
         // What the kernel programs do for a child: add the bit when it is clear.
         let word = &set.words()[2];

@@ -13,11 +13,14 @@
 //! `--completeness` measures something else instead: how many requests through three
 //! traced services come out as exactly the expected trace (see `completeness`); `--all`
 //! measures both. `--soak` measures whether the agent's memory stays flat over a long
-//! steady load (see `soak`).
+//! steady load (see `soak`). `--instructions` counts the agent's own instructions per
+//! request on replayed traffic, a figure the host's load does not move (see
+//! `instructions`).
 
 pub(crate) mod agent;
 mod completeness;
 pub(crate) mod http;
+mod instructions;
 mod load;
 mod nginx;
 mod overhead;
@@ -124,6 +127,12 @@ pub struct BenchArgs {
     /// seconds and report whether its RSS stays flat.
     #[arg(long, value_name = "SECONDS", conflicts_with_all = ["baseline_only", "completeness", "all"])]
     pub soak: Option<u64>,
+    /// Instead of the overhead, count the instructions the agent's own code takes per
+    /// request, under callgrind, on the service's traffic replayed through the pipeline
+    /// and the OTLP encoder without the kernel: repeatable on a busy host, where CPU
+    /// seconds are not. Needs valgrind, not root.
+    #[arg(long, conflicts_with_all = ["baseline_only", "completeness", "all", "soak"])]
+    pub instructions: bool,
     /// Completeness: requests per concurrency level.
     #[arg(long, default_value_t = 500)]
     pub requests: usize,
@@ -235,6 +244,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
     let ws = Workspace::locate()?;
+    if args.instructions {
+        return count_instructions(args, &ws, scratch);
+    }
     if !args.no_build {
         setup::run(&mut std::io::stderr())?;
     }
@@ -299,6 +311,26 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     let text = if args.json { json } else { texts.join("\n") };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn count_instructions(args: &BenchArgs, ws: &Workspace, scratch: &process::TempDir) -> Result<()> {
+    let replay = instructions::prepare(ws, !args.no_build)?;
+    let mut counts = Vec::new();
+    for &service in &args.service {
+        counts.push((
+            service,
+            instructions::measure(&replay, service, scratch.path())?,
+        ));
+    }
+    let (text, value) = instructions::report(&counts);
+    let json = serde_json::to_string_pretty(&value)? + "\n";
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, &json)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    let text = if args.json { json } else { text };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }

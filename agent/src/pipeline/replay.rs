@@ -1,0 +1,335 @@
+//! A replay of a traced server's steady traffic through the agent's own work, with no
+//! kernel: ring-buffer records written as the probes write them, decoded, turned into
+//! spans and request metrics by the pipeline, queued, and encoded as OTLP export requests.
+//! Only the network send is left out.
+//!
+//! `cargo xtask bench --instructions` counts the instructions it takes per request under
+//! callgrind: a cost of the agent's code that the host's load does not move, where its CPU
+//! seconds on these shared machines swing by a third from run to run.
+
+use std::sync::{Arc, mpsc};
+
+use loupe_common::{
+    AF_INET, COMM_LEN, ConnEvent, ConnTuple, DataEventHeader, EventKind, data_flags, direction,
+    role,
+};
+
+use super::{Pipeline, PipelineConfig, SdkSpans};
+use crate::{
+    events::{clock::monotonic_now_ns, decode, reader::EventSink},
+    export::{DetachedQueue, otlp::encode},
+    probes::TgidSet,
+    process::resource::ResourceDefaults,
+    protocol::http1::Http1Limits,
+    red,
+    sampling::HeadSampler,
+    span::{FinishedSpan, SpanAttributes, route::RouteMatcher},
+    telemetry::metrics::Metrics,
+};
+
+/// The services `cargo xtask bench` measures, as the probes see them answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// nginx: the response in one `writev`, of which the probe copies only the head.
+    Nginx,
+    /// Python's `http.server`: the head and the body in two sends, both copied.
+    Python,
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: loupe-bench\r\n\r\n";
+const NGINX_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
+Date: Sat, 05 Dec 2026 10:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\
+Connection: keep-alive\r\n\r\n";
+const NGINX_BODY_LEN: u64 = 3;
+const PYTHON_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.6 Python/3.11.7\r\n\
+Date: Sat, 05 Dec 2026 10:00:00 GMT\r\nContent-Type: application/json\r\n\
+Content-Length: 29\r\n\r\n";
+const PYTHON_BODY: &[u8] = b"{\"status\": \"ok\", \"path\": \"/\"}";
+
+/// The bench's fixed-rate client keeps this many connections open.
+const CONNECTIONS: u32 = 32;
+/// Requests per read of the ring buffer: what 50 ms of polling gathers at a few thousand
+/// requests a second.
+const REQUESTS_PER_READ: u64 = 128;
+/// The agent's default export batch.
+const EXPORT_BATCH: usize = 512;
+const FIRST_FD: u32 = 100;
+/// Monotonic time between one request and the next, and within a request.
+const REQUEST_GAP_NS: u64 = 250_000;
+const SERVICE_TIME_NS: u64 = 40_000;
+
+/// The pipeline, its export queue and a scratch record, replaying one service.
+pub struct Replay {
+    service: Service,
+    pipeline: Pipeline,
+    queue: DetachedQueue,
+    metrics: Arc<Metrics>,
+    tgid: u32,
+    clock_ns: u64,
+    conn_ids: Vec<u64>,
+    record: Vec<u8>,
+    batch: Vec<FinishedSpan>,
+}
+
+/// What a replay produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub spans: u64,
+    /// Bytes of encoded OTLP export requests.
+    pub encoded_bytes: u64,
+}
+
+impl Replay {
+    /// A pipeline with the agent's defaults, its connections opened. Its spans carry the
+    /// resource of this process, read from /proc as the agent reads a traced one's.
+    pub fn new(service: Service) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let (red, _red_metrics) = red::new(red::Limits::default(), metrics.clone());
+        let config = PipelineConfig {
+            sdk_spans: SdkSpans::Skip,
+            span_attributes: SpanAttributes::Recommended,
+            head_sampler: HeadSampler::from_env(|_| None)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+            tail_policy: None,
+            max_connections: loupe_common::MAX_CONNECTIONS as usize,
+            limits: Http1Limits::default(),
+            routes: RouteMatcher::new(&[]).map_err(|e| std::io::Error::other(e.to_string()))?,
+            red,
+        };
+        // The agent's default export queue.
+        let (sender, queue) = DetachedQueue::new(2048, metrics.clone());
+        // Nothing reads exec announcements here; the channel only has to accept them.
+        let (execs, _) = mpsc::sync_channel(1);
+        let pipeline = Pipeline::new(
+            config,
+            ResourceDefaults::new(Vec::new()),
+            sender,
+            metrics.clone(),
+            None,
+            TgidSet::anonymous()?,
+            execs,
+        );
+        let mut replay = Self {
+            service,
+            pipeline,
+            queue,
+            metrics,
+            tgid: std::process::id(),
+            clock_ns: monotonic_now_ns(),
+            conn_ids: Vec::new(),
+            record: Vec::with_capacity(512),
+            batch: Vec::with_capacity(EXPORT_BATCH),
+        };
+        replay.open_connections();
+        Ok(replay)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn open_connections(&mut self) {
+        for i in 0..CONNECTIONS {
+            let conn_id = self.tick(1_000);
+            let mut tuple = ConnTuple {
+                local_port: 8080,
+                remote_port: 40_000 + i as u16,
+                family: AF_INET,
+                ..ConnTuple::default()
+            };
+            tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            let mut comm = [0u8; COMM_LEN];
+            comm[..6].copy_from_slice(b"replay");
+            let open = ConnEvent {
+                kind: EventKind::ConnOpen as u8,
+                role: role::SERVER,
+                _pad: [0; 2],
+                tgid: self.tgid,
+                tid: self.tgid,
+                fd: FIRST_FD + i,
+                conn_id,
+                ts_ns: conn_id,
+                tuple,
+                comm,
+            };
+            self.record.clear();
+            self.record.extend_from_slice(as_bytes(&open));
+            self.deliver();
+            self.conn_ids.push(conn_id);
+        }
+    }
+
+    /// Replays `requests` requests, round robin over the connections, read from the ring
+    /// in groups as the agent reads them, and encodes every span that comes out.
+    pub fn run(&mut self, requests: u64) -> Outcome {
+        let mut outcome = Outcome::default();
+        for n in 0..requests {
+            let connection = (n % u64::from(CONNECTIONS)) as usize;
+            self.request(connection);
+            if (n + 1) % REQUESTS_PER_READ == 0 || n + 1 == requests {
+                self.pipeline.drained(false);
+                self.export(&mut outcome, false);
+            }
+        }
+        self.export(&mut outcome, true);
+        outcome
+    }
+
+    fn request(&mut self, connection: usize) {
+        let fd = FIRST_FD + connection as u32;
+        let conn_id = self.conn_ids[connection];
+        let arrived = self.tick(REQUEST_GAP_NS);
+        self.data(
+            fd,
+            conn_id,
+            direction::INGRESS,
+            arrived,
+            REQUEST,
+            REQUEST.len(),
+            0,
+        );
+        let answered = self.tick(SERVICE_TIME_NS);
+        match self.service {
+            Service::Nginx => {
+                let total = NGINX_HEAD.len() + NGINX_BODY_LEN as usize;
+                let flags = data_flags::BODY_SKIPPED;
+                self.data(
+                    fd,
+                    conn_id,
+                    direction::EGRESS,
+                    answered,
+                    NGINX_HEAD,
+                    total,
+                    flags,
+                );
+            }
+            Service::Python => {
+                let head = PYTHON_HEAD;
+                self.data(
+                    fd,
+                    conn_id,
+                    direction::EGRESS,
+                    answered,
+                    head,
+                    head.len(),
+                    0,
+                );
+                let sent = self.tick(5_000);
+                let body = PYTHON_BODY;
+                self.data(fd, conn_id, direction::EGRESS, sent, body, body.len(), 0);
+            }
+        }
+    }
+
+    /// One data record, as the kernel writes it: the header, then the captured bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn data(
+        &mut self,
+        fd: u32,
+        conn_id: u64,
+        direction: u8,
+        at_ns: u64,
+        bytes: &[u8],
+        total: usize,
+        flags: u8,
+    ) {
+        let header = DataEventHeader {
+            kind: EventKind::Data as u8,
+            direction,
+            flags,
+            _pad: 0,
+            tgid: self.tgid,
+            tid: self.tgid,
+            fd,
+            conn_id,
+            start_ns: at_ns,
+            end_ns: at_ns,
+            total_len: total as u64,
+            captured_len: bytes.len() as u32,
+            _pad2: 0,
+        };
+        self.record.clear();
+        self.record.extend_from_slice(as_bytes(&header));
+        self.record.extend_from_slice(bytes);
+        self.deliver();
+    }
+
+    fn deliver(&mut self) {
+        match decode(&self.record) {
+            Ok(event) => self.pipeline.handle(event),
+            Err(_) => self.metrics.events_malformed.inc(),
+        }
+    }
+
+    /// Encodes full batches, as the export worker sends them, and with `all` what is left.
+    fn export(&mut self, outcome: &mut Outcome, all: bool) {
+        loop {
+            self.queue.fill(&mut self.batch, EXPORT_BATCH);
+            if self.batch.len() < EXPORT_BATCH && !(all && !self.batch.is_empty()) {
+                return;
+            }
+            outcome.spans += self.batch.len() as u64;
+            outcome.encoded_bytes += encode::trace_request(&self.batch).len() as u64;
+            self.queue.delivered(self.batch.len());
+            self.batch.clear();
+        }
+    }
+
+    /// Advances the replay's monotonic clock by `ns` and returns it.
+    fn tick(&mut self, ns: u64) -> u64 {
+        self.clock_ns += ns;
+        self.clock_ns
+    }
+}
+
+/// The bytes of a plain-old-data record struct from loupe-common.
+fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: `T` is one of loupe-common's `repr(C)` records, all initialised (their
+    // padding is explicit fields), read for its own size.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::otlp::encode::by_resource;
+
+    #[test]
+    fn every_replayed_request_becomes_one_encoded_span() {
+        for service in [Service::Nginx, Service::Python] {
+            let mut replay = Replay::new(service).unwrap();
+            let outcome = replay.run(1_000);
+            assert_eq!(outcome.spans, 1_000, "{service:?}");
+            assert!(
+                outcome.encoded_bytes > 1_000 * 100,
+                "{service:?}: {outcome:?}"
+            );
+            let metrics = replay.metrics();
+            assert_eq!(metrics.parse_errors.get(), 0, "{service:?}");
+            assert_eq!(metrics.bytes_unparsed.get(), 0, "{service:?}");
+            assert_eq!(metrics.spans_dropped.get(), 0, "{service:?}");
+            assert_eq!(metrics.spans_exported.get(), 1_000, "{service:?}");
+        }
+    }
+
+    #[test]
+    fn spans_are_the_servers_own() {
+        let mut replay = Replay::new(Service::Python).unwrap();
+        replay.request(0);
+        replay.request(1);
+        replay.pipeline.drained(false);
+        let mut spans = Vec::new();
+        replay.queue.fill(&mut spans, 10);
+        assert_eq!(spans.len(), 2);
+        let span = &spans[0].span;
+        assert_eq!(span.name, "GET /");
+        assert_eq!(span.status_code, Some(200));
+        assert_eq!(span.response_body_size, None);
+        assert_eq!(
+            span.end_unix_ns - span.start_unix_ns,
+            SERVICE_TIME_NS + 5_000
+        );
+        assert_eq!(by_resource(&spans).len(), 1);
+    }
+}
