@@ -9,7 +9,7 @@ use loupe::protocol::http1::head::{
     Head, HeadParse, MAX_BEGINNING, RequestHead, ResponseHead, could_begin_message,
     looks_like_request_start, looks_like_response_start,
 };
-use loupe::protocol::http1::{Http1Limits, KeepHeaders, MAX_HEADER_VALUE_BYTES};
+use loupe::protocol::http1::{HeaderField, Http1Limits, KeepHeaders, MAX_HEADER_VALUE_BYTES};
 
 fn limits(selector: u8) -> Http1Limits {
     match selector % 4 {
@@ -40,7 +40,7 @@ fn check<H: Head + std::fmt::Debug>(
     buf: &[u8],
     split: usize,
     limits: &Http1Limits,
-    fields: impl Fn(&H) -> &[(String, String)],
+    fields: impl Fn(&H) -> &[HeaderField],
 ) {
     match H::parse(buf, limits) {
         HeadParse::Complete(head, len) => {

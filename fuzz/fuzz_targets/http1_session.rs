@@ -10,7 +10,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use loupe::protocol::http1::{
-    ExchangeOutcome, Http1Limits, Http1Session, HttpExchange, KeepHeaders, MAX_HEADER_VALUE_BYTES,
+    ExchangeOutcome, HeaderField, Http1Limits, Http1Session, HttpExchange, KeepHeaders,
+    MAX_HEADER_VALUE_BYTES,
 };
 use loupe::protocol::{Chunk, Direction, Role, detect_http1};
 use loupe::span::context::PROPAGATION_HEADERS;
@@ -172,7 +173,7 @@ impl Checker {
         for (i, start) in starts.iter().enumerate() {
             assert_eq!(start.request_id, starts[0].request_id + i as u64);
             for (name, _) in &start.headers {
-                assert!(PROPAGATION_HEADERS.contains(&name.as_str()), "{name}");
+                assert!(PROPAGATION_HEADERS.contains(&name.as_ref()), "{name}");
             }
         }
         if let Some(last) = starts.last() {
@@ -210,7 +211,7 @@ impl Checker {
     }
 }
 
-fn check_headers(headers: &[(String, String)], limits: &Http1Limits) {
+fn check_headers(headers: &[HeaderField], limits: &Http1Limits) {
     assert!(headers.len() <= limits.max_headers);
     for (name, value) in headers {
         assert!(name.len() <= MAX_HEADER_VALUE_BYTES);

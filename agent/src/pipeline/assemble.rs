@@ -7,7 +7,7 @@ use crate::{
     events::clock::Clock,
     protocol::{
         Role,
-        http1::{ExchangeOutcome, HttpExchange},
+        http1::{CONVENTION_METHODS, ExchangeOutcome, HttpExchange},
     },
     span::{HttpSpan, SpanAttributes, SpanKind, route::RouteMatcher},
 };
@@ -16,10 +16,6 @@ use super::{linking::ResolvedIds, texts::TextCache};
 
 /// Longest `user_agent.original` exported; the rest is cut.
 const MAX_USER_AGENT: usize = 256;
-/// Methods the HTTP conventions know; others are reported as `_OTHER`.
-const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
-];
 
 pub struct SpanAssembler {
     routes: RouteMatcher,
@@ -129,7 +125,7 @@ impl SpanAssembler {
             path,
             query: query.map(|q| redact_query(&q)),
             scheme: "http",
-            route: (kind == SpanKind::Server).then(|| route.clone()),
+            route: (kind == SpanKind::Server).then_some(route),
             status_code,
             protocol_version: protocol_version(request.minor_version),
             server_address,
@@ -140,9 +136,10 @@ impl SpanAssembler {
             peer_port: remote.map(|a| a.port()),
             local_address: local_ip,
             local_port: local.map(|a| a.port()),
+            // Shared, like the addresses: a client sends the same one with every request.
             user_agent: request
                 .header("user-agent")
-                .map(|ua| truncate(ua, MAX_USER_AGENT)),
+                .map(|ua| self.texts.text(cut_at(ua, MAX_USER_AGENT))),
             request_body_size: (request.body_len > 0).then_some(request.body_len),
             response_body_size: exchange
                 .response
@@ -195,7 +192,7 @@ fn split_target(target: &str) -> (String, Option<String>) {
 }
 
 fn normalise_method(method: &str) -> (&'static str, Option<String>) {
-    match KNOWN_METHODS.iter().find(|known| **known == method) {
+    match CONVENTION_METHODS.iter().find(|known| **known == method) {
         Some(known) => (known, None),
         None => ("_OTHER", Some(truncate(method, 32))),
     }
@@ -269,14 +266,19 @@ fn parse_host(value: &str) -> Option<(&str, Option<u16>)> {
 }
 
 fn truncate(text: &str, max: usize) -> String {
+    cut_at(text, max).to_string()
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut_at(text: &str, max: usize) -> &str {
     if text.len() <= max {
-        return text.to_string();
+        return text;
     }
     let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_string()
+    &text[..end]
 }
 
 #[cfg(test)]

@@ -29,12 +29,12 @@ fn build(
 
 fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest {
     HttpRequest {
-        method: method.into(),
+        method: method.to_string().into(),
         target: target.into(),
         minor_version: 1,
         headers: headers
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string().into(), v.to_string()))
             .collect(),
         body_len: 0,
         head_truncated: false,

@@ -266,7 +266,9 @@ impl Replay {
     fn export(&mut self, outcome: &mut Outcome, all: bool) {
         loop {
             self.queue.fill(&mut self.batch, EXPORT_BATCH);
-            if self.batch.len() < EXPORT_BATCH && !(all && !self.batch.is_empty()) {
+            let full = self.batch.len() >= EXPORT_BATCH;
+            let last = all && !self.batch.is_empty();
+            if !full && !last {
                 return;
             }
             outcome.spans += self.batch.len() as u64;

@@ -23,6 +23,7 @@ pub use jaeger::parse_uber_trace_id;
 pub use w3c::{TRACESTATE_MAX_LEN, format_traceparent, parse_traceparent};
 
 use super::{SpanContext, SpanId, TraceId};
+use crate::protocol::http1::HeaderField;
 
 impl TraceId {
     /// All zeroes is the spec's "invalid" trace id.
@@ -82,7 +83,7 @@ pub fn new_span_id() -> SpanId {
 }
 
 /// The value of header `name`, or `None` when it is absent or repeated with different values.
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a [HeaderField], name: &str) -> Option<&'a str> {
     let mut values = headers
         .iter()
         .filter(|(n, _)| n == name)
@@ -105,7 +106,7 @@ pub const PROPAGATION_HEADERS: &[&str] = &[
 
 /// Extracts the parent context from request headers (names already lowercased). The
 /// context is marked remote. See the module docs for the precedence between formats.
-pub fn extract(headers: &[(String, String)]) -> Option<SpanContext> {
+pub fn extract(headers: &[HeaderField]) -> Option<SpanContext> {
     extract_w3c(headers)
         .or_else(|| header(headers, "b3").and_then(parse_b3_single).map(remote))
         .or_else(|| extract_b3_multi(headers).map(remote))
@@ -126,7 +127,7 @@ fn remote((trace_id, span_id, trace_flags): (TraceId, SpanId, u8)) -> SpanContex
     }
 }
 
-fn extract_w3c(headers: &[(String, String)]) -> Option<SpanContext> {
+fn extract_w3c(headers: &[HeaderField]) -> Option<SpanContext> {
     let parsed = parse_traceparent(header(headers, "traceparent")?)?;
     let states = headers
         .iter()
@@ -138,7 +139,7 @@ fn extract_w3c(headers: &[(String, String)]) -> Option<SpanContext> {
     })
 }
 
-fn extract_b3_multi(headers: &[(String, String)]) -> Option<(TraceId, SpanId, u8)> {
+fn extract_b3_multi(headers: &[HeaderField]) -> Option<(TraceId, SpanId, u8)> {
     b3::parse_b3_multi(
         header(headers, "x-b3-traceid")?,
         header(headers, "x-b3-spanid")?,

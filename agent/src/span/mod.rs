@@ -88,7 +88,7 @@ pub struct HttpSpan {
     pub local_address: Option<Arc<str>>,
     pub local_port: Option<u16>,
     /// `user_agent.original`.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Arc<str>>,
     /// `http.request.body.size` / `http.response.body.size`.
     pub request_body_size: Option<u64>,
     pub response_body_size: Option<u64>,

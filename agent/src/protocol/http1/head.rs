@@ -1,9 +1,11 @@
 //! Request and response heads: parsing with `httparse`, salvaging heads the capture cut short,
 //! recognising where a message starts, and reading the framing headers.
 
+use std::{borrow::Cow, mem::MaybeUninit};
+
 use super::{
-    Http1Limits, HttpRequest, HttpResponse, KeepHeaders, MAX_HEADER_VALUE_BYTES,
-    SPAN_REQUEST_HEADERS,
+    CONVENTION_METHODS, HeaderField, Http1Limits, HttpRequest, HttpResponse, KeepHeaders,
+    MAX_HEADER_VALUE_BYTES, SPAN_REQUEST_HEADERS,
 };
 use crate::span::context::PROPAGATION_HEADERS;
 
@@ -127,30 +129,34 @@ fn first_slots(buf: &[u8], limits: &Http1Limits) -> usize {
 }
 
 /// Header slots on the stack: enough for ordinary heads, so parsing them allocates nothing.
+/// Left uninitialised: httparse fills the slots it uses, and writing 64 empty headers
+/// before every parse cost more than a short head's parse itself.
 const STACK_HEADER_SLOTS: usize = 64;
 
+type Slot<'b> = MaybeUninit<httparse::Header<'b>>;
+
 fn header_slots<'s, 'b>(
-    stack: &'s mut [httparse::Header<'b>; STACK_HEADER_SLOTS],
-    heap: &'s mut Vec<httparse::Header<'b>>,
+    stack: &'s mut [Slot<'b>; STACK_HEADER_SLOTS],
+    heap: &'s mut Vec<Slot<'b>>,
     slots: usize,
-) -> &'s mut [httparse::Header<'b>] {
+) -> &'s mut [Slot<'b>] {
     if slots <= STACK_HEADER_SLOTS {
         &mut stack[..slots]
     } else {
         heap.clear();
-        heap.resize(slots, httparse::EMPTY_HEADER);
+        heap.resize_with(slots, MaybeUninit::uninit);
         heap
     }
 }
 
 fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
     let mut slots = first_slots(buf, limits);
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
+    let mut stack = [const { MaybeUninit::uninit() }; STACK_HEADER_SLOTS];
     let mut heap = Vec::new();
     loop {
         let headers = header_slots(&mut stack, &mut heap, slots);
-        let mut req = httparse::Request::new(headers);
-        match config().parse_request(&mut req, buf) {
+        let mut req = httparse::Request::new(&mut []);
+        match config().parse_request_with_uninit_headers(&mut req, buf, headers) {
             Ok(httparse::Status::Complete(len)) => {
                 if len > limits.max_header_bytes {
                     return HeadParse::Invalid(HeadError::TooLarge);
@@ -158,7 +164,7 @@ fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
                 let head = RequestHead {
                     framing: framing_of(req.headers),
                     request: HttpRequest {
-                        method: req.method.unwrap_or_default().to_owned(),
+                        method: method_text(req.method.unwrap_or_default()),
                         target: req.path.unwrap_or_default().to_owned(),
                         minor_version: req.version.unwrap_or(1),
                         headers: convert_headers(req.headers, limits, keep_request_header),
@@ -179,12 +185,12 @@ fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
 
 fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
     let mut slots = first_slots(buf, limits);
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
+    let mut stack = [const { MaybeUninit::uninit() }; STACK_HEADER_SLOTS];
     let mut heap = Vec::new();
     loop {
         let headers = header_slots(&mut stack, &mut heap, slots);
-        let mut resp = httparse::Response::new(headers);
-        match config().parse_response(&mut resp, buf) {
+        let mut resp = httparse::Response::new(&mut []);
+        match config().parse_response_with_uninit_headers(&mut resp, buf, headers) {
             Ok(httparse::Status::Complete(len)) => {
                 if len > limits.max_header_bytes {
                     return HeadParse::Invalid(HeadError::TooLarge);
@@ -210,6 +216,14 @@ fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
     }
 }
 
+/// The method, borrowed when it is one the conventions name.
+fn method_text(method: &str) -> Cow<'static, str> {
+    match CONVENTION_METHODS.iter().find(|known| **known == method) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
+
 /// The lowercase name of a request header spans or linking use, `None` for the others.
 fn keep_request_header(name: &str) -> Option<&'static str> {
     SPAN_REQUEST_HEADERS
@@ -225,16 +239,16 @@ fn convert_headers(
     raw: &[httparse::Header],
     limits: &Http1Limits,
     used: fn(&str) -> Option<&'static str>,
-) -> Vec<(String, String)> {
+) -> Vec<HeaderField> {
     let all = limits.keep_headers == KeepHeaders::All;
     raw.iter()
         .take(limits.max_headers)
         .filter_map(|h| {
-            // A kept name is copied from its lowercase constant: one allocation, not the
-            // two of decoding and lowercasing the bytes.
+            // A kept name is its lowercase constant: no allocation, where decoding and
+            // lowercasing the bytes took two.
             let name = match used(h.name) {
-                Some(known) => known.to_owned(),
-                None if all => bounded_text(h.name.as_bytes()).to_ascii_lowercase(),
+                Some(known) => Cow::Borrowed(known),
+                None if all => Cow::Owned(bounded_text(h.name.as_bytes()).to_ascii_lowercase()),
                 None => return None,
             };
             Some((name, bounded_text(h.value)))
@@ -337,7 +351,7 @@ fn salvage_request_line(buf: &[u8]) -> Option<RequestHead> {
     };
     Some(RequestHead {
         request: HttpRequest {
-            method: String::from_utf8_lossy(method).into_owned(),
+            method: method_text(&String::from_utf8_lossy(method)),
             target: String::from_utf8_lossy(target).into_owned(),
             minor_version,
             headers: Vec::new(),

@@ -28,6 +28,8 @@ mod tests;
 
 pub use session::Http1Session;
 
+use std::borrow::Cow;
+
 use super::{Chunk, Direction, Role};
 
 /// Bounds on what one session keeps in memory.
@@ -67,23 +69,34 @@ pub enum KeepHeaders {
     All,
 }
 
+/// The methods the HTTP semantic conventions know; spans report others as `_OTHER`.
+pub const CONVENTION_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
+
 /// Request headers spans are built from, besides the trace-context ones.
 pub const SPAN_REQUEST_HEADERS: &[&str] = &["host", "user-agent"];
 
 /// Longest header value kept, in bytes; longer values are cut at a character boundary.
 pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
 
+/// One kept header: its lowercase name (a borrowed constant for the names spans use) and
+/// its value as text.
+pub type HeaderField = (Cow<'static, str>, String);
+
 /// A parsed request head and the size of its body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HttpRequest {
-    pub method: String,
+    /// Borrowed for the [`CONVENTION_METHODS`], so the common ones cost no allocation.
+    pub method: Cow<'static, str>,
     /// The raw request-target, as sent.
     pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Names lowercased, values as text (lossy UTF-8, at most [`MAX_HEADER_VALUE_BYTES`]),
-    /// at most [`Http1Limits::max_headers`] of them, in wire order.
-    pub headers: Vec<(String, String)>,
+    /// at most [`Http1Limits::max_headers`] of them, in wire order. The names spans use
+    /// are borrowed constants.
+    pub headers: Vec<HeaderField>,
     /// Body bytes on the wire after the head (chunked framing included), counting bytes the
     /// capture did not see.
     pub body_len: u64,
@@ -97,14 +110,14 @@ pub struct HttpResponse {
     pub status: u16,
     pub minor_version: u8,
     /// Same rules as [`HttpRequest::headers`].
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<HeaderField>,
     /// Same rules as [`HttpRequest::body_len`].
     pub body_len: u64,
     /// Same meaning as [`HttpRequest::head_truncated`].
     pub head_truncated: bool,
 }
 
-fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn find_header<'a>(headers: &'a [HeaderField], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -180,7 +193,7 @@ pub struct RequestStart {
     pub start_ns: u64,
     pub end_ns: u64,
     /// The trace-context headers only (`span::context::PROPAGATION_HEADERS`).
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<HeaderField>,
 }
 
 /// What a session counted since the last [`Http1Session::take_stats`].

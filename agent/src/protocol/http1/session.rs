@@ -276,7 +276,7 @@ impl Http1Session {
             headers: request
                 .headers
                 .iter()
-                .filter(|(name, _)| PROPAGATION_HEADERS.contains(&name.as_str()))
+                .filter(|(name, _)| PROPAGATION_HEADERS.contains(&name.as_ref()))
                 .cloned()
                 .collect(),
         });
@@ -313,7 +313,7 @@ impl Http1Session {
         if !interim && request.is_none() {
             self.stats.responses_without_request += 1;
         }
-        let method = request.map(|r| r.request.method.as_str());
+        let method = request.map(|r| r.request.method.as_ref());
         let tunnel = status == 101 || (method == Some("CONNECT") && (200..300).contains(&status));
         let no_body = interim || status == 204 || status == 304 || method == Some("HEAD");
         let (mode, declared) = if tunnel {

@@ -6,10 +6,10 @@ const TP_SPAN: &str = "00f067aa0ba902b7";
 const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
 const B3_SPAN: &str = "e457b5a2e4d86bd1";
 
-fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+fn h(pairs: &[(&str, &str)]) -> Vec<HeaderField> {
     pairs
         .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .map(|(n, v)| (n.to_string().into(), v.to_string()))
         .collect()
 }
 
@@ -275,14 +275,14 @@ fn propagation_headers_name_everything_extract_reads() {
         )],
     ];
     for set in sets {
-        let all: Vec<(String, String)> = set
+        let all: Vec<HeaderField> = set
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .chain([("host".to_string(), "x".to_string())])
+            .map(|(k, v)| (k.to_string().into(), v.to_string()))
+            .chain([("host".into(), "x".to_string())])
             .collect();
-        let kept: Vec<(String, String)> = all
+        let kept: Vec<HeaderField> = all
             .iter()
-            .filter(|(k, _)| PROPAGATION_HEADERS.contains(&k.as_str()))
+            .filter(|(k, _)| PROPAGATION_HEADERS.contains(&k.as_ref()))
             .cloned()
             .collect();
         assert!(extract(&all).is_some());

@@ -18,7 +18,9 @@ pub fn heuristic_route(path: &str) -> String {
     if path == "*" {
         return "*".to_string();
     }
-    let mut out = String::new();
+    // Room for the path and one placeholder longer than the segment it replaces: most
+    // routes are then built without growing.
+    let mut out = String::with_capacity(path.len() + ID.len() + 1);
     for (i, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/*");

@@ -45,7 +45,7 @@ fn full_span() -> HttpSpan {
     span.peer_port = Some(51234);
     span.local_address = Some("10.0.0.1".into());
     span.local_port = Some(8080);
-    span.user_agent = Some("curl/8.5".to_owned());
+    span.user_agent = Some("curl/8.5".into());
     span.request_body_size = Some(12);
     span.response_body_size = Some(u64::MAX);
     span.parent_span_id = Some(span_id(9));

@@ -373,7 +373,7 @@ X-Api-Key: k\r\n\r\n");
         .request
         .headers
         .iter()
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| n.as_ref())
         .collect();
     assert_eq!(names, ["host", "user-agent", "traceparent"]);
     let response = out[0].response.as_ref().expect("response paired");
