@@ -177,7 +177,13 @@ fn timing(exchange: &HttpExchange) -> (u64, u64) {
 /// Splits a request target into path and query; absolute-form targets (proxies) lose
 /// their scheme and authority.
 fn split_target(target: &str) -> (String, Option<String>) {
-    let target = match target.find("://") {
+    // Origin-form (`/path`), nearly every request, has no authority to look for.
+    let absolute = if target.starts_with('/') {
+        None
+    } else {
+        target.find("://")
+    };
+    let target = match absolute {
         Some(i) => {
             let rest = &target[i + 3..];
             rest.find('/').map_or("/", |j| &rest[j..])

@@ -349,7 +349,9 @@ impl Pipeline {
                     }
                 }
             };
+            // The method first: only a POST has its User-Agent looked up.
             if exchange.role == Role::Server
+                && exchange.request.method == "POST"
                 && sent_by_loupe(
                     &exchange.request.method,
                     exchange.request.header("user-agent"),

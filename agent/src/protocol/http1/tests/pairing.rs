@@ -380,3 +380,17 @@ X-Api-Key: k\r\n\r\n");
     assert!(response.headers.is_empty());
     assert_eq!(response.body_len, 2, "framing still read from every header");
 }
+
+#[test]
+fn header_values_are_text_even_when_the_bytes_are_not_utf8() {
+    let mut h = Harness::with_exact_limits(Role::Server, Http1Limits::default());
+    h.req(b"GET / HTTP/1.1\r\nHost: caf\xe9.example\r\nUser-Agent: na\xc3\xafve/1\r\n\r\n");
+    h.resp(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let out = h.take();
+    assert_eq!(out.len(), 1);
+    let request = &out[0].request;
+    assert_eq!(request.header("host"), Some("caf\u{fffd}.example"));
+    assert_eq!(request.header("user-agent"), Some("na\u{ef}ve/1"));
+    assert_eq!(request.method, "GET");
+    assert!(matches!(request.method, std::borrow::Cow::Borrowed(_)));
+}
