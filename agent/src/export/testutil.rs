@@ -40,7 +40,7 @@ pub fn http_span(kind: SpanKind, status: Option<u16>) -> HttpSpan {
         trace_flags: 1,
         trace_state: None,
         kind,
-        name: "GET /users/{id}".to_owned(),
+        name: "GET /users/{id}".into(),
         start_unix_ns: 1_700_000_000_000_000_000,
         end_unix_ns: 1_700_000_000_012_300_000,
         method: "GET",

@@ -21,6 +21,7 @@ pub struct SpanAssembler {
     routes: RouteMatcher,
     clock: Clock,
     texts: TextCache,
+    scratch: String,
     opt_in: bool,
 }
 
@@ -31,6 +32,7 @@ impl SpanAssembler {
             routes,
             clock,
             texts: TextCache::default(),
+            scratch: String::new(),
             opt_in: true,
         }
     }
@@ -58,12 +60,16 @@ impl SpanAssembler {
         };
         let (start_ns, end_ns) = timing(exchange);
         let (path, query) = split_target(&request.target);
-        let (route, _) = self.routes.route(&path);
         let (method, method_original) = normalise_method(&request.method);
-        let mut name = String::with_capacity(method.len() + 1 + route.len());
-        name.push_str(method);
-        name.push(' ');
-        name.push_str(&route);
+        // The name and the route repeat across requests: both are built in a reused
+        // buffer and shared through the text cache, not allocated per span.
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        scratch.push_str(method);
+        scratch.push(' ');
+        self.routes.write_route(&path, scratch);
+        let name = self.texts.text(scratch);
+        let route = self.texts.text(&scratch[method.len() + 1..]);
         let status_code = exchange.response.as_ref().map(|r| r.status);
 
         let ResolvedIds {

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::*;
 use crate::{
     pipeline::linking::{Linker, RequestKey, resolve},
@@ -102,7 +104,7 @@ fn server_span_follows_the_conventions() {
         addr("10.0.0.9:50000"),
     );
     assert_eq!(span.kind, SpanKind::Server);
-    assert_eq!(span.name, "GET /orders/{id}");
+    assert_eq!(&*span.name, "GET /orders/{id}");
     assert_eq!(span.route.as_deref(), Some("/orders/{id}"));
     assert_eq!(span.path, "/orders/42");
     assert_eq!(span.query.as_deref(), Some("token=REDACTED&x"));
@@ -200,7 +202,7 @@ fn client_span_keeps_the_ids_it_sent() {
         addr("127.0.0.1:9000"),
     );
     assert_eq!(span.kind, SpanKind::Client);
-    assert_eq!(span.name, "POST /v1/items/{id}");
+    assert_eq!(&*span.name, "POST /v1/items/{id}");
     assert!(span.route.is_none(), "http.route is a server attribute");
     assert_eq!(span_id_hex(&span.span_id), "00f067aa0ba902b7");
     assert_eq!(span.server_address.as_deref(), Some("127.0.0.1"));
@@ -265,7 +267,7 @@ fn odd_methods_and_hosts() {
     );
     assert_eq!(span.method, "_OTHER");
     assert_eq!(span.method_original.as_deref(), Some("PURGE"));
-    assert_eq!(span.name, "_OTHER /x");
+    assert_eq!(&*span.name, "_OTHER /x");
     assert_eq!(span.server_address.as_deref(), Some("::1"));
     assert_eq!(span.server_port, Some(8443));
     assert_eq!(parse_host("example.com"), Some(("example.com", None)));
@@ -322,4 +324,25 @@ fn query_items_whose_key_is_no_key_are_redacted_whole() {
         format!("{}=REDACTED", "k".repeat(64))
     );
     assert_eq!(redact_query(&format!("{}=1", "k".repeat(65))), "REDACTED");
+}
+
+#[test]
+fn spans_of_one_route_share_their_name_route_and_user_agent() {
+    let mut a = assembler();
+    let spans: Vec<HttpSpan> = ["/orders/42", "/orders/43", "/carts/7"]
+        .iter()
+        .map(|path| {
+            let req = request("GET", path, &[("Host", "shop"), ("User-Agent", "curl/8")]);
+            let ex = exchange(Role::Server, req, Some(response(200, 2)));
+            build(&mut a, &ex, addr("127.0.0.1:80"), addr("10.0.0.9:5000"))
+        })
+        .collect();
+    assert_eq!(&*spans[0].name, "GET /orders/{id}");
+    assert!(Arc::ptr_eq(&spans[0].name, &spans[1].name));
+    let (r0, r1) = (spans[0].route.as_ref(), spans[1].route.as_ref());
+    assert!(Arc::ptr_eq(r0.unwrap(), r1.unwrap()));
+    assert_eq!(&*spans[2].name, "GET /carts/{id}");
+    assert_eq!(spans[2].route.as_deref(), Some("/carts/{id}"));
+    let agents = (spans[0].user_agent.as_ref(), spans[2].user_agent.as_ref());
+    assert!(Arc::ptr_eq(agents.0.unwrap(), agents.1.unwrap()));
 }

@@ -325,7 +325,7 @@ mod tests {
         replay.queue.fill(&mut spans, 10);
         assert_eq!(spans.len(), 2);
         let span = &spans[0].span;
-        assert_eq!(span.name, "GET /");
+        assert_eq!(&*span.name, "GET /");
         assert_eq!(span.status_code, Some(200));
         assert_eq!(span.response_body_size, None);
         assert_eq!(

@@ -134,7 +134,7 @@ mod tests {
         let r = resource("shop");
         let span = |route: &str, status| {
             let mut span = http_span(SpanKind::Server, Some(status));
-            span.route = Some(route.to_owned());
+            span.route = Some(route.into());
             span
         };
         recorder.record(&r, &span("/a", 200));

@@ -11,8 +11,8 @@ const MS: u64 = 1_000_000;
 
 fn span(kind: SpanKind, route: &str, status: Option<u16>, ms: u64) -> HttpSpan {
     let mut span = http_span(kind, status);
-    span.name = format!("GET {route}");
-    span.route = (kind == SpanKind::Server).then(|| route.to_owned());
+    span.name = format!("GET {route}").into();
+    span.route = (kind == SpanKind::Server).then(|| route.into());
     span.end_unix_ns = span.start_unix_ns + ms * MS;
     span
 }

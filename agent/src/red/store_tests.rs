@@ -12,8 +12,8 @@ const T0: u64 = 1_700_000_000_000_000_000;
 
 fn server(route: &str, status: u16, ms: u64) -> HttpSpan {
     let mut span = http_span(SpanKind::Server, Some(status));
-    span.route = Some(route.to_owned());
-    span.name = format!("GET {route}");
+    span.route = Some(route.into());
+    span.name = format!("GET {route}").into();
     span.start_unix_ns = T0;
     span.end_unix_ns = T0 + ms * MS;
     span

@@ -55,8 +55,9 @@ pub struct HttpSpan {
     pub trace_flags: u8,
     pub trace_state: Option<String>,
     pub kind: SpanKind,
-    /// `{method} {route}`, or `{method}` when no route is known.
-    pub name: String,
+    /// `{method} {route}`, or `{method}` when no route is known. Shared between spans
+    /// of the same name, as the route is.
+    pub name: Arc<str>,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     /// `http.request.method`, normalised: unknown methods become `_OTHER`.
@@ -70,7 +71,7 @@ pub struct HttpSpan {
     /// `url.scheme`.
     pub scheme: &'static str,
     /// `http.route`.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// `http.response.status_code`; `None` when no response was seen.
     pub status_code: Option<u16>,
     /// `network.protocol.version`: "1.0" or "1.1".

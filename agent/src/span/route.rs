@@ -30,7 +30,7 @@
 
 mod heuristic;
 
-pub use heuristic::{MAX_SEGMENT_LEN, MAX_SEGMENTS, heuristic_route};
+pub use heuristic::{MAX_SEGMENT_LEN, MAX_SEGMENTS, heuristic_route, write_heuristic_route};
 
 /// Where a route came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,10 +192,24 @@ impl RouteMatcher {
 
     /// The route of a request path, and whether a user pattern or the heuristic produced it.
     pub fn route(&self, path: &str) -> (String, RouteSource) {
+        let mut route = String::new();
+        let source = self.write_route(path, &mut route);
+        (route, source)
+    }
+
+    /// [`RouteMatcher::route`], appended to `out`: the span assembler builds routes in a
+    /// reused buffer.
+    pub fn write_route(&self, path: &str, out: &mut String) -> RouteSource {
         let path = heuristic::strip_to_path(path);
         match self.patterns.iter().find(|p| p.matches(path)) {
-            Some(p) => (p.route.clone(), RouteSource::Pattern),
-            None => (heuristic_route(path), RouteSource::Heuristic),
+            Some(p) => {
+                out.push_str(&p.route);
+                RouteSource::Pattern
+            }
+            None => {
+                write_heuristic_route(path, out);
+                RouteSource::Heuristic
+            }
         }
     }
 }

@@ -67,7 +67,7 @@ pub fn to_proto_span(span: &HttpSpan) -> Span {
             .map(|p| p.0.to_vec())
             .unwrap_or_default(),
         flags: u32::from(span.trace_flags),
-        name: span.name.clone(),
+        name: span.name.to_string(),
         kind: kind as i32,
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns.max(span.start_unix_ns),

@@ -34,7 +34,7 @@ fn varied_spans() -> Vec<FinishedSpan> {
     full.parent_span_id = Some(span_id(9));
     full.trace_state = Some("vendor=1,other=two".into());
     full.trace_flags = 1;
-    full.name = "x".repeat(300);
+    full.name = "x".repeat(300).into();
 
     let mut bare = http_span(SpanKind::Server, None);
     bare.trace_id = trace_id(0xff);

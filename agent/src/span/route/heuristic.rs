@@ -14,13 +14,19 @@ const ID: &str = "{id}";
 
 /// The heuristic route of a request path; see the module docs for the rules.
 pub fn heuristic_route(path: &str) -> String {
+    let mut out = String::new();
+    write_heuristic_route(path, &mut out);
+    out
+}
+
+/// [`heuristic_route`], appended to `out`.
+pub fn write_heuristic_route(path: &str, out: &mut String) {
     let path = strip_to_path(path);
     if path == "*" {
-        return "*".to_string();
+        out.push('*');
+        return;
     }
-    // Room for the path and one placeholder longer than the segment it replaces: most
-    // routes are then built without growing.
-    let mut out = String::with_capacity(path.len() + ID.len() + 1);
+    let start = out.len();
     for (i, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/*");
@@ -29,10 +35,9 @@ pub fn heuristic_route(path: &str) -> String {
         out.push('/');
         out.push_str(if looks_like_id(seg) { ID } else { seg });
     }
-    if out.is_empty() {
+    if out.len() == start {
         out.push('/');
     }
-    out
 }
 
 /// Drops a query or fragment the caller left on, and the scheme and authority of an

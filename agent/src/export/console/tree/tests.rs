@@ -14,7 +14,7 @@ fn span(
     let mut s = http_span(kind, status);
     s.span_id = span_id(id);
     s.parent_span_id = parent.map(span_id);
-    s.name = name.to_owned();
+    s.name = name.into();
     s.start_unix_ns = 1_000_000_000 + start_ms * 1_000_000;
     s.end_unix_ns = s.start_unix_ns + dur_us * 1_000;
     finished(&resource(service), s)

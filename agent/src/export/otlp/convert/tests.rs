@@ -35,7 +35,7 @@ fn full_span() -> HttpSpan {
     span.method = "_OTHER";
     span.method_original = Some("PURGE".to_owned());
     span.query = Some("q=REDACTED".to_owned());
-    span.route = Some("/users/{id}".to_owned());
+    span.route = Some("/users/{id}".into());
     span.protocol_version = "1.0";
     span.server_address = Some("api.local".into());
     span.server_port = Some(8080);
