@@ -161,13 +161,14 @@ pub struct DetachedQueue {
 }
 
 impl DetachedQueue {
-    /// A sender and the queue it feeds, holding at most `capacity` spans.
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (SpanSender, Self) {
+    /// A sender and the queue it feeds, holding at most `capacity` spans, taken in
+    /// batches of `batch_size`.
+    pub fn new(capacity: usize, batch_size: usize, metrics: Arc<Metrics>) -> (SpanSender, Self) {
         let queue = Arc::new(Queue {
             pending: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             capacity: capacity as u64,
-            batch_size: capacity,
+            batch_size,
             batch_ready: Notify::new(),
             metrics,
         });

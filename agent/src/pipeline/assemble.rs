@@ -62,14 +62,16 @@ impl SpanAssembler {
         let (path, query) = split_target(&request.target);
         let (method, method_original) = normalise_method(&request.method);
         // The name and the route repeat across requests: both are built in a reused
-        // buffer and shared through the text cache, not allocated per span.
+        // buffer and shared through the text cache, not allocated per span. Only server
+        // spans carry the route.
         let scratch = &mut self.scratch;
         scratch.clear();
         scratch.push_str(method);
         scratch.push(' ');
+        let route_start = scratch.len();
         self.routes.write_route(&path, scratch);
-        let name = self.texts.text(scratch);
-        let route = self.texts.text(&scratch[method.len() + 1..]);
+        let name = self.texts.name(scratch);
+        let route = (kind == SpanKind::Server).then(|| self.texts.name(&scratch[route_start..]));
         let status_code = exchange.response.as_ref().map(|r| r.status);
 
         let ResolvedIds {
@@ -131,7 +133,7 @@ impl SpanAssembler {
             path,
             query: query.map(|q| redact_query(&q)),
             scheme: "http",
-            route: (kind == SpanKind::Server).then_some(route),
+            route,
             status_code,
             protocol_version: protocol_version(request.minor_version),
             server_address,

@@ -273,6 +273,19 @@ fn odd_methods_and_hosts() {
     assert_eq!(parse_host("example.com"), Some(("example.com", None)));
     assert_eq!(parse_host(""), None);
     assert_eq!(split_target("/a#frag"), ("/a".into(), None));
+    // A URL in an origin-form target's query or path is no authority to strip.
+    assert_eq!(
+        split_target("/login?next=http://evil/x"),
+        ("/login".into(), Some("next=http://evil/x".into()))
+    );
+    assert_eq!(
+        split_target("/proxy/http://a/b"),
+        ("/proxy/http://a/b".into(), None)
+    );
+    assert_eq!(
+        split_target("HTTP://api.internal:9000/v1?x=1"),
+        ("/v1".into(), Some("x=1".into()))
+    );
     assert_eq!(redact_query("a=1&b&c=2=3"), "a=REDACTED&b&c=REDACTED");
     assert_eq!(truncate("héllo", 2), "h");
 }

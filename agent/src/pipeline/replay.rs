@@ -1,11 +1,16 @@
-//! A replay of a traced server's steady traffic through the agent's own work, with no
-//! kernel: ring-buffer records written as the probes write them, decoded, turned into
-//! spans and request metrics by the pipeline, queued, and encoded as OTLP export requests.
-//! Only the network send is left out.
+//! A replay of a traced server's steady traffic through the agent's own per-request work,
+//! with no kernel: ring-buffer records written as the probes write them, decoded, turned
+//! into spans and request metrics by the pipeline, queued, and encoded as OTLP export
+//! requests in the export worker's batches.
+//!
+//! Left out: reading the ring buffer (the records are built in place), the reader's
+//! wakeups and once-a-second housekeeping, the export worker's wakeups and the network
+//! send. Building the records is the replay's own work, a few dozen instructions each.
 //!
 //! `cargo xtask bench --instructions` counts the instructions it takes per request under
-//! callgrind: a cost of the agent's code that the host's load does not move, where its CPU
-//! seconds on these shared machines swing by a third from run to run.
+//! callgrind: a cost of the agent's code that the host's load does not move (runs agree
+//! to within a few instructions), where its CPU seconds on these shared machines swing
+//! by a third from run to run.
 
 use std::sync::{Arc, mpsc};
 
@@ -17,7 +22,7 @@ use loupe_common::{
 use super::{Pipeline, PipelineConfig, SdkSpans};
 use crate::{
     events::{clock::monotonic_now_ns, decode, reader::EventSink},
-    export::{DetachedQueue, otlp::encode},
+    export::{DetachedQueue, config::BatchConfig, otlp::encode},
     probes::TgidSet,
     process::resource::ResourceDefaults,
     protocol::http1::Http1Limits,
@@ -51,8 +56,6 @@ const CONNECTIONS: u32 = 32;
 /// Requests per read of the ring buffer: what 50 ms of polling gathers at a few thousand
 /// requests a second.
 const REQUESTS_PER_READ: u64 = 128;
-/// The agent's default export batch.
-const EXPORT_BATCH: usize = 512;
 const FIRST_FD: u32 = 100;
 /// Monotonic time between one request and the next, and within a request.
 const REQUEST_GAP_NS: u64 = 250_000;
@@ -69,6 +72,7 @@ pub struct Replay {
     conn_ids: Vec<u64>,
     record: Vec<u8>,
     batch: Vec<FinishedSpan>,
+    batch_size: usize,
 }
 
 /// What a replay produced.
@@ -81,12 +85,13 @@ pub struct Outcome {
 
 impl Replay {
     /// A pipeline with the agent's defaults, its connections opened. Its spans carry the
-    /// resource of this process, read from /proc as the agent reads a traced one's.
+    /// resource of this process, read from /proc as the agent reads a traced one's; they
+    /// are exported even when this process's environment names an OpenTelemetry SDK.
     pub fn new(service: Service) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let (red, _red_metrics) = red::new(red::Limits::default(), metrics.clone());
         let config = PipelineConfig {
-            sdk_spans: SdkSpans::Skip,
+            sdk_spans: SdkSpans::Export,
             span_attributes: SpanAttributes::Recommended,
             head_sampler: HeadSampler::from_env(|_| None)
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
@@ -96,8 +101,13 @@ impl Replay {
             routes: RouteMatcher::new(&[]).map_err(|e| std::io::Error::other(e.to_string()))?,
             red,
         };
-        // The agent's default export queue.
-        let (sender, queue) = DetachedQueue::new(2048, metrics.clone());
+        // The agent's default export queue and batches.
+        let batching = BatchConfig::default();
+        let (sender, queue) = DetachedQueue::new(
+            batching.max_queue_size,
+            batching.max_export_batch_size,
+            metrics.clone(),
+        );
         // Nothing reads exec announcements here; the channel only has to accept them.
         let (execs, _) = mpsc::sync_channel(1);
         let pipeline = Pipeline::new(
@@ -118,7 +128,8 @@ impl Replay {
             clock_ns: monotonic_now_ns(),
             conn_ids: Vec::new(),
             record: Vec::with_capacity(512),
-            batch: Vec::with_capacity(EXPORT_BATCH),
+            batch: Vec::with_capacity(batching.max_export_batch_size),
+            batch_size: batching.max_export_batch_size,
         };
         replay.open_connections();
         Ok(replay)
@@ -154,7 +165,8 @@ impl Replay {
                 comm,
             };
             self.record.clear();
-            self.record.extend_from_slice(as_bytes(&open));
+            // SAFETY: a loupe-common record with no implicit padding.
+            self.record.extend_from_slice(unsafe { as_bytes(&open) });
             self.deliver();
             self.conn_ids.push(conn_id);
         }
@@ -250,7 +262,8 @@ impl Replay {
             _pad2: 0,
         };
         self.record.clear();
-        self.record.extend_from_slice(as_bytes(&header));
+        // SAFETY: a loupe-common record with no implicit padding.
+        self.record.extend_from_slice(unsafe { as_bytes(&header) });
         self.record.extend_from_slice(bytes);
         self.deliver();
     }
@@ -265,8 +278,8 @@ impl Replay {
     /// Encodes full batches, as the export worker sends them, and with `all` what is left.
     fn export(&mut self, outcome: &mut Outcome, all: bool) {
         loop {
-            self.queue.fill(&mut self.batch, EXPORT_BATCH);
-            let full = self.batch.len() >= EXPORT_BATCH;
+            self.queue.fill(&mut self.batch, self.batch_size);
+            let full = self.batch.len() >= self.batch_size;
             let last = all && !self.batch.is_empty();
             if !full && !last {
                 return;
@@ -285,10 +298,13 @@ impl Replay {
     }
 }
 
-/// The bytes of a plain-old-data record struct from loupe-common.
-fn as_bytes<T: Copy>(value: &T) -> &[u8] {
-    // SAFETY: `T` is one of loupe-common's `repr(C)` records, all initialised (their
-    // padding is explicit fields), read for its own size.
+/// The bytes of a record struct.
+///
+/// # Safety
+/// `T` must have no implicit padding, as loupe-common's `repr(C)` records, whose padding is
+/// explicit fields, have: every byte read is then initialised.
+unsafe fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: the caller's promise; read for the value's own size, while it is borrowed.
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
@@ -327,7 +343,8 @@ mod tests {
         let span = &spans[0].span;
         assert_eq!(&*span.name, "GET /");
         assert_eq!(span.status_code, Some(200));
-        assert_eq!(span.response_body_size, None);
+        assert_eq!(span.route.as_deref(), Some("/"));
+        assert_eq!(span.kind, crate::span::SpanKind::Server);
         assert_eq!(
             span.end_unix_ns - span.start_unix_ns,
             SERVICE_TIME_NS + 5_000

@@ -55,8 +55,7 @@ pub struct HttpSpan {
     pub trace_flags: u8,
     pub trace_state: Option<String>,
     pub kind: SpanKind,
-    /// `{method} {route}`, or `{method}` when no route is known. Shared between spans
-    /// of the same name, as the route is.
+    /// `{method} {route}`. Shared between spans of the same name, as the route is.
     pub name: Arc<str>,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,

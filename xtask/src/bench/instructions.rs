@@ -16,9 +16,10 @@ use super::target::ServiceKind;
 use crate::cmd::which;
 use crate::workspace::Workspace;
 
-/// Requests in the shorter and the longer run.
-const SHORT_RUN: u64 = 5_000;
-const LONG_RUN: u64 = 15_000;
+/// Requests in the shorter and the longer run: multiples of the replay's reads of 128
+/// requests and export batches of 512 spans, so both runs end on the same step.
+const SHORT_RUN: u64 = 5_120;
+const LONG_RUN: u64 = 15_360;
 
 /// Builds the replay unless `build` is false, and returns its path.
 pub fn prepare(ws: &Workspace, build: bool) -> Result<PathBuf> {
@@ -85,7 +86,11 @@ fn run(replay: &Path, service: ServiceKind, requests: u64, scratch: &Path) -> Re
         "bench: counting the instructions of {requests} replayed {} requests",
         service.name()
     );
+    // The replay's spans carry its own process's resource, read from /proc as the agent
+    // reads a traced one's: the caller's OTEL_* settings must not change what it counts.
     let output = Command::new("valgrind")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
         .arg(replay)
@@ -109,9 +114,12 @@ fn run(replay: &Path, service: ServiceKind, requests: u64, scratch: &Path) -> Re
         spans == requests,
         "the replay made {spans} spans of {requests} requests"
     );
+    let encoded_bytes = report["encoded_bytes"]
+        .as_u64()
+        .with_context(|| format!("the replay reported no encoded bytes: {stdout}"))?;
     Ok(Run {
         instructions,
-        encoded_bytes: report["encoded_bytes"].as_u64().unwrap_or(0),
+        encoded_bytes,
     })
 }
 

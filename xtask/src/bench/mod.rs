@@ -130,7 +130,7 @@ pub struct BenchArgs {
     /// Instead of the overhead, count the instructions the agent's own code takes per
     /// request, under callgrind, on the service's traffic replayed through the pipeline
     /// and the OTLP encoder without the kernel: repeatable on a busy host, where CPU
-    /// seconds are not. Needs valgrind, not root.
+    /// seconds are not. Needs valgrind (`cargo xtask setup`); with --no-build, not root.
     #[arg(long, conflicts_with_all = ["baseline_only", "completeness", "all", "soak"])]
     pub instructions: bool,
     /// Completeness: requests per concurrency level.
@@ -244,11 +244,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
     let ws = Workspace::locate()?;
-    if args.instructions {
-        return count_instructions(args, &ws, scratch);
-    }
     if !args.no_build {
         setup::run(&mut std::io::stderr())?;
+    }
+    if args.instructions {
+        return count_instructions(args, &ws, scratch);
     }
     let overhead = args.soak.is_none() && (args.all || !args.completeness);
     let completeness = args.all || args.completeness;

@@ -224,3 +224,21 @@ fn module_doc_example_holds() {
         assert_eq!(heuristic_route(&format!("/{word}")), format!("/{word}"));
     }
 }
+
+#[test]
+fn routes_append_to_what_the_buffer_holds() {
+    let routes = matcher(&["/users/{user}"]);
+    for (path, route) in [
+        ("/", "/"),
+        ("", "/"),
+        ("?q=1", "/"),
+        ("*", "*"),
+        ("/users/42", "/users/{user}"),
+        ("/orders/42", "/orders/{id}"),
+    ] {
+        let mut out = String::from("GET ");
+        routes.write_route(path, &mut out);
+        assert_eq!(out, format!("GET {route}"), "{path:?}");
+        assert_eq!(routes.route(path).0, route, "{path:?}");
+    }
+}
