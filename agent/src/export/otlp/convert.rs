@@ -85,6 +85,7 @@ fn attributes(span: &HttpSpan) -> Vec<KeyValue> {
             match value {
                 Attr::Str(s) => Value::StringValue(s.to_owned()),
                 Attr::Int(i) => Value::IntValue(i),
+                Attr::Const(attr) => Value::StringValue(attr.value.to_owned()),
             },
         ))
     });

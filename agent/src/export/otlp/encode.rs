@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use super::const_attr::{self, ConstAttr};
 use crate::span::{AttrValue, FinishedSpan, HttpSpan, Resource, SpanKind};
 
 pub const SCOPE_NAME: &str = "loupe";
@@ -126,6 +127,7 @@ impl Writer {
         for_each_attribute(span, |key, value| match value {
             Attr::Str(value) => str_attr(out, SPAN_ATTRIBUTES, key, value),
             Attr::Int(value) => int_attr(out, SPAN_ATTRIBUTES, key, value),
+            Attr::Const(attr) => out.extend_from_slice(attr.encoded),
         });
         if span.is_error() {
             // Status { code = 3 }; an empty message is left out, as prost does.
@@ -172,20 +174,37 @@ fn key_value_head(out: &mut Vec<u8>, field: u32, name: &str, value_len: usize) {
 pub enum Attr<'a> {
     Str(&'a str),
     Int(i64),
+    /// A string whose key and value are both constants, encoded at compile time.
+    Const(&'static ConstAttr),
 }
 
 /// Calls `f` with every attribute of `span` under the stable HTTP semantic conventions,
 /// in a fixed order; unset optional fields are left out. Client spans carry `url.full`,
 /// which the conventions require on them, besides the path and query it is made of.
 pub fn for_each_attribute(span: &HttpSpan, mut f: impl FnMut(&'static str, Attr<'_>)) {
-    f("http.request.method", Attr::Str(span.method));
+    let method = span.method;
+    f(
+        "http.request.method",
+        known_or_str(method, const_attr::method(method)),
+    );
     if let Some(url) = span.url_full() {
         f("url.full", Attr::Str(&url));
     }
     f("url.path", Attr::Str(&span.path));
-    f("url.scheme", Attr::Str(span.scheme));
-    f("network.protocol.name", Attr::Str("http"));
-    f("network.protocol.version", Attr::Str(span.protocol_version));
+    let scheme = span.scheme;
+    f(
+        "url.scheme",
+        known_or_str(scheme, const_attr::scheme(scheme)),
+    );
+    f(
+        "network.protocol.name",
+        Attr::Const(&const_attr::PROTOCOL_NAME),
+    );
+    let version = span.protocol_version;
+    f(
+        "network.protocol.version",
+        known_or_str(version, const_attr::protocol_version(version)),
+    );
     let optional_strs = [
         (
             "http.request.method_original",
@@ -225,6 +244,11 @@ pub fn for_each_attribute(span: &HttpSpan, mut f: impl FnMut(&'static str, Attr<
             f(key, Attr::Int(value));
         }
     }
+}
+
+/// The constant attribute when the value is one, else the value as a string.
+fn known_or_str<'a>(value: &'a str, known: Option<&'static ConstAttr>) -> Attr<'a> {
+    known.map_or(Attr::Str(value), Attr::Const)
 }
 
 fn saturating_i64(n: u64) -> i64 {
