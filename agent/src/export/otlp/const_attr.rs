@@ -1,8 +1,8 @@
 //! Span attributes whose key and value are both constants (`http.request.method=GET`,
 //! `url.scheme=http`, `network.protocol.name=http`, `network.protocol.version=1.1`),
 //! encoded as a span's `KeyValue` field once, at compile time. Every span carries four
-//! of them; writing each from its parts took about 200 instructions, copying it takes a
-//! few.
+//! of them; copying each instead of writing it from its parts saves about 140
+//! instructions, the lookup included.
 
 use crate::protocol::http1::CONVENTION_METHODS;
 
@@ -27,6 +27,10 @@ const fn encode<const N: usize>(key: &str, value: &str) -> [u8; N] {
     assert!(
         key_value < 0x80,
         "a constant attribute needs one-byte lengths"
+    );
+    assert!(
+        N == encoded_len(key, value),
+        "the array must fit the encoding"
     );
     let mut out = [0u8; N];
     // Span.attributes = 9, length-delimited.

@@ -127,7 +127,10 @@ impl Writer {
         for_each_attribute(span, |key, value| match value {
             Attr::Str(value) => str_attr(out, SPAN_ATTRIBUTES, key, value),
             Attr::Int(value) => int_attr(out, SPAN_ATTRIBUTES, key, value),
-            Attr::Const(attr) => out.extend_from_slice(attr.encoded),
+            Attr::Const(attr) => {
+                debug_assert_eq!(key, attr.key, "a constant attribute under another key");
+                out.extend_from_slice(attr.encoded)
+            }
         });
         if span.is_error() {
             // Status { code = 3 }; an empty message is left out, as prost does.

@@ -42,11 +42,23 @@ fn varied_spans() -> Vec<FinishedSpan> {
     bare.trace_state = Some(String::new());
     bare.end_unix_ns = bare.start_unix_ns - 1;
 
+    // Values outside the compile-time constants take the general path.
+    let mut unlisted = http_span(SpanKind::Server, Some(200));
+    unlisted.method = "PURGE";
+    unlisted.scheme = "ftp";
+    unlisted.protocol_version = "2";
+    let mut old = http_span(SpanKind::Client, Some(200));
+    old.method = "POST";
+    old.scheme = "https";
+    old.protocol_version = "1.0";
+
     vec![
         finished(&web, http_span(SpanKind::Server, Some(200))),
         finished(&db, full),
         finished(&web, bare),
         finished(&db, http_span(SpanKind::Server, Some(404))),
+        finished(&web, unlisted),
+        finished(&web, old),
     ]
 }
 
