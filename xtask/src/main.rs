@@ -45,7 +45,8 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// Measure the agent's overhead on nginx or a Python service (alternating rounds
     /// without and with it), with --soak whether its memory stays flat under steady load,
-    /// or with --completeness how many requests form exact traces across three services.
+    /// with --completeness how many requests form exact traces across three services, or
+    /// with --instructions how many instructions the agent's own code takes per request.
     Bench(Box<bench::BenchArgs>),
 }
 
