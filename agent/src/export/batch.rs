@@ -66,6 +66,17 @@ pub(super) struct Queue {
 }
 
 impl Queue {
+    fn new(capacity: usize, batch_size: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            pending: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            capacity: capacity as u64,
+            batch_size,
+            batch_ready: Notify::new(),
+            metrics,
+        })
+    }
+
     /// `n` spans left the queue: delivered, printed or dropped.
     pub(super) fn resolved(&self, n: u64) {
         let before = self.pending.fetch_sub(n, Ordering::Relaxed);
@@ -164,14 +175,7 @@ impl DetachedQueue {
     /// A sender and the queue it feeds, holding at most `capacity` spans, taken in
     /// batches of `batch_size`.
     pub fn new(capacity: usize, batch_size: usize, metrics: Arc<Metrics>) -> (SpanSender, Self) {
-        let queue = Arc::new(Queue {
-            pending: AtomicU64::new(0),
-            queued: AtomicU64::new(0),
-            capacity: capacity as u64,
-            batch_size,
-            batch_ready: Notify::new(),
-            metrics,
-        });
+        let queue = Queue::new(capacity, batch_size, metrics);
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = SpanSender {
             tx: Some(tx),
@@ -283,14 +287,11 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportStartError::NoRuntime)?;
-    let queue = Arc::new(Queue {
-        pending: AtomicU64::new(0),
-        queued: AtomicU64::new(0),
-        capacity: config.batch.max_queue_size as u64,
-        batch_size: config.batch.max_export_batch_size,
-        batch_ready: Notify::new(),
-        metrics: Arc::clone(&metrics),
-    });
+    let queue = Queue::new(
+        config.batch.max_queue_size,
+        config.batch.max_export_batch_size,
+        Arc::clone(&metrics),
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let (tx, worker) = match config.exporter {
         ExporterConfig::None => (None, None),

@@ -7,7 +7,7 @@ use crate::{
     events::clock::Clock,
     protocol::{
         Role,
-        http1::{CONVENTION_METHODS, ExchangeOutcome, HttpExchange},
+        http1::{ExchangeOutcome, HttpExchange, convention_method},
     },
     span::{HttpSpan, SpanAttributes, SpanKind, route::RouteMatcher},
 };
@@ -206,7 +206,7 @@ fn split_target(target: &str) -> (String, Option<String>) {
 }
 
 fn normalise_method(method: &str) -> (&'static str, Option<String>) {
-    match CONVENTION_METHODS.iter().find(|known| **known == method) {
+    match convention_method(method) {
         Some(known) => (known, None),
         None => ("_OTHER", Some(truncate(method, 32))),
     }

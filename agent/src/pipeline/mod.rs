@@ -349,13 +349,10 @@ impl Pipeline {
                     }
                 }
             };
-            // The method first: only a POST has its User-Agent looked up.
             if exchange.role == Role::Server
-                && exchange.request.method == "POST"
-                && sent_by_loupe(
-                    &exchange.request.method,
-                    exchange.request.header("user-agent"),
-                )
+                && sent_by_loupe(&exchange.request.method, || {
+                    exchange.request.header("user-agent")
+                })
             {
                 self.metrics.spans_skipped_own_export.inc();
                 continue;

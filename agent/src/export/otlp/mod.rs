@@ -33,8 +33,9 @@ const USER_AGENT: &str = concat!("loupe/", env!("CARGO_PKG_VERSION"));
 /// Whether a request is an OTLP export of a loupe agent (this one or one on another host),
 /// seen arriving at a collector that loupe traces. Turning it into a span would feed a
 /// loop: the span is exported, which is another such request.
-pub fn sent_by_loupe(method: &str, user_agent: Option<&str>) -> bool {
-    method == "POST" && user_agent.is_some_and(|ua| ua.starts_with(USER_AGENT_PRODUCT))
+/// `user_agent` is only asked for a POST: finding the header costs every other request.
+pub fn sent_by_loupe<'a>(method: &str, user_agent: impl FnOnce() -> Option<&'a str>) -> bool {
+    method == "POST" && user_agent().is_some_and(|ua| ua.starts_with(USER_AGENT_PRODUCT))
 }
 
 /// Why the OTLP exporter could not be built.

@@ -88,7 +88,7 @@ async fn round_trip(protocol: Protocol, compression: Compression) {
         Some("team a")
     );
     let agent = got.headers.get("user-agent").cloned().unwrap_or_default();
-    assert!(sent_by_loupe("POST", Some(&agent)), "{agent}");
+    assert!(sent_by_loupe("POST", || Some(&agent)), "{agent}");
     if protocol == Protocol::HttpProtobuf {
         assert_eq!(got.path, "/v1/traces");
         assert_eq!(
@@ -356,14 +356,17 @@ async fn shutdown_cuts_a_retrying_export_short() {
 #[test]
 fn loupes_own_exports_are_recognised_by_their_user_agent() {
     // What this agent sends, and what an agent of another version sends.
-    assert!(sent_by_loupe("POST", Some(USER_AGENT)));
-    assert!(sent_by_loupe("POST", Some("loupe/9.4.1")));
+    assert!(sent_by_loupe("POST", || Some(USER_AGENT)));
+    assert!(sent_by_loupe("POST", || Some("loupe/9.4.1")));
     // Other clients of a collector, and requests that are not exports.
-    assert!(!sent_by_loupe(
-        "POST",
-        Some("OTel-OTLP-Exporter-Python/1.27.0")
-    ));
-    assert!(!sent_by_loupe("POST", Some("curl/8.5.0 loupe/1")));
-    assert!(!sent_by_loupe("POST", None));
-    assert!(!sent_by_loupe("GET", Some(USER_AGENT)));
+    assert!(!sent_by_loupe("POST", || Some(
+        "OTel-OTLP-Exporter-Python/1.27.0"
+    )));
+    assert!(!sent_by_loupe("POST", || Some("curl/8.5.0 loupe/1")));
+    assert!(!sent_by_loupe("POST", || None));
+    assert!(!sent_by_loupe("GET", || Some(USER_AGENT)));
+    // Only a POST has its User-Agent looked up.
+    assert!(!sent_by_loupe("GET", || unreachable!(
+        "asked for a GET's User-Agent"
+    )));
 }

@@ -4,8 +4,8 @@
 use std::{borrow::Cow, mem::MaybeUninit};
 
 use super::{
-    CONVENTION_METHODS, HeaderField, Http1Limits, HttpRequest, HttpResponse, KeepHeaders,
-    MAX_HEADER_VALUE_BYTES, SPAN_REQUEST_HEADERS,
+    HeaderField, Http1Limits, HttpRequest, HttpResponse, KeepHeaders, MAX_HEADER_VALUE_BYTES,
+    SPAN_REQUEST_HEADERS, convention_method,
 };
 use crate::span::context::PROPAGATION_HEADERS;
 
@@ -218,10 +218,7 @@ fn parse_response(buf: &[u8], limits: &Http1Limits) -> HeadParse<ResponseHead> {
 
 /// The method, borrowed when it is one the conventions name.
 fn method_text(method: &str) -> Cow<'static, str> {
-    match CONVENTION_METHODS.iter().find(|known| **known == method) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(method.to_owned()),
-    }
+    convention_method(method).map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed)
 }
 
 /// The lowercase name of a request header spans or linking use, `None` for the others.

@@ -74,6 +74,14 @@ pub const CONVENTION_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
 ];
 
+/// `method` as the [`CONVENTION_METHODS`] entry it equals, if any.
+pub fn convention_method(method: &str) -> Option<&'static str> {
+    CONVENTION_METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+}
+
 /// Request headers spans are built from, besides the trace-context ones.
 pub const SPAN_REQUEST_HEADERS: &[&str] = &["host", "user-agent"];
 
