@@ -87,7 +87,8 @@ pub enum ConfigCommand {
 /// What the agent does; each of these can also come from the configuration file.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Trace this process (repeatable).
+    /// Trace this process (repeatable): the one that has the pid when loupe starts, not a
+    /// later process that reuses the pid.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 

@@ -346,22 +346,12 @@ fn connection_opened_before_the_agent_started_is_traced() {
 /// exist when loupe started and never calls exec.
 const FORKING_PARENT: &str = r#"
 import os, sys, time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 port, trigger = int(sys.argv[1]), sys.argv[2]
 while not os.path.exists(trigger):
     time.sleep(0.01)
 if os.fork() == 0:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-        def log_message(self, *args):
-            pass
-    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    serve_ok(port)
 else:
     os.wait()
 "#;
@@ -377,7 +367,11 @@ fn a_child_forked_after_the_start_is_traced_from_its_first_request() {
     let dir = support::scratch_dir("forking-parent");
     let script = dir.join("parent.py");
     let trigger = dir.join("fork-now");
-    std::fs::write(&script, FORKING_PARENT).expect("write parent.py");
+    std::fs::write(
+        &script,
+        servers::PYTHON_SERVE_OK.to_owned() + FORKING_PARENT,
+    )
+    .expect("write parent.py");
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(&script)
         .arg(port.to_string())

@@ -252,3 +252,95 @@ fn every_thread_runs_at_the_configured_cpu_priority() {
         agent.terminate();
     }
 }
+
+/// Forks until a child gets the pid `argv[1]` (through `ns_last_pid`), which then serves
+/// HTTP on `argv[2]` without calling exec; prints the pid once it is taken. Follows
+/// `servers::PYTHON_SERVE_OK`.
+const PID_TAKER: &str = r#"
+import os, sys, time
+
+target, port = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.time() + 10
+while time.time() < deadline:
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(target - 1))
+    pid = os.fork()
+    if pid == 0:
+        if os.getpid() == target:
+            serve_ok(port)
+        os._exit(0)
+    if pid == target:
+        print(pid, flush=True)
+        os.waitpid(pid, 0)
+        sys.exit(0)
+    os.waitpid(pid, 0)
+sys.exit("pid %d stayed taken" % target)
+"#;
+
+/// The tracing of a `--pid` ends with its process: a new process that takes the pid
+/// over (here a fork that never calls exec, so the agent hears of no exec, given the pid
+/// on purpose) is judged anew, and nobody selected it.
+#[test]
+fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let receiver = OtlpReceiver::start().unwrap();
+    let (port, taker_port) = (free_port(), free_port());
+    let first = servers::python(port, &[("OTEL_SERVICE_NAME", "first")]);
+    let pid = first.pid();
+    let endpoint = receiver.grpc_endpoint();
+    let mut agent = Agent::start(
+        &["--pid", &pid.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{port}/first")]),
+        vec![200]
+    );
+    let spans = receiver.wait_for_spans(1, WAIT);
+    assert_eq!(spans[0].attr("url.path"), Some("/first"), "{spans:#?}");
+    drop(first);
+
+    let script = support::scratch_dir("pid-taker").join("taker.py");
+    std::fs::write(&script, servers::PYTHON_SERVE_OK.to_owned() + PID_TAKER)
+        .expect("write taker.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(&script)
+        .arg(pid.to_string())
+        .arg(taker_port.to_string())
+        .stdout(Stdio::piped())
+        .process_group(0);
+    let mut taker = support::Guard(command.spawn().expect("spawn taker.py"));
+    let mut line = String::new();
+    std::io::BufReader::new(taker.0.stdout.take().expect("taker's stdout"))
+        .read_line(&mut line)
+        .expect("read the taken pid");
+    assert_eq!(line.trim(), pid.to_string(), "the new process has the pid");
+    support::wait_for_port(taker_port);
+    wait_until("the agent to stop tracing the pid", WAIT, || {
+        agent.metric("loupe_traced_processes") == 0.0
+    });
+    // Over three of the agent's /proc scans (every 2 s): a verdict that a later scan
+    // turned back would show.
+    for _ in 0..24 {
+        assert_eq!(
+            curl(&[&format!("http://127.0.0.1:{taker_port}/taken-over")]),
+            vec![200]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+    let spans = receiver.spans();
+    let taken: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attr("url.path") == Some("/taken-over"))
+        .collect();
+    assert!(taken.is_empty(), "{taken:#?}");
+    drop(taker);
+}

@@ -3,7 +3,9 @@
 //! A process is traced when its pid was named with `--pid`, when its executable matches an
 //! `--exe` name or glob, or when its parent is traced (workers of a traced master). New
 //! processes are checked as soon as the kernel reports their exec, and a periodic scan of
-//! /proc catches everything else; processes that exit are removed.
+//! /proc catches everything else; processes that exit are removed. A process is its pid
+//! and its start time: a pid that a new process took over is judged anew, so a process
+//! nobody selected never inherits the tracing of the one that had its pid before.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -42,16 +44,20 @@ pub enum SelectionError {
 /// What the user asked to trace.
 #[derive(Debug, Clone)]
 pub struct Selection {
-    pids: HashSet<u32>,
+    /// The processes named with `--pid`, by pid and start time.
+    pids: HashMap<u32, u64>,
     exe_patterns: Vec<glob::Pattern>,
 }
 
 impl Selection {
     pub fn new(pids: &[u32], exes: &[String]) -> Result<Self, SelectionError> {
+        let mut selected = HashMap::new();
         for &pid in pids {
-            if !procfs::is_process(pid) {
-                return Err(SelectionError::UnknownPid(pid));
-            }
+            let start_time = procfs::is_process(pid)
+                .then(|| procfs::start_time(pid))
+                .flatten()
+                .ok_or(SelectionError::UnknownPid(pid))?;
+            selected.insert(pid, start_time);
         }
         let exe_patterns = exes
             .iter()
@@ -63,7 +69,7 @@ impl Selection {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            pids: pids.iter().copied().collect(),
+            pids: selected,
             exe_patterns,
         })
     }
@@ -108,10 +114,18 @@ impl Selection {
         hints
     }
 
-    /// A pattern with a '/' is matched against the full executable path, one without
-    /// against the executable's file name and the process's command name.
-    pub fn matches(&self, pid: u32, exe: Option<&Path>, comm: Option<&str>) -> bool {
-        if self.pids.contains(&pid) {
+    /// Whether the process `pid` that started at `start_time` is selected. A `--pid` names
+    /// the process that had that pid when loupe started, not later ones that reuse it. A
+    /// pattern with a '/' is matched against the full executable path, one without against
+    /// the executable's file name and the process's command name.
+    pub fn matches(
+        &self,
+        pid: u32,
+        start_time: u64,
+        exe: Option<&Path>,
+        comm: Option<&str>,
+    ) -> bool {
+        if self.pids.get(&pid) == Some(&start_time) {
             return true;
         }
         self.exe_patterns.iter().any(|pattern| {
@@ -188,6 +202,13 @@ impl Selector {
         for pid in gone {
             self.forget(pid);
         }
+        // A traced pid that names another process now: the kernel still has its bit, and
+        // its connections' entries would match the new process's fds.
+        for pid in reused(&self.known, procfs::start_time) {
+            self.known.remove(&pid);
+            self.forget_connections(pid);
+            self.metrics.reused_pids.inc();
+        }
         for pid in pids {
             if !self.known.contains_key(&pid) {
                 self.check(pid);
@@ -213,7 +234,10 @@ impl Selector {
         let parent_traced = parent_of(pid)
             .and_then(|ppid| self.known.get(&ppid))
             .is_some_and(|k| k.traced);
-        let traced = parent_traced || self.selection.matches(pid, exe.as_deref(), comm.as_deref());
+        let traced = parent_traced
+            || self
+                .selection
+                .matches(pid, start_time, exe.as_deref(), comm.as_deref());
         self.known.insert(pid, Known { start_time, traced });
         if traced {
             if !self.processes.insert(pid) {
@@ -253,6 +277,15 @@ impl Selector {
                 self.processes.remove(id);
             }
         }
+    }
+
+    /// Drops the kernel's connection entries, and cache slots, of the process `tgid`.
+    fn forget_connections(&mut self, tgid: u32) {
+        let keys: Vec<_> = self.connections.keys().filter_map(Result::ok).collect();
+        for key in keys.into_iter().filter(|key| key.tgid == tgid) {
+            let _ = self.connections.remove(&key);
+        }
+        self.connection_cache.forget_dead(|id| id == tgid);
     }
 
     /// Drops kernel connection entries, and cache slots, of processes that exited without
@@ -310,6 +343,18 @@ impl Selector {
     }
 }
 
+/// The traced pids in `known` whose process is not the one that was traced: `start_time`
+/// gives another start (a new process took the pid over) for them. Pids that are gone
+/// are left to the caller.
+fn reused(known: &HashMap<u32, Known>, start_time: impl Fn(u32) -> Option<u64>) -> Vec<u32> {
+    known
+        .iter()
+        .filter(|(_, k)| k.traced)
+        .filter(|&(&pid, k)| start_time(pid).is_some_and(|now| now != k.start_time))
+        .map(|(&pid, _)| pid)
+        .collect()
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -330,21 +375,41 @@ mod tests {
     #[test]
     fn matches_by_name_glob_and_path() {
         let s = selection(&[], &["nginx", "python3*", "/opt/app/*"]);
-        assert!(s.matches(1, Some(Path::new("/usr/sbin/nginx")), None));
-        assert!(s.matches(1, Some(Path::new("/usr/bin/python3.11")), None));
-        assert!(s.matches(1, Some(Path::new("/opt/app/server")), None));
-        assert!(!s.matches(1, Some(Path::new("/usr/bin/node")), Some("node")));
+        assert!(s.matches(1, 0, Some(Path::new("/usr/sbin/nginx")), None));
+        assert!(s.matches(1, 0, Some(Path::new("/usr/bin/python3.11")), None));
+        assert!(s.matches(1, 0, Some(Path::new("/opt/app/server")), None));
+        assert!(!s.matches(1, 0, Some(Path::new("/usr/bin/node")), Some("node")));
         // The command name helps when the executable is unreadable.
-        assert!(s.matches(1, None, Some("nginx")));
+        assert!(s.matches(1, 0, None, Some("nginx")));
         assert!(!s.traces_everything());
     }
 
     #[test]
-    fn matches_selected_pid() {
+    fn matches_selected_pid_only_while_it_names_the_same_process() {
         let me = std::process::id();
+        let started = procfs::start_time(me).unwrap();
         let s = selection(&[me], &[]);
-        assert!(s.matches(me, None, None));
-        assert!(!s.matches(me + 1, None, None));
+        assert!(s.matches(me, started, None, None));
+        assert!(!s.matches(me + 1, started, None, None));
+        // A later process that took the pid over is not the one named.
+        assert!(!s.matches(me, started + 1, None, None));
+    }
+
+    #[test]
+    fn a_traced_pid_taken_over_by_a_new_process_is_reused() {
+        let known = |start_time, traced| Known { start_time, traced };
+        let known = HashMap::from([
+            (10, known(100, true)),  // still the same process
+            (11, known(100, true)),  // taken over by a process started at 200
+            (12, known(100, false)), // untraced: its verdict holds whoever has the pid
+            (13, known(100, true)),  // gone: the dead are forgotten elsewhere
+        ]);
+        let now = |pid| match pid {
+            10 => Some(100),
+            11 | 12 => Some(200),
+            _ => None,
+        };
+        assert_eq!(reused(&known, now), vec![11]);
     }
 
     #[test]

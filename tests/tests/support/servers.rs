@@ -121,6 +121,26 @@ while True:
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 "#;
 
+/// Python defining `serve_ok(port)`: an HTTP/1.1 server answering every GET with `ok`,
+/// for test scripts that start one in a process of their own making (a fork that never
+/// calls exec). The script's own code follows it.
+pub const PYTHON_SERVE_OK: &str = r#"
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class OkHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+
+def serve_ok(port):
+    HTTPServer(("127.0.0.1", port), OkHandler).serve_forever()
+"#;
+
 /// Starts the scatter/gather server in `mode` (`msg` or `vec`), its responses split at
 /// `split` (`status` or `head`).
 pub fn scatter_gather(port: u16, mode: &str, split: &str, env: &[(&str, &str)]) -> Guard {
