@@ -366,3 +366,117 @@ get(socket.create_connection(("127.0.0.1", {port})), b"/after")
         Some(&3.0)
     );
 }
+
+/// Gives a new process, a fork that never calls exec, the pid `argv[1]`; it waits for the
+/// file `argv[3]`, then opens the file `argv[2]` until it holds fd `argv[4]`, reads the
+/// HTTP request written in it, writes a response after it, and prints `done`. Follows
+/// `servers::PYTHON_TAKE_PID`.
+const PID_TAKER_WITH_FILES: &str = r#"
+path, trigger, fd_wanted = sys.argv[2], sys.argv[3], int(sys.argv[4])
+take_pid(int(sys.argv[1]))
+while not os.path.exists(trigger):
+    time.sleep(0.01)
+fd = os.open(path, os.O_RDWR)
+while fd < fd_wanted:
+    fd = os.open(path, os.O_RDWR)
+assert fd == fd_wanted, (fd, fd_wanted)
+os.read(fd, 4096)
+os.write(fd, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+print("done", flush=True)
+"#;
+
+/// The fd of the process's newest socket (an accepted connection comes after the listener).
+fn newest_socket_fd(pid: u32) -> u32 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the server's fds")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .max()
+        .expect("the server has a socket")
+}
+
+/// A traced server killed with a connection open leaves the kernel's entry for that fd
+/// (an exit closes fds without the close calls the probes see). A new traced process that
+/// takes the pid over, a fork that never calls exec, opens a file at the same fd number:
+/// the file's bytes, an HTTP exchange here, are not taken for the old connection's.
+#[test]
+fn a_dead_processs_connection_is_not_met_by_the_next_holder_of_its_pid() {
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let first = servers::python(port, &[("OTEL_SERVICE_NAME", "first")]);
+    let pid = first.pid();
+    let endpoint = receiver.grpc_endpoint();
+    let mut agent = Agent::start(
+        &["--exe", "python3*"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert_eq!(support::keep_alive_get(&mut stream, "/before"), 200);
+    receiver.wait_for_spans(1, WAIT);
+    let fd = newest_socket_fd(pid);
+    let pruned = |agent: &Agent| agent.metric("loupe_kernel_connections_pruned_total");
+    let pruned_before = pruned(&agent);
+    drop(first);
+
+    let dir = support::scratch_dir("pid-taker-files");
+    let (script, request, trigger) = (
+        dir.join("taker.py"),
+        dir.join("request.txt"),
+        dir.join("go"),
+    );
+    std::fs::write(
+        &script,
+        servers::PYTHON_TAKE_PID.to_owned() + PID_TAKER_WITH_FILES,
+    )
+    .expect("write taker.py");
+    std::fs::write(&request, "GET /from-a-file HTTP/1.1\r\nHost: file\r\n\r\n")
+        .expect("write the request file");
+    let mut command = Command::new("python3");
+    command
+        .arg(&script)
+        .arg(pid.to_string())
+        .arg(&request)
+        .arg(&trigger)
+        .arg(fd.to_string())
+        .stdout(Stdio::piped())
+        .process_group(0);
+    let mut taker = Guard(command.spawn().expect("spawn taker.py"));
+    let mut lines = BufReader::new(taker.0.stdout.take().expect("taker's stdout")).lines();
+    let mut next_line = || lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next_line(), pid.to_string(), "the new process has the pid");
+    // The agent prunes stale entries within one /proc scan of the takeover, or within its
+    // 5-second prune. Not a deadline: an agent that never prunes them shows in the spans.
+    for _ in 0..60 {
+        if pruned(&agent) > pruned_before {
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    std::fs::write(&trigger, b"").expect("write the trigger");
+    assert_eq!(
+        next_line(),
+        "done",
+        "the new process read and wrote its file"
+    );
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+    let spans: Vec<_> = receiver
+        .spans()
+        .iter()
+        .map(|s| format!("{} {} {:?}", s.kind, s.name, s.attr("url.path")))
+        .collect();
+    assert!(
+        !spans.iter().any(|s| s.contains("from-a-file")),
+        "the file's bytes were traced as the old connection's: {spans:#?}"
+    );
+    drop(taker);
+}

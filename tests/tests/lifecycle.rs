@@ -253,28 +253,11 @@ fn every_thread_runs_at_the_configured_cpu_priority() {
     }
 }
 
-/// Forks until a child gets the pid `argv[1]` (through `ns_last_pid`), which then serves
-/// HTTP on `argv[2]` without calling exec; prints the pid once it is taken. Follows
-/// `servers::PYTHON_SERVE_OK`.
+/// Gives a new process, a fork that never calls exec, the pid `argv[1]` and serves HTTP
+/// there on `argv[2]`. Follows `servers::PYTHON_TAKE_PID` and `servers::PYTHON_SERVE_OK`.
 const PID_TAKER: &str = r#"
-import os, sys, time
-
-target, port = int(sys.argv[1]), int(sys.argv[2])
-deadline = time.time() + 10
-while time.time() < deadline:
-    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-        f.write(str(target - 1))
-    pid = os.fork()
-    if pid == 0:
-        if os.getpid() == target:
-            serve_ok(port)
-        os._exit(0)
-    if pid == target:
-        print(pid, flush=True)
-        os.waitpid(pid, 0)
-        sys.exit(0)
-    os.waitpid(pid, 0)
-sys.exit("pid %d stayed taken" % target)
+take_pid(int(sys.argv[1]))
+serve_ok(int(sys.argv[2]))
 "#;
 
 /// The tracing of a `--pid` ends with its process: a new process that takes the pid
@@ -306,8 +289,16 @@ fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
     drop(first);
 
     let script = support::scratch_dir("pid-taker").join("taker.py");
-    std::fs::write(&script, servers::PYTHON_SERVE_OK.to_owned() + PID_TAKER)
-        .expect("write taker.py");
+    std::fs::write(
+        &script,
+        [
+            servers::PYTHON_TAKE_PID,
+            servers::PYTHON_SERVE_OK,
+            PID_TAKER,
+        ]
+        .concat(),
+    )
+    .expect("write taker.py");
     let mut command = Command::new("python3");
     command
         .arg(&script)

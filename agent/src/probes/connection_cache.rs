@@ -1,8 +1,7 @@
 //! The kernel's connection cache (see [`CachedConnection`]), mapped into the agent so it
 //! can empty the slots of processes that died: their fds were closed by the exit, not by
-//! close calls the kernel programs see. Pruned on the same schedule as the connection
-//! table, so a tgid reused before the next prune can meet its predecessor's slots, as it
-//! can its table entries.
+//! close calls the kernel programs see. Pruned with the connection table, by the same
+//! rule (see `process::stale_connections`).
 //!
 //! The kernel programs write slots without locks and check each slot they read against
 //! its `check` word, so the agent empties a slot by clearing only that word, atomically.
@@ -18,6 +17,8 @@ const WORDS_PER_SLOT: usize = size_of::<CachedConnection>() / 8;
 const WORDS: usize = CONNECTION_CACHE_SLOTS as usize * WORDS_PER_SLOT;
 /// Word of a slot holding the key: `tgid`, then `fd`, in memory order.
 const KEY_WORD: usize = 0;
+/// Word of a slot holding the state's `conn_id`.
+const CONN_ID_WORD: usize = 1;
 /// Word of a slot holding `check`.
 const CHECK_WORD: usize = 3;
 
@@ -36,8 +37,9 @@ impl ConnectionCache {
         self.words.words().chunks_exact(WORDS_PER_SLOT)
     }
 
-    /// Empties every filled slot whose process `is_dead` says has exited; returns how many.
-    pub fn forget_dead(&self, mut is_dead: impl FnMut(u32) -> bool) -> usize {
+    /// Empties every filled slot that `is_stale(tgid, conn_id)` says belongs to no live
+    /// connection; returns how many.
+    pub fn forget_stale(&self, mut is_stale: impl FnMut(u32, u64) -> bool) -> usize {
         let mut emptied = 0;
         for slot in self.slots() {
             if slot[CHECK_WORD].load(Ordering::Relaxed) == 0 {
@@ -45,7 +47,7 @@ impl ConnectionCache {
             }
             let key = slot[KEY_WORD].load(Ordering::Relaxed).to_ne_bytes();
             let tgid = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
-            if is_dead(tgid) {
+            if is_stale(tgid, slot[CONN_ID_WORD].load(Ordering::Relaxed)) {
                 slot[CHECK_WORD].store(0, Ordering::Relaxed);
                 emptied += 1;
             }
@@ -68,9 +70,13 @@ mod tests {
 
     /// Writes a slot as the kernel programs do.
     fn fill(cache: &ConnectionCache, tgid: u32, fd: u32) -> usize {
+        fill_with_id(cache, tgid, fd, 77)
+    }
+
+    fn fill_with_id(cache: &ConnectionCache, tgid: u32, fd: u32, conn_id: u64) -> usize {
         let key = ConnKey { tgid, fd };
         let state = ConnState {
-            conn_id: 77,
+            conn_id,
             role: 1,
             ignored: 0,
             _pad: [0; 6],
@@ -80,7 +86,7 @@ mod tests {
         // SAFETY: ConnKey is two u32s, read as the one u64 the kernel would store.
         let key_word: u64 = unsafe { std::mem::transmute(key) };
         slot[KEY_WORD].store(key_word, Ordering::Relaxed);
-        slot[1].store(state.conn_id, Ordering::Relaxed);
+        slot[CONN_ID_WORD].store(state.conn_id, Ordering::Relaxed);
         let flags = [state.role, state.ignored, 0, 0, 0, 0, 0, 0];
         slot[2].store(u64::from_ne_bytes(flags), Ordering::Relaxed);
         slot[CHECK_WORD].store(CachedConnection::check_of(&key, &state), Ordering::Relaxed);
@@ -101,7 +107,7 @@ mod tests {
     fn empties_only_the_slots_of_dead_processes() {
         let cache = anonymous();
         assert_eq!(
-            cache.forget_dead(|_| true),
+            cache.forget_stale(|_, _| true),
             0,
             "an empty cache has nothing to forget"
         );
@@ -109,7 +115,7 @@ mod tests {
         let dead_a = fill(&cache, 99_000, 5);
         let dead_b = fill(&cache, 99_000, 6);
         let mut asked = Vec::new();
-        let emptied = cache.forget_dead(|tgid| {
+        let emptied = cache.forget_stale(|tgid, _| {
             asked.push(tgid);
             tgid == 99_000
         });
@@ -120,7 +126,18 @@ mod tests {
         asked.dedup();
         assert_eq!(asked, vec![4242, 99_000]);
         // A second pass finds only the live slot and leaves it.
-        assert_eq!(cache.forget_dead(|tgid| tgid == 99_000), 0);
+        assert_eq!(cache.forget_stale(|tgid, _| tgid == 99_000), 0);
         assert_eq!(filled(&cache), vec![live]);
+    }
+
+    #[test]
+    fn the_rule_sees_each_slots_connection_id() {
+        let cache = anonymous();
+        let older = fill_with_id(&cache, 4242, 5, 1_000);
+        let newer = fill_with_id(&cache, 4242, 6, 3_000);
+        // The process now at 4242 started at 2,000: the older slot is its predecessor's.
+        assert_eq!(cache.forget_stale(|_, conn_id| conn_id < 2_000), 1);
+        assert_eq!(filled(&cache), vec![newer]);
+        assert!(!filled(&cache).contains(&older));
     }
 }

@@ -4,3 +4,4 @@ pub mod instrumented;
 pub mod procfs;
 pub mod resource;
 pub mod selector;
+mod stale_connections;

@@ -25,7 +25,7 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
-use super::procfs;
+use super::{procfs, stale_connections};
 
 /// The /proc scan is the backstop for what exec events and the kernel's fork rule miss
 /// (and how exits are noticed); each pass reads every process's directory, so it runs
@@ -204,10 +204,13 @@ impl Selector {
         }
         // A traced pid that names another process now: the kernel still has its bit, and
         // its connections' entries would match the new process's fds.
-        for pid in reused(&self.known, procfs::start_time) {
-            self.known.remove(&pid);
-            self.forget_connections(pid);
+        let reused = reused(&self.known, procfs::start_time);
+        for pid in &reused {
+            self.known.remove(pid);
             self.metrics.reused_pids.inc();
+        }
+        if !reused.is_empty() {
+            self.prune_connections();
         }
         for pid in pids {
             if !self.known.contains_key(&pid) {
@@ -279,31 +282,11 @@ impl Selector {
         }
     }
 
-    /// Drops the kernel's connection entries, and cache slots, of the process `tgid`.
-    fn forget_connections(&mut self, tgid: u32) {
-        let keys: Vec<_> = self.connections.keys().filter_map(Result::ok).collect();
-        for key in keys.into_iter().filter(|key| key.tgid == tgid) {
-            let _ = self.connections.remove(&key);
-        }
-        self.connection_cache.forget_dead(|id| id == tgid);
-    }
-
     /// Drops kernel connection entries, and cache slots, of processes that exited without
-    /// closing them.
+    /// closing them or whose pid a newer process took over.
     fn prune_connections(&mut self) {
-        let mut dead: HashMap<u32, bool> = HashMap::new();
-        let mut is_dead = |tgid: u32| {
-            *dead
-                .entry(tgid)
-                .or_insert_with(|| !procfs::is_process(tgid))
-        };
-        let keys: Vec<_> = self.connections.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            if is_dead(key.tgid) {
-                let _ = self.connections.remove(&key);
-            }
-        }
-        self.connection_cache.forget_dead(is_dead);
+        let dropped = stale_connections::prune(&mut self.connections, &self.connection_cache);
+        self.metrics.kernel_connections_pruned.add(dropped);
     }
 
     /// Runs until `stop` is set, reacting to exec notifications at once.

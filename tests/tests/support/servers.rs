@@ -141,6 +141,31 @@ def serve_ok(port):
     HTTPServer(("127.0.0.1", port), OkHandler).serve_forever()
 "#;
 
+/// Python defining `take_pid(target)`: forks until a child gets the pid `target`
+/// (through `ns_last_pid`, as root) and returns in that child, which never calls exec;
+/// the parent prints the pid, waits for that child and exits. For tests of a pid that a
+/// new process takes over. The script's own code follows it.
+pub const PYTHON_TAKE_PID: &str = r#"
+import os, sys, time
+
+def take_pid(target):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(target - 1))
+        pid = os.fork()
+        if pid == 0:
+            if os.getpid() == target:
+                return
+            os._exit(0)
+        if pid == target:
+            print(pid, flush=True)
+            os.waitpid(pid, 0)
+            sys.exit(0)
+        os.waitpid(pid, 0)
+    sys.exit("pid %d stayed taken" % target)
+"#;
+
 /// Starts the scatter/gather server in `mode` (`msg` or `vec`), its responses split at
 /// `split` (`status` or `head`).
 pub fn scatter_gather(port: u16, mode: &str, split: &str, env: &[(&str, &str)]) -> Guard {
