@@ -29,6 +29,7 @@ use crate::{
     process::{
         instrumented::{OTLP_PORTS, is_otlp_export},
         resource::ResourceDefaults,
+        selector::ExecNotice,
     },
     protocol::{
         Chunk, Direction, Role,
@@ -95,7 +96,7 @@ pub struct Pipeline {
     /// The kernel's counters; `None` in the replay, which runs without the kernel.
     counters: Option<CounterMap>,
     whole_responses: WholeResponses,
-    execs: SyncSender<u32>,
+    execs: SyncSender<ExecNotice>,
     exchanges: Vec<HttpExchange>,
     starts: Vec<RequestStart>,
     linker: Linker,
@@ -111,7 +112,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         counters: Option<CounterMap>,
         whole_responses: TgidSet,
-        execs: SyncSender<u32>,
+        execs: SyncSender<ExecNotice>,
     ) -> Self {
         Self {
             connections: ConnectionTable::new(config.max_connections),
@@ -530,8 +531,12 @@ impl EventSink for Pipeline {
             }
             Event::ProcessExec(exec) => {
                 // The program changed, and with it possibly the service name.
-                self.processes.forget(exec.tgid);
-                let _ = self.execs.try_send(exec.tgid);
+                let had_connections = self.processes.forget(exec.tgid);
+                let _ = self.execs.try_send(ExecNotice {
+                    tgid: exec.tgid,
+                    at_ns: exec.ts_ns,
+                    had_connections,
+                });
             }
             Event::ServerContext(ctx) => self.injected.on_server(&ctx),
             Event::ClientContext(ctx) => self.injected.on_client(&ctx),

@@ -43,9 +43,10 @@ impl Processes {
         })
     }
 
-    /// The process exec'd another program: what was known no longer holds.
-    pub fn forget(&mut self, tgid: u32) {
-        self.entries.remove(&tgid);
+    /// The process exec'd another program: what was known no longer holds. True when
+    /// there was an entry, which a connection of the process made.
+    pub fn forget(&mut self, tgid: u32) -> bool {
+        self.entries.remove(&tgid).is_some()
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {

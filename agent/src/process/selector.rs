@@ -146,6 +146,16 @@ pub struct ExecHints {
     pub prefixes: Vec<CommPrefix>,
 }
 
+/// A process called exec, as the pipeline heard it from the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecNotice {
+    pub tgid: u32,
+    /// When, on the monotonic clock the probes stamp connections with.
+    pub at_ns: u64,
+    /// The pipeline had seen connections of the process before the exec.
+    pub had_connections: bool,
+}
+
 /// Facts about one process as of the last scan.
 #[derive(Debug, Clone, Copy)]
 struct Known {
@@ -290,7 +300,7 @@ impl Selector {
     }
 
     /// Runs until `stop` is set, reacting to exec notifications at once.
-    pub fn run(mut self, execs: Receiver<u32>, stop: &AtomicBool) {
+    pub fn run(mut self, execs: Receiver<ExecNotice>, stop: &AtomicBool) {
         let mut last_scan = Instant::now();
         let mut last_prune = Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -300,7 +310,20 @@ impl Selector {
                 .saturating_sub(last_scan.elapsed())
                 .max(Duration::from_millis(1));
             match execs.recv_timeout(wait) {
-                Ok(pid) => {
+                Ok(exec) => {
+                    let pid = exec.tgid;
+                    // An exec closes the process's close-on-exec fds without close calls
+                    // the probes see; the new program's files at those fd numbers must
+                    // not be taken for the old connections.
+                    if exec.had_connections {
+                        let dropped = stale_connections::forget_before(
+                            &mut self.connections,
+                            &self.connection_cache,
+                            pid,
+                            exec.at_ns,
+                        );
+                        self.metrics.kernel_connections_pruned.add(dropped);
+                    }
                     // An exec replaces the program: the old verdict no longer holds.
                     let restarted = self
                         .known

@@ -1,12 +1,13 @@
 //! Kernel connection entries that belong to no live connection: their process exited
 //! without closing them (an exit closes its fds without the close calls the probes see),
-//! or its pid now names a newer process. The newer process's fds would otherwise be taken
-//! for its predecessor's connections, and a file it reads through a reused fd number
-//! captured as socket data.
+//! its pid now names a newer process, or it called exec, which closes close-on-exec fds
+//! the same way. The new program's fds would otherwise be taken for the old connections,
+//! and a file it reads through a reused fd number captured as socket data.
 //!
 //! An entry's `conn_id` is when the probes registered it (`bpf_ktime_get_ns`, the
 //! monotonic clock): an entry older than the process that now has its tgid is its
-//! predecessor's.
+//! predecessor's, and one older than an exec may be the old program's. Connections that
+//! survive an exec (not close-on-exec) are found again on their next read or write.
 
 use std::collections::HashMap;
 
@@ -28,12 +29,33 @@ enum Holder {
 pub fn prune(connections: &mut ConnectionMap, cache: &ConnectionCache) -> u64 {
     let suspended = suspended_ns();
     let mut holders: HashMap<u32, Holder> = HashMap::new();
-    let mut stale = |tgid: u32, conn_id: u64| {
+    drop_where(connections, cache, |tgid, conn_id| {
         let holder = *holders
             .entry(tgid)
             .or_insert_with(|| holder(tgid, suspended));
         is_stale(holder, conn_id)
-    };
+    })
+}
+
+/// Drops the entries of process `tgid` registered before `exec_ns`, when it called exec;
+/// returns how many table entries it dropped.
+pub fn forget_before(
+    connections: &mut ConnectionMap,
+    cache: &ConnectionCache,
+    tgid: u32,
+    exec_ns: u64,
+) -> u64 {
+    drop_where(connections, cache, |owner, conn_id| {
+        owner == tgid && conn_id < exec_ns
+    })
+}
+
+/// Drops the table entries and cache slots for which `stale(tgid, conn_id)` holds.
+fn drop_where(
+    connections: &mut ConnectionMap,
+    cache: &ConnectionCache,
+    mut stale: impl FnMut(u32, u64) -> bool,
+) -> u64 {
     let keys: Vec<_> = connections
         .iter()
         .filter_map(Result::ok)

@@ -101,7 +101,7 @@ metrics! {
     tail_decisions_forced: Counter = "loupe_tail_decisions_forced_total", "Traces decided before their wait ended because the tail-sampling buffer was full.";
     tail_held_spans: Gauge = "loupe_tail_held_spans", "Spans waiting for a tail-sampling decision.";
     traced_processes: Gauge = "loupe_traced_processes", "Processes currently selected for tracing.";
-    kernel_connections_pruned: Counter = "loupe_kernel_connections_pruned_total", "Entries of the kernel's connection table dropped because their process exited without closing them, or because a newer process took its pid over (whose fds must not be taken for the old connections).";
+    kernel_connections_pruned: Counter = "loupe_kernel_connections_pruned_total", "Entries of the kernel's connection table dropped because their process exited without closing them, a newer process took its pid over, or it called exec (whose closing of close-on-exec fds the probes do not see): the new program's fds must not be taken for the old connections.";
     reused_pids: Counter = "loupe_reused_pids_total", "Pids of traced processes that a new process took over between two scans of /proc (every 2 s); the new process was judged anew and the old one's connection entries dropped.";
     red_series: Gauge = "loupe_red_series", "Request-duration series currently kept (http.server/client.request.duration).";
     red_routes_folded: Counter = "loupe_red_routes_folded_total", "Requests recorded under the route {other} because their service already had --max-routes-per-service routes.";
