@@ -129,7 +129,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (exec_tx, exec_rx) = sync_channel(4096);
+    let (notice_tx, notice_rx) = sync_channel(4096);
     let mut selector = Selector::new(
         selection,
         maps.processes,
@@ -142,7 +142,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         let stop = stop.clone();
         thread::Builder::new()
             .name("loupe-select".into())
-            .spawn(move || selector.run(exec_rx, &stop))?
+            .spawn(move || selector.run(notice_rx, &stop))?
     };
 
     let pipeline_config = PipelineConfig {
@@ -171,7 +171,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
                     metrics.clone(),
                     Some(counters),
                     whole_responses,
-                    exec_tx,
+                    notice_tx,
                 );
                 reader::run(ring, &mut pipeline, &metrics, &stop)
             })?

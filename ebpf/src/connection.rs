@@ -183,13 +183,15 @@ fn store(key: &ConnKey, state: &ConnState) -> bool {
 }
 
 /// Puts `key` in its cache slot, then empties the slot again unless the table still
-/// holds the same connection: a close of the fd on another thread between the table
-/// read or insert and the slot write found nothing in the slot to empty.
+/// holds the same connection in the same state: a close of the fd on another thread
+/// between the table read or insert and the slot write found nothing in the slot to
+/// empty, and neither did the agent when it marked the connection ignored in between.
 #[inline(always)]
 fn cache_if_standing(key: &ConnKey, state: &ConnState) {
     cache(key, state);
     // SAFETY: the value is only compared.
-    let standing = unsafe { CONNECTIONS.get(key) }.is_some_and(|s| s.conn_id == state.conn_id);
+    let standing = unsafe { CONNECTIONS.get(key) }
+        .is_some_and(|s| s.conn_id == state.conn_id && s.ignored == state.ignored);
     if !standing {
         uncache(key);
     }

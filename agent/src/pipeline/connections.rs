@@ -15,6 +15,12 @@ use crate::protocol::{Chunk, Direction, Role, detect_http1, http1::Http1Session,
 /// Chunks looked at before a connection is declared not HTTP and left alone.
 const DETECT_ATTEMPTS: u8 = 4;
 
+/// Chunks a connection carries after it is known to carry no more HTTP/1.x before the
+/// probes are asked to stop capturing it. Asking costs the agent two map calls and a
+/// connection that closes soon saves little, so only one that lives on (a database's,
+/// a WebSocket) is asked for.
+const CHUNKS_BEFORE_IGNORING: u32 = 8;
+
 pub enum ProtocolState {
     Undetected {
         attempts: u8,
@@ -41,6 +47,10 @@ pub struct Connection {
     pub last_activity_ns: u64,
     /// The request its process was serving when it connected (see `Linker::client_start`).
     pub parent_hint: Option<NodeRef>,
+    /// Chunks carried since it was known to carry no more HTTP/1.x.
+    chunks_after_http: u32,
+    /// The probes were asked to stop capturing it: what still comes was on its way.
+    given_up: bool,
 }
 
 impl Connection {
@@ -56,7 +66,32 @@ impl Connection {
             },
             last_activity_ns: now_ns,
             parent_hint: None,
+            chunks_after_http: 0,
+            given_up: false,
         }
+    }
+
+    /// Counts a chunk the connection just carried; true when it has carried enough since
+    /// it was known to carry no more HTTP/1.x (declared not HTTP, or tunnelled) that the
+    /// probes should stop capturing it, until [`Self::give_up`].
+    pub fn count_chunk_after_http(&mut self) -> bool {
+        if self.given_up {
+            return false;
+        }
+        let after_http = match &self.protocol {
+            ProtocolState::Opaque => true,
+            ProtocolState::Http1(session) => session.tunnelled(),
+            ProtocolState::Undetected { .. } => false,
+        };
+        if after_http {
+            self.chunks_after_http = self.chunks_after_http.saturating_add(1);
+        }
+        self.chunks_after_http >= CHUNKS_BEFORE_IGNORING
+    }
+
+    /// The probes were asked to stop capturing the connection.
+    pub fn give_up(&mut self) {
+        self.given_up = true;
     }
 
     /// Joins a held piece to `chunk` when both go the same way: the joined chunk starts
@@ -280,9 +315,16 @@ mod tests {
     /// Feeds `pieces` (direction, bytes, syscall entry time) the way the pipeline does;
     /// returns the finished exchanges and the bytes given up.
     fn feed(pieces: &[(Direction, &[u8], u64)]) -> (Vec<HttpExchange>, u64) {
+        let (exchanges, given_up, _) = feed_counting(pieces);
+        (exchanges, given_up)
+    }
+
+    /// [`feed`], also returning the pieces after which the connection asked the probes
+    /// to stop capturing it, by index.
+    fn feed_counting(pieces: &[(Direction, &[u8], u64)]) -> (Vec<HttpExchange>, u64, Vec<usize>) {
         let mut conn = Connection::new(1, None, 0);
-        let (mut exchanges, mut given_up) = (Vec::new(), 0);
-        for &(direction, bytes, start_ns) in pieces {
+        let (mut exchanges, mut given_up, mut asks) = (Vec::new(), 0, Vec::new());
+        for (i, &(direction, bytes, start_ns)) in pieces.iter().enumerate() {
             let chunk = Chunk {
                 direction,
                 start_ns,
@@ -299,8 +341,82 @@ mod tests {
                 Detection::None => given_up += chunk.total_len,
             }
             given_up += lost;
+            if conn.count_chunk_after_http() {
+                asks.push(i);
+                if i % 2 == 1 {
+                    // Every other ask is refused (a full notice channel).
+                    conn.give_up();
+                }
+            }
         }
-        (exchanges, given_up + conn.held_len())
+        (exchanges, given_up + conn.held_len(), asks)
+    }
+
+    #[test]
+    fn a_connection_without_http_is_given_up_to_the_probes_once_it_lives_on() {
+        use Direction::{Egress, Ingress};
+        // A TLS handshake's records, then application data both ways.
+        let tls: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        let pieces: Vec<(Direction, &[u8], u64)> = (0..20)
+            .map(|i| (if i % 2 == 0 { Egress } else { Ingress }, tls, i))
+            .collect();
+        let (exchanges, given_up, asks) = feed_counting(&pieces);
+        assert!(exchanges.is_empty());
+        assert_eq!(given_up, 20 * tls.len() as u64, "every byte is counted");
+        // Declared not HTTP at the 4th chunk, which counts as its first after HTTP.
+        let first_ask = DETECT_ATTEMPTS as usize - 1 + CHUNKS_BEFORE_IGNORING as usize - 1;
+        assert_eq!(asks.first(), Some(&first_ask), "{asks:?}");
+        // A refused ask is repeated with the next chunk, an accepted one never.
+        assert_eq!(asks, vec![first_ask, first_ask + 1]);
+    }
+
+    #[test]
+    fn a_connection_carrying_http_is_never_given_up() {
+        use Direction::{Egress, Ingress};
+        let mut pieces: Vec<(Direction, &[u8], u64)> = Vec::new();
+        for i in 0..40 {
+            pieces.push((Ingress, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 2 * i));
+            pieces.push((
+                Egress,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                2 * i + 1,
+            ));
+        }
+        let (exchanges, given_up, asks) = feed_counting(&pieces);
+        assert_eq!(exchanges.len(), 40);
+        assert_eq!(given_up, 0);
+        assert!(asks.is_empty(), "{asks:?}");
+    }
+
+    #[test]
+    fn a_websocket_is_given_up_to_the_probes_after_its_upgrade() {
+        use Direction::{Egress, Ingress};
+        let mut pieces: Vec<(Direction, &[u8], u64)> = vec![
+            (
+                Ingress,
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                0,
+            ),
+            (
+                Egress,
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                1,
+            ),
+        ];
+        // Frames both ways, one of them text that reads like a request line.
+        for i in 0..10 {
+            pieces.push((Ingress, b"\x81\x05hello", 2 + 2 * i));
+            pieces.push((Egress, b"GET /not-http HTTP/1.1\r\n\r\n", 3 + 2 * i));
+        }
+        let (exchanges, _, asks) = feed_counting(&pieces);
+        assert_eq!(exchanges.len(), 1, "the upgrade itself");
+        assert_eq!(exchanges[0].response.as_ref().map(|r| r.status), Some(101));
+        // The 101 response ends HTTP and counts as the first chunk after it.
+        assert_eq!(
+            asks.first(),
+            Some(&(CHUNKS_BEFORE_IGNORING as usize)),
+            "{asks:?}"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::{
     process::{
         instrumented::{OTLP_PORTS, is_otlp_export},
         resource::ResourceDefaults,
-        selector::ExecNotice,
+        selector::{ExecNotice, Notice},
     },
     protocol::{
         Chunk, Direction, Role,
@@ -96,7 +96,8 @@ pub struct Pipeline {
     /// The kernel's counters; `None` in the replay, which runs without the kernel.
     counters: Option<CounterMap>,
     whole_responses: WholeResponses,
-    execs: SyncSender<ExecNotice>,
+    /// To the selector's thread, which keeps the kernel's tables.
+    notices: SyncSender<Notice>,
     exchanges: Vec<HttpExchange>,
     starts: Vec<RequestStart>,
     linker: Linker,
@@ -112,7 +113,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         counters: Option<CounterMap>,
         whole_responses: TgidSet,
-        execs: SyncSender<ExecNotice>,
+        notices: SyncSender<Notice>,
     ) -> Self {
         Self {
             connections: ConnectionTable::new(config.max_connections),
@@ -129,7 +130,7 @@ impl Pipeline {
             metrics,
             counters,
             whole_responses: WholeResponses::new(whole_responses),
-            execs,
+            notices,
             exchanges: Vec::new(),
             starts: Vec::new(),
             linker: Linker::default(),
@@ -205,12 +206,31 @@ impl Pipeline {
             Detection::Held => {}
             Detection::None => self.metrics.bytes_unparsed.add(chunk.total_len),
         }
+        let stop_capturing = conn.count_chunk_after_http();
         let (conn_id, local, remote) = (conn.conn_id, conn.local, conn.remote);
         let hint = conn.parent_hint.clone();
         if let Some(role) = role {
             self.link_starts(key, conn_id, role, local, remote, hint.as_ref());
         }
         self.emit(key, conn_id, local, remote);
+        if stop_capturing {
+            self.stop_capturing(key, conn_id);
+        }
+    }
+
+    /// Has the probes stop capturing a connection that carries no more HTTP/1.x. The
+    /// kernel sends nothing more of it, its close included: what was on its way is
+    /// counted, and the connection expires here when idle.
+    fn stop_capturing(&mut self, key: ConnKey, conn_id: u64) {
+        // When the selector's thread is behind, the next chunk asks again.
+        if self
+            .notices
+            .try_send(Notice::NotHttp { key, conn_id })
+            .is_ok()
+            && let Some(conn) = self.connections.get_mut(&key)
+        {
+            conn.give_up();
+        }
     }
 
     /// Gives every request whose head was just seen its place in a trace.
@@ -456,34 +476,9 @@ impl Pipeline {
             .set(self.connections.len() as u64);
 
         if let Some(counters) = &self.counters {
-            self.copy_kernel_counters(&read_counters(counters));
+            self.metrics.set_kernel_counters(&read_counters(counters));
         }
         self.assembler.set_clock(Clock::measure());
-    }
-
-    fn copy_kernel_counters(&self, kernel: &[u64; loupe_common::counter::COUNT as usize]) {
-        self.metrics
-            .ringbuf_drops
-            .set(kernel[loupe_common::counter::RINGBUF_DROPS as usize]);
-        self.metrics
-            .kernel_pending_full
-            .set(kernel[loupe_common::counter::PENDING_FULL as usize]);
-        self.metrics
-            .kernel_conn_table_full
-            .set(kernel[loupe_common::counter::CONN_TABLE_FULL as usize]);
-        self.metrics
-            .kernel_read_failures
-            .set(kernel[loupe_common::counter::READ_FAILURES as usize]);
-        self.metrics
-            .kernel_write_start_unknown
-            .set(kernel[loupe_common::counter::WRITE_START_UNKNOWN as usize]);
-        self.metrics
-            .kernel_conn_cache_misses
-            .set(kernel[loupe_common::counter::CONN_CACHE_MISSES as usize]);
-        self.metrics
-            .kernel_response_bodies_skipped
-            .set(kernel[loupe_common::counter::RESPONSE_BODIES_SKIPPED as usize]);
-        self.metrics.set_injection_counters(kernel);
     }
 }
 
@@ -532,11 +527,11 @@ impl EventSink for Pipeline {
             Event::ProcessExec(exec) => {
                 // The program changed, and with it possibly the service name.
                 let had_connections = self.processes.forget(exec.tgid);
-                let _ = self.execs.try_send(ExecNotice {
+                let _ = self.notices.try_send(Notice::Exec(ExecNotice {
                     tgid: exec.tgid,
                     at_ns: exec.ts_ns,
                     had_connections,
-                });
+                }));
             }
             Event::ServerContext(ctx) => self.injected.on_server(&ctx),
             Event::ClientContext(ctx) => self.injected.on_client(&ctx),

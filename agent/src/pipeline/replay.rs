@@ -108,8 +108,8 @@ impl Replay {
             batching.max_export_batch_size,
             metrics.clone(),
         );
-        // Nothing reads exec announcements here; the channel only has to accept them.
-        let (execs, _) = mpsc::sync_channel(1);
+        // Nothing reads the pipeline's notices here; the channel only has to accept them.
+        let (notices, _) = mpsc::sync_channel(1);
         let pipeline = Pipeline::new(
             config,
             ResourceDefaults::new(Vec::new()),
@@ -117,7 +117,7 @@ impl Replay {
             metrics.clone(),
             None,
             TgidSet::anonymous()?,
-            execs,
+            notices,
         );
         let mut replay = Self {
             service,

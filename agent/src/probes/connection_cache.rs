@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::maps::Map;
-use loupe_common::{CONNECTION_CACHE_SLOTS, CachedConnection};
+use loupe_common::{CONNECTION_CACHE_SLOTS, CachedConnection, ConnKey};
 
 use super::{ProbeError, shared_words::SharedWords};
 
@@ -21,6 +21,14 @@ const KEY_WORD: usize = 0;
 const CONN_ID_WORD: usize = 1;
 /// Word of a slot holding `check`.
 const CHECK_WORD: usize = 3;
+
+/// `key` as the slot's key word holds it: `tgid`, then `fd`, in memory order.
+fn key_word(key: &ConnKey) -> u64 {
+    let mut bytes = [0; 8];
+    bytes[..4].copy_from_slice(&key.tgid.to_ne_bytes());
+    bytes[4..].copy_from_slice(&key.fd.to_ne_bytes());
+    u64::from_ne_bytes(bytes)
+}
 
 pub struct ConnectionCache {
     words: SharedWords,
@@ -35,6 +43,17 @@ impl ConnectionCache {
 
     fn slots(&self) -> impl Iterator<Item = &[AtomicU64]> {
         self.words.words().chunks_exact(WORDS_PER_SLOT)
+    }
+
+    /// Empties `key`'s slot when it holds `key`, so the probes read the connection's
+    /// state from the table again.
+    pub fn forget(&self, key: &ConnKey) {
+        let Some(slot) = self.slots().nth(CachedConnection::slot(key) as usize) else {
+            return;
+        };
+        if slot[KEY_WORD].load(Ordering::Relaxed) == key_word(key) {
+            slot[CHECK_WORD].store(0, Ordering::Relaxed);
+        }
     }
 
     /// Empties every filled slot that `is_stale(tgid, conn_id)` says belongs to no live
@@ -58,7 +77,7 @@ impl ConnectionCache {
 
 #[cfg(test)]
 mod tests {
-    use loupe_common::{ConnKey, ConnState};
+    use loupe_common::ConnState;
 
     use super::*;
 
@@ -84,8 +103,9 @@ mod tests {
         let index = CachedConnection::slot(&key) as usize;
         let slot = cache.slots().nth(index).expect("slot");
         // SAFETY: ConnKey is two u32s, read as the one u64 the kernel would store.
-        let key_word: u64 = unsafe { std::mem::transmute(key) };
-        slot[KEY_WORD].store(key_word, Ordering::Relaxed);
+        let word: u64 = unsafe { std::mem::transmute(key) };
+        assert_eq!(word, key_word(&key));
+        slot[KEY_WORD].store(word, Ordering::Relaxed);
         slot[CONN_ID_WORD].store(state.conn_id, Ordering::Relaxed);
         let flags = [state.role, state.ignored, 0, 0, 0, 0, 0, 0];
         slot[2].store(u64::from_ne_bytes(flags), Ordering::Relaxed);
@@ -128,6 +148,21 @@ mod tests {
         // A second pass finds only the live slot and leaves it.
         assert_eq!(cache.forget_stale(|tgid, _| tgid == 99_000), 0);
         assert_eq!(filled(&cache), vec![live]);
+    }
+
+    #[test]
+    fn forgetting_a_key_empties_its_slot_only_while_the_slot_holds_it() {
+        let cache = anonymous();
+        let at = fill(&cache, 4242, 7);
+        // Another connection mapping to the same slot is not the one asked for.
+        let same_slot = (0..u32::MAX)
+            .map(|fd| ConnKey { tgid: 4242, fd })
+            .find(|k| k.fd != 7 && CachedConnection::slot(k) as usize == at)
+            .unwrap();
+        cache.forget(&same_slot);
+        assert_eq!(filled(&cache), vec![at]);
+        cache.forget(&ConnKey { tgid: 4242, fd: 7 });
+        assert!(filled(&cache).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Which processes loupe traces, and who they are (their OpenTelemetry resource).
 
+mod ignored_connections;
 pub mod instrumented;
 pub mod procfs;
 pub mod resource;

@@ -18,14 +18,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loupe_common::{COMM_LEN, CommPrefix, MAX_EXEC_PREFIXES};
+use loupe_common::{COMM_LEN, CommPrefix, ConnKey, MAX_EXEC_PREFIXES};
 
 use crate::{
     probes::{ConnectionCache, ConnectionMap, TgidSet},
     telemetry::metrics::Metrics,
 };
 
-use super::{procfs, stale_connections};
+use super::{ignored_connections, procfs, stale_connections};
 
 /// The /proc scan is the backstop for what exec events and the kernel's fork rule miss
 /// (and how exits are noticed); each pass reads every process's directory, so it runs
@@ -144,6 +144,18 @@ impl Selection {
 pub struct ExecHints {
     pub names: Vec<[u8; COMM_LEN]>,
     pub prefixes: Vec<CommPrefix>,
+}
+
+/// What the pipeline tells the selector's thread, which keeps the kernel's tables.
+#[derive(Debug, Clone, Copy)]
+pub enum Notice {
+    Exec(ExecNotice),
+    /// The connection `conn_id` at `key` carries no HTTP/1.x: the probes may stop
+    /// capturing it.
+    NotHttp {
+        key: ConnKey,
+        conn_id: u64,
+    },
 }
 
 /// A process called exec, as the pipeline heard it from the kernel.
@@ -300,7 +312,7 @@ impl Selector {
     }
 
     /// Runs until `stop` is set, reacting to exec notifications at once.
-    pub fn run(mut self, execs: Receiver<ExecNotice>, stop: &AtomicBool) {
+    pub fn run(mut self, notices: Receiver<Notice>, stop: &AtomicBool) {
         let mut last_scan = Instant::now();
         let mut last_prune = Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -309,8 +321,18 @@ impl Selector {
             let wait = SCAN_INTERVAL
                 .saturating_sub(last_scan.elapsed())
                 .max(Duration::from_millis(1));
-            match execs.recv_timeout(wait) {
-                Ok(exec) => {
+            match notices.recv_timeout(wait) {
+                Ok(Notice::NotHttp { key, conn_id }) => {
+                    if ignored_connections::ignore(
+                        &mut self.connections,
+                        &self.connection_cache,
+                        key,
+                        conn_id,
+                    ) {
+                        self.metrics.connections_ignored.inc();
+                    }
+                }
+                Ok(Notice::Exec(exec)) => {
                     let pid = exec.tgid;
                     // An exec closes the process's close-on-exec fds without close calls
                     // the probes see; the new program's files at those fd numbers must

@@ -82,6 +82,7 @@ metrics! {
     traceparent_socket_failures: Counter = "loupe_traceparent_socket_failures_total", "Connections of traced processes left without injection because the kernel's socket map was full.";
     connections_opened: Counter = "loupe_connections_opened_total", "TCP connections that became known.";
     connections_dropped: Counter = "loupe_connections_dropped_total", "Connections forgotten because the connection table was full.";
+    connections_ignored: Counter = "loupe_connections_ignored_total", "Long-lived connections whose bytes the probes stopped capturing because they carry no HTTP/1.x (TLS, a database's protocol, a WebSocket after its upgrade).";
     connections_active: Gauge = "loupe_connections_active", "TCP connections currently tracked.";
     bytes_unparsed: Counter = "loupe_bytes_unparsed_total", "Captured bytes that did not belong to any recognised protocol.";
     parse_errors: Counter = "loupe_parse_errors_total", "HTTP messages that could not be parsed.";
@@ -112,6 +113,24 @@ metrics! {
 }
 
 impl Metrics {
+    /// Copies the kernel's counters (totals over CPUs, indexed like `loupe_common::counter`).
+    pub fn set_kernel_counters(&self, kernel: &[u64; loupe_common::counter::COUNT as usize]) {
+        use loupe_common::counter;
+        let at = |index: u32| kernel[index as usize];
+        self.ringbuf_drops.set(at(counter::RINGBUF_DROPS));
+        self.kernel_pending_full.set(at(counter::PENDING_FULL));
+        self.kernel_conn_table_full
+            .set(at(counter::CONN_TABLE_FULL));
+        self.kernel_read_failures.set(at(counter::READ_FAILURES));
+        self.kernel_write_start_unknown
+            .set(at(counter::WRITE_START_UNKNOWN));
+        self.kernel_conn_cache_misses
+            .set(at(counter::CONN_CACHE_MISSES));
+        self.kernel_response_bodies_skipped
+            .set(at(counter::RESPONSE_BODIES_SKIPPED));
+        self.set_injection_counters(kernel);
+    }
+
     /// Copies the kernel's `--inject-traceparent` counters (totals over CPUs, indexed like
     /// `loupe_common::counter`).
     pub fn set_injection_counters(&self, kernel: &[u64; loupe_common::counter::COUNT as usize]) {
@@ -153,5 +172,42 @@ mod tests {
         assert!(text.contains("\nloupe_traceparent_socket_failures_total 1\n"));
         // Not one of them: the ring-buffer counter is copied elsewhere.
         assert!(text.contains("\nloupe_ringbuf_drops_total 0\n"));
+    }
+
+    #[test]
+    fn every_kernel_counter_lands_on_its_own_metric() {
+        let metrics = Metrics::default();
+        // Each counter its index plus 100, so a swap shows.
+        let kernel: [u64; counter::COUNT as usize] = std::array::from_fn(|i| 100 + i as u64);
+        metrics.set_kernel_counters(&kernel);
+        let text = metrics.render_prometheus();
+        for (name, index) in [
+            ("loupe_ringbuf_drops_total", counter::RINGBUF_DROPS),
+            (
+                "loupe_kernel_pending_table_full_total",
+                counter::PENDING_FULL,
+            ),
+            (
+                "loupe_kernel_connection_table_full_total",
+                counter::CONN_TABLE_FULL,
+            ),
+            ("loupe_kernel_read_failures_total", counter::READ_FAILURES),
+            ("loupe_traceparent_injected_total", counter::INJECTED),
+            (
+                "loupe_kernel_write_start_unknown_total",
+                counter::WRITE_START_UNKNOWN,
+            ),
+            (
+                "loupe_kernel_connection_cache_misses_total",
+                counter::CONN_CACHE_MISSES,
+            ),
+            (
+                "loupe_kernel_response_bodies_skipped_total",
+                counter::RESPONSE_BODIES_SKIPPED,
+            ),
+        ] {
+            let line = format!("\n{name} {}\n", 100 + index);
+            assert!(text.contains(&line), "{line:?} in {text}");
+        }
     }
 }

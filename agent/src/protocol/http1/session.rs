@@ -71,6 +71,12 @@ impl Http1Session {
         self.responses.in_step()
     }
 
+    /// The connection switched to another protocol (101 Switching Protocols, or a
+    /// tunnel after CONNECT): nothing more on it is HTTP.
+    pub fn tunnelled(&self) -> bool {
+        self.requests.is_passthrough()
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }

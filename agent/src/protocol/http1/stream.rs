@@ -346,6 +346,11 @@ impl<H: Head> StreamParser<H> {
         self.skipped = self.skipped.saturating_add(n);
     }
 
+    /// The stream no longer carries HTTP (after an upgrade or CONNECT).
+    pub fn is_passthrough(&self) -> bool {
+        matches!(self.state, State::Passthrough)
+    }
+
     pub fn set_passthrough(&mut self) {
         self.head_buf = Vec::new();
         self.state = State::Passthrough;
