@@ -175,9 +175,12 @@ fn stamp_write(ctx: &TracePointContext) {
     };
     // Every write family's first argument is the fd written to. Only the cache is asked:
     // the exit reads the same slot, so the load costs it nothing, and a connection the
-    // cache does not hold is stamped as before.
+    // cache does not hold is stamped as before. An ignored connection's write is never
+    // captured, so its start is never read.
     let fd = arg::<0>(ctx) as u32;
-    if cached(&ConnKey { tgid, fd }).is_some_and(|state| !needs_start(state.role)) {
+    if cached(&ConnKey { tgid, fd })
+        .is_some_and(|state| state.ignored != 0 || !needs_start(state.role))
+    {
         return;
     }
     let switches = task.context_switches();
