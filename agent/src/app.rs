@@ -130,13 +130,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (notice_tx, notice_rx) = sync_channel(4096);
-    let mut selector = Selector::new(
-        selection,
-        maps.processes,
-        maps.connections,
-        maps.connection_cache,
-        metrics.clone(),
-    );
+    let mut selector = Selector::new(selection, maps.processes, maps.connections, metrics.clone());
     selector.scan();
     let selector_thread = {
         let stop = stop.clone();

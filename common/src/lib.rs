@@ -299,12 +299,27 @@ const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 pub struct ConnState {
     pub conn_id: u64,
     pub role: u8,
-    /// Non-zero when the connection is not traced (filtered out by port), so it is not
-    /// looked up again on every read.
+    /// Non-zero when the connection is not traced ([`ignored`]), so its reads and writes
+    /// stop at the lookup.
     pub ignored: u8,
     pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+
+/// Why a connection is not traced ([`ConnState::ignored`]).
+pub mod ignored {
+    /// Traced.
+    pub const NO: u8 = 0;
+    /// Filtered out by port: the agent never hears of it, its close included.
+    pub const BY_PORT: u8 = 1;
+    /// The agent found no HTTP/1.x on it and asked for it to be left alone
+    /// ([`crate::MAX_IGNORE_REQUESTS`]): the agent still hears of its close.
+    pub const NOT_HTTP: u8 = 2;
+}
+
+/// Requests of the agent's to stop capturing connections that carry no HTTP/1.x, by
+/// connection and id, which the probes apply on their next table lookup of it.
+pub const MAX_IGNORE_REQUESTS: u32 = 1024;
 
 /// Slots of the kernel's connection cache, a power of two: a process's first 4,096 fds
 /// never evict each other.

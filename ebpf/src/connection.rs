@@ -6,13 +6,13 @@ use aya_ebpf::{
 };
 use loupe_common::{
     CachedConnection, CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall,
-    ProbeConfig, counter, role, syscall_kind,
+    ProbeConfig, counter, ignored, role, syscall_kind,
 };
 
 use crate::{
     emit::output,
     filter::traced_current,
-    maps::{CONNECTION_CACHE, CONNECTIONS, TRACED_PORTS, count},
+    maps::{CONNECTION_CACHE, CONNECTIONS, IGNORE_REQUESTS, TRACED_PORTS, count},
     pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
@@ -42,18 +42,22 @@ pub fn register(
     let tuple = tcp_tuple(fd, &cfg.offsets)?;
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let ignored = !port_selected(cfg, tuple.local_port, tuple.remote_port);
+    let filtered_out = !port_selected(cfg, tuple.local_port, tuple.remote_port);
     let state = ConnState {
         conn_id: now,
         role: conn_role,
-        ignored: ignored as u8,
+        ignored: if filtered_out {
+            ignored::BY_PORT
+        } else {
+            ignored::NO
+        },
         _pad: [0; 6],
     };
     if !store(&ConnKey { tgid, fd }, &state) {
         count(counter::CONN_TABLE_FULL);
         return None;
     }
-    if !ignored {
+    if !filtered_out {
         output(&ConnEvent {
             kind: EventKind::ConnOpen as u8,
             role: conn_role,
@@ -91,11 +95,31 @@ fn stored_for_use(key: &ConnKey) -> Option<ConnState> {
     if let Slot::Holds(state) = slot {
         return Some(state);
     }
-    // SAFETY: the value is copied out at once.
-    let state = unsafe { CONNECTIONS.get(key) }.copied()?;
+    let state = from_table_applying_requests(key)?;
     count(counter::CONN_CACHE_MISSES);
     if let Slot::Empty = slot {
         cache_if_standing(key, &state);
+    }
+    Some(state)
+}
+
+/// `key`'s state in the table, after applying the agent's request to stop capturing it
+/// (see [`IGNORE_REQUESTS`]). The connection id is read and the mark written through one
+/// pointer to the table's element: a newer connection registered at the same key in the
+/// meantime is a new element, never marked for its predecessor.
+#[inline(always)]
+fn from_table_applying_requests(key: &ConnKey) -> Option<ConnState> {
+    let entry = CONNECTIONS.get_ptr_mut(key)?;
+    // SAFETY: a map element, alive for this program's run (RCU); copied out at once.
+    let mut state = unsafe { *entry };
+    // SAFETY: the value is copied out at once.
+    if let Some(&conn_id) = unsafe { IGNORE_REQUESTS.get(key) } {
+        if conn_id == state.conn_id && state.ignored == ignored::NO {
+            state.ignored = ignored::NOT_HTTP;
+            // SAFETY: as above; one byte, which readers take whole.
+            unsafe { core::ptr::write_volatile(&mut (*entry).ignored, ignored::NOT_HTTP) };
+        }
+        let _ = IGNORE_REQUESTS.remove(key);
     }
     Some(state)
 }
@@ -313,7 +337,7 @@ fn forget(tgid: u32, tid: u32, fd: u32) {
     // writing the slot (see `store`).
     let _ = CONNECTIONS.remove(&key);
     uncache(&key);
-    if state.ignored == 0 {
+    if state.ignored != ignored::BY_PORT {
         output(&CloseEvent {
             kind: EventKind::ConnClose as u8,
             _pad: [0; 3],

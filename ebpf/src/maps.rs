@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use loupe_common::{
     COMM_LEN, CONNECTION_CACHE_SLOTS, CachedConnection, CommPrefix, ConnKey, ConnState, DataEvent,
-    MAX_CONNECTIONS, MAX_EXEC_PREFIXES, MAX_IOV, PendingCall, ProbeConfig, TGID_WORDS,
-    ThreadContext, WriteStart, counter,
+    MAX_CONNECTIONS, MAX_EXEC_PREFIXES, MAX_IGNORE_REQUESTS, MAX_IOV, PendingCall, ProbeConfig,
+    TGID_WORDS, ThreadContext, WriteStart, counter,
 };
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
@@ -55,6 +55,15 @@ pub static CONNECTION_CACHE: Array<CachedConnection> =
 /// their reads and writes stop at a lookup).
 #[map]
 pub static CONNECTIONS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Connections the agent asks the probes to stop capturing (it found no HTTP/1.x on
+/// them), with the connection id each request is for: the probe that next looks the
+/// connection up in [`CONNECTIONS`] marks it there if it is still that connection, and
+/// removes the request. The agent empties the connection's cache slot after asking, so
+/// that lookup comes with the next call.
+#[map]
+pub static IGNORE_REQUESTS: HashMap<ConnKey, u64> =
+    HashMap::with_max_entries(MAX_IGNORE_REQUESTS, 0);
 
 /// Arguments saved at syscall entry for the matching exit: one slot per traced thread,
 /// keyed by pid_tgid, reused by each call and freed when the thread exits.

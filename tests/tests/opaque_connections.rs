@@ -18,7 +18,8 @@ use support::{Agent, Guard, free_port, require_root, servers, wait_until};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Round trips of TLS-looking records on one connection to port `argv[1]`: 20, then once
-/// the file `argv[3]` exists 200 more, then one HTTP request to port `argv[2]`.
+/// the file `argv[3]` exists 200 more, then one HTTP request to port `argv[2]`; then it
+/// closes the connection and stays.
 const OPAQUE_CLIENT: &str = r#"
 import os, socket, sys, time, urllib.request
 
@@ -37,7 +38,9 @@ while not os.path.exists(trigger):
 for _ in range(200):
     round_trip()
 urllib.request.urlopen("http://127.0.0.1:%d/sentinel" % http_port).read()
+s.close()
 print("done", flush=True)
+time.sleep(60)
 "#;
 
 #[test]
@@ -83,9 +86,9 @@ fn a_long_lived_connection_without_http_stops_being_captured() {
     let mut next_line = || lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(next_line(), "warmed");
     wait_until("the connection to be given up to the probes", WAIT, || {
-        agent.metric("loupe_connections_ignored_total") == 1.0
+        metric(&agent, "loupe_connections_ignored_total") == 1.0
     });
-    let read_before = agent.metric("loupe_events_read_total");
+    let unparsed_before = metric(&agent, "loupe_bytes_unparsed_total");
     std::fs::write(&trigger, b"").expect("write the trigger");
     assert_eq!(next_line(), "done");
     // The ring buffer keeps order: once the request after the round trips is a span,
@@ -98,12 +101,24 @@ fn a_long_lived_connection_without_http_stops_being_captured() {
             .count()
             == 2
     });
-    let read = agent.metric("loupe_events_read_total") - read_before;
-    // 400 records (200 writes and 200 reads) if the probes still captured the connection;
-    // the sentinel's own, and those already on their way when the probes were told,
-    // stay far below.
+    let unparsed = metric(&agent, "loupe_bytes_unparsed_total") - unparsed_before;
+    // 4,000 bytes (200 round trips of 10 bytes each way) if the probes still captured the
+    // connection; what was already on its way when they were told stays far below.
     assert!(
-        read < 60.0,
-        "{read} ring-buffer records read during 200 round trips"
+        unparsed < 1_000.0,
+        "{unparsed} bytes of the connection reached the agent during 200 round trips"
     );
+    // The agent still hears of the connection's close, and forgets it at once.
+    wait_until("the closed connections to be forgotten", WAIT, || {
+        metric(&agent, "loupe_connections_active") == 0.0
+    });
+}
+
+/// The agent's metric `name`; panics when `/metrics` cannot be read or lacks it, so a
+/// failed scrape never passes for a zero.
+fn metric(agent: &Agent, name: &str) -> f64 {
+    *agent
+        .metrics()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} on /metrics"))
 }

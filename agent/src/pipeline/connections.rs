@@ -15,8 +15,8 @@ use crate::protocol::{Chunk, Direction, Role, detect_http1, http1::Http1Session,
 /// Chunks looked at before a connection is declared not HTTP and left alone.
 const DETECT_ATTEMPTS: u8 = 4;
 
-/// Chunks a connection carries after it is known to carry no more HTTP/1.x before the
-/// probes are asked to stop capturing it. Asking costs the agent two map calls and a
+/// Chunks a connection carries from the one that showed it carries no more HTTP/1.x,
+/// that one included, before the probes are asked to stop capturing it. Asking costs the agent two map calls and a
 /// connection that closes soon saves little, so only one that lives on (a database's,
 /// a WebSocket) is asked for.
 const CHUNKS_BEFORE_IGNORING: u32 = 8;

@@ -527,11 +527,19 @@ impl EventSink for Pipeline {
             Event::ProcessExec(exec) => {
                 // The program changed, and with it possibly the service name.
                 let had_connections = self.processes.forget(exec.tgid);
-                let _ = self.notices.try_send(Notice::Exec(ExecNotice {
+                let notice = Notice::Exec(ExecNotice {
                     tgid: exec.tgid,
                     at_ns: exec.ts_ns,
                     had_connections,
-                }));
+                });
+                // Only the selector's thread can drop the old program's connection
+                // entries, which nothing else would: that notice waits for room. Others
+                // have the /proc scan as a backstop.
+                let _ = if had_connections {
+                    self.notices.send(notice).map_err(|_| ())
+                } else {
+                    self.notices.try_send(notice).map_err(|_| ())
+                };
             }
             Event::ServerContext(ctx) => self.injected.on_server(&ctx),
             Event::ClientContext(ctx) => self.injected.on_client(&ctx),

@@ -11,6 +11,8 @@ use crate::process::selector::ExecHints;
 use super::ProbeError;
 
 pub type ConnectionMap = HashMap<MapData, ConnKey, ConnState>;
+/// Connection ids by connection: the agent's requests to stop capturing them.
+pub type IgnoreRequestMap = HashMap<MapData, ConnKey, u64>;
 pub type CounterMap = PerCpuArray<MapData, u64>;
 
 /// The map `name`, taken out of the loaded object.

@@ -16,7 +16,7 @@ use loupe_common::ProbeConfig;
 use crate::{cli::DataProbes, process::selector::ExecHints};
 
 pub use connection_cache::ConnectionCache;
-pub use maps::{ConnectionMap, CounterMap};
+pub use maps::{ConnectionMap, CounterMap, IgnoreRequestMap};
 pub use tgid_set::TgidSet;
 
 /// Why the probes could not be set up.
@@ -68,15 +68,21 @@ pub struct Probes {
     data_hooks: attach::DataHooks,
 }
 
+/// The kernel's connection table, the cache in front of it, and the agent's requests to
+/// stop capturing connections.
+pub struct KernelConnections {
+    pub table: ConnectionMap,
+    pub cache: ConnectionCache,
+    pub ignore_requests: IgnoreRequestMap,
+}
+
 /// The maps the agent works with, taken out of the loaded object.
 pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
     pub processes: TgidSet,
     /// Processes whose responses the probes copy whole.
     pub whole_responses: TgidSet,
-    /// The kernel's connection table and the cache in front of it.
-    pub connections: ConnectionMap,
-    pub connection_cache: ConnectionCache,
+    pub connections: KernelConnections,
     pub counters: CounterMap,
 }
 
@@ -153,11 +159,11 @@ impl Probes {
                 maps::take_raw(&mut self.ebpf, "WHOLE_RESPONSE_TGIDS")?,
                 "WHOLE_RESPONSE_TGIDS",
             )?,
-            connections: maps::take(&mut self.ebpf, "CONNECTIONS")?,
-            connection_cache: ConnectionCache::new(maps::take_raw(
-                &mut self.ebpf,
-                "CONNECTION_CACHE",
-            )?)?,
+            connections: KernelConnections {
+                table: maps::take(&mut self.ebpf, "CONNECTIONS")?,
+                cache: ConnectionCache::new(maps::take_raw(&mut self.ebpf, "CONNECTION_CACHE")?)?,
+                ignore_requests: maps::take(&mut self.ebpf, "IGNORE_REQUESTS")?,
+            },
             counters: maps::take(&mut self.ebpf, "COUNTERS")?,
         })
     }

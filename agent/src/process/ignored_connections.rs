@@ -1,43 +1,46 @@
 //! Connections the probes stop capturing because the agent found no HTTP/1.x on them
 //! (TLS, a database's protocol, a WebSocket after its upgrade): their bytes would cross
 //! the ring buffer only to be counted and dropped.
+//!
+//! The agent cannot mark the kernel's entry itself without a race: between its read of
+//! the entry and its write, the fd may close and a new connection take its place, which
+//! the write would hide. So it leaves a request with the connection's id, and the probes
+//! apply it when they next look the connection up in their table, comparing the id on
+//! the entry they hold.
 
 use aya::maps::MapError;
-use loupe_common::{ConnKey, ConnState};
+use loupe_common::ConnKey;
 
-use crate::probes::{ConnectionCache, ConnectionMap};
+use crate::probes::KernelConnections;
 
-/// `BPF_EXIST`: update only an entry that is there, never add one back after a close.
-const UPDATE_EXISTING: u64 = 2;
-
-/// Marks the connection `conn_id` at `key` ignored in the kernel's table and empties its
-/// cache slot, so the probes read the mark on their next call and capture no more. False
-/// when the table no longer holds that connection (closed, its fd reused) or holds it
-/// ignored already.
-pub fn ignore(
-    connections: &mut ConnectionMap,
-    cache: &ConnectionCache,
-    key: ConnKey,
-    conn_id: u64,
-) -> bool {
-    let state = match connections.get(&key, 0) {
-        Ok(state) if state.conn_id == conn_id && state.ignored == 0 => state,
-        Ok(_) | Err(MapError::KeyNotFound) => return false,
-        Err(err) => {
-            log::debug!("reading connection {key:?}: {err}");
-            return false;
-        }
-    };
-    let ignored = ConnState {
-        ignored: 1,
-        ..state
-    };
-    if let Err(err) = connections.insert(key, ignored, UPDATE_EXISTING) {
-        log::debug!("marking connection {key:?} ignored: {err}");
+/// Asks the probes to stop capturing the connection `conn_id` at `key`, and empties its
+/// cache slot so that their next call on it reads the table, where they apply the
+/// request. False when the request could not be left (the request table is full).
+pub fn ask(connections: &mut KernelConnections, key: ConnKey, conn_id: u64) -> bool {
+    if let Err(err) = connections.ignore_requests.insert(key, conn_id, 0) {
+        log::debug!("asking to ignore connection {key:?}: {err}");
         return false;
     }
-    // After the table: a probe that cached the old state in between sees the table
-    // disagree and empties the slot itself (`cache_if_standing`).
-    cache.forget(&key);
+    connections.cache.forget(&key);
     true
+}
+
+/// Drops the requests the probes will never apply: their connection is gone, is another
+/// one now, or was marked already. A request for a connection that stays quiet waits.
+pub fn forget_unanswered(connections: &mut KernelConnections) {
+    let requests: Vec<_> = connections
+        .ignore_requests
+        .iter()
+        .filter_map(Result::ok)
+        .collect();
+    for (key, conn_id) in requests {
+        let unanswerable = match connections.table.get(&key, 0) {
+            Ok(state) => state.conn_id != conn_id || state.ignored != 0,
+            Err(MapError::KeyNotFound) => true,
+            Err(_) => false,
+        };
+        if unanswerable {
+            let _ = connections.ignore_requests.remove(&key);
+        }
+    }
 }

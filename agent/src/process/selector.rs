@@ -21,7 +21,7 @@ use std::{
 use loupe_common::{COMM_LEN, CommPrefix, ConnKey, MAX_EXEC_PREFIXES};
 
 use crate::{
-    probes::{ConnectionCache, ConnectionMap, TgidSet},
+    probes::{KernelConnections, TgidSet},
     telemetry::metrics::Metrics,
 };
 
@@ -179,8 +179,7 @@ pub struct Selector {
     selection: Selection,
     agent_pid: u32,
     processes: TgidSet,
-    connections: ConnectionMap,
-    connection_cache: ConnectionCache,
+    connections: KernelConnections,
     metrics: Arc<Metrics>,
     known: HashMap<u32, Known>,
 }
@@ -189,8 +188,7 @@ impl Selector {
     pub fn new(
         selection: Selection,
         processes: TgidSet,
-        connections: ConnectionMap,
-        connection_cache: ConnectionCache,
+        connections: KernelConnections,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -198,7 +196,6 @@ impl Selector {
             agent_pid: std::process::id(),
             processes,
             connections,
-            connection_cache,
             metrics,
             known: HashMap::new(),
         }
@@ -307,7 +304,8 @@ impl Selector {
     /// Drops kernel connection entries, and cache slots, of processes that exited without
     /// closing them or whose pid a newer process took over.
     fn prune_connections(&mut self) {
-        let dropped = stale_connections::prune(&mut self.connections, &self.connection_cache);
+        let dropped = stale_connections::prune(&mut self.connections);
+        ignored_connections::forget_unanswered(&mut self.connections);
         self.metrics.kernel_connections_pruned.add(dropped);
     }
 
@@ -316,42 +314,40 @@ impl Selector {
         let mut last_scan = Instant::now();
         let mut last_prune = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            // Sleep until the next scan is due: a stop comes as the exec channel's close,
+            // Sleep until the next scan is due: a stop comes as the notice channel's close,
             // when the pipeline that holds the sender ends.
             let wait = SCAN_INTERVAL
                 .saturating_sub(last_scan.elapsed())
                 .max(Duration::from_millis(1));
             match notices.recv_timeout(wait) {
                 Ok(Notice::NotHttp { key, conn_id }) => {
-                    if ignored_connections::ignore(
-                        &mut self.connections,
-                        &self.connection_cache,
-                        key,
-                        conn_id,
-                    ) {
+                    if ignored_connections::ask(&mut self.connections, key, conn_id) {
                         self.metrics.connections_ignored.inc();
                     }
                 }
                 Ok(Notice::Exec(exec)) => {
                     let pid = exec.tgid;
+                    // An exec replaces the program: the old verdict no longer holds. A
+                    // process that started after the one loupe knew took its pid over.
+                    let known = self.known.get(&pid).copied();
+                    let taken_over =
+                        known.is_some_and(|k| procfs::start_time(pid) != Some(k.start_time));
                     // An exec closes the process's close-on-exec fds without close calls
-                    // the probes see; the new program's files at those fd numbers must
-                    // not be taken for the old connections.
-                    if exec.had_connections {
+                    // the probes see, and a taken-over pid's entries are its predecessor's:
+                    // the new program's files at those fd numbers must not be taken for
+                    // the old connections.
+                    if exec.had_connections || (taken_over && known.is_some_and(|k| k.traced)) {
                         let dropped = stale_connections::forget_before(
                             &mut self.connections,
-                            &self.connection_cache,
                             pid,
                             exec.at_ns,
                         );
                         self.metrics.kernel_connections_pruned.add(dropped);
                     }
-                    // An exec replaces the program: the old verdict no longer holds.
-                    let restarted = self
-                        .known
-                        .get(&pid)
-                        .is_some_and(|k| procfs::start_time(pid) != Some(k.start_time));
-                    if restarted {
+                    if taken_over {
+                        if known.is_some_and(|k| k.traced) {
+                            self.metrics.reused_pids.inc();
+                        }
                         self.forget(pid);
                     }
                     self.check(pid);

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::procfs;
-use crate::probes::{ConnectionCache, ConnectionMap};
+use crate::probes::KernelConnections;
 
 /// Who has a tgid now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +26,10 @@ enum Holder {
 
 /// Drops the stale entries of the kernel's connection table and cache; returns how many
 /// table entries it dropped.
-pub fn prune(connections: &mut ConnectionMap, cache: &ConnectionCache) -> u64 {
+pub fn prune(connections: &mut KernelConnections) -> u64 {
     let suspended = suspended_ns();
     let mut holders: HashMap<u32, Holder> = HashMap::new();
-    drop_where(connections, cache, |tgid, conn_id| {
+    drop_where(connections, |tgid, conn_id| {
         let holder = *holders
             .entry(tgid)
             .or_insert_with(|| holder(tgid, suspended));
@@ -39,24 +39,16 @@ pub fn prune(connections: &mut ConnectionMap, cache: &ConnectionCache) -> u64 {
 
 /// Drops the entries of process `tgid` registered before `exec_ns`, when it called exec;
 /// returns how many table entries it dropped.
-pub fn forget_before(
-    connections: &mut ConnectionMap,
-    cache: &ConnectionCache,
-    tgid: u32,
-    exec_ns: u64,
-) -> u64 {
-    drop_where(connections, cache, |owner, conn_id| {
+pub fn forget_before(connections: &mut KernelConnections, tgid: u32, exec_ns: u64) -> u64 {
+    drop_where(connections, |owner, conn_id| {
         owner == tgid && conn_id < exec_ns
     })
 }
 
 /// Drops the table entries and cache slots for which `stale(tgid, conn_id)` holds.
-fn drop_where(
-    connections: &mut ConnectionMap,
-    cache: &ConnectionCache,
-    mut stale: impl FnMut(u32, u64) -> bool,
-) -> u64 {
-    let keys: Vec<_> = connections
+fn drop_where(connections: &mut KernelConnections, mut stale: impl FnMut(u32, u64) -> bool) -> u64 {
+    let KernelConnections { table, cache, .. } = connections;
+    let keys: Vec<_> = table
         .iter()
         .filter_map(Result::ok)
         .filter(|(key, state)| stale(key.tgid, state.conn_id))
@@ -64,7 +56,14 @@ fn drop_where(
         .collect();
     let mut dropped = 0;
     for key in &keys {
-        if connections.remove(key).is_ok() {
+        // Asked again: the walk takes a while, and the new program may have registered a
+        // connection of its own at the same fd since (a register replaces without a
+        // close). What remains between this read and the removal is a rediscovery on the
+        // connection's next call, not a loss.
+        let still_stale = table
+            .get(key, 0)
+            .is_ok_and(|state| stale(key.tgid, state.conn_id));
+        if still_stale && table.remove(key).is_ok() {
             dropped += 1;
         }
     }
