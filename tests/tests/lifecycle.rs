@@ -260,21 +260,28 @@ take_pid(int(sys.argv[1]))
 serve_ok(int(sys.argv[2]))
 "#;
 
-/// The tracing of a `--pid` ends with its process: a new process that takes the pid
-/// over (here a fork that never calls exec, so the agent hears of no exec, given the pid
-/// on purpose) is judged anew, and nobody selected it.
-#[test]
-fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
-    use std::io::BufRead as _;
-    use std::os::unix::process::CommandExt as _;
+/// How the agent selects the server `first`.
+enum Selected {
+    ByPid,
+    ByExe,
+}
+
+/// A Python server named `first`, traced by a new agent until one span of it arrived,
+/// then killed: its pid is free to take over.
+fn first_traced_then_killed(selected: Selected) -> (OtlpReceiver, Agent, u32) {
     require_root();
     let receiver = OtlpReceiver::start().unwrap();
-    let (port, taker_port) = (free_port(), free_port());
+    let port = free_port();
     let first = servers::python(port, &[("OTEL_SERVICE_NAME", "first")]);
     let pid = first.pid();
+    let pid_arg = pid.to_string();
+    let select = match selected {
+        Selected::ByPid => ["--pid", pid_arg.as_str()],
+        Selected::ByExe => ["--exe", "python3*"],
+    };
     let endpoint = receiver.grpc_endpoint();
-    let mut agent = Agent::start(
-        &["--pid", &pid.to_string()],
+    let agent = Agent::start(
+        &select,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
@@ -285,9 +292,16 @@ fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
         vec![200]
     );
     let spans = receiver.wait_for_spans(1, WAIT);
-    assert_eq!(spans[0].attr("url.path"), Some("/first"), "{spans:#?}");
+    assert_eq!(spans[0].service_name(), Some("first"), "{spans:#?}");
     drop(first);
+    (receiver, agent, pid)
+}
 
+/// Gives the pid of the process that just died to a new process, a fork of a `python3`
+/// that never calls exec, serving HTTP on `port` with `env`; waits until it listens.
+fn take_pid_and_serve(pid: u32, port: u16, env: &[(&str, &str)]) -> support::Guard {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
     let script = support::scratch_dir("pid-taker").join("taker.py");
     std::fs::write(
         &script,
@@ -303,7 +317,8 @@ fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
     command
         .arg(&script)
         .arg(pid.to_string())
-        .arg(taker_port.to_string())
+        .arg(port.to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .process_group(0);
     let mut taker = support::Guard(command.spawn().expect("spawn taker.py"));
@@ -312,7 +327,19 @@ fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
         .read_line(&mut line)
         .expect("read the taken pid");
     assert_eq!(line.trim(), pid.to_string(), "the new process has the pid");
-    support::wait_for_port(taker_port);
+    support::wait_for_port(port);
+    taker
+}
+
+/// The tracing of a `--pid` ends with its process: a new process that takes the pid
+/// over (here a fork that never calls exec, so the agent hears of no exec, given the pid
+/// on purpose) is judged anew, and nobody selected it.
+#[test]
+fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
+    let (receiver, mut agent, pid) = first_traced_then_killed(Selected::ByPid);
+    let taker_port = free_port();
+
+    let taker = take_pid_and_serve(pid, taker_port, &[]);
     wait_until("the agent to stop tracing the pid", WAIT, || {
         agent.metric("loupe_traced_processes") == 0.0
     });
@@ -333,5 +360,46 @@ fn a_pid_taken_over_by_an_unselected_process_is_not_traced() {
         .filter(|s| s.attr("url.path") == Some("/taken-over"))
         .collect();
     assert!(taken.is_empty(), "{taken:#?}");
+    drop(taker);
+}
+
+/// A traced server's pid taken over by another traced process, a fork that never calls
+/// exec (the kernel traces it as the child of a traced process): the newcomer's spans
+/// carry its own service name, not the one of the process that had the pid before.
+#[test]
+fn a_pid_taken_over_by_another_traced_process_gets_its_own_resource() {
+    let (receiver, mut agent, pid) = first_traced_then_killed(Selected::ByExe);
+    let taker_port = free_port();
+
+    let taker = take_pid_and_serve(pid, taker_port, &[("OTEL_SERVICE_NAME", "second")]);
+    // The agent checks every few seconds whether its processes are still the ones it
+    // knew; until then the newcomer's spans may carry the old name.
+    let url = format!("http://127.0.0.1:{taker_port}/taken-over");
+    let named = |name: &str| {
+        receiver
+            .spans()
+            .iter()
+            .filter(|s| s.attr("url.path") == Some("/taken-over"))
+            .filter(|s| s.service_name() == Some(name))
+            .count()
+    };
+    wait_until("a span of the newcomer under its own name", WAIT, || {
+        assert_eq!(curl(&[&url]), vec![200]);
+        std::thread::sleep(Duration::from_millis(250));
+        named("second") > 0
+    });
+    // From then on, every span of it is its own.
+    let before = named("first");
+    for _ in 0..3 {
+        assert_eq!(curl(&[&url]), vec![200]);
+    }
+    let (status, _) = agent.terminate();
+    assert!(status.success(), "{}", agent.stderr());
+    assert_eq!(
+        named("first"),
+        before,
+        "spans under the old name after the check"
+    );
+    assert!(named("second") >= 4, "the three requests after it too");
     drop(taker);
 }

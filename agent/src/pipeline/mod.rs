@@ -28,6 +28,7 @@ use crate::{
     probes::{CounterMap, TgidSet, maps::read_counters},
     process::{
         instrumented::{OTLP_PORTS, is_otlp_export},
+        procfs,
         resource::ResourceDefaults,
         selector::{ExecNotice, Notice},
     },
@@ -51,6 +52,8 @@ use whole_responses::WholeResponses;
 /// A connection with no traffic for this long is forgotten (its session flushed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Housekeeping runs between checks for pids taken over by a new process.
+const TAKEOVER_CHECK_EVERY: u32 = 5;
 const SAMPLED: u8 = 0x01;
 /// Finished spans handed to the export queue together; they also go whenever the ring
 /// buffer has been read empty, so none waits longer than one poll interval.
@@ -103,6 +106,7 @@ pub struct Pipeline {
     linker: Linker,
     injected: InjectedIds,
     last_housekeeping: Instant,
+    housekeeping_runs: u32,
 }
 
 impl Pipeline {
@@ -136,6 +140,7 @@ impl Pipeline {
             linker: Linker::default(),
             injected: InjectedIds::default(),
             last_housekeeping: Instant::now(),
+            housekeeping_runs: 0,
         }
     }
 
@@ -452,12 +457,23 @@ impl Pipeline {
         }
         let now = monotonic_now_ns();
         let idle_ns = IDLE_TIMEOUT.as_nanos() as u64;
-        let dead: Vec<u32> = self
+        let mut dead: Vec<u32> = self
             .connections
             .tgids()
             .into_iter()
             .filter(|&tgid| !alive(tgid))
             .collect();
+        // A pid another process took over without an exec: what was known of it is the
+        // old process's. One /proc read per known process, so not every second.
+        self.housekeeping_runs = self.housekeeping_runs.wrapping_add(1);
+        if self.housekeeping_runs.is_multiple_of(TAKEOVER_CHECK_EVERY) {
+            for tgid in self.processes.taken_over(procfs::start_time) {
+                self.processes.forget(tgid);
+                if !dead.contains(&tgid) {
+                    dead.push(tgid);
+                }
+            }
+        }
         let expired = self.connections.drain_where(|key, conn| {
             dead.contains(&key.tgid) || now.saturating_sub(conn.last_activity_ns) > idle_ns
         });
