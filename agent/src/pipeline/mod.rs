@@ -224,8 +224,8 @@ impl Pipeline {
     }
 
     /// Has the probes stop capturing a connection that carries no more HTTP/1.x. The
-    /// kernel sends nothing more of it, its close included: what was on its way is
-    /// counted, and the connection expires here when idle.
+    /// kernel sends nothing more of its bytes, only its close, which ends it here; what
+    /// was already on its way is counted as unparsed.
     fn stop_capturing(&mut self, key: ConnKey, conn_id: u64) {
         // When the selector's thread is behind, the next chunk asks again.
         if self
