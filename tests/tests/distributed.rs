@@ -10,12 +10,14 @@ use std::{
     net::TcpStream,
     path::PathBuf,
     process::{Command, Stdio},
-    thread,
     time::Duration,
 };
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use support::{Agent, Guard, free_port, keep_alive_get, require_root, wait_for_port};
+use support::{
+    Agent, Guard, concurrent_keep_alive_gets, free_port, keep_alive_get, require_root,
+    wait_for_port,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -202,21 +204,9 @@ fn concurrent_requests_stay_connected() {
     let w = start_walkthrough();
     let agent = start_agent(&receiver, &w);
     let (clients, per_client) = (10, 15);
-    let port = w.frontend_port;
-    let workers: Vec<_> = (0..clients)
-        .map(|c| {
-            thread::spawn(move || {
-                let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                for i in 0..per_client {
-                    let status = keep_alive_get(&mut stream, &format!("/api/items/{c}-{i}"));
-                    assert_eq!(status, 200);
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.join().expect("client thread");
-    }
+    concurrent_keep_alive_gets(w.frontend_port, clients, per_client, |c, i| {
+        format!("/api/items/{c}-{i}")
+    });
     let total = clients * per_client;
     let spans = receiver.wait_for_spans(3 * total, WAIT);
     assert_eq!(

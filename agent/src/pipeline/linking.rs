@@ -31,7 +31,8 @@ pub type NodeRef = Rc<RefCell<SpanNode>>;
 
 /// Parent chains longer than this are cut (and would only come from a loop).
 const MAX_DEPTH: usize = 64;
-/// A client request waits this long for the server that reads it, and the reverse.
+/// A request whose exchange has ended waits this long for its other side, which may still
+/// be on its way through the ring buffer; one still in flight waits as long as it is.
 const PEER_WAIT_NS: u64 = 5_000_000_000;
 /// Requests whose exchange never completed are forgotten after this long.
 const REQUEST_TTL_NS: u64 = 600_000_000_000;
@@ -136,8 +137,21 @@ pub struct RequestKey {
 type PeerKey = (SocketAddr, SocketAddr);
 
 struct Waiting {
+    key: RequestKey,
     node: NodeRef,
     ts_ns: u64,
+}
+
+impl Waiting {
+    /// Whether the other side seen at `now_ns` can still be this request's. While its
+    /// exchange is in flight, always: a request can sit in a busy server's accept queue or
+    /// socket buffer for many seconds before the server reads it, and until its response
+    /// comes nothing else can be read on that connection. Once the exchange has ended (a
+    /// client that gave up, a lost record), only for `PEER_WAIT_NS`, after which the same
+    /// addresses more likely name a later connection.
+    fn can_meet(&self, now_ns: u64, requests: &HashMap<RequestKey, (NodeRef, u64)>) -> bool {
+        now_ns.saturating_sub(self.ts_ns) <= PEER_WAIT_NS || requests.contains_key(&self.key)
+    }
 }
 
 struct InFlight {
@@ -190,11 +204,12 @@ fn pop_fresh(
     map: &mut HashMap<PeerKey, VecDeque<Waiting>>,
     key: &PeerKey,
     now_ns: u64,
+    requests: &HashMap<RequestKey, (NodeRef, u64)>,
 ) -> Option<NodeRef> {
     let queue = map.get_mut(key)?;
     let mut found = None;
     while let Some(waiting) = queue.pop_front() {
-        if now_ns.saturating_sub(waiting.ts_ns) <= PEER_WAIT_NS {
+        if waiting.can_meet(now_ns, requests) {
             found = Some(waiting.node);
             break;
         }
@@ -224,7 +239,7 @@ impl Linker {
     ) -> NodeRef {
         // Seen from the client: (its address, our address).
         let peer_key = peers.map(|(local, remote)| (remote, local));
-        let client = peer_key.and_then(|k| pop_fresh(&mut self.clients, &k, ts_ns));
+        let client = peer_key.and_then(|k| pop_fresh(&mut self.clients, &k, ts_ns, &self.requests));
         let node = match (kernel, header, client) {
             (Some(ids), _, _) => SpanNode {
                 span_id: ids.span_id,
@@ -271,6 +286,7 @@ impl Linker {
                 &mut self.servers,
                 k,
                 Waiting {
+                    key,
                     node: node.clone(),
                     ts_ns,
                 },
@@ -390,7 +406,7 @@ impl Linker {
         };
         let node = Rc::new(RefCell::new(node));
         if let Some(peer_key) = peers {
-            match pop_fresh(&mut self.servers, &peer_key, ts_ns) {
+            match pop_fresh(&mut self.servers, &peer_key, ts_ns, &self.requests) {
                 // The server's side was seen first: it becomes this span's child now.
                 Some(server) => server.borrow_mut().parent = Parent::Local(node.clone()),
                 None => {
@@ -398,6 +414,7 @@ impl Linker {
                         &mut self.clients,
                         peer_key,
                         Waiting {
+                            key,
                             node: node.clone(),
                             ts_ns,
                         },
@@ -422,12 +439,7 @@ impl Linker {
 
     /// Drops what waited too long: peers that never showed up, requests never answered.
     pub fn expire(&mut self, now_ns: u64) {
-        for map in [&mut self.clients, &mut self.servers] {
-            map.retain(|_, queue| {
-                queue.retain(|w| now_ns.saturating_sub(w.ts_ns) <= PEER_WAIT_NS);
-                !queue.is_empty()
-            });
-        }
+        // Requests first: a peer waits as long as its request is in flight.
         let stale: Vec<RequestKey> = self
             .requests
             .iter()
@@ -436,6 +448,13 @@ impl Linker {
             .collect();
         for key in stale {
             self.finish(&key);
+        }
+        let requests = &self.requests;
+        for map in [&mut self.clients, &mut self.servers] {
+            map.retain(|_, queue| {
+                queue.retain(|w| w.can_meet(now_ns, requests));
+                !queue.is_empty()
+            });
         }
     }
 

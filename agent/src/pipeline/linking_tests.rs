@@ -213,6 +213,8 @@ fn kernel_ids_win() {
 fn stale_peers_expire_and_tables_stay_bounded() {
     let mut l = Linker::default();
     l.client_start(key(FRONT, 6, 0), 11, 0, Some(hop()), None, None, None);
+    // The client's exchange ended unanswered (it gave up, or the server's read was lost).
+    assert!(l.finish(&key(FRONT, 6, 0)).is_some());
     // Far later, the server reads something on that tuple: the old client is not its parent.
     let back = l.server_start(
         key(BACK, 4, 0),
@@ -236,11 +238,79 @@ fn stale_peers_expire_and_tables_stay_bounded() {
     }
     let (_, _, clients, _) = l.sizes();
     assert_eq!(clients, MAX_QUEUE_PER_CONNECTION);
+    // Still in flight, they wait, until their requests are forgotten.
     l.expire(3 * PEER_WAIT_NS);
     let (_, _, clients, servers) = l.sizes();
-    assert_eq!((clients, servers), (0, 0));
+    assert_eq!((clients, servers), (MAX_QUEUE_PER_CONNECTION, 0));
     l.expire(REQUEST_TTL_NS * 2);
     assert_eq!(l.sizes(), (0, 0, 0, 0));
+}
+
+#[test]
+fn a_request_in_flight_waits_for_a_slow_server_however_long() {
+    let mut l = Linker::default();
+    let front = l.server_start(key(FRONT, 5, 0), 11, 10, ingress(), None, None);
+    let (call, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    // Housekeeping runs while the request sits in the backend's accept queue.
+    l.expire(3 * PEER_WAIT_NS);
+    assert_eq!(l.sizes().2, 1, "the client in flight still waits");
+    let back = l.server_start(
+        key(BACK, 4, 0),
+        21,
+        4 * PEER_WAIT_NS,
+        Some(hop_mirrored()),
+        None,
+        None,
+    );
+    assert_eq!(resolve(&back).parent_span_id, Some(resolve(&call).span_id));
+    assert_eq!(resolve(&back).trace_id, resolve(&front).trace_id);
+    // The same for a server seen first whose client's record comes late.
+    let (far, near) = (addr("127.0.0.1:41000"), addr("127.0.0.1:8000"));
+    let back = l.server_start(key(BACK, 7, 0), 21, 0, Some((near, far)), None, None);
+    l.expire(3 * PEER_WAIT_NS);
+    let (call, _) = l.client_start(
+        key(FRONT, 8, 0),
+        11,
+        3 * PEER_WAIT_NS,
+        Some((far, near)),
+        None,
+        None,
+        None,
+    );
+    assert_eq!(resolve(&back).parent_span_id, Some(resolve(&call).span_id));
+}
+
+#[test]
+fn a_waiting_request_expires_once_its_exchange_ends() {
+    let mut l = Linker::default();
+    l.client_start(key(FRONT, 6, 0), 11, 0, Some(hop()), None, None, None);
+    l.expire(2 * PEER_WAIT_NS);
+    assert_eq!(l.sizes().2, 1);
+    assert!(l.finish(&key(FRONT, 6, 0)).is_some());
+    l.expire(2 * PEER_WAIT_NS);
+    assert_eq!(l.sizes(), (0, 0, 0, 0));
+    // Ended but recent: it still waits, for records on their way.
+    l.client_start(
+        key(FRONT, 6, 1),
+        11,
+        10 * PEER_WAIT_NS,
+        Some(hop()),
+        None,
+        None,
+        None,
+    );
+    assert!(l.finish(&key(FRONT, 6, 1)).is_some());
+    l.expire(10 * PEER_WAIT_NS + 1);
+    assert_eq!(l.sizes().2, 1);
+    let back = l.server_start(
+        key(BACK, 4, 0),
+        21,
+        10 * PEER_WAIT_NS + 2,
+        Some(hop_mirrored()),
+        None,
+        None,
+    );
+    assert!(resolve(&back).parent_span_id.is_some());
 }
 
 #[test]

@@ -279,6 +279,29 @@ pub fn wait_for_port(port: u16) {
     );
 }
 
+/// `clients` threads at once, each sending `per_client` GETs of `path(client, request)`
+/// one after another on its own keep-alive connection to `port`; every answer must be 200.
+pub fn concurrent_keep_alive_gets(
+    port: u16,
+    clients: usize,
+    per_client: usize,
+    path: fn(usize, usize) -> String,
+) {
+    let workers: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                for i in 0..per_client {
+                    assert_eq!(keep_alive_get(&mut stream, &path(c, i)), 200);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("client thread");
+    }
+}
+
 /// Sends a GET on an open keep-alive connection and reads the whole response (framed by
 /// Content-Length, or chunked without trailers); returns the status code.
 pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {

@@ -202,20 +202,8 @@ pub fn nginx(port: u16) -> Guard {
     let www = dir.join("www");
     fs::create_dir_all(&www).expect("www dir");
     fs::write(www.join("file.txt"), "x".repeat(20_000)).expect("static file");
-    let conf = format!(
-        r#"worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+    let http = format!(
+        r#"    sendfile on;
     server {{
         listen 127.0.0.1:{port};
         location = /ok {{ return 200 "nginx ok\n"; }}
@@ -224,15 +212,59 @@ http {{
         location /static/ {{ alias {www}/; }}
         location / {{ return 200 "nginx\n"; }}
     }}
-}}
+"#,
+        www = www.display(),
+    );
+    start_nginx(&dir, &http, port)
+}
+
+/// nginx in the foreground with one worker, passing every request on to the server at
+/// `upstream`: by default over a new connection per request (HTTP/1.0), with `keepalive`
+/// over a pool of HTTP/1.1 keep-alive connections.
+pub fn nginx_proxy(port: u16, upstream: u16, keepalive: bool) -> Guard {
+    let dir = scratch_dir("nginx-proxy");
+    let (pool, upstream_http) = if keepalive {
+        (
+            "keepalive 8;",
+            "proxy_http_version 1.1; proxy_set_header Connection \"\";",
+        )
+    } else {
+        ("", "")
+    };
+    let http = format!(
+        r#"    upstream backend {{ server 127.0.0.1:{upstream}; {pool} }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://backend; {upstream_http} }}
+    }}
+"#
+    );
+    start_nginx(&dir, &http, port)
+}
+
+/// Starts nginx with one worker, its files under `dir`, and `http` inside its `http` block.
+fn start_nginx(dir: &Path, http: &str, port: u16) -> Guard {
+    let conf = format!(
+        r#"worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+{http}}}
 "#,
         dir = dir.display(),
-        www = www.display(),
     );
     let conf_path = dir.join("nginx.conf");
     fs::write(&conf_path, conf).expect("nginx.conf");
     let mut cmd = Command::new(nginx_bin());
-    cmd.arg("-c").arg(&conf_path).arg("-p").arg(&dir);
+    cmd.arg("-c").arg(&conf_path).arg("-p").arg(dir);
     spawn(cmd, &[], port)
 }
 
