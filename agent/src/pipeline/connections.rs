@@ -206,7 +206,17 @@ pub struct ConnectionTable {
     /// How many entries have each (local, remote) pair: tells whether loupe traces the
     /// other end of a connection.
     endpoints: HashMap<(SocketAddr, SocketAddr), u32>,
+    /// What is kept of connections finished for carrying nothing for a while (their fds
+    /// may still be open): a keep-alive connection used again after a long pause gets its
+    /// endpoints back, which the kernel sends only when a connection opens. Bounded like
+    /// the table; dropped at the key's close or its process's end.
+    parked: HashMap<ConnKey, Parked>,
     capacity: usize,
+}
+
+struct Parked {
+    conn_id: u64,
+    pair: (SocketAddr, SocketAddr),
 }
 
 impl ConnectionTable {
@@ -214,6 +224,7 @@ impl ConnectionTable {
         Self {
             entries: HashMap::new(),
             endpoints: HashMap::new(),
+            parked: HashMap::new(),
             capacity,
         }
     }
@@ -250,9 +261,13 @@ impl ConnectionTable {
     }
 
     fn unindex(&mut self, conn: &Connection) {
-        if let Some(pair) = conn.local.zip(conn.remote)
-            && let Some(count) = self.endpoints.get_mut(&pair)
-        {
+        if let Some(pair) = conn.local.zip(conn.remote) {
+            self.unindex_pair(pair);
+        }
+    }
+
+    fn unindex_pair(&mut self, pair: (SocketAddr, SocketAddr)) {
+        if let Some(count) = self.endpoints.get_mut(&pair) {
             *count -= 1;
             if *count == 0 {
                 self.endpoints.remove(&pair);
@@ -287,6 +302,48 @@ impl ConnectionTable {
             .collect()
     }
 
+    /// Keeps the endpoints of `conn`, finished while idle, for when it is used again. They
+    /// still count in [`Self::has_endpoints`]: its peer may read or write first.
+    pub fn park(&mut self, key: ConnKey, conn: &Connection) {
+        let Some(pair) = conn.local.zip(conn.remote) else {
+            return;
+        };
+        if self.parked.len() >= self.capacity && !self.parked.contains_key(&key) {
+            return;
+        }
+        self.forget_parked(&key);
+        *self.endpoints.entry(pair).or_default() += 1;
+        let conn_id = conn.conn_id;
+        self.parked.insert(key, Parked { conn_id, pair });
+    }
+
+    /// The endpoints kept of connection `conn_id` at `key`, taken back.
+    pub fn unpark(&mut self, key: &ConnKey, conn_id: u64) -> Option<(SocketAddr, SocketAddr)> {
+        let parked = self.parked.remove(key)?;
+        self.unindex_pair(parked.pair);
+        (parked.conn_id == conn_id).then_some(parked.pair)
+    }
+
+    /// Forgets what was kept of the connection at `key`: it closed, or another opened there.
+    pub fn forget_parked(&mut self, key: &ConnKey) {
+        if let Some(parked) = self.parked.remove(key) {
+            self.unindex_pair(parked.pair);
+        }
+    }
+
+    /// Forgets what was kept of the connections of processes that ended.
+    pub fn forget_parked_of(&mut self, tgids: &[u32]) {
+        let keys: Vec<ConnKey> = self
+            .parked
+            .keys()
+            .filter(|key| tgids.contains(&key.tgid))
+            .copied()
+            .collect();
+        for key in keys {
+            self.forget_parked(&key);
+        }
+    }
+
     pub fn tgids(&self) -> Vec<u32> {
         let mut tgids: Vec<u32> = self.entries.keys().map(|k| k.tgid).collect();
         tgids.sort_unstable();
@@ -296,229 +353,5 @@ impl ConnectionTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::http1::HttpExchange;
-
-    fn tuple_v4() -> ConnTuple {
-        let mut t = ConnTuple {
-            family: AF_INET,
-            local_port: 8080,
-            remote_port: 51000,
-            ..Default::default()
-        };
-        t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        t.remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
-        t
-    }
-
-    /// Feeds `pieces` (direction, bytes, syscall entry time) the way the pipeline does;
-    /// returns the finished exchanges and the bytes given up.
-    fn feed(pieces: &[(Direction, &[u8], u64)]) -> (Vec<HttpExchange>, u64) {
-        let (exchanges, given_up, _) = feed_counting(pieces);
-        (exchanges, given_up)
-    }
-
-    /// [`feed`], also returning the pieces after which the connection asked the probes
-    /// to stop capturing it, by index.
-    fn feed_counting(pieces: &[(Direction, &[u8], u64)]) -> (Vec<HttpExchange>, u64, Vec<usize>) {
-        let mut conn = Connection::new(1, None, 0);
-        let (mut exchanges, mut given_up, mut asks) = (Vec::new(), 0, Vec::new());
-        for (i, &(direction, bytes, start_ns)) in pieces.iter().enumerate() {
-            let chunk = Chunk {
-                direction,
-                start_ns,
-                end_ns: start_ns + 1,
-                tid: 7,
-                bytes,
-                total_len: bytes.len() as u64,
-            };
-            let mut joined = Vec::new();
-            let (chunk, lost) = conn.join_held(chunk, &mut joined);
-            match conn.session_for(&chunk, |role| Http1Session::new(role, Default::default())) {
-                Detection::Http1(session) => session.on_chunk(&chunk, &mut exchanges),
-                Detection::Held => {}
-                Detection::None => given_up += chunk.total_len,
-            }
-            given_up += lost;
-            if conn.count_chunk_after_http() {
-                asks.push(i);
-                if i % 2 == 1 {
-                    // Every other ask is refused (a full notice channel).
-                    conn.give_up();
-                }
-            }
-        }
-        (exchanges, given_up + conn.held_len(), asks)
-    }
-
-    #[test]
-    fn a_connection_without_http_is_given_up_to_the_probes_once_it_lives_on() {
-        use Direction::{Egress, Ingress};
-        // A TLS handshake's records, then application data both ways.
-        let tls: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
-        let pieces: Vec<(Direction, &[u8], u64)> = (0..20)
-            .map(|i| (if i % 2 == 0 { Egress } else { Ingress }, tls, i))
-            .collect();
-        let (exchanges, given_up, asks) = feed_counting(&pieces);
-        assert!(exchanges.is_empty());
-        assert_eq!(given_up, 20 * tls.len() as u64, "every byte is counted");
-        // Declared not HTTP at the 4th chunk, which counts as its first after HTTP.
-        let first_ask = DETECT_ATTEMPTS as usize - 1 + CHUNKS_BEFORE_IGNORING as usize - 1;
-        assert_eq!(asks.first(), Some(&first_ask), "{asks:?}");
-        // A refused ask is repeated with the next chunk, an accepted one never.
-        assert_eq!(asks, vec![first_ask, first_ask + 1]);
-    }
-
-    #[test]
-    fn a_connection_carrying_http_is_never_given_up() {
-        use Direction::{Egress, Ingress};
-        let mut pieces: Vec<(Direction, &[u8], u64)> = Vec::new();
-        for i in 0..40 {
-            pieces.push((Ingress, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 2 * i));
-            pieces.push((
-                Egress,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-                2 * i + 1,
-            ));
-        }
-        let (exchanges, given_up, asks) = feed_counting(&pieces);
-        assert_eq!(exchanges.len(), 40);
-        assert_eq!(given_up, 0);
-        assert!(asks.is_empty(), "{asks:?}");
-    }
-
-    #[test]
-    fn a_websocket_is_given_up_to_the_probes_after_its_upgrade() {
-        use Direction::{Egress, Ingress};
-        let mut pieces: Vec<(Direction, &[u8], u64)> = vec![
-            (
-                Ingress,
-                b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-                0,
-            ),
-            (
-                Egress,
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-                1,
-            ),
-        ];
-        // Frames both ways, one of them text that reads like a request line.
-        for i in 0..10 {
-            pieces.push((Ingress, b"\x81\x05hello", 2 + 2 * i));
-            pieces.push((Egress, b"GET /not-http HTTP/1.1\r\n\r\n", 3 + 2 * i));
-        }
-        let (exchanges, _, asks) = feed_counting(&pieces);
-        assert_eq!(exchanges.len(), 1, "the upgrade itself");
-        assert_eq!(exchanges[0].response.as_ref().map(|r| r.status), Some(101));
-        // The 101 response ends HTTP and counts as the first chunk after it.
-        assert_eq!(
-            asks.first(),
-            Some(&(CHUNKS_BEFORE_IGNORING as usize)),
-            "{asks:?}"
-        );
-    }
-
-    #[test]
-    fn a_request_line_written_in_pieces_is_one_request_from_its_first_piece() {
-        use Direction::{Egress, Ingress};
-        // As an unbuffered `write!` sends it: method, target, then the rest.
-        let (exchanges, lost) = feed(&[
-            (Egress, b"GET ", 10),
-            (Egress, b"/healthz", 20),
-            (Egress, b" HTTP/1.1\r\nHost: a\r\n\r\n", 30),
-            (
-                Ingress,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                40,
-            ),
-        ]);
-        assert_eq!(lost, 0);
-        assert_eq!(exchanges.len(), 1);
-        let exchange = &exchanges[0];
-        assert_eq!(exchange.role, Role::Client);
-        assert_eq!(exchange.request.target, "/healthz");
-        assert_eq!(exchange.request_first_start_ns, 10);
-        assert_eq!(exchange.response.as_ref().unwrap().status, 200);
-
-        // Byte by byte, on the server side, including the status line it writes.
-        let request = b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
-        let response = b"HTTP/1.1 204 No Content\r\n\r\n";
-        let mut pieces: Vec<(Direction, &[u8], u64)> = Vec::new();
-        pieces.extend((0..request.len()).map(|i| (Ingress, &request[i..=i], i as u64)));
-        pieces.extend((0..response.len()).map(|i| (Egress, &response[i..=i], 100 + i as u64)));
-        let (exchanges, lost) = feed(&pieces);
-        assert_eq!(lost, 0);
-        assert_eq!(exchanges.len(), 1);
-        assert_eq!(exchanges[0].role, Role::Server);
-        assert_eq!(exchanges[0].request.method, "POST");
-        assert_eq!(exchanges[0].response.as_ref().unwrap().status, 204);
-    }
-
-    #[test]
-    fn a_held_piece_not_followed_by_more_of_its_message_is_counted_as_unparsed() {
-        use Direction::{Egress, Ingress};
-        // Followed by bytes the other way.
-        let (exchanges, lost) = feed(&[(Egress, b"GET", 1), (Ingress, b"+OK\r\n", 2)]);
-        assert!(exchanges.is_empty());
-        assert_eq!(lost, 3 + 5);
-        // Followed by more bytes that are not HTTP.
-        let (exchanges, lost) = feed(&[(Egress, b"GET", 1), (Egress, b"\x00\x01", 2)]);
-        assert!(exchanges.is_empty());
-        assert_eq!(lost, 5);
-        // The connection ends with the piece still held.
-        let (_, lost) = feed(&[(Egress, b"HTTP/1.", 1)]);
-        assert_eq!(lost, 7);
-    }
-
-    #[test]
-    fn endpoints_from_ipv4_and_mapped_ipv6() {
-        let (local, remote) = endpoints(&tuple_v4());
-        assert_eq!(local.unwrap().to_string(), "127.0.0.1:8080");
-        assert_eq!(remote.unwrap().to_string(), "10.1.2.3:51000");
-
-        let mut t = ConnTuple {
-            family: AF_INET6,
-            local_port: 80,
-            remote_port: 4000,
-            ..Default::default()
-        };
-        t.local_addr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
-        t.remote_addr = Ipv6Addr::LOCALHOST.octets();
-        let (local, remote) = endpoints(&t);
-        assert_eq!(local.unwrap().to_string(), "127.0.0.1:80");
-        assert_eq!(remote.unwrap().to_string(), "[::1]:4000");
-
-        t.family = 99;
-        assert_eq!(endpoints(&t), (None, None));
-    }
-
-    #[test]
-    fn table_refuses_when_full_but_replaces_same_key() {
-        let mut table = ConnectionTable::new(1);
-        let k1 = ConnKey { tgid: 1, fd: 3 };
-        let k2 = ConnKey { tgid: 1, fd: 4 };
-        let first = table.insert(k1, Connection::new(1, None, 0));
-        assert!(matches!(first, Ok(None)));
-        assert!(table.insert(k2, Connection::new(2, None, 0)).is_err());
-        let old = table.insert(k1, Connection::new(3, None, 0)).ok().unwrap();
-        assert_eq!(old.unwrap().conn_id, 1);
-        assert_eq!(table.len(), 1);
-        let pair = (
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        );
-        let k3 = ConnKey { tgid: 2, fd: 3 };
-        let mut big = ConnectionTable::new(4);
-        let mut conn = Connection::new(9, None, 0);
-        (conn.local, conn.remote) = (Some(pair.0), Some(pair.1));
-        assert!(big.insert(k3, conn).is_ok());
-        assert!(big.has_endpoints(pair.0, pair.1));
-        assert!(!big.has_endpoints(pair.1, pair.0));
-        big.remove(&k3);
-        assert!(!big.has_endpoints(pair.0, pair.1));
-        let drained = table.drain_where(|k, _| k.tgid == 1);
-        assert_eq!(drained.len(), 1);
-        assert_eq!(table.len(), 0);
-    }
-}
+#[path = "connections_tests.rs"]
+mod tests;

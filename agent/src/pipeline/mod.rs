@@ -3,6 +3,7 @@
 
 mod assemble;
 pub mod connections;
+mod housekeeping;
 mod injected;
 mod linking;
 mod processes;
@@ -25,10 +26,9 @@ use crate::{
         reader::EventSink,
     },
     export::{SpanSender, otlp::sent_by_loupe},
-    probes::{CounterMap, TgidSet, maps::read_counters},
+    probes::{CounterMap, TgidSet},
     process::{
         instrumented::{OTLP_PORTS, is_otlp_export},
-        procfs,
         resource::ResourceDefaults,
         selector::{ExecNotice, Notice},
     },
@@ -49,11 +49,7 @@ use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
 use processes::Processes;
 use whole_responses::WholeResponses;
 
-/// A connection with no traffic for this long is forgotten (its session flushed).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-/// Housekeeping runs between checks for pids taken over by a new process.
-const TAKEOVER_CHECK_EVERY: u32 = 5;
 const SAMPLED: u8 = 0x01;
 /// Finished spans handed to the export queue together; they also go whenever the ring
 /// buffer has been read empty, so none waits longer than one poll interval.
@@ -159,9 +155,14 @@ impl Pipeline {
             .get_mut(&key)
             .is_some_and(|c| c.conn_id == header.conn_id);
         if !known {
-            // The open record was lost (ring buffer full) or the fd was reused without a
-            // close we saw: start over with what this record tells.
-            self.open(key, Connection::new(header.conn_id, None, header.end_ns));
+            // Finished while idle, the open record lost (ring buffer full), or the fd reused
+            // without a close we saw: start over with what this record tells, and the
+            // endpoints when the connection was only idle.
+            let mut conn = Connection::new(header.conn_id, None, header.end_ns);
+            if let Some((local, remote)) = self.connections.unpark(&key, header.conn_id) {
+                (conn.local, conn.remote) = (Some(local), Some(remote));
+            }
+            self.open(key, conn);
         }
         let Some(conn) = self.connections.get_mut(&key) else {
             self.metrics.bytes_unparsed.add(header.total_len);
@@ -450,58 +451,6 @@ impl Pipeline {
             self.metrics.tail_held_spans.set(tail.held().1 as u64);
         }
     }
-
-    fn housekeeping(&mut self) {
-        if let Some(released) = self.tail_sampler.as_mut().map(|t| t.tick(Instant::now())) {
-            self.release(released);
-        }
-        let now = monotonic_now_ns();
-        let idle_ns = IDLE_TIMEOUT.as_nanos() as u64;
-        let mut dead: Vec<u32> = self
-            .connections
-            .tgids()
-            .into_iter()
-            .filter(|&tgid| !alive(tgid))
-            .collect();
-        // A pid another process took over without an exec: what was known of it is the
-        // old process's. One /proc read per known process, so not every second.
-        self.housekeeping_runs = self.housekeeping_runs.wrapping_add(1);
-        if self.housekeeping_runs.is_multiple_of(TAKEOVER_CHECK_EVERY) {
-            for tgid in self.processes.taken_over(procfs::start_time) {
-                self.processes.forget(tgid);
-                if !dead.contains(&tgid) {
-                    dead.push(tgid);
-                }
-            }
-        }
-        let expired = self.connections.drain_where(|key, conn| {
-            dead.contains(&key.tgid) || now.saturating_sub(conn.last_activity_ns) > idle_ns
-        });
-        for (key, conn) in expired {
-            self.finish_connection(key, conn, now);
-        }
-        self.processes.retain(alive);
-        self.whole_responses.forget_dead(alive);
-        for tgid in dead {
-            self.linker.forget_process(tgid);
-        }
-        self.linker.expire(now);
-        self.injected.expire(now);
-        self.metrics
-            .connections_active
-            .set(self.connections.len() as u64);
-
-        if let Some(counters) = &self.counters {
-            self.metrics.set_kernel_counters(&read_counters(counters));
-        }
-        self.assembler.set_clock(Clock::measure());
-    }
-}
-
-fn alive(tgid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(tgid as i32, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 impl EventSink for Pipeline {
@@ -518,6 +467,7 @@ impl EventSink for Pipeline {
                 {
                     process.sdk = true;
                 }
+                self.connections.forget_parked(&key);
                 let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
                 if open.role == loupe_common::role::CLIENT {
                     conn.parent_hint = self.linker.serving(open.tgid, open.tid);
@@ -539,6 +489,7 @@ impl EventSink for Pipeline {
                 if let Some(conn) = self.connections.remove(&key) {
                     self.finish_connection(key, conn, close.ts_ns);
                 }
+                self.connections.forget_parked(&key);
             }
             Event::ProcessExec(exec) => {
                 // The program changed, and with it possibly the service name.

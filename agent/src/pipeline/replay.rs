@@ -351,4 +351,31 @@ mod tests {
         );
         assert_eq!(by_resource(&spans).len(), 1);
     }
+
+    #[test]
+    fn a_connection_used_again_after_idling_past_the_timeout_keeps_its_endpoints() {
+        let mut replay = Replay::new(Service::Python).unwrap();
+        let key = loupe_common::ConnKey {
+            tgid: replay.tgid,
+            fd: FIRST_FD,
+        };
+        replay
+            .pipeline
+            .connections
+            .get_mut(&key)
+            .unwrap()
+            .last_activity_ns = 0;
+        replay.pipeline.housekeeping();
+        assert!(replay.pipeline.connections.get_mut(&key).is_none());
+        replay.request(0);
+        replay.pipeline.drained(false);
+        let mut spans = Vec::new();
+        replay.queue.fill(&mut spans, 10);
+        let [span] = spans.as_slice() else {
+            panic!("one span, got {}", spans.len());
+        };
+        assert_eq!(span.span.peer_address.as_deref(), Some("127.0.0.1"));
+        assert_eq!(span.span.peer_port, Some(40_000));
+        assert_eq!(replay.metrics().bytes_unparsed.get(), 0);
+    }
 }
