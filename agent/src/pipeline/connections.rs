@@ -71,6 +71,11 @@ impl Connection {
         }
     }
 
+    /// Whether a request on it still awaits its response, or the rest of it.
+    pub fn awaits_response(&self) -> bool {
+        matches!(&self.protocol, ProtocolState::Http1(session) if session.pending_requests() > 0)
+    }
+
     /// Counts a chunk the connection just carried; true when it has carried enough since
     /// it was known to carry no more HTTP/1.x (declared not HTTP, or tunnelled) that the
     /// probes should stop capturing it, until [`Self::give_up`].

@@ -14,16 +14,26 @@ use crate::{
 /// A connection with no traffic for this long is forgotten (its session flushed), bar
 /// its endpoints.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The same for a connection whose request still awaits its response: long polls (a
+/// Consul blocking query waits up to ten minutes) and slow reports outlast
+/// `IDLE_TIMEOUT`, and finishing them early would export a false `no_response` error and
+/// garble the response when it comes. As long as the linker keeps a request in flight.
+pub(super) const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Housekeeping runs between checks for pids taken over by a new process.
 const TAKEOVER_CHECK_EVERY: u32 = 5;
 
 impl Pipeline {
     pub(super) fn housekeeping(&mut self) {
+        self.housekeeping_at(monotonic_now_ns());
+    }
+
+    /// [`Self::housekeeping`] with the monotonic clock reading `now`.
+    pub(super) fn housekeeping_at(&mut self, now: u64) {
         if let Some(released) = self.tail_sampler.as_mut().map(|t| t.tick(Instant::now())) {
             self.release(released);
         }
-        let now = monotonic_now_ns();
         let idle_ns = IDLE_TIMEOUT.as_nanos() as u64;
+        let in_flight_ns = IN_FLIGHT_TIMEOUT.as_nanos() as u64;
         let mut dead: Vec<u32> = self
             .connections
             .tgids()
@@ -42,7 +52,9 @@ impl Pipeline {
             }
         }
         let expired = self.connections.drain_where(|key, conn| {
-            dead.contains(&key.tgid) || now.saturating_sub(conn.last_activity_ns) > idle_ns
+            let quiet = now.saturating_sub(conn.last_activity_ns);
+            dead.contains(&key.tgid)
+                || (quiet > idle_ns && (quiet > in_flight_ns || !conn.awaits_response()))
         });
         for (key, conn) in expired {
             if !dead.contains(&key.tgid) {

@@ -361,11 +361,7 @@ mod tests {
         };
         replay
             .pipeline
-            .connections
-            .get_mut(&key)
-            .unwrap()
-            .last_activity_ns = 0;
-        replay.pipeline.housekeeping();
+            .housekeeping_at(replay.clock_ns + 301_000_000_000);
         assert!(replay.pipeline.connections.get_mut(&key).is_none());
         replay.request(0);
         replay.pipeline.drained(false);
@@ -376,6 +372,66 @@ mod tests {
         };
         assert_eq!(span.span.peer_address.as_deref(), Some("127.0.0.1"));
         assert_eq!(span.span.peer_port, Some(40_000));
+        assert_eq!(replay.metrics().bytes_unparsed.get(), 0);
+    }
+
+    #[test]
+    fn a_request_awaiting_its_response_keeps_its_connection_past_the_idle_timeout() {
+        let mut replay = Replay::new(Service::Nginx).unwrap();
+        let (fd, conn_id) = (FIRST_FD, replay.conn_ids[0]);
+        let key = loupe_common::ConnKey {
+            tgid: replay.tgid,
+            fd,
+        };
+        let read = |replay: &mut Replay| {
+            let at = replay.tick(REQUEST_GAP_NS);
+            replay.data(
+                fd,
+                conn_id,
+                direction::INGRESS,
+                at,
+                REQUEST,
+                REQUEST.len(),
+                0,
+            );
+        };
+        let mut spans = Vec::new();
+        // A long poll: the answer comes after more than the idle timeout.
+        read(&mut replay);
+        let asked = replay.clock_ns;
+        replay.pipeline.housekeeping_at(asked + 400_000_000_000);
+        replay.pipeline.drained(false);
+        replay.queue.fill(&mut spans, 10);
+        assert!(spans.is_empty(), "no span before the answer");
+        assert!(replay.pipeline.connections.get_mut(&key).is_some());
+        replay.clock_ns = asked + 401_000_000_000;
+        let total = NGINX_HEAD.len() + NGINX_BODY_LEN as usize;
+        let (at, flags) = (replay.clock_ns, data_flags::BODY_SKIPPED);
+        replay.data(fd, conn_id, direction::EGRESS, at, NGINX_HEAD, total, flags);
+        replay.pipeline.drained(false);
+        replay.queue.fill(&mut spans, 10);
+        let [span] = spans.as_slice() else {
+            panic!("one span, got {}", spans.len());
+        };
+        assert_eq!(span.span.status_code, Some(200));
+        assert_eq!(span.span.error_type, None);
+        assert_eq!(
+            span.span.end_unix_ns - span.span.start_unix_ns,
+            401_000_000_000
+        );
+        // Past the longer limit the request is given up as unanswered.
+        read(&mut replay);
+        let asked = replay.clock_ns;
+        replay.pipeline.housekeeping_at(asked + 3_601_000_000_000);
+        assert!(replay.pipeline.connections.get_mut(&key).is_none());
+        replay.pipeline.drained(false);
+        spans.clear();
+        replay.queue.fill(&mut spans, 10);
+        let [span] = spans.as_slice() else {
+            panic!("one span, got {}", spans.len());
+        };
+        assert_eq!(span.span.error_type.as_deref(), Some("no_response"));
+        assert_eq!(replay.metrics().parse_errors.get(), 0);
         assert_eq!(replay.metrics().bytes_unparsed.get(), 0);
     }
 }
