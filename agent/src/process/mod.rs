@@ -1,5 +1,6 @@
 //! Which processes loupe traces, and who they are (their OpenTelemetry resource).
 
+pub mod container;
 mod ignored_connections;
 pub mod instrumented;
 pub mod procfs;

@@ -37,18 +37,22 @@ impl ResourceDefaults {
         let comm = procfs::comm(pid).or_else(|| comm_hint.map(str::to_string));
         let environ = procfs::environ(pid);
         let sdk = super::instrumented::configured_by_environment(&environ);
+        let detected = super::container::attributes(pid, &environ);
         (
-            self.build(pid, exe.as_deref(), comm.as_deref(), &environ),
+            self.build(pid, exe.as_deref(), comm.as_deref(), &environ, &detected),
             sdk,
         )
     }
 
+    /// The resource of process `pid`. Its own `OTEL_RESOURCE_ATTRIBUTES` win over what
+    /// loupe `detected` (its container and pod), which wins over the agent's attributes.
     pub fn build(
         &self,
         pid: u32,
         exe: Option<&Path>,
         comm: Option<&str>,
         environ: &[(String, String)],
+        detected: &[(&'static str, String)],
     ) -> Resource {
         let env = |name: &str| {
             environ
@@ -98,9 +102,15 @@ impl ResourceDefaults {
                 AttrValue::Str(path.to_string_lossy().into_owned()),
             ));
         }
-        for (key, value) in own.iter().chain(self.agent_attributes.iter()) {
+        fn pairs(list: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+            list.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        }
+        let layers = pairs(&own)
+            .chain(detected.iter().map(|(k, v)| (*k, v.as_str())))
+            .chain(pairs(&self.agent_attributes));
+        for (key, value) in layers {
             if !attributes.iter().any(|(k, _)| k == key) {
-                attributes.push((key.clone(), AttrValue::Str(value.clone())));
+                attributes.push((key.to_string(), AttrValue::Str(value.to_string())));
             }
         }
         Resource {
@@ -176,6 +186,28 @@ mod tests {
     }
 
     #[test]
+    fn the_processs_own_attributes_beat_its_detected_pod_which_beats_the_agents() {
+        let env = vec![(
+            "OTEL_RESOURCE_ATTRIBUTES".into(),
+            "k8s.pod.name=from-downward-api".into(),
+        )];
+        let detected = [
+            ("k8s.pod.name", "web-1".to_string()),
+            ("k8s.namespace.name", "shop".to_string()),
+            ("service.namespace", "detected".to_string()),
+        ];
+        let r = defaults().build(7, Some(Path::new("/srv/app")), None, &env, &detected);
+        let text = |key| match attr(&r, key) {
+            Some(AttrValue::Str(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        assert_eq!(text("k8s.pod.name"), Some("from-downward-api"));
+        assert_eq!(text("k8s.namespace.name"), Some("shop"));
+        assert_eq!(text("service.namespace"), Some("detected"));
+        assert_eq!(text("deployment.environment.name"), Some("prod"));
+    }
+
+    #[test]
     fn otel_service_name_wins() {
         let env = vec![
             ("OTEL_SERVICE_NAME".into(), "checkout".into()),
@@ -184,7 +216,7 @@ mod tests {
                 "service.name=ignored,service.namespace=shop".into(),
             ),
         ];
-        let r = defaults().build(7, Some(Path::new("/usr/bin/python3.11")), None, &env);
+        let r = defaults().build(7, Some(Path::new("/usr/bin/python3.11")), None, &env, &[]);
         assert_eq!(r.service_name, "checkout");
         assert_eq!(
             attr(&r, "service.name"),
@@ -220,17 +252,17 @@ mod tests {
             "OTEL_RESOURCE_ATTRIBUTES".into(),
             "service.name=billing".into(),
         )];
-        let r = defaults().build(7, Some(Path::new("/srv/app")), None, &env);
+        let r = defaults().build(7, Some(Path::new("/srv/app")), None, &env, &[]);
         assert_eq!(r.service_name, "billing");
     }
 
     #[test]
     fn executable_name_is_the_fallback() {
-        let r = defaults().build(7, Some(Path::new("/usr/sbin/nginx")), None, &[]);
+        let r = defaults().build(7, Some(Path::new("/usr/sbin/nginx")), None, &[], &[]);
         assert_eq!(r.service_name, "nginx");
-        let r = defaults().build(8, None, Some("worker"), &[]);
+        let r = defaults().build(8, None, Some("worker"), &[], &[]);
         assert_eq!(r.service_name, "worker");
-        let r = defaults().build(9, None, None, &[]);
+        let r = defaults().build(9, None, None, &[], &[]);
         assert_eq!(r.service_name, "pid-9");
     }
 

@@ -187,6 +187,20 @@ pub fn python(port: u16, env: &[(&str, &str)]) -> Guard {
     spawn(cmd, env, port)
 }
 
+/// Starts the Python server as [`python`] does, through `wrapper`: a command that ends by
+/// exec'ing the words that follow it.
+pub fn python_wrapped(port: u16, wrapper: &[&str], env: &[(&str, &str)]) -> Guard {
+    let dir = scratch_dir("python-wrapped");
+    let script = dir.join("server.py");
+    fs::write(&script, PYTHON_SERVER).expect("write server.py");
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .arg("python3")
+        .arg(&script)
+        .arg(port.to_string());
+    spawn(cmd, env, port)
+}
+
 pub fn node(port: u16, env: &[(&str, &str)]) -> Guard {
     let dir = scratch_dir("node");
     let script = dir.join("server.js");

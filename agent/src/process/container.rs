@@ -1,0 +1,299 @@
+//! Which container and Kubernetes pod a traced process runs in, read from the host's
+//! /proc without the Kubernetes API: on a node where many pods run the same program,
+//! these attributes tell their spans apart.
+//!
+//! - `container.id`: the 64-hex id in the process's cgroup path, as every runtime names
+//!   its cgroups (`/kubepods/burstable/pod<uid>/<id>`, `.../cri-containerd-<id>.scope`,
+//!   `crio-<id>.scope`, `docker-<id>.scope`, `libpod-<id>.scope`).
+//! - `k8s.pod.uid`: the `pod<uid>` segment of a `kubepods` cgroup path (with `_` for `-`
+//!   under the systemd cgroup driver).
+//! - `k8s.pod.name`: a pod's hostname is its name. Read from the process's `HOSTNAME`
+//!   (container runtimes set it), else its `/etc/hostname` (the kubelet mounts it), and
+//!   only when the process has a hostname of its own (a UTS namespace other than the
+//!   host's): a `hostNetwork` pod has the node's.
+//! - `k8s.namespace.name`: the service-account namespace file Kubernetes mounts into
+//!   every container that has a token (the default).
+//!
+//! The pod attributes are only set for processes in a `kubepods` cgroup.
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+/// Where Kubernetes mounts a pod's service-account files, `/var/run/secrets/...`. Most
+/// images make `/var/run` a link to `/run`, where the mount then is (see [`inside`]).
+const NAMESPACE_FILES: [&str; 2] = [
+    "run/secrets/kubernetes.io/serviceaccount/namespace",
+    "var/run/secrets/kubernetes.io/serviceaccount/namespace",
+];
+/// Longest Kubernetes object name (a DNS subdomain), and a little room.
+const MAX_NAME: u64 = 256;
+
+/// What a cgroup path tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupIdentity {
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// A process's container and pod, as resource attributes (semantic-convention names).
+pub fn attributes(pid: u32, environ: &[(String, String)]) -> Vec<(&'static str, String)> {
+    let Ok(cgroup) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let identity = from_cgroup_file(&cgroup);
+    let mut attributes = Vec::new();
+    if let Some(id) = identity.container_id {
+        attributes.push(("container.id", id));
+    }
+    if let Some(uid) = identity.pod_uid {
+        attributes.push(("k8s.pod.uid", uid));
+        let root = Path::new("/proc").join(pid.to_string()).join("root");
+        if has_own_hostname(pid)
+            && let Some(name) = pod_name(environ, &root)
+        {
+            attributes.push(("k8s.pod.name", name));
+        }
+        if let Some(namespace) = NAMESPACE_FILES
+            .iter()
+            .find_map(|file| read_name(&inside(&root, file)?))
+        {
+            attributes.push(("k8s.namespace.name", namespace));
+        }
+    }
+    attributes
+}
+
+/// The identity named by any line of a `/proc/<pid>/cgroup` file (v1 controllers, or the
+/// v2 `0::` line): the innermost container id and pod uid found.
+pub fn from_cgroup_file(text: &str) -> CgroupIdentity {
+    let mut found = CgroupIdentity::default();
+    for line in text.lines() {
+        // hierarchy-id:controllers:path
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
+        let identity = from_cgroup_path(path);
+        if found.container_id.is_none() {
+            found.container_id = identity.container_id;
+        }
+        if found.pod_uid.is_none() {
+            found.pod_uid = identity.pod_uid;
+        }
+    }
+    found
+}
+
+fn from_cgroup_path(path: &str) -> CgroupIdentity {
+    let in_pod = path.contains("kubepods");
+    let mut identity = CgroupIdentity::default();
+    for segment in path.split('/') {
+        if let Some(id) = container_id(segment) {
+            identity.container_id = Some(id.to_string());
+        }
+        if in_pod && let Some(uid) = pod_uid(segment) {
+            identity.pod_uid = Some(uid);
+        }
+    }
+    identity
+}
+
+/// A 64-hex container id, bare or with a runtime's prefix and `.scope` suffix.
+fn container_id(segment: &str) -> Option<&str> {
+    let name = segment.strip_suffix(".scope").unwrap_or(segment);
+    let id = name.rsplit(['-', ':']).next()?;
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// The uid of `pod<uid>` (cgroupfs driver) or `kubepods-<class>-pod<uid>.slice` (systemd
+/// driver, which writes its dashes as underscores).
+fn pod_uid(segment: &str) -> Option<String> {
+    let name = segment.strip_suffix(".slice").unwrap_or(segment);
+    let start = name.rfind("pod")? + 3;
+    let uid = name[start..].replace('_', "-");
+    is_uuid(&uid).then_some(uid)
+}
+
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// False when the process shares the host's UTS namespace (or it cannot be told), where
+/// its hostname is the node's. The host's is init's (loupe runs with the host's pids);
+/// where init's cannot be read, loupe's own, as a daemon on the host has it.
+fn has_own_hostname(pid: u32) -> bool {
+    let uts = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/uts")).ok();
+    match (uts(&pid.to_string()), uts("1").or_else(|| uts("self"))) {
+        (Some(own), Some(host)) => own != host,
+        _ => false,
+    }
+}
+
+fn pod_name(environ: &[(String, String)], root: &Path) -> Option<String> {
+    environ
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "HOSTNAME")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| valid_name(v))
+        .or_else(|| read_name(&inside(root, "etc/hostname")?))
+}
+
+/// `relative` under a process's `root`, unless an absolute link lies on the way. Read
+/// through `/proc/<pid>/root`, an absolute link resolves against loupe's own root, not
+/// the process's: `/var/run -> /run` would lead to loupe's own `/run`, in a DaemonSet to
+/// loupe's own service account. Relative links (the service-account files themselves
+/// are links into `..data/`) stay inside and are followed.
+fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
+    let mut path = root.to_path_buf();
+    for component in relative.split('/') {
+        path.push(component);
+        if let Ok(target) = fs::read_link(&path)
+            && target.is_absolute()
+        {
+            return None;
+        }
+    }
+    Some(path)
+}
+
+/// A Kubernetes object name from a small file, when it holds one.
+fn read_name(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_NAME)
+        .read_to_string(&mut text)
+        .ok()?;
+    let name = text.trim();
+    valid_name(name).then(|| name.to_string())
+}
+
+/// Lower-case letters, digits, `-` and `.`, as Kubernetes names are.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4e2b9c4d8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829304";
+    const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+
+    fn identity(text: &str) -> (Option<String>, Option<String>) {
+        let found = from_cgroup_file(text);
+        (found.container_id, found.pod_uid)
+    }
+
+    #[test]
+    fn pods_under_either_cgroup_driver_and_version() {
+        let some = |s: &str| Some(s.to_string());
+        // cgroup v1, cgroupfs driver: every controller line names the pod.
+        let v1 = format!(
+            "12:memory:/kubepods/burstable/pod{UID}/{ID}\n11:cpu,cpuacct:/kubepods/burstable/pod{UID}/{ID}\n"
+        );
+        assert_eq!(identity(&v1), (some(ID), some(UID)));
+        // cgroup v2, systemd driver, containerd and CRI-O.
+        let systemd_uid = UID.replace('-', "_");
+        for runtime in ["cri-containerd", "crio", "docker"] {
+            let v2 = format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{systemd_uid}.slice/{runtime}-{ID}.scope\n"
+            );
+            assert_eq!(identity(&v2), (some(ID), some(UID)), "{runtime}");
+        }
+        // Guaranteed pods have no QoS level; seen from a cgroup namespace, paths climb.
+        let guaranteed = format!("0::/../../kubepods-pod{systemd_uid}.slice/crio-{ID}.scope\n");
+        assert_eq!(identity(&guaranteed), (some(ID), some(UID)));
+        // The pause container's sibling: a pod's own cgroup, no container.
+        assert_eq!(
+            identity(&format!("0::/kubepods/pod{UID}\n")),
+            (None, some(UID))
+        );
+    }
+
+    #[test]
+    fn containers_outside_kubernetes_and_plain_processes() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            identity(&format!("0::/system.slice/docker-{ID}.scope\n")),
+            (some(ID), None)
+        );
+        assert_eq!(
+            identity(&format!("4:pids:/docker/{ID}\n")),
+            (some(ID), None)
+        );
+        assert_eq!(
+            identity(&format!("0::/machine.slice/libpod-{ID}.scope/container\n")),
+            (some(ID), None)
+        );
+        // A pod-looking segment outside kubepods is not a pod.
+        assert_eq!(
+            identity(&format!("0::/user.slice/pod{UID}\n")),
+            (None, None)
+        );
+        for plain in [
+            "0::/user.slice/user-0.slice/session-3.scope\n",
+            "0::/\n",
+            "12:memory:/system.slice/nginx.service\n",
+            "",
+            "garbage",
+            "0::/kubepods/podnot-a-uid/abc\n",
+            // 63 and 65 hex digits.
+            &format!("0::/docker/{}\n", &ID[1..]),
+            &format!("0::/docker/{ID}0\n"),
+        ] {
+            assert_eq!(identity(plain), (None, None), "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn absolute_links_are_not_followed_out_of_a_process_root() {
+        let root = std::env::temp_dir().join(format!("loupe-root-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let account = root.join("run/secrets/kubernetes.io/serviceaccount");
+        fs::create_dir_all(account.join("..data")).unwrap();
+        fs::write(account.join("..data/namespace"), "shop\n").unwrap();
+        std::os::unix::fs::symlink("..data/namespace", account.join("namespace")).unwrap();
+        fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        let read = |file: &str| inside(&root, file).and_then(|p| read_name(&p));
+        assert_eq!(read(NAMESPACE_FILES[0]).as_deref(), Some("shop"));
+        assert_eq!(
+            read(NAMESPACE_FILES[1]),
+            None,
+            "through the absolute /var/run link"
+        );
+        // A relative link to the same place is followed.
+        fs::remove_file(root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("../run", root.join("var/run")).unwrap();
+        assert_eq!(read(NAMESPACE_FILES[1]).as_deref(), Some("shop"));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn names_must_look_like_kubernetes_names() {
+        assert!(valid_name("web-7d9f8c6b5-x2k9p"));
+        assert!(valid_name("payments.v2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Web"));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"a".repeat(254)));
+        let env = |v: &str| vec![("HOSTNAME".to_string(), v.to_string())];
+        let nowhere = Path::new("/nonexistent-root");
+        assert_eq!(pod_name(&env("web-1\n"), nowhere).as_deref(), Some("web-1"));
+        assert_eq!(pod_name(&env("NOT A NAME"), nowhere), None);
+        assert_eq!(pod_name(&[], nowhere), None);
+    }
+}

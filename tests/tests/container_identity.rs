@@ -1,0 +1,155 @@
+//! A traced process in a Kubernetes pod is told apart from the other pods on its node by
+//! its resource: `container.id`, `k8s.pod.uid`, `k8s.pod.name` and `k8s.namespace.name`,
+//! read from /proc without the Kubernetes API. The pod here is built as a container
+//! runtime builds one: a cgroup named as the kubelet's systemd driver names it, a UTS
+//! namespace whose hostname is the pod's name, and a mount namespace holding the
+//! service-account namespace file.
+
+mod support;
+
+use std::{fs, path::PathBuf, thread, time::Duration};
+
+use loupe_integration_tests::otlp_receiver::OtlpReceiver;
+use support::{Agent, curl, free_port, require_root, servers};
+
+const WAIT: Duration = Duration::from_secs(20);
+const POD_UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+const CONTAINER_ID: &str = "4e2b9c4d8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829304";
+const POD_NAME: &str = "checkout-7d9f8c6b5-x2k9p";
+const NAMESPACE: &str = "shop";
+
+/// The cgroup v2 hierarchy's mount point.
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("a cgroup2 hierarchy is mounted")
+}
+
+/// The pod's cgroups, removed (innermost first) once their process is gone.
+struct PodCgroup {
+    levels: Vec<PathBuf>,
+}
+
+impl PodCgroup {
+    fn create() -> Self {
+        let uid = POD_UID.replace('-', "_");
+        let mut path = cgroup2_root();
+        let mut levels = Vec::new();
+        for name in [
+            "kubepods.slice".to_string(),
+            "kubepods-besteffort.slice".to_string(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+            format!("cri-containerd-{CONTAINER_ID}.scope"),
+        ] {
+            path.push(name);
+            if !path.exists() {
+                fs::create_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                levels.push(path.clone());
+            }
+        }
+        Self { levels }
+    }
+
+    fn procs(&self) -> PathBuf {
+        let container = self.levels.last().expect("the container's cgroup is new");
+        container.join("cgroup.procs")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for level in self.levels.iter().rev() {
+            // The killed server may take a moment to leave its cgroup.
+            for _ in 0..50 {
+                if fs::remove_dir(level).is_ok() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_process_in_a_pod_carries_its_container_and_pod() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let pod = PodCgroup::create();
+    let secrets = "/run/secrets/kubernetes.io/serviceaccount";
+    // Joins the pod's cgroup, names its UTS namespace after the pod, and in its own mount
+    // namespace mounts its /etc/hostname and service-account directory as the kubelet
+    // does, then execs the server.
+    let hostname_file = support::scratch_dir("pod").join("hostname");
+    fs::write(&hostname_file, format!("{POD_NAME}\n")).expect("write the pod's hostname");
+    let setup = format!(
+        "echo $$ > {procs} && hostname {POD_NAME} \
+         && mount --bind {hostname_file} /etc/hostname && mount -t tmpfs tmpfs /run \
+         && mkdir -p {secrets} && echo {NAMESPACE} > {secrets}/namespace && exec \"$@\"",
+        procs = pod.procs().display(),
+        hostname_file = hostname_file.display(),
+    );
+    let pod_port = free_port();
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &setup,
+        "sh",
+    ];
+    let _in_pod = servers::python_wrapped(pod_port, &wrapper, &[("OTEL_SERVICE_NAME", "in-pod")]);
+    let host_port = free_port();
+    let _on_host = servers::python(host_port, &[("OTEL_SERVICE_NAME", "on-host")]);
+    let endpoint = receiver.grpc_endpoint();
+    let agent = Agent::start(
+        &[
+            "--exe",
+            "python3*",
+            "--port",
+            &pod_port.to_string(),
+            "--port",
+            &host_port.to_string(),
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    for port in [pod_port, host_port] {
+        assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/ok")]), vec![200]);
+    }
+    let spans = receiver.wait_for_spans(2, WAIT);
+    let resource_of = |service: &str| {
+        spans
+            .iter()
+            .find(|s| s.service_name() == Some(service))
+            .unwrap_or_else(|| panic!("no span of {service}: {spans:?}"))
+            .resource
+            .clone()
+    };
+    let in_pod = resource_of("in-pod");
+    let attr = |key: &str| in_pod.get(key).map(String::as_str);
+    assert_eq!(attr("container.id"), Some(CONTAINER_ID));
+    assert_eq!(attr("k8s.pod.uid"), Some(POD_UID));
+    assert_eq!(attr("k8s.pod.name"), Some(POD_NAME));
+    assert_eq!(attr("k8s.namespace.name"), Some(NAMESPACE));
+    // A process on the host is in no pod: none of them, not the host's name as a pod's.
+    let on_host = resource_of("on-host");
+    for key in [
+        "container.id",
+        "k8s.pod.uid",
+        "k8s.pod.name",
+        "k8s.namespace.name",
+    ] {
+        assert_eq!(on_host.get(key), None, "{key} on a host process");
+    }
+    drop(agent);
+}
