@@ -96,8 +96,13 @@ pub struct ConnTuple {
     pub remote_port: u16,
     pub family: u16,
     pub _pad: u16,
+    /// The inode number of the socket's network namespace; 0 when unknown. Loopback
+    /// addresses repeat in every namespace (each pod has its own `127.0.0.1`), so two
+    /// ends of one loopback connection must be in the same one.
+    pub netns: u32,
+    pub _pad2: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnTuple>() == 48);
 
 /// Emitted when a connection becomes known.
 #[repr(C)]
@@ -117,7 +122,7 @@ pub struct ConnEvent {
     /// the agent could read /proc (a short-lived client).
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 96);
 
 /// Fixed part of a data event; `captured_len` payload bytes follow it in the record.
 #[repr(C)]
@@ -265,7 +270,7 @@ pub struct ClientContextEvent {
     /// The connection the request went out on.
     pub tuple: ConnTuple,
 }
-const _: () = assert!(core::mem::size_of::<ClientContextEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<ClientContextEvent>() == 104);
 
 /// Length of a task's command name in the kernel, NUL included.
 pub const COMM_LEN: usize = 16;
@@ -356,8 +361,14 @@ pub struct KernelOffsets {
     /// thread's ids from the task they hold instead of asking a helper. 0 when the BTF does
     /// not show the two side by side; the programs then call `bpf_get_current_pid_tgid`.
     pub task_pid: u32,
+    /// `sock.__sk_common.skc_net.net`, the socket's `struct net *`, and `net.ns.inum`,
+    /// its namespace's inode number: read once per connection for [`ConnTuple::netns`].
+    /// 0 when the BTF does not show them (a kernel without network namespaces); the
+    /// tuple's `netns` is then 0.
+    pub sock_net: u32,
+    pub net_inum: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 
 /// Layouts of `struct pt_regs` the exit programs know, with the offsets of the first
 /// three syscall arguments fixed at build time (the verifier needs constant offsets) and
@@ -402,7 +413,7 @@ pub struct ProbeConfig {
     /// are left to the agent's /proc scan.
     pub fork_child_pid_offset: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 104);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 112);
 
 /// When a traced thread's write began, stamped at syscall entry in a per-CPU slot so that
 /// the exit, which finds the arguments in the saved registers, still knows the start.

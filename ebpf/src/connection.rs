@@ -2,17 +2,19 @@
 //! discovery of connections that were set up before loupe was watching.
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
+    helpers::generated::{self, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use loupe_common::{
-    CachedConnection, CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall,
+    COMM_LEN, CachedConnection, CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall,
     ProbeConfig, counter, ignored, role, syscall_kind,
 };
 
 use crate::{
-    emit::output,
+    emit::{RingLevel, output},
     filter::traced_current,
-    maps::{CONNECTION_CACHE, CONNECTIONS, IGNORE_REQUESTS, TRACED_PORTS, count},
+    maps::{CONNECTION_CACHE, CONNECTIONS, EVENTS, IGNORE_REQUESTS, TRACED_PORTS, count},
     pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
@@ -58,7 +60,7 @@ pub fn register(
         return None;
     }
     if !filtered_out {
-        output(&ConnEvent {
+        announce(&ConnEvent {
             kind: EventKind::ConnOpen as u8,
             role: conn_role,
             _pad: [0; 2],
@@ -68,10 +70,29 @@ pub fn register(
             conn_id: now,
             ts_ns: now,
             tuple,
-            comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+            comm: [0; COMM_LEN],
         });
     }
     Some(state)
+}
+
+/// Writes `open`, with the current command name, straight into a reserved ring-buffer
+/// slot: the read and write exits that discover connections have no stack to spare for
+/// a second copy of the record.
+#[inline(always)]
+fn announce(open: &ConnEvent) {
+    let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(counter::RINGBUF_DROPS);
+        return;
+    };
+    let record = slot.as_mut_ptr();
+    // SAFETY: the slot is this program's until it is submitted; the helper writes at most
+    // COMM_LEN bytes into the record's comm.
+    unsafe {
+        *record = *open;
+        generated::bpf_get_current_comm((*record).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+    }
+    slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<ConnEvent>()));
 }
 
 /// The stored state of `key`: from the cache when its slot holds it, else from the table.

@@ -75,5 +75,18 @@ pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<ConnTuple> {
     } else {
         return None;
     }
+    tuple.netns = network_namespace(sk, off);
     Some(tuple)
+}
+
+/// The inode number of the network namespace `sk` lives in; 0 when the kernel's BTF did
+/// not show the way there. Read once per connection, when it becomes known.
+#[inline(always)]
+fn network_namespace(sk: u64, off: &KernelOffsets) -> u32 {
+    if off.sock_net == 0 {
+        return 0;
+    }
+    read::<u64>(sk, off.sock_net)
+        .and_then(|net| read::<u32>(net, off.net_inum))
+        .unwrap_or(0)
 }

@@ -147,31 +147,6 @@ fn requests_proxied_over_keep_alive_connections_stay_connected() {
     proxied_requests_form_exact_trees(true);
 }
 
-/// A backend that listens at once but takes its first connection only `accept_after`
-/// later, as a busy server does: the connection waits in its accept queue.
-const LATE_BACKEND: &str = r#"
-import sys, time
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def do_GET(self):
-        body = b"late\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-time.sleep(float(sys.argv[2]))
-server.serve_forever()
-"#;
-
 /// Longer than the five seconds a request whose exchange has ended waits for its peer.
 const ACCEPT_AFTER: Duration = Duration::from_secs(7);
 
@@ -185,7 +160,7 @@ fn a_request_left_in_the_backends_accept_queue_stays_connected() {
     let agent = start_agent(&receiver, proxy_port, backend_port);
     let _backend = Guard(
         Command::new("python3")
-            .args(["-c", LATE_BACKEND])
+            .args(["-c", servers::LATE_ACCEPTING_SERVER])
             .arg(backend_port.to_string())
             .arg(ACCEPT_AFTER.as_secs_f64().to_string())
             .env("OTEL_SERVICE_NAME", "data-processor")

@@ -34,7 +34,8 @@ const BUILD_DEBS: &[Deb] = &[
     deb("gcc"),
 ];
 
-/// Real peers the integration tests and the benchmark talk to, and valgrind, whose
+/// Real peers the integration tests and the benchmark talk to; iproute2, whose `ip netns`
+/// gives tests network namespaces of their own (pods on one node); and valgrind, whose
 /// callgrind counts the agent's instructions (`cargo xtask bench --instructions`).
 const TEST_DEBS: &[Deb] = &[
     Deb {
@@ -43,6 +44,7 @@ const TEST_DEBS: &[Deb] = &[
     },
     deb("curl"),
     deb("wrk"),
+    deb("iproute2"),
     deb("valgrind"),
 ];
 

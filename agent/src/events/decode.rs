@@ -226,6 +226,8 @@ mod tests {
                 remote_port: 8080,
                 family: loupe_common::AF_INET,
                 _pad: 0,
+                netns: 4026531840,
+                _pad2: [0; 4],
             },
         }
     }

@@ -43,6 +43,8 @@ pub struct Connection {
     pub conn_id: u64,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    /// Its network namespace's inode number (0: unknown).
+    pub netns: u32,
     pub protocol: ProtocolState,
     pub last_activity_ns: u64,
     /// The request its process was serving when it connected (see `Linker::client_start`).
@@ -56,10 +58,12 @@ pub struct Connection {
 impl Connection {
     pub fn new(conn_id: u64, tuple: Option<&ConnTuple>, now_ns: u64) -> Self {
         let (local, remote) = tuple.map(endpoints).unwrap_or((None, None));
+        let netns = tuple.map_or(0, |t| t.netns);
         Self {
             conn_id,
             local,
             remote,
+            netns,
             protocol: ProtocolState::Undetected {
                 attempts: 0,
                 held: None,
@@ -69,6 +73,11 @@ impl Connection {
             chunks_after_http: 0,
             given_up: false,
         }
+    }
+
+    /// Its two ends, when both are known.
+    pub fn ends(&self) -> Option<Ends> {
+        Ends::of(self.local, self.remote, self.netns)
     }
 
     /// Whether a request on it still awaits its response, or the rest of it.
@@ -204,13 +213,50 @@ pub fn endpoints(tuple: &ConnTuple) -> (Option<SocketAddr>, Option<SocketAddr>) 
     )
 }
 
+/// A connection's two ends as one side sees them, and the scope in which those
+/// addresses name it on this host: loopback addresses repeat in every network namespace
+/// (each pod has its own `127.0.0.1`, and its sidecars often the same ports), so for them
+/// the scope is the namespace; other addresses name one connection host-wide (its two
+/// sides may be in different namespaces, a pod and the host), and their scope is 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ends {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub scope: u32,
+}
+
+impl Ends {
+    pub fn of(local: Option<SocketAddr>, remote: Option<SocketAddr>, netns: u32) -> Option<Self> {
+        let (local, remote) = local.zip(remote)?;
+        let scope = if local.ip().is_loopback() || remote.ip().is_loopback() {
+            netns
+        } else {
+            0
+        };
+        Some(Self {
+            local,
+            remote,
+            scope,
+        })
+    }
+
+    /// The same connection seen from its other end.
+    pub fn mirrored(self) -> Self {
+        Self {
+            local: self.remote,
+            remote: self.local,
+            scope: self.scope,
+        }
+    }
+}
+
 /// Bounded: when full, new connections are refused (and counted by the caller) rather
 /// than evicting live ones; idle and dead connections are swept regularly.
 pub struct ConnectionTable {
     entries: HashMap<ConnKey, Connection>,
-    /// How many entries have each (local, remote) pair: tells whether loupe traces the
+    /// How many entries have each pair of ends: tells whether loupe traces the
     /// other end of a connection.
-    endpoints: HashMap<(SocketAddr, SocketAddr), u32>,
+    endpoints: HashMap<Ends, u32>,
     /// What is kept of connections finished for carrying nothing for a while (their fds
     /// may still be open): a keep-alive connection used again after a long pause gets its
     /// endpoints back, which the kernel sends only when a connection opens. Bounded like
@@ -221,7 +267,7 @@ pub struct ConnectionTable {
 
 struct Parked {
     conn_id: u64,
-    pair: (SocketAddr, SocketAddr),
+    ends: Ends,
 }
 
 impl ConnectionTable {
@@ -255,8 +301,8 @@ impl ConnectionTable {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             return Err(conn);
         }
-        if let Some(pair) = conn.local.zip(conn.remote) {
-            *self.endpoints.entry(pair).or_default() += 1;
+        if let Some(ends) = conn.ends() {
+            *self.endpoints.entry(ends).or_default() += 1;
         }
         let old = self.entries.insert(key, conn);
         if let Some(old) = &old {
@@ -266,23 +312,23 @@ impl ConnectionTable {
     }
 
     fn unindex(&mut self, conn: &Connection) {
-        if let Some(pair) = conn.local.zip(conn.remote) {
-            self.unindex_pair(pair);
+        if let Some(ends) = conn.ends() {
+            self.unindex_ends(ends);
         }
     }
 
-    fn unindex_pair(&mut self, pair: (SocketAddr, SocketAddr)) {
-        if let Some(count) = self.endpoints.get_mut(&pair) {
+    fn unindex_ends(&mut self, ends: Ends) {
+        if let Some(count) = self.endpoints.get_mut(&ends) {
             *count -= 1;
             if *count == 0 {
-                self.endpoints.remove(&pair);
+                self.endpoints.remove(&ends);
             }
         }
     }
 
-    /// True when a traced connection has exactly these local and remote endpoints.
-    pub fn has_endpoints(&self, local: SocketAddr, remote: SocketAddr) -> bool {
-        self.endpoints.contains_key(&(local, remote))
+    /// True when a traced connection has exactly these ends.
+    pub fn has_ends(&self, ends: Ends) -> bool {
+        self.endpoints.contains_key(&ends)
     }
 
     pub fn remove(&mut self, key: &ConnKey) -> Option<Connection> {
@@ -308,31 +354,31 @@ impl ConnectionTable {
     }
 
     /// Keeps the endpoints of `conn`, finished while idle, for when it is used again. They
-    /// still count in [`Self::has_endpoints`]: its peer may read or write first.
+    /// still count in [`Self::has_ends`]: its peer may read or write first.
     pub fn park(&mut self, key: ConnKey, conn: &Connection) {
-        let Some(pair) = conn.local.zip(conn.remote) else {
+        let Some(ends) = conn.ends() else {
             return;
         };
         if self.parked.len() >= self.capacity && !self.parked.contains_key(&key) {
             return;
         }
         self.forget_parked(&key);
-        *self.endpoints.entry(pair).or_default() += 1;
+        *self.endpoints.entry(ends).or_default() += 1;
         let conn_id = conn.conn_id;
-        self.parked.insert(key, Parked { conn_id, pair });
+        self.parked.insert(key, Parked { conn_id, ends });
     }
 
     /// The endpoints kept of connection `conn_id` at `key`, taken back.
-    pub fn unpark(&mut self, key: &ConnKey, conn_id: u64) -> Option<(SocketAddr, SocketAddr)> {
+    pub fn unpark(&mut self, key: &ConnKey, conn_id: u64) -> Option<Ends> {
         let parked = self.parked.remove(key)?;
-        self.unindex_pair(parked.pair);
-        (parked.conn_id == conn_id).then_some(parked.pair)
+        self.unindex_ends(parked.ends);
+        (parked.conn_id == conn_id).then_some(parked.ends)
     }
 
     /// Forgets what was kept of the connection at `key`: it closed, or another opened there.
     pub fn forget_parked(&mut self, key: &ConnKey) {
         if let Some(parked) = self.parked.remove(key) {
-            self.unindex_pair(parked.pair);
+            self.unindex_ends(parked.ends);
         }
     }
 

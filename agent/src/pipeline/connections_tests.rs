@@ -212,12 +212,15 @@ fn table_refuses_when_full_but_replaces_same_key() {
     let k3 = ConnKey { tgid: 2, fd: 3 };
     let mut big = ConnectionTable::new(4);
     let mut conn = Connection::new(9, None, 0);
-    (conn.local, conn.remote) = (Some(pair.0), Some(pair.1));
+    (conn.local, conn.remote, conn.netns) = (Some(pair.0), Some(pair.1), 5);
+    let ends = conn.ends().unwrap();
     assert!(big.insert(k3, conn).is_ok());
-    assert!(big.has_endpoints(pair.0, pair.1));
-    assert!(!big.has_endpoints(pair.1, pair.0));
+    assert!(big.has_ends(ends));
+    assert!(!big.has_ends(ends.mirrored()));
+    // The same loopback addresses in another network namespace are another connection.
+    assert!(!big.has_ends(Ends { scope: 6, ..ends }));
     big.remove(&k3);
-    assert!(!big.has_endpoints(pair.0, pair.1));
+    assert!(!big.has_ends(ends));
     let drained = table.drain_where(|k, _| k.tgid == 1);
     assert_eq!(drained.len(), 1);
     assert_eq!(table.len(), 0);
@@ -231,11 +234,11 @@ fn an_idle_connection_gets_its_endpoints_back_only_as_itself() {
     let idle = Connection::new(7, Some(&tuple), 0);
     table.park(key(3), &idle);
     // Its peer still finds it traced.
-    let pair = idle.local.zip(idle.remote).unwrap();
-    assert!(table.has_endpoints(pair.0, pair.1));
+    let pair = idle.ends().unwrap();
+    assert!(table.has_ends(pair));
     // The same connection comes back: its endpoints, once.
     assert_eq!(table.unpark(&key(3), 7), Some(pair));
-    assert!(!table.has_endpoints(pair.0, pair.1));
+    assert!(!table.has_ends(pair));
     assert_eq!(table.unpark(&key(3), 7), None);
     // Another connection at the key, or the key's close, takes them away.
     table.park(key(3), &idle);

@@ -21,10 +21,11 @@
 //!   several requests are in flight at once and a handler calls out after another request
 //!   arrived.
 
-use std::{cell::RefCell, collections::VecDeque, net::SocketAddr, rc::Rc};
+use std::{cell::RefCell, collections::VecDeque, rc::Rc};
 
 use hashbrown::HashMap;
 
+use super::connections::Ends;
 use crate::span::{SpanContext, SpanId, TraceId, context::new_span_id, context::new_trace_id};
 
 pub type NodeRef = Rc<RefCell<SpanNode>>;
@@ -134,8 +135,8 @@ pub struct RequestKey {
     pub request_id: u64,
 }
 
-/// A connection seen from its client: (client address, server address).
-type PeerKey = (SocketAddr, SocketAddr);
+/// A connection seen from its client.
+type PeerKey = Ends;
 
 struct Waiting {
     key: RequestKey,
@@ -234,12 +235,12 @@ impl Linker {
         key: RequestKey,
         tid: u32,
         ts_ns: u64,
-        peers: Option<(SocketAddr, SocketAddr)>,
+        peers: Option<Ends>,
         header: Option<SpanContext>,
         kernel: Option<KernelIds>,
     ) -> NodeRef {
-        // Seen from the client: (its address, our address).
-        let peer_key = peers.map(|(local, remote)| (remote, local));
+        // Seen from the client.
+        let peer_key = peers.map(Ends::mirrored);
         let client = peer_key.and_then(|k| pop_fresh(&mut self.clients, &k, ts_ns, &self.requests));
         let node = match (kernel, header, client) {
             (Some(ids), _, _) => SpanNode {
@@ -329,7 +330,7 @@ impl Linker {
         key: RequestKey,
         tid: u32,
         ts_ns: u64,
-        peers: Option<(SocketAddr, SocketAddr)>,
+        peers: Option<Ends>,
         header: Option<SpanContext>,
         kernel: Option<KernelIds>,
         hint: Option<&NodeRef>,

@@ -1,3 +1,5 @@
+use std::net::SocketAddr;
+
 use super::*;
 
 fn key(tgid: u32, fd: u32, request_id: u64) -> RequestKey {
@@ -26,15 +28,19 @@ fn header(trace: u8, span: u8) -> SpanContext {
 const FRONT: u32 = 100;
 const BACK: u32 = 200;
 /// The frontend's connection to the backend, seen from the frontend (client).
-fn hop() -> (SocketAddr, SocketAddr) {
-    (addr("127.0.0.1:40000"), addr("127.0.0.1:8000"))
+fn hop() -> Ends {
+    ends("127.0.0.1:40000", "127.0.0.1:8000")
 }
 /// The same connection seen from the backend (server).
-fn hop_mirrored() -> (SocketAddr, SocketAddr) {
-    (hop().1, hop().0)
+fn hop_mirrored() -> Ends {
+    hop().mirrored()
 }
-fn ingress() -> Option<(SocketAddr, SocketAddr)> {
-    Some((addr("127.0.0.1:3000"), addr("127.0.0.1:50000")))
+fn ingress() -> Option<Ends> {
+    Some(ends("127.0.0.1:3000", "127.0.0.1:50000"))
+}
+/// Loopback ends in the host's network namespace.
+fn ends(local: &str, remote: &str) -> Ends {
+    Ends::of(Some(addr(local)), Some(addr(remote)), 1).unwrap()
 }
 
 #[test]
@@ -265,14 +271,21 @@ fn a_request_in_flight_waits_for_a_slow_server_however_long() {
     assert_eq!(resolve(&back).parent_span_id, Some(resolve(&call).span_id));
     assert_eq!(resolve(&back).trace_id, resolve(&front).trace_id);
     // The same for a server seen first whose client's record comes late.
-    let (far, near) = (addr("127.0.0.1:41000"), addr("127.0.0.1:8000"));
-    let back = l.server_start(key(BACK, 7, 0), 21, 0, Some((near, far)), None, None);
+    let client_side = ends("127.0.0.1:41000", "127.0.0.1:8000");
+    let back = l.server_start(
+        key(BACK, 7, 0),
+        21,
+        0,
+        Some(client_side.mirrored()),
+        None,
+        None,
+    );
     l.expire(3 * PEER_WAIT_NS);
     let (call, _) = l.client_start(
         key(FRONT, 8, 0),
         11,
         3 * PEER_WAIT_NS,
-        Some((far, near)),
+        Some(client_side),
         None,
         None,
         None,
@@ -311,6 +324,50 @@ fn a_waiting_request_expires_once_its_exchange_ends() {
         None,
     );
     assert!(resolve(&back).parent_span_id.is_some());
+}
+
+#[test]
+fn loopback_connections_pair_only_within_their_network_namespace() {
+    let mut l = Linker::default();
+    let in_ns = |netns| {
+        Ends::of(
+            Some(addr("127.0.0.1:40000")),
+            Some(addr("127.0.0.1:8000")),
+            netns,
+        )
+    };
+    // Pod A's client is still waiting when pod B's server reads a request on the same
+    // addresses from pod B's client.
+    let (a_call, _) = l.client_start(key(FRONT, 6, 0), 11, 10, in_ns(7), None, None, None);
+    let (b_call, _) = l.client_start(key(FRONT + 1, 6, 0), 11, 20, in_ns(8), None, None, None);
+    let b_back = l.server_start(
+        key(BACK + 1, 4, 0),
+        21,
+        30,
+        in_ns(8).map(Ends::mirrored),
+        None,
+        None,
+    );
+    let a_back = l.server_start(
+        key(BACK, 4, 0),
+        21,
+        40,
+        in_ns(7).map(Ends::mirrored),
+        None,
+        None,
+    );
+    assert_eq!(
+        resolve(&b_back).parent_span_id,
+        Some(resolve(&b_call).span_id)
+    );
+    assert_eq!(
+        resolve(&a_back).parent_span_id,
+        Some(resolve(&a_call).span_id)
+    );
+    // Other addresses name one connection across namespaces (a pod and the host).
+    let pod_ip = Ends::of(Some(addr("10.0.0.5:40000")), Some(addr("10.0.0.9:8000")), 7);
+    let host_side = Ends::of(Some(addr("10.0.0.9:8000")), Some(addr("10.0.0.5:40000")), 1);
+    assert_eq!(pod_ip.map(Ends::mirrored), host_side);
 }
 
 #[test]

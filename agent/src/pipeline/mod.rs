@@ -43,7 +43,7 @@ use crate::{
 };
 
 use assemble::SpanAssembler;
-use connections::{Connection, ConnectionTable, Detection};
+use connections::{Connection, ConnectionTable, Detection, Ends};
 use injected::InjectedIds;
 use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
 use processes::Processes;
@@ -159,8 +159,9 @@ impl Pipeline {
             // without a close we saw: start over with what this record tells, and the
             // endpoints when the connection was only idle.
             let mut conn = Connection::new(header.conn_id, None, header.end_ns);
-            if let Some((local, remote)) = self.connections.unpark(&key, header.conn_id) {
-                (conn.local, conn.remote) = (Some(local), Some(remote));
+            if let Some(ends) = self.connections.unpark(&key, header.conn_id) {
+                (conn.local, conn.remote) = (Some(ends.local), Some(ends.remote));
+                conn.netns = ends.scope;
             }
             self.open(key, conn);
         }
@@ -213,12 +214,12 @@ impl Pipeline {
             Detection::None => self.metrics.bytes_unparsed.add(chunk.total_len),
         }
         let stop_capturing = conn.count_chunk_after_http();
-        let (conn_id, local, remote) = (conn.conn_id, conn.local, conn.remote);
+        let (conn_id, local, remote, ends) = (conn.conn_id, conn.local, conn.remote, conn.ends());
         let hint = conn.parent_hint.clone();
         if let Some(role) = role {
-            self.link_starts(key, conn_id, role, local, remote, hint.as_ref());
+            self.link_starts(key, conn_id, role, ends, hint.as_ref());
         }
-        self.emit(key, conn_id, local, remote);
+        self.emit(key, conn_id, local, remote, ends);
         if stop_capturing {
             self.stop_capturing(key, conn_id);
         }
@@ -245,11 +246,9 @@ impl Pipeline {
         key: ConnKey,
         conn_id: u64,
         role: Role,
-        local: Option<SocketAddr>,
-        remote: Option<SocketAddr>,
+        peers: Option<Ends>,
         hint: Option<&linking::NodeRef>,
     ) {
-        let peers = local.zip(remote);
         // Taken and put back drained, keeping its capacity for the next request.
         let mut starts = std::mem::take(&mut self.starts);
         for start in starts.drain(..) {
@@ -266,7 +265,8 @@ impl Pipeline {
                     // is known by now (its open record precedes its first write). For
                     // other peers nothing is queued, which keeps the linker's peer queues
                     // to the traffic between traced processes.
-                    let traced_peer = peers.filter(|&(l, r)| self.connections.has_endpoints(r, l));
+                    let traced_peer =
+                        peers.filter(|ends| self.connections.has_ends(ends.mirrored()));
                     self.linker.server_start(
                         request_key,
                         start.tid,
@@ -299,19 +299,13 @@ impl Pipeline {
 
     fn finish_connection(&mut self, key: ConnKey, mut conn: Connection, ts_ns: u64) {
         self.metrics.bytes_unparsed.add(conn.held_len());
+        let ends = conn.ends();
         if let connections::ProtocolState::Http1(session) = &mut conn.protocol {
             session.on_close(ts_ns, &mut self.exchanges);
             session.append_started(&mut self.starts);
             let role = session.role();
             let hint = conn.parent_hint.clone();
-            self.link_starts(
-                key,
-                conn.conn_id,
-                role,
-                conn.local,
-                conn.remote,
-                hint.as_ref(),
-            );
+            self.link_starts(key, conn.conn_id, role, ends, hint.as_ref());
             let stats = session.take_stats();
             self.metrics.parse_errors.add(stats.parse_errors);
             self.metrics.bytes_unparsed.add(stats.unparsed_bytes);
@@ -319,7 +313,7 @@ impl Pipeline {
                 .exchanges_incomplete
                 .add(stats.requests_without_response);
         }
-        self.emit(key, conn.conn_id, conn.local, conn.remote);
+        self.emit(key, conn.conn_id, conn.local, conn.remote, ends);
     }
 
     /// Turns pending exchanges into spans and hands them to the exporter.
@@ -329,6 +323,7 @@ impl Pipeline {
         conn_id: u64,
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
+        ends: Option<Ends>,
     ) {
         if self.exchanges.is_empty() {
             return;
@@ -358,11 +353,10 @@ impl Pipeline {
                 // Every exchange's start is linked before it completes; this is a guard.
                 None => {
                     let header = extract(&exchange.request.headers);
-                    let peers = local.zip(remote);
                     match exchange.role {
                         Role::Server => {
                             self.linker
-                                .server_start(request_key, 0, 0, peers, header, None)
+                                .server_start(request_key, 0, 0, ends, header, None)
                         }
                         Role::Client => {
                             self.linker
@@ -386,9 +380,7 @@ impl Pipeline {
             }
             if exchange.role == Role::Server
                 && matches!(node.borrow().parent, Parent::Root(_))
-                && local
-                    .zip(remote)
-                    .is_some_and(|(l, r)| self.connections.has_endpoints(r, l))
+                && ends.is_some_and(|ends| self.connections.has_ends(ends.mirrored()))
             {
                 // Loupe traces the client at the other end, yet found no span to join.
                 self.metrics.server_spans_peer_unmatched.inc();

@@ -166,6 +166,32 @@ def take_pid(target):
     sys.exit("pid %d stayed taken" % target)
 "#;
 
+/// A Python server (`python3 -c LATE_ACCEPTING_SERVER PORT SECONDS`) that listens at once
+/// but takes its first connection only SECONDS later, as a busy server does: the
+/// connection waits in its accept queue.
+pub const LATE_ACCEPTING_SERVER: &str = r#"
+import sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        body = b"late\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+time.sleep(float(sys.argv[2]))
+server.serve_forever()
+"#;
+
 /// Starts the scatter/gather server in `mode` (`msg` or `vec`), its responses split at
 /// `split` (`status` or `head`).
 pub fn scatter_gather(port: u16, mode: &str, split: &str, env: &[(&str, &str)]) -> Guard {

@@ -114,6 +114,7 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
                 problem: LayoutProblem::OffsetTooLarge,
             })
     };
+    let (sock_net, net_inum) = network_namespace(&r);
     Ok(KernelOffsets {
         task_files: r.field("task_struct", "files", Pointer)?.offset,
         files_fdt: r.field("files_struct", "fdt", Pointer)?.offset,
@@ -135,7 +136,27 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
         regs_layout: regs_layout(&r),
         task_switches: task_switches(&r),
         task_pid: task_pid(&r),
+        sock_net,
+        net_inum,
     })
+}
+
+/// The offsets that lead from a socket to its network namespace's inode number:
+/// `sock.__sk_common.skc_net` (a `possible_net_t` holding `struct net *net`) and
+/// `net.ns.inum`. Not finding them is no error: connections then carry namespace 0.
+fn network_namespace(r: &Resolver) -> (u32, u32) {
+    let found = || -> Result<(u32, u32), BtfError> {
+        let common = r.field("sock", "__sk_common", Expect::Struct("sock_common"))?;
+        let holder = r.field_in(common.type_id, "sock_common", "skc_net", Expect::AnyStruct)?;
+        let net = r.field_in(holder.type_id, "possible_net_t", "net", Expect::Pointer)?;
+        let ns = r.field("net", "ns", Expect::Struct("ns_common"))?;
+        let inum = r.field_in(ns.type_id, "ns_common", "inum", Expect::Bytes(4))?;
+        Ok((
+            common.offset + holder.offset + net.offset,
+            ns.offset + inum.offset,
+        ))
+    };
+    found().unwrap_or((0, 0))
 }
 
 /// The offset of `task_struct.pid` when `tgid` follows it directly; 0 otherwise, which is
@@ -186,7 +207,7 @@ fn regs_layout(r: &Resolver) -> u32 {
 }
 
 /// The structs looked up by name; everything else is reached through member types.
-const STRUCTS: [&str; 8] = [
+const STRUCTS: [&str; 9] = [
     "task_struct",
     "files_struct",
     "fdtable",
@@ -195,6 +216,7 @@ const STRUCTS: [&str; 8] = [
     "socket",
     "sock",
     "pt_regs",
+    "net",
 ];
 
 /// What a field's type must be for the kernel programs' reads to be right.
@@ -203,6 +225,8 @@ enum Expect {
     Pointer,
     Bytes(u64),
     Struct(&'static str),
+    /// A struct of any name, or none (behind a typedef).
+    AnyStruct,
 }
 
 /// A field found and checked: its byte offset in the struct it was looked up in.
@@ -367,6 +391,11 @@ impl<'a> Resolver<'a> {
                     }));
                 }
             },
+            Expect::AnyStruct => {
+                if resolved.is_none_or(|t| t.kind != kind::STRUCT) {
+                    return Err(bad(LayoutProblem::NotStruct { expected: "struct" }));
+                }
+            }
             Expect::Struct(name) => {
                 let named = resolved
                     .is_some_and(|t| t.kind == kind::STRUCT && self.btf.name_is(t.name_off, name));

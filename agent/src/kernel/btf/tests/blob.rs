@@ -195,6 +195,22 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
             ("orig_ax", ulong, 120),
         ],
     );
+    // Also optional: a socket's network namespace, sock_common.skc_net.net -> net.ns.inum.
+    let uint = b.int("unsigned int", 4);
+    let any_ptr = b.ptr(0);
+    let ns_common = b.strukt(
+        "ns_common",
+        24,
+        &[
+            ("stashed", any_ptr, 0),
+            ("ops", any_ptr, 8),
+            ("inum", uint, 16),
+        ],
+    );
+    let net = b.strukt("net", 256, &[("passive", uint, 0), ("ns", ns_common, 120)]);
+    let net_ptr = b.ptr(net);
+    let possible_net = b.strukt("", 8, &[("net", net_ptr, 0)]);
+    let possible_net_t = b.typedef("possible_net_t", possible_net);
     let u8_ = b.int("unsigned char", 1);
     let u16_ = b.int("unsigned short", 2);
     let short = b.int("short", 2);
@@ -303,6 +319,7 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
             ("", port_union, 12),
             ("skc_family", u16_, 16),
             ("skc_state", volatile_u8, 18),
+            ("skc_net", possible_net_t, 48),
             ("skc_v6_daddr", in6, 56),
             ("skc_v6_rcv_saddr", in6, 72),
         ],
@@ -346,4 +363,6 @@ pub const FAKE_OFFSETS: KernelOffsets = KernelOffsets {
     regs_layout: loupe_common::regs_layout::X86_64,
     task_switches: 1600,
     task_pid: 1560,
+    sock_net: 64,
+    net_inum: 136,
 };

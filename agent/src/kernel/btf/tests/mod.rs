@@ -457,6 +457,10 @@ fn running_kernel_offsets_are_plausible() {
     assert!(o.sock_family < 136 && o.sock_daddr < 136);
     assert!(o.task_switches > 0 && o.task_switches < 16384);
     assert!(o.task_pid > 0 && o.task_pid < 16384);
+    // skc_net sits in sock_common, the head of sock; ns.inum somewhere in struct net.
+    eprintln!("sock_net {} net_inum {}", o.sock_net, o.net_inum);
+    assert!(o.sock_net > 0 && o.sock_net < 136 && o.sock_net.is_multiple_of(8));
+    assert!(o.net_inum > 0 && o.net_inum < 16384 && o.net_inum.is_multiple_of(4));
     #[cfg(target_arch = "x86_64")]
     assert_eq!(o.regs_layout, loupe_common::regs_layout::X86_64);
     #[cfg(target_arch = "aarch64")]
