@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    COMM_LEN, CachedConnection, CloseEvent, ConnEvent, ConnKey, ConnState, EventKind, PendingCall,
-    ProbeConfig, counter, ignored, role, syscall_kind,
+    COMM_LEN, CachedConnection, CloseEvent, ConnEvent, ConnKey, ConnState, ConnTuple, EventKind,
+    PendingCall, ProbeConfig, counter, ignored, role, syscall_kind,
 };
 
 use crate::{
@@ -60,36 +60,33 @@ pub fn register(
         return None;
     }
     if !filtered_out {
-        announce(&ConnEvent {
-            kind: EventKind::ConnOpen as u8,
-            role: conn_role,
-            _pad: [0; 2],
-            tgid,
-            tid,
-            fd,
-            conn_id: now,
-            ts_ns: now,
-            tuple,
-            comm: [0; COMM_LEN],
-        });
+        announce(conn_role, tgid, tid, fd, now, &tuple);
     }
     Some(state)
 }
 
-/// Writes `open`, with the current command name, straight into a reserved ring-buffer
-/// slot: the read and write exits that discover connections have no stack to spare for
-/// a second copy of the record.
+/// Writes the open record of connection `conn_id` field by field into a reserved
+/// ring-buffer slot, never whole on the stack: the read and write exits that discover
+/// connections have little stack to spare.
 #[inline(always)]
-fn announce(open: &ConnEvent) {
+fn announce(conn_role: u8, tgid: u32, tid: u32, fd: u32, conn_id: u64, tuple: &ConnTuple) {
     let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) else {
         count(counter::RINGBUF_DROPS);
         return;
     };
     let record = slot.as_mut_ptr();
-    // SAFETY: the slot is this program's until it is submitted; the helper writes at most
-    // COMM_LEN bytes into the record's comm.
+    // SAFETY: the slot is this program's until it is submitted, and every field is written
+    // before it is; the helper writes at most COMM_LEN bytes into the record's comm.
     unsafe {
-        *record = *open;
+        (*record).kind = EventKind::ConnOpen as u8;
+        (*record).role = conn_role;
+        (*record)._pad = [0; 2];
+        (*record).tgid = tgid;
+        (*record).tid = tid;
+        (*record).fd = fd;
+        (*record).conn_id = conn_id;
+        (*record).ts_ns = conn_id;
+        (*record).tuple = *tuple;
         generated::bpf_get_current_comm((*record).comm.as_mut_ptr().cast(), COMM_LEN as u32);
     }
     slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<ConnEvent>()));

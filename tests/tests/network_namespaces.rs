@@ -6,6 +6,7 @@
 mod support;
 
 use std::{
+    fs,
     os::unix::process::CommandExt as _,
     process::{Child, Command, Stdio},
     thread,
@@ -137,12 +138,14 @@ fn the_same_loopback_addresses_in_two_pods_stay_apart() {
     // Pod A's server takes its connection only after pod B's whole exchange, so pod A's
     // client is still waiting when pod B's server reads a request on the same addresses.
     let port_text = port.to_string();
+    let gate = support::scratch_dir("netns-gate").join("b-done");
+    let gate_text = gate.display().to_string();
     let _server_a = Guard(pod_a.spawn(&[
         "python3",
         "-c",
         servers::LATE_ACCEPTING_SERVER,
         &port_text,
-        "3",
+        &gate_text,
     ]));
     let _server_b = Guard(pod_b.spawn(&[
         "python3",
@@ -154,12 +157,14 @@ fn the_same_loopback_addresses_in_two_pods_stay_apart() {
     pod_a.wait_for_port(port);
     pod_b.wait_for_port(port);
     let mut client_a = pod_a.curl(port, "/from-a");
+    // Pod A's request is on its way into the accept queue before pod B's starts.
     thread::sleep(Duration::from_millis(500));
     let mut client_b = pod_b.curl(port, "/from-b");
-    for client in [&mut client_b, &mut client_a] {
-        let status = client.wait().expect("curl");
-        assert!(status.success(), "curl: {status}");
-    }
+    let status = client_b.wait().expect("curl");
+    assert!(status.success(), "pod b's curl: {status}");
+    fs::write(&gate, "").expect("open pod a's server");
+    let status = client_a.wait().expect("curl");
+    assert!(status.success(), "pod a's curl: {status}");
     let spans = receiver.wait_for_spans(4, WAIT);
     for (path, pod) in [("/from-a", "a"), ("/from-b", "b")] {
         let (server, parent) = server_and_parent(&spans, path);
@@ -171,5 +176,11 @@ fn the_same_loopback_addresses_in_two_pods_stay_apart() {
         );
         assert_eq!(parent.trace_id, server.trace_id);
     }
+    // The scene the test sets: pod A's client started before pod B's, and pod A's server
+    // read its request after pod B's exchange.
+    let (server_a, client_a) = server_and_parent(&spans, "/from-a");
+    let (server_b, client_b) = server_and_parent(&spans, "/from-b");
+    assert!(client_a.start_ns < client_b.start_ns);
+    assert!(server_a.start_ns > server_b.end_ns);
     drop(agent);
 }

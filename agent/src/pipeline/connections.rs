@@ -254,8 +254,8 @@ impl Ends {
 /// than evicting live ones; idle and dead connections are swept regularly.
 pub struct ConnectionTable {
     entries: HashMap<ConnKey, Connection>,
-    /// How many entries have each pair of ends: tells whether loupe traces the
-    /// other end of a connection.
+    /// How many connections, open or kept while idle, have each pair of ends: tells
+    /// whether loupe traces the other end of a connection.
     endpoints: HashMap<Ends, u32>,
     /// What is kept of connections finished for carrying nothing for a while (their fds
     /// may still be open): a keep-alive connection used again after a long pause gets its
@@ -267,7 +267,15 @@ pub struct ConnectionTable {
 
 struct Parked {
     conn_id: u64,
-    ends: Ends,
+    local: SocketAddr,
+    remote: SocketAddr,
+    netns: u32,
+}
+
+impl Parked {
+    fn ends(&self) -> Option<Ends> {
+        Ends::of(Some(self.local), Some(self.remote), self.netns)
+    }
 }
 
 impl ConnectionTable {
@@ -356,7 +364,7 @@ impl ConnectionTable {
     /// Keeps the endpoints of `conn`, finished while idle, for when it is used again. They
     /// still count in [`Self::has_ends`]: its peer may read or write first.
     pub fn park(&mut self, key: ConnKey, conn: &Connection) {
-        let Some(ends) = conn.ends() else {
+        let (Some(ends), Some(local), Some(remote)) = (conn.ends(), conn.local, conn.remote) else {
             return;
         };
         if self.parked.len() >= self.capacity && !self.parked.contains_key(&key) {
@@ -364,21 +372,34 @@ impl ConnectionTable {
         }
         self.forget_parked(&key);
         *self.endpoints.entry(ends).or_default() += 1;
-        let conn_id = conn.conn_id;
-        self.parked.insert(key, Parked { conn_id, ends });
+        let (conn_id, netns) = (conn.conn_id, conn.netns);
+        let parked = Parked {
+            conn_id,
+            local,
+            remote,
+            netns,
+        };
+        self.parked.insert(key, parked);
     }
 
-    /// The endpoints kept of connection `conn_id` at `key`, taken back.
-    pub fn unpark(&mut self, key: &ConnKey, conn_id: u64) -> Option<Ends> {
-        let parked = self.parked.remove(key)?;
-        self.unindex_ends(parked.ends);
-        (parked.conn_id == conn_id).then_some(parked.ends)
+    /// Gives connection `conn` at `key`, seen again, the endpoints kept of it.
+    pub fn unpark(&mut self, key: &ConnKey, conn: &mut Connection) {
+        let Some(parked) = self.parked.remove(key) else {
+            return;
+        };
+        if let Some(ends) = parked.ends() {
+            self.unindex_ends(ends);
+        }
+        if parked.conn_id == conn.conn_id {
+            (conn.local, conn.remote) = (Some(parked.local), Some(parked.remote));
+            conn.netns = parked.netns;
+        }
     }
 
     /// Forgets what was kept of the connection at `key`: it closed, or another opened there.
     pub fn forget_parked(&mut self, key: &ConnKey) {
-        if let Some(parked) = self.parked.remove(key) {
-            self.unindex_ends(parked.ends);
+        if let Some(ends) = self.parked.remove(key).and_then(|p| p.ends()) {
+            self.unindex_ends(ends);
         }
     }
 
@@ -395,8 +416,10 @@ impl ConnectionTable {
         }
     }
 
+    /// The processes it holds anything of: connections, or endpoints kept of idle ones.
     pub fn tgids(&self) -> Vec<u32> {
-        let mut tgids: Vec<u32> = self.entries.keys().map(|k| k.tgid).collect();
+        let keys = self.entries.keys().chain(self.parked.keys());
+        let mut tgids: Vec<u32> = keys.map(|k| k.tgid).collect();
         tgids.sort_unstable();
         tgids.dedup();
         tgids

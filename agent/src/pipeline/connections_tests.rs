@@ -230,32 +230,44 @@ fn table_refuses_when_full_but_replaces_same_key() {
 fn an_idle_connection_gets_its_endpoints_back_only_as_itself() {
     let mut table = ConnectionTable::new(2);
     let key = |fd| ConnKey { tgid: 1, fd };
-    let tuple = tuple_v4();
+    let mut tuple = tuple_v4();
+    tuple.netns = 4026531840;
     let idle = Connection::new(7, Some(&tuple), 0);
+    // What a data record of a connection the pipeline does not hold starts with.
+    let seen_again = |conn_id| Connection::new(conn_id, None, 0);
+    let taken_back = |table: &mut ConnectionTable, conn_id| {
+        let mut conn = seen_again(conn_id);
+        table.unpark(&key(3), &mut conn);
+        (conn.local, conn.remote, conn.netns)
+    };
     table.park(key(3), &idle);
-    // Its peer still finds it traced.
-    let pair = idle.ends().unwrap();
-    assert!(table.has_ends(pair));
-    // The same connection comes back: its endpoints, once.
-    assert_eq!(table.unpark(&key(3), 7), Some(pair));
-    assert!(!table.has_ends(pair));
-    assert_eq!(table.unpark(&key(3), 7), None);
+    // Its peer still finds it traced; the process still counts as one loupe holds.
+    let ends = idle.ends().unwrap();
+    assert!(table.has_ends(ends));
+    assert_eq!(table.tgids(), vec![1]);
+    // The same connection comes back: its endpoints and namespace, once.
+    let whole = (idle.local, idle.remote, idle.netns);
+    assert_eq!(taken_back(&mut table, 7), whole);
+    assert!(!table.has_ends(ends));
+    assert_eq!(taken_back(&mut table, 7), (None, None, 0));
     // Another connection at the key, or the key's close, takes them away.
     table.park(key(3), &idle);
-    assert_eq!(table.unpark(&key(3), 8), None);
-    assert_eq!(table.unpark(&key(3), 7), None);
+    assert_eq!(taken_back(&mut table, 8), (None, None, 0));
+    assert_eq!(taken_back(&mut table, 7), (None, None, 0));
     table.park(key(3), &idle);
     table.forget_parked(&key(3));
-    assert_eq!(table.unpark(&key(3), 7), None);
+    assert_eq!(taken_back(&mut table, 7), (None, None, 0));
+    assert!(table.endpoints.is_empty());
     // Bounded by the table's capacity; nothing kept of a connection without endpoints.
     for fd in 10..20 {
         table.park(key(fd), &Connection::new(u64::from(fd), Some(&tuple), 0));
     }
     assert_eq!(table.parked.len(), 2);
-    table.park(key(30), &Connection::new(30, None, 0));
-    assert_eq!(table.unpark(&key(30), 30), None);
+    table.park(key(30), &seen_again(30));
+    assert!(!table.parked.contains_key(&key(30)));
     // A process's end forgets its connections'.
     table.forget_parked_of(&[1]);
     assert!(table.parked.is_empty());
     assert!(table.endpoints.is_empty());
+    assert!(table.tgids().is_empty());
 }

@@ -35,8 +35,9 @@ const MAX_DEPTH: usize = 64;
 /// A request whose exchange has ended waits this long for its other side, which may still
 /// be on its way through the ring buffer; one still in flight waits as long as it is.
 const PEER_WAIT_NS: u64 = 5_000_000_000;
-/// Requests whose exchange never completed are forgotten after this long: as long as the
-/// pipeline keeps a connection whose request awaits its response.
+/// Requests whose exchange never completed are forgotten this long after they started:
+/// the time the pipeline lets a connection whose request awaits its response stay quiet.
+/// A response still streaming after that long ends a span of a trace of its own.
 const REQUEST_TTL_NS: u64 = super::housekeeping::IN_FLIGHT_TIMEOUT.as_nanos() as u64;
 /// Bounds on the linking tables.
 const MAX_QUEUE_PER_CONNECTION: usize = 64;

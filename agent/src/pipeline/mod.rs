@@ -159,10 +159,7 @@ impl Pipeline {
             // without a close we saw: start over with what this record tells, and the
             // endpoints when the connection was only idle.
             let mut conn = Connection::new(header.conn_id, None, header.end_ns);
-            if let Some(ends) = self.connections.unpark(&key, header.conn_id) {
-                (conn.local, conn.remote) = (Some(ends.local), Some(ends.remote));
-                conn.netns = ends.scope;
-            }
+            self.connections.unpark(&key, &mut conn);
             self.open(key, conn);
         }
         let Some(conn) = self.connections.get_mut(&key) else {

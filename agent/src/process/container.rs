@@ -66,8 +66,8 @@ pub fn attributes(pid: u32, environ: &[(String, String)]) -> Vec<(&'static str, 
     attributes
 }
 
-/// The identity named by any line of a `/proc/<pid>/cgroup` file (v1 controllers, or the
-/// v2 `0::` line): the innermost container id and pod uid found.
+/// The identity named by a `/proc/<pid>/cgroup` file (v1 controllers, or the v2 `0::`
+/// line): of each, the first line's that names one, and within a path its innermost.
 pub fn from_cgroup_file(text: &str) -> CgroupIdentity {
     let mut found = CgroupIdentity::default();
     for line in text.lines() {

@@ -311,7 +311,8 @@ pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
     )
     .expect("send request");
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        // Long enough for a connection a busy backend's full accept queue made retry.
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("read timeout");
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];

@@ -166,11 +166,11 @@ def take_pid(target):
     sys.exit("pid %d stayed taken" % target)
 "#;
 
-/// A Python server (`python3 -c LATE_ACCEPTING_SERVER PORT SECONDS`) that listens at once
-/// but takes its first connection only SECONDS later, as a busy server does: the
-/// connection waits in its accept queue.
+/// A Python server (`python3 -c LATE_ACCEPTING_SERVER PORT WHEN`) that listens at once
+/// but takes its first connection only later, as a busy server does: the connection
+/// waits in its accept queue. WHEN is a number of seconds, or a file to wait for.
 pub const LATE_ACCEPTING_SERVER: &str = r#"
-import sys, time
+import os, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 class Handler(BaseHTTPRequestHandler):
@@ -188,7 +188,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 server = HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-time.sleep(float(sys.argv[2]))
+try:
+    time.sleep(float(sys.argv[2]))
+except ValueError:
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.05)
 server.serve_forever()
 "#;
 
