@@ -36,7 +36,8 @@ Configuration file (--config FILE, YAML; see deploy/loupe.yaml):
   file against the current environment and prints the effective configuration.
 
 Service names come from each traced process's own OTEL_SERVICE_NAME, else from
-service.name in its OTEL_RESOURCE_ATTRIBUTES, else from its executable name.
+service.name in its OTEL_RESOURCE_ATTRIBUTES, else, in a Kubernetes pod, from the
+workload its pod's name names, else from its executable name.
 
 Needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE (and CAP_SYS_ADMIN to mount tracefs
 when it is not mounted). Logs go to stderr; set RUST_LOG=debug for more.";

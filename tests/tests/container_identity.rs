@@ -1,6 +1,7 @@
 //! A traced process in a Kubernetes pod is told apart from the other pods on its node by
 //! its resource: `container.id`, `k8s.pod.uid`, `k8s.pod.name` and `k8s.namespace.name`,
-//! read from /proc without the Kubernetes API. The pod here is built as a container
+//! read from /proc without the Kubernetes API, and without a service name of its own it
+//! is named after its workload. The pod here is built as a container
 //! runtime builds one: a cgroup named as the kubelet's systemd driver names it, a UTS
 //! namespace whose hostname is the pod's name, and a mount namespace holding the
 //! service-account namespace file.
@@ -106,7 +107,8 @@ fn a_process_in_a_pod_carries_its_container_and_pod() {
         &setup,
         "sh",
     ];
-    let _in_pod = servers::python_wrapped(pod_port, &wrapper, &[("OTEL_SERVICE_NAME", "in-pod")]);
+    // No OTEL_SERVICE_NAME: a zero-code service in a pod is named after its workload.
+    let _in_pod = servers::python_wrapped(pod_port, &wrapper, &[]);
     let host_port = free_port();
     let _on_host = servers::python(host_port, &[("OTEL_SERVICE_NAME", "on-host")]);
     let endpoint = receiver.grpc_endpoint();
@@ -136,7 +138,7 @@ fn a_process_in_a_pod_carries_its_container_and_pod() {
             .resource
             .clone()
     };
-    let in_pod = resource_of("in-pod");
+    let in_pod = resource_of("checkout");
     let attr = |key: &str| in_pod.get(key).map(String::as_str);
     assert_eq!(attr("container.id"), Some(CONTAINER_ID));
     assert_eq!(attr("k8s.pod.uid"), Some(POD_UID));

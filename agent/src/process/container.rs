@@ -164,6 +164,39 @@ fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// The workload a pod's name names, as controllers name their pods: a Deployment's
+/// `<name>-<template hash>-<suffix>`, a DaemonSet's or Job's `<name>-<suffix>`, a
+/// CronJob's `<name>-<scheduled minute>-<suffix>`, a StatefulSet's `<name>-<ordinal>`. The generated parts are drawn from an alphabet
+/// without vowels (`bcdfghjklmnpqrstvwxz2456789`), which keeps real words in place. A name
+/// that matches none of these is its own workload (a bare pod). The OpenTelemetry
+/// conventions rank the workload's name above the pod's for `service.name`.
+pub fn workload_name(pod: &str) -> &str {
+    let generated = |part: &str, lengths: std::ops::RangeInclusive<usize>| {
+        lengths.contains(&part.len()) && part.bytes().all(|b| GENERATED.contains(&b))
+    };
+    let Some((rest, last)) = pod.rsplit_once('-') else {
+        return pod;
+    };
+    if last.len() <= 5 && !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        // A StatefulSet's ordinal.
+        return rest;
+    }
+    if !generated(last, 5..=5) {
+        return pod;
+    }
+    let digits = |part: &str| part.len() >= 8 && part.bytes().all(|b| b.is_ascii_digit());
+    match rest.rsplit_once('-') {
+        Some((deployment, hash)) if generated(hash, 6..=10) && !deployment.is_empty() => deployment,
+        // A CronJob's Job: `<name>-<scheduled time in minutes>`.
+        Some((cronjob, time)) if digits(time) && !cronjob.is_empty() => cronjob,
+        _ if rest.is_empty() => pod,
+        _ => rest,
+    }
+}
+
+/// The characters Kubernetes draws generated name parts from.
+const GENERATED: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
 /// A Kubernetes object name from a small file, when it holds one.
 fn read_name(path: &Path) -> Option<String> {
     let mut text = String::new();
@@ -280,6 +313,27 @@ mod tests {
         std::os::unix::fs::symlink("../run", root.join("var/run")).unwrap();
         assert_eq!(read(NAMESPACE_FILES[1]).as_deref(), Some("shop"));
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn workloads_are_read_from_their_pods_names() {
+        for (pod, workload) in [
+            ("checkout-7d9f8c6b5-x2k9p", "checkout"),
+            ("payments-api-5c8f7d9b64-qzt2w", "payments-api"),
+            ("fluent-bit-x8k2m", "fluent-bit"),
+            ("redis-0", "redis"),
+            ("kafka-broker-12", "kafka-broker"),
+            ("nightly-report-28911840-b6w4z", "nightly-report"),
+            ("migrate-db-q7m2x", "migrate-db"),
+            // Nothing generated: a bare pod is its own workload.
+            ("debug", "debug"),
+            ("api-v2", "api-v2"),
+            ("web-frontend", "web-frontend"),
+            ("web-abcde", "web-abcde"),
+            ("-x2k9p", "-x2k9p"),
+        ] {
+            assert_eq!(workload_name(pod), workload, "{pod}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The OpenTelemetry resource of a traced process: which service its spans belong to.
 //!
 //! `service.name` comes from the process's own `OTEL_SERVICE_NAME`, else from
-//! `service.name` in its own `OTEL_RESOURCE_ATTRIBUTES`, else from its executable name.
+//! `service.name` in its own `OTEL_RESOURCE_ATTRIBUTES`, else, in a Kubernetes pod, from
+//! the workload its pod's name names, else from its executable name.
 //! The agent's own `OTEL_RESOURCE_ATTRIBUTES` (cluster, environment, node ...) are added to
 //! every process's resource without overriding what the process set itself.
 
@@ -76,6 +77,12 @@ impl ResourceDefaults {
                 own.iter()
                     .find(|(k, _)| k == "service.name")
                     .map(|(_, v)| v.clone())
+            })
+            .or_else(|| {
+                detected
+                    .iter()
+                    .find(|(k, _)| *k == "k8s.pod.name")
+                    .map(|(_, pod)| super::container::workload_name(pod).to_string())
             })
             .or_else(|| exe_name.clone())
             .unwrap_or_else(|| format!("pid-{pid}"));
@@ -205,6 +212,23 @@ mod tests {
         assert_eq!(text("k8s.namespace.name"), Some("shop"));
         assert_eq!(text("service.namespace"), Some("detected"));
         assert_eq!(text("deployment.environment.name"), Some("prod"));
+    }
+
+    #[test]
+    fn a_pod_without_a_service_name_is_named_after_its_workload() {
+        let detected = [("k8s.pod.name", "checkout-7d9f8c6b5-x2k9p".to_string())];
+        let exe = Some(Path::new("/usr/bin/python3.11"));
+        let r = defaults().build(7, exe, None, &[], &detected);
+        assert_eq!(r.service_name, "checkout");
+        // The process's own name still wins.
+        let env = vec![("OTEL_SERVICE_NAME".into(), "payments".into())];
+        let r = defaults().build(7, exe, None, &env, &detected);
+        assert_eq!(r.service_name, "payments");
+        // Outside a pod, the executable names it.
+        assert_eq!(
+            defaults().build(7, exe, None, &[], &[]).service_name,
+            "python3.11"
+        );
     }
 
     #[test]
