@@ -333,14 +333,15 @@ fn sdk_service_downstream_joins_loupe_trace() {
     );
     let mut stream = TcpStream::connect(("127.0.0.1", front_port)).unwrap();
     assert_eq!(keep_alive_get(&mut stream, "/api/items/7"), 200);
+    // loupe's server span ends last and may come in a later export than its client span.
     support::wait_until("loupe's and the SDK's spans", WAIT, || {
         let spans = receiver.spans();
-        spans
-            .iter()
-            .any(|s| s.scope_name == "sdk-service" && s.kind == "server")
-            && spans
+        let has = |scope: &str, kind: &str| {
+            spans
                 .iter()
-                .any(|s| s.scope_name == "loupe" && s.kind == "client")
+                .any(|s| s.scope_name == scope && s.kind == kind)
+        };
+        has("sdk-service", "server") && has("loupe", "client") && has("loupe", "server")
     });
     let spans = receiver.spans();
     let call = spans
