@@ -262,6 +262,8 @@ pub struct ConnectionTable {
     /// endpoints back, which the kernel sends only when a connection opens. Bounded like
     /// the table; dropped at the key's close or its process's end.
     parked: HashMap<ConnKey, Parked>,
+    /// Idle connections whose endpoints found no room, since [`Self::take_park_refusals`].
+    park_refusals: u64,
     capacity: usize,
 }
 
@@ -284,6 +286,7 @@ impl ConnectionTable {
             entries: HashMap::new(),
             endpoints: HashMap::new(),
             parked: HashMap::new(),
+            park_refusals: 0,
             capacity,
         }
     }
@@ -368,6 +371,7 @@ impl ConnectionTable {
             return;
         };
         if self.parked.len() >= self.capacity && !self.parked.contains_key(&key) {
+            self.park_refusals += 1;
             return;
         }
         self.forget_parked(&key);
@@ -380,6 +384,11 @@ impl ConnectionTable {
             netns,
         };
         self.parked.insert(key, parked);
+    }
+
+    /// Idle connections whose endpoints could not be kept since the last call.
+    pub fn take_park_refusals(&mut self) -> u64 {
+        std::mem::take(&mut self.park_refusals)
     }
 
     /// Gives connection `conn` at `key`, seen again, the endpoints kept of it.

@@ -263,6 +263,8 @@ fn an_idle_connection_gets_its_endpoints_back_only_as_itself() {
         table.park(key(fd), &Connection::new(u64::from(fd), Some(&tuple), 0));
     }
     assert_eq!(table.parked.len(), 2);
+    assert_eq!(table.take_park_refusals(), 8);
+    assert_eq!(table.take_park_refusals(), 0);
     table.park(key(30), &seen_again(30));
     assert!(!table.parked.contains_key(&key(30)));
     // A process's end forgets its connections'.

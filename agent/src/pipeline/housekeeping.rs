@@ -69,6 +69,12 @@ impl Pipeline {
             self.linker.forget_process(tgid);
         }
         self.linker.expire(now);
+        self.metrics
+            .linker_requests_dropped
+            .add(self.linker.take_dropped());
+        self.metrics
+            .idle_endpoints_dropped
+            .add(self.connections.take_park_refusals());
         self.injected.expire(now);
         self.metrics
             .connections_active

@@ -185,22 +185,32 @@ pub struct Linker {
     in_flight: HashMap<u32, Vec<InFlight>>,
     clients: HashMap<PeerKey, VecDeque<Waiting>>,
     servers: HashMap<PeerKey, VecDeque<Waiting>>,
+    /// Requests in flight the full tables could not keep, since [`Self::take_dropped`].
+    dropped: u64,
 }
 
+/// Queues `waiting`; how many requests still in flight lost their place (the new one,
+/// when there is no room for its connection's queue, or the queue's oldest). Ended
+/// requests that are pushed out were only waiting for records on their way.
 fn push_bounded(
     map: &mut HashMap<PeerKey, VecDeque<Waiting>>,
     key: PeerKey,
     waiting: Waiting,
-) -> bool {
+    requests: &HashMap<RequestKey, (NodeRef, u64)>,
+) -> u64 {
     if map.len() >= MAX_CONNECTION_QUEUES && !map.contains_key(&key) {
-        return false;
+        return 1;
     }
     let queue = map.entry(key).or_default();
-    if queue.len() >= MAX_QUEUE_PER_CONNECTION {
-        queue.pop_front();
+    let mut dropped = 0;
+    if queue.len() >= MAX_QUEUE_PER_CONNECTION
+        && let Some(oldest) = queue.pop_front()
+        && requests.contains_key(&oldest.key)
+    {
+        dropped = 1;
     }
     queue.push_back(waiting);
-    true
+    dropped
 }
 
 fn pop_fresh(
@@ -227,7 +237,15 @@ impl Linker {
     fn remember(&mut self, key: RequestKey, node: &NodeRef, ts_ns: u64) {
         if self.requests.len() < MAX_REQUESTS || self.requests.contains_key(&key) {
             self.requests.insert(key, (node.clone(), ts_ns));
+        } else {
+            self.dropped += 1;
         }
+    }
+
+    /// Requests in flight the linker's full tables could not keep since the last call:
+    /// their spans may start traces of their own.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// A traced process read a request head.
@@ -285,15 +303,12 @@ impl Linker {
         let node = Rc::new(RefCell::new(node));
         if orphan && let Some(k) = peer_key {
             // The client's side may still be on its way: let it adopt this span.
-            push_bounded(
-                &mut self.servers,
-                k,
-                Waiting {
-                    key,
-                    node: node.clone(),
-                    ts_ns,
-                },
-            );
+            let waiting = Waiting {
+                key,
+                node: node.clone(),
+                ts_ns,
+            };
+            self.dropped += push_bounded(&mut self.servers, k, waiting, &self.requests);
         }
         self.remember(key, &node, ts_ns);
         self.in_flight.entry(key.tgid).or_default().push(InFlight {
@@ -413,15 +428,13 @@ impl Linker {
                 // The server's side was seen first: it becomes this span's child now.
                 Some(server) => server.borrow_mut().parent = Parent::Local(node.clone()),
                 None => {
-                    push_bounded(
-                        &mut self.clients,
-                        peer_key,
-                        Waiting {
-                            key,
-                            node: node.clone(),
-                            ts_ns,
-                        },
-                    );
+                    let waiting = Waiting {
+                        key,
+                        node: node.clone(),
+                        ts_ns,
+                    };
+                    self.dropped +=
+                        push_bounded(&mut self.clients, peer_key, waiting, &self.requests);
                 }
             }
         }

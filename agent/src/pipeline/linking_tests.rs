@@ -244,6 +244,10 @@ fn stale_peers_expire_and_tables_stay_bounded() {
     }
     let (_, _, clients, _) = l.sizes();
     assert_eq!(clients, MAX_QUEUE_PER_CONNECTION);
+    // The first of them adopted the waiting server; of the 127 queued, those pushed out
+    // while still in flight are counted.
+    assert_eq!(l.take_dropped(), 127 - MAX_QUEUE_PER_CONNECTION as u64);
+    assert_eq!(l.take_dropped(), 0);
     // Still in flight, they wait, until their requests are forgotten.
     l.expire(3 * PEER_WAIT_NS);
     let (_, _, clients, servers) = l.sizes();

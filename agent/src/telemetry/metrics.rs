@@ -95,6 +95,8 @@ metrics! {
     client_spans_unplaced: Counter = "loupe_client_spans_unplaced_total", "CLIENT spans of a process that was serving requests, placed under none of them.";
     client_spans_guessed: Counter = "loupe_client_spans_guessed_total", "CLIENT spans placed under the latest of several requests in flight on one event-loop thread (may be the wrong one).";
     server_spans_peer_unmatched: Counter = "loupe_server_spans_peer_unmatched_total", "SERVER spans whose client loupe also traces, left without that client span as parent.";
+    linker_requests_dropped: Counter = "loupe_linker_requests_dropped_total", "Requests in flight the trace linker's full tables could not keep: their spans may start traces of their own.";
+    idle_endpoints_dropped: Counter = "loupe_idle_endpoints_dropped_total", "Connections idle for five minutes whose endpoints could not be kept (as many are kept as connections are tracked): used again, their spans lack peer addresses and cross-process links.";
     spans_skipped_own_export: Counter = "loupe_spans_skipped_own_export_total", "Requests of loupe's own OTLP exports seen at a collector loupe traces: neither spans nor request metrics.";
     spans_skipped_sdk: Counter = "loupe_spans_skipped_sdk_total", "Spans not exported because their process runs an OpenTelemetry SDK that exports them.";
     spans_sampled_out: Counter = "loupe_spans_sampled_out_total", "Spans not exported by head sampling (OTEL_TRACES_SAMPLER).";
