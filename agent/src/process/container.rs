@@ -14,7 +14,8 @@
 //! - `k8s.namespace.name`: the service-account namespace file Kubernetes mounts into
 //!   every container that has a token (the default).
 //!
-//! The pod attributes are only set for processes in a `kubepods` cgroup.
+//! The pod attributes are only set for processes in a `kubepods` cgroup. A pod's name
+//! also names its workload ([`workload_name`]), the service of a process that names none.
 
 use std::{
     fs,
