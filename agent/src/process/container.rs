@@ -24,10 +24,11 @@ use std::{
 };
 
 /// Where Kubernetes mounts a pod's service-account files, `/var/run/secrets/...`. Most
-/// images make `/var/run` a link to `/run`, where the mount then is (see [`inside`]).
+/// images make `/var/run` a link to `/run`, where the mount then is: the second path
+/// only matters where links cannot be followed inside the root (see [`open_in_root`]).
 const NAMESPACE_FILES: [&str; 2] = [
-    "run/secrets/kubernetes.io/serviceaccount/namespace",
     "var/run/secrets/kubernetes.io/serviceaccount/namespace",
+    "run/secrets/kubernetes.io/serviceaccount/namespace",
 ];
 /// Longest Kubernetes object name (a DNS subdomain), and a little room.
 const MAX_NAME: u64 = 256;
@@ -59,7 +60,7 @@ pub fn attributes(pid: u32, environ: &[(String, String)]) -> Vec<(&'static str, 
         }
         if let Some(namespace) = NAMESPACE_FILES
             .iter()
-            .find_map(|file| read_name(&inside(&root, file)?))
+            .find_map(|file| read_name_in(&root, file))
         {
             attributes.push(("k8s.namespace.name", namespace));
         }
@@ -144,14 +145,46 @@ fn pod_name(environ: &[(String, String)], root: &Path) -> Option<String> {
         .find(|(k, _)| k == "HOSTNAME")
         .map(|(_, v)| v.trim().to_string())
         .filter(|v| valid_name(v))
-        .or_else(|| read_name(&inside(root, "etc/hostname")?))
+        .or_else(|| read_name_in(root, "etc/hostname"))
 }
 
-/// `relative` under a process's `root`, unless an absolute link lies on the way. Read
-/// through `/proc/<pid>/root`, an absolute link resolves against loupe's own root, not
-/// the process's: `/var/run -> /run` would lead to loupe's own `/run`, in a DaemonSet to
-/// loupe's own service account. Relative links (the service-account files themselves
-/// are links into `..data/`) stay inside and are followed.
+/// Opens `relative` as the process whose root directory is `root` (`/proc/<pid>/root`)
+/// sees it: every link on the way, absolute ones included, resolves inside that root
+/// (`openat2` with `RESOLVE_IN_ROOT`, Linux 5.6). Opened plainly, an absolute link would
+/// resolve against loupe's own root: `/var/run -> /run` would lead to loupe's own `/run`,
+/// in a DaemonSet to loupe's own service account. Where the call is refused (a seccomp
+/// profile that predates it), only a path with no absolute link on the way is opened.
+fn open_in_root(root: &Path, relative: &str) -> Option<fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dir = fs::File::open(root).ok()?;
+    let path = std::ffi::CString::new(relative).ok()?;
+    // SAFETY: open_how is plain integers, for which zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT;
+    // SAFETY: a valid directory fd, a NUL-terminated path and an open_how of the size
+    // passed; the kernel returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the fd was just opened and is owned by nothing else.
+        return Some(unsafe { fs::File::from_raw_fd(fd as i32) });
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOSYS | libc::EPERM) => fs::File::open(inside(root, relative)?).ok(),
+        _ => None,
+    }
+}
+
+/// `relative` under `root`, unless an absolute link lies on the way; relative links (the
+/// service-account files are links into `..data/`) stay inside and are followed.
 fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
     let mut path = root.to_path_buf();
     for component in relative.split('/') {
@@ -167,8 +200,9 @@ fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
 
 /// The workload a pod's name names, as controllers name their pods: a Deployment's
 /// `<name>-<template hash>-<suffix>`, a DaemonSet's or Job's `<name>-<suffix>`, a
-/// CronJob's `<name>-<scheduled minute>-<suffix>`, a StatefulSet's `<name>-<ordinal>`. The generated parts are drawn from an alphabet
-/// without vowels (`bcdfghjklmnpqrstvwxz2456789`), which keeps real words in place. A name
+/// CronJob's `<name>-<scheduled minute>-<suffix>`, a StatefulSet's `<name>-<ordinal>`.
+/// The generated parts are drawn from an alphabet without vowels
+/// (`bcdfghjklmnpqrstvwxz2456789`), which keeps real words in place. A name
 /// that matches none of these is its own workload (a bare pod). The OpenTelemetry
 /// conventions rank the workload's name above the pod's for `service.name`.
 pub fn workload_name(pod: &str) -> &str {
@@ -198,11 +232,10 @@ pub fn workload_name(pod: &str) -> &str {
 /// The characters Kubernetes draws generated name parts from.
 const GENERATED: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-/// A Kubernetes object name from a small file, when it holds one.
-fn read_name(path: &Path) -> Option<String> {
+/// A Kubernetes object name from a small file inside a process's `root`, when it holds one.
+fn read_name_in(root: &Path, relative: &str) -> Option<String> {
     let mut text = String::new();
-    fs::File::open(path)
-        .ok()?
+    open_in_root(root, relative)?
         .take(MAX_NAME)
         .read_to_string(&mut text)
         .ok()?;
@@ -293,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn absolute_links_are_not_followed_out_of_a_process_root() {
+    fn links_in_a_process_root_resolve_inside_it() {
         let root = std::env::temp_dir().join(format!("loupe-root-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let account = root.join("run/secrets/kubernetes.io/serviceaccount");
@@ -301,18 +334,25 @@ mod tests {
         fs::write(account.join("..data/namespace"), "shop\n").unwrap();
         std::os::unix::fs::symlink("..data/namespace", account.join("namespace")).unwrap();
         fs::create_dir_all(root.join("var")).unwrap();
+        // The image's absolute /var/run -> /run leads to the root's own /run.
         std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
-        let read = |file: &str| inside(&root, file).and_then(|p| read_name(&p));
-        assert_eq!(read(NAMESPACE_FILES[0]).as_deref(), Some("shop"));
         assert_eq!(
-            read(NAMESPACE_FILES[1]),
-            None,
-            "through the absolute /var/run link"
+            read_name_in(&root, NAMESPACE_FILES[0]).as_deref(),
+            Some("shop")
         );
-        // A relative link to the same place is followed.
-        fs::remove_file(root.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("../run", root.join("var/run")).unwrap();
-        assert_eq!(read(NAMESPACE_FILES[1]).as_deref(), Some("shop"));
+        assert_eq!(
+            read_name_in(&root, NAMESPACE_FILES[1]).as_deref(),
+            Some("shop")
+        );
+        // A link to an absolute path never leads out of the root: this host's /etc/hostname
+        // exists, the root's does not.
+        std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
+        assert!(Path::new("/etc/hostname").exists());
+        assert_eq!(read_name_in(&root, "etc/hostname"), None);
+        // Where links cannot be followed inside the root, a path across an absolute one
+        // is not opened at all.
+        assert_eq!(inside(&root, NAMESPACE_FILES[0]), None);
+        assert!(inside(&root, NAMESPACE_FILES[1]).is_some());
         fs::remove_dir_all(&root).unwrap();
     }
 
