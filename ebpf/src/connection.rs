@@ -12,9 +12,9 @@ use loupe_common::{
 };
 
 use crate::{
-    emit::{RingLevel, output},
+    emit::{output, reserve, submit},
     filter::traced_current,
-    maps::{CONNECTION_CACHE, CONNECTIONS, EVENTS, IGNORE_REQUESTS, TRACED_PORTS, count},
+    maps::{CONNECTION_CACHE, CONNECTIONS, IGNORE_REQUESTS, TRACED_PORTS, count},
     pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
@@ -70,8 +70,7 @@ pub fn register(
 /// connections have little stack to spare.
 #[inline(always)]
 fn announce(conn_role: u8, tgid: u32, tid: u32, fd: u32, conn_id: u64, tuple: &ConnTuple) {
-    let Some(mut slot) = EVENTS.reserve::<ConnEvent>(0) else {
-        count(counter::RINGBUF_DROPS);
+    let Some(mut slot) = reserve::<ConnEvent>() else {
         return;
     };
     let record = slot.as_mut_ptr();
@@ -89,7 +88,7 @@ fn announce(conn_role: u8, tgid: u32, tid: u32, fd: u32, conn_id: u64, tuple: &C
         (*record).tuple = *tuple;
         generated::bpf_get_current_comm((*record).comm.as_mut_ptr().cast(), COMM_LEN as u32);
     }
-    slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<ConnEvent>()));
+    submit(slot);
 }
 
 /// The stored state of `key`: from the cache when its slot holds it, else from the table.

@@ -6,8 +6,9 @@
 //! stays above the mark because the agent is behind (it runs at a lower priority than the
 //! services it traces).
 
-use aya_ebpf::bindings::{
-    BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    maps::ring_buf::RingBufEntry,
 };
 use loupe_common::counter;
 
@@ -84,6 +85,23 @@ pub fn crosses(before: u64, len: u64, mark: u64) -> bool {
 #[inline(always)]
 pub fn record_footprint(len: u64) -> u64 {
     8 + len.next_multiple_of(8)
+}
+
+/// A ring-buffer slot for a `T` to be written in place, or `None`, counted as a drop,
+/// when the ring is full.
+#[inline(always)]
+pub fn reserve<T>() -> Option<RingBufEntry<T>> {
+    let slot = EVENTS.reserve::<T>(0);
+    if slot.is_none() {
+        count(counter::RINGBUF_DROPS);
+    }
+    slot
+}
+
+/// Hands a slot from [`reserve`], written whole, to the agent.
+#[inline(always)]
+pub fn submit<T>(slot: RingBufEntry<T>) {
+    slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<T>()));
 }
 
 /// Copies `record` into the ring buffer, counting it when it does not fit.

@@ -11,8 +11,8 @@ use loupe_common::{
 };
 
 use crate::{
-    emit::RingLevel,
-    maps::{EVENTS, count},
+    emit::{reserve, submit},
+    maps::count,
     response_head::heads_a_body,
 };
 
@@ -56,7 +56,7 @@ pub fn header(
 /// dropped.
 #[inline(always)]
 pub fn write_small(pid_tgid: u64, call: &PendingCall, dir: u8, moved: i64, want: u64) {
-    let Some(mut slot) = reserve_small() else {
+    let Some(mut slot) = reserve::<SmallDataEvent>() else {
         return;
     };
     let mut captured = 0;
@@ -98,7 +98,7 @@ pub fn write_head_only(
     if head_len == 0 || head_len > want || head_len > SMALL_CAPTURE as u64 {
         return false;
     }
-    let Some(mut slot) = reserve_small() else {
+    let Some(mut slot) = reserve::<SmallDataEvent>() else {
         return true;
     };
     let copied = copy_from_user(&mut slot, head_len, head_ptr);
@@ -114,16 +114,6 @@ pub fn write_head_only(
         header(pid_tgid, call, direction::EGRESS, flags, moved, len, end_ns)
     });
     true
-}
-
-/// A small record's slot, or `None` (counted as a ring-buffer drop) when the ring is full.
-#[inline(always)]
-fn reserve_small() -> Option<RingBufEntry<SmallDataEvent>> {
-    let slot = EVENTS.reserve::<SmallDataEvent>(0);
-    if slot.is_none() {
-        count(counter::RINGBUF_DROPS);
-    }
-    slot
 }
 
 /// Copies `len` bytes, at most [`SMALL_CAPTURE`], from the process at `from` into the
@@ -155,7 +145,7 @@ fn submit_small(
     let end_ns = unsafe { generated::bpf_ktime_get_ns() };
     // SAFETY: the slot is this program's until it is submitted.
     unsafe { (*slot.as_mut_ptr()).header = header_at(end_ns) };
-    slot.submit(RingLevel::now().wakeup_flag_reserved(size_of::<SmallDataEvent>()));
+    submit(slot);
 }
 
 /// Clamps a length to [`SMALL_CAPTURE`] in a form the verifier tracks.

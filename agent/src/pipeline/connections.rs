@@ -269,15 +269,8 @@ pub struct ConnectionTable {
 
 struct Parked {
     conn_id: u64,
-    local: SocketAddr,
-    remote: SocketAddr,
+    ends: Ends,
     netns: u32,
-}
-
-impl Parked {
-    fn ends(&self) -> Option<Ends> {
-        Ends::of(Some(self.local), Some(self.remote), self.netns)
-    }
 }
 
 impl ConnectionTable {
@@ -367,7 +360,7 @@ impl ConnectionTable {
     /// Keeps the endpoints of `conn`, finished while idle, for when it is used again. They
     /// still count in [`Self::has_ends`]: its peer may read or write first.
     pub fn park(&mut self, key: ConnKey, conn: &Connection) {
-        let (Some(ends), Some(local), Some(remote)) = (conn.ends(), conn.local, conn.remote) else {
+        let Some(ends) = conn.ends() else {
             return;
         };
         if self.parked.len() >= self.capacity && !self.parked.contains_key(&key) {
@@ -379,8 +372,7 @@ impl ConnectionTable {
         let (conn_id, netns) = (conn.conn_id, conn.netns);
         let parked = Parked {
             conn_id,
-            local,
-            remote,
+            ends,
             netns,
         };
         self.parked.insert(key, parked);
@@ -396,19 +388,17 @@ impl ConnectionTable {
         let Some(parked) = self.parked.remove(key) else {
             return;
         };
-        if let Some(ends) = parked.ends() {
-            self.unindex_ends(ends);
-        }
+        self.unindex_ends(parked.ends);
         if parked.conn_id == conn.conn_id {
-            (conn.local, conn.remote) = (Some(parked.local), Some(parked.remote));
+            (conn.local, conn.remote) = (Some(parked.ends.local), Some(parked.ends.remote));
             conn.netns = parked.netns;
         }
     }
 
     /// Forgets what was kept of the connection at `key`: it closed, or another opened there.
     pub fn forget_parked(&mut self, key: &ConnKey) {
-        if let Some(ends) = self.parked.remove(key).and_then(|p| p.ends()) {
-            self.unindex_ends(ends);
+        if let Some(parked) = self.parked.remove(key) {
+            self.unindex_ends(parked.ends);
         }
     }
 

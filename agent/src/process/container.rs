@@ -139,12 +139,10 @@ fn has_own_hostname(pid: u32) -> bool {
 }
 
 fn pod_name(environ: &[(String, String)], root: &Path) -> Option<String> {
-    environ
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "HOSTNAME")
-        .map(|(_, v)| v.trim().to_string())
+    super::procfs::env_var(environ, "HOSTNAME")
+        .map(str::trim)
         .filter(|v| valid_name(v))
+        .map(str::to_string)
         .or_else(|| read_name_in(root, "etc/hostname"))
 }
 

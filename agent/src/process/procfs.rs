@@ -72,6 +72,15 @@ pub fn environ(pid: u32) -> Vec<(String, String)> {
     parse_environ(&bytes)
 }
 
+/// The value of `name` in an environment read by [`environ`]; of duplicates, the last.
+pub fn env_var<'a>(environ: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    environ
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 fn parse_environ(bytes: &[u8]) -> Vec<(String, String)> {
     bytes
         .split(|&b| b == 0)

@@ -55,13 +55,7 @@ impl ResourceDefaults {
         environ: &[(String, String)],
         detected: &[(&'static str, String)],
     ) -> Resource {
-        let env = |name: &str| {
-            environ
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let env = |name: &str| procfs::env_var(environ, name);
         let own: Vec<(String, String)> = env("OTEL_RESOURCE_ATTRIBUTES")
             .map(parse_resource_attributes)
             .unwrap_or_default();
