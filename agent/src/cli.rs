@@ -184,13 +184,13 @@ pub struct RunArgs {
     pub cpu_priority: CpuPriority,
 
     /// How reads and writes are hooked. 'exit' captures each call at its return and takes
-    /// the arguments from the registers saved at entry (Linux 5.15 or later): reads run one
-    /// program, writes one more at entry that only stamps their start; 'entry' saves the
-    /// arguments in a per-thread table at entry (any kernel; about twice the cost per read
-    /// for every process on the host, and about a quarter more per traced write); 'auto'
+    /// the arguments from the registers saved at entry (Linux 5.15 or later): one program
+    /// per call, none at entry; a client's write takes its start from its socket (when its
+    /// bytes went out). 'entry' saves the arguments and start in a per-thread table at
+    /// entry (any kernel; two programs per call for every process on the host); 'auto'
     /// uses 'exit' where the kernel allows it, for each family on its own. 'exit' fails
-    /// when either family cannot have it (writes also need `task_struct`'s switch counters
-    /// in BTF); the older name --read-probes now sets both families too.
+    /// when either family cannot have it (writes also need `tcp_sock.tcp_clock_cache` in
+    /// BTF, Linux 4.20); the older name --read-probes now sets both families too.
     #[arg(
         long,
         visible_alias = "read-probes",

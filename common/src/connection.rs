@@ -20,8 +20,12 @@ pub struct ConnState {
     /// stop at the lookup.
     pub ignored: u8,
     pub _pad: [u8; 6],
+    /// The connection's `struct sock`, where a client's write exit reads when its request
+    /// went out (`tcp_sock.tcp_clock_cache`); valid while the fd is, which a read or write
+    /// on it holds. 0 when unknown.
+    pub sock: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 
 /// Why a connection is not traced ([`ConnState::ignored`]).
 pub mod ignored {
@@ -60,7 +64,7 @@ pub struct CachedConnection {
     /// [`CachedConnection::check_of`] of the fields above; 0 for an empty slot.
     pub check: u64,
 }
-const _: () = assert!(core::mem::size_of::<CachedConnection>() == 32);
+const _: () = assert!(core::mem::size_of::<CachedConnection>() == 40);
 
 impl CachedConnection {
     /// The slot of `key`: consecutive fds of one process take consecutive slots, so they
@@ -80,7 +84,10 @@ impl CachedConnection {
         let mix = |h: u64, field: u64| (h ^ (h >> 29) ^ field).wrapping_mul(K);
         let key_bits = ((key.tgid as u64) << 32) | key.fd as u64;
         let flags = ((state.role as u64) << 8) | state.ignored as u64;
-        mix(mix(key_bits.wrapping_mul(K), state.conn_id), flags) | 1
+        mix(
+            mix(mix(key_bits.wrapping_mul(K), state.conn_id), flags),
+            state.sock,
+        ) | 1
     }
 }
 
@@ -97,6 +104,7 @@ mod tests {
             role,
             ignored,
             _pad: [0; 6],
+            sock: 0xffff_8880_0000_0000 + conn_id,
         }
     }
 
@@ -164,5 +172,10 @@ mod tests {
             CachedConnection::check_of(&ConnKey { tgid: 11, fd: 5 }, &a.1),
             check_a
         );
+        let other_sock = ConnState {
+            sock: a.1.sock + 64,
+            ..a.1
+        };
+        assert_ne!(CachedConnection::check_of(&a.0, &other_sock), check_a);
     }
 }

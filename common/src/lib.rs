@@ -351,12 +351,12 @@ pub struct KernelOffsets {
     /// How the read and write exit programs find a syscall's arguments in
     /// `struct pt_regs`, one of [`regs_layout`]; checked against the running kernel's BTF.
     pub regs_layout: u32,
-    /// `task_struct.nvcsw`, followed by `nivcsw`: the thread's context switches, which
-    /// tell a write's exit whether its per-CPU start stamp is its own ([`WriteStart`]).
-    /// 0 when the BTF does not show the two counters side by side; writes are then
-    /// traced with entry and exit programs. A constant to the verifier, as the whole
-    /// configuration is (read-only data).
-    pub task_switches: u32,
+    /// `tcp_sock.tcp_clock_cache`, from the start of `struct sock`: the monotonic time the
+    /// socket last sent or received, which a client's write exit takes as the time its
+    /// request went out ([`ConnState::sock`]). 0 when the BTF does not show it; writes
+    /// are then traced with entry and exit programs. A constant to the verifier, as the
+    /// whole configuration is (read-only data).
+    pub tcp_clock: u32,
     /// `task_struct.pid`, followed by `tgid`: the exit and stamp programs read the
     /// thread's ids from the task they hold instead of asking a helper. 0 when the BTF does
     /// not show the two side by side; the programs then call `bpf_get_current_pid_tgid`.
@@ -414,22 +414,6 @@ pub struct ProbeConfig {
     pub fork_child_pid_offset: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 112);
-
-/// When a traced thread's write began, stamped at syscall entry in a per-CPU slot so that
-/// the exit, which finds the arguments in the saved registers, still knows the start.
-/// The exit trusts the slot only when its thread is the current one and that thread has
-/// not been switched out since: then it ran on this CPU throughout, and nothing else
-/// could have entered a syscall here in between.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WriteStart {
-    pub tid: u32,
-    pub _pad: u32,
-    /// The thread's `nvcsw + nivcsw` at entry.
-    pub switches: u64,
-    pub start_ns: u64,
-}
-const _: () = assert!(core::mem::size_of::<WriteStart>() == 24);
 
 pub mod connection;
 pub mod counter;

@@ -41,7 +41,7 @@ pub fn register(
     conn_role: u8,
     cfg: &ProbeConfig,
 ) -> Option<ConnState> {
-    let tuple = tcp_tuple(fd, &cfg.offsets)?;
+    let (tuple, sock) = tcp_tuple(fd, &cfg.offsets)?;
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let filtered_out = !port_selected(cfg, tuple.local_port, tuple.remote_port);
@@ -54,6 +54,7 @@ pub fn register(
             ignored::NO
         },
         _pad: [0; 6],
+        sock,
     };
     if !store(&ConnKey { tgid, fd }, &state) {
         count(counter::CONN_TABLE_FULL);

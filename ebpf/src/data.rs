@@ -1,11 +1,11 @@
 //! Bytes moving through traced TCP connections: the read and write syscall families.
 //!
-//! Where the kernel allows it (`bpf_task_pt_regs`, Linux 5.15), the exit programs take a
-//! call's arguments from the registers saved at syscall entry: reads need no entry program
-//! at all, and writes only one that stamps their start time. Elsewhere entry programs save
-//! the fd and buffer per thread, only for known TCP sockets, so file and pipe I/O never
-//! reaches the exit program, and one exit program serves every data syscall: the saved
-//! call says how to find the bytes.
+//! Where the kernel allows it (`bpf_task_pt_regs`, Linux 5.15), one program at each call's
+//! return takes the call's arguments from the registers saved at syscall entry, and a
+//! client's write its start from the socket (when its bytes went out): no entry program
+//! runs at all. Elsewhere entry programs save the fd, buffer and start per thread, only
+//! for known TCP sockets, so file and pipe I/O never reaches the exit program, and one
+//! exit program serves every data syscall: the saved call says how to find the bytes.
 
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user},
@@ -13,20 +13,27 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    ConnKey, DataEvent, DataEventHeader, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
-    SMALL_CAPTURE, WriteStart, counter, data_flags, direction, role, syscall_kind,
+    ConnState, DataEvent, DataEventHeader, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
+    SMALL_CAPTURE, counter, data_flags, direction, role, syscall_kind,
 };
 
 use crate::{
-    connection::{cached, lookup_or_discover},
+    connection::lookup_or_discover,
     emit::{RingLevel, output_bytes},
     filter::{is_marked, traced_current, traced_task},
-    maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, WRITE_STARTS, count},
+    maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, count},
     pending,
     record::{header, write_head_only, write_small},
     response_head::heads_a_body,
+    socket::last_sent_or_received,
     syscall::{Task, arg, ret},
 };
+
+/// How long before a client write's return its socket may have last sent for that to be
+/// taken as when the write's bytes went out. A write that sent them did so microseconds
+/// before its return, unless it was preempted in between; an older time is the socket's
+/// previous packet, left by a write that sent nothing (corked, or held back by Nagle).
+const MAX_SEND_LAG_NS: u64 = 1_000_000;
 
 /// Offset of `msg_iov`, followed by `msg_iovlen`, in the userspace `struct msghdr`
 /// (x86_64, arm64).
@@ -44,14 +51,14 @@ fn on_enter(ctx: &TracePointContext, kind: u8) {
 
 /// The call of the `current` thread, when its process is traced, on a traced TCP socket,
 /// with its `[fd, buffer, count]` arguments from `args` and no start yet (0: the record
-/// gets its end time unless the caller knows better), and the connection's role; `None`
+/// gets its end time unless the caller knows better), and the connection's state; `None`
 /// for other processes and other fds.
 #[inline(always)]
 fn socket_call(
     kind: u8,
     current: Option<(u32, u32, u64, &'static ProbeConfig)>,
     args: impl FnOnce(&ProbeConfig) -> Option<[u64; 3]>,
-) -> Option<(u64, PendingCall, &'static ProbeConfig, u8)> {
+) -> Option<(u64, PendingCall, &'static ProbeConfig, ConnState)> {
     let (tgid, tid, pid_tgid, cfg) = current?;
     let Some([fd, ptr, len]) = args(cfg) else {
         count(counter::READ_FAILURES);
@@ -68,7 +75,7 @@ fn socket_call(
         start_ns: 0,
         conn_id: state.conn_id,
     };
-    Some((pid_tgid, call, cfg, state.role))
+    Some((pid_tgid, call, cfg, state))
 }
 
 /// A tracepoint program `$name` calling `$handler(&ctx, $kind)`.
@@ -128,10 +135,10 @@ fn on_read_exit(ctx: &TracePointContext, kind: u8) {
     capture_at_exit(ctx, kind, false);
 }
 
-/// Captures a call at its exit, its arguments taken from the saved registers; `stamped`
-/// when the entry program stamped its start (writes).
+/// Captures a call at its exit, its arguments taken from the saved registers; `sending`
+/// for writes, whose start a client span needs.
 #[inline(always)]
-fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
+fn capture_at_exit(ctx: &TracePointContext, kind: u8, sending: bool) {
     // Failed calls (EAGAIN after each request of an event loop) stop before any lookup.
     let moved = ret(ctx);
     if moved <= 0 {
@@ -139,21 +146,12 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, stamped: bool) {
     }
     let task = Task::current();
     let args = |cfg: &ProbeConfig| task.args_at_exit(cfg.offsets.regs_layout);
-    if let Some((pid_tgid, mut call, cfg, conn_role)) = socket_call(kind, traced_task(&task), args)
-    {
-        if stamped && needs_start(conn_role) {
-            call.start_ns = stamped_start(&task, pid_tgid as u32);
+    if let Some((pid_tgid, mut call, cfg, state)) = socket_call(kind, traced_task(&task), args) {
+        if sending && needs_start(state.role) {
+            call.start_ns = sent_at(state.sock, cfg);
         }
-        emit(ctx, pid_tgid, &call, moved, cfg, conn_role);
+        emit(ctx, pid_tgid, &call, moved, cfg, state.role);
     }
-}
-
-/// Stamps when a traced thread's write begins; the exit program finds the rest. One
-/// program for every write syscall.
-#[tracepoint]
-pub fn loupe_write_stamp(ctx: TracePointContext) -> u32 {
-    stamp_write(&ctx);
-    0
 }
 
 /// Whether a write on a connection of `conn_role` needs its start time: a client span
@@ -167,37 +165,6 @@ fn needs_start(conn_role: u8) -> bool {
     conn_role != role::SERVER
 }
 
-#[inline(always)]
-fn stamp_write(ctx: &TracePointContext) {
-    let task = Task::current();
-    let Some((tgid, tid, _, _)) = traced_task(&task) else {
-        return;
-    };
-    // Every write family's first argument is the fd written to. Only the cache is asked:
-    // the exit reads the same slot, so the load costs it nothing, and a connection the
-    // cache does not hold is stamped as before. An ignored connection's write is never
-    // captured, so its start is never read.
-    let fd = arg::<0>(ctx) as u32;
-    if cached(&ConnKey { tgid, fd })
-        .is_some_and(|state| state.ignored != 0 || !needs_start(state.role))
-    {
-        return;
-    }
-    let switches = task.context_switches();
-    let Some(slot) = WRITE_STARTS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot; a program runs to completion on its CPU.
-    unsafe {
-        *slot = WriteStart {
-            tid,
-            _pad: 0,
-            switches,
-            start_ns: bpf_ktime_get_ns(),
-        }
-    };
-}
-
 data_program!(loupe_write_exit, on_write_exit, syscall_kind::WRITE);
 data_program!(loupe_writev_exit, on_write_exit, syscall_kind::WRITEV);
 data_program!(loupe_sendmsg_exit, on_write_exit, syscall_kind::SENDMSG);
@@ -208,20 +175,20 @@ fn on_write_exit(ctx: &TracePointContext, kind: u8) {
     capture_at_exit(ctx, kind, true);
 }
 
-/// The start the entry program stamped for this thread's write, or 0 (the record then
-/// starts at its end) when the thread was switched out during the call: it may have moved
-/// CPUs, and the slot here may be another thread's or an older call's.
+/// When the write returning now sent its bytes, read from its socket `sock`: the socket's
+/// last send or receive, when that is recent enough to be this write's ([`MAX_SEND_LAG_NS`]);
+/// else 0, counted, and the record starts at its end.
+///
+/// The time may be a little later than the send when the peer's acknowledgement came in
+/// before the write returned; the agent keeps a client span from starting after the
+/// server span it caused.
 #[inline(always)]
-fn stamped_start(task: &Task, tid: u32) -> u64 {
-    let Some(slot) = WRITE_STARTS.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: per-CPU slot; a program runs to completion on its CPU.
-    let slot = unsafe { &mut *slot };
-    let own = slot.tid == tid && task.context_switches() == slot.switches;
-    slot.tid = 0;
-    if own {
-        slot.start_ns
+fn sent_at(sock: u64, cfg: &ProbeConfig) -> u64 {
+    let sent = last_sent_or_received(sock, &cfg.offsets);
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if sent != 0 && sent <= now && now - sent <= MAX_SEND_LAG_NS {
+        sent
     } else {
         count(counter::WRITE_START_UNKNOWN);
         0
@@ -448,7 +415,7 @@ mod tests {
     use super::needs_start;
 
     #[test]
-    fn only_a_servers_writes_go_unstamped() {
+    fn only_a_servers_writes_go_without_a_start() {
         assert!(!needs_start(role::SERVER));
         assert!(needs_start(role::CLIENT));
         assert!(needs_start(role::UNKNOWN));

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use loupe_common::{
     COMM_LEN, CONNECTION_CACHE_SLOTS, CachedConnection, CommPrefix, ConnKey, ConnState, DataEvent,
     MAX_CONNECTIONS, MAX_EXEC_PREFIXES, MAX_IGNORE_REQUESTS, MAX_IOV, PendingCall, ProbeConfig,
-    TGID_WORDS, ThreadContext, WriteStart, counter,
+    TGID_WORDS, ThreadContext, counter,
 };
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
@@ -74,13 +74,6 @@ pub static PENDING_CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(
 /// next to the rest of the exit programs' frames).
 #[map]
 pub static IOV_SCRATCH: PerCpuArray<[[u64; 2]; MAX_IOV]> = PerCpuArray::with_max_entries(1, 0);
-
-/// When the last write of a traced thread on this CPU began (see [`WriteStart`]). A
-/// per-CPU slot costs the write entry program a store where a per-thread hash slot cost a
-/// lookup; besides it, the entry program only asks the connection cache whether the
-/// connection was accepted (whose writes it leaves unstamped).
-#[map]
-pub static WRITE_STARTS: PerCpuArray<WriteStart> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every record the agent reads. One buffer for all CPUs keeps records in order.
 #[map]

@@ -28,10 +28,10 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
-/// The connection tuple of `fd` in the current process when it is an IPv4 or IPv6 TCP
-/// socket; `None` for files, pipes, UDP and unix sockets.
+/// The connection tuple of `fd` in the current process, and its `struct sock`, when it is
+/// an IPv4 or IPv6 TCP socket; `None` for files, pipes, UDP and unix sockets.
 #[inline(always)]
-pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<ConnTuple> {
+pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<(ConnTuple, u64)> {
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, off.task_files)?;
@@ -76,7 +76,22 @@ pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<ConnTuple> {
         return None;
     }
     tuple.netns = network_namespace(sk, off);
-    Some(tuple)
+    Some((tuple, sk))
+}
+
+/// When the TCP socket `sk` last sent or received (`tcp_sock.tcp_clock_cache`, the
+/// monotonic clock `bpf_ktime_get_ns` reads); 0 when unknown.
+///
+/// At the return of a write that sent its bytes, that is when they went out: the kernel
+/// refreshes it as it starts transmitting, before the peer can have received anything.
+/// A write that sent nothing (corked, or held back by Nagle behind unacknowledged
+/// bytes) leaves an older time, of the socket's last packet.
+#[inline(always)]
+pub fn last_sent_or_received(sk: u64, off: &KernelOffsets) -> u64 {
+    if off.tcp_clock == 0 {
+        return 0;
+    }
+    read::<u64>(sk, off.tcp_clock).unwrap_or(0)
 }
 
 /// The inode number of the network namespace `sk` lives in; 0 when the kernel's BTF did

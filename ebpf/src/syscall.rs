@@ -41,9 +41,8 @@ fn record_field(ctx: &TracePointContext, offset: usize) -> u64 {
 }
 
 /// The current thread's `task_struct`, as a BTF-typed pointer: for the programs that only
-/// run where `bpf_get_current_task_btf` exists (Linux 5.11), the read and write exits and
-/// the write stamp. One helper call gives them the thread's ids, its context switches and
-/// its saved registers, which took three.
+/// run where `bpf_get_current_task_btf` exists (Linux 5.11), the read and write exits.
+/// One helper call gives them the thread's ids and its saved registers, which took two.
 pub struct Task(*const u8);
 
 impl Task {
@@ -75,16 +74,6 @@ impl Task {
         let pid: u32 = self.field(offset);
         let tgid: u32 = self.field(offset + 4);
         ((tgid as u64) << 32) | pid as u64
-    }
-
-    /// The thread's context switches so far (`nvcsw + nivcsw`).
-    #[inline(always)]
-    pub fn context_switches(&self) -> u64 {
-        // As in `pid_tgid`. At 0 (not found in the BTF) the agent never attaches the
-        // programs that use it.
-        let offset = config().offsets.task_switches as usize;
-        self.field::<u64>(offset)
-            .wrapping_add(self.field::<u64>(offset + 8))
     }
 
     /// The first three arguments of the current syscall, read at its exit from the

@@ -238,6 +238,7 @@ fn concurrent_requests_stay_connected() {
         backs_linked, total,
         "every data-processor span has its client as parent"
     );
+    support::spans::assert_clients_start_first(&spans);
     drop(agent);
 }
 

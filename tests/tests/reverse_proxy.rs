@@ -134,6 +134,7 @@ fn proxied_requests_form_exact_trees(keepalive: bool) {
         exact, total,
         "every proxied request forms nginx SERVER -> nginx CLIENT -> backend SERVER"
     );
+    support::spans::assert_clients_start_first(&spans);
     drop(agent);
 }
 

@@ -58,7 +58,10 @@ impl SpanAssembler {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,
         };
-        let (start_ns, end_ns) = timing(exchange);
+        let (mut start_ns, end_ns) = timing(exchange);
+        if kind == SpanKind::Client && ids.server_start_ns != 0 {
+            start_ns = start_ns.min(ids.server_start_ns);
+        }
         let (path, query) = split_target(&request.target);
         let (method, method_original) = normalise_method(&request.method);
         // The name and the route repeat across requests: both are built in a reused

@@ -15,19 +15,21 @@ fn build(
     remote: Option<SocketAddr>,
 ) -> HttpSpan {
     let mut linker = Linker::default();
-    let key = RequestKey {
-        tgid: 1,
-        fd: 1,
-        conn_id: 1,
-        request_id: 0,
-    };
     let header = extract(&ex.request.headers);
     let node = match ex.role {
-        Role::Server => linker.server_start(key, 7, 0, None, header, None),
-        Role::Client => linker.client_start(key, 7, 0, None, header, None, None).0,
+        Role::Server => linker.server_start(LONE, 7, 0, None, header, None),
+        Role::Client => linker.client_start(LONE, 7, 0, None, header, None, None).0,
     };
     a.assemble(ex, resolve(&node), local, remote)
 }
+
+/// The key of a request alone on its connection.
+const LONE: RequestKey = RequestKey {
+    tgid: 1,
+    fd: 1,
+    conn_id: 1,
+    request_id: 0,
+};
 
 fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest {
     HttpRequest {
@@ -211,6 +213,43 @@ fn client_span_keeps_the_ids_it_sent() {
     assert!(span.is_error(), "4xx is an error for clients");
     // From the first byte written to the last byte read.
     assert_eq!(span.end_unix_ns - span.start_unix_ns, 9_000 - 1_000);
+}
+
+#[test]
+fn a_client_span_starts_no_later_than_the_server_span_it_caused() {
+    let mut a = assembler();
+    let ex = exchange(
+        Role::Client,
+        request("GET", "/", &[]),
+        Some(response(200, 0)),
+    );
+    let node = Linker::default()
+        .client_start(LONE, 7, 1_000, None, None, None, None)
+        .0;
+    let span_with = |a: &mut SpanAssembler, server_start_ns| {
+        node.borrow_mut().server_start_ns = server_start_ns;
+        a.assemble(&ex, resolve(&node), None, None)
+    };
+    // The request's send time fell after the server read it (an acknowledgement came in
+    // before the client's write returned): the span starts with the server's.
+    let early_server = span_with(&mut a, 600);
+    assert_eq!(
+        early_server.end_unix_ns - early_server.start_unix_ns,
+        9_000 - 600
+    );
+    // A server that started later, or none linked, leaves the send time.
+    for server_start_ns in [1_400, 0] {
+        let span = span_with(&mut a, server_start_ns);
+        assert_eq!(span.end_unix_ns - span.start_unix_ns, 9_000 - 1_000);
+    }
+    // Server spans start when their request is in hand, whatever the field says.
+    let server = exchange(
+        Role::Server,
+        request("GET", "/", &[]),
+        Some(response(200, 0)),
+    );
+    let span = a.assemble(&server, resolve(&node), None, None);
+    assert_eq!(span.end_unix_ns - span.start_unix_ns, 9_000 - 2_000);
 }
 
 #[test]

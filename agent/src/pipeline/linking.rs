@@ -51,6 +51,10 @@ pub struct SpanNode {
     pub parent: Parent,
     pub trace_flags: u8,
     pub trace_state: Option<String>,
+    /// For a client request: when the server span it caused started, once loupe linked
+    /// that span to it; 0 before. A client span never starts later (see
+    /// [`ResolvedIds::server_start_ns`]).
+    pub server_start_ns: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +79,11 @@ pub struct ResolvedIds {
     pub trace_state: Option<String>,
     /// The trace came in from a caller loupe does not see (its flags are the caller's).
     pub root_is_remote: bool,
+    /// For a client span: when the server span it caused started, or 0. A request goes out
+    /// before its server reads it, but the time a client write carries can fall a little
+    /// after that (the bytes' send time read at the write's return, or the return itself),
+    /// so a client span starts no later than this.
+    pub server_start_ns: u64,
 }
 
 /// Ids the kernel already chose for a span (traceparent injection), which the span must
@@ -124,6 +133,7 @@ pub fn resolve(node: &NodeRef) -> ResolvedIds {
         trace_flags,
         trace_state: this.trace_state.clone(),
         root_is_remote,
+        server_start_ns: this.server_start_ns,
     }
 }
 
@@ -213,17 +223,19 @@ fn push_bounded(
     dropped
 }
 
+/// The oldest request waiting under `key` that can still meet its other side seen at
+/// `now_ns`, and when it was seen; older ones that cannot are dropped.
 fn pop_fresh(
     map: &mut HashMap<PeerKey, VecDeque<Waiting>>,
     key: &PeerKey,
     now_ns: u64,
     requests: &HashMap<RequestKey, (NodeRef, u64)>,
-) -> Option<NodeRef> {
+) -> Option<(NodeRef, u64)> {
     let queue = map.get_mut(key)?;
     let mut found = None;
     while let Some(waiting) = queue.pop_front() {
         if waiting.can_meet(now_ns, requests) {
-            found = Some(waiting.node);
+            found = Some((waiting.node, waiting.ts_ns));
             break;
         }
     }
@@ -260,7 +272,12 @@ impl Linker {
     ) -> NodeRef {
         // Seen from the client.
         let peer_key = peers.map(Ends::mirrored);
-        let client = peer_key.and_then(|k| pop_fresh(&mut self.clients, &k, ts_ns, &self.requests));
+        let client = peer_key
+            .and_then(|k| pop_fresh(&mut self.clients, &k, ts_ns, &self.requests))
+            .map(|(client, _)| client);
+        if let Some(client) = &client {
+            client.borrow_mut().server_start_ns = ts_ns;
+        }
         let node = match (kernel, header, client) {
             (Some(ids), _, _) => SpanNode {
                 span_id: ids.span_id,
@@ -273,6 +290,7 @@ impl Linker {
                 },
                 trace_flags: ids.trace_flags,
                 trace_state: None,
+                server_start_ns: 0,
             },
             (None, Some(ctx), _) => SpanNode {
                 span_id: new_span_id(),
@@ -282,6 +300,7 @@ impl Linker {
                 },
                 trace_flags: ctx.trace_flags,
                 trace_state: ctx.trace_state,
+                server_start_ns: 0,
             },
             (None, None, Some(client)) => {
                 let flags = client.borrow().trace_flags;
@@ -290,6 +309,7 @@ impl Linker {
                     parent: Parent::Local(client),
                     trace_flags: flags,
                     trace_state: None,
+                    server_start_ns: 0,
                 }
             }
             (None, None, None) => SpanNode {
@@ -297,6 +317,7 @@ impl Linker {
                 parent: Parent::Root(new_trace_id()),
                 trace_flags: SAMPLED,
                 trace_state: None,
+                server_start_ns: 0,
             },
         };
         let orphan = matches!(node.parent, Parent::Root(_));
@@ -378,6 +399,7 @@ impl Linker {
                         parent,
                         trace_flags: ids.trace_flags,
                         trace_state: None,
+                        server_start_ns: 0,
                     },
                     ClientPlacement::OwnContext,
                 )
@@ -389,6 +411,7 @@ impl Linker {
                     parent: Parent::Root(ctx.trace_id),
                     trace_flags: ctx.trace_flags,
                     trace_state: ctx.trace_state,
+                    server_start_ns: 0,
                 },
                 ClientPlacement::OwnContext,
             ),
@@ -400,6 +423,7 @@ impl Linker {
                         parent: Parent::Local(server),
                         trace_flags: flags,
                         trace_state: None,
+                        server_start_ns: 0,
                     },
                     if ambiguous {
                         ClientPlacement::Guessed
@@ -414,6 +438,7 @@ impl Linker {
                     parent: Parent::Root(new_trace_id()),
                     trace_flags: SAMPLED,
                     trace_state: None,
+                    server_start_ns: 0,
                 },
                 if was_serving {
                     ClientPlacement::Unplaced
@@ -426,7 +451,10 @@ impl Linker {
         if let Some(peer_key) = peers {
             match pop_fresh(&mut self.servers, &peer_key, ts_ns, &self.requests) {
                 // The server's side was seen first: it becomes this span's child now.
-                Some(server) => server.borrow_mut().parent = Parent::Local(node.clone()),
+                Some((server, server_start_ns)) => {
+                    server.borrow_mut().parent = Parent::Local(node.clone());
+                    node.borrow_mut().server_start_ns = server_start_ns;
+                }
                 None => {
                     let waiting = Waiting {
                         key,

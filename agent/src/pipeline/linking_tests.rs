@@ -381,16 +381,61 @@ fn a_loop_of_parents_still_resolves() {
         parent: Parent::Root(TraceId([1; 16])),
         trace_flags: 1,
         trace_state: None,
+        server_start_ns: 0,
     }));
     let b = Rc::new(RefCell::new(SpanNode {
         span_id: SpanId([2; 8]),
         parent: Parent::Local(a.clone()),
         trace_flags: 1,
         trace_state: None,
+        server_start_ns: 0,
     }));
     a.borrow_mut().parent = Parent::Local(b.clone());
     let ids = resolve(&a);
     assert_ne!(ids.trace_id, TraceId::default());
     // Break the cycle so the test does not leak.
     a.borrow_mut().parent = Parent::Root(TraceId([1; 16]));
+}
+
+#[test]
+fn a_client_learns_when_the_server_it_reached_started_in_either_order() {
+    let mut l = Linker::default();
+    // Client seen first, then its server.
+    let (call, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    assert_eq!(resolve(&call).server_start_ns, 0, "no server seen yet");
+    l.server_start(key(BACK, 4, 0), 21, 18, Some(hop_mirrored()), None, None);
+    assert_eq!(resolve(&call).server_start_ns, 18);
+    // Server seen first, then its client.
+    let client_side = ends("127.0.0.1:41000", "127.0.0.1:8000");
+    let back = l.server_start(
+        key(BACK, 7, 0),
+        21,
+        35,
+        Some(client_side.mirrored()),
+        None,
+        None,
+    );
+    let (call, _) = l.client_start(
+        key(FRONT, 8, 0),
+        11,
+        40,
+        Some(client_side),
+        None,
+        None,
+        None,
+    );
+    assert_eq!(resolve(&back).parent_span_id, Some(resolve(&call).span_id));
+    assert_eq!(resolve(&call).server_start_ns, 35);
+    // A server that continues a header's context still marks the client that reached it.
+    let other = ends("127.0.0.1:42000", "127.0.0.1:8000");
+    let (call, _) = l.client_start(key(FRONT, 9, 0), 11, 50, Some(other), None, None, None);
+    l.server_start(
+        key(BACK, 9, 0),
+        21,
+        52,
+        Some(other.mirrored()),
+        Some(header(3, 4)),
+        None,
+    );
+    assert_eq!(resolve(&call).server_start_ns, 52);
 }

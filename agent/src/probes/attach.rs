@@ -49,13 +49,9 @@ pub const READS_AT_ENTRY_AND_EXIT: &[Attachment] = &[
     ("loupe_data_exit", "syscalls", "sys_exit_recvmsg"),
 ];
 
-/// Writes captured at their return, their start stamped at entry (`--data-probes exit`).
+/// Writes captured at their return, a client's start read from its socket
+/// (`--data-probes exit`).
 pub const WRITES_AT_EXIT: &[Attachment] = &[
-    ("loupe_write_stamp", "syscalls", "sys_enter_write"),
-    ("loupe_write_stamp", "syscalls", "sys_enter_sendto"),
-    ("loupe_write_stamp", "syscalls", "sys_enter_writev"),
-    ("loupe_write_stamp", "syscalls", "sys_enter_sendmsg"),
-    ("loupe_write_stamp", "syscalls", "sys_enter_sendfile64"),
     ("loupe_write_exit", "syscalls", "sys_exit_write"),
     ("loupe_write_exit", "syscalls", "sys_exit_sendto"),
     ("loupe_writev_exit", "syscalls", "sys_exit_writev"),
@@ -105,8 +101,8 @@ pub struct DataHooks {
 pub struct ExitSupport {
     /// A `pt_regs` layout the exit programs know (reads and writes).
     pub regs: bool,
-    /// `task_struct`'s switch counters, side by side (writes).
-    pub switches: bool,
+    /// `tcp_sock`'s clock of its last send, behind its `sock` (writes).
+    pub send_clock: bool,
 }
 
 /// Loads and attaches every program, the data syscall programs as `mode` says.
@@ -120,7 +116,12 @@ pub fn attach_all(
     load(ebpf, ATTACHMENTS)?;
     load(ebpf, WHERE_PRESENT)?;
     let reads = choose(ebpf, mode, Family::Reads, support.regs)?;
-    let writes = choose(ebpf, mode, Family::Writes, support.regs && support.switches)?;
+    let writes = choose(
+        ebpf,
+        mode,
+        Family::Writes,
+        support.regs && support.send_clock,
+    )?;
     let mut all: Vec<Attachment> = ATTACHMENTS.to_vec();
     all.extend(
         WHERE_PRESENT

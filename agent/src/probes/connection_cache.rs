@@ -16,11 +16,13 @@ use super::{ProbeError, shared_words::SharedWords};
 const WORDS_PER_SLOT: usize = size_of::<CachedConnection>() / 8;
 const WORDS: usize = CONNECTION_CACHE_SLOTS as usize * WORDS_PER_SLOT;
 /// Word of a slot holding the key: `tgid`, then `fd`, in memory order.
-const KEY_WORD: usize = 0;
+const KEY_WORD: usize = std::mem::offset_of!(CachedConnection, key) / 8;
 /// Word of a slot holding the state's `conn_id`.
-const CONN_ID_WORD: usize = 1;
+const CONN_ID_WORD: usize = (std::mem::offset_of!(CachedConnection, state)
+    + std::mem::offset_of!(loupe_common::ConnState, conn_id))
+    / 8;
 /// Word of a slot holding `check`.
-const CHECK_WORD: usize = 3;
+const CHECK_WORD: usize = std::mem::offset_of!(CachedConnection, check) / 8;
 
 /// `key` as the slot's key word holds it: `tgid`, then `fd`, in memory order.
 fn key_word(key: &ConnKey) -> u64 {
@@ -99,6 +101,7 @@ mod tests {
             role: 1,
             ignored: 0,
             _pad: [0; 6],
+            sock: 0xffff_8880_1234_5000,
         };
         let index = CachedConnection::slot(&key) as usize;
         let slot = cache.slots().nth(index).expect("slot");
@@ -109,6 +112,7 @@ mod tests {
         slot[CONN_ID_WORD].store(state.conn_id, Ordering::Relaxed);
         let flags = [state.role, state.ignored, 0, 0, 0, 0, 0, 0];
         slot[2].store(u64::from_ne_bytes(flags), Ordering::Relaxed);
+        slot[3].store(state.sock, Ordering::Relaxed);
         slot[CHECK_WORD].store(CachedConnection::check_of(&key, &state), Ordering::Relaxed);
         index
     }

@@ -122,7 +122,7 @@ impl Probes {
         maps::write_exec_hints(&mut ebpf, exec_hints)?;
         let support = attach::ExitSupport {
             regs: config.offsets.regs_layout != loupe_common::regs_layout::UNKNOWN,
-            switches: config.offsets.task_switches != 0,
+            send_clock: config.offsets.tcp_clock != 0,
         };
         let data_hooks = attach::attach_all(&mut ebpf, data_probes, support)?;
         let injection = if config.inject_traceparent != 0 {

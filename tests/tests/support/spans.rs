@@ -42,3 +42,33 @@ pub fn attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
             )
         })
 }
+
+/// Panics when a server span starts before its parent, a client span: a request goes out
+/// before its server can read it, so a right trace has none.
+pub fn assert_clients_start_first(spans: &[ReceivedSpan]) {
+    let inverted = servers_starting_before_their_client(spans);
+    assert!(
+        inverted.is_empty(),
+        "{} server spans start before their client span (client, server start): {:?}",
+        inverted.len(),
+        &inverted[..inverted.len().min(5)]
+    );
+}
+
+/// Every server span whose parent, a client span, starts after it: `(client, server)`
+/// start times.
+fn servers_starting_before_their_client(spans: &[ReceivedSpan]) -> Vec<(u64, u64)> {
+    let clients: std::collections::HashMap<&str, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.kind == "client")
+        .map(|s| (s.span_id.as_str(), s))
+        .collect();
+    spans
+        .iter()
+        .filter(|s| s.kind == "server")
+        .filter_map(|server| {
+            let client = clients.get(server.parent_span_id.as_deref()?)?;
+            (client.start_ns > server.start_ns).then_some((client.start_ns, server.start_ns))
+        })
+        .collect()
+}

@@ -134,7 +134,7 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
         sock_v6_rcv_saddr: skc("skc_v6_rcv_saddr", Bytes(16))?,
         sock_protocol: r.field("sock", "sk_protocol", Bytes(2))?.offset,
         regs_layout: regs_layout(&r),
-        task_switches: task_switches(&r),
+        tcp_clock: tcp_clock(&r),
         task_pid: task_pid(&r),
         sock_net,
         net_inum,
@@ -165,10 +165,17 @@ fn task_pid(r: &Resolver) -> u32 {
     adjacent_task_fields(r, "pid", "tgid", 4)
 }
 
-/// The offset of `task_struct.nvcsw` when `nivcsw` follows it directly; 0 otherwise, which
-/// is no error: writes are then traced by entry and exit programs.
-fn task_switches(r: &Resolver) -> u32 {
-    adjacent_task_fields(r, "nvcsw", "nivcsw", 8)
+/// The offset of `tcp_sock.tcp_clock_cache` (Linux 4.20), which is also its offset from
+/// the `struct sock` at the head of every TCP socket; 0 when it or that head is missing,
+/// which is no error: writes are then traced by entry and exit programs.
+fn tcp_clock(r: &Resolver) -> u32 {
+    let head_is_sock = r
+        .field("tcp_sock", "inet_conn", Expect::AnyStruct)
+        .is_ok_and(|f| f.offset == 0);
+    match r.field("tcp_sock", "tcp_clock_cache", Expect::Bytes(8)) {
+        Ok(f) if head_is_sock => f.offset,
+        _ => 0,
+    }
 }
 
 /// The offset of `task_struct.first` when `second`, of the same `size`, follows it
@@ -207,7 +214,7 @@ fn regs_layout(r: &Resolver) -> u32 {
 }
 
 /// The structs looked up by name; everything else is reached through member types.
-const STRUCTS: [&str; 9] = [
+const STRUCTS: [&str; 10] = [
     "task_struct",
     "files_struct",
     "fdtable",
@@ -217,6 +224,7 @@ const STRUCTS: [&str; 9] = [
     "sock",
     "pt_regs",
     "net",
+    "tcp_sock",
 ];
 
 /// What a field's type must be for the kernel programs' reads to be right.

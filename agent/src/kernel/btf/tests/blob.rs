@@ -326,7 +326,7 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
     );
     // kind_flag struct: offsets carry a bitfield size in their top byte, zero for plain
     // members.
-    b.composite(
+    let sock = b.composite(
         kind::STRUCT,
         "sock",
         800,
@@ -337,6 +337,17 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
             ("sk_padding", u8_, (1 << 24) | (512 * 8)),
             ("sk_protocol", t_u16, 516 * 8),
             ("sk_type", u16_, 518 * 8),
+        ],
+    );
+    // tcp_sock: the sock at its head (through inet_connection_sock), then its own fields.
+    let inet_conn = b.strukt("inet_connection_sock", 1400, &[("icsk_inet", sock, 0)]);
+    b.strukt(
+        "tcp_sock",
+        2400,
+        &[
+            ("inet_conn", inet_conn, 0),
+            ("tcp_mstamp", u64_, 1920),
+            ("tcp_clock_cache", u64_, 1928),
         ],
     );
     b.bytes()
@@ -361,7 +372,7 @@ pub const FAKE_OFFSETS: KernelOffsets = KernelOffsets {
     sock_v6_rcv_saddr: 88,
     sock_protocol: 516,
     regs_layout: loupe_common::regs_layout::X86_64,
-    task_switches: 1600,
+    tcp_clock: 1928,
     task_pid: 1560,
     sock_net: 64,
     net_inum: 136,

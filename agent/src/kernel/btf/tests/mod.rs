@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::parse::kind;
 use super::{
     BtfError, Expect, LayoutProblem, Resolver, VMLINUX_BTF, kernel_offsets, offsets_from_file,
-    regs_layout, resolve_offsets, task_pid, task_switches,
+    regs_layout, resolve_offsets, task_pid, tcp_clock,
 };
 
 fn malformed_reason(r: Result<KernelOffsets, BtfError>) -> &'static str {
@@ -78,14 +78,29 @@ fn on_task(name: &str, size: u32, members: &[(&str, u32)], resolve: fn(&Resolver
 }
 
 #[test]
-fn switch_counters_are_used_only_side_by_side() {
-    let switches =
-        |members: &[(&str, u32)]| on_task("long unsigned int", 8, members, task_switches);
-    assert_eq!(switches(&[("nvcsw", 1200), ("nivcsw", 1208)]), 1200);
-    // Apart, in the other order, or missing: writes keep their entry programs.
-    assert_eq!(switches(&[("nvcsw", 1200), ("nivcsw", 1216)]), 0);
-    assert_eq!(switches(&[("nivcsw", 1200), ("nvcsw", 1208)]), 0);
-    assert_eq!(switches(&[("nvcsw", 1200)]), 0);
+fn the_send_clock_is_used_only_behind_a_sock_head() {
+    let clock = |head_at: Option<u32>, clock: Option<(u32, u32)>| {
+        let mut b = Blob::new();
+        let u64_ = b.int("long long unsigned int", 8);
+        let u32_ = b.int("unsigned int", 4);
+        let head = b.strukt("inet_connection_sock", 1400, &[("icsk_pending", u32_, 0)]);
+        let mut fields = Vec::new();
+        if let Some(at) = head_at {
+            fields.push(("inet_conn", head, at));
+        }
+        if let Some((size, at)) = clock {
+            fields.push(("tcp_clock_cache", if size == 8 { u64_ } else { u32_ }, at));
+        }
+        b.strukt("tcp_sock", 2400, &fields);
+        tcp_clock(&Resolver::new(&b.bytes()).expect("parses"))
+    };
+    assert_eq!(clock(Some(0), Some((8, 1928))), 1928);
+    // Without the sock at the head, of another size, or missing (before Linux 4.20):
+    // writes keep their entry programs.
+    assert_eq!(clock(Some(8), Some((8, 1928))), 0);
+    assert_eq!(clock(None, Some((8, 1928))), 0);
+    assert_eq!(clock(Some(0), Some((4, 1928))), 0);
+    assert_eq!(clock(Some(0), None), 0);
 }
 
 #[test]
@@ -308,15 +323,23 @@ fn every_truncation_is_an_error() {
             "prefix of {len} bytes"
         );
     }
-    // A shortened type section cuts records in the middle, or drops the structs wanted.
+    // A shortened type section cuts records in the middle, or drops the structs wanted;
+    // dropping only the optional ones at its end (tcp_sock) leaves their offsets at 0.
     let type_len = u32::from_le_bytes(data[12..16].try_into().expect("4 bytes"));
+    let without_send_clock = KernelOffsets {
+        tcp_clock: 0,
+        ..FAKE_OFFSETS
+    };
     for cut in 0..type_len {
         let mut d = data.clone();
         d[12..16].copy_from_slice(&cut.to_le_bytes());
-        assert!(
-            resolve_offsets(&d).is_err(),
-            "type section cut to {cut} bytes"
-        );
+        if let Ok(offsets) = resolve_offsets(&d) {
+            assert_eq!(
+                offsets, without_send_clock,
+                "type section cut to {cut} bytes"
+            );
+            continue;
+        }
         if cut % 4 != 0 {
             let reason = malformed_reason(resolve_offsets(&d));
             assert!(
@@ -455,7 +478,7 @@ fn running_kernel_offsets_are_plausible() {
     // sock_common is the head of sock; sk_protocol comes after it.
     assert!(o.sock_protocol > o.sock_v6_rcv_saddr);
     assert!(o.sock_family < 136 && o.sock_daddr < 136);
-    assert!(o.task_switches > 0 && o.task_switches < 16384);
+    assert!(o.tcp_clock > 0 && o.tcp_clock < 16384 && o.tcp_clock.is_multiple_of(8));
     assert!(o.task_pid > 0 && o.task_pid < 16384);
     // skc_net sits in sock_common, the head of sock; ns.inum somewhere in struct net.
     eprintln!("sock_net {} net_inum {}", o.sock_net, o.net_inum);
