@@ -21,8 +21,8 @@ pub const INJECT_SKIPPED_UNSAFE: u32 = 6;
 pub const INJECT_FAILED: u32 = 7;
 /// A connection of a traced process could not be put under injection (socket map full).
 pub const INJECT_SOCKET_FAILED: u32 = 8;
-/// A write on a traced connection captured at its return without its start stamp (the
-/// thread was switched out during the call): the record starts at its end.
+/// A client's write captured at its return without the time its bytes went out (its
+/// socket sent nothing in the last millisecond): the record starts at its end.
 pub const WRITE_START_UNKNOWN: u32 = 9;
 /// A known connection was not in the kernel's connection cache and was looked up in
 /// the connection table instead.
