@@ -51,7 +51,7 @@ pub enum ProbeError {
     #[error(
         "--data-probes exit: this kernel's BTF shows no pt_regs layout the {family} exit \
          programs know (x86_64 and arm64 are supported), or, for writes, no \
-         task_struct.nvcsw/nivcsw; use --data-probes entry"
+         tcp_sock.tcp_clock_cache (Linux 4.20); use --data-probes entry"
     )]
     ExitUnsupported { family: &'static str },
     #[error("setting up --inject-traceparent")]

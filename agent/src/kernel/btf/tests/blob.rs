@@ -249,8 +249,6 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
             ("__state", u32_, 0),
             ("pid", int_, 1560),
             ("tgid", int_, 1564),
-            ("nvcsw", u64_, 1600),
-            ("nivcsw", u64_, 1608),
             ("files", files_ptr, 2456),
         ],
     );
