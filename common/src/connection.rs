@@ -21,8 +21,11 @@ pub struct ConnState {
     pub ignored: u8,
     pub _pad: [u8; 6],
     /// The connection's `struct sock`, where a client's write exit reads when its request
-    /// went out (`tcp_sock.tcp_clock_cache`); valid while the fd is, which a read or write
-    /// on it holds. 0 when unknown.
+    /// went out (`tcp_sock.tcp_clock_cache`). Read only with `bpf_probe_read_kernel`: after
+    /// a close loupe did not see (`close_range`, io_uring), the fd may hold another file
+    /// and the pointer a freed socket, whose memory the kernel keeps for sockets (they are
+    /// RCU-freed), so the worst is another socket's time, which the exit's window mostly
+    /// refuses. 0 when unknown.
     pub sock: u64,
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

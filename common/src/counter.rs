@@ -22,7 +22,9 @@ pub const INJECT_FAILED: u32 = 7;
 /// A connection of a traced process could not be put under injection (socket map full).
 pub const INJECT_SOCKET_FAILED: u32 = 8;
 /// A client's write captured at its return without the time its bytes went out (its
-/// socket sent nothing in the last millisecond): the record starts at its end.
+/// socket's last send was over a millisecond before: the write was preempted after
+/// sending, or the fd holds a connection loupe missed the close of): the record starts at
+/// its end.
 pub const WRITE_START_UNKNOWN: u32 = 9;
 /// A known connection was not in the kernel's connection cache and was looked up in
 /// the connection table instead.

@@ -136,10 +136,12 @@ pub struct DataEventHeader {
     pub tid: u32,
     pub fd: u32,
     pub conn_id: u64,
-    /// Monotonic ns at syscall entry; equal to `end_ns` for reads hooked at exit only
-    /// (nothing uses a read's entry time), for writes hooked at exit on connections loupe
-    /// saw being accepted (a server's response start is not used either) and for writes
-    /// whose start stamp was not their own (`counter::WRITE_START_UNKNOWN`).
+    /// Monotonic ns when the call began: at syscall entry where calls are hooked at entry.
+    /// Hooked at exit only, a write's is when its socket last sent (see
+    /// `KernelOffsets::tcp_clock`) on connections loupe did not see being accepted, and
+    /// the rest equal `end_ns`: reads (nothing uses a read's start), a server's writes (nor
+    /// a response's), and writes whose send time was not recent
+    /// (`counter::WRITE_START_UNKNOWN`).
     pub start_ns: u64,
     /// Monotonic ns at syscall exit.
     pub end_ns: u64,
@@ -357,7 +359,7 @@ pub struct KernelOffsets {
     /// are then traced with entry and exit programs. A constant to the verifier, as the
     /// whole configuration is (read-only data).
     pub tcp_clock: u32,
-    /// `task_struct.pid`, followed by `tgid`: the exit and stamp programs read the
+    /// `task_struct.pid`, followed by `tgid`: the read and write exit programs read the
     /// thread's ids from the task they hold instead of asking a helper. 0 when the BTF does
     /// not show the two side by side; the programs then call `bpf_get_current_pid_tgid`.
     pub task_pid: u32,

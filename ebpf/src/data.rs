@@ -30,10 +30,13 @@ use crate::{
 };
 
 /// How long before a client write's return its socket may have last sent for that to be
-/// taken as when the write's bytes went out. A write that sent them did so microseconds
-/// before its return, unless it was preempted in between; an older time is the socket's
-/// previous packet, left by a write that sent nothing (corked, or held back by Nagle).
+/// taken as when the write's bytes went out. A write pushes them microseconds before its
+/// return, unless it was preempted in between; an older time is not this write's (a
+/// socket whose fd was reused after a close loupe did not see).
 const MAX_SEND_LAG_NS: u64 = 1_000_000;
+/// How far after this program's clock read the socket's own may be: the kernel reads the
+/// same monotonic clock for both, but the program's read is the faster, coarser one.
+const MAX_CLOCK_SKEW_NS: u64 = 10_000;
 
 /// Offset of `msg_iov`, followed by `msg_iovlen`, in the userspace `struct msghdr`
 /// (x86_64, arm64).
@@ -179,16 +182,15 @@ fn on_write_exit(ctx: &TracePointContext, kind: u8) {
 /// last send or receive, when that is recent enough to be this write's ([`MAX_SEND_LAG_NS`]);
 /// else 0, counted, and the record starts at its end.
 ///
-/// The time may be a little later than the send when the peer's acknowledgement came in
-/// before the write returned; the agent keeps a client span from starting after the
-/// server span it caused.
+/// The time may be a little later than the push (see [`last_sent_or_received`]); the
+/// agent keeps a client span from starting after the server span it caused.
 #[inline(always)]
 fn sent_at(sock: u64, cfg: &ProbeConfig) -> u64 {
     let sent = last_sent_or_received(sock, &cfg.offsets);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if sent != 0 && sent <= now && now - sent <= MAX_SEND_LAG_NS {
-        sent
+    if sent != 0 && sent <= now + MAX_CLOCK_SKEW_NS && now.saturating_sub(sent) <= MAX_SEND_LAG_NS {
+        sent.min(now)
     } else {
         count(counter::WRITE_START_UNKNOWN);
         0

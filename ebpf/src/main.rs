@@ -1,9 +1,10 @@
 //! loupe's kernel programs.
 //!
 //! Syscall tracepoints are the baseline hook: they exist on every kernel loupe supports,
-//! including kernels built without kprobes. Each data syscall is seen twice, at entry
-//! (arguments saved per thread) and at exit (return value known), and only TCP sockets of
-//! selected processes ever produce an event.
+//! including kernels built without kprobes. Each data syscall is seen once, at its exit,
+//! where the kernel lets the program read the registers saved at entry (Linux 5.15), else
+//! twice, at entry (arguments saved per thread) and at exit; only TCP sockets of selected
+//! processes ever produce an event.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(

@@ -79,13 +79,16 @@ pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<(ConnTuple, u64)> {
     Some((tuple, sk))
 }
 
-/// When the TCP socket `sk` last sent or received (`tcp_sock.tcp_clock_cache`, the
-/// monotonic clock `bpf_ktime_get_ns` reads); 0 when unknown.
+/// When the TCP socket `sk` last tried to send or received (`tcp_sock.tcp_clock_cache`,
+/// the monotonic clock `bpf_ktime_get_ns` reads); 0 when unknown.
 ///
-/// At the return of a write that sent its bytes, that is when they went out: the kernel
-/// refreshes it as it starts transmitting, before the peer can have received anything.
-/// A write that sent nothing (corked, or held back by Nagle behind unacknowledged
-/// bytes) leaves an older time, of the socket's last packet.
+/// At a write's return that is when the write pushed its bytes: the kernel refreshes it
+/// as it starts transmitting (even when cork or Nagle then holds the bytes back), before
+/// the peer can have received anything. It is later when an acknowledgement came in
+/// before the write returned, or when the write waited for room in the send buffer (the
+/// last acknowledgement's time), and older when the kernel deferred the push because an
+/// earlier packet of the socket was still queued in the host (autocorking: that packet's
+/// time, microseconds before).
 #[inline(always)]
 pub fn last_sent_or_received(sk: u64, off: &KernelOffsets) -> u64 {
     if off.tcp_clock == 0 {

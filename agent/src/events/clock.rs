@@ -41,7 +41,24 @@ impl Clock {
     pub fn to_unix_ns(self, monotonic_ns: u64) -> u64 {
         monotonic_ns.saturating_add(self.offset_ns)
     }
+
+    /// This clock, or `measured` when the two differ by more than measuring alone would
+    /// make them (a step of the wall clock, or NTP's slewing added up). Keeping the offset
+    /// through each re-measure's jitter keeps the order of two times converted on either
+    /// side of it: a client span that starts with its server span does not come out a
+    /// few nanoseconds after it.
+    pub fn updated(self, measured: Clock) -> Clock {
+        if self.offset_ns.abs_diff(measured.offset_ns) > MAX_MEASURE_JITTER_NS {
+            measured
+        } else {
+            self
+        }
+    }
 }
+
+/// How far apart two measures of an unchanged offset can be: each takes the tightest of
+/// five pairs of clock reads, microseconds at worst.
+const MAX_MEASURE_JITTER_NS: u64 = 20_000;
 
 #[cfg(test)]
 mod tests {
@@ -55,6 +72,19 @@ mod tests {
         assert!(
             converted.abs_diff(real) < 50_000_000,
             "{converted} vs {real}"
+        );
+    }
+
+    #[test]
+    fn a_re_measure_replaces_the_offset_only_when_it_moved() {
+        let at = |offset_ns| Clock { offset_ns };
+        let base = 1_796_000_000_000_000_000;
+        assert_eq!(at(base).updated(at(base + 40)).offset_ns, base);
+        assert_eq!(at(base).updated(at(base - 19_000)).offset_ns, base);
+        assert_eq!(at(base).updated(at(base + 25_000)).offset_ns, base + 25_000);
+        assert_eq!(
+            at(base).updated(at(base - 3_000_000)).offset_ns,
+            base - 3_000_000
         );
     }
 }

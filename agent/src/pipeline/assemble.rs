@@ -42,8 +42,9 @@ impl SpanAssembler {
         self
     }
 
+    /// Takes a fresh measure of the clock offset (see [`Clock::updated`]).
     pub fn set_clock(&mut self, clock: Clock) {
-        self.clock = clock;
+        self.clock = self.clock.updated(clock);
     }
 
     pub fn assemble(
@@ -167,8 +168,8 @@ impl SpanAssembler {
 }
 
 /// A server span runs from the request's first byte in hand (the first read's return)
-/// to the response's last byte written; a client span from the start of the first write
-/// to the return of the last read. Without a response, the span ends when the connection
+/// to the response's last byte written; a client span from when its first write sent
+/// (or began, where writes are hooked at entry) to the return of the last read. Without a response, the span ends when the connection
 /// closed, or else with the request.
 fn timing(exchange: &HttpExchange) -> (u64, u64) {
     let start = match exchange.role {

@@ -278,6 +278,7 @@ impl Linker {
         if let Some(client) = &client {
             client.borrow_mut().server_start_ns = ts_ns;
         }
+        let met_client = client.is_some();
         let node = match (kernel, header, client) {
             (Some(ids), _, _) => SpanNode {
                 span_id: ids.span_id,
@@ -320,10 +321,10 @@ impl Linker {
                 server_start_ns: 0,
             },
         };
-        let orphan = matches!(node.parent, Parent::Root(_));
         let node = Rc::new(RefCell::new(node));
-        if orphan && let Some(k) = peer_key {
-            // The client's side may still be on its way: let it adopt this span.
+        if !met_client && let Some(k) = peer_key {
+            // The client's side may still be on its way: it adopts this span when it has
+            // no parent yet, and learns when it started either way.
             let waiting = Waiting {
                 key,
                 node: node.clone(),
@@ -450,9 +451,13 @@ impl Linker {
         let node = Rc::new(RefCell::new(node));
         if let Some(peer_key) = peers {
             match pop_fresh(&mut self.servers, &peer_key, ts_ns, &self.requests) {
-                // The server's side was seen first: it becomes this span's child now.
+                // The server's side was seen first: it becomes this span's child now,
+                // unless a header or the kernel already named its parent.
                 Some((server, server_start_ns)) => {
-                    server.borrow_mut().parent = Parent::Local(node.clone());
+                    let mut server = server.borrow_mut();
+                    if matches!(server.parent, Parent::Root(_)) {
+                        server.parent = Parent::Local(node.clone());
+                    }
                     node.borrow_mut().server_start_ns = server_start_ns;
                 }
                 None => {

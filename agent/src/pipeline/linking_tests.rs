@@ -65,6 +65,10 @@ fn three_hops_form_one_trace() {
     assert!(l.finish(&key(BACK, 4, 0)).is_some());
     assert!(l.finish(&key(FRONT, 6, 0)).is_some());
     assert!(l.finish(&key(FRONT, 5, 0)).is_some());
+    // The front's client may still show up to learn when the front started; it is given
+    // the usual wait once the exchange has ended.
+    assert_eq!(l.sizes(), (0, 0, 0, 1));
+    l.expire(10 + PEER_WAIT_NS + 1);
     assert_eq!(l.sizes(), (0, 0, 0, 0));
 }
 
@@ -438,4 +442,18 @@ fn a_client_learns_when_the_server_it_reached_started_in_either_order() {
         None,
     );
     assert_eq!(resolve(&call).server_start_ns, 52);
+    // The same server seen before its client: it keeps the header's parent, and the
+    // client still learns when it started.
+    let late = ends("127.0.0.1:43000", "127.0.0.1:8000");
+    let back = l.server_start(
+        key(BACK, 10, 0),
+        21,
+        60,
+        Some(late.mirrored()),
+        Some(header(3, 4)),
+        None,
+    );
+    let (call, _) = l.client_start(key(FRONT, 10, 0), 11, 62, Some(late), None, None, None);
+    assert_eq!(resolve(&back).parent_span_id, Some(SpanId([4; 8])));
+    assert_eq!(resolve(&call).server_start_ns, 60);
 }

@@ -388,6 +388,12 @@ impl Pipeline {
                 continue;
             }
             let ids = resolve(&node);
+            if exchange.role == Role::Client
+                && ids.server_start_ns != 0
+                && ids.server_start_ns < exchange.request_first_start_ns
+            {
+                self.metrics.client_span_starts_moved.inc();
+            }
             let sampled =
                 self.head_sampler
                     .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);

@@ -167,7 +167,8 @@ pub struct HttpExchange {
     pub role: Role,
     pub request: HttpRequest,
     pub response: Option<HttpResponse>,
-    /// Entry and exit of the syscall that carried the request's first byte.
+    /// Start and exit of the syscall that carried the request's first byte (see
+    /// `DataEventHeader::start_ns` for what its start is).
     pub request_first_start_ns: u64,
     pub request_first_end_ns: u64,
     /// Exit of the last syscall that carried request bytes (so far, if the response ended
