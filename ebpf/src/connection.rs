@@ -343,6 +343,39 @@ pub fn loupe_dup_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `close_range` flags under which the call closes nothing loupe could forget: with
+/// `CLOSE_RANGE_CLOEXEC` it only marks the fds, and with `CLOSE_RANGE_UNSHARE` it closes
+/// them in a copy of the fd table that the process's other threads do not share.
+const CLOSE_RANGE_KEEPS_FDS: u64 = (1 << 1) | (1 << 2);
+/// How many fds of a `close_range` call are forgotten, from its first: a server closing
+/// its own connections closes a few. A wider range (a child closing everything it
+/// inherited before exec) is left to the exec, which drops the old program's entries.
+const MAX_CLOSE_RANGE_FDS: u32 = 64;
+
+/// `close_range` closes every fd from its first argument to its second without a close
+/// call per fd (CPython's `os.closerange`): each connection among them ends as at close,
+/// or the next file or socket given the fd would be taken for it. Forgotten at entry,
+/// before any fd can be reused; a call that then fails (only on bad arguments, refused
+/// here, or no memory) leaves connections that are found again on their next use.
+#[tracepoint]
+pub fn loupe_close_range_enter(ctx: TracePointContext) -> u32 {
+    let (first, last) = (arg::<0>(&ctx) as u32, arg::<1>(&ctx) as u32);
+    if arg::<2>(&ctx) & CLOSE_RANGE_KEEPS_FDS != 0 || first > last {
+        return 0;
+    }
+    let Some((tgid, tid, _, _)) = traced_current() else {
+        return 0;
+    };
+    let span = last - first;
+    for offset in 0..MAX_CLOSE_RANGE_FDS {
+        if offset > span {
+            break;
+        }
+        forget(tgid, tid, first + offset);
+    }
+    0
+}
+
 /// Ends the connection on `fd` of the traced process `tgid` (thread `tid`), if loupe
 /// knows one there.
 #[inline(always)]

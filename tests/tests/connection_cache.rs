@@ -325,21 +325,7 @@ over_the_pair(held.detach(), b"/over-the-dup3", inheritable=False)  # dup3
 get(socket.create_connection(("127.0.0.1", {port})), b"/after")
 "#
     );
-    let mut client = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run the python client");
-    let endpoint = receiver.http_endpoint();
-    let agent = Agent::start(
-        &["--pid", &client.id().to_string()],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
-    );
-    writeln!(client.stdin.take().expect("client stdin"), "go").expect("start the client");
-    assert!(
-        client.wait().expect("client").success(),
-        "the client failed"
-    );
+    let agent = run_traced_client(&receiver, &script);
     let real = ["/before", "/after-failed-dup", "/before-dup3", "/after"];
     let spans = receiver.wait_for_spans(real.len(), WAIT);
     let paths = |spans: &[loupe_integration_tests::otlp_receiver::ReceivedSpan]| {
@@ -365,4 +351,76 @@ get(socket.create_connection(("127.0.0.1", {port})), b"/after")
         agent.metrics().get("loupe_connections_opened_total"),
         Some(&3.0)
     );
+}
+
+/// `close_range` (CPython's `os.closerange`) closes connections without a close call per
+/// fd. The fds, given next to a Unix socket pair, must not be taken for the two
+/// connections they held: an HTTP exchange over the pair must not come out as a span.
+#[test]
+fn connections_closed_by_close_range_are_forgotten() {
+    let (receiver, port, _server) = receiver_and_python_server();
+    let script = format!(
+        r#"
+import os, socket, sys
+{GET}
+sys.stdin.readline()
+first = socket.create_connection(("127.0.0.1", {port}))
+second = socket.create_connection(("127.0.0.1", {port}))
+get(first, b"/before-1")
+get(second, b"/before-2")
+fds = sorted([first.detach(), second.detach()])
+os.closerange(fds[0], fds[1] + 1)  # one close_range syscall for both
+a, b = socket.socketpair()
+assert sorted([a.fileno(), b.fileno()]) == fds, "the pair did not take the closed fds"
+a.sendall(b"GET /over-the-close-range HTTP/1.1\r\nHost: x\r\n\r\n")
+b.recv(4096)
+b.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+a.recv(4096)
+get(socket.create_connection(("127.0.0.1", {port})), b"/after")
+"#
+    );
+    let agent = run_traced_client(&receiver, &script);
+    let real = ["/before-1", "/before-2", "/after"];
+    let spans = receiver.wait_for_spans(real.len(), WAIT);
+    assert!(
+        real.iter()
+            .all(|p| spans.iter().any(|s| s.attr("url.path") == Some(p))),
+        "a client span for each real request: {:?}",
+        spans.iter().map(|s| s.attr("url.path")).collect::<Vec<_>>()
+    );
+    thread::sleep(Duration::from_secs(1));
+    let all: Vec<_> = receiver
+        .spans()
+        .iter()
+        .map(|s| format!("{} {:?}", s.kind, s.attr("url.path")))
+        .collect();
+    assert!(
+        !all.iter().any(|p| p.contains("over-the-close-range")),
+        "traffic on the fds close_range closed was traced: {all:?}"
+    );
+    assert_eq!(
+        agent.metrics().get("loupe_connections_opened_total"),
+        Some(&3.0)
+    );
+}
+
+/// Runs the Python client `script` traced by a new agent (started before the script goes
+/// on past its first `readline`) until it exits successfully; returns the agent.
+fn run_traced_client(receiver: &OtlpReceiver, script: &str) -> Agent {
+    let mut client = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run the python client");
+    let endpoint = receiver.http_endpoint();
+    let agent = Agent::start(
+        &["--pid", &client.id().to_string()],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    writeln!(client.stdin.take().expect("client stdin"), "go").expect("start the client");
+    assert!(
+        client.wait().expect("client").success(),
+        "the client failed"
+    );
+    agent
 }

@@ -23,10 +23,16 @@ pub const ATTACHMENTS: &[Attachment] = &[
     ("loupe_thread_exit", "sched", "sched_process_exit"),
 ];
 
-/// Attached where the kernel has the tracepoint: syscalls some architectures lack.
+/// Attached where the kernel has the tracepoint: syscalls some architectures lack
+/// (`dup2`), or kernels before 5.9 (`close_range`).
 pub const WHERE_PRESENT: &[Attachment] = &[
     ("loupe_dup_enter", "syscalls", "sys_enter_dup2"),
     ("loupe_dup_exit", "syscalls", "sys_exit_dup2"),
+    (
+        "loupe_close_range_enter",
+        "syscalls",
+        "sys_enter_close_range",
+    ),
 ];
 
 /// Reads hooked at their return only (`--data-probes exit`).
