@@ -139,9 +139,10 @@ pub struct DataEventHeader {
     /// Monotonic ns when the call began: at syscall entry where calls are hooked at entry.
     /// Hooked at exit only, a write's is when its socket last sent (see
     /// `KernelOffsets::tcp_clock`) on connections loupe did not see being accepted, and
-    /// the rest equal `end_ns`: reads (nothing uses a read's start), a server's writes (nor
-    /// a response's), and writes whose send time was not recent
-    /// (`counter::WRITE_START_UNKNOWN`).
+    /// the rest equal `end_ns`: reads (nothing uses a read's start) and a server's writes
+    /// (nor a response's); a client's write whose send time was not recent
+    /// (`counter::WRITE_START_UNKNOWN`) carries the time of its exit program's own clock
+    /// read, just before `end_ns`.
     pub start_ns: u64,
     /// Monotonic ns at syscall exit.
     pub end_ns: u64,
