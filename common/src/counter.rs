@@ -24,7 +24,7 @@ pub const INJECT_SOCKET_FAILED: u32 = 8;
 /// A client's write captured at its return without the time its bytes went out (its
 /// socket's last send was over a millisecond before: the write was preempted after
 /// sending, or the fd holds a connection loupe missed the close of): the record starts at
-/// its end.
+/// the write's return.
 pub const WRITE_START_UNKNOWN: u32 = 9;
 /// A known connection was not in the kernel's connection cache and was looked up in
 /// the connection table instead.

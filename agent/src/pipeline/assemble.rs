@@ -60,8 +60,8 @@ impl SpanAssembler {
             Role::Client => SpanKind::Client,
         };
         let (mut start_ns, end_ns) = timing(exchange);
-        if kind == SpanKind::Client && ids.server_start_ns != 0 {
-            start_ns = start_ns.min(ids.server_start_ns);
+        if kind == SpanKind::Client {
+            start_ns = ids.client_start_ns(start_ns);
         }
         let (path, query) = split_target(&request.target);
         let (method, method_original) = normalise_method(&request.method);
@@ -169,8 +169,8 @@ impl SpanAssembler {
 
 /// A server span runs from the request's first byte in hand (the first read's return)
 /// to the response's last byte written; a client span from when its first write sent
-/// (or began, where writes are hooked at entry) to the return of the last read. Without a response, the span ends when the connection
-/// closed, or else with the request.
+/// (or began, where writes are hooked at entry) to the return of the last read. Without
+/// a response, the span ends when the connection closed, or else with the request.
 fn timing(exchange: &HttpExchange) -> (u64, u64) {
     let start = match exchange.role {
         Role::Server => exchange.request_first_end_ns,

@@ -96,6 +96,17 @@ pub struct KernelIds {
     pub trace_flags: u8,
 }
 
+impl ResolvedIds {
+    /// A client span's start: `sent_ns`, the time its first write carried, or the start
+    /// of the server span it caused when that came first (see [`Self::server_start_ns`]).
+    pub fn client_start_ns(&self, sent_ns: u64) -> u64 {
+        match self.server_start_ns {
+            0 => sent_ns,
+            server_start_ns => sent_ns.min(server_start_ns),
+        }
+    }
+}
+
 pub fn resolve(node: &NodeRef) -> ResolvedIds {
     let this = node.borrow();
     let parent_span_id = match &this.parent {

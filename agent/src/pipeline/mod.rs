@@ -389,8 +389,8 @@ impl Pipeline {
             }
             let ids = resolve(&node);
             if exchange.role == Role::Client
-                && ids.server_start_ns != 0
-                && ids.server_start_ns < exchange.request_first_start_ns
+                && ids.client_start_ns(exchange.request_first_start_ns)
+                    < exchange.request_first_start_ns
             {
                 self.metrics.client_span_starts_moved.inc();
             }

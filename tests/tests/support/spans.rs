@@ -44,10 +44,14 @@ pub fn attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
 }
 
 /// Panics when a server span starts before its parent, a client span: a request goes out
-/// before its server can read it, so a right trace has none. `moved` is the agent's
-/// `loupe_client_span_starts_moved_total`: the send times the probes read from the
-/// clients' sockets must seldom need moving (at most one client span in 50).
-pub fn assert_clients_start_first(spans: &[ReceivedSpan], moved: f64) {
+/// before its server can read it, so a right trace has none. The send times the probes
+/// read from the clients' sockets must also seldom need moving to keep that order
+/// (`agent`'s `loupe_client_span_starts_moved_total`, at most one client span in 50).
+pub fn assert_clients_start_first(spans: &[ReceivedSpan], agent: &super::Agent) {
+    let moved = *agent
+        .metrics()
+        .get("loupe_client_span_starts_moved_total")
+        .expect("the moved-start counter is exported");
     let clients = spans.iter().filter(|s| s.kind == "client").count();
     assert!(
         moved * 50.0 <= clients as f64,
