@@ -20,8 +20,9 @@ use loupe_common::ProbeConfig;
 
 use crate::{
     admin::{self, AdminState},
-    cli::{CpuPriority, RunArgs},
+    cli::RunArgs,
     config::AgentConfig,
+    cpu_priority,
     events::reader,
     export,
     kernel::btf,
@@ -55,10 +56,6 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     } = config;
     privileges::check()?;
     let offsets = btf::kernel_offsets().context("reading kernel type information (BTF)")?;
-    // Before any thread starts: on Linux the policy and niceness are per thread and
-    // inherited.
-    set_cpu_priority(cli.cpu_priority);
-
     // One worker: export, the admin endpoint and metrics push are light, and a second
     // worker mostly added wakeups (tasks handed between idle workers).
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -171,6 +168,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
             })?
     };
 
+    cpu_priority::lower_all_threads(cli.cpu_priority);
     ready.store(true, Ordering::Relaxed);
     log::info!(
         "tracing {}; admin on http://{admin_addr}",
@@ -236,30 +234,3 @@ async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
-
-/// Lowers this thread's scheduling priority; every thread started afterwards inherits it.
-/// Lowering needs no privilege, so a failure is only logged.
-fn set_cpu_priority(priority: CpuPriority) {
-    let (what, rc) = match priority {
-        CpuPriority::Normal => return,
-        CpuPriority::Idle => {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: a valid parameter block for the calling thread (pid 0).
-            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-            ("SCHED_IDLE", rc)
-        }
-        CpuPriority::Low => {
-            // SAFETY: plain syscall on the calling thread (who = 0).
-            let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LOW_NICENESS) };
-            ("niceness 10", rc)
-        }
-    };
-    if rc != 0 {
-        log::warn!(
-            "could not switch to {what}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-const LOW_NICENESS: libc::c_int = 10;

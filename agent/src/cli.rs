@@ -180,6 +180,7 @@ pub struct RunArgs {
     /// (SCHED_IDLE) runs loupe only on CPU time nothing else wants, 'low' at niceness 10,
     /// 'normal' as an equal. Below 'normal', a saturated host gets its CPU back from loupe:
     /// loupe falls behind into its bounded buffers and counts what it drops instead.
+    /// Start-up runs at 'normal' so that a busy host cannot keep loupe from starting.
     #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
     pub cpu_priority: CpuPriority,
 

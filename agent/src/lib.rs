@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod cpu_priority;
 pub mod events;
 pub mod export;
 pub mod kernel;

@@ -253,6 +253,53 @@ fn every_thread_runs_at_the_configured_cpu_priority() {
     }
 }
 
+/// Busy loops at normal priority, one per CPU, until dropped.
+struct SaturatedHost(Vec<std::process::Child>);
+
+impl SaturatedHost {
+    fn start() -> SaturatedHost {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        SaturatedHost(
+            (0..cpus)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("start a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for SaturatedHost {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_saturated_host_does_not_keep_the_agent_from_starting() {
+    require_root();
+    const SCHED_IDLE: u32 = 5;
+    let _busy = SaturatedHost::start();
+    // Agent::start fails the test when the agent is not ready within 30 s: under SCHED_IDLE
+    // from its first instruction, loading and verifying its programs would get almost no CPU.
+    let mut agent = Agent::start(
+        &["--exe", "loupe-test-no-such-exe"],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    let threads = thread_scheduling(agent.pid());
+    assert!(
+        threads.iter().all(|t| t.2 == SCHED_IDLE),
+        "ready, then every thread at idle priority: {threads:?}"
+    );
+    agent.terminate();
+}
+
 /// Gives a new process, a fork that never calls exec, the pid `argv[1]` and serves HTTP
 /// there on `argv[2]`. Follows `servers::PYTHON_TAKE_PID` and `servers::PYTHON_SERVE_OK`.
 const PID_TAKER: &str = r#"
