@@ -181,7 +181,10 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
     ready.store(false, Ordering::Relaxed);
     let _ = reader_thread.join();
     let _ = selector_thread.join();
-    drop(probes);
+    // The programs come off while the spans flush: detaching waits on the kernel.
+    let detaching = thread::Builder::new()
+        .name("loupe-detach".into())
+        .spawn(move || probes.detach());
     // Spans and metrics flush side by side, within the same deadline.
     // A hard cap over the flush too: a collector that hangs must not hold the exit.
     runtime.block_on(async {
@@ -198,6 +201,13 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
             log::warn!("export flush did not finish in time; exiting anyway");
         }
     });
+    match detaching {
+        Ok(detaching) => {
+            let _ = detaching.join();
+        }
+        // The closure, and the probes in it, were dropped unrun: detached on the spot.
+        Err(err) => log::debug!("detaching without a thread of its own: {err}"),
+    }
     runtime.shutdown_timeout(Duration::from_millis(200));
     Ok(())
 }

@@ -143,6 +143,18 @@ fn collector_down_is_counted_not_fatal() {
 
 #[test]
 fn sigterm_flushes_finished_spans() {
+    flush_on_sigterm(false);
+}
+
+#[test]
+fn sigterm_flushes_finished_spans_on_a_saturated_host() {
+    flush_on_sigterm(true);
+}
+
+/// Five finished spans wait in a batch for a minute; SIGTERM must flush them within
+/// five seconds, also when every CPU is busy (`saturated`) and the agent runs, as by
+/// default, at idle priority.
+fn flush_on_sigterm(saturated: bool) {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
@@ -168,6 +180,7 @@ fn sigterm_flushes_finished_spans() {
         receiver.spans().is_empty(),
         "nothing exported before the flush"
     );
+    let _busy = saturated.then(SaturatedHost::start);
     let (status, elapsed) = agent.terminate();
     assert!(status.success(), "{}", agent.stderr());
     assert!(elapsed < Duration::from_secs(5), "exit took {elapsed:?}");

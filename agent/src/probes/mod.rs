@@ -10,7 +10,11 @@ mod shared_words;
 pub mod tgid_set;
 mod tracefs;
 
-use aya::{Ebpf, EbpfLoader, maps::MapData, maps::RingBuf};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::trace_point::TracePointLink,
+};
 use loupe_common::ProbeConfig;
 
 use crate::{cli::DataProbes, process::selector::ExecHints};
@@ -64,6 +68,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    links: Vec<TracePointLink>,
     injection: Option<inject::InjectAttachment>,
     data_hooks: attach::DataHooks,
 }
@@ -124,7 +129,7 @@ impl Probes {
             regs: config.offsets.regs_layout != loupe_common::regs_layout::UNKNOWN,
             send_clock: config.offsets.tcp_clock != 0,
         };
-        let data_hooks = attach::attach_all(&mut ebpf, data_probes, support)?;
+        let (data_hooks, links) = attach::attach_all(&mut ebpf, data_probes, support)?;
         let injection = if config.inject_traceparent != 0 {
             Some(inject::attach(&mut ebpf)?)
         } else {
@@ -132,9 +137,16 @@ impl Probes {
         };
         Ok(Self {
             ebpf,
+            links,
             injection,
             data_hooks,
         })
+    }
+
+    /// Takes every program off the kernel, the tracepoints side by side (see
+    /// [`attach::detach_all`]).
+    pub fn detach(mut self) {
+        attach::detach_all(std::mem::take(&mut self.links));
     }
 
     /// How reads and writes ended up hooked.
