@@ -9,6 +9,7 @@ mod fuzz;
 mod run;
 mod setup;
 mod test;
+mod test_kernel;
 mod workspace;
 
 use std::process::ExitCode;

@@ -35,8 +35,9 @@ const BUILD_DEBS: &[Deb] = &[
 ];
 
 /// Real peers the integration tests and the benchmark talk to; iproute2, whose `ip netns`
-/// gives tests network namespaces of their own (pods on one node); and valgrind, whose
-/// callgrind counts the agent's instructions (`cargo xtask bench --instructions`).
+/// gives tests network namespaces of their own (pods on one node); valgrind, whose
+/// callgrind counts the agent's instructions (`cargo xtask bench --instructions`); and
+/// QEMU, a static busybox and cpio, which boot loupe on an older kernel (`test_kernel`).
 const TEST_DEBS: &[Deb] = &[
     Deb {
         package: "nginx-light",
@@ -46,6 +47,9 @@ const TEST_DEBS: &[Deb] = &[
     deb("wrk"),
     deb("iproute2"),
     deb("valgrind"),
+    deb("qemu-system-x86"),
+    deb("busybox-static"),
+    deb("cpio"),
 ];
 
 /// Python packages the test peers will need beyond the standard library.

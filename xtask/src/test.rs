@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::cmd::{Cmd, is_root};
 use crate::workspace::Workspace;
-use crate::{fuzz, setup};
+use crate::{fuzz, setup, test_kernel};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -61,8 +61,14 @@ fn step(name: &'static str, cargo_args: &[&'static str]) -> Step {
     }
 }
 
-/// `fuzz_seconds` per target, 0 for no fuzzing.
-fn plan(args: &TestArgs, loupe_bin: OsString, fuzz_seconds: u64) -> Vec<Step> {
+/// `fuzz_seconds` per target, 0 for no fuzzing; `test_kernel` is the older kernel the
+/// integration tests boot loupe on.
+fn plan(
+    args: &TestArgs,
+    loupe_bin: OsString,
+    test_kernel: OsString,
+    fuzz_seconds: u64,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     if !args.no_lint {
         steps.push(step("fmt", &["fmt", "--all", "--", "--check"]));
@@ -119,6 +125,7 @@ fn plan(args: &TestArgs, loupe_bin: OsString, fuzz_seconds: u64) -> Vec<Step> {
             ],
         );
         integration.env.push(("LOUPE_BIN", loupe_bin));
+        integration.env.push(("LOUPE_TEST_KERNEL", test_kernel));
         integration.needs_root = true;
         steps.push(integration);
     }
@@ -129,7 +136,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
     setup::run(&mut std::io::stdout())?;
     let fuzz_seconds = fuzz::seconds_from_env(std::env::var(fuzz::SECONDS_ENV).ok().as_deref())?;
     let ws = Workspace::locate()?;
-    let steps = plan(args, ws.release_bin("loupe").into_os_string(), fuzz_seconds);
+    let test_kernel = if args.unit_only {
+        test_kernel::path(&ws.target_dir)
+    } else {
+        test_kernel::ensure(&ws.target_dir)?
+    };
+    let steps = plan(
+        args,
+        ws.release_bin("loupe").into_os_string(),
+        test_kernel.into_os_string(),
+        fuzz_seconds,
+    );
     let total = steps.len();
     let started = Instant::now();
     for (i, step) in steps.iter().enumerate() {
@@ -190,10 +207,15 @@ mod tests {
     use super::*;
 
     fn names(args: &TestArgs) -> Vec<&'static str> {
-        plan(args, OsString::from("/t/release/loupe"), 30)
-            .iter()
-            .map(|s| s.name)
-            .collect()
+        plan(
+            args,
+            OsString::from("/t/release/loupe"),
+            OsString::from("/t/vmlinuz"),
+            30,
+        )
+        .iter()
+        .map(|s| s.name)
+        .collect()
     }
 
     #[test]
@@ -215,7 +237,12 @@ mod tests {
                 "integration tests"
             ]
         );
-        let steps = plan(&args, OsString::from("/t/release/loupe"), 30);
+        let steps = plan(
+            &args,
+            OsString::from("/t/release/loupe"),
+            OsString::from("/t/vmlinuz"),
+            30,
+        );
         assert_eq!(steps[6].fuzz_seconds, Some(30));
         assert!(
             steps
@@ -227,7 +254,10 @@ mod tests {
         assert!(integration.needs_root);
         assert_eq!(
             integration.env,
-            [("LOUPE_BIN", OsString::from("/t/release/loupe"))]
+            [
+                ("LOUPE_BIN", OsString::from("/t/release/loupe")),
+                ("LOUPE_TEST_KERNEL", OsString::from("/t/vmlinuz"))
+            ]
         );
         assert!(
             integration
@@ -276,10 +306,15 @@ mod tests {
                 "integration tests"
             ]
         );
-        let no_fuzz: Vec<&str> = plan(&no_lint, OsString::from("/t/release/loupe"), 0)
-            .iter()
-            .map(|s| s.name)
-            .collect();
+        let no_fuzz: Vec<&str> = plan(
+            &no_lint,
+            OsString::from("/t/release/loupe"),
+            OsString::from("/t/vmlinuz"),
+            0,
+        )
+        .iter()
+        .map(|s| s.name)
+        .collect();
         assert_eq!(
             no_fuzz,
             [
