@@ -536,3 +536,50 @@ fn read_response(stream: &mut TcpStream, body: &str) {
     };
     assert_eq!(whole, body);
 }
+
+/// busybox httpd serves each connection in a child that reads the request on stdin and
+/// writes the answer on stdout, as inetd-style servers do: one socket under two fds.
+#[test]
+fn a_server_answering_on_another_fd_of_the_socket_it_read_from() {
+    use std::os::unix::process::CommandExt as _;
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let port = free_port();
+    let dir = support::scratch_dir("busybox-httpd");
+    std::fs::write(dir.join("hello.txt"), "hello from busybox\n").expect("write hello.txt");
+    let mut cmd = std::process::Command::new("busybox");
+    cmd.args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(&dir)
+        .process_group(0);
+    let _server = support::Guard(
+        cmd.spawn()
+            .expect("busybox httpd (`cargo xtask setup` installs busybox-static)"),
+    );
+    support::wait_for_port(port);
+    let endpoint = receiver.grpc_endpoint();
+    let _agent = Agent::start(
+        &[
+            "--exe",
+            "busybox",
+            "--port",
+            &port.to_string(),
+            "--span-attributes",
+            "all",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/hello.txt");
+    assert_eq!(curl(&[&url, &url]), vec![200, 200]);
+    let spans = receiver.wait_for_spans(2, WAIT);
+    let served = server_spans(&spans, "busybox");
+    assert_eq!(served.len(), 2, "{:#?}", names(&spans));
+    for span in &served {
+        assert_eq!(attr(span, "http.response.status_code"), "200");
+        // Sent with sendfile on stdout: counted, never captured.
+        assert_eq!(attr(span, "http.response.body.size"), "19");
+        assert_eq!(span.attributes.get("error.type"), None, "{span:#?}");
+    }
+}

@@ -264,7 +264,20 @@ pub struct ConnectionTable {
     parked: HashMap<ConnKey, Parked>,
     /// Idle connections whose endpoints found no room, since [`Self::take_park_refusals`].
     park_refusals: u64,
+    /// The connection of each (process, ends) in `entries`: a second fd of a process with
+    /// the same ends is the same socket.
+    by_socket: HashMap<(u32, Ends), ConnKey>,
+    /// Fds that reach a socket the process already uses under another fd, with the
+    /// connection id the probes gave them: an inetd-style server (busybox httpd) reads
+    /// its request on stdin and answers on stdout, one socket under fds 0 and 1.
+    aliases: HashMap<ConnKey, Alias>,
     capacity: usize,
+}
+
+/// An fd whose records belong to the connection at `primary`.
+struct Alias {
+    primary: ConnKey,
+    conn_id: u64,
 }
 
 struct Parked {
@@ -280,6 +293,8 @@ impl ConnectionTable {
             endpoints: HashMap::new(),
             parked: HashMap::new(),
             park_refusals: 0,
+            by_socket: HashMap::new(),
+            aliases: HashMap::new(),
             capacity,
         }
     }
@@ -305,20 +320,66 @@ impl ConnectionTable {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             return Err(conn);
         }
+        self.aliases.remove(&key);
         if let Some(ends) = conn.ends() {
             *self.endpoints.entry(ends).or_default() += 1;
+            self.by_socket.insert((key.tgid, ends), key);
         }
         let old = self.entries.insert(key, conn);
         if let Some(old) = &old {
-            self.unindex(old);
+            self.unindex(key, old);
         }
         Ok(old)
     }
 
-    fn unindex(&mut self, conn: &Connection) {
+    fn unindex(&mut self, key: ConnKey, conn: &Connection) {
         if let Some(ends) = conn.ends() {
             self.unindex_ends(ends);
+            let socket = (key.tgid, ends);
+            if self.by_socket.get(&socket) == Some(&key) {
+                self.by_socket.remove(&socket);
+            }
         }
+        if !self.aliases.is_empty() {
+            self.aliases.retain(|_, alias| alias.primary != key);
+        }
+    }
+
+    /// Takes `conn`, just opened at `key`, as another fd of a connection the process
+    /// already has with the same ends, if it has one: its records then go to that
+    /// connection (see [`Self::resolve`]). False when it is a connection of its own.
+    pub fn adopt_as_alias(&mut self, key: ConnKey, conn: &Connection) -> bool {
+        let Some(ends) = conn.ends() else {
+            return false;
+        };
+        let primary = match self.by_socket.get(&(key.tgid, ends)) {
+            Some(&primary) if primary != key && self.entries.contains_key(&primary) => primary,
+            _ => return false,
+        };
+        // Whatever was at `key` before closed without a close loupe saw.
+        if let Some(old) = self.entries.remove(&key) {
+            self.unindex(key, &old);
+        }
+        let conn_id = conn.conn_id;
+        self.aliases.insert(key, Alias { primary, conn_id });
+        true
+    }
+
+    /// Where a record of connection `conn_id` on `key` goes: an alias's records go to its
+    /// primary connection, under that connection's id.
+    pub fn resolve(&self, key: ConnKey, conn_id: u64) -> (ConnKey, u64) {
+        match self.aliases.get(&key) {
+            Some(alias) if alias.conn_id == conn_id => {
+                let primary_id = self.entries.get(&alias.primary).map(|c| c.conn_id);
+                primary_id.map_or((key, conn_id), |id| (alias.primary, id))
+            }
+            _ => (key, conn_id),
+        }
+    }
+
+    /// Forgets `key` as an alias; true when it was one (its close ends nothing else).
+    pub fn close_alias(&mut self, key: &ConnKey) -> bool {
+        self.aliases.remove(key).is_some()
     }
 
     fn unindex_ends(&mut self, ends: Ends) {
@@ -337,7 +398,7 @@ impl ConnectionTable {
 
     pub fn remove(&mut self, key: &ConnKey) -> Option<Connection> {
         let conn = self.entries.remove(key)?;
-        self.unindex(&conn);
+        self.unindex(*key, &conn);
         Some(conn)
     }
 

@@ -273,3 +273,54 @@ fn an_idle_connection_gets_its_endpoints_back_only_as_itself() {
     assert!(table.endpoints.is_empty());
     assert!(table.tgids().is_empty());
 }
+
+#[test]
+fn a_second_fd_of_the_same_socket_is_an_alias_of_the_first() {
+    let mut table = ConnectionTable::new(8);
+    let key = |tgid, fd| ConnKey { tgid, fd };
+    let tuple = tuple_v4();
+    // An inetd-style server: the request read on fd 0, the answer written on fd 1.
+    assert!(
+        table
+            .insert(key(1, 0), Connection::new(10, Some(&tuple), 0))
+            .is_ok()
+    );
+    let stdout = Connection::new(11, Some(&tuple), 0);
+    assert!(table.adopt_as_alias(key(1, 1), &stdout));
+    assert_eq!(table.len(), 1, "no connection of its own");
+    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 0), 10));
+    // The fd's earlier connection (another id), and fds that are no alias, stay as they are.
+    assert_eq!(table.resolve(key(1, 1), 9), (key(1, 1), 9));
+    assert_eq!(table.resolve(key(1, 0), 10), (key(1, 0), 10));
+    // Another process with a socket of the same ends (a fork's copy, whose records carry
+    // its own tgid) and another connection of the same process are not aliases.
+    assert!(!table.adopt_as_alias(key(2, 1), &Connection::new(12, Some(&tuple), 0)));
+    let mut other = tuple_v4();
+    other.remote_port += 1;
+    assert!(!table.adopt_as_alias(key(1, 2), &Connection::new(13, Some(&other), 0)));
+    assert!(!table.adopt_as_alias(key(1, 3), &Connection::new(14, None, 0)));
+    // Its own close ends only the alias; the connection stays.
+    assert!(table.close_alias(&key(1, 1)));
+    assert!(!table.close_alias(&key(1, 1)));
+    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 1), 11));
+    assert!(table.get_mut(&key(1, 0)).is_some());
+    // The connection's end takes its aliases with it.
+    assert!(table.adopt_as_alias(key(1, 1), &stdout));
+    table.remove(&key(1, 0));
+    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 1), 11));
+    assert!(!table.adopt_as_alias(key(1, 4), &Connection::new(15, Some(&tuple), 0)));
+    // A new connection opened at an alias's fd replaces the alias.
+    assert!(
+        table
+            .insert(key(1, 0), Connection::new(16, Some(&tuple), 0))
+            .is_ok()
+    );
+    assert!(table.adopt_as_alias(key(1, 1), &stdout));
+    assert!(
+        table
+            .insert(key(1, 1), Connection::new(17, Some(&other), 0))
+            .is_ok()
+    );
+    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 1), 11));
+    assert!(!table.close_alias(&key(1, 1)));
+}

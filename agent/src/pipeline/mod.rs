@@ -150,15 +150,16 @@ impl Pipeline {
     }
 
     fn on_data(&mut self, key: ConnKey, header: &loupe_common::DataEventHeader, payload: &[u8]) {
+        let (key, conn_id) = self.connections.resolve(key, header.conn_id);
         let known = self
             .connections
             .get_mut(&key)
-            .is_some_and(|c| c.conn_id == header.conn_id);
+            .is_some_and(|c| c.conn_id == conn_id);
         if !known {
             // Finished while idle, the open record lost (ring buffer full), or the fd reused
             // without a close we saw: start over with what this record tells, and the
             // endpoints when the connection was only idle.
-            let mut conn = Connection::new(header.conn_id, None, header.end_ns);
+            let mut conn = Connection::new(conn_id, None, header.end_ns);
             self.connections.unpark(&key, &mut conn);
             self.open(key, conn);
         }
@@ -464,6 +465,9 @@ impl EventSink for Pipeline {
                 }
                 self.connections.forget_parked(&key);
                 let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
+                if self.connections.adopt_as_alias(key, &conn) {
+                    return;
+                }
                 if open.role == loupe_common::role::CLIENT {
                     conn.parent_hint = self.linker.serving(open.tgid, open.tid);
                 }
@@ -481,6 +485,9 @@ impl EventSink for Pipeline {
                     tgid: close.tgid,
                     fd: close.fd,
                 };
+                if self.connections.close_alias(&key) {
+                    return;
+                }
                 if let Some(conn) = self.connections.remove(&key) {
                     self.finish_connection(key, conn, close.ts_ns);
                 }

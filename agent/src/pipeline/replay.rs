@@ -141,35 +141,41 @@ impl Replay {
 
     fn open_connections(&mut self) {
         for i in 0..CONNECTIONS {
-            let conn_id = self.tick(1_000);
-            let mut tuple = ConnTuple {
-                local_port: 8080,
-                remote_port: 40_000 + i as u16,
-                family: AF_INET,
-                ..ConnTuple::default()
-            };
-            tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-            tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-            let mut comm = [0u8; COMM_LEN];
-            comm[..6].copy_from_slice(b"replay");
-            let open = ConnEvent {
-                kind: EventKind::ConnOpen as u8,
-                role: role::SERVER,
-                _pad: [0; 2],
-                tgid: self.tgid,
-                tid: self.tgid,
-                fd: FIRST_FD + i,
-                conn_id,
-                ts_ns: conn_id,
-                tuple,
-                comm,
-            };
-            self.record.clear();
-            // SAFETY: a loupe-common record with no implicit padding.
-            self.record.extend_from_slice(unsafe { as_bytes(&open) });
-            self.deliver();
+            let conn_id = self.open(FIRST_FD + i, 40_000 + i as u16);
             self.conn_ids.push(conn_id);
         }
+    }
+
+    /// Opens the server connection from client port `remote_port` at `fd`; returns its id.
+    fn open(&mut self, fd: u32, remote_port: u16) -> u64 {
+        let conn_id = self.tick(1_000);
+        let mut tuple = ConnTuple {
+            local_port: 8080,
+            remote_port,
+            family: AF_INET,
+            ..ConnTuple::default()
+        };
+        tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut comm = [0u8; COMM_LEN];
+        comm[..6].copy_from_slice(b"replay");
+        let open = ConnEvent {
+            kind: EventKind::ConnOpen as u8,
+            role: role::SERVER,
+            _pad: [0; 2],
+            tgid: self.tgid,
+            tid: self.tgid,
+            fd,
+            conn_id,
+            ts_ns: conn_id,
+            tuple,
+            comm,
+        };
+        self.record.clear();
+        // SAFETY: a loupe-common record with no implicit padding.
+        self.record.extend_from_slice(unsafe { as_bytes(&open) });
+        self.deliver();
+        conn_id
     }
 
     /// Replays `requests` requests, round robin over the connections, read from the ring
@@ -268,6 +274,23 @@ impl Replay {
         self.deliver();
     }
 
+    #[cfg(test)]
+    fn close(&mut self, fd: u32, conn_id: u64) {
+        let close = loupe_common::CloseEvent {
+            kind: EventKind::ConnClose as u8,
+            _pad: [0; 3],
+            tgid: self.tgid,
+            tid: self.tgid,
+            fd,
+            conn_id,
+            ts_ns: self.tick(1_000),
+        };
+        self.record.clear();
+        // SAFETY: a loupe-common record with no implicit padding.
+        self.record.extend_from_slice(unsafe { as_bytes(&close) });
+        self.deliver();
+    }
+
     fn deliver(&mut self) {
         match decode(&self.record) {
             Ok(event) => self.pipeline.handle(event),
@@ -313,6 +336,15 @@ mod tests {
     use super::*;
     use crate::export::otlp::encode::by_resource;
 
+    /// Hands what the pipeline finished to the queue and takes it: exactly one span.
+    fn only_span(replay: &mut Replay) -> FinishedSpan {
+        replay.pipeline.drained(false);
+        let mut spans = Vec::new();
+        replay.queue.fill(&mut spans, 10);
+        assert_eq!(spans.len(), 1, "one span");
+        spans.pop().expect("one span")
+    }
+
     #[test]
     fn every_replayed_request_becomes_one_encoded_span() {
         for service in [Service::Nginx, Service::Python] {
@@ -350,6 +382,57 @@ mod tests {
             SERVICE_TIME_NS + 5_000
         );
         assert_eq!(by_resource(&spans).len(), 1);
+    }
+
+    #[test]
+    fn a_request_read_on_one_fd_and_answered_on_another_of_its_socket_is_one_span() {
+        let mut replay = Replay::new(Service::Python).unwrap();
+        // Connection 0's socket under a second fd, as an inetd-style server (busybox
+        // httpd) has it: stdin for the request, stdout for the answer.
+        let (stdin, stdin_id) = (FIRST_FD, replay.conn_ids[0]);
+        let stdout = FIRST_FD + CONNECTIONS;
+        let stdout_id = replay.open(stdout, 40_000);
+        let at = replay.tick(REQUEST_GAP_NS);
+        let request = (direction::INGRESS, REQUEST);
+        replay.data(stdin, stdin_id, request.0, at, request.1, REQUEST.len(), 0);
+        let at = replay.tick(SERVICE_TIME_NS);
+        let (head, body) = (PYTHON_HEAD, PYTHON_BODY);
+        replay.data(
+            stdout,
+            stdout_id,
+            direction::EGRESS,
+            at,
+            head,
+            head.len(),
+            0,
+        );
+        replay.data(
+            stdout,
+            stdout_id,
+            direction::EGRESS,
+            at,
+            body,
+            body.len(),
+            0,
+        );
+        let span = only_span(&mut replay);
+        assert_eq!(span.span.status_code, Some(200));
+        assert_eq!(span.span.error_type, None);
+        assert_eq!(
+            span.span.end_unix_ns - span.span.start_unix_ns,
+            SERVICE_TIME_NS
+        );
+        assert_eq!(replay.metrics().bytes_unparsed.get(), 0);
+        assert_eq!(replay.metrics().parse_errors.get(), 0);
+        // The alias's close ends nothing; the connection's own close ends it.
+        let key = loupe_common::ConnKey {
+            tgid: replay.tgid,
+            fd: stdin,
+        };
+        replay.close(stdout, stdout_id);
+        assert!(replay.pipeline.connections.get_mut(&key).is_some());
+        replay.close(stdin, stdin_id);
+        assert!(replay.pipeline.connections.get_mut(&key).is_none());
     }
 
     #[test]
@@ -408,11 +491,7 @@ mod tests {
         let total = NGINX_HEAD.len() + NGINX_BODY_LEN as usize;
         let (at, flags) = (replay.clock_ns, data_flags::BODY_SKIPPED);
         replay.data(fd, conn_id, direction::EGRESS, at, NGINX_HEAD, total, flags);
-        replay.pipeline.drained(false);
-        replay.queue.fill(&mut spans, 10);
-        let [span] = spans.as_slice() else {
-            panic!("one span, got {}", spans.len());
-        };
+        let span = only_span(&mut replay);
         assert_eq!(span.span.status_code, Some(200));
         assert_eq!(span.span.error_type, None);
         assert_eq!(
