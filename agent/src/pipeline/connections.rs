@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 
 use loupe_common::{AF_INET, AF_INET6, ConnKey, ConnTuple};
 
-use super::linking::NodeRef;
+use super::{aliases::Aliases, linking::NodeRef};
 use crate::protocol::{Chunk, Direction, Role, detect_http1, http1::Http1Session, may_begin_http1};
 
 /// Chunks looked at before a connection is declared not HTTP and left alone.
@@ -267,17 +267,9 @@ pub struct ConnectionTable {
     /// The connection of each (process, ends) in `entries`: a second fd of a process with
     /// the same ends is the same socket.
     by_socket: HashMap<(u32, Ends), ConnKey>,
-    /// Fds that reach a socket the process already uses under another fd, with the
-    /// connection id the probes gave them: an inetd-style server (busybox httpd) reads
-    /// its request on stdin and answers on stdout, one socket under fds 0 and 1.
-    aliases: HashMap<ConnKey, Alias>,
+    /// Fds that reach a socket their process already uses under another fd.
+    aliases: Aliases,
     capacity: usize,
-}
-
-/// An fd whose records belong to the connection at `primary`.
-struct Alias {
-    primary: ConnKey,
-    conn_id: u64,
 }
 
 struct Parked {
@@ -294,7 +286,7 @@ impl ConnectionTable {
             parked: HashMap::new(),
             park_refusals: 0,
             by_socket: HashMap::new(),
-            aliases: HashMap::new(),
+            aliases: Aliases::default(),
             capacity,
         }
     }
@@ -320,18 +312,33 @@ impl ConnectionTable {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             return Err(conn);
         }
+        // `key` is a connection of its own now, no alias.
         self.aliases.remove(&key);
-        if let Some(ends) = conn.ends() {
-            *self.endpoints.entry(ends).or_default() += 1;
-            self.by_socket.insert((key.tgid, ends), key);
-        }
+        let ends = conn.ends();
         let old = self.entries.insert(key, conn);
         if let Some(old) = &old {
             self.unindex(key, old);
+            if old.ends() != ends {
+                // Another socket at this fd: the old one's aliases are not this one's.
+                self.aliases.drop_primary(&key);
+            }
+        }
+        if let Some(ends) = ends {
+            *self.endpoints.entry(ends).or_default() += 1;
+            let socket = (key.tgid, ends);
+            let taken = self
+                .by_socket
+                .get(&socket)
+                .is_some_and(|other| *other != key && self.entries.contains_key(other));
+            if !taken {
+                self.by_socket.insert(socket, key);
+            }
         }
         Ok(old)
     }
 
+    /// Unindexes `conn`, just removed from `key`. Its aliases stay: a connection parked
+    /// while idle is still theirs.
     fn unindex(&mut self, key: ConnKey, conn: &Connection) {
         if let Some(ends) = conn.ends() {
             self.unindex_ends(ends);
@@ -340,46 +347,6 @@ impl ConnectionTable {
                 self.by_socket.remove(&socket);
             }
         }
-        if !self.aliases.is_empty() {
-            self.aliases.retain(|_, alias| alias.primary != key);
-        }
-    }
-
-    /// Takes `conn`, just opened at `key`, as another fd of a connection the process
-    /// already has with the same ends, if it has one: its records then go to that
-    /// connection (see [`Self::resolve`]). False when it is a connection of its own.
-    pub fn adopt_as_alias(&mut self, key: ConnKey, conn: &Connection) -> bool {
-        let Some(ends) = conn.ends() else {
-            return false;
-        };
-        let primary = match self.by_socket.get(&(key.tgid, ends)) {
-            Some(&primary) if primary != key && self.entries.contains_key(&primary) => primary,
-            _ => return false,
-        };
-        // Whatever was at `key` before closed without a close loupe saw.
-        if let Some(old) = self.entries.remove(&key) {
-            self.unindex(key, &old);
-        }
-        let conn_id = conn.conn_id;
-        self.aliases.insert(key, Alias { primary, conn_id });
-        true
-    }
-
-    /// Where a record of connection `conn_id` on `key` goes: an alias's records go to its
-    /// primary connection, under that connection's id.
-    pub fn resolve(&self, key: ConnKey, conn_id: u64) -> (ConnKey, u64) {
-        match self.aliases.get(&key) {
-            Some(alias) if alias.conn_id == conn_id => {
-                let primary_id = self.entries.get(&alias.primary).map(|c| c.conn_id);
-                primary_id.map_or((key, conn_id), |id| (alias.primary, id))
-            }
-            _ => (key, conn_id),
-        }
-    }
-
-    /// Forgets `key` as an alias; true when it was one (its close ends nothing else).
-    pub fn close_alias(&mut self, key: &ConnKey) -> bool {
-        self.aliases.remove(key).is_some()
     }
 
     fn unindex_ends(&mut self, ends: Ends) {
@@ -389,6 +356,70 @@ impl ConnectionTable {
                 self.endpoints.remove(&ends);
             }
         }
+    }
+
+    /// Takes `conn`, just opened at `key`, as another fd of a connection its process
+    /// already has with the same ends, if it has one: its records then go to that
+    /// connection (see [`Self::resolve`]). `None` when it is a connection of its own;
+    /// else what was at `key` before, which closed without a close loupe saw.
+    pub fn adopt_as_alias(
+        &mut self,
+        key: ConnKey,
+        conn: &Connection,
+    ) -> Option<Option<Connection>> {
+        let ends = conn.ends()?;
+        let primary = *self.by_socket.get(&(key.tgid, ends))?;
+        if primary == key || !self.entries.contains_key(&primary) {
+            return None;
+        }
+        let old = self.remove(&key);
+        if old.is_some() {
+            self.aliases.drop_primary(&key);
+        }
+        self.aliases.add(key, primary, conn.conn_id);
+        Some(old)
+    }
+
+    /// Where a record of connection `conn_id` on `key` goes: an alias's records go to its
+    /// connection, under that connection's id, also while it is parked.
+    pub fn resolve(&self, key: ConnKey, conn_id: u64) -> (ConnKey, u64) {
+        match self.aliases.get(&key) {
+            Some(alias) if alias.conn_id == conn_id => {
+                let primary_id = self
+                    .entries
+                    .get(&alias.primary)
+                    .map(|c| c.conn_id)
+                    .or_else(|| self.parked.get(&alias.primary).map(|p| p.conn_id));
+                primary_id.map_or((key, conn_id), |id| (alias.primary, id))
+            }
+            _ => (key, conn_id),
+        }
+    }
+
+    /// The aliases of the connection at `key`, with their own connection ids.
+    pub fn aliases_of(&self, key: &ConnKey) -> &[(ConnKey, u64)] {
+        self.aliases.of_primary(key)
+    }
+
+    /// The fd `key` closed: returns the connection that ends with it, if one does. An
+    /// alias's close ends its connection only when that connection's own fd closed
+    /// before and no other alias is left; a connection's close, only when no alias holds
+    /// its socket.
+    pub fn close(&mut self, key: &ConnKey) -> Option<(ConnKey, Connection)> {
+        if let Some(alias) = self.aliases.remove(key) {
+            if !self.aliases.take_if_abandoned(&alias.primary) {
+                return None;
+            }
+            self.forget_parked(&alias.primary);
+            return self
+                .remove(&alias.primary)
+                .map(|conn| (alias.primary, conn));
+        }
+        if self.aliases.orphan(*key) {
+            return None;
+        }
+        self.forget_parked(key);
+        self.remove(key).map(|conn| (*key, conn))
     }
 
     /// True when a traced connection has exactly these ends.
@@ -463,8 +494,9 @@ impl ConnectionTable {
         }
     }
 
-    /// Forgets what was kept of the connections of processes that ended.
+    /// Forgets what was kept of the connections of processes that ended, and their aliases.
     pub fn forget_parked_of(&mut self, tgids: &[u32]) {
+        self.aliases.forget_processes(tgids);
         let keys: Vec<ConnKey> = self
             .parked
             .keys()

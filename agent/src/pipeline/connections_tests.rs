@@ -279,48 +279,140 @@ fn a_second_fd_of_the_same_socket_is_an_alias_of_the_first() {
     let mut table = ConnectionTable::new(8);
     let key = |tgid, fd| ConnKey { tgid, fd };
     let tuple = tuple_v4();
+    let mut other = tuple_v4();
+    other.remote_port += 1;
     // An inetd-style server: the request read on fd 0, the answer written on fd 1.
-    assert!(
-        table
-            .insert(key(1, 0), Connection::new(10, Some(&tuple), 0))
-            .is_ok()
-    );
+    let stdin = Connection::new(10, Some(&tuple), 0);
+    assert!(table.insert(key(1, 0), stdin).is_ok());
     let stdout = Connection::new(11, Some(&tuple), 0);
-    assert!(table.adopt_as_alias(key(1, 1), &stdout));
+    assert!(matches!(
+        table.adopt_as_alias(key(1, 1), &stdout),
+        Some(None)
+    ));
     assert_eq!(table.len(), 1, "no connection of its own");
     assert_eq!(table.resolve(key(1, 1), 11), (key(1, 0), 10));
+    assert_eq!(table.aliases_of(&key(1, 0)), &[(key(1, 1), 11)]);
     // The fd's earlier connection (another id), and fds that are no alias, stay as they are.
     assert_eq!(table.resolve(key(1, 1), 9), (key(1, 1), 9));
     assert_eq!(table.resolve(key(1, 0), 10), (key(1, 0), 10));
     // Another process with a socket of the same ends (a fork's copy, whose records carry
-    // its own tgid) and another connection of the same process are not aliases.
-    assert!(!table.adopt_as_alias(key(2, 1), &Connection::new(12, Some(&tuple), 0)));
+    // its own tgid), another connection of the process, and one without ends: no aliases.
+    let same = Connection::new(12, Some(&tuple), 0);
+    assert!(table.adopt_as_alias(key(2, 1), &same).is_none());
+    let another = Connection::new(13, Some(&other), 0);
+    assert!(table.adopt_as_alias(key(1, 2), &another).is_none());
+    assert!(
+        table
+            .adopt_as_alias(key(1, 3), &Connection::new(14, None, 0))
+            .is_none()
+    );
+    // The alias's close ends nothing; the connection's close then ends it.
+    assert!(table.close(&key(1, 1)).is_none());
+    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 1), 11));
+    assert_eq!(
+        table.close(&key(1, 0)).map(|(k, c)| (k, c.conn_id)),
+        Some((key(1, 0), 10))
+    );
+    assert!(table.is_empty());
+}
+
+/// A table holding one socket of process 1 under `fds`: the first fd's connection (id 10),
+/// the others its aliases (ids 11, 12 ...).
+fn one_socket_under(fds: &[u32]) -> ConnectionTable {
+    let mut table = ConnectionTable::new(8);
+    let tuple = tuple_v4();
+    for (i, &fd) in fds.iter().enumerate() {
+        let key = ConnKey { tgid: 1, fd };
+        let conn = Connection::new(10 + i as u64, Some(&tuple), 0);
+        if i == 0 {
+            assert!(table.insert(key, conn).is_ok());
+        } else {
+            assert!(matches!(table.adopt_as_alias(key, &conn), Some(None)));
+        }
+    }
+    table
+}
+
+#[test]
+fn a_connection_whose_own_fd_closed_first_lasts_until_its_last_alias_closes() {
+    let mut table = one_socket_under(&[0, 1, 2]);
+    let key = |fd| ConnKey { tgid: 1, fd };
+    // stdin pointed at /dev/null after the request: the answer is still to come on fd 1.
+    assert!(table.close(&key(0)).is_none());
+    assert_eq!(table.resolve(key(1), 11), (key(0), 10));
+    assert!(table.close(&key(2)).is_none());
+    let ended = table.close(&key(1)).map(|(k, c)| (k, c.conn_id));
+    assert_eq!(ended, Some((key(0), 10)));
+    assert!(table.is_empty());
+}
+
+#[test]
+fn an_alias_follows_its_connection_into_the_park_and_out() {
+    let mut table = one_socket_under(&[0, 1]);
+    let key = |fd| ConnKey { tgid: 1, fd };
+    // Idle past the timeout: parked, as housekeeping does.
+    let idle = table.drain_where(|_, _| true);
+    let [(k, conn)] = idle.as_slice() else {
+        panic!("one idle connection");
+    };
+    table.park(*k, conn);
+    // The answer's record on fd 1 goes to the parked connection, which unparks with its ends.
+    assert_eq!(table.resolve(key(1), 11), (key(0), 10));
+    let mut back = Connection::new(10, None, 0);
+    table.unpark(&key(0), &mut back);
+    assert!(back.ends().is_some());
+    assert!(table.insert(key(0), back).is_ok());
+    assert_eq!(table.resolve(key(1), 11), (key(0), 10));
+    // The process ends: its aliases go with what was kept of it.
+    table.forget_parked_of(&[1]);
+    assert_eq!(table.resolve(key(1), 11), (key(1), 11));
+}
+
+#[test]
+fn an_alias_opened_over_an_unclosed_connection_hands_that_connection_back() {
+    let mut table = ConnectionTable::new(8);
+    let key = |fd| ConnKey { tgid: 1, fd };
+    let tuple = tuple_v4();
     let mut other = tuple_v4();
     other.remote_port += 1;
-    assert!(!table.adopt_as_alias(key(1, 2), &Connection::new(13, Some(&other), 0)));
-    assert!(!table.adopt_as_alias(key(1, 3), &Connection::new(14, None, 0)));
-    // Its own close ends only the alias; the connection stays.
-    assert!(table.close_alias(&key(1, 1)));
-    assert!(!table.close_alias(&key(1, 1)));
-    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 1), 11));
-    assert!(table.get_mut(&key(1, 0)).is_some());
-    // The connection's end takes its aliases with it.
-    assert!(table.adopt_as_alias(key(1, 1), &stdout));
-    table.remove(&key(1, 0));
-    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 1), 11));
-    assert!(!table.adopt_as_alias(key(1, 4), &Connection::new(15, Some(&tuple), 0)));
-    // A new connection opened at an alias's fd replaces the alias.
     assert!(
         table
-            .insert(key(1, 0), Connection::new(16, Some(&tuple), 0))
+            .insert(key(0), Connection::new(10, Some(&tuple), 0))
             .is_ok()
     );
-    assert!(table.adopt_as_alias(key(1, 1), &stdout));
+    // fd 5 held another connection whose close loupe missed.
     assert!(
         table
-            .insert(key(1, 1), Connection::new(17, Some(&other), 0))
+            .insert(key(5), Connection::new(20, Some(&other), 0))
             .is_ok()
     );
-    assert_eq!(table.resolve(key(1, 1), 11), (key(1, 1), 11));
-    assert!(!table.close_alias(&key(1, 1)));
+    let replaced = table.adopt_as_alias(key(5), &Connection::new(21, Some(&tuple), 0));
+    assert_eq!(replaced.flatten().map(|c| c.conn_id), Some(20));
+    assert_eq!(table.resolve(key(5), 21), (key(0), 10));
+    // The same socket announced again at the connection's own fd keeps its aliases ...
+    assert!(
+        table
+            .insert(key(0), Connection::new(30, Some(&tuple), 0))
+            .is_ok()
+    );
+    assert_eq!(table.resolve(key(5), 21), (key(0), 30));
+    // ... another socket there does not, and a new connection at an alias's fd ends it.
+    assert!(
+        table
+            .insert(key(0), Connection::new(31, Some(&other), 0))
+            .is_ok()
+    );
+    assert_eq!(table.resolve(key(5), 21), (key(5), 21));
+    assert!(
+        table
+            .adopt_as_alias(key(6), &Connection::new(32, Some(&other), 0))
+            .is_some()
+    );
+    assert!(
+        table
+            .insert(key(6), Connection::new(33, Some(&tuple), 0))
+            .is_ok()
+    );
+    assert_eq!(table.resolve(key(6), 32), (key(6), 32));
+    assert!(table.aliases_of(&key(0)).is_empty());
 }

@@ -1,6 +1,7 @@
 //! The userspace pipeline, run on the ring-buffer reader thread:
 //! event -> connection table -> HTTP/1 session -> span assembly -> exporter.
 
+mod aliases;
 mod assemble;
 pub mod connections;
 mod housekeeping;
@@ -227,13 +228,13 @@ impl Pipeline {
     /// kernel sends nothing more of its bytes, only its close, which ends it here; what
     /// was already on its way is counted as unparsed.
     fn stop_capturing(&mut self, key: ConnKey, conn_id: u64) {
-        // When the selector's thread is behind, the next chunk asks again.
-        if self
-            .notices
-            .try_send(Notice::NotHttp { key, conn_id })
-            .is_ok()
-            && let Some(conn) = self.connections.get_mut(&key)
-        {
+        // Each fd of the socket is its own connection to the probes. When the selector's
+        // thread is behind, the next chunk asks again.
+        let notices = &self.notices;
+        let asked = std::iter::once((key, conn_id))
+            .chain(self.connections.aliases_of(&key).iter().copied())
+            .all(|(key, conn_id)| notices.try_send(Notice::NotHttp { key, conn_id }).is_ok());
+        if asked && let Some(conn) = self.connections.get_mut(&key) {
             conn.give_up();
         }
     }
@@ -465,7 +466,10 @@ impl EventSink for Pipeline {
                 }
                 self.connections.forget_parked(&key);
                 let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
-                if self.connections.adopt_as_alias(key, &conn) {
+                if let Some(replaced) = self.connections.adopt_as_alias(key, &conn) {
+                    if let Some(old) = replaced {
+                        self.finish_connection(key, old, open.ts_ns);
+                    }
                     return;
                 }
                 if open.role == loupe_common::role::CLIENT {
@@ -485,13 +489,9 @@ impl EventSink for Pipeline {
                     tgid: close.tgid,
                     fd: close.fd,
                 };
-                if self.connections.close_alias(&key) {
-                    return;
-                }
-                if let Some(conn) = self.connections.remove(&key) {
+                if let Some((key, conn)) = self.connections.close(&key) {
                     self.finish_connection(key, conn, close.ts_ns);
                 }
-                self.connections.forget_parked(&key);
             }
             Event::ProcessExec(exec) => {
                 // The program changed, and with it possibly the service name.

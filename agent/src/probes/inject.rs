@@ -51,6 +51,12 @@ pub enum InjectError {
     },
     #[error("duplicating a kernel object's descriptor")]
     Fd(#[source] io::Error),
+    #[error(
+        "this kernel does not let sock_ops programs ask which process is connecting \
+         (bpf_get_current_pid_tgid: Linux 6.1 refuses it, 6.18 allows it): run without \
+         --inject-traceparent"
+    )]
+    NoCurrentTaskInSockOps,
     #[error("the kernel rejected program {program}")]
     Verify {
         program: &'static str,
@@ -64,6 +70,12 @@ pub enum InjectError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+}
+
+/// Whether a load error's verifier output says the kernel offers this program type no
+/// `bpf_get_current_pid_tgid` (helper 14), as sock_ops programs lack it on Linux 6.1.
+fn refuses_current_task(load_error: &str) -> bool {
+    load_error.contains("unknown func bpf_get_current_pid_tgid#")
 }
 
 /// Where injection is attached, for the startup log.
@@ -146,9 +158,15 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<InjectAttachment, InjectError> {
         })?;
 
     let sock_ops: &mut SockOps = program(ebpf, SOCK_OPS_PROGRAM)?;
-    sock_ops.load().map_err(|source| InjectError::Verify {
-        program: SOCK_OPS_PROGRAM,
-        source: Box::new(source),
+    sock_ops.load().map_err(|source| {
+        if refuses_current_task(&source.to_string()) {
+            InjectError::NoCurrentTaskInSockOps
+        } else {
+            InjectError::Verify {
+                program: SOCK_OPS_PROGRAM,
+                source: Box::new(source),
+            }
+        }
     })?;
     log_verified(SOCK_OPS_PROGRAM, sock_ops.info());
     // The attachment is a bpf_link (kernel 5.7+), which always runs beside other
@@ -241,6 +259,24 @@ fn unescape_mount_path(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_without_the_current_task_in_sock_ops_gets_its_own_error() {
+        // What Linux 6.1 answers to the sock_ops program's load.
+        let refused = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). \
+                       Verifier output: 0: R1=ctx(off=0,imm=0) R10=fp0\nunknown func \
+                       bpf_get_current_pid_tgid#14\nverification time 664 usec";
+        assert!(refuses_current_task(refused));
+        assert!(!refuses_current_task(
+            "Verifier output: unknown func bpf_msg_pop_data#91"
+        ));
+        assert!(!refuses_current_task("Permission denied (os error 13)"));
+        let message = InjectError::NoCurrentTaskInSockOps.to_string();
+        assert!(
+            message.contains("run without --inject-traceparent"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn finds_cgroup2_in_a_hybrid_layout() {
