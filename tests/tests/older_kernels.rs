@@ -244,6 +244,8 @@ fn has_linked_pair(output: &str, path: &str) -> bool {
         .any(|w| is(w[0], 2, &["wget", "busybox"], "client") && is(w[1], 4, &["nginx"], "server"))
 }
 
+// The guest is x86_64 and runs the host's binaries.
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn loads_and_traces_on_debian_12s_linux_6_1() {
     let kernel = test_kernel();
