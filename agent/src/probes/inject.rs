@@ -53,8 +53,8 @@ pub enum InjectError {
     Fd(#[source] io::Error),
     #[error(
         "this kernel does not let sock_ops programs ask which process is connecting \
-         (bpf_get_current_pid_tgid: Linux 6.1 refuses it, 6.18 allows it): run without \
-         --inject-traceparent"
+         (bpf_get_current_pid_tgid, offered to every program type since Linux 6.10): run \
+         without --inject-traceparent"
     )]
     NoCurrentTaskInSockOps,
     #[error("the kernel rejected program {program}")]
@@ -73,7 +73,7 @@ pub enum InjectError {
 }
 
 /// Whether a load error's verifier output says the kernel offers this program type no
-/// `bpf_get_current_pid_tgid` (helper 14), as sock_ops programs lack it on Linux 6.1.
+/// `bpf_get_current_pid_tgid` (helper 14), as sock_ops programs lack it before Linux 6.10.
 fn refuses_current_task(load_error: &str) -> bool {
     load_error.contains("unknown func bpf_get_current_pid_tgid#")
 }
