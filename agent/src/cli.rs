@@ -172,7 +172,8 @@ pub struct RunArgs {
     /// alone, and one loupe cannot check safely (head split across writes or longer than
     /// 4 KiB, chunked or pipelined bodies) is sent untouched and counted on /metrics.
     /// Only connections traced processes open after loupe started are covered; TLS is
-    /// never touched. Needs cgroup v2 mounted (sock_ops and sk_msg programs attach there).
+    /// never touched. Needs cgroup v2 mounted (sock_ops and sk_msg programs attach there)
+    /// and Linux 6.10 or later (sock_ops programs ask which process connects).
     #[arg(long)]
     pub inject_traceparent: bool,
 
