@@ -56,6 +56,9 @@ nginx -c /etc/nginx.conf
 run() {
   name=$1; shift
   echo "=== mode $name"
+  # Emptied here: the background shell may open them only after the wait below starts,
+  # which would otherwise read the previous run's "admin on".
+  : >/tmp/out; : >/tmp/err
   OTEL_TRACES_EXPORTER=console OTEL_BSP_SCHEDULE_DELAY=100 loupe "$@" >/tmp/out 2>/tmp/err &
   pid=$!
   i=0
