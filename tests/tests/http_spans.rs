@@ -537,25 +537,15 @@ fn read_response(stream: &mut TcpStream, body: &str) {
     assert_eq!(whole, body);
 }
 
-/// busybox httpd serves each connection in a child that reads the request on stdin and
-/// writes the answer on stdout, as inetd-style servers do: one socket under two fds.
+/// busybox httpd answers on stdout the request it read on stdin: one socket under two fds.
 #[test]
 fn a_server_answering_on_another_fd_of_the_socket_it_read_from() {
-    use std::os::unix::process::CommandExt as _;
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let port = free_port();
     let dir = support::scratch_dir("busybox-httpd");
     std::fs::write(dir.join("hello.txt"), "hello from busybox\n").expect("write hello.txt");
-    let mut cmd = std::process::Command::new("busybox");
-    cmd.args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
-        .arg(&dir)
-        .process_group(0);
-    let _server = support::Guard(
-        cmd.spawn()
-            .expect("busybox httpd (`cargo xtask setup` installs busybox-static)"),
-    );
-    support::wait_for_port(port);
+    let _server = servers::busybox_httpd(port, &dir);
     let endpoint = receiver.grpc_endpoint();
     let _agent = Agent::start(
         &[

@@ -34,13 +34,7 @@ pub fn ensure(target_dir: &Path) -> Result<PathBuf> {
         .args(["download", &package])
         .current_dir(dir)
         .run()?;
-    let deb = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&package) && n.ends_with(".deb"))
-        })
+    let deb = find_file(dir, &package, ".deb")
         .with_context(|| format!("apt-get download left no {package} package"))?;
     let unpacked = dir.join("unpacked");
     let _ = std::fs::remove_dir_all(&unpacked);
@@ -49,19 +43,28 @@ pub fn ensure(target_dir: &Path) -> Result<PathBuf> {
         .arg(&deb)
         .arg(&unpacked)
         .run()?;
-    let image = std::fs::read_dir(unpacked.join("boot"))?
+    let image = find_file(&unpacked.join("boot"), "vmlinuz-", "")
+        .with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))?;
+    // Under another name until whole: only a whole kernel counts as there next time.
+    let partial = kernel.with_extension("partial");
+    std::fs::copy(&image, &partial)
+        .with_context(|| format!("copying {} to {}", image.display(), partial.display()))?;
+    std::fs::rename(&partial, &kernel)?;
+    std::fs::remove_dir_all(&unpacked)?;
+    std::fs::remove_file(&deb)?;
+    Ok(kernel)
+}
+
+/// The first file in `dir` whose name starts with `prefix` and ends with `suffix`.
+fn find_file(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
         })
-        .with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))?;
-    std::fs::copy(&image, &kernel)
-        .with_context(|| format!("copying {} to {}", image.display(), kernel.display()))?;
-    std::fs::remove_dir_all(&unpacked)?;
-    std::fs::remove_file(&deb)?;
-    Ok(kernel)
 }
 
 /// The versioned kernel package the metapackage depends on now.

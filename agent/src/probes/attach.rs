@@ -160,9 +160,9 @@ pub fn attach_all(
     Ok((DataHooks { reads, writes }, links))
 }
 
-/// Detaches every link at once. Each detach waits for the kernel's RCU grace periods
-/// (tens of milliseconds), which detaches running side by side share: one after another,
-/// the agent's thirty-odd tracepoints took 1.5-3 s to come off.
+/// Detaches every link at once. Each detach waits for the kernel's RCU grace periods,
+/// some of which detaches running side by side share (the kernel serialises the rest):
+/// the agent's exit after SIGTERM went from 4.0 s to 2.7-3.0 s.
 pub fn detach_all(links: Vec<TracePointLink>) {
     std::thread::scope(|scope| {
         for link in links {

@@ -312,6 +312,16 @@ http {{
     spawn(cmd, &[], port)
 }
 
+/// busybox httpd in the foreground serving the files in `dir`: a child per connection
+/// that reads the request on stdin and writes the answer on stdout, as inetd-style
+/// servers do (`cargo xtask setup` installs busybox-static).
+pub fn busybox_httpd(port: u16, dir: &Path) -> Guard {
+    let mut cmd = Command::new("busybox");
+    cmd.args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(dir);
+    spawn(cmd, &[], port)
+}
+
 fn nginx_bin() -> &'static str {
     if Path::new("/usr/sbin/nginx").exists() {
         "/usr/sbin/nginx"
