@@ -14,18 +14,19 @@
 //!   request in order on keep-alive connections, whichever side is seen first.
 //! - A client request that already carries `traceparent` was written by an instrumented
 //!   process: its span keeps those ids.
-//! - Otherwise a client request is the child of the server request its process is serving
-//!   on the same thread (thread-per-request servers), or of the only request in flight.
-//!   On an event loop (Node, nginx) every request shares one thread, and the most recent
-//!   request still in flight on it is chosen: exact for sequential traffic, a guess when
-//!   several requests are in flight at once and a handler calls out after another request
-//!   arrived.
+//! - Otherwise a client request is the child of the server request its thread last read
+//!   for: the request itself, or the response of one of its calls (see `serving`). That
+//!   is the request it serves on its thread (thread-per-request servers), and on an event
+//!   loop (Node, nginx) the request whose handler the read woke. Failing that, the only
+//!   request in flight, or the most recent: a guess when several requests are in flight
+//!   on one event loop and a handler woken by a timer calls out.
 
 use std::{cell::RefCell, collections::VecDeque, rc::Rc};
 
 use hashbrown::HashMap;
 
 use super::connections::Ends;
+use super::serving::{ReadFor, Serving};
 use crate::span::{SpanContext, SpanId, TraceId, context::new_span_id, context::new_trace_id};
 
 pub type NodeRef = Rc<RefCell<SpanNode>>;
@@ -178,12 +179,6 @@ impl Waiting {
     }
 }
 
-struct InFlight {
-    key: RequestKey,
-    tid: u32,
-    node: NodeRef,
-}
-
 /// What a client request's parent turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientPlacement {
@@ -203,7 +198,7 @@ pub enum ClientPlacement {
 #[derive(Default)]
 pub struct Linker {
     requests: HashMap<RequestKey, (NodeRef, u64)>,
-    in_flight: HashMap<u32, Vec<InFlight>>,
+    serving: Serving,
     clients: HashMap<PeerKey, VecDeque<Waiting>>,
     servers: HashMap<PeerKey, VecDeque<Waiting>>,
     /// Requests in flight the full tables could not keep, since [`Self::take_dropped`].
@@ -344,29 +339,22 @@ impl Linker {
             self.dropped += push_bounded(&mut self.servers, k, waiting, &self.requests);
         }
         self.remember(key, &node, ts_ns);
-        self.in_flight.entry(key.tgid).or_default().push(InFlight {
-            key,
-            tid,
-            node: node.clone(),
-        });
+        self.serving.start(key, tid, &node);
         node
     }
 
-    /// The request `tgid` is most likely serving on thread `tid`: the one it is serving
-    /// on that thread, else the only one in flight, else (an event loop) the most recent.
+    /// The request `tgid` is most likely serving on thread `tid` (see [`Serving::serving`]).
     pub fn serving(&self, tgid: u32, tid: u32) -> Option<NodeRef> {
-        let list = self.in_flight.get(&tgid)?;
-        list.iter()
-            .rev()
-            .find(|f| f.tid == tid)
-            .or_else(|| (list.len() == 1).then(|| &list[0]))
-            .map(|f| f.node.clone())
+        self.serving.serving(tgid, tid)
     }
 
-    fn still_in_flight(&self, tgid: u32, node: &NodeRef) -> bool {
-        self.in_flight
-            .get(&tgid)
-            .is_some_and(|list| list.iter().any(|f| Rc::ptr_eq(&f.node, node)))
+    /// Thread `tid` of `tgid` read bytes for `read`: a call it writes next most likely
+    /// belongs to the same server request.
+    pub fn on_read(&mut self, tgid: u32, tid: u32, read: ReadFor) {
+        let requests = &self.requests;
+        self.serving.on_read(tgid, tid, read, |key| {
+            requests.get(key).map(|(node, _)| node.clone())
+        });
     }
 
     /// A traced process wrote a request head. `hint` is the request its process was
@@ -385,16 +373,12 @@ impl Linker {
         hint: Option<&NodeRef>,
     ) -> (NodeRef, ClientPlacement) {
         let hinted = hint
-            .filter(|h| key.request_id == 0 && self.still_in_flight(key.tgid, h))
+            .filter(|h| key.request_id == 0 && self.serving.still_in_flight(key.tgid, h))
             .cloned();
         let hinted_found = hinted.is_some();
         let under = hinted.or_else(|| self.serving(key.tgid, tid));
-        let ambiguous = !hinted_found
-            && self
-                .in_flight
-                .get(&key.tgid)
-                .is_some_and(|l| l.iter().filter(|f| f.tid == tid).count() > 1);
-        let was_serving = self.in_flight.get(&key.tgid).is_some_and(|l| !l.is_empty());
+        let ambiguous = !hinted_found && self.serving.several_on_thread(key.tgid, tid);
+        let was_serving = self.serving.any(key.tgid);
         let (node, placement) = match (kernel, header, under) {
             (Some(ids), _, under) => {
                 let parent = match (under, ids.parent_span_id) {
@@ -488,12 +472,7 @@ impl Linker {
 
     /// The exchange of `key` completed: its node, if its start was seen.
     pub fn finish(&mut self, key: &RequestKey) -> Option<NodeRef> {
-        if let Some(list) = self.in_flight.get_mut(&key.tgid) {
-            list.retain(|f| f.key != *key);
-            if list.is_empty() {
-                self.in_flight.remove(&key.tgid);
-            }
-        }
+        self.serving.finish(key);
         self.requests.remove(key).map(|(node, _)| node)
     }
 
@@ -509,6 +488,7 @@ impl Linker {
         for key in stale {
             self.finish(&key);
         }
+        self.serving.expire();
         let requests = &self.requests;
         for map in [&mut self.clients, &mut self.servers] {
             map.retain(|_, queue| {
@@ -520,15 +500,21 @@ impl Linker {
 
     /// Forgets every request of a process that exited.
     pub fn forget_process(&mut self, tgid: u32) {
-        self.in_flight.remove(&tgid);
+        self.serving.forget_process(tgid);
         self.requests.retain(|k, _| k.tgid != tgid);
+    }
+
+    /// Server requests in flight and threads whose last read is remembered.
+    #[cfg(test)]
+    pub fn serving_sizes(&self) -> (usize, usize) {
+        self.serving.sizes()
     }
 
     #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
         (
             self.requests.len(),
-            self.in_flight.values().map(Vec::len).sum(),
+            self.serving.sizes().0,
             self.clients.values().map(VecDeque::len).sum(),
             self.servers.values().map(VecDeque::len).sum(),
         )

@@ -9,6 +9,7 @@ mod injected;
 mod linking;
 mod processes;
 pub mod replay;
+mod serving;
 mod texts;
 mod whole_responses;
 
@@ -48,6 +49,7 @@ use connections::{Connection, ConnectionTable, Detection, Ends};
 use injected::InjectedIds;
 use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
 use processes::Processes;
+use serving::ReadFor;
 use whole_responses::WholeResponses;
 
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -190,12 +192,31 @@ impl Pipeline {
         self.metrics.bytes_unparsed.add(given_up);
         let limits = self.limits;
         let mut role = None;
+        let mut read_for = None;
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
             Detection::Http1(session) => {
                 // Only a record whose body buffer went uncopied is checked, before and after.
                 let skipped_in_step =
                     header.flags & data_flags::BODY_SKIPPED != 0 && session.responses_in_step();
+                let ingress = chunk.direction == Direction::Ingress;
+                // Taken before the response can complete and its request leave the session.
+                let request = |request_id| RequestKey {
+                    tgid: key.tgid,
+                    fd: key.fd,
+                    conn_id,
+                    request_id,
+                };
+                if ingress && session.role() == Role::Client {
+                    read_for = session
+                        .request_awaiting_response()
+                        .map(|id| ReadFor::Response(request(id)));
+                }
                 session.on_chunk(&chunk, &mut self.exchanges);
+                if ingress && session.role() == Role::Server {
+                    read_for = session
+                        .request_being_read()
+                        .map(|id| ReadFor::Request(request(id)));
+                }
                 if skipped_in_step && !session.responses_in_step() {
                     // The buffer left uncopied held more than its response's body.
                     self.whole_responses.copy_whole(key.tgid, &self.metrics);
@@ -217,6 +238,10 @@ impl Pipeline {
         let hint = conn.parent_hint.clone();
         if let Some(role) = role {
             self.link_starts(key, conn_id, role, ends, hint.as_ref());
+        }
+        if let Some(read) = read_for {
+            // Before `emit`, which lets go of a request whose response just completed.
+            self.linker.on_read(header.tgid, header.tid, read);
         }
         self.emit(key, conn_id, local, remote, ends);
         if stop_capturing {

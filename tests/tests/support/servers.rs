@@ -1,6 +1,9 @@
 //! The unmodified servers the tests trace: Python's stdlib ThreadingHTTPServer, Node's
 //! http module and nginx. Each answers the same paths:
 //! `/ok` 200, `/missing` 404, `/fail` 500, `/slow` 200 after 300 ms, anything else 200.
+//! The Python server also answers `/check/<name>~<check_ms>~<item_ms>` after `check_ms`
+//! and `/process/<name>~<check_ms>~<item_ms>` after `item_ms`, for the frontend of
+//! `examples/chain/frontend-awaits.js`.
 
 use std::{
     fs,
@@ -26,6 +29,9 @@ class Handler(BaseHTTPRequestHandler):
         status = {"/missing": 404, "/fail": 500}.get(path, 200)
         if path == "/slow":
             time.sleep(0.3)
+        if "~" in path:
+            check_ms, item_ms = path.split("~")[1:3]
+            time.sleep(int(check_ms if path.startswith("/check/") else item_ms) / 1000)
         body = ("python %s\n" % path).encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
@@ -237,6 +243,24 @@ pub fn node(port: u16, env: &[(&str, &str)]) -> Guard {
     fs::write(&script, NODE_SERVER).expect("write server.js");
     let mut cmd = Command::new("node");
     cmd.arg(&script).arg(port.to_string());
+    spawn(cmd, env, port)
+}
+
+/// Starts `program examples/SCRIPT ARGS...` (`node` or `python3`), which serves on `port`.
+pub fn example(
+    program: &str,
+    script: &str,
+    args: &[u16],
+    port: u16,
+    env: &[(&str, &str)],
+) -> Guard {
+    let mut cmd = Command::new(program);
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(script),
+    )
+    .args(args.iter().map(u16::to_string));
     spawn(cmd, env, port)
 }
 

@@ -86,6 +86,18 @@ impl Http1Session {
         self.pending.len()
     }
 
+    /// The request a read of requests is for once fed: the one whose body is being read,
+    /// else the last whose head was read.
+    pub fn request_being_read(&self) -> Option<u64> {
+        self.current_request
+            .or_else(|| self.pending.back().map(|r| r.id))
+    }
+
+    /// The request the next response bytes answer: the oldest still waiting.
+    pub fn request_awaiting_response(&self) -> Option<u64> {
+        self.pending.front().map(|r| r.id)
+    }
+
     /// Bytes of incomplete heads held, both directions together; each direction holds fewer
     /// than [`Http1Limits::max_header_bytes`].
     pub fn buffered_head_bytes(&self) -> usize {

@@ -1,0 +1,163 @@
+//! Which request a process is working for when it calls out: the server requests each
+//! process has in flight, and what each of its threads last read.
+//!
+//! A thread-per-request server calls out on the thread that read the request. An event
+//! loop (Node, nginx) serves every request on one thread, and runs each piece of a
+//! handler right after the read that woke it: the request itself, or the response of a
+//! call the handler awaited. So the request a thread last read for, directly or through
+//! the response of one of that request's calls, is the one a call written next belongs
+//! to. Only a handler woken by something loupe does not see (a timer, a connection loupe
+//! stopped capturing) is placed by a guess: the most recent request still in flight.
+
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+
+use super::linking::{NodeRef, Parent, RequestKey};
+
+/// Threads whose last read is remembered; past this, reads of further threads are not.
+const MAX_THREADS: usize = 65_536;
+
+struct InFlight {
+    key: RequestKey,
+    tid: u32,
+    node: NodeRef,
+}
+
+/// What a thread's read was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFor {
+    /// A server request of the process: its head or its body.
+    Request(RequestKey),
+    /// The response to a client request of the process.
+    Response(RequestKey),
+}
+
+#[derive(Default)]
+pub struct Serving {
+    in_flight: HashMap<u32, Vec<InFlight>>,
+    /// By (tgid, tid): the server request each thread last read for.
+    last_read: HashMap<(u32, u32), RequestKey>,
+}
+
+impl Serving {
+    /// A server request of `key.tgid` was read on thread `tid`.
+    pub fn start(&mut self, key: RequestKey, tid: u32, node: &NodeRef) {
+        self.in_flight.entry(key.tgid).or_default().push(InFlight {
+            key,
+            tid,
+            node: node.clone(),
+        });
+    }
+
+    /// The server request `key` was answered (or given up).
+    pub fn finish(&mut self, key: &RequestKey) {
+        if let Some(list) = self.in_flight.get_mut(&key.tgid) {
+            list.retain(|f| f.key != *key);
+            if list.is_empty() {
+                self.in_flight.remove(&key.tgid);
+            }
+        }
+    }
+
+    /// Thread `tid` of `tgid` read bytes `read`. `nodes` finds a request's node while it is
+    /// in flight.
+    pub fn on_read(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        read: ReadFor,
+        nodes: impl Fn(&RequestKey) -> Option<NodeRef>,
+    ) {
+        let cause = match read {
+            ReadFor::Request(key) => self.in_flight_key(tgid, |f| f.key == key),
+            // The response wakes the handler of the request that made the call.
+            ReadFor::Response(key) => nodes(&key).and_then(|call| match &call.borrow().parent {
+                Parent::Local(server) => self.in_flight_key(tgid, |f| Rc::ptr_eq(&f.node, server)),
+                _ => None,
+            }),
+        };
+        match cause {
+            Some(cause) if self.last_read.len() < MAX_THREADS => {
+                self.last_read.insert((tgid, tid), cause);
+            }
+            Some(cause) => {
+                if let Some(slot) = self.last_read.get_mut(&(tgid, tid)) {
+                    *slot = cause;
+                }
+            }
+            // A read for nothing in flight here (a call made outside any request) wakes a
+            // handler that serves none.
+            None => {
+                self.last_read.remove(&(tgid, tid));
+            }
+        }
+    }
+
+    fn in_flight_key(&self, tgid: u32, find: impl Fn(&InFlight) -> bool) -> Option<RequestKey> {
+        self.in_flight
+            .get(&tgid)?
+            .iter()
+            .rev()
+            .find(|f| find(f))
+            .map(|f| f.key)
+    }
+
+    /// The request `tgid` is most likely serving on thread `tid`: the one the thread last
+    /// read for while it is in flight, else the one it is serving on that thread, else the
+    /// only one in flight, else (an event loop) the most recent.
+    pub fn serving(&self, tgid: u32, tid: u32) -> Option<NodeRef> {
+        let list = self.in_flight.get(&tgid)?;
+        let read_for = self.last_read.get(&(tgid, tid));
+        read_for
+            .and_then(|key| list.iter().find(|f| f.key == *key))
+            .or_else(|| list.iter().rev().find(|f| f.tid == tid))
+            .or_else(|| (list.len() == 1).then(|| &list[0]))
+            .map(|f| f.node.clone())
+    }
+
+    /// Whether `tgid` had several requests in flight on thread `tid`: a call then goes to
+    /// the one the thread last read for, which is a guess when a timer woke the handler.
+    pub fn several_on_thread(&self, tgid: u32, tid: u32) -> bool {
+        self.in_flight
+            .get(&tgid)
+            .is_some_and(|l| l.iter().filter(|f| f.tid == tid).count() > 1)
+    }
+
+    pub fn any(&self, tgid: u32) -> bool {
+        self.in_flight.get(&tgid).is_some_and(|l| !l.is_empty())
+    }
+
+    pub fn still_in_flight(&self, tgid: u32, node: &NodeRef) -> bool {
+        self.in_flight
+            .get(&tgid)
+            .is_some_and(|list| list.iter().any(|f| Rc::ptr_eq(&f.node, node)))
+    }
+
+    /// Forgets the reads of requests no longer in flight.
+    pub fn expire(&mut self) {
+        let in_flight = &self.in_flight;
+        self.last_read.retain(|(tgid, _), key| {
+            in_flight
+                .get(tgid)
+                .is_some_and(|list| list.iter().any(|f| f.key == *key))
+        });
+    }
+
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.in_flight.remove(&tgid);
+        self.last_read.retain(|(t, _), _| *t != tgid);
+    }
+
+    #[cfg(test)]
+    pub fn sizes(&self) -> (usize, usize) {
+        (
+            self.in_flight.values().map(Vec::len).sum(),
+            self.last_read.len(),
+        )
+    }
+}
+
+#[cfg(test)]
+#[path = "serving_tests.rs"]
+mod tests;

@@ -1,0 +1,108 @@
+//! Placing an event loop's calls by what its thread last read, through the linker.
+
+use super::super::linking::{ClientPlacement, Linker, NodeRef, RequestKey, resolve};
+use super::{MAX_THREADS, ReadFor};
+
+const FRONT: u32 = 100;
+const LOOP: u32 = 1;
+
+fn key(fd: u32, request_id: u64) -> RequestKey {
+    RequestKey {
+        tgid: FRONT,
+        fd,
+        conn_id: 1,
+        request_id,
+    }
+}
+
+/// A request the event loop read on server connection `fd`, as the pipeline reports it.
+fn serve(l: &mut Linker, fd: u32, ts: u64) -> NodeRef {
+    let node = l.server_start(key(fd, 0), LOOP, ts, None, None, None);
+    l.on_read(FRONT, LOOP, ReadFor::Request(key(fd, 0)));
+    node
+}
+
+/// A call written on client connection `fd`: its parent's span id.
+fn call(l: &mut Linker, fd: u32, request_id: u64, ts: u64) -> (Option<[u8; 8]>, ClientPlacement) {
+    let (node, placement) = l.client_start(key(fd, request_id), LOOP, ts, None, None, None, None);
+    (resolve(&node).parent_span_id.map(|id| id.0), placement)
+}
+
+fn span_id(node: &NodeRef) -> Option<[u8; 8]> {
+    Some(resolve(node).span_id.0)
+}
+
+/// Request A awaits a check that answers late; B arrives, and is still awaiting its own
+/// second call when A's check answers and A's handler calls out again.
+#[test]
+fn a_call_made_after_an_awaited_response_belongs_to_the_request_that_awaited_it() {
+    let mut l = Linker::default();
+    let a = serve(&mut l, 10, 1);
+    assert_eq!(call(&mut l, 20, 0, 2).0, span_id(&a), "A's check");
+    let b = serve(&mut l, 11, 3);
+    assert_eq!(call(&mut l, 21, 0, 4).0, span_id(&b), "B's check");
+    // B's check answers; B's handler calls on.
+    l.on_read(FRONT, LOOP, ReadFor::Response(key(21, 0)));
+    l.finish(&key(21, 0));
+    assert_eq!(call(&mut l, 21, 1, 5).0, span_id(&b), "B's second call");
+    // A's check answers while B is in flight and was read last.
+    l.on_read(FRONT, LOOP, ReadFor::Response(key(20, 0)));
+    l.finish(&key(20, 0));
+    let (parent, placement) = call(&mut l, 20, 1, 6);
+    assert_eq!(
+        parent,
+        span_id(&a),
+        "A's second call goes to A, not to the latest"
+    );
+    assert_eq!(
+        placement,
+        ClientPlacement::Guessed,
+        "still two in flight on the loop"
+    );
+}
+
+#[test]
+fn a_request_body_read_after_another_request_wakes_its_own_handler() {
+    let mut l = Linker::default();
+    let a = serve(&mut l, 10, 1);
+    let _b = serve(&mut l, 11, 2);
+    // The rest of A's body arrives: A's handler runs.
+    l.on_read(FRONT, LOOP, ReadFor::Request(key(10, 0)));
+    assert_eq!(call(&mut l, 20, 0, 3).0, span_id(&a));
+}
+
+#[test]
+fn without_a_read_in_flight_the_latest_request_is_the_guess() {
+    let mut l = Linker::default();
+    let a = serve(&mut l, 10, 1);
+    serve(&mut l, 11, 2);
+    // B was read last but is answered: a timer of A's fires and calls out.
+    l.finish(&key(11, 0));
+    assert_eq!(call(&mut l, 20, 0, 3).0, span_id(&a));
+    // A response to a call made outside any request wakes nothing in flight.
+    let c = serve(&mut l, 12, 4);
+    let (standalone, _) = l.client_start(key(22, 0), 2, 5, None, None, None, None);
+    assert!(resolve(&standalone).parent_span_id.is_none());
+    l.on_read(FRONT, LOOP, ReadFor::Request(key(10, 0)));
+    l.on_read(FRONT, LOOP, ReadFor::Response(key(22, 0)));
+    let (parent, _) = call(&mut l, 21, 0, 6);
+    assert_eq!(parent, span_id(&c), "the most recent, not A read before");
+}
+
+#[test]
+fn reads_are_forgotten_with_their_requests_and_bounded() {
+    let mut l = Linker::default();
+    serve(&mut l, 10, 1);
+    assert_eq!(l.serving_sizes(), (1, 1));
+    l.finish(&key(10, 0));
+    l.expire(2);
+    assert_eq!(l.serving_sizes(), (0, 0));
+    // One request read by more threads than are remembered.
+    l.server_start(key(10, 1), LOOP, 3, None, None, None);
+    for tid in 0..(MAX_THREADS as u32 + 10) {
+        l.on_read(FRONT, tid, ReadFor::Request(key(10, 1)));
+    }
+    assert_eq!(l.serving_sizes(), (1, MAX_THREADS));
+    l.forget_process(FRONT);
+    assert_eq!(l.serving_sizes(), (0, 0));
+}

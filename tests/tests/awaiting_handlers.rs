@@ -1,0 +1,103 @@
+//! An event-loop handler that awaits one call before it makes the next: Node's
+//! `examples/chain/frontend-awaits.js` checks each request with a backend, then asks the
+//! backend for the item. When the check of request A answers late, request B has
+//! arrived since and is still in flight, so "the latest request in flight" would take A's
+//! second call for B's. Both calls must be children of their own request.
+
+mod support;
+
+use std::{thread, time::Duration};
+
+use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use support::{Agent, free_port, http_get, require_root, servers};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Each request makes five spans: the frontend's SERVER and two CLIENTs, and the
+/// backend's two SERVERs.
+const SPANS_PER_REQUEST: usize = 5;
+
+fn find<'a>(spans: &'a [ReceivedSpan], service: &str, kind: &str, path: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            s.service_name() == Some(service) && s.kind == kind && s.attr("url.path") == Some(path)
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => one,
+        _ => panic!("{} {kind} spans of {path} in {spans:#?}", found.len()),
+    }
+}
+
+fn assert_child(child: &ReceivedSpan, parent: &ReceivedSpan, what: &str) {
+    assert_eq!(
+        (child.parent_span_id.as_deref(), child.trace_id.as_str()),
+        (Some(parent.span_id.as_str()), parent.trace_id.as_str()),
+        "{what}: {} {:?} is not under {} {:?}",
+        child.kind,
+        child.attr("url.path"),
+        parent.kind,
+        parent.attr("url.path"),
+    );
+}
+
+#[test]
+fn a_call_after_an_awaited_call_belongs_to_its_own_request() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let (front_port, back_port) = (free_port(), free_port());
+    // The backend answers a path `/check/<name>~<check_ms>~<item_ms>` after `check_ms`
+    // and `/process/<name>~...` after `item_ms`.
+    let _backend = servers::python(back_port, &[("OTEL_SERVICE_NAME", "backend")]);
+    let _frontend = servers::example(
+        "node",
+        "chain/frontend-awaits.js",
+        &[front_port, back_port, back_port],
+        front_port,
+        &[("OTEL_SERVICE_NAME", "frontend")],
+    );
+    let endpoint = receiver.grpc_endpoint();
+    let (front, back) = (front_port.to_string(), back_port.to_string());
+    let agent = Agent::start(
+        &[
+            "--exe", "node", "--exe", "python3*", "--port", &front, "--port", &back,
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+
+    // In each round A's check takes 300 ms; B arrives 100 ms after A, passes its check at
+    // once and waits 600 ms for its item, so it is in flight, and was read last, when A's
+    // check answers and A asks for its item.
+    let rounds = 3;
+    let mut items = Vec::new();
+    for round in 0..rounds {
+        let (a, b) = (format!("a{round}~300~0"), format!("b{round}~0~600"));
+        let get = |item: String| {
+            thread::spawn(move || http_get(front_port, &format!("/api/items/{item}")))
+        };
+        let first = get(a.clone());
+        thread::sleep(Duration::from_millis(100));
+        let second = get(b.clone());
+        for answer in [first.join(), second.join()] {
+            let (status, _) = answer.expect("client thread").expect("an answer");
+            assert_eq!(status, 200);
+        }
+        items.extend([a, b]);
+    }
+
+    let spans = receiver.wait_for_spans(SPANS_PER_REQUEST * items.len(), WAIT);
+    for item in &items {
+        let request = find(&spans, "frontend", "server", &format!("/api/items/{item}"));
+        assert!(request.parent_span_id.is_none(), "{item}: a root");
+        for call in ["check", "process"] {
+            let path = format!("/{call}/{item}");
+            let client = find(&spans, "frontend", "client", &path);
+            assert_child(client, request, item);
+            assert_child(find(&spans, "backend", "server", &path), client, item);
+        }
+    }
+    assert_eq!(agent.metric("loupe_client_spans_unplaced_total"), 0.0);
+}
