@@ -140,7 +140,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 10])]
     pub concurrency: Vec<u32>,
     /// Completeness: the Node frontends to measure, comma-separated: `immediate` calls
-    /// upstream straight from its handler, `deferred` after a short timer.
+    /// upstream straight from its handler, `deferred` after a short timer, `awaits` after
+    /// awaiting a check of the request at nginx.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [completeness::Frontend::Immediate])]
     pub frontend: Vec<completeness::Frontend>,
 }
@@ -297,11 +298,10 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
             frontends: args.frontend.clone(),
         };
         let results = completeness::run(&ws.root, &b.agent, scratch.path(), &settings)?;
-        let chain = &completeness::CHAIN;
-        texts.push(completeness::report::table(chain, args.requests, &results));
+        texts.push(completeness::report::table(args.requests, &results));
         values.insert(
             "completeness".to_owned(),
-            completeness::report::json(chain, args.requests, &results),
+            completeness::report::json(args.requests, &results),
         );
     }
     // One measurement prints as before; both nest under their names.

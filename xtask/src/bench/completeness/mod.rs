@@ -39,31 +39,69 @@ pub const CHAIN: [Hop; 5] = [
         service: FRONTEND,
         kind: Kind::Server,
         path_prefix: "/api/items/",
+        parent: 0,
         linking: Linking::Connection,
     },
     Hop {
         service: FRONTEND,
         kind: Kind::Client,
         path_prefix: "/process/",
+        parent: 0,
         linking: Linking::EventLoop,
     },
     Hop {
         service: MIDDLE,
         kind: Kind::Server,
         path_prefix: "/process/",
+        parent: 1,
         linking: Linking::Connection,
     },
     Hop {
         service: MIDDLE,
         kind: Kind::Client,
         path_prefix: "/stock/",
+        parent: 2,
         linking: Linking::Thread,
     },
     Hop {
         service: BACKEND,
         kind: Kind::Server,
         path_prefix: "/stock/",
+        parent: 3,
         linking: Linking::Connection,
+    },
+];
+
+/// The spans of a request to the awaiting frontend: the chain, with the frontend's check
+/// of the request at nginx before it, under the same frontend request.
+pub const AWAITING_TREE: [Hop; 7] = [
+    CHAIN[0],
+    Hop {
+        service: FRONTEND,
+        kind: Kind::Client,
+        path_prefix: "/check/",
+        parent: 0,
+        linking: Linking::EventLoop,
+    },
+    Hop {
+        service: BACKEND,
+        kind: Kind::Server,
+        path_prefix: "/check/",
+        parent: 1,
+        linking: Linking::Connection,
+    },
+    CHAIN[1],
+    Hop {
+        parent: 3,
+        ..CHAIN[2]
+    },
+    Hop {
+        parent: 4,
+        ..CHAIN[3]
+    },
+    Hop {
+        parent: 5,
+        ..CHAIN[4]
     },
 ];
 
@@ -80,6 +118,9 @@ pub enum Frontend {
     /// `examples/chain/frontend-deferred.js`: each handler waits on a short timer first,
     /// so other requests arrive before it calls upstream.
     Deferred,
+    /// `examples/chain/frontend-awaits.js`: each handler awaits a check of its request at
+    /// nginx first, so other requests arrive before it calls upstream.
+    Awaits,
 }
 
 impl Frontend {
@@ -87,6 +128,7 @@ impl Frontend {
         match self {
             Frontend::Immediate => "immediate",
             Frontend::Deferred => "deferred",
+            Frontend::Awaits => "awaits",
         }
     }
 
@@ -94,6 +136,15 @@ impl Frontend {
         match self {
             Frontend::Immediate => "walkthrough/frontend-api.js",
             Frontend::Deferred => "chain/frontend-deferred.js",
+            Frontend::Awaits => "chain/frontend-awaits.js",
+        }
+    }
+
+    /// The spans each request makes.
+    pub fn tree(self) -> &'static [Hop] {
+        match self {
+            Frontend::Immediate | Frontend::Deferred => &CHAIN,
+            Frontend::Awaits => &AWAITING_TREE,
         }
     }
 }
@@ -156,6 +207,8 @@ fn run_chain(
             example(root, frontend.script()).into_os_string(),
             port_arg(front_port),
             port_arg(middle_port),
+            // Where the awaiting frontend checks requests; the others take no third port.
+            port_arg(nginx.addr().port()),
         ],
         front_port,
         dir,
@@ -195,7 +248,8 @@ fn run_chain(
         if interrupted() {
             bail!("interrupted");
         }
-        let expected = spans_before + (CHAIN.len() * sent.items.len()) as u64;
+        let tree = frontend.tree();
+        let expected = spans_before + (tree.len() * sent.items.len()) as u64;
         let arrived = wait_for_spans(&receiver, expected);
         agent.check_alive()?;
         front.check_alive()?;
@@ -210,7 +264,7 @@ fn run_chain(
         }
         let after = read_metrics(&agent);
         let spans: Vec<Span> = receiver.spans().iter().filter_map(to_span).collect();
-        let outcome = tree::check(&CHAIN, &spans, &sent.items);
+        let outcome = tree::check(tree, &spans, &sent.items);
         let metrics = report::METRICS
             .iter()
             .map(|name| Metric {
@@ -220,6 +274,7 @@ fn run_chain(
             .collect();
         let result = LevelResult {
             frontend: frontend.name(),
+            tree,
             concurrency: level,
             failed_requests: sent.failed,
             outcome,

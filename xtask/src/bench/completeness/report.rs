@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::tree::{Completeness, Hop, Linking};
+use super::tree::{Completeness, Hop, Linking, describe, link_hops};
 
 /// Agent counters shown per level (differences over the level).
 pub const METRICS: [&str; 3] = [
@@ -24,6 +24,8 @@ pub struct Metric {
 pub struct LevelResult {
     /// Which Node frontend the chain began with.
     pub frontend: &'static str,
+    /// The spans each of its requests was expected to make.
+    pub tree: &'static [Hop],
     pub concurrency: u32,
     /// Requests that got no 2xx answer (they count as sent, and as not exact).
     pub failed_requests: usize,
@@ -91,14 +93,19 @@ pub fn one_line(result: &LevelResult) -> String {
     )
 }
 
-pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String {
+pub fn table(requests: usize, results: &[LevelResult]) -> String {
     let mut out = String::new();
-    let hops: Vec<String> = chain.iter().map(Hop::label).collect();
     let _ = writeln!(
         out,
-        "\nTrace completeness: {requests} requests per level, each expected as exactly\n  {}",
-        hops.join(" -> ")
+        "\nTrace completeness: {requests} requests per level, each expected as exactly"
     );
+    let mut described: Vec<&str> = Vec::new();
+    for r in results {
+        if !described.contains(&r.frontend) {
+            described.push(r.frontend);
+            let _ = writeln!(out, "  {} frontend: {}", r.frontend, describe(r.tree));
+        }
+    }
     let _ = writeln!(
         out,
         "\n{:<9}  {:>11}  {:>8}  {:>11}  {:>8}  goal",
@@ -114,7 +121,7 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
             o.requests,
             o.exact,
             percent(o.share()),
-            verdict(o.share(), tree_goal(chain, r.concurrency))
+            verdict(o.share(), tree_goal(r.tree, r.concurrency))
         );
     }
     for r in results {
@@ -124,7 +131,7 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
             "\n{} frontend, concurrency {} (peak in flight at {}: {}):",
             r.frontend,
             r.concurrency,
-            chain.first().map_or_else(String::new, Hop::label),
+            r.tree.first().map_or_else(String::new, Hop::label),
             o.peak_in_flight,
         );
         if r.failed_requests > 0 {
@@ -135,14 +142,19 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
             );
         }
         for (l, tally) in o.links.iter().enumerate() {
-            let (Some(parent), Some(child)) = (chain.get(l), chain.get(l + 1)) else {
+            let Some((parent, child)) = link_hops(r.tree, l) else {
                 continue;
             };
             let linked = share(tally.exact, tally.checked());
             let _ = writeln!(
                 out,
-                "  link {:<42} {:>5} / {:<5} {:>8}  {}  ({} misplaced, {} orphaned, {} missing)",
-                format!("{} -> {}", parent.label(), child.label()),
+                "  link {:<52} {:>5} / {:<5} {:>8}  {}  ({} misplaced, {} orphaned, {} missing)",
+                format!(
+                    "{} -> {} {}",
+                    parent.label(),
+                    child.label(),
+                    child.path_prefix
+                ),
                 tally.exact,
                 tally.checked(),
                 percent(linked),
@@ -165,7 +177,7 @@ pub fn table(chain: &[Hop], requests: usize, results: &[LevelResult]) -> String 
     out
 }
 
-pub fn json(chain: &[Hop], requests: usize, results: &[LevelResult]) -> Value {
+pub fn json(requests: usize, results: &[LevelResult]) -> Value {
     let levels: Vec<Value> = results
         .iter()
         .map(|r| {
@@ -175,10 +187,11 @@ pub fn json(chain: &[Hop], requests: usize, results: &[LevelResult]) -> Value {
                 .iter()
                 .enumerate()
                 .filter_map(|(l, t)| {
-                    let (parent, child) = (chain.get(l)?, chain.get(l + 1)?);
+                    let (parent, child) = link_hops(r.tree, l)?;
                     Some(json!({
                         "from": parent.label(),
                         "to": child.label(),
+                        "to_path": child.path_prefix,
                         "exact": t.exact,
                         "misplaced": t.misplaced,
                         "orphaned": t.orphaned,
@@ -201,7 +214,8 @@ pub fn json(chain: &[Hop], requests: usize, results: &[LevelResult]) -> Value {
                 "failed_requests": r.failed_requests,
                 "exact_trees": o.exact,
                 "share": o.share(),
-                "goal": tree_goal(chain, r.concurrency),
+                "tree": describe(r.tree),
+                "goal": tree_goal(r.tree, r.concurrency),
                 "links": links,
                 "faults": o.faults,
                 "fault_examples": o.examples,
@@ -210,7 +224,6 @@ pub fn json(chain: &[Hop], requests: usize, results: &[LevelResult]) -> Value {
         })
         .collect();
     json!({
-        "chain": chain.iter().map(Hop::label).collect::<Vec<_>>(),
         "requests_per_level": requests,
         "levels": levels,
     })
@@ -238,6 +251,7 @@ mod tests {
         };
         LevelResult {
             frontend: "immediate",
+            tree: &CHAIN,
             concurrency,
             failed_requests: 0,
             outcome: Completeness {
@@ -284,8 +298,10 @@ mod tests {
 
     #[test]
     fn table_shows_each_level_its_links_and_counters() {
-        let text = table(&CHAIN, 500, &[result(1, 500), result(10, 480)]);
-        assert!(text.contains("frontend-api SERVER -> frontend-api CLIENT -> catalog SERVER"));
+        let text = table(500, &[result(1, 500), result(10, 480)]);
+        assert!(text.contains(
+            "immediate frontend: frontend-api SERVER -> frontend-api CLIENT -> catalog SERVER"
+        ));
         assert!(text.contains(
             "immediate            1       500          500   100.0 %  meets goal = 100 %"
         ));
@@ -295,7 +311,7 @@ mod tests {
         assert!(text.contains("concurrency 10 (peak in flight at frontend-api SERVER: 10):"));
         let node_link = text
             .lines()
-            .filter(|l| l.contains("link frontend-api SERVER -> frontend-api CLIENT"))
+            .filter(|l| l.contains("link frontend-api SERVER -> frontend-api CLIENT /process/"))
             .nth(1)
             .unwrap_or_default();
         assert!(node_link.contains(" 480 / 500 "), "{node_link}");
@@ -315,18 +331,23 @@ mod tests {
 
     #[test]
     fn json_carries_the_same_figures() {
-        let value = json(&CHAIN, 500, &[result(10, 450)]);
+        let value = json(500, &[result(10, 450)]);
         assert_eq!(value["levels"][0]["exact_trees"], 450);
         assert_eq!(value["levels"][0]["frontend"], "immediate");
         assert_eq!(value["levels"][0]["peak_in_flight"], 10);
         assert_eq!(value["levels"][0]["share"], 0.9);
         assert_eq!(value["levels"][0]["goal"], 0.95);
         assert_eq!(value["levels"][0]["links"][0]["misplaced"], 50);
+        assert_eq!(value["levels"][0]["links"][0]["to_path"], "/process/");
         assert_eq!(value["levels"][0]["links"][1]["goal"], 0.99);
         assert_eq!(
             value["levels"][0]["metrics"]["loupe_ringbuf_drops_total"],
             Value::Null
         );
-        assert_eq!(value["chain"][4], "nginx SERVER");
+        assert!(
+            value["levels"][0]["tree"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("catalog CLIENT -> nginx SERVER"))
+        );
     }
 }

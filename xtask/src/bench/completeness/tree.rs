@@ -1,7 +1,8 @@
 //! Whether each request's spans form exactly the expected tree.
 //!
 //! Every request carries an item id that each service passes on in its own path
-//! (`/api/items/<id>` -> `/process/<id>` -> `/stock/<id>`), so every span of a request can
+//! (`/api/items/<id>` -> `/process/<id>` -> `/stock/<id>`, and `/check/<id>` for a frontend
+//! that checks each request first), so every span of a request can
 //! be found without trusting the links under test; then the links are checked against
 //! what was found. Each link is also tallied on its own, which shows where links are lost.
 
@@ -50,13 +51,16 @@ pub enum Linking {
 }
 
 /// One span every request must produce: found by service, kind, and a path that is
-/// `path_prefix` followed by the request's item id.
-#[derive(Clone, Copy, Debug)]
+/// `path_prefix` followed by the request's item id. A tree is a slice of hops, the root
+/// first and every other hop after its parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hop {
     pub service: &'static str,
     pub kind: Kind,
     pub path_prefix: &'static str,
-    /// How this hop's span is linked to the previous hop's (ignored on the first hop).
+    /// The index of the hop whose span is this one's parent (ignored on the root).
+    pub parent: usize,
+    /// How this hop's span is linked to its parent's (ignored on the root).
     pub linking: Linking,
 }
 
@@ -64,6 +68,35 @@ impl Hop {
     pub fn label(&self) -> String {
         format!("{} {}", self.service, self.kind.name())
     }
+}
+
+/// The hops of link `l`, which joins hop `l + 1` to its parent: `(parent, child)`.
+pub fn link_hops(tree: &[Hop], l: usize) -> Option<(&Hop, &Hop)> {
+    let child = tree.get(l + 1)?;
+    Some((tree.get(child.parent)?, child))
+}
+
+/// The tree as its paths from the root to each leaf, `A -> B -> C; A -> D`.
+pub fn describe(tree: &[Hop]) -> String {
+    let is_parent = |h: usize| tree.iter().skip(1).any(|hop| hop.parent == h);
+    let paths: Vec<String> = (0..tree.len())
+        .filter(|&h| !is_parent(h))
+        .map(|leaf| {
+            let mut labels = vec![tree[leaf].label()];
+            let mut h = leaf;
+            // Bounded by the tree's size, should a parent index point forward.
+            for _ in 0..tree.len() {
+                if h == 0 {
+                    break;
+                }
+                h = tree[h].parent;
+                labels.push(tree[h].label());
+            }
+            labels.reverse();
+            labels.join(" -> ")
+        })
+        .collect();
+    paths.join("; ")
 }
 
 /// How one link fared over all requests.
@@ -90,7 +123,7 @@ impl LinkTally {
 pub struct Completeness {
     pub requests: usize,
     pub exact: usize,
-    /// One tally per link, link `i` joining hop `i` to hop `i + 1`.
+    /// One tally per link, link `i` joining hop `i + 1` to its parent.
     pub links: Vec<LinkTally>,
     /// Spans found per hop (at most one per request counts).
     pub found: Vec<usize>,
@@ -116,7 +149,7 @@ enum Fault {
     Duplicate(usize),
     RootHasParent,
     Link(usize, LinkFault),
-    /// Hop `.0` has no child where the chain wants one.
+    /// Hop `.0` has fewer children than the tree wants.
     NoChild(usize),
     /// Hop `.0` has children that belong to other requests.
     ForeignChildren(usize),
@@ -132,6 +165,7 @@ enum LinkFault {
 impl Fault {
     fn describe(&self, chain: &[Hop]) -> String {
         let label = |i: usize| chain.get(i).map_or_else(|| "?".to_owned(), Hop::label);
+        let parent = |i: usize| chain.get(i).map_or(0, |hop| hop.parent);
         match self {
             Fault::Missing(h) => format!("no {} span", label(*h)),
             Fault::Duplicate(h) => format!("several {} spans", label(*h)),
@@ -142,7 +176,7 @@ impl Fault {
                     LinkFault::Orphaned => "without a parent",
                     LinkFault::OtherTrace => "in another trace",
                 };
-                format!("{} {what} (not {})", label(l + 1), label(*l))
+                format!("{} {what} (not {})", label(l + 1), label(parent(l + 1)))
             }
             Fault::NoChild(h) => format!("{} span has no child", label(*h)),
             Fault::ForeignChildren(h) => {
@@ -210,7 +244,7 @@ fn link_fault(parent: &Span, child: &Span) -> Option<LinkFault> {
 }
 
 /// The first fault in one request's tree, `None` when it is exact.
-fn first_fault(index: &Index<'_>, hops: &[Result<&Span, usize>]) -> Option<Fault> {
+fn first_fault(chain: &[Hop], index: &Index<'_>, hops: &[Result<&Span, usize>]) -> Option<Fault> {
     let mut found = Vec::with_capacity(hops.len());
     for (h, hop) in hops.iter().enumerate() {
         match hop {
@@ -222,13 +256,16 @@ fn first_fault(index: &Index<'_>, hops: &[Result<&Span, usize>]) -> Option<Fault
     if found.first().is_some_and(|root| root.parent.is_some()) {
         return Some(Fault::RootHasParent);
     }
-    for (l, pair) in found.windows(2).enumerate() {
-        if let Some(fault) = link_fault(pair[0], pair[1]) {
-            return Some(Fault::Link(l, fault));
+    for (h, hop) in chain.iter().enumerate().skip(1) {
+        if let Some(fault) = found
+            .get(hop.parent)
+            .and_then(|parent| link_fault(parent, found[h]))
+        {
+            return Some(Fault::Link(h - 1, fault));
         }
     }
     for (h, span) in found.iter().enumerate() {
-        let want = usize::from(h + 1 < found.len());
+        let want = chain.iter().skip(1).filter(|hop| hop.parent == h).count();
         let have = index.children_of(span);
         if have < want {
             return Some(Fault::NoChild(h));
@@ -261,7 +298,7 @@ pub fn check(chain: &[Hop], spans: &[Span], items: &[String]) -> Completeness {
             }
         }
         for (l, tally) in out.links.iter_mut().enumerate() {
-            match (&hops[l], &hops[l + 1]) {
+            match (&hops[chain[l + 1].parent], &hops[l + 1]) {
                 (Ok(parent), Ok(child)) => match link_fault(parent, child) {
                     None => tally.exact += 1,
                     Some(LinkFault::Orphaned) => tally.orphaned += 1,
@@ -270,7 +307,7 @@ pub fn check(chain: &[Hop], spans: &[Span], items: &[String]) -> Completeness {
                 _ => tally.missing += 1,
             }
         }
-        match first_fault(&index, &hops) {
+        match first_fault(chain, &index, &hops) {
             None => out.exact += 1,
             Some(fault) => {
                 let description = fault.describe(chain);

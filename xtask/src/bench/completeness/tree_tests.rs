@@ -5,18 +5,21 @@ const CHAIN: [Hop; 3] = [
         service: "front",
         kind: Kind::Server,
         path_prefix: "/api/",
+        parent: 0,
         linking: Linking::Connection,
     },
     Hop {
         service: "front",
         kind: Kind::Client,
         path_prefix: "/p/",
+        parent: 0,
         linking: Linking::EventLoop,
     },
     Hop {
         service: "back",
         kind: Kind::Server,
         path_prefix: "/p/",
+        parent: 1,
         linking: Linking::Connection,
     },
 ];
@@ -213,4 +216,90 @@ fn peak_in_flight_counts_overlaps_only() {
     };
     let spans: Vec<Span> = a.into_iter().chain(b).collect();
     assert_eq!(check(&CHAIN, &spans, &items(&["a", "b"])).peak_in_flight, 2);
+}
+
+/// The root calls out twice; each call reaches its own server.
+const BRANCHES: [Hop; 5] = [
+    CHAIN[0],
+    Hop {
+        path_prefix: "/check/",
+        ..CHAIN[1]
+    },
+    Hop {
+        path_prefix: "/check/",
+        ..CHAIN[2]
+    },
+    CHAIN[1],
+    Hop {
+        parent: 3,
+        ..CHAIN[2]
+    },
+];
+
+/// `item`'s spans for `BRANCHES`, ids `<item>0`.., each hop's parent as the tree says
+/// unless `parents` names another.
+fn branches(item: &str, parents: [usize; 5]) -> Vec<Span> {
+    let ids: Vec<String> = (0..BRANCHES.len()).map(|i| format!("{item}{i}")).collect();
+    BRANCHES
+        .iter()
+        .enumerate()
+        .map(|(i, hop)| {
+            let parent = (i > 0).then(|| ids[parents[i]].as_str());
+            span(&format!("t{item}"), &ids[i], parent, hop, item)
+        })
+        .collect()
+}
+
+#[test]
+fn a_tree_with_branches_checks_each_hop_against_its_own_parent() {
+    let mut spans = branches("a", [0, 0, 1, 0, 3]);
+    // b's second call hangs under its check instead of under its request.
+    spans.extend(branches("b", [0, 0, 1, 1, 3]));
+    let got = check(&BRANCHES, &spans, &items(&["a", "b"]));
+    assert_eq!(got.exact, 1);
+    let exact: Vec<usize> = got.links.iter().map(|t| t.exact).collect();
+    assert_eq!(exact, [2, 2, 1, 2]);
+    assert_eq!(
+        got.faults.keys().collect::<Vec<_>>(),
+        ["front CLIENT under another span (not front SERVER)"]
+    );
+    let prefixes = |l| link_hops(&BRANCHES, l).map(|(p, c)| (p.path_prefix, c.path_prefix));
+    assert_eq!(
+        prefixes(2),
+        Some(("/api/", "/p/")),
+        "the second call under the root"
+    );
+    assert_eq!(prefixes(3), Some(("/p/", "/p/")));
+    assert_eq!(prefixes(4), None);
+    assert_eq!(
+        describe(&BRANCHES),
+        "front SERVER -> front CLIENT -> back SERVER; front SERVER -> front CLIENT -> back SERVER"
+    );
+    assert_eq!(
+        describe(&CHAIN),
+        "front SERVER -> front CLIENT -> back SERVER"
+    );
+}
+
+#[test]
+fn a_request_missing_one_of_its_calls_has_too_few_children() {
+    let mut spans = branches("a", [0, 0, 1, 0, 3]);
+    // The check's span is under another request's tree entirely.
+    spans[1].parent = Some("elsewhere".to_owned());
+    spans[2].parent = Some("elsewhere".to_owned());
+    let got = check(&BRANCHES, &spans, &items(&["a"]));
+    assert_eq!(got.exact, 0);
+    assert_eq!(got.links[0].misplaced, 1);
+}
+
+#[test]
+fn every_measured_tree_names_each_parent_before_its_child() {
+    use super::super::Frontend;
+    for frontend in [Frontend::Immediate, Frontend::Deferred, Frontend::Awaits] {
+        let tree = frontend.tree();
+        for (h, hop) in tree.iter().enumerate().skip(1) {
+            assert!(hop.parent < h, "{} hop {h}", frontend.name());
+        }
+        assert_eq!(tree[0].kind, Kind::Server);
+    }
 }
