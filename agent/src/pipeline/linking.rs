@@ -381,7 +381,13 @@ impl Linker {
         let was_serving = self.serving.any(key.tgid);
         let (node, placement) = match (kernel, header, under) {
             (Some(ids), _, under) => {
-                let parent = match (under, ids.parent_span_id) {
+                // The request whose context the kernel wrote on the wire is the parent,
+                // whichever the thread's reads suggest: the server that reads the header
+                // continues that trace.
+                let on_wire = ids
+                    .parent_span_id
+                    .and_then(|span_id| self.serving.with_span_id(key.tgid, span_id));
+                let parent = match (on_wire.or(under), ids.parent_span_id) {
                     (Some(server), _) => Parent::Local(server),
                     (None, Some(span_id)) => Parent::Remote {
                         trace_id: ids.trace_id,

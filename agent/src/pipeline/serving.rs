@@ -14,6 +14,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use super::linking::{NodeRef, Parent, RequestKey};
+use crate::span::SpanId;
 
 /// Threads whose last read is remembered; past this, reads of further threads are not.
 const MAX_THREADS: usize = 65_536;
@@ -113,6 +114,15 @@ impl Serving {
             .and_then(|key| list.iter().find(|f| f.key == *key))
             .or_else(|| list.iter().rev().find(|f| f.tid == tid))
             .or_else(|| (list.len() == 1).then(|| &list[0]))
+            .map(|f| f.node.clone())
+    }
+
+    /// The request of `tgid` in flight whose span has id `span_id`.
+    pub fn with_span_id(&self, tgid: u32, span_id: SpanId) -> Option<NodeRef> {
+        self.in_flight
+            .get(&tgid)?
+            .iter()
+            .find(|f| f.node.borrow().span_id == span_id)
             .map(|f| f.node.clone())
     }
 

@@ -106,3 +106,32 @@ fn reads_are_forgotten_with_their_requests_and_bounded() {
     l.forget_process(FRONT);
     assert_eq!(l.serving_sizes(), (0, 0));
 }
+
+/// With `--inject-traceparent` the kernel wrote the context of the request it took the
+/// thread to serve; the server that reads it continues that trace, so the call's span
+/// stays under that request, whatever the thread read last.
+#[test]
+fn a_call_whose_context_the_kernel_wrote_stays_under_that_request() {
+    use super::super::linking::KernelIds;
+    use crate::span::{SpanId, TraceId};
+    let kernel = |trace: u8, span: u8, parent: Option<u8>| KernelIds {
+        trace_id: TraceId([trace; 16]),
+        span_id: SpanId([span; 8]),
+        parent_span_id: parent.map(|p| SpanId([p; 8])),
+        trace_flags: 1,
+    };
+    let mut l = Linker::default();
+    let a = l.server_start(key(10, 0), LOOP, 1, None, None, Some(kernel(1, 1, None)));
+    let b = l.server_start(key(11, 0), LOOP, 2, None, None, Some(kernel(2, 2, None)));
+    l.on_read(FRONT, LOOP, ReadFor::Request(key(10, 0)));
+    let on_wire = kernel(2, 9, Some(2));
+    let (node, placement) = l.client_start(key(20, 0), LOOP, 3, None, None, Some(on_wire), None);
+    let ids = resolve(&node);
+    assert_eq!(ids.parent_span_id.map(|id| id.0), span_id(&b));
+    assert_eq!(ids.trace_id, TraceId([2; 16]));
+    assert_eq!(placement, ClientPlacement::OwnContext);
+    // Without such a request in flight, the thread's last read decides.
+    let elsewhere = kernel(3, 8, Some(7));
+    let (node, _) = l.client_start(key(21, 0), LOOP, 4, None, None, Some(elsewhere), None);
+    assert_eq!(resolve(&node).parent_span_id.map(|id| id.0), span_id(&a));
+}
