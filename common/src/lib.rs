@@ -370,8 +370,13 @@ pub struct KernelOffsets {
     /// tuple's `netns` is then 0.
     pub sock_net: u32,
     pub net_inum: u32,
+    /// `sock.__sk_common.skc_cookie`: with `--inject-traceparent`, the socket whose
+    /// response a thread reads gives it back the context its request carried. 0 when the
+    /// BTF does not show it; the thread's context is then only learnt from requests.
+    pub sock_cookie: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 
 /// Layouts of `struct pt_regs` the exit programs know, with the offsets of the first
 /// three syscall arguments fixed at build time (the verifier needs constant offsets) and
@@ -416,7 +421,7 @@ pub struct ProbeConfig {
     /// are left to the agent's /proc scan.
     pub fork_child_pid_offset: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 112);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 120);
 
 pub mod connection;
 pub mod counter;

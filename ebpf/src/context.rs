@@ -2,12 +2,17 @@
 //! reads and forgotten when it writes the response.
 //!
 //! A thread that reads an HTTP request is taken to serve it until it writes a response:
-//! true of thread-per-request servers, not of event loops that interleave requests on
-//! one thread (there the context is the last request read). Requests the thread sends
-//! meanwhile join the trace (see `inject.rs`).
+//! true of thread-per-request servers. An event loop interleaves requests on one thread
+//! and runs each step of a handler after the read that woke it, so the context is the
+//! request the thread last read for: a request, or the response to a request it sent,
+//! whose socket kept the context it carried. Requests the thread sends join the trace
+//! (see `inject.rs`).
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -23,7 +28,7 @@ use crate::{
         TRACEPARENT_COPY, find_lines, line_count, line_start, name_is, parse_traceparent,
         starts_with_method, starts_with_status_line,
     },
-    maps::{CONTEXT_SCRATCH, SCRATCH, THREAD_CONTEXT},
+    maps::{CONTEXT_SCRATCH, INJECTED_CONTEXTS, SCRATCH, THREAD_CONTEXT, config},
 };
 
 /// W3C trace-flags for a trace loupe starts: sampled.
@@ -64,7 +69,11 @@ pub fn loupe_data_context(_ctx: TracePointContext) -> u32 {
     let event: &DataEvent = unsafe { &*event };
     let captured = bounded(event.header.captured_len as usize);
     if event.header.direction == direction::INGRESS {
-        on_ingress(event, captured);
+        let sock = CONTEXT_SCRATCH
+            .get_ptr_mut(0)
+            // SAFETY: per-CPU scratch, written by the data exit program that called this one.
+            .map_or(0, |scratch| unsafe { (*scratch).sock });
+        on_ingress(event, captured, sock);
     } else {
         on_egress(event, captured);
     }
@@ -82,17 +91,25 @@ pub struct ContextScratch {
     pub raw: [u8; TRACEPARENT_BUF],
     pub event: ServerContextEvent,
     pub context: ThreadContext,
+    /// The `struct sock` of the call being recorded (0 when unknown), set by the data exit
+    /// program before it hands over.
+    pub sock: u64,
 }
 
-/// Called for every captured read of a traced connection while injection is on, before
-/// its data record is written: a request start gives the thread a new context and the
-/// agent a [`ServerContextEvent`].
+/// Called for every captured read of a traced connection (socket `sock`) while injection
+/// is on, before its data record is written: a request start gives the thread a new
+/// context and the agent a [`ServerContextEvent`]; a response start gives the thread back
+/// the context its request carried.
 #[inline(always)]
-pub fn on_ingress(event: &DataEvent, captured: usize) {
+pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
     let bytes = MapBytes {
         buf: &event.data,
         len: captured,
     };
+    if starts_with_status_line(&bytes) {
+        resume_context(event.header.tid, sock);
+        return;
+    }
     if !starts_with_method(&bytes) {
         return;
     }
@@ -131,6 +148,24 @@ pub fn on_ingress(event: &DataEvent, captured: usize) {
     // An LRU map: contexts of threads that died serving a request age out.
     let _ = THREAD_CONTEXT.insert(&header.tid, &scratch.context, 0);
     output(&scratch.event);
+}
+
+/// Thread `tid` read the start of a response on `sock`: the context its request carried,
+/// if loupe injected one, is the thread's again.
+#[inline(always)]
+fn resume_context(tid: u32, sock: u64) {
+    let offset = config().offsets.sock_cookie as u64;
+    if sock == 0 || offset == 0 {
+        return;
+    }
+    // SAFETY: the helper checks the kernel address itself.
+    let Ok(cookie) = (unsafe { bpf_probe_read_kernel((sock + offset) as *const u64) }) else {
+        return;
+    };
+    // SAFETY: plain lookup; the value is copied out at once.
+    if let Some(context) = unsafe { INJECTED_CONTEXTS.get(&cookie) }.copied() {
+        let _ = THREAD_CONTEXT.insert(&tid, &context, 0);
+    }
 }
 
 /// Called for every captured write of a traced connection while injection is on: a

@@ -21,7 +21,7 @@ use crate::{
     connection::lookup_or_discover,
     emit::{RingLevel, output_bytes},
     filter::{is_marked, traced_current, traced_task},
-    maps::{DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, count},
+    maps::{CONTEXT_SCRATCH, DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, count},
     pending,
     record::{header, write_head_only, write_small},
     response_head::heads_a_body,
@@ -122,7 +122,7 @@ fn on_exit(ctx: &TracePointContext) {
     if moved <= 0 || !syscall_kind::carries_data(call.kind) {
         return;
     }
-    emit(ctx, pid_tgid, &call, moved, cfg, role::UNKNOWN);
+    emit(ctx, pid_tgid, &call, moved, cfg, (role::UNKNOWN, 0));
 }
 
 // Read exits that need no entry program: the arguments still sit in the registers saved
@@ -153,7 +153,7 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, sending: bool) {
         if sending && needs_start(state.role) {
             call.start_ns = sent_at(state.sock, cfg);
         }
-        emit(ctx, pid_tgid, &call, moved, cfg, state.role);
+        emit(ctx, pid_tgid, &call, moved, cfg, (state.role, state.sock));
     }
 }
 
@@ -199,7 +199,8 @@ fn sent_at(sock: u64, cfg: &ProbeConfig) -> u64 {
     }
 }
 
-/// Captures the bytes `call` moved and writes its data record.
+/// Captures the bytes `call` moved and writes its data record; `conn` is the connection's
+/// role and `struct sock` (0 when unknown).
 #[inline(always)]
 fn emit(
     ctx: &TracePointContext,
@@ -207,7 +208,7 @@ fn emit(
     call: &PendingCall,
     moved: i64,
     cfg: &ProbeConfig,
-    conn_role: u8,
+    (conn_role, sock): (u8, u64),
 ) {
     let tgid = (pid_tgid >> 32) as u32;
     let dir = match call.kind {
@@ -276,6 +277,10 @@ fn emit(
         // record and then this one, in that order. It is a separate program so its
         // bounded scans do not count against this one's verifier budget. If the call
         // fails (not loaded), the data record is still written below.
+        if let Some(scratch) = CONTEXT_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+            unsafe { (*scratch).sock = sock };
+        }
         // SAFETY: the context program is a tracepoint program taking the same context.
         unsafe { DATA_CONTEXT.tail_call(ctx, 0) };
     }

@@ -41,7 +41,10 @@ use crate::{
         TRACEPARENT, TRANSFER_ENCODING, find_lines, head_end, line_count, line_start, name_is,
         parse_decimal, repeat, request_line_end, starts_with_method, write_hex,
     },
-    maps::{INJECT_SOCKETS, SOCKET_INJECT, THREAD_CONTEXT, TRACED_PORTS, config, count},
+    maps::{
+        INJECT_SOCKETS, INJECTED_CONTEXTS, SOCKET_INJECT, THREAD_CONTEXT, TRACED_PORTS, config,
+        count,
+    },
 };
 
 /// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`
@@ -73,6 +76,9 @@ pub struct SocketInjectState {
     pub facts: u32,
     /// Scratch for scanning the head: the socket lock serialises writes to one socket.
     pub lines: HeadLines,
+    /// The socket's cookie, set once established: where [`INJECTED_CONTEXTS`] keeps the
+    /// context of its latest request.
+    pub cookie: u64,
 }
 
 const EMPTY_STATE: SocketInjectState = SocketInjectState {
@@ -85,6 +91,7 @@ const EMPTY_STATE: SocketInjectState = SocketInjectState {
         count: 0,
         head_end: 0,
     },
+    cookie: 0,
 };
 
 fn storage_map() -> *mut core::ffi::c_void {
@@ -156,6 +163,8 @@ fn watch_if_marked(ctx: &SockOpsContext) {
     }
     // SAFETY: the helper takes the sock_ops context.
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: this socket's storage; nothing writes to the socket before it is established.
+    unsafe { (*(state as *mut SocketInjectState)).cookie = cookie };
     // SAFETY: the context pointer is valid for this program run.
     if INJECT_SOCKETS
         .update(&mut cookie, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
@@ -332,7 +341,15 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         count(counter::INJECT_SKIPPED_PRESENT);
         return true;
     }
-    insert_header(ctx, insert_at as u32, end_of_head as u32, tgid, tid)
+    // SAFETY: as above.
+    let cookie = unsafe { read_volatile(&raw const (*state).cookie) };
+    insert_header(
+        ctx,
+        insert_at as u32,
+        end_of_head as u32,
+        (tgid, tid),
+        cookie,
+    )
 }
 
 /// The header line loupe inserts, CRLF included.
@@ -462,11 +479,25 @@ extern "C" fn header_step(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Inserts `traceparent` at `at` (just past the request line) and reports the ids.
+/// Inserts `traceparent` at `at` (just past the request line) and reports the ids. The
+/// socket (`cookie`) keeps the context it carried, which its response gives back to the
+/// thread that reads it (see `context::on_ingress`).
 #[inline(always)]
-fn insert_header(ctx: &SkMsgContext, at: u32, head_len: u32, tgid: u32, tid: u32) -> bool {
+fn insert_header(
+    ctx: &SkMsgContext,
+    at: u32,
+    head_len: u32,
+    (tgid, tid): (u32, u32),
+    cookie: u64,
+) -> bool {
     // SAFETY: plain lookup; the value is copied out at once.
     let context = unsafe { THREAD_CONTEXT.get(&tid) }.copied();
+    if cookie != 0 {
+        let _ = match &context {
+            Some(c) => INJECTED_CONTEXTS.insert(&cookie, c, 0),
+            None => INJECTED_CONTEXTS.remove(&cookie),
+        };
+    }
     let (trace_id, parent_span_id, trace_flags) = match context {
         Some(c) => (c.trace_id, c.span_id, c.trace_flags),
         None => (random_trace_id(), [0u8; SPAN_ID_LEN], FLAGS_SAMPLED),

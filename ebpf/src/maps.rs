@@ -88,6 +88,14 @@ pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static THREAD_CONTEXT: LruHashMap<u32, ThreadContext> = LruHashMap::with_max_entries(16384, 0);
 
+/// The context each injected client socket's latest request carried (socket cookie ->
+/// context), kept while `--inject-traceparent` is on: the thread that reads the response
+/// takes it back, as an event loop runs the handler that awaited it. LRU: entries of
+/// closed sockets age out.
+#[map]
+pub static INJECTED_CONTEXTS: LruHashMap<u64, ThreadContext> =
+    LruHashMap::with_max_entries(16384, 0);
+
 /// The context program the data exit program hands over to while injection is on
 /// (slot 0); empty otherwise.
 #[map]

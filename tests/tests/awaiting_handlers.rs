@@ -43,6 +43,19 @@ fn assert_child(child: &ReceivedSpan, parent: &ReceivedSpan, what: &str) {
 
 #[test]
 fn a_call_after_an_awaited_call_belongs_to_its_own_request() {
+    check_rounds(&[]);
+}
+
+/// With `--inject-traceparent` the kernel writes each call's context on the wire, and
+/// the backend's spans continue it: the kernel must follow the awaited response too, or
+/// A's second call would carry B's trace to the backend.
+#[test]
+fn an_injected_call_after_an_awaited_call_carries_its_own_requests_trace() {
+    check_rounds(&["--inject-traceparent"]);
+}
+
+/// Runs the rounds below with an agent given `extra` arguments, and checks every tree.
+fn check_rounds(extra: &[&str]) {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let (front_port, back_port) = (free_port(), free_port());
@@ -58,10 +71,12 @@ fn a_call_after_an_awaited_call_belongs_to_its_own_request() {
     );
     let endpoint = receiver.grpc_endpoint();
     let (front, back) = (front_port.to_string(), back_port.to_string());
+    let mut args = vec![
+        "--exe", "node", "--exe", "python3*", "--port", &front, "--port", &back,
+    ];
+    args.extend(extra);
     let agent = Agent::start(
-        &[
-            "--exe", "node", "--exe", "python3*", "--port", &front, "--port", &back,
-        ],
+        &args,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),

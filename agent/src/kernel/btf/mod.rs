@@ -138,6 +138,8 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
         task_pid: task_pid(&r),
         sock_net,
         net_inum,
+        sock_cookie: skc("skc_cookie", Bytes(8)).unwrap_or(0),
+        _pad: 0,
     })
 }
 

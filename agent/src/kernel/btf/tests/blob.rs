@@ -320,6 +320,7 @@ pub fn fake_kernel(mut b: Blob) -> Vec<u8> {
             ("skc_net", possible_net_t, 48),
             ("skc_v6_daddr", in6, 56),
             ("skc_v6_rcv_saddr", in6, 72),
+            ("skc_cookie", u64_, 88),
         ],
     );
     // kind_flag struct: offsets carry a bitfield size in their top byte, zero for plain
@@ -374,4 +375,6 @@ pub const FAKE_OFFSETS: KernelOffsets = KernelOffsets {
     task_pid: 1560,
     sock_net: 64,
     net_inum: 136,
+    sock_cookie: 104,
+    _pad: 0,
 };
