@@ -117,10 +117,19 @@ impl Probes {
                     );
                     0
                 });
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("EVENTS", ring_bytes)
             .override_global("PROBE_CONFIG", &config, true)
-            .override_global("RING_BYTES", &ring_bytes, true)
+            .override_global("RING_BYTES", &ring_bytes, true);
+        if config.inject_traceparent == 0 {
+            // Only injection keeps trace contexts: the kernel need not set aside room
+            // for them (1.7 MiB for the threads' alone).
+            for map in ["THREAD_CONTEXT", "INJECTED_CONTEXTS"] {
+                loader.map_max_entries(map, 1);
+            }
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         maps::write_ports(&mut ebpf, ports)?;
