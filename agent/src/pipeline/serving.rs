@@ -71,7 +71,8 @@ impl Serving {
         nodes: impl Fn(&RequestKey) -> Option<NodeRef>,
     ) {
         let cause = match read {
-            ReadFor::Request(key) => self.in_flight_key(tgid, |f| f.key == key),
+            // Checked when used: [`Self::serving`] takes it only while it is in flight.
+            ReadFor::Request(key) => Some(key),
             // The response wakes the handler of the request that made the call.
             ReadFor::Response(key) => nodes(&key).and_then(|call| match &call.borrow().parent {
                 Parent::Local(server) => self.in_flight_key(tgid, |f| Rc::ptr_eq(&f.node, server)),
@@ -79,12 +80,11 @@ impl Serving {
             }),
         };
         match cause {
-            Some(cause) if self.last_read.len() < MAX_THREADS => {
-                self.last_read.insert((tgid, tid), cause);
-            }
             Some(cause) => {
                 if let Some(slot) = self.last_read.get_mut(&(tgid, tid)) {
                     *slot = cause;
+                } else if self.last_read.len() < MAX_THREADS {
+                    self.last_read.insert((tgid, tid), cause);
                 }
             }
             // A read for nothing in flight here (a call made outside any request) wakes a
