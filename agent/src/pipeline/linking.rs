@@ -184,8 +184,8 @@ impl Waiting {
 pub enum ClientPlacement {
     /// Under a server request of its own process.
     UnderServer,
-    /// Under the most recent of several requests in flight on one thread (an event loop):
-    /// a guess that is wrong when a handler calls out after later requests arrived.
+    /// Under one of several requests in flight on one thread (an event loop): the one the
+    /// thread last read for, else the most recent; wrong when a timer woke the handler.
     Guessed,
     /// The process set its own context (instrumented) or the kernel injected one.
     OwnContext,

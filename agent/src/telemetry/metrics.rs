@@ -93,7 +93,7 @@ metrics! {
     export_failures: Counter = "loupe_export_failures_total", "Export requests that failed (each retry counts).";
     export_queue_spans: Gauge = "loupe_export_queue_spans", "Spans accepted for export and not yet delivered or dropped.";
     client_spans_unplaced: Counter = "loupe_client_spans_unplaced_total", "CLIENT spans of a process that was serving requests, placed under none of them.";
-    client_spans_guessed: Counter = "loupe_client_spans_guessed_total", "CLIENT spans placed under the latest of several requests in flight on one event-loop thread (may be the wrong one).";
+    client_spans_guessed: Counter = "loupe_client_spans_guessed_total", "CLIENT spans placed while several requests were in flight on one event-loop thread: under the one the thread last read for, else the latest (wrong when a timer woke the handler).";
     client_span_starts_moved: Counter = "loupe_client_span_starts_moved_total", "CLIENT spans made to start with the SERVER span they caused, which the time their first write carried fell after (an acknowledgement that came in before the write returned, a write that waited for room, or a write whose send time was unknown).";
     server_spans_peer_unmatched: Counter = "loupe_server_spans_peer_unmatched_total", "SERVER spans whose client loupe also traces, left without that client span as parent.";
     linker_requests_dropped: Counter = "loupe_linker_requests_dropped_total", "Requests in flight the trace linker's full tables could not keep: their spans may start traces of their own.";
