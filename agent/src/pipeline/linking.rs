@@ -387,13 +387,15 @@ impl Linker {
                 let on_wire = ids
                     .parent_span_id
                     .and_then(|span_id| self.serving.with_span_id(key.tgid, span_id));
-                let parent = match (on_wire.or(under), ids.parent_span_id) {
-                    (Some(server), _) => Parent::Local(server),
-                    (None, Some(span_id)) => Parent::Remote {
+                let parent = match (on_wire, ids.parent_span_id, under) {
+                    (Some(server), _, _) => Parent::Local(server),
+                    // A request no longer in flight: still the parent the wire names.
+                    (None, Some(span_id), _) => Parent::Remote {
                         trace_id: ids.trace_id,
                         span_id,
                     },
-                    (None, None) => Parent::Root(ids.trace_id),
+                    (None, None, Some(server)) => Parent::Local(server),
+                    (None, None, None) => Parent::Root(ids.trace_id),
                 };
                 (
                     SpanNode {

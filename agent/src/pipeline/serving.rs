@@ -73,9 +73,13 @@ impl Serving {
         let cause = match read {
             // Checked when used: [`Self::serving`] takes it only while it is in flight.
             ReadFor::Request(key) => Some(key),
-            // The response wakes the handler of the request that made the call.
+            // The response wakes the handler of the request that made the call, when the
+            // thread that reads it is the one that read that request (an event loop). A
+            // client's own I/O thread reads the responses of every request's calls.
             ReadFor::Response(key) => nodes(&key).and_then(|call| match &call.borrow().parent {
-                Parent::Local(server) => self.in_flight_key(tgid, |f| Rc::ptr_eq(&f.node, server)),
+                Parent::Local(server) => {
+                    self.in_flight_key(tgid, |f| f.tid == tid && Rc::ptr_eq(&f.node, server))
+                }
                 _ => None,
             }),
         };

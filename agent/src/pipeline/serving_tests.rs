@@ -130,8 +130,34 @@ fn a_call_whose_context_the_kernel_wrote_stays_under_that_request() {
     assert_eq!(ids.parent_span_id.map(|id| id.0), span_id(&b));
     assert_eq!(ids.trace_id, TraceId([2; 16]));
     assert_eq!(placement, ClientPlacement::OwnContext);
-    // Without such a request in flight, the thread's last read decides.
+    // A request no longer in flight is still the parent the wire names.
     let elsewhere = kernel(3, 8, Some(7));
     let (node, _) = l.client_start(key(21, 0), LOOP, 4, None, None, Some(elsewhere), None);
+    let ids = resolve(&node);
+    assert_eq!(ids.parent_span_id, Some(SpanId([7; 8])));
+    assert_eq!(ids.trace_id, TraceId([3; 16]));
+    // Without a parent on the wire, the thread's last read decides.
+    let root = kernel(4, 6, None);
+    let (node, _) = l.client_start(key(22, 0), LOOP, 5, None, None, Some(root), None);
     assert_eq!(resolve(&node).parent_span_id.map(|id| id.0), span_id(&a));
+}
+
+/// A client's own I/O thread reads the responses to every request's calls: a response it
+/// reads says nothing about which request its next call is for.
+#[test]
+fn a_response_read_on_another_thread_than_its_request_wakes_nothing() {
+    let mut l = Linker::default();
+    const IO: u32 = 9;
+    l.server_start(key(10, 0), 1, 1, None, None, None);
+    l.on_read(FRONT, 1, ReadFor::Request(key(10, 0)));
+    l.client_start(key(20, 0), 1, 2, None, None, None, None);
+    l.server_start(key(11, 0), 2, 3, None, None, None);
+    l.server_start(key(12, 0), 3, 4, None, None, None);
+    l.on_read(FRONT, IO, ReadFor::Response(key(20, 0)));
+    let (node, placement) = l.client_start(key(21, 0), IO, 5, None, None, None, None);
+    assert!(
+        resolve(&node).parent_span_id.is_none(),
+        "three in flight, none on this thread"
+    );
+    assert_eq!(placement, ClientPlacement::Unplaced);
 }
