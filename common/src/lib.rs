@@ -223,9 +223,15 @@ pub struct ThreadContext {
     pub span_id: [u8; SPAN_ID_LEN],
     /// W3C trace-flags (bit 0: sampled).
     pub trace_flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The thread that read the request: the only one a socket that carried this context
+    /// gives it back to.
+    pub tid: u32,
+    /// The `struct sock` the request was read on (0 when unknown), whose response ends
+    /// it: a context is given back only while its request is still in flight.
+    pub server_sock: u64,
 }
-const _: () = assert!(core::mem::size_of::<ThreadContext>() == 32);
+const _: () = assert!(core::mem::size_of::<ThreadContext>() == 40);
 
 /// Emitted when a thread reads an HTTP request while injection is on, right before the
 /// data record of that read: the server span for this request must use exactly these ids.

@@ -28,7 +28,7 @@ use crate::{
         TRACEPARENT_COPY, find_lines, line_count, line_start, name_is, parse_traceparent,
         starts_with_method, starts_with_status_line,
     },
-    maps::{CONTEXT_SCRATCH, INJECTED_CONTEXTS, SCRATCH, THREAD_CONTEXT, config},
+    maps::{CONTEXT_SCRATCH, INJECTED_CONTEXTS, LIVE_CONTEXTS, SCRATCH, THREAD_CONTEXT, config},
 };
 
 /// W3C trace-flags for a trace loupe starts: sampled.
@@ -68,14 +68,14 @@ pub fn loupe_data_context(_ctx: TracePointContext) -> u32 {
     // SAFETY: per-CPU scratch, filled by the data exit program that called this one.
     let event: &DataEvent = unsafe { &*event };
     let captured = bounded(event.header.captured_len as usize);
+    let sock = CONTEXT_SCRATCH
+        .get_ptr_mut(0)
+        // SAFETY: per-CPU scratch, written by the data exit program that called this one.
+        .map_or(0, |scratch| unsafe { (*scratch).sock });
     if event.header.direction == direction::INGRESS {
-        let sock = CONTEXT_SCRATCH
-            .get_ptr_mut(0)
-            // SAFETY: per-CPU scratch, written by the data exit program that called this one.
-            .map_or(0, |scratch| unsafe { (*scratch).sock });
         on_ingress(event, captured, sock);
     } else {
-        on_egress(event, captured);
+        on_egress(event, captured, sock);
     }
     // Read after this program's own record went in.
     output_data(event, &RingLevel::now());
@@ -145,13 +145,19 @@ pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
     scratch.context.trace_id = out.trace_id;
     scratch.context.span_id = out.span_id;
     scratch.context.trace_flags = out.trace_flags;
+    scratch.context.tid = header.tid;
+    scratch.context.server_sock = sock;
+    if sock != 0 {
+        let _ = LIVE_CONTEXTS.insert(&sock, &out.span_id, 0);
+    }
     // An LRU map: contexts of threads that died serving a request age out.
     let _ = THREAD_CONTEXT.insert(&header.tid, &scratch.context, 0);
     output(&scratch.event);
 }
 
 /// Thread `tid` read the start of a response on `sock`: the context its request carried,
-/// if loupe injected one, is the thread's again.
+/// if loupe injected one, is the thread's again, once, when this thread read the request
+/// that context belongs to and that request is still in flight.
 #[inline(always)]
 fn resume_context(tid: u32, sock: u64) {
     let offset = config().offsets.sock_cookie as u64;
@@ -163,7 +169,15 @@ fn resume_context(tid: u32, sock: u64) {
         return;
     };
     // SAFETY: plain lookup; the value is copied out at once.
-    if let Some(context) = unsafe { INJECTED_CONTEXTS.get(&cookie) }.copied() {
+    let Some(context) = (unsafe { INJECTED_CONTEXTS.get(&cookie) }).copied() else {
+        return;
+    };
+    let _ = INJECTED_CONTEXTS.remove(&cookie);
+    // SAFETY: plain lookup; the value is compared at once.
+    let live = context.server_sock != 0
+        && unsafe { LIVE_CONTEXTS.get(&context.server_sock) }
+            .is_some_and(|span| *span == context.span_id);
+    if context.tid == tid && live {
         let _ = THREAD_CONTEXT.insert(&tid, &context, 0);
     }
 }
@@ -171,13 +185,16 @@ fn resume_context(tid: u32, sock: u64) {
 /// Called for every captured write of a traced connection while injection is on: a
 /// response start ends the request the thread was serving.
 #[inline(always)]
-pub fn on_egress(event: &DataEvent, captured: usize) {
+pub fn on_egress(event: &DataEvent, captured: usize, sock: u64) {
     let bytes = MapBytes {
         buf: &event.data,
         len: captured,
     };
     if starts_with_status_line(&bytes) {
         let _ = THREAD_CONTEXT.remove(&event.header.tid);
+        if sock != 0 {
+            let _ = LIVE_CONTEXTS.remove(&sock);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use loupe_common::{
     COMM_LEN, CONNECTION_CACHE_SLOTS, CachedConnection, CommPrefix, ConnKey, ConnState, DataEvent,
     MAX_CONNECTIONS, MAX_EXEC_PREFIXES, MAX_IGNORE_REQUESTS, MAX_IOV, PendingCall, ProbeConfig,
-    TGID_WORDS, ThreadContext, counter,
+    SPAN_ID_LEN, TGID_WORDS, ThreadContext, counter,
 };
 
 use crate::{context::ContextScratch, inject::SocketInjectState};
@@ -94,6 +94,13 @@ pub static THREAD_CONTEXT: LruHashMap<u32, ThreadContext> = LruHashMap::with_max
 /// closed sockets age out.
 #[map]
 pub static INJECTED_CONTEXTS: LruHashMap<u64, ThreadContext> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// Requests in flight that hold a context, while `--inject-traceparent` is on: the
+/// server socket each was read on -> its span id, removed when the socket's response
+/// starts. LRU: entries of sockets that closed mid-request age out.
+#[map]
+pub static LIVE_CONTEXTS: LruHashMap<u64, [u8; SPAN_ID_LEN]> =
     LruHashMap::with_max_entries(16384, 0);
 
 /// The context program the data exit program hands over to while injection is on

@@ -125,7 +125,7 @@ impl Probes {
         if config.inject_traceparent == 0 {
             // Only injection keeps trace contexts: the kernel need not set aside room
             // for them (1.7 MiB for the threads' alone).
-            for map in ["THREAD_CONTEXT", "INJECTED_CONTEXTS"] {
+            for map in ["THREAD_CONTEXT", "INJECTED_CONTEXTS", "LIVE_CONTEXTS"] {
                 loader.map_max_entries(map, 1);
             }
         }

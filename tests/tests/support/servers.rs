@@ -238,11 +238,22 @@ pub fn python_wrapped(port: u16, wrapper: &[&str], env: &[(&str, &str)]) -> Guar
 }
 
 pub fn node(port: u16, env: &[(&str, &str)]) -> Guard {
-    let dir = scratch_dir("node");
-    let script = dir.join("server.js");
-    fs::write(&script, NODE_SERVER).expect("write server.js");
+    node_program("node", NODE_SERVER, &[port], port, env)
+}
+
+/// Starts `node SOURCE ARGS...`, `source` written as `<name>/server.js` in the scratch
+/// directory, which serves on `port`.
+pub fn node_program(
+    name: &str,
+    source: &str,
+    args: &[u16],
+    port: u16,
+    env: &[(&str, &str)],
+) -> Guard {
+    let script = scratch_dir(name).join("server.js");
+    fs::write(&script, source).expect("write server.js");
     let mut cmd = Command::new("node");
-    cmd.arg(&script).arg(port.to_string());
+    cmd.arg(&script).args(args.iter().map(u16::to_string));
     spawn(cmd, env, port)
 }
 
