@@ -148,9 +148,15 @@ impl Replay {
 
     /// Opens the server connection from client port `remote_port` at `fd`; returns its id.
     fn open(&mut self, fd: u32, remote_port: u16) -> u64 {
+        self.open_as(role::SERVER, fd, (8080, remote_port))
+    }
+
+    /// Opens a connection of `conn_role` at `fd` between the local and remote `ports`;
+    /// returns its id.
+    fn open_as(&mut self, conn_role: u8, fd: u32, (local_port, remote_port): (u16, u16)) -> u64 {
         let conn_id = self.tick(1_000);
         let mut tuple = ConnTuple {
-            local_port: 8080,
+            local_port,
             remote_port,
             family: AF_INET,
             ..ConnTuple::default()
@@ -161,7 +167,7 @@ impl Replay {
         comm[..6].copy_from_slice(b"replay");
         let open = ConnEvent {
             kind: EventKind::ConnOpen as u8,
-            role: role::SERVER,
+            role: conn_role,
             _pad: [0; 2],
             tgid: self.tgid,
             tid: self.tgid,
@@ -514,3 +520,7 @@ mod tests {
         assert_eq!(replay.metrics().bytes_unparsed.get(), 0);
     }
 }
+
+#[cfg(test)]
+#[path = "event_loop_tests.rs"]
+mod event_loop_tests;
