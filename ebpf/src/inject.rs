@@ -227,7 +227,8 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         return true;
     }
     // SAFETY: socket storage, serialised by the socket lock.
-    let (current, body_left) = unsafe { ((*state).mode, (*state).body_left) };
+    let (current, body_left, cookie) =
+        unsafe { ((*state).mode, (*state).body_left, (*state).cookie) };
     match current {
         mode::IDLE => {}
         mode::BODY => {
@@ -252,11 +253,14 @@ fn on_message(ctx: &SkMsgContext) -> bool {
             };
             if starts_with_method(&first) {
                 count_unsafe();
+                forget_context(cookie);
             }
             return true;
         }
         _ => return true,
     }
+    // A new request: what the last one carried is not its context, unless it gets one.
+    forget_context(cookie);
 
     let window = if size < HEAD_WINDOW as u64 {
         size as u32
@@ -341,8 +345,6 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         count(counter::INJECT_SKIPPED_PRESENT);
         return true;
     }
-    // SAFETY: as above.
-    let cookie = unsafe { read_volatile(&raw const (*state).cookie) };
     insert_header(
         ctx,
         insert_at as u32,
@@ -350,6 +352,14 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         (tgid, tid),
         cookie,
     )
+}
+
+/// Forgets the context the socket `cookie`'s previous request carried.
+#[inline(always)]
+fn forget_context(cookie: u64) {
+    if cookie != 0 {
+        let _ = INJECTED_CONTEXTS.remove(&cookie);
+    }
 }
 
 /// The header line loupe inserts, CRLF included.
@@ -490,16 +500,17 @@ fn insert_header(
     (tgid, tid): (u32, u32),
     cookie: u64,
 ) -> bool {
-    // SAFETY: plain lookup; the value is copied out at once.
-    let context = unsafe { THREAD_CONTEXT.get(&tid) }.copied();
-    if cookie != 0 {
-        let _ = match &context {
-            Some(c) => INJECTED_CONTEXTS.insert(&cookie, c, 0),
-            None => INJECTED_CONTEXTS.remove(&cookie),
-        };
-    }
-    let (trace_id, parent_span_id, trace_flags) = match context {
-        Some(c) => (c.trace_id, c.span_id, c.trace_flags),
+    // Used in place, not copied: this program's stack is near the limit older kernels
+    // count (512 bytes, each frame rounded up).
+    let context = THREAD_CONTEXT.get_ptr(&tid);
+    // SAFETY: a map value, valid for this program run.
+    let (trace_id, parent_span_id, trace_flags) = match context.map(|c| unsafe { &*c }) {
+        Some(c) => {
+            if cookie != 0 {
+                let _ = INJECTED_CONTEXTS.insert(&cookie, c, 0);
+            }
+            (c.trace_id, c.span_id, c.trace_flags)
+        }
         None => (random_trace_id(), [0u8; SPAN_ID_LEN], FLAGS_SAMPLED),
     };
     let span_id = random_span_id();
