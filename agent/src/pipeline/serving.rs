@@ -6,8 +6,10 @@
 //! handler right after the read that woke it: the request itself, or the response of a
 //! call the handler awaited. So the request a thread last read for, directly or through
 //! the response of one of that request's calls, is the one a call written next belongs
-//! to. Only a handler woken by something loupe does not see (a timer, a connection loupe
-//! stopped capturing) is placed by a guess: the most recent request still in flight.
+//! to. A response counts only on the thread that read its request: a client's own I/O
+//! thread reads the responses of every request's calls and says nothing by it. Only a
+//! handler woken by something loupe does not see (a timer, a connection loupe stopped
+//! capturing) is placed by a guess: the most recent request still in flight.
 
 use std::rc::Rc;
 
