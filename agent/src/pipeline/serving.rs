@@ -79,9 +79,9 @@ impl Serving {
             // thread that reads it is the one that read that request (an event loop). A
             // client's own I/O thread reads the responses of every request's calls.
             ReadFor::Response(key) => nodes(&key).and_then(|call| match &call.borrow().parent {
-                Parent::Local(server) => {
-                    self.in_flight_key(tgid, |f| f.tid == tid && Rc::ptr_eq(&f.node, server))
-                }
+                Parent::Local(server) => self
+                    .find(tgid, |f| f.tid == tid && Rc::ptr_eq(&f.node, server))
+                    .map(|f| f.key),
                 _ => None,
             }),
         };
@@ -101,13 +101,9 @@ impl Serving {
         }
     }
 
-    fn in_flight_key(&self, tgid: u32, find: impl Fn(&InFlight) -> bool) -> Option<RequestKey> {
-        self.in_flight
-            .get(&tgid)?
-            .iter()
-            .rev()
-            .find(|f| find(f))
-            .map(|f| f.key)
+    /// The request of `tgid` in flight that `wanted` picks, the latest first.
+    fn find(&self, tgid: u32, wanted: impl Fn(&InFlight) -> bool) -> Option<&InFlight> {
+        self.in_flight.get(&tgid)?.iter().rev().find(|f| wanted(f))
     }
 
     /// The request `tgid` is most likely serving on thread `tid`: the one the thread last
@@ -125,10 +121,7 @@ impl Serving {
 
     /// The request of `tgid` in flight whose span has id `span_id`.
     pub fn with_span_id(&self, tgid: u32, span_id: SpanId) -> Option<NodeRef> {
-        self.in_flight
-            .get(&tgid)?
-            .iter()
-            .find(|f| f.node.borrow().span_id == span_id)
+        self.find(tgid, |f| f.node.borrow().span_id == span_id)
             .map(|f| f.node.clone())
     }
 
@@ -145,9 +138,7 @@ impl Serving {
     }
 
     pub fn still_in_flight(&self, tgid: u32, node: &NodeRef) -> bool {
-        self.in_flight
-            .get(&tgid)
-            .is_some_and(|list| list.iter().any(|f| Rc::ptr_eq(&f.node, node)))
+        self.find(tgid, |f| Rc::ptr_eq(&f.node, node)).is_some()
     }
 
     /// Forgets the reads of requests no longer in flight.

@@ -282,14 +282,20 @@ fn a_tree_with_branches_checks_each_hop_against_its_own_parent() {
 }
 
 #[test]
-fn a_request_missing_one_of_its_calls_has_too_few_children() {
+fn a_branch_hung_under_another_span_is_misplaced_link_by_link() {
     let mut spans = branches("a", [0, 0, 1, 0, 3]);
-    // The check's span is under another request's tree entirely.
+    // The check's two spans hang under some other span, each.
     spans[1].parent = Some("elsewhere".to_owned());
     spans[2].parent = Some("elsewhere".to_owned());
     let got = check(&BRANCHES, &spans, &items(&["a"]));
     assert_eq!(got.exact, 0);
     assert_eq!(got.links[0].misplaced, 1);
+    assert_eq!(got.links[1].misplaced, 1);
+    assert_eq!(
+        (got.links[2].exact, got.links[3].exact),
+        (1, 1),
+        "the other branch"
+    );
 }
 
 #[test]
