@@ -2,7 +2,8 @@
 //! side by side in one run.
 //!
 //! Each round runs the same load in each mode: without the agent, with it started fresh,
-//! and with `--host-tax` also with it running but tracing nothing (see `overhead`). Each
+//! and with `--host-tax` also with it running but tracing nothing and with only its hooks
+//! (see `overhead`). Each
 //! mode has a closed-loop phase (wrk: throughput) and a fixed-rate phase (our paced
 //! client: latency at a set rate, and spans exported per request). Alternating within one
 //! run, in reverse order every other round, keeps machine drift out of the ratios. Agent
@@ -19,6 +20,7 @@
 
 pub(crate) mod agent;
 mod completeness;
+mod hooks;
 pub(crate) mod http;
 mod instructions;
 mod load;
@@ -112,8 +114,10 @@ pub struct BenchArgs {
     /// 16 KiB frame of an export with its own syscall.
     #[arg(long, value_name = "PROTOCOL", value_enum, default_value = "http")]
     pub otlp_protocol: OtlpProtocol,
-    /// Add a third mode per round: the agent running but tracing no process, which shows
-    /// what its syscall tracepoints cost processes it does not trace.
+    /// Add two modes per round: the agent running but tracing no process, which shows what
+    /// its syscall tracepoints cost processes it does not trace; and no agent but an empty
+    /// program on each tracepoint the agent attaches to, which shows how much of that is
+    /// the kernel's tracepoint mechanism itself.
     #[arg(long)]
     pub host_tax: bool,
     /// Instead of the overhead, measure trace completeness: the share of requests through

@@ -1,5 +1,6 @@
 //! The overhead rounds on one service: each round runs the same load without the agent,
-//! with it tracing the service, and (with `--host-tax`) with it tracing nothing.
+//! with it tracing the service, and (with `--host-tax`) with it tracing nothing and with
+//! only its hooks: empty programs where the agent attaches its own (see `hooks`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::agent::{Agent, Sink};
+use super::hooks::{self, EmptyHooks};
 use super::procfs::{self, RssSample};
 use super::report::{self, AgentRun, ModeRun, Round, Settings};
 use super::stats::median;
@@ -68,12 +70,17 @@ pub fn measure(
     }
     let mut rounds = Vec::new();
     let agent_bins = binaries.zip(sink.as_ref());
+    let hooked = match agent_bins {
+        Some((b, sink)) if args.host_tax => agent_hooks(&b.agent, service, sink, &dir)?,
+        _ => Vec::new(),
+    };
     for round in 1..=args.rounds {
         let mut modes = vec![Mode::Without];
         if agent_bins.is_some() {
             modes.push(Mode::With);
             if args.host_tax {
                 modes.push(Mode::Untraced);
+                modes.push(Mode::Hooks);
             }
         }
         // Every other round runs its modes in reverse, so a drift in the machine over the
@@ -81,7 +88,7 @@ pub fn measure(
         if round % 2 == 0 {
             modes.reverse();
         }
-        let (mut without, mut with, mut untraced) = (None, None, None);
+        let (mut without, mut with, mut untraced, mut hooks_only) = (None, None, None, None);
         for mode in modes {
             eprintln!(
                 "bench: {}: round {round}/{}: {}",
@@ -96,12 +103,18 @@ pub fn measure(
                 }
                 _ => None,
             };
+            let empty = match mode {
+                Mode::Hooks => Some(EmptyHooks::attach(&hooked)?),
+                _ => None,
+            };
             let run = measure_mode(args, &settings, &mut target, agent)?;
+            drop(empty);
             progress(&run);
             match mode {
                 Mode::Without => without = Some(run),
                 Mode::With => with = Some(run),
                 Mode::Untraced => untraced = Some(run),
+                Mode::Hooks => hooks_only = Some(run),
             }
         }
         let Some(without) = without else {
@@ -111,6 +124,7 @@ pub fn measure(
             without,
             with,
             untraced,
+            hooks: hooks_only,
         });
     }
 
@@ -118,6 +132,29 @@ pub fn measure(
     let text = report::table(&settings, &rounds, &summary);
     let value = report::json(&settings, &rounds, &summary);
     Ok((text, value))
+}
+
+/// The tracepoints the agent attaches to when it traces `service`: started once, asked,
+/// stopped.
+fn agent_hooks(
+    agent_bin: &Path,
+    service: ServiceKind,
+    sink: &Sink,
+    dir: &Path,
+) -> Result<Vec<String>> {
+    let agent = Agent::start(agent_bin, service.exe(), sink, dir, "agent-hooks")?;
+    let found = hooks::attached_tracepoints(agent.pid());
+    stop(agent);
+    let found = found?;
+    if found.is_empty() {
+        bail!("the agent attached to no tracepoint the kernel would name");
+    }
+    eprintln!(
+        "bench: the agent attaches {} programs to tracepoints; the hooks-only mode attaches \
+         an empty program to each",
+        found.len()
+    );
+    Ok(found)
 }
 
 /// Turns on the kernel's eBPF run-time accounting, or warns that it cannot.
@@ -147,13 +184,15 @@ enum Mode {
     Without,
     With,
     Untraced,
+    /// No agent, an empty program on each of its tracepoints.
+    Hooks,
 }
 
 impl Mode {
     /// The executable the agent is told to trace, if the agent runs at all.
     fn exe(self, service: ServiceKind) -> Option<&'static str> {
         match self {
-            Mode::Without => None,
+            Mode::Without | Mode::Hooks => None,
             Mode::With => Some(service.exe()),
             Mode::Untraced => Some(UNTRACED_EXE),
         }
@@ -164,6 +203,7 @@ impl Mode {
             Mode::Without => "without",
             Mode::With => "with",
             Mode::Untraced => "untraced",
+            Mode::Hooks => "hooks",
         }
     }
 
@@ -172,6 +212,7 @@ impl Mode {
             Mode::Without => "without the agent",
             Mode::With => "with the agent tracing the service",
             Mode::Untraced => "with the agent tracing nothing",
+            Mode::Hooks => "without the agent, an empty program on each of its tracepoints",
         }
     }
 }

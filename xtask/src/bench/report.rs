@@ -67,6 +67,8 @@ pub struct Round {
     pub with: Option<ModeRun>,
     /// The agent running but selecting no process (`--host-tax`).
     pub untraced: Option<ModeRun>,
+    /// No agent, an empty program on each of its tracepoints (`--host-tax`).
+    pub hooks: Option<ModeRun>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,7 +144,8 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     for (i, round) in rounds.iter().enumerate() {
         let modes = std::iter::once(("without", &round.without))
             .chain(round.with.as_ref().map(|m| ("with", m)))
-            .chain(round.untraced.as_ref().map(|m| ("untraced", m)));
+            .chain(round.untraced.as_ref().map(|m| ("untraced", m)))
+            .chain(round.hooks.as_ref().map(|m| ("hooks", m)));
         for (name, mode) in modes {
             let agent = mode.agent.as_ref();
             let both = |f: fn(&AgentPhase) -> Option<f64>, decimals| {
@@ -181,7 +184,12 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
     let _ = writeln!(
         out,
         "(RSS: median during the fixed-rate phase / peak; rb drop: ring-buffer records lost \
-         in the kernel; sp drop: spans lost by the export queue)"
+         in the kernel; sp drop: spans lost by the export queue{})",
+        if rounds.iter().any(|r| r.hooks.is_some()) {
+            "; hooks: no agent, an empty program on each tracepoint it attaches to"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(out);
     let s = summary;
@@ -300,6 +308,20 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
             pair(s.untraced_steady_rss_mib, s.untraced_peak_rss_mib, 1),
         ));
     }
+    if rounds.iter().any(|r| r.hooks.is_some()) {
+        rows.push((
+            "hooks-only throughput ratio (empty programs, no agent)".into(),
+            opt(s.hooks_throughput_ratio, 3),
+        ));
+        rows.push((
+            "hooks-only p99 latency ratio at the fixed rate".into(),
+            opt(s.hooks_fixed_p99_ratio, 3),
+        ));
+        rows.push((
+            "hooks-only service CPU per request ratio at the fixed rate".into(),
+            opt(s.hooks_service_cpu_ratio, 3),
+        ));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, value) in rows {
         let _ = writeln!(out, "{key:<width$}  {value}");
@@ -359,7 +381,7 @@ fn mode_json(mode: &ModeRun) -> Value {
 }
 
 pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
-    json!({
+    let mut value = json!({
         "settings": {
             "service": settings.service,
             "duration_s": settings.duration_s,
@@ -413,8 +435,18 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "without": mode_json(&r.without),
             "with": r.with.as_ref().map(mode_json),
             "untraced": r.untraced.as_ref().map(mode_json),
+            "hooks": r.hooks.as_ref().map(mode_json),
         })).collect::<Vec<_>>(),
-    })
+    });
+    // Added apart: one more key in the literal above passes json!'s recursion limit.
+    for (key, figure) in [
+        ("hooks_throughput_ratio", s.hooks_throughput_ratio),
+        ("hooks_fixed_rate_p99_ratio", s.hooks_fixed_p99_ratio),
+        ("hooks_service_cpu_ratio", s.hooks_service_cpu_ratio),
+    ] {
+        value["summary"][key] = json!(figure);
+    }
+    value
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ fn rounds() -> Vec<Round> {
                 Some(agent(1.0, 0.5, 100_000.0, 20_480)),
             )),
             untraced: None,
+            hooks: None,
         },
         Round {
             without: mode(110_000.0, 1200.0, 220, None),
@@ -78,6 +79,7 @@ fn rounds() -> Vec<Round> {
                 Some(agent(1.2, 0.5, 99_000.0, 30_720)),
             )),
             untraced: None,
+            hooks: None,
         },
         Round {
             without: mode(90_000.0, 900.0, 180, None),
@@ -88,6 +90,7 @@ fn rounds() -> Vec<Round> {
                 Some(agent(1.1, 0.5, 100_000.0, 25_600)),
             )),
             untraced: None,
+            hooks: None,
         },
     ]
 }
@@ -159,6 +162,7 @@ fn baseline_only_runs_leave_agent_figures_empty() {
             without: r.without,
             with: None,
             untraced: None,
+            hooks: None,
         })
         .collect();
     let s = summarize(&baseline);
@@ -358,6 +362,7 @@ fn in_kernel_time_by_program() {
         without: mode(100_000.0, 1000.0, 200, None),
         with: with_programs(traced.clone()),
         untraced: with_programs(idle.clone()),
+        hooks: None,
     };
     // A round whose agent gave no program readings counts neither its runs nor its
     // requests.
@@ -405,4 +410,43 @@ fn in_kernel_time_by_program() {
     let s = summarize(&plain);
     assert!(s.programs.is_empty());
     assert!(!table(&settings(), &plain, &s).contains("by program"));
+}
+
+#[test]
+fn hooks_only_mode_is_compared_with_the_baseline_and_reported_on_its_own_rows() {
+    let mut r = rounds();
+    let plain = table(&settings(), &r, &summarize(&r));
+    assert!(!plain.contains("hooks"), "{plain}");
+    for (round, cpu) in r.iter_mut().zip([2.1, 2.1, 2.4]) {
+        let mut hooks = mode(97_000.0, 1000.0, 210, None);
+        hooks.fixed_service_cpu_s = Some(cpu);
+        round.without.fixed_service_cpu_s = Some(2.0);
+        round.hooks = Some(hooks);
+    }
+    // One round with a client error, which the hooks-only run must not hide.
+    r[1].hooks.as_mut().unwrap().fixed.errors = 2;
+    let s = summarize(&r);
+    assert_eq!(s.hooks_throughput_ratio, Some(0.97));
+    assert_eq!(s.hooks_fixed_p99_ratio, Some(1.05));
+    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+    assert!(close(s.hooks_service_cpu_ratio, 1.1), "{s:?}");
+    assert_eq!(s.client_errors, 2);
+    // No agent ran in that mode: the agent's figures come from the traced rounds alone.
+    assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
+    assert_eq!(s.untraced_throughput_ratio, None);
+    let text = table(&settings(), &r, &s);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("hooks-only throughput ratio"))
+        .unwrap_or_else(|| panic!("no hooks-only row in {text}"));
+    assert!(row.ends_with("  0.970"), "{row}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("2      hooks"))
+            .count(),
+        1
+    );
+    let v = json(&settings(), &r, &s);
+    assert_eq!(v["summary"]["hooks_throughput_ratio"], json!(0.97));
+    assert_eq!(v["rounds"][0]["hooks"]["agent"], Value::Null);
 }

@@ -15,7 +15,7 @@ use super::procfs::{ProgStats, parse_prog_fdinfo};
 
 /// `getppid` has no arguments, no side effects and is not a syscall the agent hooks.
 const TRACEPOINT: &str = "events/syscalls/sys_enter_getppid/id";
-const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+pub const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 /// Enough runs for a stable mean, about a quarter of a second.
 const CALLS: u32 = 500_000;
 
@@ -68,9 +68,15 @@ pub fn per_run(stats: Option<ProgStats>) -> Option<f64> {
 /// The tracepoint's id, mounting tracefs at its usual place first when no tracefs is
 /// mounted (a fresh machine on which the agent has not run yet).
 fn tracepoint_id() -> Option<u64> {
+    read_id(TRACEPOINT)
+}
+
+/// The number in the tracefs file `relative` (`events/CATEGORY/NAME/id`), mounting tracefs
+/// first when it is not mounted.
+pub fn read_id(relative: &str) -> Option<u64> {
     let read = || {
         TRACEFS.iter().find_map(|root| {
-            let text = std::fs::read_to_string(format!("{root}/{TRACEPOINT}")).ok()?;
+            let text = std::fs::read_to_string(format!("{root}/{relative}")).ok()?;
             text.trim().parse().ok()
         })
     };
@@ -90,7 +96,7 @@ fn tracepoint_id() -> Option<u64> {
 }
 
 /// Result of a syscall returning a descriptor, as an owned fd or the error.
-fn owned(ret: libc::c_long) -> std::io::Result<OwnedFd> {
+pub fn owned(ret: libc::c_long) -> std::io::Result<OwnedFd> {
     let fd = libc::c_int::try_from(ret)
         .ok()
         .filter(|&fd| fd >= 0)
@@ -100,7 +106,7 @@ fn owned(ret: libc::c_long) -> std::io::Result<OwnedFd> {
 }
 
 /// `r0 = 0; exit` as a tracepoint program.
-fn load_empty() -> std::io::Result<OwnedFd> {
+pub fn load_empty() -> std::io::Result<OwnedFd> {
     // Two instructions of 8 bytes: opcode, registers, offset, immediate.
     let insns: [u64; 2] = [
         u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]),
@@ -120,7 +126,7 @@ fn load_empty() -> std::io::Result<OwnedFd> {
 }
 
 /// Attaches `program` to tracepoint `id` through a perf event, which detaches as it closes.
-fn attach(program: &OwnedFd, id: u64) -> std::io::Result<OwnedFd> {
+pub fn attach(program: &OwnedFd, id: u64) -> std::io::Result<OwnedFd> {
     // `struct perf_event_attr` as of its first version (64 bytes, which every kernel
     // accepts): type, size, config, sample_period; the rest zero.
     let mut attr = [0u8; PERF_ATTR_SIZE_VER0];

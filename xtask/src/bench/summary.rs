@@ -48,6 +48,10 @@ pub struct Summary {
     pub untraced_bpf_ns_per_request: Option<f64>,
     pub untraced_bpf_ns_per_request_net: Option<f64>,
     pub untraced_bpf_ns_per_request_own: Option<f64>,
+    /// Empty programs on the agent's tracepoints against no hooks at all.
+    pub hooks_throughput_ratio: Option<f64>,
+    pub hooks_fixed_p99_ratio: Option<f64>,
+    pub hooks_service_cpu_ratio: Option<f64>,
 }
 
 /// In-kernel ns per fixed-rate request over these runs: all the agent's programs ran; that
@@ -119,6 +123,7 @@ pub fn summarize(rounds: &[Round]) -> Summary {
     let without: Vec<&ModeRun> = rounds.iter().map(|r| &r.without).collect();
     let with: Vec<&ModeRun> = rounds.iter().filter_map(|r| r.with.as_ref()).collect();
     let untraced: Vec<&ModeRun> = rounds.iter().filter_map(|r| r.untraced.as_ref()).collect();
+    let hooks: Vec<&ModeRun> = rounds.iter().filter_map(|r| r.hooks.as_ref()).collect();
     let agent: Vec<(&ModeRun, &AgentRun)> = with
         .iter()
         .filter_map(|m| m.agent.as_ref().map(|a| (*m, a)))
@@ -209,6 +214,7 @@ pub fn summarize(rounds: &[Round]) -> Summary {
             .iter()
             .chain(&with)
             .chain(&untraced)
+            .chain(&hooks)
             .map(|m| m.fixed.errors + m.closed.socket_errors)
             .sum(),
         untraced_throughput_ratio: ratio(med(&untraced, rps), rps_without),
@@ -218,6 +224,9 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         untraced_bpf_ns_per_request,
         untraced_bpf_ns_per_request_net,
         untraced_bpf_ns_per_request_own,
+        hooks_throughput_ratio: ratio(med(&hooks, rps), rps_without),
+        hooks_fixed_p99_ratio: ratio(med(&hooks, fixed_p99), fixed_p99_without_us),
+        hooks_service_cpu_ratio: ratio(service_cpu_us(&hooks), service_cpu_us_without),
     }
 }
 
