@@ -23,8 +23,9 @@ const FD_TYPE_TRACEPOINT: u32 = 1;
 const NAME_ROOM: usize = 128;
 
 /// The tracepoints process `pid` has eBPF programs attached to, one entry per attachment
-/// (a tracepoint with two of its programs appears twice), found by asking the kernel about
-/// each of its fds (`BPF_TASK_FD_QUERY`, Linux 4.18).
+/// (a tracepoint with two of its programs appears twice), found through its fds: a perf
+/// link names its tracepoint in its fdinfo (`tp_name`, Linux 6.12 and later), and a perf
+/// event with a program answers `BPF_TASK_FD_QUERY` (Linux 4.18).
 pub fn attached_tracepoints(pid: u32) -> Result<Vec<String>> {
     let dir = format!("/proc/{pid}/fd");
     let mut names = Vec::new();
@@ -32,7 +33,10 @@ pub fn attached_tracepoints(pid: u32) -> Result<Vec<String>> {
         let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if let Some(name) = tracepoint_of(pid, fd) {
+        let linked = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ok()
+            .and_then(|text| linked_tracepoint(&text));
+        if let Some(name) = linked.or_else(|| queried_tracepoint(pid, fd)) {
             names.push(name);
         }
     }
@@ -40,9 +44,25 @@ pub fn attached_tracepoints(pid: u32) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The tracepoint a perf link's fdinfo names, when it is one.
+fn linked_tracepoint(fdinfo: &str) -> Option<String> {
+    let field = |key: &str| {
+        fdinfo.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key).then(|| v.trim())
+        })
+    };
+    if field("link_type")? != "perf" || field("event_type")? != "tracepoint" {
+        return None;
+    }
+    field("tp_name")
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+}
+
 /// The tracepoint behind fd `fd` of process `pid`, when it is a perf event with an eBPF
 /// program on a tracepoint; `None` for any other fd, or one closed meanwhile.
-fn tracepoint_of(pid: u32, fd: u32) -> Option<String> {
+fn queried_tracepoint(pid: u32, fd: u32) -> Option<String> {
     let mut name = [0u8; NAME_ROOM];
     // `task_fd_query` of `union bpf_attr`: pid, fd, flags, buf_len, buf; then prog_id,
     // fd_type, probe_offset and probe_addr, which the kernel fills in.
@@ -113,6 +133,22 @@ impl EmptyHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_perf_links_fdinfo_names_its_tracepoint() {
+        let link = "pos:\t0\nflags:\t02000000\nmnt_id:\t17\nino:\t1044\nlink_type:\tperf\n\
+                    link_id:\t41\nprog_tag:\t2ba76846e71f7166\nprog_id:\t65\n\
+                    tp_name:\tsys_exit_accept\nevent_type:\ttracepoint\ncookie:\t0\n";
+        assert_eq!(linked_tracepoint(link).as_deref(), Some("sys_exit_accept"));
+        let uprobe = link.replace("event_type:\ttracepoint", "event_type:\tuprobe");
+        assert_eq!(linked_tracepoint(&uprobe), None);
+        let raw = link.replace("link_type:\tperf", "link_type:\traw_tracepoint");
+        assert_eq!(linked_tracepoint(&raw), None);
+        // An older kernel's perf link, which does not name its tracepoint.
+        let older = "link_type:\tperf\nlink_id:\t41\nprog_id:\t65\n";
+        assert_eq!(linked_tracepoint(older), None);
+        assert_eq!(linked_tracepoint("pos:\t0\nflags:\t02\n"), None);
+    }
 
     /// Attaches real programs; needs root, as the bench does, and is skipped without it.
     #[test]

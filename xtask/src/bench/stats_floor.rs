@@ -127,25 +127,7 @@ pub fn load_empty() -> std::io::Result<OwnedFd> {
 
 /// Attaches `program` to tracepoint `id` through a perf event, which detaches as it closes.
 pub fn attach(program: &OwnedFd, id: u64) -> std::io::Result<OwnedFd> {
-    // `struct perf_event_attr` as of its first version (64 bytes, which every kernel
-    // accepts): type, size, config, sample_period; the rest zero.
-    let mut attr = [0u8; PERF_ATTR_SIZE_VER0];
-    attr[0..4].copy_from_slice(&PERF_TYPE_TRACEPOINT.to_ne_bytes());
-    attr[4..8].copy_from_slice(&(PERF_ATTR_SIZE_VER0 as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&id.to_ne_bytes());
-    attr[16..24].copy_from_slice(&1u64.to_ne_bytes());
-    // A tracepoint's programs run on every CPU, whichever CPU the event is opened on.
-    // SAFETY: the attribute outlives the call; the kernel only reads it.
-    let event = owned(unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            attr.as_ptr(),
-            -1,
-            0,
-            -1,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    })?;
+    let event = open_event(id)?;
     for (request, arg) in [
         (PERF_EVENT_IOC_SET_BPF, program.as_raw_fd()),
         (PERF_EVENT_IOC_ENABLE, 0),
@@ -156,6 +138,29 @@ pub fn attach(program: &OwnedFd, id: u64) -> std::io::Result<OwnedFd> {
         }
     }
     Ok(event)
+}
+
+/// A perf event on tracepoint `id`, with no program yet.
+pub fn open_event(id: u64) -> std::io::Result<OwnedFd> {
+    // `struct perf_event_attr` as of its first version (64 bytes, which every kernel
+    // accepts): type, size, config, sample_period; the rest zero.
+    let mut attr = [0u8; PERF_ATTR_SIZE_VER0];
+    attr[0..4].copy_from_slice(&PERF_TYPE_TRACEPOINT.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(PERF_ATTR_SIZE_VER0 as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&id.to_ne_bytes());
+    attr[16..24].copy_from_slice(&1u64.to_ne_bytes());
+    // A tracepoint's programs run on every CPU, whichever CPU the event is opened on.
+    // SAFETY: the attribute outlives the call; the kernel only reads it.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1,
+            0,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    })
 }
 
 #[cfg(test)]
