@@ -415,9 +415,13 @@ pub fn parse_otlp<F: Fn(&str) -> Option<String>>(
         Some((var, value)) => parse_millis(var, &value)?,
         None => Duration::from_millis(10_000),
     };
+    // gzip unless told otherwise, as the Collector's own OTLP exporters: an uncompressed
+    // export request (about 225 KB for 512 spans) raised the p99 of nginx beside the agent
+    // 1.9 to 9.5 times at 20,000 requests/s with the collector on loopback, gzip 1.06 and
+    // 1.31 times (README, Performance).
     let compression = match env.either(signal.compression, COMPRESSION) {
         Some((var, value)) => parse_compression(var, &value)?,
-        None => Compression::None,
+        None => Compression::Gzip,
     };
     let tls = Arc::new(tls::parse(env, signal)?);
     Ok(OtlpConfig {

@@ -119,7 +119,7 @@ fn otlp_defaults_are_http_protobuf_on_localhost() {
     assert_eq!(c.protocol, Protocol::HttpProtobuf);
     assert_eq!(c.endpoint, "http://localhost:4318/v1/traces");
     assert_eq!(c.timeout, Duration::from_millis(10_000));
-    assert_eq!(c.compression, Compression::None);
+    assert_eq!(c.compression, Compression::Gzip);
     assert!(c.headers.is_empty());
 }
 
@@ -151,8 +151,8 @@ fn signal_specific_variables_win() {
         (TRACES_HEADERS, "b=specific"),
         (TIMEOUT, "1000"),
         (TRACES_TIMEOUT, "2000"),
-        (COMPRESSION, "none"),
-        (TRACES_COMPRESSION, "gzip"),
+        (COMPRESSION, "gzip"),
+        (TRACES_COMPRESSION, "none"),
     ]);
     assert_eq!(c.endpoint, "http://specific:4317/");
     assert_eq!(c.protocol, Protocol::Grpc);
@@ -160,7 +160,7 @@ fn signal_specific_variables_win() {
     assert_eq!(c.headers[0].0, "b");
     assert_eq!(c.headers[0].1, "specific");
     assert_eq!(c.timeout, Duration::from_millis(2000));
-    assert_eq!(c.compression, Compression::Gzip);
+    assert_eq!(c.compression, Compression::None);
 }
 
 #[test]
@@ -169,11 +169,11 @@ fn generic_variables_apply_without_specific_ones() {
         (ENDPOINT, "http://c:4318"),
         (HEADERS, "api-key=k%2C1"),
         (TIMEOUT, "250"),
-        (COMPRESSION, "GZIP"),
+        (COMPRESSION, "NONE"),
     ]);
     assert_eq!(c.headers[0].1, "k,1");
     assert_eq!(c.timeout, Duration::from_millis(250));
-    assert_eq!(c.compression, Compression::Gzip);
+    assert_eq!(c.compression, Compression::None);
 }
 
 #[test]
@@ -287,7 +287,7 @@ fn the_startup_line_hides_credentials_in_the_endpoint() {
     let shown = config.to_string();
     assert_eq!(
         shown,
-        "otlp http/protobuf to https://***@collector:4318/v1/traces over TLS"
+        "otlp http/protobuf to https://***@collector:4318/v1/traces (gzip) over TLS"
     );
     assert!(!shown.contains("s3cret"));
 }
@@ -309,7 +309,7 @@ fn tls_files_with_a_plain_endpoint_are_pointed_out() {
     // Said once, by the startup warning, not again in the export line.
     assert_eq!(
         config.to_string(),
-        "otlp http/protobuf to http://collector:4318/v1/traces in plain text"
+        "otlp http/protobuf to http://collector:4318/v1/traces (gzip) in plain text"
     );
     let tls = otlp(&[
         (ENDPOINT, "https://collector:4318"),
