@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{
     AttemptError, OtlpStartError,
-    grpc::GrpcTransport,
+    grpc::{GrpcBody, GrpcTransport},
     http::{HttpBody, HttpTransport},
     retry::{Deadline, RetryPolicy},
     signal::Signal,
@@ -32,14 +32,14 @@ enum Transport {
 
 /// A message encoded once for its transport, ready to be sent as often as retries need.
 enum Payload<'a> {
-    Grpc(&'a GrpcTransport, Bytes),
+    Grpc(&'a GrpcTransport, GrpcBody),
     Http(&'a HttpTransport, HttpBody),
 }
 
 impl Payload<'_> {
     async fn send<S: Signal>(&self, timeout: Duration) -> Result<Delivered, AttemptError> {
         match self {
-            Payload::Grpc(transport, message) => transport.send::<S>(message, timeout).await,
+            Payload::Grpc(transport, body) => transport.send::<S>(body, timeout).await,
             Payload::Http(transport, body) => transport.send::<S>(body, timeout).await,
         }
     }
@@ -83,7 +83,7 @@ impl<S: Signal> OtlpClient<S> {
         failed_attempts: &mut u64,
     ) -> Result<Delivered, AttemptError> {
         let payload = match &self.transport {
-            Transport::Grpc(grpc) => Payload::Grpc(grpc, message),
+            Transport::Grpc(grpc) => Payload::Grpc(grpc, grpc.encode(&message)?),
             Transport::Http(http) => Payload::Http(http, http.encode(message)?),
         };
         let mut retries = 0u32;

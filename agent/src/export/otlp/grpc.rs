@@ -1,26 +1,41 @@
 //! OTLP over gRPC: unary calls of already encoded requests on a lazily connected channel.
+//! loupe frames the request and reads the answer itself ([`frame`]); tonic's channel
+//! carries them (HTTP/2, TLS, connecting and reconnecting).
 
-use std::{marker::PhantomData, time::Duration};
+mod frame;
 
-use bytes::{BufMut as _, Bytes};
-use hyper::http::{HeaderMap, uri::PathAndQuery};
+use std::{future::poll_fn, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode, Uri, Version,
+    header::{CONTENT_TYPE, TE},
+    http::{HeaderName, HeaderValue},
+};
 use prost::Message as _;
 use tonic::{
-    Code,
-    client::Grpc,
-    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::MetadataMap,
+    Code, Status,
+    body::Body,
+    client::GrpcService as _,
     transport::{Channel, Endpoint},
 };
 
 use super::{AttemptError, Delivered, USER_AGENT, signal::Signal};
 use crate::export::config::{Compression, OtlpConfig};
 
+/// An answer larger than this is not read (tonic's default limit for a message).
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+const GRPC_ENCODING: &str = "grpc-encoding";
+
 pub struct GrpcTransport {
     channel: Channel,
     gzip: bool,
-    metadata: MetadataMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// A request body ready to be sent as many times as retries need.
+pub struct GrpcBody(Bytes);
 
 impl GrpcTransport {
     /// Must run inside a tokio runtime. Does not connect: a collector that is not up yet is
@@ -33,27 +48,33 @@ impl GrpcTransport {
         if config.is_tls() {
             endpoint = endpoint.tls_config(super::tls::grpc(&config.tls))?;
         }
-        let headers: HeaderMap = config.headers.iter().cloned().collect();
         Ok(Self {
             channel: endpoint.connect_lazy(),
             gzip: config.compression == Compression::Gzip,
-            metadata: MetadataMap::from_headers(headers),
+            headers: config
+                .headers
+                .iter()
+                .filter(|(name, _)| !is_reserved(name))
+                .cloned()
+                .collect(),
         })
+    }
+
+    /// The body for an encoded export request: one gRPC message, compressed when configured.
+    pub fn encode(&self, message: &[u8]) -> Result<GrpcBody, AttemptError> {
+        frame::frame(message, self.gzip)
+            .map(GrpcBody)
+            .map_err(AttemptError::Compress)
     }
 
     pub async fn send<S: Signal>(
         &self,
-        message: &Bytes,
+        body: &GrpcBody,
         timeout: Duration,
     ) -> Result<Delivered, AttemptError> {
-        let mut request = tonic::Request::new(message.clone());
-        *request.metadata_mut() = self.metadata.clone();
-        request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, self.unary::<S>(request)).await {
+        match tokio::time::timeout(timeout, self.call::<S>(body, timeout)).await {
             Err(_) => Err(AttemptError::Timeout),
-            Ok(Ok(response)) => Ok(Delivered {
-                rejected: S::rejected(response.get_ref()),
-            }),
+            Ok(Ok(delivered)) => Ok(delivered),
             Ok(Err(status)) => Err(AttemptError::Grpc {
                 code: status.code(),
                 message: status.message().to_owned(),
@@ -62,60 +83,106 @@ impl GrpcTransport {
         }
     }
 
-    async fn unary<S: Signal>(
+    async fn call<S: Signal>(
         &self,
-        request: tonic::Request<Bytes>,
-    ) -> Result<tonic::Response<S::Response>, tonic::Status> {
-        let mut grpc = Grpc::new(self.channel.clone()).accept_compressed(CompressionEncoding::Gzip);
+        body: &GrpcBody,
+        timeout: Duration,
+    ) -> Result<Delivered, Status> {
+        let mut request = Request::new(Body::new(Full::new(body.0.clone())));
+        *request.method_mut() = Method::POST;
+        *request.version_mut() = Version::HTTP_2;
+        // The channel adds the endpoint's scheme and authority.
+        *request.uri_mut() = Uri::from_static(S::GRPC_PATH);
+        let headers = request.headers_mut();
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-accept-encoding", HeaderValue::from_static("gzip"));
         if self.gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+            headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
         }
-        grpc.ready()
+        if let Ok(value) = HeaderValue::from_str(&grpc_timeout(timeout)) {
+            headers.insert("grpc-timeout", value);
+        }
+        for (name, value) in &self.headers {
+            headers.append(name, value.clone());
+        }
+        let mut channel = self.channel.clone();
+        poll_fn(|cx| channel.poll_ready(cx))
             .await
-            .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
-        let path = PathAndQuery::from_static(S::GRPC_PATH);
-        grpc.unary(request, path, EncodedCodec::<S::Response>(PhantomData))
+            .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+        let response = channel
+            .call(request)
             .await
+            .map_err(|e| Status::from_error(Box::new(e)))?;
+        answer::<S>(response).await
     }
 }
 
-/// Sends requests that are already protobuf bytes and decodes the answer with prost.
-struct EncodedCodec<R>(PhantomData<fn() -> R>);
+/// Headers the gRPC protocol sets itself, which a user's `OTEL_EXPORTER_OTLP_HEADERS` must
+/// not override.
+fn is_reserved(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("grpc-") || matches!(name, "te" | "content-type" | "user-agent")
+}
 
-impl<R: prost::Message + Default + Send + 'static> Codec for EncodedCodec<R> {
-    type Encode = Bytes;
-    type Decode = R;
-    type Encoder = EncodedCodec<()>;
-    type Decoder = Self;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        EncodedCodec(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        EncodedCodec(PhantomData)
+/// A `grpc-timeout` value: at most 8 digits and a unit.
+fn grpc_timeout(timeout: Duration) -> String {
+    let millis = timeout.as_millis();
+    if millis < 100_000_000 {
+        format!("{millis}m")
+    } else {
+        format!("{}S", timeout.as_secs().min(99_999_999))
     }
 }
 
-impl Encoder for EncodedCodec<()> {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put(item);
-        Ok(())
+/// What the collector answered: its status from the headers of a trailers-only answer or
+/// from the trailers, and the items it refused from its message. An OK answer whose
+/// message cannot be read still means the items were accepted.
+async fn answer<S: Signal>(response: Response<Body>) -> Result<Delivered, Status> {
+    let (parts, body) = response.into_parts();
+    if let Some(status) = Status::from_header_map(&parts.headers) {
+        return match status.code() {
+            Code::Ok => Ok(Delivered { rejected: 0 }),
+            _ => Err(status),
+        };
     }
+    if parts.status != StatusCode::OK {
+        return Err(status_of_http(parts.status));
+    }
+    let collected = Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(Status::from_error)?;
+    match collected.trailers().and_then(Status::from_header_map) {
+        Some(status) if status.code() == Code::Ok => {}
+        Some(status) => return Err(status),
+        None => return Err(status_of_http(parts.status)),
+    }
+    let encoding = parts
+        .headers
+        .get(GRPC_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let rejected = frame::first_message(&collected.to_bytes(), encoding, MAX_ANSWER)
+        .and_then(|message| S::Response::decode(&*message).ok())
+        .map_or(0, |response| S::rejected(&response));
+    Ok(Delivered { rejected })
 }
 
-impl<R: prost::Message + Default> Decoder for EncodedCodec<R> {
-    type Item = R;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<R>, Self::Error> {
-        R::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("undecodable answer: {e}")))
-    }
+/// The status of an answer that carries no `grpc-status`, from its HTTP status, as gRPC
+/// maps them (a proxy's error page, say).
+fn status_of_http(status: StatusCode) -> Status {
+    let code = match status {
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(code, format!("HTTP status {status} without a gRPC status"))
 }
 
 /// Codes the OTLP specification lists as transient.
@@ -204,6 +271,52 @@ pub(crate) fn encode_retry_info(delay: Duration) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_without_a_grpc_status_take_it_from_http() {
+        assert_eq!(
+            status_of_http(StatusCode::SERVICE_UNAVAILABLE).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            status_of_http(StatusCode::TOO_MANY_REQUESTS).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            status_of_http(StatusCode::UNAUTHORIZED).code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            status_of_http(StatusCode::NOT_FOUND).code(),
+            Code::Unimplemented
+        );
+        // A 200 that ends without a status is a broken answer, not a success.
+        assert_eq!(status_of_http(StatusCode::OK).code(), Code::Unknown);
+    }
+
+    #[test]
+    fn timeouts_fit_the_header() {
+        assert_eq!(grpc_timeout(Duration::from_secs(10)), "10000m");
+        assert_eq!(grpc_timeout(Duration::from_millis(1)), "1m");
+        assert_eq!(grpc_timeout(Duration::from_secs(3 * 86_400)), "259200S");
+        assert_eq!(grpc_timeout(Duration::MAX), "99999999S");
+    }
+
+    #[test]
+    fn user_headers_cannot_replace_the_protocols() {
+        for name in [
+            "grpc-encoding",
+            "grpc-timeout",
+            "te",
+            "content-type",
+            "user-agent",
+        ] {
+            assert!(is_reserved(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["authorization", "x-api-key", "x-scope-orgid"] {
+            assert!(!is_reserved(&HeaderName::from_static(name)), "{name}");
+        }
+    }
 
     #[test]
     fn retryable_codes_follow_the_otlp_spec() {

@@ -1,6 +1,6 @@
 //! OTLP over HTTP: a protobuf body POSTed to the signal's URL.
 
-use std::{io::Write as _, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -17,8 +17,8 @@ use hyper_util::{
 use prost::Message;
 
 use super::{
-    AttemptError, Delivered, OtlpStartError, USER_AGENT, retry::parse_retry_after, signal::Signal,
-    tls,
+    AttemptError, Delivered, OtlpStartError, USER_AGENT, compress, retry::parse_retry_after,
+    signal::Signal, tls,
 };
 use crate::export::config::{Compression, OtlpConfig};
 
@@ -98,12 +98,7 @@ impl HttpTransport {
                 gzip: false,
             });
         }
-        let mut encoder = flate2::write::GzEncoder::new(
-            Vec::with_capacity(plain.len() / 4),
-            flate2::Compression::fast(),
-        );
-        encoder.write_all(&plain).map_err(AttemptError::Compress)?;
-        let compressed = encoder.finish().map_err(AttemptError::Compress)?;
+        let compressed = compress::gzip(&plain).map_err(AttemptError::Compress)?;
         Ok(HttpBody {
             bytes: compressed.into(),
             gzip: true,
