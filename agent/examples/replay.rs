@@ -31,10 +31,11 @@ fn main() -> ExitCode {
     let outcome = replay.run(args.requests);
     let elapsed = started.elapsed();
     println!(
-        "{{\"requests\": {}, \"spans\": {}, \"encoded_bytes\": {}, \"seconds\": {:.6}}}",
+        "{{\"requests\": {}, \"spans\": {}, \"encoded_bytes\": {}, \"gzipped_bytes\": {}, \"seconds\": {:.6}}}",
         args.requests,
         outcome.spans,
         outcome.encoded_bytes,
+        outcome.gzipped_bytes,
         elapsed.as_secs_f64()
     );
     if outcome.spans != args.requests {

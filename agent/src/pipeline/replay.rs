@@ -1,7 +1,7 @@
 //! A replay of a traced server's steady traffic through the agent's own per-request work,
 //! with no kernel: ring-buffer records written as the probes write them, decoded, turned
 //! into spans and request metrics by the pipeline, queued, and encoded as OTLP export
-//! requests in the export worker's batches.
+//! requests in the export worker's batches, gzipped as the agent sends them by default.
 //!
 //! Left out: reading the ring buffer (the records are built in place), the reader's
 //! wakeups and once-a-second housekeeping, the export worker's wakeups and the network
@@ -22,7 +22,11 @@ use loupe_common::{
 use super::{Pipeline, PipelineConfig, SdkSpans};
 use crate::{
     events::{clock::monotonic_now_ns, decode, reader::EventSink},
-    export::{DetachedQueue, config::BatchConfig, otlp::encode},
+    export::{
+        DetachedQueue,
+        config::BatchConfig,
+        otlp::{compress, encode},
+    },
     probes::TgidSet,
     process::resource::ResourceDefaults,
     protocol::http1::Http1Limits,
@@ -81,6 +85,8 @@ pub struct Outcome {
     pub spans: u64,
     /// Bytes of encoded OTLP export requests.
     pub encoded_bytes: u64,
+    /// The same requests' bytes once gzipped.
+    pub gzipped_bytes: u64,
 }
 
 impl Replay {
@@ -314,7 +320,10 @@ impl Replay {
                 return;
             }
             outcome.spans += self.batch.len() as u64;
-            outcome.encoded_bytes += encode::trace_request(&self.batch).len() as u64;
+            let request = encode::trace_request(&self.batch);
+            outcome.encoded_bytes += request.len() as u64;
+            // An in-memory write of a buffer that fits it fails only if memory runs out.
+            outcome.gzipped_bytes += compress::gzip(&request).map_or(0, |g| g.len() as u64);
             self.queue.delivered(self.batch.len());
             self.batch.clear();
         }
@@ -359,6 +368,11 @@ mod tests {
             assert_eq!(outcome.spans, 1_000, "{service:?}");
             assert!(
                 outcome.encoded_bytes > 1_000 * 100,
+                "{service:?}: {outcome:?}"
+            );
+            // Compressed as exported, to a fraction of that.
+            assert!(
+                outcome.gzipped_bytes > 0 && outcome.gzipped_bytes * 4 < outcome.encoded_bytes,
                 "{service:?}: {outcome:?}"
             );
             let metrics = replay.metrics();

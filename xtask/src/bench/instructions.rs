@@ -1,6 +1,6 @@
 //! `cargo xtask bench --instructions`: the agent's own work per request, counted in
 //! instructions rather than seconds. The agent's example `replay` feeds a traced server's
-//! steady traffic through the pipeline and the OTLP encoder with no kernel (see
+//! steady traffic through the pipeline, the OTLP encoder and gzip with no kernel (see
 //! `loupe::pipeline::replay`); callgrind counts what it executes. Two runs of different
 //! lengths are subtracted, so start-up drops out and what is left is the cost of the
 //! extra requests. Instruction counts repeat exactly for the same binary, whatever else
@@ -46,11 +46,13 @@ pub fn prepare(ws: &Workspace, build: bool) -> Result<PathBuf> {
     Ok(replay)
 }
 
-/// One service's figure: instructions per request, and encoded bytes per span.
+/// One service's figure: instructions per request, and encoded bytes per span before and
+/// after gzip.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Count {
     pub per_request: f64,
     pub bytes_per_span: f64,
+    pub gzipped_per_span: f64,
 }
 
 pub fn measure(replay: &Path, service: ServiceKind, scratch: &Path) -> Result<Count> {
@@ -64,6 +66,7 @@ pub fn measure(replay: &Path, service: ServiceKind, scratch: &Path) -> Result<Co
 struct Run {
     instructions: u64,
     encoded_bytes: u64,
+    gzipped_bytes: u64,
 }
 
 fn per_request(short: Run, long: Run, extra_requests: u64) -> Result<Count> {
@@ -77,6 +80,7 @@ fn per_request(short: Run, long: Run, extra_requests: u64) -> Result<Count> {
     Ok(Count {
         per_request: (long.instructions - short.instructions) as f64 / extra,
         bytes_per_span: long.encoded_bytes.saturating_sub(short.encoded_bytes) as f64 / extra,
+        gzipped_per_span: long.gzipped_bytes.saturating_sub(short.gzipped_bytes) as f64 / extra,
     })
 }
 
@@ -117,9 +121,13 @@ fn run(replay: &Path, service: ServiceKind, requests: u64, scratch: &Path) -> Re
     let encoded_bytes = report["encoded_bytes"]
         .as_u64()
         .with_context(|| format!("the replay reported no encoded bytes: {stdout}"))?;
+    let gzipped_bytes = report["gzipped_bytes"]
+        .as_u64()
+        .with_context(|| format!("the replay reported no gzipped bytes: {stdout}"))?;
     Ok(Run {
         instructions,
         encoded_bytes,
+        gzipped_bytes,
     })
 }
 
@@ -134,23 +142,25 @@ fn collected(stderr: &str) -> Option<u64> {
 pub fn report(counts: &[(ServiceKind, Count)]) -> (String, serde_json::Value) {
     let mut text = String::from(
         "Agent instructions per request (replayed traffic through the pipeline and the \
-         OTLP encoder, counted by callgrind; the network send is not included)\n\n\
-         | service | instructions per request | encoded bytes per span |\n\
-         | --- | --- | --- |\n",
+         OTLP encoder and gzip, counted by callgrind; the network send is not included)\n\n\
+         | service | instructions per request | encoded bytes per span | gzipped |\n\
+         | --- | --- | --- | --- |\n",
     );
     let mut value = serde_json::Map::new();
     for (service, count) in counts {
         text.push_str(&format!(
-            "| {} | {:.0} | {:.0} |\n",
+            "| {} | {:.0} | {:.0} | {:.1} |\n",
             service.name(),
             count.per_request,
-            count.bytes_per_span
+            count.bytes_per_span,
+            count.gzipped_per_span
         ));
         value.insert(
             service.name().to_owned(),
             json!({
                 "instructions_per_request": count.per_request.round(),
                 "encoded_bytes_per_span": count.bytes_per_span.round(),
+                "gzipped_bytes_per_span": (count.gzipped_per_span * 10.0).round() / 10.0,
             }),
         );
     }
@@ -175,14 +185,17 @@ mod tests {
         let short = Run {
             instructions: 100_000_000,
             encoded_bytes: 2_000_000,
+            gzipped_bytes: 200_000,
         };
         let long = Run {
             instructions: 300_000_000,
             encoded_bytes: 6_400_000,
+            gzipped_bytes: 655_000,
         };
         let count = per_request(short, long, 10_000).unwrap();
         assert_eq!(count.per_request, 20_000.0);
         assert_eq!(count.bytes_per_span, 440.0);
+        assert_eq!(count.gzipped_per_span, 45.5);
         assert!(per_request(long, short, 10_000).is_err());
     }
 }

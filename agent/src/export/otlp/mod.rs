@@ -1,7 +1,7 @@
 //! The OTLP exporter: protobuf conversion, gRPC and HTTP transports, and retries.
 
 mod client;
-mod compress;
+pub(crate) mod compress;
 mod const_attr;
 pub mod convert;
 pub mod encode;
