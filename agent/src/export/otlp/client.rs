@@ -24,9 +24,9 @@ pub struct Delivered {
     pub rejected: i64,
 }
 
+// Boxed: each holds a client and a compressor of some hundred bytes.
 enum Transport {
-    Grpc(GrpcTransport),
-    // Boxed: the HTTP client is much larger than a gRPC channel handle.
+    Grpc(Box<GrpcTransport>),
     Http(Box<HttpTransport>),
 }
 
@@ -56,12 +56,14 @@ impl<S: Signal> OtlpClient<S> {
     /// Must run inside a tokio runtime.
     pub fn new(config: &OtlpConfig, retry: RetryPolicy) -> Result<Self, OtlpStartError> {
         let transport = match config.protocol {
-            Protocol::Grpc => Transport::Grpc(GrpcTransport::new(config).map_err(|source| {
-                OtlpStartError::GrpcChannel {
-                    endpoint: config.endpoint.to_string(),
-                    source,
-                }
-            })?),
+            Protocol::Grpc => {
+                Transport::Grpc(Box::new(GrpcTransport::new(config).map_err(|source| {
+                    OtlpStartError::GrpcChannel {
+                        endpoint: config.endpoint.to_string(),
+                        source,
+                    }
+                })?))
+            }
             Protocol::HttpProtobuf => Transport::Http(Box::new(HttpTransport::new(config)?)),
         };
         Ok(Self {

@@ -4,7 +4,11 @@
 
 mod frame;
 
-use std::{future::poll_fn, time::Duration};
+use std::{
+    future::poll_fn,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -21,7 +25,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::{AttemptError, Delivered, USER_AGENT, signal::Signal};
+use super::{AttemptError, Delivered, USER_AGENT, compress::Gzip, signal::Signal};
 use crate::export::config::{Compression, OtlpConfig};
 
 /// An answer larger than this is not read (tonic's default limit for a message).
@@ -30,7 +34,8 @@ const GRPC_ENCODING: &str = "grpc-encoding";
 
 pub struct GrpcTransport {
     channel: Channel,
-    gzip: bool,
+    /// The compressor, when exports are gzipped.
+    gzip: Option<Mutex<Gzip>>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -50,7 +55,7 @@ impl GrpcTransport {
         }
         Ok(Self {
             channel: endpoint.connect_lazy(),
-            gzip: config.compression == Compression::Gzip,
+            gzip: (config.compression == Compression::Gzip).then(Mutex::default),
             headers: config
                 .headers
                 .iter()
@@ -62,7 +67,11 @@ impl GrpcTransport {
 
     /// The body for an encoded export request: one gRPC message, compressed when configured.
     pub fn encode(&self, message: &[u8]) -> Result<GrpcBody, AttemptError> {
-        frame::frame(message, self.gzip)
+        let mut gzip = self
+            .gzip
+            .as_ref()
+            .map(|g| g.lock().unwrap_or_else(PoisonError::into_inner));
+        frame::frame(message, gzip.as_deref_mut())
             .map(GrpcBody)
             .map_err(AttemptError::Compress)
     }
@@ -97,7 +106,7 @@ impl GrpcTransport {
         headers.insert(TE, HeaderValue::from_static("trailers"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert("grpc-accept-encoding", HeaderValue::from_static("gzip"));
-        if self.gzip {
+        if self.gzip.is_some() {
             headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
         }
         if let Ok(value) = HeaderValue::from_str(&grpc_timeout(timeout)) {

@@ -1,6 +1,9 @@
 //! OTLP over HTTP: a protobuf body POSTed to the signal's URL.
 
-use std::time::Duration;
+use std::{
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -17,7 +20,7 @@ use hyper_util::{
 use prost::Message;
 
 use super::{
-    AttemptError, Delivered, OtlpStartError, USER_AGENT, compress, retry::parse_retry_after,
+    AttemptError, Delivered, OtlpStartError, USER_AGENT, compress::Gzip, retry::parse_retry_after,
     signal::Signal, tls,
 };
 use crate::export::config::{Compression, OtlpConfig};
@@ -48,7 +51,8 @@ pub struct HttpTransport {
     client: HttpClient,
     endpoint: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
-    gzip: bool,
+    /// The compressor, when exports are gzipped.
+    gzip: Option<Mutex<Gzip>>,
 }
 
 /// A request body ready to be sent as many times as retries need.
@@ -86,19 +90,23 @@ impl HttpTransport {
             client,
             endpoint: config.endpoint.clone(),
             headers: config.headers.clone(),
-            gzip: config.compression == Compression::Gzip,
+            gzip: (config.compression == Compression::Gzip).then(Mutex::default),
         })
     }
 
     /// The body for an encoded export request, compressed when configured.
     pub fn encode(&self, plain: Bytes) -> Result<HttpBody, AttemptError> {
-        if !self.gzip {
+        let Some(gzip) = &self.gzip else {
             return Ok(HttpBody {
                 bytes: plain,
                 gzip: false,
             });
-        }
-        let compressed = compress::gzip(&plain).map_err(AttemptError::Compress)?;
+        };
+        let compressed = gzip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .compress(Vec::with_capacity(plain.len() / 4), &plain)
+            .map_err(AttemptError::Compress)?;
         Ok(HttpBody {
             bytes: compressed.into(),
             gzip: true,

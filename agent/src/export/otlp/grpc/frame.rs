@@ -7,16 +7,16 @@ use std::{borrow::Cow, io};
 
 use bytes::Bytes;
 
-use super::super::compress;
+use super::super::compress::{self, Gzip};
 
 const PREFIX: usize = 5;
 
-/// `message` as a request body of one message, gzipped when `gzip`.
-pub fn frame(message: &[u8], gzip: bool) -> io::Result<Bytes> {
-    let mut out = vec![u8::from(gzip), 0, 0, 0, 0];
-    if gzip {
+/// `message` as a request body of one message, gzipped when given a compressor.
+pub fn frame(message: &[u8], gzip: Option<&mut Gzip>) -> io::Result<Bytes> {
+    let mut out = vec![u8::from(gzip.is_some()), 0, 0, 0, 0];
+    if let Some(gzip) = gzip {
         out.reserve(message.len() / 4);
-        out = compress::gzip_after(out, message)?;
+        out = gzip.compress(out, message)?;
     } else {
         out.extend_from_slice(message);
     }
@@ -51,12 +51,12 @@ mod tests {
     #[test]
     fn a_framed_message_reads_back_plain_and_gzipped() {
         let message = b"resource spans resource spans resource spans".repeat(50);
-        let plain = frame(&message, false).unwrap();
+        let plain = frame(&message, None).unwrap();
         assert_eq!(plain[0], 0);
         assert_eq!(&plain[1..5], &(message.len() as u32).to_be_bytes());
         assert_eq!(first_message(&plain, None, 1 << 20).unwrap(), &message[..]);
 
-        let gzipped = frame(&message, true).unwrap();
+        let gzipped = frame(&message, Some(&mut Gzip::default())).unwrap();
         assert_eq!(gzipped[0], 1);
         let len = u32::from_be_bytes(gzipped[1..5].try_into().unwrap()) as usize;
         assert_eq!(len, gzipped.len() - 5);
@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn broken_answers_hold_no_message() {
-        let gzipped = frame(b"answer", true).unwrap();
+        let gzipped = frame(b"answer", Some(&mut Gzip::default())).unwrap();
         // Compressed with no encoding named, or one loupe did not offer.
         assert_eq!(first_message(&gzipped, None, 1024), None);
         assert_eq!(first_message(&gzipped, Some("zstd"), 1024), None);
@@ -82,14 +82,14 @@ mod tests {
             None
         );
         // An unknown flag.
-        let mut odd = frame(b"answer", false).unwrap().to_vec();
+        let mut odd = frame(b"answer", None).unwrap().to_vec();
         odd[0] = 2;
         assert_eq!(first_message(&odd, None, 1024), None);
         // Over the limit once decompressed.
-        let big = frame(&[7u8; 4096], true).unwrap();
+        let big = frame(&[7u8; 4096], Some(&mut Gzip::default())).unwrap();
         assert_eq!(first_message(&big, Some("gzip"), 4095), None);
         // An empty message is a message (a default answer).
-        let empty = frame(b"", false).unwrap();
+        let empty = frame(b"", None).unwrap();
         assert_eq!(first_message(&empty, None, 1024).unwrap(), &b""[..]);
     }
 }
