@@ -110,8 +110,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
     pub sink_priority: SinkPriority,
     /// How the agent exports to the sink. 'http' (OTLP/HTTP protobuf) is the agent's own
-    /// default; 'grpc' costs the agent more CPU per span, because HTTP/2 writes every
-    /// 16 KiB frame of an export with its own syscall.
+    /// default; 'grpc' costs the agent a little more CPU per span, because HTTP/2 writes
+    /// every 16 KiB frame of an export with its own syscall.
     #[arg(long, value_name = "PROTOCOL", value_enum, default_value = "http")]
     pub otlp_protocol: OtlpProtocol,
     /// Add two modes per round: the agent running but tracing no process, which shows what

@@ -2,6 +2,7 @@
 //! loupe frames the request and reads the answer itself ([`frame`]); tonic's channel
 //! carries them (HTTP/2, TLS, connecting and reconnecting).
 
+mod answer;
 mod frame;
 
 use std::{
@@ -11,9 +12,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::{
-    Method, Request, Response, StatusCode, Uri, Version,
+    Method, Request, Uri, Version,
     header::{CONTENT_TYPE, TE},
     http::{HeaderName, HeaderValue},
 };
@@ -28,8 +29,6 @@ use tonic::{
 use super::{AttemptError, Delivered, USER_AGENT, compress::Gzip, signal::Signal};
 use crate::export::config::{Compression, OtlpConfig};
 
-/// An answer larger than this is not read (tonic's default limit for a message).
-const MAX_ANSWER: usize = 4 * 1024 * 1024;
 const GRPC_ENCODING: &str = "grpc-encoding";
 
 pub struct GrpcTransport {
@@ -53,15 +52,18 @@ impl GrpcTransport {
         if config.is_tls() {
             endpoint = endpoint.tls_config(super::tls::grpc(&config.tls))?;
         }
+        let (reserved, headers): (Vec<_>, Vec<_>) = config
+            .headers
+            .iter()
+            .cloned()
+            .partition(|(name, _)| is_reserved(name));
+        for (name, _) in reserved {
+            log::warn!("OTLP header {name} is not sent: gRPC sets it itself");
+        }
         Ok(Self {
             channel: endpoint.connect_lazy(),
             gzip: (config.compression == Compression::Gzip).then(Mutex::default),
-            headers: config
-                .headers
-                .iter()
-                .filter(|(name, _)| !is_reserved(name))
-                .cloned()
-                .collect(),
+            headers,
         })
     }
 
@@ -123,7 +125,7 @@ impl GrpcTransport {
             .call(request)
             .await
             .map_err(|e| Status::from_error(Box::new(e)))?;
-        answer::<S>(response).await
+        answer::read::<S, _>(response).await
     }
 }
 
@@ -134,64 +136,19 @@ fn is_reserved(name: &HeaderName) -> bool {
     name.starts_with("grpc-") || matches!(name, "te" | "content-type" | "user-agent")
 }
 
-/// A `grpc-timeout` value: at most 8 digits and a unit.
+/// A `grpc-timeout` value: at most 8 digits and a unit, rounded up (a deadline of 0 would
+/// end the call before it starts; tonic's channel enforces the header itself).
 fn grpc_timeout(timeout: Duration) -> String {
-    let millis = timeout.as_millis();
+    let micros = timeout.as_micros().max(1);
+    if micros < 100_000_000 {
+        return format!("{micros}u");
+    }
+    let millis = micros.div_ceil(1000);
     if millis < 100_000_000 {
         format!("{millis}m")
     } else {
         format!("{}S", timeout.as_secs().min(99_999_999))
     }
-}
-
-/// What the collector answered: its status from the headers of a trailers-only answer or
-/// from the trailers, and the items it refused from its message. An OK answer whose
-/// message cannot be read still means the items were accepted.
-async fn answer<S: Signal>(response: Response<Body>) -> Result<Delivered, Status> {
-    let (parts, body) = response.into_parts();
-    if let Some(status) = Status::from_header_map(&parts.headers) {
-        return match status.code() {
-            Code::Ok => Ok(Delivered { rejected: 0 }),
-            _ => Err(status),
-        };
-    }
-    if parts.status != StatusCode::OK {
-        return Err(status_of_http(parts.status));
-    }
-    let collected = Limited::new(body, MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(Status::from_error)?;
-    match collected.trailers().and_then(Status::from_header_map) {
-        Some(status) if status.code() == Code::Ok => {}
-        Some(status) => return Err(status),
-        None => return Err(status_of_http(parts.status)),
-    }
-    let encoding = parts
-        .headers
-        .get(GRPC_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let rejected = frame::first_message(&collected.to_bytes(), encoding, MAX_ANSWER)
-        .and_then(|message| S::Response::decode(&*message).ok())
-        .map_or(0, |response| S::rejected(&response));
-    Ok(Delivered { rejected })
-}
-
-/// The status of an answer that carries no `grpc-status`, from its HTTP status, as gRPC
-/// maps them (a proxy's error page, say).
-fn status_of_http(status: StatusCode) -> Status {
-    let code = match status {
-        StatusCode::BAD_REQUEST => Code::Internal,
-        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-        StatusCode::FORBIDDEN => Code::PermissionDenied,
-        StatusCode::NOT_FOUND => Code::Unimplemented,
-        StatusCode::TOO_MANY_REQUESTS
-        | StatusCode::BAD_GATEWAY
-        | StatusCode::SERVICE_UNAVAILABLE
-        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
-        _ => Code::Unknown,
-    };
-    Status::new(code, format!("HTTP status {status} without a gRPC status"))
 }
 
 /// Codes the OTLP specification lists as transient.
@@ -282,33 +239,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_without_a_grpc_status_take_it_from_http() {
-        assert_eq!(
-            status_of_http(StatusCode::SERVICE_UNAVAILABLE).code(),
-            Code::Unavailable
-        );
-        assert_eq!(
-            status_of_http(StatusCode::TOO_MANY_REQUESTS).code(),
-            Code::Unavailable
-        );
-        assert_eq!(
-            status_of_http(StatusCode::UNAUTHORIZED).code(),
-            Code::Unauthenticated
-        );
-        assert_eq!(
-            status_of_http(StatusCode::NOT_FOUND).code(),
-            Code::Unimplemented
-        );
-        // A 200 that ends without a status is a broken answer, not a success.
-        assert_eq!(status_of_http(StatusCode::OK).code(), Code::Unknown);
+    fn timeouts_fit_the_header() {
+        assert_eq!(grpc_timeout(Duration::from_secs(10)), "10000000u");
+        assert_eq!(grpc_timeout(Duration::from_millis(1)), "1000u");
+        // What is left of a deadline may be under a microsecond: never 0.
+        assert_eq!(grpc_timeout(Duration::from_nanos(300)), "1u");
+        assert_eq!(grpc_timeout(Duration::ZERO), "1u");
+        assert_eq!(grpc_timeout(Duration::from_secs(100)), "100000m");
+        assert_eq!(grpc_timeout(Duration::from_micros(100_000_001)), "100001m");
+        assert_eq!(grpc_timeout(Duration::from_secs(86_400)), "86400000m");
+        assert_eq!(grpc_timeout(Duration::from_secs(3 * 86_400)), "259200S");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(grpc_timeout(Duration::MAX), "99999999S");
     }
 
-    #[test]
-    fn timeouts_fit_the_header() {
-        assert_eq!(grpc_timeout(Duration::from_secs(10)), "10000m");
-        assert_eq!(grpc_timeout(Duration::from_millis(1)), "1m");
-        assert_eq!(grpc_timeout(Duration::from_secs(3 * 86_400)), "259200S");
-        assert_eq!(grpc_timeout(Duration::MAX), "99999999S");
+    #[tokio::test]
+    async fn a_transport_sends_the_users_headers_but_not_reserved_ones() {
+        let config = OtlpConfig {
+            endpoint: "http://127.0.0.1:4317".parse().unwrap(),
+            protocol: crate::export::config::Protocol::Grpc,
+            headers: vec![
+                (
+                    HeaderName::from_static("grpc-timeout"),
+                    HeaderValue::from_static("1n"),
+                ),
+                (
+                    HeaderName::from_static("authorization"),
+                    HeaderValue::from_static("Bearer t"),
+                ),
+            ],
+            timeout: Duration::from_secs(1),
+            compression: Compression::Gzip,
+            tls: Default::default(),
+        };
+        let transport = GrpcTransport::new(&config).unwrap();
+        let names: Vec<&str> = transport.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["authorization"]);
+        assert!(transport.gzip.is_some());
     }
 
     #[test]
