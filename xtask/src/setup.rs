@@ -60,7 +60,8 @@ struct PipPackage {
     requirement: &'static str,
 }
 
-/// An OpenTelemetry-SDK-instrumented Python service is one of the integration tests' peers.
+/// An OpenTelemetry-SDK-instrumented Python service and a grpcio collector are among the
+/// integration tests' peers.
 const PIP_PACKAGES: &[PipPackage] = &[
     PipPackage {
         name: "opentelemetry-sdk",
@@ -69,6 +70,11 @@ const PIP_PACKAGES: &[PipPackage] = &[
     PipPackage {
         name: "opentelemetry-exporter-otlp-proto-http",
         requirement: "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    },
+    // gRPC's C core under an OTLP collector: a gRPC peer independent of loupe and tonic.
+    PipPackage {
+        name: "grpcio",
+        requirement: "grpcio==1.85.4",
     },
 ];
 
