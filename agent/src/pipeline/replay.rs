@@ -327,7 +327,7 @@ impl Replay {
             // An in-memory write of a buffer that fits it fails only if memory runs out.
             outcome.gzipped_bytes += self
                 .gzip
-                .compress(Vec::with_capacity(request.len() / 4), &request)
+                .compress(Vec::new(), &request)
                 .map_or(0, |g| g.len() as u64);
             self.queue.delivered(self.batch.len());
             self.batch.clear();

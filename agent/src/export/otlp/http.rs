@@ -105,7 +105,7 @@ impl HttpTransport {
         let compressed = gzip
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .compress(Vec::with_capacity(plain.len() / 4), &plain)
+            .compress(Vec::new(), &plain)
             .map_err(AttemptError::Compress)?;
         Ok(HttpBody {
             bytes: compressed.into(),

@@ -15,7 +15,6 @@ const PREFIX: usize = 5;
 pub fn frame(message: &[u8], gzip: Option<&mut Gzip>) -> io::Result<Bytes> {
     let mut out = vec![u8::from(gzip.is_some()), 0, 0, 0, 0];
     if let Some(gzip) = gzip {
-        out.reserve(message.len() / 4);
         out = gzip.compress(out, message)?;
     } else {
         out.extend_from_slice(message);
