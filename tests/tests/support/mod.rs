@@ -16,7 +16,10 @@ use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -52,11 +55,17 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// A fresh scratch directory for one test.
+const SCRATCH_PREFIX: &str = "loupe-it-";
+
+/// A fresh scratch directory for one test. The directories of test processes that have
+/// ended are removed on the first call, so a failed run's logs stay until the next run
+/// and the temporary directory does not fill up (a guest image is 170 MB).
 pub fn scratch_dir(name: &str) -> PathBuf {
     static SEQ: AtomicU32 = AtomicU32::new(0);
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(sweep_ended_scratch_dirs);
     let dir = std::env::temp_dir().join(format!(
-        "loupe-it-{}-{}-{}",
+        "{SCRATCH_PREFIX}{}-{}-{}",
         name,
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
@@ -64,6 +73,43 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+fn sweep_ended_scratch_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = scratch_dir_owner(&name.to_string_lossy()) else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The test process that made a scratch directory named `loupe-it-{name}-{pid}-{seq}`.
+fn scratch_dir_owner(dir_name: &str) -> Option<u32> {
+    let rest = dir_name.strip_prefix(SCRATCH_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '-');
+    parts.next()?.parse::<u32>().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(pid)
+}
+
+#[test]
+fn scratch_dirs_name_their_test_process() {
+    assert_eq!(
+        scratch_dir_owner("loupe-it-older-kernel-1798-0"),
+        Some(1798)
+    );
+    assert_eq!(scratch_dir_owner("loupe-it-agent-25820-17"), Some(25820));
+    assert_eq!(scratch_dir_owner("loupe-it-25820-17"), None);
+    assert_eq!(scratch_dir_owner("loupe-bounded"), None);
+    assert_eq!(scratch_dir_owner("loupe-it-x-y-17"), None);
 }
 
 /// Waits until `check` holds, polling; panics with `what` after `timeout`.
