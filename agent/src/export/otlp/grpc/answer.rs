@@ -1,6 +1,6 @@
 //! A collector's answer to a gRPC export: its status, from the headers of a trailers-only
-//! answer, else from the trailers, else from the HTTP status; and from its message the
-//! items it refused.
+//! answer, else from the trailers (whatever the HTTP status), else from the HTTP status;
+//! and from its message the items it refused.
 
 use std::error::Error;
 
@@ -44,15 +44,16 @@ where
             _ => Err(status),
         };
     }
-    if parts.status != StatusCode::OK {
-        return Err(status_of_http(parts.status));
-    }
-    let collected = Limited::new(body, MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(Status::from_error)?;
+    let collected = match Limited::new(body, MAX_ANSWER).collect().await {
+        Ok(collected) => collected,
+        // A proxy's oversized error page still says what went wrong by its HTTP status.
+        Err(_) if parts.status != StatusCode::OK => return Err(status_of_http(parts.status)),
+        Err(err) => return Err(Status::from_error(err)),
+    };
+    // A gRPC status in the trailers wins over the HTTP status, as gRPC clients take it.
     match collected.trailers().and_then(status_in) {
-        Some(status) if status.code() == Code::Ok => {}
+        Some(status) if status.code() == Code::Ok && parts.status == StatusCode::OK => {}
+        Some(status) if status.code() == Code::Ok => return Err(status_of_http(parts.status)),
         Some(status) => return Err(status),
         None => return Err(status_of_http(parts.status)),
     }

@@ -159,6 +159,27 @@ async fn answers_without_a_grpc_status_take_it_from_http() {
 }
 
 #[tokio::test]
+async fn a_grpc_status_in_the_trailers_wins_over_the_http_status() {
+    let trailers = headers(&[("grpc-status", "8"), ("grpc-message", "over%20quota")]);
+    let page = Some(Bytes::from_static(b"<html>quota</html>"));
+    let status = read_answer(response(500, &[], page, Some(trailers)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.message(), "over quota");
+    // An OK status after an HTTP error is not a delivery: the HTTP status stands.
+    let ok = Some(headers(&[("grpc-status", "0")]));
+    let status = read_answer(response(503, &[], None, ok)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    // An error page past the limit is judged by its HTTP status alone.
+    let huge = Some(Bytes::from(vec![b'x'; MAX_ANSWER + 1]));
+    let status = read_answer(response(503, &[], huge, None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+}
+
+#[tokio::test]
 async fn an_answer_past_the_limit_is_not_read_and_not_retried() {
     let huge = Bytes::from(vec![0u8; MAX_ANSWER + 1]);
     let ok = Some(headers(&[("grpc-status", "0")]));
