@@ -1,7 +1,6 @@
 //! Span attributes whose key and value are both constants (`http.request.method=GET`,
-//! `url.scheme=http`, `network.protocol.name=http`, `network.protocol.version=1.1`),
-//! encoded as a span's `KeyValue` field once, at compile time. Every span carries four
-//! of them; copying each instead of writing it from its parts saves about 140
+//! `url.scheme=http`, `network.protocol.version=1.1`), encoded as a span's `KeyValue`
+//! field once, at compile time. Every span carries three of them; copying each instead of writing it from its parts saves about 140
 //! instructions, the lookup included.
 
 use crate::protocol::http1::CONVENTION_METHODS;
@@ -100,8 +99,6 @@ static VERSIONS: [ConstAttr; 2] = [
     const_attr!("network.protocol.version", "1.0"),
 ];
 
-pub static PROTOCOL_NAME: ConstAttr = const_attr!("network.protocol.name", "http");
-
 fn find(table: &'static [ConstAttr], value: &str) -> Option<&'static ConstAttr> {
     table.iter().find(|attr| attr.value == value)
 }
@@ -133,8 +130,7 @@ mod tests {
         let all = METHODS
             .iter()
             .chain(&SCHEMES)
-            .chain(&VERSIONS)
-            .chain([&PROTOCOL_NAME]);
+            .chain(&VERSIONS);
         for attr in all {
             let span = Span {
                 attributes: vec![KeyValue {

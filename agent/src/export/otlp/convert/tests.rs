@@ -66,7 +66,6 @@ fn every_semantic_attribute_is_mapped_with_its_type() {
         ("url.scheme", "http"),
         ("http.route", "/users/{id}"),
         ("http.response.status_code", "i:201"),
-        ("network.protocol.name", "http"),
         ("network.protocol.version", "1.0"),
         ("server.address", "api.local"),
         ("server.port", "i:8080"),
@@ -97,7 +96,6 @@ fn absent_optional_fields_produce_no_attributes() {
         keys,
         [
             "http.request.method",
-            "network.protocol.name",
             "network.protocol.version",
             "url.path",
             "url.scheme"
