@@ -14,10 +14,7 @@ use std::{
 };
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use support::{
-    Agent, Guard, concurrent_keep_alive_gets, free_port, keep_alive_get, require_root,
-    wait_for_port,
-};
+use support::{Agent, Guard, free_port, keep_alive_get, require_root, wait_for_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -204,16 +201,14 @@ fn concurrent_requests_stay_connected() {
     let w = start_walkthrough();
     let agent = start_agent(&receiver, &w);
     let (clients, per_client) = (10, 15);
-    concurrent_keep_alive_gets(w.frontend_port, clients, per_client, |c, i| {
-        format!("/api/items/{c}-{i}")
-    });
-    let total = clients * per_client;
-    let spans = receiver.wait_for_spans(3 * total, WAIT);
-    assert_eq!(
-        spans.len(),
-        3 * total,
-        "every request exported as three spans"
+    let spans = support::concurrent_gets_exported(
+        &receiver,
+        w.frontend_port,
+        (clients, per_client),
+        |c, i| format!("/api/items/{c}-{i}"),
+        3,
     );
+    let total = clients * per_client;
     let (trees, fronts) = exact_trees(&spans);
     assert_eq!(fronts, total);
     let share = trees.len() as f64 / total as f64;

@@ -6,7 +6,6 @@
 mod support;
 
 use std::{
-    collections::HashMap,
     net::TcpStream,
     path::PathBuf,
     process::{Command, Stdio},
@@ -14,10 +13,7 @@ use std::{
 };
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use support::{
-    Agent, Guard, concurrent_keep_alive_gets, free_port, keep_alive_get, require_root, servers,
-    wait_for_port,
-};
+use support::{Agent, Guard, free_port, keep_alive_get, require_root, servers, wait_for_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 10;
@@ -42,60 +38,19 @@ fn backend(port: u16) -> Guard {
 /// Sends `CLIENTS` keep-alive clients' requests at once through the proxy at `port` and
 /// returns what the receiver got: three spans per request.
 fn concurrent_requests(receiver: &OtlpReceiver, port: u16) -> Vec<ReceivedSpan> {
-    concurrent_keep_alive_gets(port, CLIENTS, PER_CLIENT, |c, i| {
-        format!("/process/{c}-{i}")
-    });
-    let total = CLIENTS * PER_CLIENT;
-    let spans = receiver.wait_for_spans(3 * total, WAIT);
-    assert_eq!(
-        spans.len(),
-        3 * total,
-        "every request exported as three spans"
-    );
-    spans
+    support::concurrent_gets_exported(
+        receiver,
+        port,
+        (CLIENTS, PER_CLIENT),
+        |c, i| format!("/process/{c}-{i}"),
+        3,
+    )
 }
 
-/// The nginx SERVER spans whose only child is an nginx CLIENT span whose only child is
-/// the backend's SERVER span for the same item, in one trace; and how many nginx SERVER
-/// spans there were.
+/// The nginx SERVER spans that form nginx SERVER -> nginx CLIENT -> backend SERVER for
+/// the same item, and how many nginx SERVER spans there were.
 fn exact_trees(spans: &[ReceivedSpan]) -> (usize, usize) {
-    let mut children: HashMap<&str, Vec<&ReceivedSpan>> = HashMap::new();
-    for span in spans {
-        if let Some(parent) = &span.parent_span_id {
-            children.entry(parent.as_str()).or_default().push(span);
-        }
-    }
-    let only_child = |span: &ReceivedSpan, kind: &str, service: &str| {
-        let found = children.get(span.span_id.as_str())?;
-        let [child] = found.as_slice() else {
-            return None;
-        };
-        (child.kind == kind
-            && child.service_name() == Some(service)
-            && child.trace_id == span.trace_id)
-            .then_some(*child)
-    };
-    let item = |span: &ReceivedSpan| {
-        span.attr("url.path")
-            .and_then(|p| p.rsplit('/').next().map(str::to_owned))
-    };
-    let fronts: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.kind == "server" && s.service_name() == Some("nginx"))
-        .collect();
-    let exact = fronts
-        .iter()
-        .filter(|front| {
-            let Some(call) = only_child(front, "client", "nginx") else {
-                return false;
-            };
-            let Some(back) = only_child(call, "server", "data-processor") else {
-                return false;
-            };
-            item(front).is_some() && item(front) == item(back)
-        })
-        .count();
-    (exact, fronts.len())
+    support::spans::exact_proxy_trees(spans, "nginx", "data-processor")
 }
 
 fn start_agent(receiver: &OtlpReceiver, proxy_port: u16, backend_port: u16) -> Agent {

@@ -37,7 +37,8 @@ const BUILD_DEBS: &[Deb] = &[
 /// Real peers the integration tests and the benchmark talk to; iproute2, whose `ip netns`
 /// gives tests network namespaces of their own (pods on one node); valgrind, whose
 /// callgrind counts the agent's instructions (`cargo xtask bench --instructions`); and
-/// QEMU, a static busybox and cpio, which boot loupe on an older kernel (`test_kernel`).
+/// QEMU, a static busybox and cpio, which boot loupe on an older kernel (`test_kernel`);
+/// Go, which builds the Go service of `go_services`.
 const TEST_DEBS: &[Deb] = &[
     Deb {
         package: "nginx-light",
@@ -50,6 +51,7 @@ const TEST_DEBS: &[Deb] = &[
     deb("qemu-system-x86"),
     deb("busybox-static"),
     deb("cpio"),
+    deb("golang-go"),
 ];
 
 /// Python packages the test peers will need beyond the standard library.

@@ -348,14 +348,35 @@ pub fn concurrent_keep_alive_gets(
     }
 }
 
+/// [`concurrent_keep_alive_gets`], then what `receiver` got: asserts that every request
+/// was exported as `spans_per_request` spans within 30 s.
+pub fn concurrent_gets_exported(
+    receiver: &loupe_integration_tests::otlp_receiver::OtlpReceiver,
+    port: u16,
+    (clients, per_client): (usize, usize),
+    path: fn(usize, usize) -> String,
+    spans_per_request: usize,
+) -> Vec<loupe_integration_tests::otlp_receiver::ReceivedSpan> {
+    concurrent_keep_alive_gets(port, clients, per_client, path);
+    let expected = spans_per_request * clients * per_client;
+    let spans = receiver.wait_for_spans(expected, Duration::from_secs(30));
+    assert_eq!(
+        spans.len(),
+        expected,
+        "every request exported as {spans_per_request} spans"
+    );
+    spans
+}
+
 /// Sends a GET on an open keep-alive connection and reads the whole response (framed by
 /// Content-Length, or chunked without trailers); returns the status code.
 pub fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: loupe-test\r\n\r\n"
-    )
-    .expect("send request");
+    // One write, as HTTP clients send a request: `write!` on the stream sends each piece
+    // of the format on its own, and Nagle's algorithm held the later pieces back until the
+    // server's delayed ACK, 40 ms per request.
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: loupe-test\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send request");
     stream
         // Long enough for a connection a busy backend's full accept queue made retry.
         .set_read_timeout(Some(Duration::from_secs(30)))

@@ -83,3 +83,47 @@ fn servers_starting_before_their_client(spans: &[ReceivedSpan]) -> Vec<(u64, u64
         })
         .collect()
 }
+
+/// The SERVER spans of `front` whose only child is a CLIENT span of `front` whose only
+/// child is `back`'s SERVER span for the same item (the last segment of `url.path`), all
+/// in one trace; and how many SERVER spans `front` had.
+pub fn exact_proxy_trees(spans: &[ReceivedSpan], front: &str, back: &str) -> (usize, usize) {
+    let mut children: std::collections::HashMap<&str, Vec<&ReceivedSpan>> =
+        std::collections::HashMap::new();
+    for span in spans {
+        if let Some(parent) = &span.parent_span_id {
+            children.entry(parent.as_str()).or_default().push(span);
+        }
+    }
+    let only_child = |span: &ReceivedSpan, kind: &str, service: &str| {
+        let found = children.get(span.span_id.as_str())?;
+        let [child] = found.as_slice() else {
+            return None;
+        };
+        (child.kind == kind
+            && child.service_name() == Some(service)
+            && child.trace_id == span.trace_id)
+            .then_some(*child)
+    };
+    let item = |span: &ReceivedSpan| {
+        span.attr("url.path")
+            .and_then(|p| p.rsplit('/').next().map(str::to_owned))
+    };
+    let fronts: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.kind == "server" && s.service_name() == Some(front))
+        .collect();
+    let exact = fronts
+        .iter()
+        .filter(|server| {
+            let Some(call) = only_child(server, "client", front) else {
+                return false;
+            };
+            let Some(back) = only_child(call, "server", back) else {
+                return false;
+            };
+            item(server).is_some() && item(server) == item(back)
+        })
+        .count();
+    (exact, fronts.len())
+}

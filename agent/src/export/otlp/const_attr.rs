@@ -127,10 +127,7 @@ mod tests {
 
     #[test]
     fn each_constant_is_the_span_field_prost_writes() {
-        let all = METHODS
-            .iter()
-            .chain(&SCHEMES)
-            .chain(&VERSIONS);
+        let all = METHODS.iter().chain(&SCHEMES).chain(&VERSIONS);
         for attr in all {
             let span = Span {
                 attributes: vec![KeyValue {

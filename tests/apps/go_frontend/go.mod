@@ -1,0 +1,3 @@
+module loupe.test/go-frontend
+
+go 1.19
