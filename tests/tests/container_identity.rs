@@ -4,7 +4,8 @@
 //! is named after its workload. The pod here is built as a container
 //! runtime builds one: a cgroup named as the kubelet's systemd driver names it, a UTS
 //! namespace whose hostname is the pod's name, and a mount namespace holding the
-//! service-account namespace file.
+//! service-account namespace file. On a host, a process of a systemd service without a
+//! name of its own is named after the service, its cgroup made as systemd makes it.
 
 mod support;
 
@@ -31,22 +32,18 @@ fn cgroup2_root() -> PathBuf {
         .expect("a cgroup2 hierarchy is mounted")
 }
 
-/// The pod's cgroups, removed (innermost first) once their process is gone.
-struct PodCgroup {
+/// Nested cgroups made for a test, removed (innermost first) once their process is gone.
+struct Cgroup {
     levels: Vec<PathBuf>,
 }
 
-impl PodCgroup {
-    fn create() -> Self {
-        let uid = POD_UID.replace('-', "_");
+impl Cgroup {
+    /// `names`, each inside the one before, under the cgroup v2 root; those that exist
+    /// already are left as they are.
+    fn create(names: &[String]) -> Self {
         let mut path = cgroup2_root();
         let mut levels = Vec::new();
-        for name in [
-            "kubepods.slice".to_string(),
-            "kubepods-besteffort.slice".to_string(),
-            format!("kubepods-besteffort-pod{uid}.slice"),
-            format!("cri-containerd-{CONTAINER_ID}.scope"),
-        ] {
+        for name in names {
             path.push(name);
             if !path.exists() {
                 fs::create_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -56,13 +53,14 @@ impl PodCgroup {
         Self { levels }
     }
 
+    /// The innermost cgroup's process list.
     fn procs(&self) -> PathBuf {
-        let container = self.levels.last().expect("the container's cgroup is new");
-        container.join("cgroup.procs")
+        let innermost = self.levels.last().expect("the innermost cgroup is new");
+        innermost.join("cgroup.procs")
     }
 }
 
-impl Drop for PodCgroup {
+impl Drop for Cgroup {
     fn drop(&mut self) {
         for level in self.levels.iter().rev() {
             // The killed server may take a moment to leave its cgroup.
@@ -76,11 +74,22 @@ impl Drop for PodCgroup {
     }
 }
 
+/// The cgroups of a pod's container, named as the kubelet's systemd driver names them.
+fn pod_cgroup() -> Cgroup {
+    let uid = POD_UID.replace('-', "_");
+    Cgroup::create(&[
+        "kubepods.slice".to_string(),
+        "kubepods-besteffort.slice".to_string(),
+        format!("kubepods-besteffort-pod{uid}.slice"),
+        format!("cri-containerd-{CONTAINER_ID}.scope"),
+    ])
+}
+
 #[test]
 fn a_process_in_a_pod_carries_its_container_and_pod() {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    let pod = PodCgroup::create();
+    let pod = pod_cgroup();
     let secrets = "/run/secrets/kubernetes.io/serviceaccount";
     // Joins the pod's cgroup, names its UTS namespace after the pod, and in its own mount
     // namespace mounts its /etc/hostname and service-account directory as the kubelet
@@ -153,6 +162,47 @@ fn a_process_in_a_pod_carries_its_container_and_pod() {
     assert_ne!(
         on_host.get("container.id").map(String::as_str),
         Some(CONTAINER_ID)
+    );
+    drop(agent);
+}
+
+#[test]
+fn a_host_process_of_a_systemd_service_is_named_after_the_service() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    // As systemd starts a service: its processes in `system.slice/<unit>.service`.
+    let unit = format!("loupe-catalog-{}", std::process::id());
+    let service = Cgroup::create(&["system.slice".to_string(), format!("{unit}.service")]);
+    let setup = format!(
+        "echo $$ > {procs} && exec \"$@\"",
+        procs = service.procs().display()
+    );
+    let port = free_port();
+    // No OTEL_SERVICE_NAME: the interpreter's name would say nothing about the service.
+    let _server = servers::python_wrapped(port, &["sh", "-c", &setup, "sh"], &[]);
+    let agent = Agent::start(
+        &["--exe", "python3*", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/ok")]), vec![200]);
+    let spans = receiver.wait_for_spans(1, WAIT);
+    let span = spans.first().expect("the request's span");
+    assert_eq!(
+        span.service_name(),
+        Some(unit.as_str()),
+        "{:?}",
+        span.resource
+    );
+    let exe = span
+        .resource
+        .get("process.executable.name")
+        .map(String::as_str);
+    assert!(
+        exe.is_some_and(|name| name.starts_with("python3")),
+        "the executable is still named: {exe:?}"
     );
     drop(agent);
 }

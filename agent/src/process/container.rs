@@ -40,12 +40,14 @@ pub struct CgroupIdentity {
     pub pod_uid: Option<String>,
 }
 
-/// A process's container and pod, as resource attributes (semantic-convention names).
-pub fn attributes(pid: u32, environ: &[(String, String)]) -> Vec<(&'static str, String)> {
-    let Ok(cgroup) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return Vec::new();
-    };
-    let identity = from_cgroup_file(&cgroup);
+/// A process's container and pod, as resource attributes (semantic-convention names),
+/// from its `/proc/<pid>/cgroup` file, `cgroup`.
+pub fn attributes(
+    pid: u32,
+    cgroup: &str,
+    environ: &[(String, String)],
+) -> Vec<(&'static str, String)> {
+    let identity = from_cgroup_file(cgroup);
     let mut attributes = Vec::new();
     if let Some(id) = identity.container_id {
         attributes.push(("container.id", id));

@@ -7,3 +7,4 @@ pub mod procfs;
 pub mod resource;
 pub mod selector;
 mod stale_connections;
+pub mod systemd;

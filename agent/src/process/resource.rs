@@ -2,7 +2,8 @@
 //!
 //! `service.name` comes from the process's own `OTEL_SERVICE_NAME`, else from
 //! `service.name` in its own `OTEL_RESOURCE_ATTRIBUTES`, else, in a Kubernetes pod, from
-//! the workload its pod's name names, else from its executable name.
+//! the workload its pod's name names, else, on a host, from the systemd service it runs
+//! under, else from its executable name.
 //! The agent's own `OTEL_RESOURCE_ATTRIBUTES` (cluster, environment, node ...) are added to
 //! every process's resource without overriding what the process set itself.
 
@@ -11,6 +12,18 @@ use std::path::Path;
 use crate::span::{AttrValue, Resource};
 
 use super::procfs;
+
+/// What the agent read of one process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    pub exe: Option<&'a Path>,
+    pub comm: Option<&'a str>,
+    pub environ: &'a [(String, String)],
+    /// Its container and pod, as resource attributes.
+    pub detected: &'a [(&'static str, String)],
+    /// The systemd service it runs under, on a host.
+    pub service_unit: Option<&'a str>,
+}
 
 /// Resource attributes that name things the agent itself does not know per process.
 #[derive(Debug, Clone)]
@@ -38,23 +51,29 @@ impl ResourceDefaults {
         let comm = procfs::comm(pid).or_else(|| comm_hint.map(str::to_string));
         let environ = procfs::environ(pid);
         let sdk = super::instrumented::configured_by_environment(&environ);
-        let detected = super::container::attributes(pid, &environ);
-        (
-            self.build(pid, exe.as_deref(), comm.as_deref(), &environ, &detected),
-            sdk,
-        )
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let detected = super::container::attributes(pid, &cgroup, &environ);
+        let service_unit = super::systemd::service_unit(&cgroup);
+        let seen = Seen {
+            exe: exe.as_deref(),
+            comm: comm.as_deref(),
+            environ: &environ,
+            detected: &detected,
+            service_unit: service_unit.as_deref(),
+        };
+        (self.build(pid, &seen), sdk)
     }
 
     /// The resource of process `pid`. Its own `OTEL_RESOURCE_ATTRIBUTES` win over what
     /// loupe `detected` (its container and pod), which wins over the agent's attributes.
-    pub fn build(
-        &self,
-        pid: u32,
-        exe: Option<&Path>,
-        comm: Option<&str>,
-        environ: &[(String, String)],
-        detected: &[(&'static str, String)],
-    ) -> Resource {
+    pub fn build(&self, pid: u32, seen: &Seen<'_>) -> Resource {
+        let Seen {
+            exe,
+            comm,
+            environ,
+            detected,
+            service_unit,
+        } = *seen;
         let env = |name: &str| procfs::env_var(environ, name);
         let own: Vec<(String, String)> = env("OTEL_RESOURCE_ATTRIBUTES")
             .map(parse_resource_attributes)
@@ -78,6 +97,7 @@ impl ResourceDefaults {
                     .find(|(k, _)| *k == "k8s.pod.name")
                     .map(|(_, pod)| super::container::workload_name(pod).to_string())
             })
+            .or_else(|| service_unit.map(str::to_string))
             .or_else(|| exe_name.clone())
             .unwrap_or_else(|| format!("pid-{pid}"));
 
@@ -182,6 +202,21 @@ mod tests {
         }
     }
 
+    fn seen<'a>(
+        exe: Option<&'a Path>,
+        comm: Option<&'a str>,
+        environ: &'a [(String, String)],
+        detected: &'a [(&'static str, String)],
+    ) -> Seen<'a> {
+        Seen {
+            exe,
+            comm,
+            environ,
+            detected,
+            service_unit: None,
+        }
+    }
+
     fn attr<'a>(r: &'a Resource, key: &str) -> Option<&'a AttrValue> {
         r.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -197,7 +232,7 @@ mod tests {
             ("k8s.namespace.name", "shop".to_string()),
             ("service.namespace", "detected".to_string()),
         ];
-        let r = defaults().build(7, Some(Path::new("/srv/app")), None, &env, &detected);
+        let r = defaults().build(7, &seen(Some(Path::new("/srv/app")), None, &env, &detected));
         let text = |key| match attr(&r, key) {
             Some(AttrValue::Str(s)) => Some(s.as_str()),
             _ => None,
@@ -212,15 +247,15 @@ mod tests {
     fn a_pod_without_a_service_name_is_named_after_its_workload() {
         let detected = [("k8s.pod.name", "checkout-7d9f8c6b5-x2k9p".to_string())];
         let exe = Some(Path::new("/usr/bin/python3.11"));
-        let r = defaults().build(7, exe, None, &[], &detected);
+        let r = defaults().build(7, &seen(exe, None, &[], &detected));
         assert_eq!(r.service_name, "checkout");
         // The process's own name still wins.
         let env = vec![("OTEL_SERVICE_NAME".into(), "payments".into())];
-        let r = defaults().build(7, exe, None, &env, &detected);
+        let r = defaults().build(7, &seen(exe, None, &env, &detected));
         assert_eq!(r.service_name, "payments");
         // Outside a pod, the executable names it.
         assert_eq!(
-            defaults().build(7, exe, None, &[], &[]).service_name,
+            defaults().build(7, &seen(exe, None, &[], &[])).service_name,
             "python3.11"
         );
     }
@@ -234,7 +269,10 @@ mod tests {
                 "service.name=ignored,service.namespace=shop".into(),
             ),
         ];
-        let r = defaults().build(7, Some(Path::new("/usr/bin/python3.11")), None, &env, &[]);
+        let r = defaults().build(
+            7,
+            &seen(Some(Path::new("/usr/bin/python3.11")), None, &env, &[]),
+        );
         assert_eq!(r.service_name, "checkout");
         assert_eq!(
             attr(&r, "service.name"),
@@ -270,18 +308,46 @@ mod tests {
             "OTEL_RESOURCE_ATTRIBUTES".into(),
             "service.name=billing".into(),
         )];
-        let r = defaults().build(7, Some(Path::new("/srv/app")), None, &env, &[]);
+        let r = defaults().build(7, &seen(Some(Path::new("/srv/app")), None, &env, &[]));
         assert_eq!(r.service_name, "billing");
     }
 
     #[test]
     fn executable_name_is_the_fallback() {
-        let r = defaults().build(7, Some(Path::new("/usr/sbin/nginx")), None, &[], &[]);
+        let r = defaults().build(7, &seen(Some(Path::new("/usr/sbin/nginx")), None, &[], &[]));
         assert_eq!(r.service_name, "nginx");
-        let r = defaults().build(8, None, Some("worker"), &[], &[]);
+        let r = defaults().build(8, &seen(None, Some("worker"), &[], &[]));
         assert_eq!(r.service_name, "worker");
-        let r = defaults().build(9, None, None, &[], &[]);
+        let r = defaults().build(9, &seen(None, None, &[], &[]));
         assert_eq!(r.service_name, "pid-9");
+    }
+
+    #[test]
+    fn a_host_service_is_named_after_its_systemd_unit() {
+        let exe = Some(Path::new("/usr/bin/python3.11"));
+        let unit = Seen {
+            service_unit: Some("catalog"),
+            ..seen(exe, None, &[], &[])
+        };
+        let r = defaults().build(7, &unit);
+        assert_eq!(r.service_name, "catalog");
+        assert_eq!(
+            attr(&r, "process.executable.name"),
+            Some(&AttrValue::Str("python3.11".into()))
+        );
+        // The process's own name, and its pod's workload, come first.
+        let env = vec![("OTEL_SERVICE_NAME".into(), "payments".into())];
+        let named = Seen {
+            environ: &env,
+            ..unit
+        };
+        assert_eq!(defaults().build(7, &named).service_name, "payments");
+        let detected = [("k8s.pod.name", "checkout-7d9f8c6b5-x2k9p".to_string())];
+        let pod = Seen {
+            detected: &detected,
+            ..unit
+        };
+        assert_eq!(defaults().build(7, &pod).service_name, "checkout");
     }
 
     #[test]
