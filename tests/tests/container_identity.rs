@@ -22,41 +22,67 @@ const NAMESPACE: &str = "shop";
 
 /// The cgroup v2 hierarchy's mount point.
 fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    mounts
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
-        })
+    mount_point(|fstype, options| fstype == "cgroup2" && !options.is_empty())
         .expect("a cgroup2 hierarchy is mounted")
+}
+
+/// Where systemd keeps its services: the v1 `name=systemd` hierarchy on a hybrid or
+/// legacy host, and the v2 one.
+fn systemd_roots() -> Vec<PathBuf> {
+    let named = mount_point(|fstype, options| {
+        fstype == "cgroup" && options.split(',').any(|o| o == "name=systemd")
+    });
+    named.into_iter().chain([cgroup2_root()]).collect()
+}
+
+/// The first mount whose type and options `wanted` accepts.
+fn mount_point(wanted: impl Fn(&str, &str) -> bool) -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(point), Some(fstype), Some(options)) =
+            (fields.get(1), fields.get(2), fields.get(3))
+        else {
+            return None;
+        };
+        wanted(fstype, options).then(|| PathBuf::from(point))
+    })
 }
 
 /// Nested cgroups made for a test, removed (innermost first) once their process is gone.
 struct Cgroup {
     levels: Vec<PathBuf>,
+    innermost: Vec<PathBuf>,
 }
 
 impl Cgroup {
-    /// `names`, each inside the one before, under the cgroup v2 root; those that exist
-    /// already are left as they are.
-    fn create(names: &[String]) -> Self {
-        let mut path = cgroup2_root();
+    /// `names`, each inside the one before, under each of `roots`; those that exist
+    /// already are left as they are, and the innermost must be new.
+    fn create(roots: &[PathBuf], names: &[String]) -> Self {
         let mut levels = Vec::new();
-        for name in names {
-            path.push(name);
-            if !path.exists() {
-                fs::create_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                levels.push(path.clone());
+        let mut innermost = Vec::new();
+        for root in roots {
+            let mut path = root.clone();
+            for name in names {
+                path.push(name);
+                if !path.exists() {
+                    fs::create_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    levels.push(path.clone());
+                }
             }
+            assert_eq!(levels.last(), Some(&path), "{} is new", path.display());
+            innermost.push(path);
         }
-        Self { levels }
+        Self { levels, innermost }
     }
 
-    /// The innermost cgroup's process list.
-    fn procs(&self) -> PathBuf {
-        let innermost = self.levels.last().expect("the innermost cgroup is new");
-        innermost.join("cgroup.procs")
+    /// A shell command that moves the shell into the innermost cgroups.
+    fn join_command(&self) -> String {
+        self.innermost
+            .iter()
+            .map(|path| format!("echo $$ > {}/cgroup.procs", path.display()))
+            .collect::<Vec<_>>()
+            .join(" && ")
     }
 }
 
@@ -77,12 +103,15 @@ impl Drop for Cgroup {
 /// The cgroups of a pod's container, named as the kubelet's systemd driver names them.
 fn pod_cgroup() -> Cgroup {
     let uid = POD_UID.replace('-', "_");
-    Cgroup::create(&[
-        "kubepods.slice".to_string(),
-        "kubepods-besteffort.slice".to_string(),
-        format!("kubepods-besteffort-pod{uid}.slice"),
-        format!("cri-containerd-{CONTAINER_ID}.scope"),
-    ])
+    Cgroup::create(
+        &[cgroup2_root()],
+        &[
+            "kubepods.slice".to_string(),
+            "kubepods-besteffort.slice".to_string(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+            format!("cri-containerd-{CONTAINER_ID}.scope"),
+        ],
+    )
 }
 
 #[test]
@@ -98,10 +127,10 @@ fn a_process_in_a_pod_carries_its_container_and_pod() {
     let hostname_file = support::scratch_dir("pod").join("hostname");
     fs::write(&hostname_file, format!("{POD_NAME}\n")).expect("write the pod's hostname");
     let setup = format!(
-        "unset HOSTNAME && echo $$ > {procs} && hostname {POD_NAME} \
+        "unset HOSTNAME && {join} && hostname {POD_NAME} \
          && mount --bind {hostname_file} /etc/hostname && mount -t tmpfs tmpfs /run \
          && mkdir -p {secrets} && echo {NAMESPACE} > {secrets}/namespace && exec \"$@\"",
-        procs = pod.procs().display(),
+        join = pod.join_command(),
         hostname_file = hostname_file.display(),
     );
     let pod_port = free_port();
@@ -166,43 +195,73 @@ fn a_process_in_a_pod_carries_its_container_and_pod() {
     drop(agent);
 }
 
+/// A Python server started as systemd starts `<unit>.service` (its cgroup in every
+/// hierarchy systemd uses): with `exec`, Python is the service's own program; without,
+/// the shell that started it is, and Python is just something the service runs.
+fn python_in_service(unit: &str, exec: bool, port: u16) -> (Cgroup, support::Guard) {
+    let service = Cgroup::create(
+        &systemd_roots(),
+        &["loupe-test.slice".to_string(), format!("{unit}.service")],
+    );
+    // `; true` keeps the shell from exec'ing its last command itself.
+    let run = if exec { "exec \"$@\"" } else { "\"$@\"; true" };
+    let setup = format!("{} && {run}", service.join_command());
+    // No OTEL_SERVICE_NAME: the interpreter's name would say nothing about the service.
+    let server = servers::python_wrapped(port, &["sh", "-c", &setup, "sh"], &[]);
+    (service, server)
+}
+
 #[test]
 fn a_host_process_of_a_systemd_service_is_named_after_the_service() {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    // As systemd starts a service: its processes in `system.slice/<unit>.service`.
     let unit = format!("loupe-catalog-{}", std::process::id());
-    let service = Cgroup::create(&["system.slice".to_string(), format!("{unit}.service")]);
-    let setup = format!(
-        "echo $$ > {procs} && exec \"$@\"",
-        procs = service.procs().display()
-    );
-    let port = free_port();
-    // No OTEL_SERVICE_NAME: the interpreter's name would say nothing about the service.
-    let _server = servers::python_wrapped(port, &["sh", "-c", &setup, "sh"], &[]);
+    let started = format!("loupe-supervisor-{}", std::process::id());
+    let (own_port, started_port) = (free_port(), free_port());
+    // Servers before cgroups in drop order: a cgroup goes once its process is gone.
+    let (_own_cgroup, _own) = python_in_service(&unit, true, own_port);
+    let (_started_cgroup, _started) = python_in_service(&started, false, started_port);
     let agent = Agent::start(
-        &["--exe", "python3*", "--port", &port.to_string()],
+        &[
+            "--exe",
+            "python3*",
+            "--port",
+            &own_port.to_string(),
+            "--port",
+            &started_port.to_string(),
+        ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ],
     );
-    assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/ok")]), vec![200]);
-    let spans = receiver.wait_for_spans(1, WAIT);
-    let span = spans.first().expect("the request's span");
-    assert_eq!(
-        span.service_name(),
-        Some(unit.as_str()),
-        "{:?}",
-        span.resource
-    );
-    let exe = span
-        .resource
-        .get("process.executable.name")
-        .map(String::as_str);
+    for port in [own_port, started_port] {
+        assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/ok")]), vec![200]);
+    }
+    let spans = receiver.wait_for_spans(2, WAIT);
+    let service_at = |port: u16| {
+        let span = spans
+            .iter()
+            .find(|s| s.attr("server.port") == Some(&port.to_string()))
+            .unwrap_or_else(|| panic!("no span of port {port}: {spans:?}"));
+        (
+            span.service_name().map(str::to_owned),
+            span.resource.clone(),
+        )
+    };
+    let (own, resource) = service_at(own_port);
+    assert_eq!(own.as_deref(), Some(unit.as_str()), "{resource:?}");
+    let exe = resource.get("process.executable.name").map(String::as_str);
     assert!(
         exe.is_some_and(|name| name.starts_with("python3")),
         "the executable is still named: {exe:?}"
+    );
+    let (other, resource) = service_at(started_port);
+    assert!(
+        other
+            .as_deref()
+            .is_some_and(|name| name.starts_with("python3")),
+        "a program the service started keeps its executable's name: {resource:?}"
     );
     drop(agent);
 }

@@ -59,6 +59,18 @@ fn start_time_from_stat(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The process's parent.
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parent_from_stat(&stat)
+}
+
+fn parent_from_stat(stat: &str) -> Option<u32> {
+    // Field 4 overall: after "pid (comm)", the state, then the parent.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The process's environment as (name, value) pairs.
 pub fn environ(pid: u32) -> Vec<(String, String)> {
     use std::io::Read;
@@ -106,6 +118,17 @@ mod tests {
                 ("OTEL_SERVICE_NAME".into(), "shop".into()),
                 ("B".into(), "x=y".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn parent_survives_odd_command_names() {
+        let stat = "42 (a) b (c) S 7 42 42 0 -1 4194560";
+        assert_eq!(parent_from_stat(stat), Some(7));
+        assert_eq!(parent_from_stat("garbage"), None);
+        assert_eq!(
+            parent(std::process::id()),
+            Some(std::os::unix::process::parent_id())
         );
     }
 

@@ -53,7 +53,13 @@ impl ResourceDefaults {
         let sdk = super::instrumented::configured_by_environment(&environ);
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         let detected = super::container::attributes(pid, &cgroup, &environ);
-        let service_unit = super::systemd::service_unit(&cgroup);
+        // Containers are named by what runs in them, not by the host service that may
+        // have started their runtime.
+        let in_container = detected.iter().any(|(key, _)| *key == "container.id");
+        let service_unit = exe
+            .as_deref()
+            .filter(|_| !in_container)
+            .and_then(|exe| super::systemd::service_of(pid, &cgroup, exe));
         let seen = Seen {
             exe: exe.as_deref(),
             comm: comm.as_deref(),
