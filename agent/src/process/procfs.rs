@@ -48,27 +48,31 @@ fn tgid_from_status(status: &str) -> Option<u32> {
 /// Process start time in clock ticks since boot: with the pid, it names a process
 /// uniquely even when pids are reused.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    start_time_from_stat(&stat)
-}
-
-fn start_time_from_stat(stat: &str) -> Option<u64> {
-    // The command name may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Field 22 overall; after "pid (comm)" that is the 20th whitespace-separated field.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_field(&read_stat(pid)?, START_TIME)
 }
 
 /// The process's parent.
 pub fn parent(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parent_from_stat(&stat)
+    stat_field(&read_stat(pid)?, PARENT)
 }
 
-fn parent_from_stat(stat: &str) -> Option<u32> {
-    // Field 4 overall: after "pid (comm)", the state, then the parent.
+/// Fields of `/proc/<pid>/stat` counted from 1, as proc(5) numbers them.
+const PARENT: usize = 4;
+const START_TIME: usize = 22;
+
+fn read_stat(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Field `field` (3 or later) of a stat line.
+fn stat_field<T: std::str::FromStr>(stat: &str, field: usize) -> Option<T> {
+    // The command name (field 2) may contain spaces and parentheses: fields resume after
+    // the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    rest.split_whitespace()
+        .nth(field.checked_sub(3)?)?
+        .parse()
+        .ok()
 }
 
 /// The process's environment as (name, value) pairs.
@@ -124,8 +128,8 @@ mod tests {
     #[test]
     fn parent_survives_odd_command_names() {
         let stat = "42 (a) b (c) S 7 42 42 0 -1 4194560";
-        assert_eq!(parent_from_stat(stat), Some(7));
-        assert_eq!(parent_from_stat("garbage"), None);
+        assert_eq!(stat_field::<u32>(stat, PARENT), Some(7));
+        assert_eq!(stat_field::<u32>("garbage", PARENT), None);
         assert_eq!(
             parent(std::process::id()),
             Some(std::os::unix::process::parent_id())
@@ -135,8 +139,8 @@ mod tests {
     #[test]
     fn start_time_survives_odd_command_names() {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 100 1";
-        assert_eq!(start_time_from_stat(stat), Some(12345));
-        assert_eq!(start_time_from_stat("garbage"), None);
+        assert_eq!(stat_field::<u64>(stat, START_TIME), Some(12345));
+        assert_eq!(stat_field::<u64>("garbage", START_TIME), None);
     }
 
     #[test]
