@@ -151,18 +151,20 @@ fn grpc_timeout(timeout: Duration) -> String {
     }
 }
 
-/// Codes the OTLP specification lists as transient.
-pub fn is_retryable(code: Code) -> bool {
-    matches!(
-        code,
+/// Codes the OTLP specification lists as transient. RESOURCE_EXHAUSTED is transient only
+/// when the collector says when to try again (`retry_after`, from its RetryInfo): a
+/// request larger than it takes answers the same and would fail again.
+pub fn is_retryable(code: Code, retry_after: Option<Duration>) -> bool {
+    match code {
+        Code::ResourceExhausted => retry_after.is_some(),
         Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::OutOfRange
-            | Code::Unavailable
-            | Code::DataLoss
-    )
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        _ => false,
+    }
 }
 
 // The parts of `google.rpc.Status` and `google.rpc.RetryInfo` a collector uses to ask for
@@ -296,16 +298,17 @@ mod tests {
 
     #[test]
     fn retryable_codes_follow_the_otlp_spec() {
+        let pause = Some(Duration::from_secs(1));
         for code in [
             Code::Cancelled,
             Code::DeadlineExceeded,
-            Code::ResourceExhausted,
             Code::Aborted,
             Code::OutOfRange,
             Code::Unavailable,
             Code::DataLoss,
         ] {
-            assert!(is_retryable(code), "{code:?}");
+            assert!(is_retryable(code, None), "{code:?}");
+            assert!(is_retryable(code, pause), "{code:?}");
         }
         for code in [
             Code::InvalidArgument,
@@ -316,8 +319,12 @@ mod tests {
             Code::Internal,
             Code::Unknown,
         ] {
-            assert!(!is_retryable(code), "{code:?}");
+            assert!(!is_retryable(code, None), "{code:?}");
+            assert!(!is_retryable(code, pause), "{code:?}");
         }
+        // Only a collector that says when it can take more is asked again.
+        assert!(is_retryable(Code::ResourceExhausted, pause));
+        assert!(!is_retryable(Code::ResourceExhausted, None));
     }
 
     #[test]

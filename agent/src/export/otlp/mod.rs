@@ -88,7 +88,7 @@ impl AttemptError {
         match self {
             AttemptError::Grpc {
                 code, retry_after, ..
-            } => grpc::is_retryable(*code).then_some(*retry_after),
+            } => grpc::is_retryable(*code, *retry_after).then_some(*retry_after),
             AttemptError::Http {
                 status,
                 retry_after,

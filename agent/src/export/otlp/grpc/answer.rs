@@ -1,6 +1,6 @@
 //! A collector's answer to a gRPC export: its status, from the headers of a trailers-only
-//! answer, else from the trailers (whatever the HTTP status), else from the HTTP status;
-//! and from its message the items it refused.
+//! answer, else from the trailers, else from the HTTP status (also first, for an answer
+//! that is not gRPC and not a 200); and from its message the items it refused.
 
 use std::error::Error;
 
@@ -10,7 +10,11 @@ use base64::{
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
-use hyper::{Response, StatusCode, body::Body, http::HeaderMap};
+use hyper::{
+    Response, StatusCode,
+    body::Body,
+    http::{HeaderMap, header::CONTENT_TYPE},
+};
 use prost::Message as _;
 use tonic::{Code, Status};
 
@@ -38,22 +42,29 @@ where
     B::Error: Into<Box<dyn Error + Send + Sync>>,
 {
     let (parts, body) = response.into_parts();
+    // A gRPC answer carries its status in its headers (trailers-only) or its trailers,
+    // whatever its HTTP status; anything else that is not a 200 (a proxy's error page) is
+    // judged by its HTTP status, as gRPC clients do.
+    let grpc = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc && parts.status != StatusCode::OK {
+        return Err(status_of_http(parts.status));
+    }
     if let Some(status) = status_in(&parts.headers) {
         return match status.code() {
             Code::Ok => Ok(Delivered { rejected: 0 }),
             _ => Err(status),
         };
     }
-    let collected = match Limited::new(body, MAX_ANSWER).collect().await {
-        Ok(collected) => collected,
-        // A proxy's oversized error page still says what went wrong by its HTTP status.
-        Err(_) if parts.status != StatusCode::OK => return Err(status_of_http(parts.status)),
-        Err(err) => return Err(Status::from_error(err)),
-    };
-    // A gRPC status in the trailers wins over the HTTP status, as gRPC clients take it.
+    let collected = Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(Status::from_error)?;
     match collected.trailers().and_then(status_in) {
-        Some(status) if status.code() == Code::Ok && parts.status == StatusCode::OK => {}
-        Some(status) if status.code() == Code::Ok => return Err(status_of_http(parts.status)),
+        Some(status) if status.code() == Code::Ok => {}
         Some(status) => return Err(status),
         None => return Err(status_of_http(parts.status)),
     }

@@ -113,7 +113,8 @@ async fn a_trailers_only_answer_is_read_from_the_headers() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(is_retryable(status.code()));
+    // No RetryInfo: a collector out of room for this request is not asked again.
+    assert!(!is_retryable(status.code(), retry_delay(&status)));
     let got = read_answer(response(200, &[("grpc-status", "0")], None, None)).await;
     assert_eq!(got.unwrap(), Delivered { rejected: 0 });
 }
@@ -159,21 +160,37 @@ async fn answers_without_a_grpc_status_take_it_from_http() {
 }
 
 #[tokio::test]
-async fn a_grpc_status_in_the_trailers_wins_over_the_http_status() {
-    let trailers = headers(&[("grpc-status", "8"), ("grpc-message", "over%20quota")]);
-    let page = Some(Bytes::from_static(b"<html>quota</html>"));
-    let status = read_answer(response(500, &[], page, Some(trailers)))
+async fn a_grpc_answer_is_judged_by_its_grpc_status_whatever_its_http_status() {
+    let grpc = [("content-type", "application/grpc")];
+    let trailers = || headers(&[("grpc-status", "8"), ("grpc-message", "over%20quota")]);
+    let status = read_answer(response(500, &grpc, None, Some(trailers())))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(status.message(), "over quota");
-    // An OK status after an HTTP error is not a delivery: the HTTP status stands.
-    let ok = Some(headers(&[("grpc-status", "0")]));
-    let status = read_answer(response(503, &[], None, ok)).await.unwrap_err();
+    // OK is OK, in the trailers or the headers.
+    let ok = || Some(headers(&[("grpc-status", "0")]));
+    let got = read_answer(response(503, &grpc, None, ok())).await;
+    assert_eq!(got.unwrap(), Delivered { rejected: 0 });
+    let head = [
+        ("content-type", "application/grpc+proto"),
+        ("grpc-status", "0"),
+    ];
+    let got = read_answer(response(503, &head, None, None)).await;
+    assert_eq!(got.unwrap(), Delivered { rejected: 0 });
+    // A gRPC answer without a status falls back on its HTTP status.
+    let status = read_answer(response(503, &grpc, None, None))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    // An error page past the limit is judged by its HTTP status alone.
-    let huge = Some(Bytes::from(vec![b'x'; MAX_ANSWER + 1]));
-    let status = read_answer(response(503, &[], huge, None))
+    // Not gRPC: a proxy's page, judged by its HTTP status, trailers or not.
+    let page = Some(Bytes::from_static(b"<html>quota</html>"));
+    let html = [("content-type", "text/html")];
+    let status = read_answer(response(500, &html, page, Some(trailers())))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unknown);
+    let status = read_answer(response(503, &html, None, ok()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
@@ -186,5 +203,5 @@ async fn an_answer_past_the_limit_is_not_read_and_not_retried() {
     let status = read_answer(response(200, &[], Some(huge), ok))
         .await
         .unwrap_err();
-    assert!(!is_retryable(status.code()), "{status:?}");
+    assert!(!is_retryable(status.code(), None), "{status:?}");
 }
