@@ -25,11 +25,18 @@ const FRONTEND: &str = "go-frontend";
 fn build_frontend() -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/go_frontend");
     let binary = scratch_dir("go-build").join(FRONTEND);
+    // Go's caches in the build tree, not the home of whoever runs the tests (which may
+    // not be set); no version-control stamp, which fails in a checkout owned by another
+    // user; never a toolchain download.
+    let go_home = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go");
     let output = Command::new("go")
-        .args(["build", "-o"])
+        .args(["build", "-buildvcs=false", "-o"])
         .arg(&binary)
         .arg(".")
         .current_dir(&source)
+        .env("GOCACHE", go_home.join("cache"))
+        .env("GOPATH", go_home.join("path"))
+        .env("GOTOOLCHAIN", "local")
         .output()
         .expect("run `go build` (cargo xtask setup installs Go)");
     assert!(

@@ -56,10 +56,13 @@ pub fn free_port() -> u16 {
 }
 
 const SCRATCH_PREFIX: &str = "loupe-it-";
+/// How long the scratch directories of ended test processes are kept.
+const SCRATCH_KEPT: Duration = Duration::from_secs(3600);
 
-/// A fresh scratch directory for one test. The directories of test processes that have
-/// ended are removed on the first call, so a failed run's logs stay until the next run
-/// and the temporary directory does not fill up (a guest image is 170 MB).
+/// A fresh scratch directory for one test. The directories of test processes that ended
+/// over an hour ago are removed on the first call, so a failed test's logs stay for a
+/// while (also while later test binaries of the same run go on) and the temporary
+/// directory does not fill up (a guest image is 170 MB).
 pub fn scratch_dir(name: &str) -> PathBuf {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     static SWEEP: Once = Once::new();
@@ -84,7 +87,11 @@ fn sweep_ended_scratch_dirs() {
         let Some(pid) = scratch_dir_owner(&name.to_string_lossy()) else {
             continue;
         };
-        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified.elapsed().unwrap_or_default() > SCRATCH_KEPT);
+        if old && !PathBuf::from(format!("/proc/{pid}")).exists() {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
