@@ -11,7 +11,7 @@
 //! handler woken by something loupe does not see (a timer, a connection loupe stopped
 //! capturing) is placed by a guess: the most recent request still in flight.
 
-use std::rc::Rc;
+use std::{collections::VecDeque, rc::Rc};
 
 use hashbrown::HashMap;
 
@@ -38,7 +38,10 @@ pub enum ReadFor {
 
 #[derive(Default)]
 pub struct Serving {
-    in_flight: HashMap<u32, Vec<InFlight>>,
+    /// By tgid, in the order the requests started. Requests mostly end in about that
+    /// order, so an ended one is looked for from the front and taken out where the deque
+    /// is shorter; lookups for a thread's latest read start from the back.
+    in_flight: HashMap<u32, VecDeque<InFlight>>,
     /// By (tgid, tid): the server request each thread last read for.
     last_read: HashMap<(u32, u32), RequestKey>,
 }
@@ -46,17 +49,22 @@ pub struct Serving {
 impl Serving {
     /// A server request of `key.tgid` was read on thread `tid`.
     pub fn start(&mut self, key: RequestKey, tid: u32, node: &NodeRef) {
-        self.in_flight.entry(key.tgid).or_default().push(InFlight {
-            key,
-            tid,
-            node: node.clone(),
-        });
+        self.in_flight
+            .entry(key.tgid)
+            .or_default()
+            .push_back(InFlight {
+                key,
+                tid,
+                node: node.clone(),
+            });
     }
 
     /// The server request `key` was answered (or given up).
     pub fn finish(&mut self, key: &RequestKey) {
         if let Some(list) = self.in_flight.get_mut(&key.tgid) {
-            list.retain(|f| f.key != *key);
+            if let Some(at) = list.iter().position(|f| f.key == *key) {
+                list.remove(at);
+            }
             if list.is_empty() {
                 self.in_flight.remove(&key.tgid);
             }
@@ -107,13 +115,13 @@ impl Serving {
     }
 
     /// The request `tgid` is most likely serving on thread `tid`: the one the thread last
-    /// read for while it is in flight, else the one it is serving on that thread, else the
-    /// only one in flight, else (an event loop) the most recent.
+    /// read for while it is in flight, else the latest it is serving on that thread, else
+    /// the only one in flight.
     pub fn serving(&self, tgid: u32, tid: u32) -> Option<NodeRef> {
         let list = self.in_flight.get(&tgid)?;
         let read_for = self.last_read.get(&(tgid, tid));
         read_for
-            .and_then(|key| list.iter().find(|f| f.key == *key))
+            .and_then(|key| list.iter().rev().find(|f| f.key == *key))
             .or_else(|| list.iter().rev().find(|f| f.tid == tid))
             .or_else(|| (list.len() == 1).then(|| &list[0]))
             .map(|f| f.node.clone())
@@ -130,7 +138,7 @@ impl Serving {
     pub fn several_on_thread(&self, tgid: u32, tid: u32) -> bool {
         self.in_flight
             .get(&tgid)
-            .is_some_and(|l| l.iter().filter(|f| f.tid == tid).count() > 1)
+            .is_some_and(|l| l.iter().rev().filter(|f| f.tid == tid).nth(1).is_some())
     }
 
     pub fn any(&self, tgid: u32) -> bool {
@@ -159,7 +167,7 @@ impl Serving {
     #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize) {
         (
-            self.in_flight.values().map(Vec::len).sum(),
+            self.in_flight.values().map(VecDeque::len).sum(),
             self.last_read.len(),
         )
     }
