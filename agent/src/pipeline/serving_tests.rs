@@ -89,6 +89,40 @@ fn without_a_read_in_flight_the_latest_request_is_the_guess() {
     assert_eq!(parent, span_id(&c), "the most recent, not A read before");
 }
 
+/// Requests of one event loop end in any order; each that ends is the one taken out, and
+/// the latest still in flight stays the guess.
+#[test]
+fn requests_ending_out_of_order_leave_the_others_in_flight() {
+    let mut l = Linker::default();
+    let nodes: Vec<NodeRef> = (0..6)
+        .map(|i| serve(&mut l, 10 + i, u64::from(i)))
+        .collect();
+    assert_eq!(l.serving_sizes().0, 6);
+    // The latest (fd 15) ends, then one from the middle and the oldest.
+    for fd in [15, 12, 10] {
+        l.finish(&key(fd, 0));
+    }
+    assert_eq!(l.serving_sizes().0, 3);
+    // The last read was fd 15's, which ended: the latest still in flight is fd 14's.
+    assert_eq!(call(&mut l, 30, 0, 10).0, span_id(&nodes[4]));
+    for fd in [14, 11] {
+        l.finish(&key(fd, 0));
+    }
+    // One left, fd 13's; ending a request twice, or one never started, changes nothing.
+    l.finish(&key(14, 0));
+    l.finish(&key(99, 0));
+    assert_eq!(l.serving_sizes().0, 1);
+    assert_eq!(call(&mut l, 31, 0, 11).0, span_id(&nodes[3]));
+    l.finish(&key(13, 0));
+    assert_eq!(l.serving_sizes().0, 0);
+    let (parent, placement) = call(&mut l, 32, 0, 12);
+    assert_eq!(parent, None);
+    assert!(
+        matches!(placement, ClientPlacement::Standalone),
+        "{placement:?}"
+    );
+}
+
 #[test]
 fn reads_are_forgotten_with_their_requests_and_bounded() {
     let mut l = Linker::default();
