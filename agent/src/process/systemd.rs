@@ -173,28 +173,23 @@ mod tests {
 
     #[test]
     fn numbered_instances_share_their_templates_name() {
-        assert_eq!(
-            service_unit("0::/system.slice/system-worker.slice/worker@3.service\n").as_deref(),
-            Some("worker")
-        );
-        // A named instance is a service of its own.
-        assert_eq!(
-            service_unit("0::/system.slice/system-app.slice/app@shop.service\n").as_deref(),
-            Some("app@shop")
-        );
-        assert_eq!(
-            service_unit("0::/system.slice/my\\x2dapp.service\n").as_deref(),
-            Some("my-app")
-        );
-        // A broken escape stays as written; systemd's `_` before a kernel name goes.
-        assert_eq!(
-            service_unit("0::/system.slice/odd\\xZZ.service\n").as_deref(),
-            Some("odd\\xZZ")
-        );
-        assert_eq!(
-            service_unit("0::/system.slice/_cpu.service\n").as_deref(),
-            Some("cpu")
-        );
+        for (cgroup, name) in [
+            (
+                "0::/system.slice/system-worker.slice/worker@3.service\n",
+                "worker",
+            ),
+            // A named instance is a service of its own.
+            (
+                "0::/system.slice/system-app.slice/app@shop.service\n",
+                "app@shop",
+            ),
+            ("0::/system.slice/my\\x2dapp.service\n", "my-app"),
+            // A broken escape stays as written; systemd's `_` before a kernel name goes.
+            ("0::/system.slice/odd\\xZZ.service\n", "odd\\xZZ"),
+            ("0::/system.slice/_cpu.service\n", "cpu"),
+        ] {
+            assert_eq!(service_unit(cgroup).as_deref(), Some(name), "{cgroup:?}");
+        }
     }
 
     #[test]
