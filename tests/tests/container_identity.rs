@@ -4,8 +4,11 @@
 //! is named after its workload. The pod here is built as a container
 //! runtime builds one: a cgroup named as the kubelet's systemd driver names it, a UTS
 //! namespace whose hostname is the pod's name, and a mount namespace holding the
-//! service-account namespace file. On a host, a process of a systemd service without a
-//! name of its own is named after the service, its cgroup made as systemd makes it.
+//! service-account namespace file. Where the runtime left the container's config on the
+//! node (containerd's task bundle here), its names win: a pod that sets its own hostname
+//! and mounts no service account is still named right, and its container too. On a
+//! host, a process of a systemd service without a name of its own is named after the
+//! service, its cgroup made as systemd makes it.
 
 mod support;
 
@@ -102,14 +105,18 @@ impl Drop for Cgroup {
 
 /// The cgroups of a pod's container, named as the kubelet's systemd driver names them.
 fn pod_cgroup() -> Cgroup {
-    let uid = POD_UID.replace('-', "_");
+    pod_cgroup_of(POD_UID, CONTAINER_ID)
+}
+
+fn pod_cgroup_of(pod_uid: &str, container_id: &str) -> Cgroup {
+    let uid = pod_uid.replace('-', "_");
     Cgroup::create(
         &[cgroup2_root()],
         &[
             "kubepods.slice".to_string(),
             "kubepods-besteffort.slice".to_string(),
             format!("kubepods-besteffort-pod{uid}.slice"),
-            format!("cri-containerd-{CONTAINER_ID}.scope"),
+            format!("cri-containerd-{container_id}.scope"),
         ],
     )
 }
@@ -192,6 +199,91 @@ fn a_process_in_a_pod_carries_its_container_and_pod() {
         on_host.get("container.id").map(String::as_str),
         Some(CONTAINER_ID)
     );
+    drop(agent);
+}
+
+/// A container's task bundle as containerd keeps it on the node, holding `config`; what
+/// it made is removed when dropped.
+struct ContainerdBundle {
+    made: Vec<PathBuf>,
+}
+
+impl ContainerdBundle {
+    fn create(container_id: &str, config: &str) -> Self {
+        let mut made = Vec::new();
+        let mut path = PathBuf::from("/");
+        for name in [
+            "run",
+            "containerd",
+            "io.containerd.runtime.v2.task",
+            "k8s.io",
+            container_id,
+        ] {
+            path.push(name);
+            if !path.exists() {
+                fs::create_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                made.push(path.clone());
+            }
+        }
+        assert_eq!(made.last(), Some(&path), "{} is new", path.display());
+        fs::write(path.join("config.json"), config).expect("write the container's config");
+        Self { made }
+    }
+}
+
+impl Drop for ContainerdBundle {
+    fn drop(&mut self) {
+        if let Some(bundle) = self.made.last() {
+            let _ = fs::remove_file(bundle.join("config.json"));
+        }
+        for dir in self.made.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn a_pod_is_named_by_its_runtimes_config_whatever_its_hostname() {
+    require_root();
+    const UID: &str = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d";
+    const ID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let pod = pod_cgroup_of(UID, ID);
+    let _bundle = ContainerdBundle::create(
+        ID,
+        r#"{"ociVersion":"1.1.0","process":{"args":["python3"]},"annotations":{
+            "io.kubernetes.cri.container-type":"container",
+            "io.kubernetes.cri.container-name":"api",
+            "io.kubernetes.cri.sandbox-name":"inventory-5b7c9d8f6-q4w2x",
+            "io.kubernetes.cri.sandbox-namespace":"warehouse"}}"#,
+    );
+    // The pod sets `spec.hostname`, and mounts no service-account token.
+    let setup = format!(
+        "unset HOSTNAME && {join} && hostname custom-hostname && exec \"$@\"",
+        join = pod.join_command(),
+    );
+    let port = free_port();
+    let wrapper = ["unshare", "--uts", "sh", "-c", &setup, "sh"];
+    let _server = servers::python_wrapped(port, &wrapper, &[]);
+    let endpoint = receiver.grpc_endpoint();
+    let agent = Agent::start(
+        &["--exe", "python3*", "--port", &port.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/ok")]), vec![200]);
+    let spans = receiver.wait_for_spans(1, WAIT);
+    let resource = &spans[0].resource;
+    let attr = |key: &str| resource.get(key).map(String::as_str);
+    assert_eq!(attr("container.id"), Some(ID));
+    assert_eq!(attr("k8s.pod.uid"), Some(UID));
+    assert_eq!(attr("k8s.pod.name"), Some("inventory-5b7c9d8f6-q4w2x"));
+    assert_eq!(attr("k8s.namespace.name"), Some("warehouse"));
+    assert_eq!(attr("k8s.container.name"), Some("api"));
+    // Named after the workload its pod's real name names.
+    assert_eq!(spans[0].service_name(), Some("inventory"));
     drop(agent);
 }
 

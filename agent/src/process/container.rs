@@ -23,6 +23,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::runtime_config;
+
 /// Where Kubernetes mounts a pod's service-account files, `/var/run/secrets/...`. Most
 /// images make `/var/run` a link to `/run`, where the mount then is: the second path
 /// only matters where links cannot be followed inside the root (see [`open_in_root`]).
@@ -47,26 +49,44 @@ pub fn attributes(
     cgroup: &str,
     environ: &[(String, String)],
 ) -> Vec<(&'static str, String)> {
+    attributes_on(runtime_config::host_root(), pid, cgroup, environ)
+}
+
+/// [`attributes`] with the node's root at `host_root`.
+fn attributes_on(
+    host_root: &Path,
+    pid: u32,
+    cgroup: &str,
+    environ: &[(String, String)],
+) -> Vec<(&'static str, String)> {
     let identity = from_cgroup_file(cgroup);
     let mut attributes = Vec::new();
-    if let Some(id) = identity.container_id {
-        attributes.push(("container.id", id));
-    }
-    if let Some(uid) = identity.pod_uid {
-        attributes.push(("k8s.pod.uid", uid));
-        let root = Path::new("/proc").join(pid.to_string()).join("root");
-        if has_own_hostname(pid)
-            && let Some(name) = pod_name(environ, &root)
-        {
-            attributes.push(("k8s.pod.name", name));
-        }
-        if let Some(namespace) = NAMESPACE_FILES
+    let Some(uid) = identity.pod_uid else {
+        attributes.extend(identity.container_id.map(|id| ("container.id", id)));
+        return attributes;
+    };
+    // The runtime's names are the kubelet's own; the process's files stand in for them.
+    let names = identity
+        .container_id
+        .as_deref()
+        .and_then(|id| runtime_config::names(host_root, id))
+        .unwrap_or_default();
+    attributes.extend(identity.container_id.map(|id| ("container.id", id)));
+    attributes.push(("k8s.pod.uid", uid));
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    let pod = names.pod.or_else(|| {
+        has_own_hostname(pid)
+            .then(|| pod_name(environ, &root))
+            .flatten()
+    });
+    attributes.extend(pod.map(|name| ("k8s.pod.name", name)));
+    let namespace = names.namespace.or_else(|| {
+        NAMESPACE_FILES
             .iter()
             .find_map(|file| read_name_in(&root, file))
-        {
-            attributes.push(("k8s.namespace.name", namespace));
-        }
-    }
+    });
+    attributes.extend(namespace.map(|namespace| ("k8s.namespace.name", namespace)));
+    attributes.extend(names.container.map(|name| ("k8s.container.name", name)));
     attributes
 }
 
@@ -154,7 +174,7 @@ fn pod_name(environ: &[(String, String)], root: &Path) -> Option<String> {
 /// resolve against loupe's own root: `/var/run -> /run` would lead to loupe's own `/run`,
 /// in a DaemonSet to loupe's own service account. Where the call is refused (a seccomp
 /// profile that predates it), only a path with no absolute link on the way is opened.
-fn open_in_root(root: &Path, relative: &str) -> Option<fs::File> {
+pub(super) fn open_in_root(root: &Path, relative: &str) -> Option<fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let dir = fs::File::open(root).ok()?;
     let path = std::ffi::CString::new(relative).ok()?;
@@ -244,7 +264,7 @@ fn read_name_in(root: &Path, relative: &str) -> Option<String> {
 }
 
 /// Lower-case letters, digits, `-` and `.`, as Kubernetes names are.
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name
@@ -354,6 +374,48 @@ mod tests {
         assert_eq!(inside(&root, NAMESPACE_FILES[0]), None);
         assert!(inside(&root, NAMESPACE_FILES[1]).is_some());
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_runtimes_names_come_before_the_processs_own_files() {
+        let host = std::env::temp_dir().join(format!("loupe-host-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&host);
+        let bundle = host.join(format!(
+            "run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}"
+        ));
+        fs::create_dir_all(&bundle).unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"checkout-7d9f8c6b5-x2k9p",
+                "io.kubernetes.cri.sandbox-namespace":"shop",
+                "io.kubernetes.cri.container-name":"api"}}"#,
+        )
+        .unwrap();
+        let cgroup = format!("0::/kubepods/burstable/pod{UID}/{ID}\n");
+        // This test's own process: the host's hostname, which names no pod, and no
+        // service-account files; a HOSTNAME that is some other name.
+        let environ = [("HOSTNAME".to_string(), "custom-hostname".to_string())];
+        let own = std::process::id();
+        let found = attributes_on(&host, own, &cgroup, &environ);
+        let expected = [
+            ("container.id", ID),
+            ("k8s.pod.uid", UID),
+            ("k8s.pod.name", "checkout-7d9f8c6b5-x2k9p"),
+            ("k8s.namespace.name", "shop"),
+            ("k8s.container.name", "api"),
+        ];
+        let expected: Vec<_> = expected.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        assert_eq!(found, expected);
+        // Without the runtime's config, only what the cgroup path tells.
+        fs::remove_dir_all(&host).unwrap();
+        let found = attributes_on(&host, own, &cgroup, &environ);
+        assert_eq!(found, expected[..2].to_vec());
+        // Outside a pod, only the container.
+        let docker = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(
+            attributes_on(&host, own, &docker, &environ),
+            vec![("container.id", ID.to_string())]
+        );
     }
 
     #[test]
