@@ -49,12 +49,12 @@ pub fn attributes(
     cgroup: &str,
     environ: &[(String, String)],
 ) -> Vec<(&'static str, String)> {
-    attributes_on(runtime_config::host_root(), pid, cgroup, environ)
+    attributes_on(runtime_config::host_root, pid, cgroup, environ)
 }
 
-/// [`attributes`] with the node's root at `host_root`.
-fn attributes_on(
-    host_root: &Path,
+/// [`attributes`] with the node's root from `host_root`, asked only for a process in a pod.
+fn attributes_on<'a>(
+    host_root: impl FnOnce() -> &'a Path,
     pid: u32,
     cgroup: &str,
     environ: &[(String, String)],
@@ -69,7 +69,7 @@ fn attributes_on(
     let names = identity
         .container_id
         .as_deref()
-        .and_then(|id| runtime_config::names(host_root, id))
+        .and_then(|id| runtime_config::names(host_root(), id))
         .unwrap_or_default();
     attributes.extend(identity.container_id.map(|id| ("container.id", id)));
     attributes.push(("k8s.pod.uid", uid));
@@ -396,7 +396,7 @@ mod tests {
         // service-account files; a HOSTNAME that is some other name.
         let environ = [("HOSTNAME".to_string(), "custom-hostname".to_string())];
         let own = std::process::id();
-        let found = attributes_on(&host, own, &cgroup, &environ);
+        let found = attributes_on(|| &host, own, &cgroup, &environ);
         let expected = [
             ("container.id", ID),
             ("k8s.pod.uid", UID),
@@ -408,12 +408,13 @@ mod tests {
         assert_eq!(found, expected);
         // Without the runtime's config, only what the cgroup path tells.
         fs::remove_dir_all(&host).unwrap();
-        let found = attributes_on(&host, own, &cgroup, &environ);
+        let found = attributes_on(|| &host, own, &cgroup, &environ);
         assert_eq!(found, expected[..2].to_vec());
-        // Outside a pod, only the container.
+        // Outside a pod, only the container, and no runtime config is looked for.
         let docker = format!("0::/system.slice/docker-{ID}.scope\n");
+        let unasked = || -> &Path { panic!("the host's root asked for outside a pod") };
         assert_eq!(
-            attributes_on(&host, own, &docker, &environ),
+            attributes_on(unasked, own, &docker, &environ),
             vec![("container.id", ID.to_string())]
         );
     }

@@ -15,15 +15,22 @@ use serde::Deserialize;
 use super::container::{open_in_root, valid_name};
 
 /// The node's root directory: init's (loupe runs with the host's pids), or where init's
-/// cannot be opened, loupe's own, as a daemon on the host has it.
+/// cannot be opened (an AppArmor profile, a missing `CAP_SYS_PTRACE`), loupe's own, as a
+/// daemon on the host has it, said once.
 pub fn host_root() -> &'static Path {
     static ROOT: OnceLock<&'static Path> = OnceLock::new();
     ROOT.get_or_init(|| {
         let init = Path::new("/proc/1/root");
-        if std::fs::File::open(init).is_ok() {
-            init
-        } else {
-            Path::new("/")
+        match std::fs::File::open(init) {
+            Ok(_) => init,
+            Err(error) => {
+                log::info!(
+                    "cannot open {} ({error}): pods are named from their processes' \
+                     hostnames and service-account files, not their runtime's config",
+                    init.display()
+                );
+                Path::new("/")
+            }
         }
     })
 }
