@@ -217,7 +217,6 @@ impl ContainerdBundle {
             "containerd",
             "io.containerd.runtime.v2.task",
             "k8s.io",
-            container_id,
         ] {
             path.push(name);
             if !path.exists() {
@@ -225,16 +224,20 @@ impl ContainerdBundle {
                 made.push(path.clone());
             }
         }
-        assert_eq!(made.last(), Some(&path), "{} is new", path.display());
+        // The test's own bundle, left behind by an earlier run that was killed.
+        path.push(container_id);
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         fs::write(path.join("config.json"), config).expect("write the container's config");
+        made.push(path);
         Self { made }
     }
 }
 
 impl Drop for ContainerdBundle {
     fn drop(&mut self) {
-        if let Some(bundle) = self.made.last() {
-            let _ = fs::remove_file(bundle.join("config.json"));
+        if let Some(bundle) = self.made.pop() {
+            let _ = fs::remove_dir_all(bundle);
         }
         for dir in self.made.iter().rev() {
             let _ = fs::remove_dir(dir);
@@ -255,15 +258,33 @@ fn a_pod_is_named_by_its_runtimes_config_whatever_its_hostname() {
             "io.kubernetes.cri.container-type":"container",
             "io.kubernetes.cri.container-name":"api",
             "io.kubernetes.cri.sandbox-name":"inventory-5b7c9d8f6-q4w2x",
-            "io.kubernetes.cri.sandbox-namespace":"warehouse"}}"#,
+            "io.kubernetes.cri.sandbox-namespace":"warehouse",
+            "io.kubernetes.cri.sandbox-uid":"7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d"}}"#,
     );
-    // The pod sets `spec.hostname`, and mounts no service-account token.
+    // The pod sets `spec.hostname`, and its own files name another namespace too: the
+    // runtime's names must win over both.
+    let hostname_file = support::scratch_dir("named-pod").join("hostname");
+    fs::write(&hostname_file, "custom-hostname\n").expect("write the pod's hostname");
+    let secrets = "/run/secrets/kubernetes.io/serviceaccount";
     let setup = format!(
-        "unset HOSTNAME && {join} && hostname custom-hostname && exec \"$@\"",
+        "unset HOSTNAME && {join} && hostname custom-hostname \
+         && mount --bind {hostname_file} /etc/hostname && mount -t tmpfs tmpfs /run \
+         && mkdir -p {secrets} && echo from-files > {secrets}/namespace && exec \"$@\"",
         join = pod.join_command(),
+        hostname_file = hostname_file.display(),
     );
     let port = free_port();
-    let wrapper = ["unshare", "--uts", "sh", "-c", &setup, "sh"];
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &setup,
+        "sh",
+    ];
     let _server = servers::python_wrapped(port, &wrapper, &[]);
     let endpoint = receiver.grpc_endpoint();
     let agent = Agent::start(

@@ -7,12 +7,16 @@
 //!   `crio-<id>.scope`, `docker-<id>.scope`, `libpod-<id>.scope`).
 //! - `k8s.pod.uid`: the `pod<uid>` segment of a `kubepods` cgroup path (with `_` for `-`
 //!   under the systemd cgroup driver).
-//! - `k8s.pod.name`: a pod's hostname is its name. Read from the process's `HOSTNAME`
-//!   (container runtimes set it), else its `/etc/hostname` (the kubelet mounts it), and
-//!   only when the process has a hostname of its own (a UTS namespace other than the
-//!   host's): a `hostNetwork` pod has the node's.
-//! - `k8s.namespace.name`: the service-account namespace file Kubernetes mounts into
-//!   every container that has a token (the default).
+//! - `k8s.pod.name`, `k8s.namespace.name`, `k8s.container.name`: the kubelet's names in
+//!   the container's runtime config, where the node has one (see `runtime_config`).
+//!   Where it does not, or lacks a name:
+//!   - the pod's hostname is its name. Read from the process's `HOSTNAME` (container
+//!     runtimes set it), else its `/etc/hostname` (the kubelet mounts it), and only when
+//!     the process has a hostname of its own (a UTS namespace other than the host's): a
+//!     `hostNetwork` pod has the node's;
+//!   - the namespace is in the service-account namespace file Kubernetes mounts into
+//!     every container that has a token (the default);
+//!   - the container goes unnamed.
 //!
 //! The pod attributes are only set for processes in a `kubepods` cgroup. A pod's name
 //! also names its workload ([`workload_name`]), the service of a process that names none.
@@ -49,13 +53,25 @@ pub fn attributes(
     cgroup: &str,
     environ: &[(String, String)],
 ) -> Vec<(&'static str, String)> {
-    attributes_on(runtime_config::host_root, pid, cgroup, environ)
+    let process = || Process {
+        root: Path::new("/proc").join(pid.to_string()).join("root"),
+        own_hostname: has_own_hostname(pid),
+    };
+    attributes_on(runtime_config::host_root, process, cgroup, environ)
 }
 
-/// [`attributes`] with the node's root from `host_root`, asked only for a process in a pod.
+/// What the fallbacks read of a process: its root directory, and whether it has a
+/// hostname of its own.
+struct Process {
+    root: PathBuf,
+    own_hostname: bool,
+}
+
+/// [`attributes`] with the node's root from `host_root` and the process from `process`,
+/// both asked for only for a process in a pod.
 fn attributes_on<'a>(
     host_root: impl FnOnce() -> &'a Path,
-    pid: u32,
+    process: impl FnOnce() -> Process,
     cgroup: &str,
     environ: &[(String, String)],
 ) -> Vec<(&'static str, String)> {
@@ -69,21 +85,23 @@ fn attributes_on<'a>(
     let names = identity
         .container_id
         .as_deref()
-        .and_then(|id| runtime_config::names(host_root(), id))
+        .and_then(|id| runtime_config::names(host_root(), id, &uid))
         .unwrap_or_default();
     attributes.extend(identity.container_id.map(|id| ("container.id", id)));
     attributes.push(("k8s.pod.uid", uid));
-    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    let process = process();
+    let root = &process.root;
     let pod = names.pod.or_else(|| {
-        has_own_hostname(pid)
-            .then(|| pod_name(environ, &root))
+        process
+            .own_hostname
+            .then(|| pod_name(environ, root))
             .flatten()
     });
     attributes.extend(pod.map(|name| ("k8s.pod.name", name)));
     let namespace = names.namespace.or_else(|| {
         NAMESPACE_FILES
             .iter()
-            .find_map(|file| read_name_in(&root, file))
+            .find_map(|file| read_name_in(root, file))
     });
     attributes.extend(namespace.map(|namespace| ("k8s.namespace.name", namespace)));
     attributes.extend(names.container.map(|name| ("k8s.container.name", name)));
@@ -175,12 +193,24 @@ fn pod_name(environ: &[(String, String)], root: &Path) -> Option<String> {
 /// in a DaemonSet to loupe's own service account. Where the call is refused (a seccomp
 /// profile that predates it), only a path with no absolute link on the way is opened.
 pub(super) fn open_in_root(root: &Path, relative: &str) -> Option<fs::File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    let file = open_in_root_unchecked(root, relative)?;
+    file.metadata()
+        .is_ok_and(|meta| meta.is_file())
+        .then_some(file)
+}
+
+/// [`open_in_root`] for any kind of file. Non-blocking: a FIFO that an image put where a
+/// name file belongs would otherwise hold the open, and the agent's pipeline, forever.
+fn open_in_root_unchecked(root: &Path, relative: &str) -> Option<fs::File> {
+    use std::os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::fs::OpenOptionsExt,
+    };
     let dir = fs::File::open(root).ok()?;
     let path = std::ffi::CString::new(relative).ok()?;
     // SAFETY: open_how is plain integers, for which zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT;
     // SAFETY: a valid directory fd, a NUL-terminated path and an open_how of the size
     // passed; the kernel returns a new fd or -1.
@@ -198,7 +228,11 @@ pub(super) fn open_in_root(root: &Path, relative: &str) -> Option<fs::File> {
         return Some(unsafe { fs::File::from_raw_fd(fd as i32) });
     }
     match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::ENOSYS | libc::EPERM) => fs::File::open(inside(root, relative)?).ok(),
+        Some(libc::ENOSYS | libc::EPERM) => fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(inside(root, relative)?)
+            .ok(),
         _ => None,
     }
 }
@@ -378,8 +412,9 @@ mod tests {
 
     #[test]
     fn the_runtimes_names_come_before_the_processs_own_files() {
-        let host = std::env::temp_dir().join(format!("loupe-host-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&host);
+        let base = std::env::temp_dir().join(format!("loupe-names-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let host = base.join("host");
         let bundle = host.join(format!(
             "run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}"
         ));
@@ -391,32 +426,66 @@ mod tests {
                 "io.kubernetes.cri.container-name":"api"}}"#,
         )
         .unwrap();
+        // The process's own root names other things: a pod that set `spec.hostname`.
+        let root = base.join("root");
+        let account = root.join("run/secrets/kubernetes.io/serviceaccount");
+        fs::create_dir_all(&account).unwrap();
+        fs::write(account.join("namespace"), "from-files\n").unwrap();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hostname"), "custom-hostname\n").unwrap();
+        let process = || Process {
+            root: root.clone(),
+            own_hostname: true,
+        };
         let cgroup = format!("0::/kubepods/burstable/pod{UID}/{ID}\n");
-        // This test's own process: the host's hostname, which names no pod, and no
-        // service-account files; a HOSTNAME that is some other name.
-        let environ = [("HOSTNAME".to_string(), "custom-hostname".to_string())];
-        let own = std::process::id();
-        let found = attributes_on(|| &host, own, &cgroup, &environ);
-        let expected = [
-            ("container.id", ID),
-            ("k8s.pod.uid", UID),
-            ("k8s.pod.name", "checkout-7d9f8c6b5-x2k9p"),
-            ("k8s.namespace.name", "shop"),
-            ("k8s.container.name", "api"),
-        ];
-        let expected: Vec<_> = expected.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        assert_eq!(found, expected);
-        // Without the runtime's config, only what the cgroup path tells.
+        let found = attributes_on(|| &host, process, &cgroup, &[]);
+        let pairs = |list: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+            list.iter().map(|(k, v)| (*k, v.to_string())).collect()
+        };
+        assert_eq!(
+            found,
+            pairs(&[
+                ("container.id", ID),
+                ("k8s.pod.uid", UID),
+                ("k8s.pod.name", "checkout-7d9f8c6b5-x2k9p"),
+                ("k8s.namespace.name", "shop"),
+                ("k8s.container.name", "api"),
+            ])
+        );
+        // Without the runtime's config, the process's own files name the pod.
         fs::remove_dir_all(&host).unwrap();
-        let found = attributes_on(|| &host, own, &cgroup, &environ);
-        assert_eq!(found, expected[..2].to_vec());
-        // Outside a pod, only the container, and no runtime config is looked for.
+        let found = attributes_on(|| &host, process, &cgroup, &[]);
+        assert_eq!(
+            found,
+            pairs(&[
+                ("container.id", ID),
+                ("k8s.pod.uid", UID),
+                ("k8s.pod.name", "custom-hostname"),
+                ("k8s.namespace.name", "from-files"),
+            ])
+        );
+        // Outside a pod, only the container, and neither the node's root nor the
+        // process's files are looked at.
         let docker = format!("0::/system.slice/docker-{ID}.scope\n");
         let unasked = || -> &Path { panic!("the host's root asked for outside a pod") };
+        let no_process = || -> Process { panic!("the process's files read outside a pod") };
         assert_eq!(
-            attributes_on(unasked, own, &docker, &environ),
-            vec![("container.id", ID.to_string())]
+            attributes_on(unasked, no_process, &docker, &[]),
+            pairs(&[("container.id", ID)])
         );
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_where_a_name_file_belongs_is_not_waited_on() {
+        let root = std::env::temp_dir().join(format!("loupe-fifo-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("etc")).unwrap();
+        let fifo = std::ffi::CString::new(root.join("etc/hostname").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_name_in(&root, "etc/hostname"), None);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -35,29 +35,55 @@ pub fn host_root() -> &'static Path {
     })
 }
 
-/// Where runtimes keep a running container's config, `{id}` its 64-hex id: containerd's
-/// task bundles (also under k3s's own state directory), then CRI-O's container state.
-const CONFIG_PATHS: [&str; 4] = [
-    "run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/config.json",
-    "run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/config.json",
-    "run/containers/storage/overlay-containers/{id}/userdata/config.json",
-    "var/lib/containers/storage/overlay-containers/{id}/userdata/config.json",
+/// The annotations a runtime names a container's pod, namespace, self and pod uid by.
+struct Keys {
+    pod: &'static str,
+    namespace: &'static str,
+    container: &'static str,
+    pod_uid: &'static str,
+}
+
+/// containerd's CRI plugin's own keys (the uid in its newer releases).
+const CONTAINERD: Keys = Keys {
+    pod: "io.kubernetes.cri.sandbox-name",
+    namespace: "io.kubernetes.cri.sandbox-namespace",
+    container: "io.kubernetes.cri.container-name",
+    pod_uid: "io.kubernetes.cri.sandbox-uid",
+};
+
+/// CRI-O's: the kubelet's label names.
+const CRI_O: Keys = Keys {
+    pod: "io.kubernetes.pod.name",
+    namespace: "io.kubernetes.pod.namespace",
+    container: "io.kubernetes.container.name",
+    pod_uid: "io.kubernetes.pod.uid",
+};
+
+/// Where runtimes keep a running container's config, `{id}` its 64-hex id, and the keys
+/// each writes: containerd's task bundles (also under k3s's own state directory), then
+/// CRI-O's container state. Only the runtime's own keys are read: CRI-O copies a pod's
+/// annotations into its containers' configs, so a pod could carry containerd's keys.
+const LAYOUTS: [(&str, &Keys); 4] = [
+    (
+        "run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/config.json",
+        &CONTAINERD,
+    ),
+    (
+        "run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/config.json",
+        &CONTAINERD,
+    ),
+    (
+        "run/containers/storage/overlay-containers/{id}/userdata/config.json",
+        &CRI_O,
+    ),
+    (
+        "var/lib/containers/storage/overlay-containers/{id}/userdata/config.json",
+        &CRI_O,
+    ),
 ];
 
 /// A config is a few to some tens of KiB; one larger than this is not read.
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
-
-/// The annotations naming the pod, its namespace and the container: containerd's CRI
-/// plugin's, then CRI-O's (the kubelet's label names).
-const POD_KEYS: [&str; 2] = ["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"];
-const NAMESPACE_KEYS: [&str; 2] = [
-    "io.kubernetes.cri.sandbox-namespace",
-    "io.kubernetes.pod.namespace",
-];
-const CONTAINER_KEYS: [&str; 2] = [
-    "io.kubernetes.cri.container-name",
-    "io.kubernetes.container.name",
-];
 
 /// What a container's runtime config names; each only when it is a valid Kubernetes name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,28 +100,41 @@ struct OciConfig {
     annotations: HashMap<String, String>,
 }
 
-/// The names the runtime config of container `id` holds, found under `host_root`; `None`
-/// when no runtime keeps a readable config for it (Docker, a runtime elsewhere, a
-/// container already gone).
-pub fn names(host_root: &Path, id: &str) -> Option<RuntimeNames> {
+/// The names the runtime config of container `id` of pod `pod_uid` holds, found under
+/// `host_root`; `None` when no runtime keeps a readable config for it (Docker, a runtime
+/// elsewhere, a container already gone), or when the config is another pod's.
+pub fn names(host_root: &Path, id: &str, pod_uid: &str) -> Option<RuntimeNames> {
     // The id comes from a cgroup path: only a plain 64-hex id may become a path.
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let config = CONFIG_PATHS
-        .iter()
-        .find_map(|path| read_config(host_root, &path.replace("{id}", id)))?;
-    let first_valid = |keys: &[&str]| {
-        keys.iter()
-            .filter_map(|key| config.annotations.get(*key))
+    let (config, keys) = LAYOUTS.iter().find_map(|(path, keys)| {
+        read_config(host_root, &path.replace("{id}", id)).map(|config| (config, *keys))
+    })?;
+    let annotation = |key: &str| {
+        config
+            .annotations
+            .get(key)
             .map(|value| value.trim())
-            .find(|value| valid_name(value))
+            .filter(|value| !value.is_empty())
+    };
+    // A process that made itself a cgroup named after another container must not take
+    // that container's names.
+    if let Some(uid) = annotation(keys.pod_uid)
+        && uid != pod_uid
+    {
+        log::debug!("container {id}: runtime config of pod {uid}, not {pod_uid}");
+        return None;
+    }
+    let name = |key: &str| {
+        annotation(key)
+            .filter(|value| valid_name(value))
             .map(str::to_string)
     };
     Some(RuntimeNames {
-        pod: first_valid(&POD_KEYS),
-        namespace: first_valid(&NAMESPACE_KEYS),
-        container: first_valid(&CONTAINER_KEYS),
+        pod: name(keys.pod),
+        namespace: name(keys.namespace),
+        container: name(keys.container),
     })
 }
 
@@ -125,6 +164,7 @@ mod tests {
     use super::*;
 
     const ID: &str = "4e2b9c4d8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829304";
+    const UID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 
     /// A directory standing in for the node's root, removed when dropped.
     struct HostRoot(std::path::PathBuf);
@@ -141,7 +181,7 @@ mod tests {
         }
     }
 
-    /// A host root holding `config` at `layout` (one of [`CONFIG_PATHS`]) for [`ID`].
+    /// A host root holding `config` at `layout` (one of [`LAYOUTS`]' paths) for [`ID`].
     fn host_with(layout: &str, config: &str) -> HostRoot {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -156,65 +196,97 @@ mod tests {
         Some(text.to_string())
     }
 
+    const CONTAINERD_CONFIG: &str = r#"{"ociVersion":"1.1.0","process":{"env":["A=b"]},
+        "annotations":{"io.kubernetes.cri.container-type":"container",
+        "io.kubernetes.cri.container-name":"api",
+        "io.kubernetes.cri.sandbox-name":"checkout-7d9f8c6b5-x2k9p",
+        "io.kubernetes.cri.sandbox-namespace":"shop",
+        "io.kubernetes.cri.sandbox-uid":"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"}}"#;
+    const CRI_O_CONFIG: &str = r#"{"annotations":{"io.kubernetes.container.name":"api",
+        "io.kubernetes.pod.name":"checkout-7d9f8c6b5-x2k9p",
+        "io.kubernetes.pod.namespace":"shop",
+        "io.kubernetes.pod.uid":"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"}}"#;
+
     #[test]
     fn containerd_and_cri_o_configs_name_the_pod_namespace_and_container() {
-        let containerd = r#"{"ociVersion":"1.1.0","process":{"env":["A=b"]},"annotations":{
-            "io.kubernetes.cri.container-type":"container",
-            "io.kubernetes.cri.container-name":"api",
-            "io.kubernetes.cri.sandbox-name":"checkout-7d9f8c6b5-x2k9p",
-            "io.kubernetes.cri.sandbox-namespace":"shop"}}"#;
-        let cri_o = r#"{"annotations":{"io.kubernetes.container.name":"api",
-            "io.kubernetes.pod.name":"checkout-7d9f8c6b5-x2k9p",
-            "io.kubernetes.pod.namespace":"shop"}}"#;
         let expected = RuntimeNames {
             pod: some("checkout-7d9f8c6b5-x2k9p"),
             namespace: some("shop"),
             container: some("api"),
         };
-        for (layout, config) in [
-            (CONFIG_PATHS[0], containerd),
-            (CONFIG_PATHS[1], containerd),
-            (CONFIG_PATHS[2], cri_o),
-            (CONFIG_PATHS[3], cri_o),
-        ] {
+        let configs = [
+            CONTAINERD_CONFIG,
+            CONTAINERD_CONFIG,
+            CRI_O_CONFIG,
+            CRI_O_CONFIG,
+        ];
+        for ((layout, _), config) in LAYOUTS.iter().zip(configs) {
             let host = host_with(layout, config);
-            assert_eq!(names(host.path(), ID), Some(expected.clone()), "{layout}");
+            let found = names(host.path(), ID, UID);
+            assert_eq!(found, Some(expected.clone()), "{layout}");
+            // Another pod's config (a process in a cgroup named after another container).
+            let other_pod = "11111111-2222-3333-4444-555555555555";
+            assert_eq!(names(host.path(), ID, other_pod), None, "{layout}");
         }
+        // Each runtime's own keys only: CRI-O copies a pod's annotations into its
+        // containers' configs, where containerd's keys mean nothing.
+        let host = host_with(LAYOUTS[2].0, CONTAINERD_CONFIG);
+        assert_eq!(names(host.path(), ID, UID), Some(RuntimeNames::default()));
+        let host = host_with(LAYOUTS[0].0, CRI_O_CONFIG);
+        assert_eq!(names(host.path(), ID, UID), Some(RuntimeNames::default()));
+        // Without a uid (an older containerd) the names stand.
+        let host = host_with(
+            LAYOUTS[0].0,
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"web-0"}}"#,
+        );
+        let found = names(host.path(), ID, UID);
+        assert_eq!(found.and_then(|n| n.pod), some("web-0"));
     }
 
     #[test]
     fn missing_unreadable_and_odd_configs_name_nothing() {
-        let host = host_with(CONFIG_PATHS[0], r#"{"annotations":{}}"#);
-        // Another container's id, and ids that are not plain hex, find nothing.
+        let host = host_with(LAYOUTS[0].0, r#"{"annotations":{}}"#);
+        // Another container's id finds nothing, and an id that is not plain hex is not
+        // followed even where the path it makes leads to a config.
         let other = ID.replace('4', "5");
-        assert_eq!(names(host.path(), &other), None);
-        assert_eq!(names(host.path(), "../../../etc"), None);
-        assert_eq!(names(host.path(), ID), Some(RuntimeNames::default()));
+        assert_eq!(names(host.path(), &other, UID), None);
+        let around = format!("../k8s.io/{ID}");
+        assert_eq!(names(host.path(), &around, UID), None);
+        assert_eq!(names(host.path(), ID, UID), Some(RuntimeNames::default()));
         // Not JSON, annotations of the wrong type: no names, no panic.
         for config in ["not json", r#"{"annotations":["a"]}"#, "", "{"] {
-            let host = host_with(CONFIG_PATHS[0], config);
-            assert_eq!(names(host.path(), ID), None, "{config}");
+            let host = host_with(LAYOUTS[0].0, config);
+            assert_eq!(names(host.path(), ID, UID), None, "{config}");
         }
-        // A value that is no Kubernetes name is left out; the other family's may stand in.
+        // A value that is no Kubernetes name is left out.
         let host = host_with(
-            CONFIG_PATHS[0],
+            LAYOUTS[0].0,
             r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"Not A Name",
-                "io.kubernetes.pod.name":"web-0","io.kubernetes.cri.container-name":"x/y"}}"#,
+                "io.kubernetes.cri.sandbox-namespace":" shop ",
+                "io.kubernetes.cri.container-name":"x/y"}}"#,
         );
         assert_eq!(
-            names(host.path(), ID),
+            names(host.path(), ID, UID),
             Some(RuntimeNames {
-                pod: some("web-0"),
+                namespace: some("shop"),
                 ..RuntimeNames::default()
             })
         );
     }
 
     #[test]
-    fn an_oversized_config_is_not_read() {
+    fn oversized_configs_and_fifos_are_not_read() {
         let padding = " ".repeat(MAX_CONFIG_BYTES as usize);
         let config = format!(r#"{{"annotations":{{"io.kubernetes.pod.name":"web-0"}}}}{padding}"#);
-        let host = host_with(CONFIG_PATHS[2], &config);
-        assert_eq!(names(host.path(), ID), None);
+        let host = host_with(LAYOUTS[2].0, &config);
+        assert_eq!(names(host.path(), ID, UID), None);
+        // A FIFO where the config belongs: opening it must not wait for a writer.
+        let host = host_with(LAYOUTS[0].0, "");
+        let path = host.path().join(LAYOUTS[0].0.replace("{id}", ID));
+        fs::remove_file(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        assert_eq!(names(host.path(), ID, UID), None);
     }
 }
