@@ -121,26 +121,22 @@ fn pod_cgroup_of(pod_uid: &str, container_id: &str) -> Cgroup {
     )
 }
 
-#[test]
-fn a_process_in_a_pod_carries_its_container_and_pod() {
-    require_root();
-    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    let pod = pod_cgroup();
-    let secrets = "/run/secrets/kubernetes.io/serviceaccount";
-    // Joins the pod's cgroup, names its UTS namespace after the pod, and in its own mount
-    // namespace mounts its /etc/hostname and service-account directory as the kubelet
-    // does, then execs the server. Without the HOSTNAME the test's own environment may
-    // carry, the pod's name comes from its /etc/hostname.
+/// A Python server on `port` in `pod`'s cgroup, started as a container runtime starts a
+/// pod's process: a UTS namespace named `hostname`, and in its own mount namespace the
+/// kubelet's `/etc/hostname` and a service-account directory naming `namespace`. Without
+/// the HOSTNAME the test's own environment may carry, the pod's name comes from its
+/// /etc/hostname.
+fn python_in_pod(pod: &Cgroup, hostname: &str, namespace: &str, port: u16) -> support::Guard {
     let hostname_file = support::scratch_dir("pod").join("hostname");
-    fs::write(&hostname_file, format!("{POD_NAME}\n")).expect("write the pod's hostname");
+    fs::write(&hostname_file, format!("{hostname}\n")).expect("write the pod's hostname");
+    let secrets = "/run/secrets/kubernetes.io/serviceaccount";
     let setup = format!(
-        "unset HOSTNAME && {join} && hostname {POD_NAME} \
+        "unset HOSTNAME && {join} && hostname {hostname} \
          && mount --bind {hostname_file} /etc/hostname && mount -t tmpfs tmpfs /run \
-         && mkdir -p {secrets} && echo {NAMESPACE} > {secrets}/namespace && exec \"$@\"",
+         && mkdir -p {secrets} && echo {namespace} > {secrets}/namespace && exec \"$@\"",
         join = pod.join_command(),
         hostname_file = hostname_file.display(),
     );
-    let pod_port = free_port();
     let wrapper = [
         "unshare",
         "--mount",
@@ -152,8 +148,17 @@ fn a_process_in_a_pod_carries_its_container_and_pod() {
         &setup,
         "sh",
     ];
+    servers::python_wrapped(port, &wrapper, &[])
+}
+
+#[test]
+fn a_process_in_a_pod_carries_its_container_and_pod() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let pod = pod_cgroup();
+    let pod_port = free_port();
     // No OTEL_SERVICE_NAME: a zero-code service in a pod is named after its workload.
-    let _in_pod = servers::python_wrapped(pod_port, &wrapper, &[]);
+    let _in_pod = python_in_pod(&pod, POD_NAME, NAMESPACE, pod_port);
     let host_port = free_port();
     let _on_host = servers::python(host_port, &[("OTEL_SERVICE_NAME", "on-host")]);
     let endpoint = receiver.grpc_endpoint();
@@ -263,29 +268,8 @@ fn a_pod_is_named_by_its_runtimes_config_whatever_its_hostname() {
     );
     // The pod sets `spec.hostname`, and its own files name another namespace too: the
     // runtime's names must win over both.
-    let hostname_file = support::scratch_dir("named-pod").join("hostname");
-    fs::write(&hostname_file, "custom-hostname\n").expect("write the pod's hostname");
-    let secrets = "/run/secrets/kubernetes.io/serviceaccount";
-    let setup = format!(
-        "unset HOSTNAME && {join} && hostname custom-hostname \
-         && mount --bind {hostname_file} /etc/hostname && mount -t tmpfs tmpfs /run \
-         && mkdir -p {secrets} && echo from-files > {secrets}/namespace && exec \"$@\"",
-        join = pod.join_command(),
-        hostname_file = hostname_file.display(),
-    );
     let port = free_port();
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--uts",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &setup,
-        "sh",
-    ];
-    let _server = servers::python_wrapped(port, &wrapper, &[]);
+    let _server = python_in_pod(&pod, "custom-hostname", "from-files", port);
     let endpoint = receiver.grpc_endpoint();
     let agent = Agent::start(
         &["--exe", "python3*", "--port", &port.to_string()],
