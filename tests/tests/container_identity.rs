@@ -5,10 +5,10 @@
 //! runtime builds one: a cgroup named as the kubelet's systemd driver names it, a UTS
 //! namespace whose hostname is the pod's name, and a mount namespace holding the
 //! service-account namespace file. Where the runtime left the container's config on the
-//! node (containerd's task bundle here), its names win: a pod that sets its own hostname
-//! and mounts no service account is still named right, and its container too. On a
-//! host, a process of a systemd service without a name of its own is named after the
-//! service, its cgroup made as systemd makes it.
+//! node (containerd's task bundle here), its names win: a pod whose own hostname and
+//! service-account file name other things is still named right, and its container
+//! too. On a host, a process of a systemd service without a name of its own is named
+//! after the service, its cgroup made as systemd makes it.
 
 mod support;
 
@@ -104,11 +104,7 @@ impl Drop for Cgroup {
 }
 
 /// The cgroups of a pod's container, named as the kubelet's systemd driver names them.
-fn pod_cgroup() -> Cgroup {
-    pod_cgroup_of(POD_UID, CONTAINER_ID)
-}
-
-fn pod_cgroup_of(pod_uid: &str, container_id: &str) -> Cgroup {
+fn pod_cgroup(pod_uid: &str, container_id: &str) -> Cgroup {
     let uid = pod_uid.replace('-', "_");
     Cgroup::create(
         &[cgroup2_root()],
@@ -155,7 +151,7 @@ fn python_in_pod(pod: &Cgroup, hostname: &str, namespace: &str, port: u16) -> su
 fn a_process_in_a_pod_carries_its_container_and_pod() {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    let pod = pod_cgroup();
+    let pod = pod_cgroup(POD_UID, CONTAINER_ID);
     let pod_port = free_port();
     // No OTEL_SERVICE_NAME: a zero-code service in a pod is named after its workload.
     let _in_pod = python_in_pod(&pod, POD_NAME, NAMESPACE, pod_port);
@@ -256,7 +252,7 @@ fn a_pod_is_named_by_its_runtimes_config_whatever_its_hostname() {
     const UID: &str = "7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d";
     const ID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
-    let pod = pod_cgroup_of(UID, ID);
+    let pod = pod_cgroup(UID, ID);
     let _bundle = ContainerdBundle::create(
         ID,
         r#"{"ociVersion":"1.1.0","process":{"args":["python3"]},"annotations":{

@@ -77,17 +77,15 @@ fn attributes_on<'a>(
 ) -> Vec<(&'static str, String)> {
     let identity = from_cgroup_file(cgroup);
     let mut attributes = Vec::new();
+    attributes.extend(identity.container_id.clone().map(|id| ("container.id", id)));
     let Some(uid) = identity.pod_uid else {
-        attributes.extend(identity.container_id.map(|id| ("container.id", id)));
         return attributes;
     };
     // The runtime's names are the kubelet's own; the process's files stand in for them.
     let names = identity
         .container_id
-        .as_deref()
-        .and_then(|id| runtime_config::names(host_root(), id, &uid))
+        .and_then(|id| runtime_config::names(host_root(), &id, &uid))
         .unwrap_or_default();
-    attributes.extend(identity.container_id.map(|id| ("container.id", id)));
     attributes.push(("k8s.pod.uid", uid));
     let process = process();
     let root = &process.root;
