@@ -89,7 +89,14 @@ impl SpanAssembler {
 
         let host = request.header("host").and_then(parse_host);
         let host_name = host.map(|h| self.texts.text(h.0));
-        let local_ip = local.map(|a| self.texts.ip(a.ip()));
+        // The local address is opt-in (`network.local.address`), and otherwise only names
+        // a server reached without a Host header: looked up, and its shared text counted
+        // once more, only then.
+        let local_ip = if self.opt_in || (kind == SpanKind::Server && host_name.is_none()) {
+            local.map(|a| self.texts.ip(a.ip()))
+        } else {
+            None
+        };
         let remote_ip = remote.map(|a| self.texts.ip(a.ip()));
         let (server_address, server_port, client_address, client_port) = match kind {
             SpanKind::Server => (

@@ -93,6 +93,9 @@ pub struct Pipeline {
     exporter: SpanSender,
     /// Spans on their way to `exporter`, sent in chunks.
     outbox: Vec<FinishedSpan>,
+    /// Spans made since `spans_created` was last told: counted once per read of the ring
+    /// buffer, not with a locked add per span.
+    created_unreported: u64,
     red: RedRecorder,
     metrics: Arc<Metrics>,
     /// The kernel's counters; `None` in the replay, which runs without the kernel.
@@ -129,6 +132,7 @@ impl Pipeline {
             tail_sampler: config.tail_policy.map(TailSampler::new),
             exporter,
             outbox: Vec::with_capacity(OUTBOX_SPANS),
+            created_unreported: 0,
             red: config.red,
             metrics,
             counters,
@@ -361,11 +365,16 @@ impl Pipeline {
             self.processes.get(key.tgid, None).sdk = true;
         }
         let entry = self.processes.get(key.tgid, None);
-        let (resource, skip) = (
-            entry.resource.clone(),
+        // One reference to the resource for the whole call, moved into the last span
+        // rather than cloned for it and dropped here: each count is a locked instruction.
+        // It is `None` only once the last exchange has taken it.
+        let (mut resource, skip) = (
+            Some(entry.resource.clone()),
             entry.sdk && self.sdk_spans == SdkSpans::Skip,
         );
-        for exchange in exchanges.drain(..) {
+        let mut exchanges_left = exchanges.drain(..);
+        while let Some(exchange) = exchanges_left.next() {
+            let last = exchanges_left.len() == 0;
             let request_key = RequestKey {
                 tgid: key.tgid,
                 fd: key.fd,
@@ -425,17 +434,25 @@ impl Pipeline {
                 self.head_sampler
                     .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);
             let mut span = self.assembler.assemble(&exchange, ids, local, remote);
-            self.red.record(&resource, &span);
-            self.metrics.spans_created.inc();
+            let Some(span_resource) = &resource else {
+                break;
+            };
+            self.red.record(span_resource, &span);
+            self.created_unreported += 1;
             if !sampled {
                 self.metrics.spans_sampled_out.inc();
                 continue;
             }
             span.trace_flags |= SAMPLED;
-            let finished = FinishedSpan {
-                resource: resource.clone(),
-                span,
+            let resource = if last {
+                resource.take()
+            } else {
+                resource.clone()
             };
+            let Some(resource) = resource else {
+                break;
+            };
+            let finished = FinishedSpan { resource, span };
             match &mut self.tail_sampler {
                 Some(tail) => {
                     let released = tail.offer(finished, Instant::now());
@@ -444,6 +461,7 @@ impl Pipeline {
                 None => self.send(finished),
             }
         }
+        drop(exchanges_left);
         self.exchanges = exchanges;
     }
 
@@ -456,6 +474,9 @@ impl Pipeline {
 
     /// Hands the outbox to the export queue, which drops and counts what it has no room for.
     fn flush_outbox(&mut self) {
+        self.metrics
+            .spans_created
+            .add(std::mem::take(&mut self.created_unreported));
         if !self.outbox.is_empty() {
             let spans = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUTBOX_SPANS));
             self.exporter.submit_all(spans);
@@ -543,8 +564,13 @@ impl EventSink for Pipeline {
     fn drained(&mut self, holding: bool) {
         // While the reader holds back for the queue, a partial outbox the queue has no room
         // for waits with the records still in the ring.
+        self.exporter.drop_spent();
         if !holding || self.exporter.has_room(self.outbox.len()) {
             self.flush_outbox();
+        } else {
+            self.metrics
+                .spans_created
+                .add(std::mem::take(&mut self.created_unreported));
         }
     }
 
