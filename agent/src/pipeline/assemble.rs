@@ -49,21 +49,21 @@ impl SpanAssembler {
 
     pub fn assemble(
         &mut self,
-        exchange: &HttpExchange,
+        mut exchange: HttpExchange,
         ids: ResolvedIds,
         local: Option<SocketAddr>,
         remote: Option<SocketAddr>,
     ) -> HttpSpan {
+        let (path, query) = split_target(std::mem::take(&mut exchange.request.target));
         let request = &exchange.request;
         let kind = match exchange.role {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,
         };
-        let (mut start_ns, end_ns) = timing(exchange);
+        let (mut start_ns, end_ns) = timing(&exchange);
         if kind == SpanKind::Client {
             start_ns = ids.client_start_ns(start_ns);
         }
-        let (path, query) = split_target(&request.target);
         let (method, method_original) = normalise_method(&request.method);
         // The name and the route repeat across requests: both are built in a reused
         // buffer and shared through the text cache, not allocated per span. Only server
@@ -195,8 +195,13 @@ fn timing(exchange: &HttpExchange) -> (u64, u64) {
 
 /// Splits a request target into path and query; absolute-form targets (proxies) lose
 /// their scheme and authority.
-fn split_target(target: &str) -> (String, Option<String>) {
-    // Origin-form (`/path`), nearly every request, has no authority to look for.
+fn split_target(target: String) -> (String, Option<String>) {
+    // Origin-form (`/path`), nearly every request, has no authority to look for, and
+    // without query or fragment it is the path: the target's own allocation.
+    if target.starts_with('/') && !target.contains(['?', '#']) {
+        return (target, None);
+    }
+    let target = target.as_str();
     let absolute = if target.starts_with('/') {
         None
     } else {

@@ -20,7 +20,7 @@ fn build(
         Role::Server => linker.server_start(LONE, 7, 0, None, header, None),
         Role::Client => linker.client_start(LONE, 7, 0, None, header, None, None).0,
     };
-    a.assemble(ex, resolve(&node), local, remote)
+    a.assemble(ex.clone(), resolve(&node), local, remote)
 }
 
 /// The key of a request alone on its connection.
@@ -228,7 +228,7 @@ fn a_client_span_starts_no_later_than_the_server_span_it_caused() {
         .0;
     let span_with = |a: &mut SpanAssembler, server_start_ns| {
         node.borrow_mut().server_start_ns = server_start_ns;
-        a.assemble(&ex, resolve(&node), None, None)
+        a.assemble(ex.clone(), resolve(&node), None, None)
     };
     // The request's send time fell after the server read it (an acknowledgement came in
     // before the client's write returned): the span starts with the server's.
@@ -248,7 +248,7 @@ fn a_client_span_starts_no_later_than_the_server_span_it_caused() {
         request("GET", "/", &[]),
         Some(response(200, 0)),
     );
-    let span = a.assemble(&server, resolve(&node), None, None);
+    let span = a.assemble(server, resolve(&node), None, None);
     assert_eq!(span.end_unix_ns - span.start_unix_ns, 9_000 - 2_000);
 }
 
@@ -311,18 +311,24 @@ fn odd_methods_and_hosts() {
     assert_eq!(span.server_port, Some(8443));
     assert_eq!(parse_host("example.com"), Some(("example.com", None)));
     assert_eq!(parse_host(""), None);
-    assert_eq!(split_target("/a#frag"), ("/a".into(), None));
+    assert_eq!(split_target("/a#frag".into()), ("/a".into(), None));
+    // A plain origin-form target becomes the path without a copy.
+    let target = String::from("/orders/42");
+    let at = target.as_ptr();
+    let (path, query) = split_target(target);
+    assert_eq!((path.as_str(), query), ("/orders/42", None));
+    assert_eq!(path.as_ptr(), at);
     // A URL in an origin-form target's query or path is no authority to strip.
     assert_eq!(
-        split_target("/login?next=http://evil/x"),
+        split_target("/login?next=http://evil/x".into()),
         ("/login".into(), Some("next=http://evil/x".into()))
     );
     assert_eq!(
-        split_target("/proxy/http://a/b"),
+        split_target("/proxy/http://a/b".into()),
         ("/proxy/http://a/b".into(), None)
     );
     assert_eq!(
-        split_target("HTTP://api.internal:9000/v1?x=1"),
+        split_target("HTTP://api.internal:9000/v1?x=1".into()),
         ("/v1".into(), Some("x=1".into()))
     );
     assert_eq!(redact_query("a=1&b&c=2=3"), "a=REDACTED&b&c=REDACTED");

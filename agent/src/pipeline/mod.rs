@@ -433,7 +433,7 @@ impl Pipeline {
             let sampled =
                 self.head_sampler
                     .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);
-            let mut span = self.assembler.assemble(&exchange, ids, local, remote);
+            let mut span = self.assembler.assemble(exchange, ids, local, remote);
             let Some(span_resource) = &resource else {
                 break;
             };
