@@ -86,15 +86,21 @@ impl Store {
         let duration = span.end_unix_ns.saturating_sub(span.start_unix_ns);
         let mut outcome = Outcome::default();
         let mut key = SeriesRef::of(resource, span);
+        // A series of the route means the route was admitted: the route table is asked
+        // only for a series not seen yet.
+        if let Some(histogram) = self.series.get_mut(&key) {
+            histogram.observe(duration, now);
+            return outcome;
+        }
         if let Some(route) = key.route
             && !self.admits(key.instrument.index(), &resource.service_name, route)
         {
             key.route = Some(OTHER_ROUTE);
             outcome.folded = true;
-        }
-        if let Some(histogram) = self.series.get_mut(&key) {
-            histogram.observe(duration, now);
-            return outcome;
+            if let Some(histogram) = self.series.get_mut(&key) {
+                histogram.observe(duration, now);
+                return outcome;
+            }
         }
         let normal = self.series.len() - self.overflow_series;
         if normal < self.limits.max_series {
