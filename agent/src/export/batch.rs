@@ -7,7 +7,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -30,10 +30,6 @@ use crate::{span::FinishedSpan, telemetry::metrics::Metrics};
 /// Time the shutdown waits past its deadline for the worker to notice and return, before
 /// abandoning it.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
-
-/// Exported batches waiting for the pipeline's thread to drop them, at most; past that
-/// the worker drops a batch itself.
-const SPENT_BATCHES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportStartError {
@@ -66,12 +62,6 @@ pub(super) struct Queue {
     /// itself: a receiver parked there is woken by every span sent, which at steady rates
     /// costs a thread wakeup per span.
     batch_ready: Notify,
-    /// Exported batches, handed back for the thread that made their spans to drop
-    /// ([`SpanSender::drop_spent`]). Spans share their texts and resource by reference
-    /// count, and their strings come from that thread's allocator arena: dropped by the
-    /// export worker, every count and every free moved a cache line between the threads
-    /// or took the arena's lock, several times per span.
-    spent: Mutex<Vec<Vec<FinishedSpan>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -83,19 +73,8 @@ impl Queue {
             capacity: capacity as u64,
             batch_size,
             batch_ready: Notify::new(),
-            spent: Mutex::new(Vec::new()),
             metrics,
         })
-    }
-
-    /// Hands an exported batch back to the senders' thread; dropped here when
-    /// [`SPENT_BATCHES`] already wait (the pipeline is not reading) or the lock is busy.
-    fn give_back(&self, batch: Vec<FinishedSpan>) {
-        if let Ok(mut spent) = self.spent.try_lock()
-            && spent.len() < SPENT_BATCHES
-        {
-            spent.push(batch);
-        }
     }
 
     /// `n` spans left the queue: delivered, printed or dropped.
@@ -135,16 +114,6 @@ impl SpanSender {
     #[cfg(test)]
     pub fn submit(&self, span: FinishedSpan) {
         self.submit_all(vec![span]);
-    }
-
-    /// Drops the spans the worker has exported, on the caller's thread: the pipeline's,
-    /// which made them (see `Queue::spent`). Skipped while the worker holds the lock.
-    pub fn drop_spent(&self) {
-        let batches = match self.queue.spent.try_lock() {
-            Ok(mut spent) if !spent.is_empty() => std::mem::take(&mut *spent),
-            _ => return,
-        };
-        drop(batches);
     }
 
     /// Whether the queue can take `n` more spans now. Always true for the `none` exporter.
@@ -417,9 +386,7 @@ impl OtlpWorker {
             .export(batch, deadline, self.shutdown.clone())
             .await;
         self.queue.resolved(batch.len() as u64);
-        let max = self.batch.max_export_batch_size;
-        self.queue
-            .give_back(std::mem::replace(batch, Vec::with_capacity(max)));
+        batch.clear();
         (outcome.exported, outcome.dropped)
     }
 

@@ -564,7 +564,6 @@ impl EventSink for Pipeline {
     fn drained(&mut self, holding: bool) {
         // While the reader holds back for the queue, a partial outbox the queue has no room
         // for waits with the records still in the ring.
-        self.exporter.drop_spent();
         if !holding || self.exporter.has_room(self.outbox.len()) {
             self.flush_outbox();
         } else {

@@ -326,31 +326,3 @@ async fn spans_sent_after_shutdown_are_counted_as_dropped() {
     assert_eq!(metrics.spans_dropped.get(), 2);
     assert_eq!(metrics.export_queue_spans.get(), 0);
 }
-
-#[tokio::test]
-async fn exported_spans_wait_for_the_senders_thread_to_drop_them() {
-    let receiver = TestReceiver::start().await;
-    let (handle, _metrics) = start_to(&receiver, Protocol::HttpProtobuf, batching(60_000, 100, 3));
-    let resource = resource("svc");
-    let sender = handle.sender();
-    let batches = SPENT_BATCHES + 2;
-    for sent in 1..=batches {
-        sender.submit_all(batch(&resource, 3));
-        assert!(
-            receiver
-                .wait_for_spans(3 * sent, Duration::from_secs(3))
-                .await
-        );
-    }
-    // Each span holds the resource; the worker hands back at most SPENT_BATCHES batches
-    // and drops the rest itself.
-    let waiting = 1 + 3 * SPENT_BATCHES;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Arc::strong_count(&resource) != waiting && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(Arc::strong_count(&resource), waiting);
-    sender.drop_spent();
-    assert_eq!(Arc::strong_count(&resource), 1);
-    handle.shutdown(Duration::from_secs(1)).await;
-}
