@@ -474,13 +474,17 @@ impl Pipeline {
 
     /// Hands the outbox to the export queue, which drops and counts what it has no room for.
     fn flush_outbox(&mut self) {
-        self.metrics
-            .spans_created
-            .add(std::mem::take(&mut self.created_unreported));
+        self.report_created();
         if !self.outbox.is_empty() {
             let spans = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUTBOX_SPANS));
             self.exporter.submit_all(spans);
         }
+    }
+
+    fn report_created(&mut self) {
+        self.metrics
+            .spans_created
+            .add(std::mem::take(&mut self.created_unreported));
     }
 
     /// Hands what tail sampling kept to the exporter and counts the rest.
@@ -567,9 +571,7 @@ impl EventSink for Pipeline {
         if !holding || self.exporter.has_room(self.outbox.len()) {
             self.flush_outbox();
         } else {
-            self.metrics
-                .spans_created
-                .add(std::mem::take(&mut self.created_unreported));
+            self.report_created();
         }
     }
 
