@@ -154,6 +154,15 @@ fn opt_in_attributes_only_when_asked_for() {
     assert_eq!(span.server_address.as_deref(), Some("shop.example"));
     assert_eq!(span.server_port, Some(8080));
     assert_eq!(span.status_code, Some(201));
+    // Without a Host header the local address still names the server, opt-in or not.
+    let bare = exchange(
+        Role::Server,
+        request("GET", "/", &[]),
+        Some(response(200, 0)),
+    );
+    let span = build(&mut recommended, &bare, local, remote);
+    assert_eq!(span.server_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(span.local_address, None);
 }
 
 #[test]
