@@ -38,6 +38,12 @@ impl Clock {
         Self { offset_ns: best.1 }
     }
 
+    /// A clock whose Unix time is `offset_ns` past the monotonic one: the replay's, which
+    /// must not depend on when it runs.
+    pub fn with_offset(offset_ns: u64) -> Self {
+        Self { offset_ns }
+    }
+
     pub fn to_unix_ns(self, monotonic_ns: u64) -> u64 {
         monotonic_ns.saturating_add(self.offset_ns)
     }

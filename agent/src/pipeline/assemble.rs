@@ -42,6 +42,12 @@ impl SpanAssembler {
         self
     }
 
+    /// Uses `clock` as it is, where [`Self::set_clock`] keeps the one it has through a
+    /// re-measure's jitter: for the replay, whose clock is fixed.
+    pub fn use_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
     /// Takes a fresh measure of the clock offset (see [`Clock::updated`]).
     pub fn set_clock(&mut self, clock: Clock) {
         self.clock = self.clock.updated(clock);

@@ -8,9 +8,9 @@
 //! send. Building the records is the replay's own work, a few dozen instructions each.
 //!
 //! `cargo xtask bench --instructions` counts the instructions it takes per request under
-//! callgrind: a cost of the agent's code that the host's load does not move (runs agree
-//! to within a few instructions), where its CPU seconds on these shared machines swing
-//! by a third from run to run.
+//! callgrind: a cost of the agent's code that the host's load does not move (with the
+//! replay's clock and ids fixed, runs of one build give the same count), where its CPU
+//! seconds on these shared machines swing by a third from run to run.
 
 use std::sync::{Arc, mpsc};
 
@@ -21,7 +21,7 @@ use loupe_common::{
 
 use super::{Pipeline, PipelineConfig, SdkSpans};
 use crate::{
-    events::{clock::monotonic_now_ns, decode, reader::EventSink},
+    events::{clock::Clock, decode, reader::EventSink},
     export::{
         DetachedQueue,
         config::BatchConfig,
@@ -32,7 +32,7 @@ use crate::{
     protocol::http1::Http1Limits,
     red,
     sampling::HeadSampler,
-    span::{FinishedSpan, SpanAttributes, route::RouteMatcher},
+    span::{FinishedSpan, SpanAttributes, context::seed_this_thread, route::RouteMatcher},
     telemetry::metrics::Metrics,
 };
 
@@ -64,6 +64,13 @@ const FIRST_FD: u32 = 100;
 /// Monotonic time between one request and the next, and within a request.
 const REQUEST_GAP_NS: u64 = 250_000;
 const SERVICE_TIME_NS: u64 = 40_000;
+/// The replay's clock and ids are fixed rather than taken from the host, so that its
+/// export requests, and what gzip makes of them, are the same bytes in every run: the
+/// monotonic time it starts at (an hour after boot), Unix time at boot
+/// (2026-12-05T00:00:00Z), and the seed of its ids.
+const START_NS: u64 = 3_600_000_000_000;
+const BOOT_UNIX_NS: u64 = 1_796_428_800_000_000_000;
+const ID_SEED: u64 = 1;
 
 /// The pipeline, its export queue and a scratch record, replaying one service.
 pub struct Replay {
@@ -78,6 +85,9 @@ pub struct Replay {
     batch: Vec<FinishedSpan>,
     batch_size: usize,
     gzip: compress::Gzip,
+    /// Every gzipped export request, in order, for the tests that compare two replays.
+    #[cfg(test)]
+    gzipped: Vec<u8>,
 }
 
 /// What a replay produced.
@@ -132,13 +142,20 @@ impl Replay {
             queue,
             metrics,
             tgid: std::process::id(),
-            clock_ns: monotonic_now_ns(),
+            clock_ns: START_NS,
             conn_ids: Vec::new(),
             record: Vec::with_capacity(512),
             batch: Vec::with_capacity(batching.max_export_batch_size),
             batch_size: batching.max_export_batch_size,
             gzip: compress::Gzip::default(),
+            #[cfg(test)]
+            gzipped: Vec::new(),
         };
+        replay
+            .pipeline
+            .assembler
+            .use_clock(Clock::with_offset(BOOT_UNIX_NS));
+        seed_this_thread(ID_SEED);
         replay.open_connections();
         Ok(replay)
     }
@@ -325,10 +342,10 @@ impl Replay {
             let request = encode::trace_request(&self.batch);
             outcome.encoded_bytes += request.len() as u64;
             // An in-memory write of a buffer that fits it fails only if memory runs out.
-            outcome.gzipped_bytes += self
-                .gzip
-                .compress(Vec::new(), &request)
-                .map_or(0, |g| g.len() as u64);
+            let gzipped = self.gzip.compress(Vec::new(), &request).unwrap_or_default();
+            outcome.gzipped_bytes += gzipped.len() as u64;
+            #[cfg(test)]
+            self.gzipped.extend_from_slice(&gzipped);
             self.queue.delivered(self.batch.len());
             self.batch.clear();
         }
@@ -385,6 +402,22 @@ mod tests {
             assert_eq!(metrics.bytes_unparsed.get(), 0, "{service:?}");
             assert_eq!(metrics.spans_dropped.get(), 0, "{service:?}");
             assert_eq!(metrics.spans_exported.get(), 1_000, "{service:?}");
+        }
+    }
+
+    #[test]
+    fn two_replays_export_the_same_bytes() {
+        for service in [Service::Nginx, Service::Python] {
+            let exported = || {
+                let mut replay = Replay::new(service).unwrap();
+                let outcome = replay.run(600);
+                (outcome, replay.gzipped)
+            };
+            let (first, first_bytes) = exported();
+            let (second, second_bytes) = exported();
+            assert_eq!(first, second, "{service:?}");
+            assert_eq!(first_bytes.len() as u64, first.gzipped_bytes, "{service:?}");
+            assert!(first_bytes == second_bytes, "{service:?}: the bytes differ");
         }
     }
 

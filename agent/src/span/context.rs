@@ -13,12 +13,14 @@
 
 mod b3;
 mod hex;
+mod ids;
 mod jaeger;
 mod w3c;
 
 use std::fmt;
 
 pub use b3::parse_b3_single;
+pub use ids::{new_span_id, new_trace_id, seed_this_thread};
 pub use jaeger::parse_uber_trace_id;
 pub use w3c::{TRACESTATE_MAX_LEN, format_traceparent, parse_traceparent};
 
@@ -60,26 +62,6 @@ pub fn trace_id_hex(id: &TraceId) -> String {
 #[cfg(test)]
 pub fn span_id_hex(id: &SpanId) -> String {
     hex::encode(&id.0)
-}
-
-/// A random trace id, never the invalid all-zero one.
-pub fn new_trace_id() -> TraceId {
-    loop {
-        let v: u128 = rand::random();
-        if v != 0 {
-            return TraceId(v.to_be_bytes());
-        }
-    }
-}
-
-/// A random span id, never the invalid all-zero one.
-pub fn new_span_id() -> SpanId {
-    loop {
-        let v: u64 = rand::random();
-        if v != 0 {
-            return SpanId(v.to_be_bytes());
-        }
-    }
 }
 
 /// The value of header `name`, or `None` when it is absent or repeated with different values.

@@ -207,6 +207,23 @@ fn random_ids_are_valid_and_distinct() {
 }
 
 #[test]
+fn a_seeded_thread_repeats_its_ids_and_another_seed_does_not() {
+    let draw = |seed| {
+        seed_this_thread(seed);
+        (0..3)
+            .map(|_| (new_trace_id(), new_span_id()))
+            .collect::<Vec<_>>()
+    };
+    let first = draw(7);
+    assert_eq!(draw(7), first);
+    assert_ne!(draw(8), first);
+    assert!(first.iter().all(|(t, s)| t.is_valid() && s.is_valid()));
+    // Threads that were never seeded draw from the operating system's randomness.
+    let elsewhere = std::thread::spawn(|| (new_trace_id(), new_span_id())).join();
+    assert!(!first.contains(&elsewhere.unwrap()));
+}
+
+#[test]
 fn new_ids_round_trip_through_traceparent() {
     let (t, s) = (new_trace_id(), new_span_id());
     let tp = format_traceparent(&t, &s, 1);
