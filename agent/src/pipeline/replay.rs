@@ -65,9 +65,10 @@ const FIRST_FD: u32 = 100;
 const REQUEST_GAP_NS: u64 = 250_000;
 const SERVICE_TIME_NS: u64 = 40_000;
 /// The replay's clock and ids are fixed rather than taken from the host, so that its
-/// export requests, and what gzip makes of them, are the same bytes in every run: the
-/// monotonic time it starts at (an hour after boot), Unix time at boot
-/// (2026-12-05T00:00:00Z), and the seed of its ids.
+/// spans carry the same ids and timestamps in every run and gzip meets the same bytes
+/// (only the resource, read from this process, differs: its pid): the monotonic time it
+/// starts at (an hour after boot), Unix time at boot (2026-12-05T00:00:00Z), and the
+/// seed of its ids.
 const START_NS: u64 = 3_600_000_000_000;
 const BOOT_UNIX_NS: u64 = 1_796_428_800_000_000_000;
 const ID_SEED: u64 = 1;
@@ -104,6 +105,8 @@ impl Replay {
     /// A pipeline with the agent's defaults, its connections opened. Its spans carry the
     /// resource of this process, read from /proc as the agent reads a traced one's; they
     /// are exported even when this process's environment names an OpenTelemetry SDK.
+    /// Seeds the calling thread's ids for good (see [`ID_SEED`]): run the replay on the
+    /// thread that made it.
     pub fn new(service: Service) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let (red, _red_metrics) = red::new(red::Limits::default(), metrics.clone());

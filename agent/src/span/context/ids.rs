@@ -1,9 +1,11 @@
 //! Fresh trace and span ids.
 //!
 //! Each thread draws them from its own small generator (xoshiro256++), seeded once from
-//! the operating system's randomness, as the OpenTelemetry SDKs do: ids need to be unique
-//! and evenly spread for ratio sampling, not unguessable, and a locked, cryptographic
-//! generator per id would cost more than the rest of a span's ids and timestamps.
+//! the operating system's randomness through `rand`'s thread generator, as the
+//! OpenTelemetry Rust SDK's `RandomIdGenerator` does. Ids need to be unique and evenly
+//! spread for ratio sampling, not unguessable. Unlike `rand`'s thread generator, this one
+//! can be seeded: the replay behind `bench --instructions` fixes its ids that way, so
+//! what gzip makes of them, and the instruction count, repeat from run to run.
 
 use std::cell::RefCell;
 
@@ -37,9 +39,9 @@ fn nonzero<T: PartialEq + Default>(draw: impl Fn(&mut SmallRng) -> T) -> T {
     })
 }
 
-/// Makes this thread's ids from now on a fixed sequence: the replay of `bench
-/// --instructions` uses it so that what gzip makes of the ids, and so the instruction
-/// count, is the same from run to run.
+/// Makes this thread's ids from now on a fixed sequence, for good: only the replay of
+/// `bench --instructions` calls it, on its own thread.
+#[doc(hidden)]
 pub fn seed_this_thread(seed: u64) {
     IDS.with_borrow_mut(|rng| *rng = SmallRng::seed_from_u64(seed));
 }

@@ -218,9 +218,16 @@ fn a_seeded_thread_repeats_its_ids_and_another_seed_does_not() {
     assert_eq!(draw(7), first);
     assert_ne!(draw(8), first);
     assert!(first.iter().all(|(t, s)| t.is_valid() && s.is_valid()));
-    // Threads that were never seeded draw from the operating system's randomness.
-    let elsewhere = std::thread::spawn(|| (new_trace_id(), new_span_id())).join();
-    assert!(!first.contains(&elsewhere.unwrap()));
+    // Threads that were never seeded draw from the operating system's randomness: each
+    // starts somewhere else.
+    let fresh = || {
+        std::thread::spawn(|| (new_trace_id(), new_span_id()))
+            .join()
+            .unwrap()
+    };
+    let (one, other) = (fresh(), fresh());
+    assert_ne!(one, other);
+    assert!(!first.contains(&one) && !first.contains(&other));
 }
 
 #[test]
