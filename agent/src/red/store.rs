@@ -88,8 +88,7 @@ impl Store {
         let mut key = SeriesRef::of(resource, span);
         // A series of the route means the route was admitted: the route table is asked
         // only for a series not seen yet.
-        if let Some(histogram) = self.series.get_mut(&key) {
-            histogram.observe(duration, now);
+        if self.observe_existing(&key, duration, now) {
             return outcome;
         }
         if let Some(route) = key.route
@@ -97,8 +96,7 @@ impl Store {
         {
             key.route = Some(OTHER_ROUTE);
             outcome.folded = true;
-            if let Some(histogram) = self.series.get_mut(&key) {
-                histogram.observe(duration, now);
+            if self.observe_existing(&key, duration, now) {
                 return outcome;
             }
         }
@@ -108,8 +106,7 @@ impl Store {
             return outcome;
         }
         let key = key.overflow();
-        if let Some(histogram) = self.series.get_mut(&key) {
-            histogram.observe(duration, now);
+        if self.observe_existing(&key, duration, now) {
             outcome.overflow = true;
         } else if self.overflow_series < MAX_OVERFLOW_SERIES {
             self.overflow_series += 1;
@@ -119,6 +116,15 @@ impl Store {
             outcome.dropped = true;
         }
         outcome
+    }
+
+    /// Adds `duration` to the series of `key`, if there is one.
+    fn observe_existing(&mut self, key: &SeriesRef<'_>, duration: u64, now: u64) -> bool {
+        let Some(histogram) = self.series.get_mut(key) else {
+            return false;
+        };
+        histogram.observe(duration, now);
+        true
     }
 
     /// True when `route` already has series, or its service has room for one more route.
