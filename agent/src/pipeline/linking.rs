@@ -518,6 +518,12 @@ impl Linker {
         self.serving.sizes()
     }
 
+    /// Processes the request-in-flight lists are kept for, empty or not.
+    #[cfg(test)]
+    pub fn serving_processes(&self) -> usize {
+        self.serving.processes()
+    }
+
     #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
         (

@@ -59,15 +59,14 @@ impl Serving {
             });
     }
 
-    /// The server request `key` was answered (or given up).
+    /// The server request `key` was answered (or given up). An emptied list stays until
+    /// [`Self::expire`]: a server that answers each request before reading the next would
+    /// otherwise allocate and free its list once per request.
     pub fn finish(&mut self, key: &RequestKey) {
-        if let Some(list) = self.in_flight.get_mut(&key.tgid) {
-            if let Some(at) = list.iter().position(|f| f.key == *key) {
-                list.remove(at);
-            }
-            if list.is_empty() {
-                self.in_flight.remove(&key.tgid);
-            }
+        if let Some(list) = self.in_flight.get_mut(&key.tgid)
+            && let Some(at) = list.iter().position(|f| f.key == *key)
+        {
+            list.remove(at);
         }
     }
 
@@ -149,8 +148,9 @@ impl Serving {
         self.find(tgid, |f| Rc::ptr_eq(&f.node, node)).is_some()
     }
 
-    /// Forgets the reads of requests no longer in flight.
+    /// Forgets the reads of requests no longer in flight, and the emptied lists.
     pub fn expire(&mut self) {
+        self.in_flight.retain(|_, list| !list.is_empty());
         let in_flight = &self.in_flight;
         self.last_read.retain(|(tgid, _), key| {
             in_flight
@@ -162,6 +162,12 @@ impl Serving {
     pub fn forget_process(&mut self, tgid: u32) {
         self.in_flight.remove(&tgid);
         self.last_read.retain(|(t, _), _| *t != tgid);
+    }
+
+    /// Processes with a list of requests in flight, empty or not.
+    #[cfg(test)]
+    pub fn processes(&self) -> usize {
+        self.in_flight.len()
     }
 
     #[cfg(test)]

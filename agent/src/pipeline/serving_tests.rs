@@ -195,3 +195,29 @@ fn a_response_read_on_another_thread_than_its_request_wakes_nothing() {
     );
     assert_eq!(placement, ClientPlacement::Unplaced);
 }
+
+/// A server that answers each request before reading the next keeps one list for its
+/// requests in flight rather than a new one per request; housekeeping frees it once empty.
+#[test]
+fn an_emptied_in_flight_list_is_kept_until_housekeeping() {
+    let mut l = Linker::default();
+    for request_id in 0..3 {
+        l.server_start(key(10, request_id), 1, request_id + 1, None, None, None);
+        l.finish(&key(10, request_id));
+        assert_eq!(l.serving_processes(), 1, "kept after request {request_id}");
+        assert_eq!(l.serving_sizes().0, 0, "none in flight");
+    }
+    assert!(
+        l.serving(FRONT, 1).is_none(),
+        "an empty list serves nothing"
+    );
+    l.expire(10);
+    assert_eq!(
+        l.serving_processes(),
+        0,
+        "housekeeping frees the empty list"
+    );
+    l.server_start(key(10, 3), 1, 11, None, None, None);
+    l.expire(12);
+    assert_eq!(l.serving_processes(), 1, "a list in use stays");
+}
