@@ -38,7 +38,7 @@ fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> HttpRequest 
         minor_version: 1,
         headers: headers
             .iter()
-            .map(|(k, v)| (k.to_string().into(), v.to_string()))
+            .map(|(k, v)| (k.to_string().into(), (*v).into()))
             .collect(),
         body_len: 0,
         head_truncated: false,

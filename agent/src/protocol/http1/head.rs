@@ -4,8 +4,8 @@
 use std::{borrow::Cow, mem::MaybeUninit};
 
 use super::{
-    HeaderField, Http1Limits, HttpRequest, HttpResponse, KeepHeaders, MAX_HEADER_VALUE_BYTES,
-    SPAN_REQUEST_HEADERS, convention_method,
+    HeaderField, HeaderValue, Http1Limits, HttpRequest, HttpResponse, KeepHeaders,
+    MAX_HEADER_VALUE_BYTES, SPAN_REQUEST_HEADERS, convention_method,
 };
 use crate::span::context::PROPAGATION_HEADERS;
 
@@ -248,25 +248,37 @@ fn convert_headers(
                 None if all => Cow::Owned(bounded_text(h.name.as_bytes()).to_ascii_lowercase()),
                 None => return None,
             };
-            Some((name, bounded_text(h.value)))
+            Some((name, header_value(h.value)))
         })
         .collect()
 }
 
-fn bounded_text(bytes: &[u8]) -> String {
+/// The bytes as text, lossy where they are not UTF-8, cut to at most
+/// [`MAX_HEADER_VALUE_BYTES`] at a character boundary; borrowed when they were valid.
+fn bounded_text(bytes: &[u8]) -> Cow<'_, str> {
     // Valid UTF-8, nearly every value, is checked faster than the lossy decoder walks it.
     let mut text = match std::str::from_utf8(bytes) {
-        Ok(valid) => valid.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        Ok(valid) => Cow::Borrowed(valid),
+        Err(_) => String::from_utf8_lossy(bytes),
     };
     if text.len() > MAX_HEADER_VALUE_BYTES {
         let mut cut = MAX_HEADER_VALUE_BYTES;
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        text.truncate(cut);
+        match &mut text {
+            Cow::Borrowed(valid) => *valid = &valid[..cut],
+            Cow::Owned(lossy) => lossy.truncate(cut),
+        }
     }
     text
+}
+
+fn header_value(bytes: &[u8]) -> HeaderValue {
+    match bounded_text(bytes) {
+        Cow::Borrowed(text) => text.into(),
+        Cow::Owned(text) => text.into(),
+    }
 }
 
 /// Reads the body framing from all headers, not only the kept ones: a Content-Length past

@@ -22,11 +22,13 @@ mod body;
 pub mod head;
 mod session;
 mod stream;
+mod value;
 
 #[cfg(test)]
 mod tests;
 
 pub use session::Http1Session;
+pub use value::HeaderValue;
 
 use std::borrow::Cow;
 
@@ -90,7 +92,7 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
 
 /// One kept header: its lowercase name (a borrowed constant for the names spans use) and
 /// its value as text.
-pub type HeaderField = (Cow<'static, str>, String);
+pub type HeaderField = (Cow<'static, str>, HeaderValue);
 
 /// A parsed request head and the size of its body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

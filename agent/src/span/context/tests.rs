@@ -9,7 +9,7 @@ const B3_SPAN: &str = "e457b5a2e4d86bd1";
 fn h(pairs: &[(&str, &str)]) -> Vec<HeaderField> {
     pairs
         .iter()
-        .map(|(n, v)| (n.to_string().into(), v.to_string()))
+        .map(|(n, v)| (n.to_string().into(), (*v).into()))
         .collect()
 }
 
@@ -301,8 +301,8 @@ fn propagation_headers_name_everything_extract_reads() {
     for set in sets {
         let all: Vec<HeaderField> = set
             .iter()
-            .map(|(k, v)| (k.to_string().into(), v.to_string()))
-            .chain([("host".into(), "x".to_string())])
+            .map(|(k, v)| (k.to_string().into(), (*v).into()))
+            .chain([("host".into(), "x".into())])
             .collect();
         let kept: Vec<HeaderField> = all
             .iter()

@@ -300,6 +300,46 @@ fn long_header_values_are_cut() {
     assert_eq!(cookie.len(), crate::protocol::http1::MAX_HEADER_VALUE_BYTES);
 }
 
+/// Values are cut at a character boundary, bytes that are not UTF-8 become replacement
+/// characters, and the short values most requests carry are held inline.
+#[test]
+fn header_values_are_text_within_the_limit() {
+    let limit = crate::protocol::http1::MAX_HEADER_VALUE_BYTES;
+    let mut h = Harness::server();
+    let mut request =
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-Bytes: a\xffb\r\nX-Wide: ".to_vec();
+    // A two-byte character straddles the limit.
+    request.extend(std::iter::repeat_n(b'w', limit - 1));
+    request.extend("éé".as_bytes());
+    request.extend(b"\r\nUser-Agent: ");
+    request.extend(std::iter::repeat_n(b'u', 100));
+    request.extend(b"\r\n\r\n");
+    h.req(&request);
+    h.resp(OK_HELLO);
+    let ex = h.take_one();
+    let value = |name: &str| {
+        let (_, value) = ex
+            .request
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect(name);
+        value
+    };
+    assert_eq!(value("host"), "127.0.0.1:8080");
+    assert!(value("host").is_inline());
+    assert_eq!(value("x-bytes"), "a\u{fffd}b");
+    let wide = value("x-wide");
+    assert_eq!(
+        wide.len(),
+        limit - 1,
+        "cut before the character that crosses"
+    );
+    assert!(wide.bytes().all(|b| b == b'w'));
+    assert_eq!(value("user-agent").len(), 100);
+    assert!(!value("user-agent").is_inline());
+}
+
 #[test]
 fn stats_add_up_across_sessions() {
     let mut total = SessionStats::default();

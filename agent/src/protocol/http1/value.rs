@@ -1,0 +1,176 @@
+//! A kept header value: the text of the short ones inline, so the hosts and user agents of
+//! most requests cost no allocation of their own.
+
+use std::{fmt, ops::Deref};
+
+/// Bytes held inline: with the length and the variant's tag, the value is as large as a
+/// `String`.
+const INLINE: usize = 22;
+
+/// A header value as text, at most [`super::MAX_HEADER_VALUE_BYTES`] long once parsed.
+#[derive(Clone)]
+pub struct HeaderValue(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// `bytes[..len]` is valid UTF-8: only ever copied from a `&str` that short.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl HeaderValue {
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Inline { len, bytes } => {
+                // SAFETY: `from` copies a whole `&str` of at most INLINE bytes into an
+                // inline value, so its first `len` bytes are that string's UTF-8.
+                unsafe { std::str::from_utf8_unchecked(&bytes[..usize::from(*len)]) }
+            }
+            Repr::Heap(text) => text,
+        }
+    }
+}
+
+impl HeaderValue {
+    /// Whether the text is held inline rather than in an allocation of its own.
+    #[cfg(test)]
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(text: &str) -> Self {
+        if text.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            // The length fits: INLINE is below 256.
+            HeaderValue(Repr::Inline {
+                len: text.len() as u8,
+                bytes,
+            })
+        } else {
+            HeaderValue(Repr::Heap(text.into()))
+        }
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(text: String) -> Self {
+        if text.len() <= INLINE {
+            text.as_str().into()
+        } else {
+            HeaderValue(Repr::Heap(text.into_boxed_str()))
+        }
+    }
+}
+
+impl Default for HeaderValue {
+    fn default() -> Self {
+        "".into()
+    }
+}
+
+impl Deref for HeaderValue {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for HeaderValue {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for HeaderValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HeaderValue {}
+
+impl PartialEq<str> for HeaderValue {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HeaderValue {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_as_large_as_a_string() {
+        assert_eq!(size_of::<HeaderValue>(), size_of::<String>());
+    }
+
+    #[test]
+    fn keeps_every_length_and_character_it_is_given() {
+        let texts = [
+            String::new(),
+            "a".to_owned(),
+            "127.0.0.1:8080".to_owned(),
+            "x".repeat(INLINE),
+            "x".repeat(INLINE + 1),
+            // Multi-byte characters on both sides of the inline limit.
+            "é".repeat(INLINE / 2),
+            "é".repeat(INLINE / 2 + 1),
+            "python-requests/2.32.3 (bench) ✓".to_owned(),
+            "y".repeat(4096),
+        ];
+        for text in texts {
+            let borrowed = HeaderValue::from(text.as_str());
+            let owned = HeaderValue::from(text.clone());
+            assert_eq!(borrowed.as_str(), text);
+            assert_eq!(owned, borrowed);
+            assert_eq!(owned.len(), text.len());
+            assert_eq!(format!("{owned}"), text);
+            assert_eq!(format!("{owned:?}"), format!("{text:?}"));
+        }
+    }
+
+    #[test]
+    fn short_values_are_inline_and_long_ones_on_the_heap() {
+        assert!(matches!(
+            HeaderValue::from("x".repeat(INLINE)).0,
+            Repr::Inline { .. }
+        ));
+        assert!(matches!(
+            HeaderValue::from("x".repeat(INLINE + 1).as_str()).0,
+            Repr::Heap(_)
+        ));
+    }
+
+    #[test]
+    fn compares_by_text_whatever_its_storage() {
+        let inline = HeaderValue::from("abc");
+        assert_eq!(inline, "abc");
+        assert_ne!(inline, HeaderValue::from("abd"));
+        assert_eq!(HeaderValue::default(), "");
+    }
+}
