@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
             check_other_format(v, parse_b3_single, b3_single);
             check_other_format(v, parse_uber_trace_id, uber_trace_id);
         }
-        headers.push((name.trim().to_ascii_lowercase().into(), value.to_owned()));
+        headers.push((name.trim().to_ascii_lowercase().into(), value.into()));
     }
     if let Some(ctx) = extract(&headers) {
         assert!(ctx.is_remote);

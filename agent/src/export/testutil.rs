@@ -45,7 +45,7 @@ pub fn http_span(kind: SpanKind, status: Option<u16>) -> HttpSpan {
         end_unix_ns: 1_700_000_000_012_300_000,
         method: "GET",
         method_original: None,
-        path: "/users/7".to_owned(),
+        path: "/users/7".into(),
         query: None,
         scheme: "http",
         route: None,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::{
     events::clock::Clock,
     protocol::{
-        Role,
+        InlineText, Role,
         http1::{ExchangeOutcome, HttpExchange, convention_method},
     },
     span::{HttpSpan, SpanAttributes, SpanKind, route::RouteMatcher},
@@ -201,9 +201,9 @@ fn timing(exchange: &HttpExchange) -> (u64, u64) {
 
 /// Splits a request target into path and query; absolute-form targets (proxies) lose
 /// their scheme and authority.
-fn split_target(target: String) -> (String, Option<String>) {
+fn split_target(target: InlineText) -> (InlineText, Option<String>) {
     // Origin-form (`/path`), nearly every request, has no authority to look for, and
-    // without query or fragment it is the path: the target's own allocation.
+    // without query or fragment it is the path as it was parsed.
     if target.starts_with('/') && !target.contains(['?', '#']) {
         return (target, None);
     }
@@ -222,8 +222,8 @@ fn split_target(target: String) -> (String, Option<String>) {
     };
     let target = target.split('#').next().unwrap_or(target);
     match target.split_once('?') {
-        Some((path, query)) => (path.to_string(), Some(query.to_string())),
-        None => (target.to_string(), None),
+        Some((path, query)) => (path.into(), Some(query.to_string())),
+        None => (target.into(), None),
     }
 }
 

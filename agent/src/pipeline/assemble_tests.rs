@@ -321,12 +321,15 @@ fn odd_methods_and_hosts() {
     assert_eq!(parse_host("example.com"), Some(("example.com", None)));
     assert_eq!(parse_host(""), None);
     assert_eq!(split_target("/a#frag".into()), ("/a".into(), None));
-    // A plain origin-form target becomes the path without a copy.
-    let target = String::from("/orders/42");
+    // A plain origin-form target becomes the path without a copy: a long one keeps its
+    // allocation, a short one stays inline.
+    let target = InlineText::from("/orders/42/lines/7/history");
     let at = target.as_ptr();
     let (path, query) = split_target(target);
-    assert_eq!((path.as_str(), query), ("/orders/42", None));
+    assert_eq!((path.as_str(), query), ("/orders/42/lines/7/history", None));
     assert_eq!(path.as_ptr(), at);
+    let (path, _) = split_target("/orders/42".into());
+    assert!(path.is_inline());
     // A URL in an origin-form target's query or path is no authority to strip.
     assert_eq!(
         split_target("/login?next=http://evil/x".into()),

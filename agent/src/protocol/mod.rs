@@ -5,6 +5,9 @@
 //! carry no bytes at all (sendfile), and must keep their framing in step with the unseen tail.
 
 pub mod http1;
+mod text;
+
+pub use text::InlineText;
 
 /// Which way bytes moved, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

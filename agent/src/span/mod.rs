@@ -5,6 +5,8 @@ pub mod route;
 
 use std::sync::Arc;
 
+use crate::protocol::InlineText;
+
 /// A W3C trace id. All zeroes is invalid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct TraceId(pub [u8; 16]);
@@ -64,7 +66,7 @@ pub struct HttpSpan {
     /// `http.request.method_original`, set only when `method` is `_OTHER`.
     pub method_original: Option<String>,
     /// `url.path`.
-    pub path: String,
+    pub path: InlineText,
     /// `url.query`, already redacted.
     pub query: Option<String>,
     /// `url.scheme`.

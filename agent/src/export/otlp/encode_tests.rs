@@ -89,7 +89,7 @@ fn large_batches_stay_valid() {
     let batch: Vec<_> = (0..2000u32)
         .map(|i| {
             let mut span = http_span(SpanKind::Server, Some(200 + (i % 400) as u16));
-            span.path = format!("/item/{i}");
+            span.path = format!("/item/{i}").into();
             finished(&web, span)
         })
         .collect();

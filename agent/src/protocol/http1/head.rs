@@ -4,10 +4,10 @@
 use std::{borrow::Cow, mem::MaybeUninit};
 
 use super::{
-    HeaderField, HeaderValue, Http1Limits, HttpRequest, HttpResponse, KeepHeaders,
-    MAX_HEADER_VALUE_BYTES, SPAN_REQUEST_HEADERS, convention_method,
+    HeaderField, Http1Limits, HttpRequest, HttpResponse, KeepHeaders, MAX_HEADER_VALUE_BYTES,
+    SPAN_REQUEST_HEADERS, convention_method,
 };
-use crate::span::context::PROPAGATION_HEADERS;
+use crate::{protocol::InlineText, span::context::PROPAGATION_HEADERS};
 
 /// Why a head could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -165,7 +165,7 @@ fn parse_request(buf: &[u8], limits: &Http1Limits) -> HeadParse<RequestHead> {
                     framing: framing_of(req.headers),
                     request: HttpRequest {
                         method: method_text(req.method.unwrap_or_default()),
-                        target: req.path.unwrap_or_default().to_owned(),
+                        target: req.path.unwrap_or_default().into(),
                         minor_version: req.version.unwrap_or(1),
                         headers: convert_headers(req.headers, limits, keep_request_header),
                         body_len: 0,
@@ -274,7 +274,7 @@ fn bounded_text(bytes: &[u8]) -> Cow<'_, str> {
     text
 }
 
-fn header_value(bytes: &[u8]) -> HeaderValue {
+fn header_value(bytes: &[u8]) -> InlineText {
     match bounded_text(bytes) {
         Cow::Borrowed(text) => text.into(),
         Cow::Owned(text) => text.into(),
@@ -365,7 +365,7 @@ fn salvage_request_line(buf: &[u8]) -> Option<RequestHead> {
     Some(RequestHead {
         request: HttpRequest {
             method: method_text(&String::from_utf8_lossy(method)),
-            target: String::from_utf8_lossy(target).into_owned(),
+            target: String::from_utf8_lossy(target).into_owned().into(),
             minor_version,
             headers: Vec::new(),
             body_len: 0,

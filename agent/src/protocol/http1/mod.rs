@@ -22,17 +22,15 @@ mod body;
 pub mod head;
 mod session;
 mod stream;
-mod value;
 
 #[cfg(test)]
 mod tests;
 
 pub use session::Http1Session;
-pub use value::HeaderValue;
 
 use std::borrow::Cow;
 
-use super::{Chunk, Direction, Role};
+use super::{Chunk, Direction, InlineText, Role};
 
 /// Bounds on what one session keeps in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +90,7 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
 
 /// One kept header: its lowercase name (a borrowed constant for the names spans use) and
 /// its value as text.
-pub type HeaderField = (Cow<'static, str>, HeaderValue);
+pub type HeaderField = (Cow<'static, str>, InlineText);
 
 /// A parsed request head and the size of its body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -100,7 +98,7 @@ pub struct HttpRequest {
     /// Borrowed for the [`CONVENTION_METHODS`], so the common ones cost no allocation.
     pub method: Cow<'static, str>,
     /// The raw request-target, as sent.
-    pub target: String,
+    pub target: InlineText,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Names lowercased, values as text (lossy UTF-8, at most [`MAX_HEADER_VALUE_BYTES`]),

@@ -129,14 +129,14 @@ fn client_spans_carry_the_full_url() {
     assert_eq!(url(&span), None, "no host, no URL");
     // A proxy's client names the whole URL; CONNECT and OPTIONS * name none.
     span.server_address = Some("proxy.local".into());
-    span.path = "http://api.local/users/7".to_owned();
+    span.path = "http://api.local/users/7".into();
     span.query = Some("q=REDACTED".to_owned());
     assert_eq!(
         url(&span).as_deref(),
         Some("http://api.local/users/7?q=REDACTED")
     );
     for target in ["api.local:443", "*"] {
-        span.path = target.to_owned();
+        span.path = target.into();
         assert_eq!(url(&span), None, "{target}");
     }
     let mut server = http_span(SpanKind::Server, Some(200));

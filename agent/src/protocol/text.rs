@@ -1,5 +1,6 @@
-//! A kept header value: the text of the short ones inline, so the hosts and user agents of
-//! most requests cost no allocation of their own.
+//! Text taken from the wire and kept past its buffer (header values, request targets): the
+//! short ones inline, so the hosts, user agents and paths of most requests cost no
+//! allocation of their own.
 
 use std::{fmt, ops::Deref};
 
@@ -7,9 +8,9 @@ use std::{fmt, ops::Deref};
 /// `String`.
 const INLINE: usize = 22;
 
-/// A header value as text, at most [`super::MAX_HEADER_VALUE_BYTES`] long once parsed.
+/// Text up to [`INLINE`] bytes long held in place, longer text in a boxed `str`.
 #[derive(Clone)]
-pub struct HeaderValue(Repr);
+pub struct InlineText(Repr);
 
 #[derive(Clone)]
 enum Repr {
@@ -21,7 +22,7 @@ enum Repr {
     Heap(Box<str>),
 }
 
-impl HeaderValue {
+impl InlineText {
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Inline { len, bytes } => {
@@ -34,7 +35,7 @@ impl HeaderValue {
     }
 }
 
-impl HeaderValue {
+impl InlineText {
     /// Whether the text is held inline rather than in an allocation of its own.
     #[cfg(test)]
     pub fn is_inline(&self) -> bool {
@@ -42,39 +43,39 @@ impl HeaderValue {
     }
 }
 
-impl From<&str> for HeaderValue {
+impl From<&str> for InlineText {
     fn from(text: &str) -> Self {
         if text.len() <= INLINE {
             let mut bytes = [0; INLINE];
             bytes[..text.len()].copy_from_slice(text.as_bytes());
             // The length fits: INLINE is below 256.
-            HeaderValue(Repr::Inline {
+            InlineText(Repr::Inline {
                 len: text.len() as u8,
                 bytes,
             })
         } else {
-            HeaderValue(Repr::Heap(text.into()))
+            InlineText(Repr::Heap(text.into()))
         }
     }
 }
 
-impl From<String> for HeaderValue {
+impl From<String> for InlineText {
     fn from(text: String) -> Self {
         if text.len() <= INLINE {
             text.as_str().into()
         } else {
-            HeaderValue(Repr::Heap(text.into_boxed_str()))
+            InlineText(Repr::Heap(text.into_boxed_str()))
         }
     }
 }
 
-impl Default for HeaderValue {
+impl Default for InlineText {
     fn default() -> Self {
         "".into()
     }
 }
 
-impl Deref for HeaderValue {
+impl Deref for InlineText {
     type Target = str;
 
     fn deref(&self) -> &str {
@@ -82,39 +83,39 @@ impl Deref for HeaderValue {
     }
 }
 
-impl AsRef<str> for HeaderValue {
+impl AsRef<str> for InlineText {
     fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl PartialEq for HeaderValue {
+impl PartialEq for InlineText {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
     }
 }
 
-impl Eq for HeaderValue {}
+impl Eq for InlineText {}
 
-impl PartialEq<str> for HeaderValue {
+impl PartialEq<str> for InlineText {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
     }
 }
 
-impl PartialEq<&str> for HeaderValue {
+impl PartialEq<&str> for InlineText {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
 }
 
-impl fmt::Debug for HeaderValue {
+impl fmt::Debug for InlineText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
-impl fmt::Display for HeaderValue {
+impl fmt::Display for InlineText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -126,7 +127,7 @@ mod tests {
 
     #[test]
     fn is_as_large_as_a_string() {
-        assert_eq!(size_of::<HeaderValue>(), size_of::<String>());
+        assert_eq!(size_of::<InlineText>(), size_of::<String>());
     }
 
     #[test]
@@ -144,8 +145,8 @@ mod tests {
             "y".repeat(4096),
         ];
         for text in texts {
-            let borrowed = HeaderValue::from(text.as_str());
-            let owned = HeaderValue::from(text.clone());
+            let borrowed = InlineText::from(text.as_str());
+            let owned = InlineText::from(text.clone());
             assert_eq!(borrowed.as_str(), text);
             assert_eq!(owned, borrowed);
             assert_eq!(owned.len(), text.len());
@@ -157,20 +158,20 @@ mod tests {
     #[test]
     fn short_values_are_inline_and_long_ones_on_the_heap() {
         assert!(matches!(
-            HeaderValue::from("x".repeat(INLINE)).0,
+            InlineText::from("x".repeat(INLINE)).0,
             Repr::Inline { .. }
         ));
         assert!(matches!(
-            HeaderValue::from("x".repeat(INLINE + 1).as_str()).0,
+            InlineText::from("x".repeat(INLINE + 1).as_str()).0,
             Repr::Heap(_)
         ));
     }
 
     #[test]
     fn compares_by_text_whatever_its_storage() {
-        let inline = HeaderValue::from("abc");
+        let inline = InlineText::from("abc");
         assert_eq!(inline, "abc");
-        assert_ne!(inline, HeaderValue::from("abd"));
-        assert_eq!(HeaderValue::default(), "");
+        assert_ne!(inline, InlineText::from("abd"));
+        assert_eq!(InlineText::default(), "");
     }
 }
