@@ -1,5 +1,7 @@
 use super::*;
 use crate::protocol::http1::HttpExchange;
+use hashbrown::HashSet;
+use std::hash::BuildHasher as _;
 
 fn tuple_v4() -> ConnTuple {
     let mut t = ConnTuple {
@@ -415,4 +417,57 @@ fn an_alias_opened_over_an_unclosed_connection_hands_that_connection_back() {
     );
     assert_eq!(table.resolve(key(6), 32), (key(6), 32));
     assert!(table.aliases_of(&key(0)).is_empty());
+}
+
+/// Ends hash consistently with their equality, whatever their family, and the packed
+/// hash of two IPv4 ends loses no field.
+#[test]
+fn ends_hash_consistently_and_every_field_counts() {
+    let v4 = |a: [u8; 4], p: u16| SocketAddr::from((a, p));
+    let v6 = |p: u16| SocketAddr::from((Ipv6Addr::LOCALHOST, p));
+    let base = Ends {
+        local: v4([127, 0, 0, 1], 8080),
+        remote: v4([127, 0, 0, 1], 40000),
+        scope: 7,
+    };
+    let with_local = |local| Ends { local, ..base };
+    let with_remote = |remote| Ends { remote, ..base };
+    let all = [
+        base,
+        base.mirrored(),
+        Ends { scope: 8, ..base },
+        Ends { scope: 0, ..base },
+        with_local(v4([127, 0, 0, 2], 8080)),
+        with_local(v4([127, 0, 0, 1], 8081)),
+        with_remote(v4([10, 0, 0, 1], 40000)),
+        with_remote(v4([127, 0, 0, 1], 40001)),
+        Ends {
+            local: v6(8080),
+            ..base
+        },
+        Ends {
+            local: v6(8080),
+            remote: v6(40000),
+            scope: 7,
+        },
+        Ends {
+            local: v6(8080),
+            remote: v6(40000),
+            scope: 8,
+        },
+    ];
+    let mut table: HashMap<Ends, usize> = HashMap::new();
+    for (i, ends) in all.iter().enumerate() {
+        assert_eq!(
+            table.insert(*ends, i),
+            None,
+            "{ends:?} collided with an earlier key"
+        );
+    }
+    for (i, ends) in all.iter().enumerate() {
+        let copy = Ends { ..*ends };
+        assert_eq!(table.get(&copy), Some(&i));
+    }
+    let hashes: HashSet<u64> = all.iter().map(|e| table.hasher().hash_one(e)).collect();
+    assert_eq!(hashes.len(), all.len(), "two different ends hashed alike");
 }
