@@ -2,7 +2,7 @@
 //! short ones inline, so the hosts, user agents and paths of most requests cost no
 //! allocation of their own.
 
-use std::{fmt, ops::Deref};
+use std::{borrow::Cow, fmt, ops::Deref};
 
 /// Bytes held inline: with the length and the variant's tag, the value is as large as a
 /// `String`.
@@ -26,16 +26,16 @@ impl InlineText {
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Inline { len, bytes } => {
-                // SAFETY: `from` copies a whole `&str` of at most INLINE bytes into an
-                // inline value, so its first `len` bytes are that string's UTF-8.
+                // SAFETY: the only constructor of an inline value, `From<&str>`, copies
+                // a whole `&str` of at most INLINE bytes and sets `len` to its length;
+                // `Repr` is private and nothing hands out its bytes mutably, so the first
+                // `len` bytes stay that string's UTF-8.
                 unsafe { std::str::from_utf8_unchecked(&bytes[..usize::from(*len)]) }
             }
             Repr::Heap(text) => text,
         }
     }
-}
 
-impl InlineText {
     /// Whether the text is held inline rather than in an allocation of its own.
     #[cfg(test)]
     pub fn is_inline(&self) -> bool {
@@ -65,6 +65,15 @@ impl From<String> for InlineText {
             text.as_str().into()
         } else {
             InlineText(Repr::Heap(text.into_boxed_str()))
+        }
+    }
+}
+
+impl From<Cow<'_, str>> for InlineText {
+    fn from(text: Cow<'_, str>) -> Self {
+        match text {
+            Cow::Borrowed(text) => text.into(),
+            Cow::Owned(text) => text.into(),
         }
     }
 }
@@ -157,14 +166,17 @@ mod tests {
 
     #[test]
     fn short_values_are_inline_and_long_ones_on_the_heap() {
-        assert!(matches!(
-            InlineText::from("x".repeat(INLINE)).0,
-            Repr::Inline { .. }
-        ));
-        assert!(matches!(
-            InlineText::from("x".repeat(INLINE + 1).as_str()).0,
-            Repr::Heap(_)
-        ));
+        for len in [0, 1, INLINE, INLINE + 1, 100] {
+            let text = "x".repeat(len);
+            let inline = len <= INLINE;
+            assert_eq!(InlineText::from(text.as_str()).is_inline(), inline, "{len}");
+            assert_eq!(InlineText::from(text.clone()).is_inline(), inline, "{len}");
+            assert_eq!(
+                InlineText::from(Cow::Owned(text)).is_inline(),
+                inline,
+                "{len}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::{
     HeaderField, Http1Limits, HttpRequest, HttpResponse, KeepHeaders, MAX_HEADER_VALUE_BYTES,
     SPAN_REQUEST_HEADERS, convention_method,
 };
-use crate::{protocol::InlineText, span::context::PROPAGATION_HEADERS};
+use crate::span::context::PROPAGATION_HEADERS;
 
 /// Why a head could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -248,7 +248,7 @@ fn convert_headers(
                 None if all => Cow::Owned(bounded_text(h.name.as_bytes()).to_ascii_lowercase()),
                 None => return None,
             };
-            Some((name, header_value(h.value)))
+            Some((name, bounded_text(h.value).into()))
         })
         .collect()
 }
@@ -275,13 +275,6 @@ fn bounded_text(bytes: &[u8]) -> Cow<'_, str> {
         }
     }
     text
-}
-
-fn header_value(bytes: &[u8]) -> InlineText {
-    match bounded_text(bytes) {
-        Cow::Borrowed(text) => text.into(),
-        Cow::Owned(text) => text.into(),
-    }
 }
 
 /// Reads the body framing from all headers, not only the kept ones: a Content-Length past
@@ -368,7 +361,7 @@ fn salvage_request_line(buf: &[u8]) -> Option<RequestHead> {
     Some(RequestHead {
         request: HttpRequest {
             method: method_text(&String::from_utf8_lossy(method)),
-            target: String::from_utf8_lossy(target).into_owned().into(),
+            target: String::from_utf8_lossy(target).into(),
             minor_version,
             headers: Vec::new(),
             body_len: 0,

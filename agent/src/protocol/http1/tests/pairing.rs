@@ -311,6 +311,9 @@ fn header_values_are_text_within_the_limit() {
     // A two-byte character straddles the limit.
     request.extend(std::iter::repeat_n(b'w', limit - 1));
     request.extend("éé".as_bytes());
+    // Not UTF-8 and over the limit: decoded with replacement characters, then cut.
+    request.extend(b"\r\nX-Lossy: \xff");
+    request.extend(std::iter::repeat_n(b'w', limit));
     request.extend(b"\r\nUser-Agent: ");
     request.extend(std::iter::repeat_n(b'u', 100));
     request.extend(b"\r\n\r\n");
@@ -336,6 +339,9 @@ fn header_values_are_text_within_the_limit() {
         "cut before the character that crosses"
     );
     assert!(wide.bytes().all(|b| b == b'w'));
+    let lossy = value("x-lossy");
+    assert_eq!(lossy.len(), limit, "cut to the limit after decoding");
+    assert!(lossy.starts_with('\u{fffd}'));
     assert_eq!(value("user-agent").len(), 100);
     assert!(!value("user-agent").is_inline());
 }
