@@ -180,14 +180,21 @@ fn initramfs(dir: &Path) -> PathBuf {
 fn boot(kernel: &Path, initramfs: &Path, log: &Path) -> String {
     let out = fs::File::create(log).expect("console log");
     let mut guest = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1024"])
+        // One host thread runs both vCPUs. With a thread each, a vCPU could keep running
+        // its stale translation of a jump label the other had just patched: the guest's
+        // kernel then met an int3 that memory no longer held, retried it forever, and both
+        // vCPUs soft-locked when loupe's exit switched the syscall tracepoints off (2 boots
+        // in 157 on QEMU 7.2). Real CPUs serialise on the kernel's sync-core IPI.
+        .args(["-accel", "tcg,thread=single"])
+        .args(["-cpu", "max", "-smp", "2", "-m", "1024"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
         .args([
             "-append",
-            "console=ttyS0 quiet panic=-1",
+            // Warnings reach the console, and a soft lockup shows every CPU's stack.
+            "console=ttyS0 quiet loglevel=5 panic=-1 softlockup_all_cpu_backtrace=1",
             "-nographic",
             "-no-reboot",
         ])
