@@ -315,6 +315,13 @@ fn count_only_mode_stores_nothing() {
     );
     assert_eq!(receiver.span_count(), 2);
     assert!(receiver.requests().is_empty());
+    // Counting without decoding still refuses what is not an export request.
+    let cut = &body[..body.len() - 1];
+    assert_eq!(
+        http(&receiver, "POST", "/v1/traces", &[PROTOBUF], cut).0,
+        400
+    );
+    assert_eq!(receiver.span_count(), 2);
 }
 
 #[test]

@@ -109,6 +109,11 @@ impl Sink {
         otlp_env(&format!("http://{}", self.addr()), self.protocol)
     }
 
+    /// CPU time the sink has used so far.
+    pub fn cpu(&self) -> Option<Duration> {
+        procfs::cpu_time(self.guard.pid())
+    }
+
     /// Spans received so far.
     pub fn count(&self) -> Option<u64> {
         let response = http::get(self.http, "/count", HTTP_TIMEOUT).ok()?;
@@ -135,6 +140,7 @@ pub struct Snapshot {
     /// Spans accepted for export and not yet delivered or dropped.
     queued: Option<f64>,
     sink: Option<u64>,
+    sink_cpu: Option<Duration>,
     bpf: Option<ProgStats>,
     /// The same by program name.
     programs: BTreeMap<String, ProgStats>,
@@ -147,6 +153,7 @@ impl Snapshot {
             Some(now? - then?)
         }
         let cpu = |s: &Snapshot| s.cpu.map(|d| d.as_secs_f64());
+        let sink_cpu = |s: &Snapshot| s.sink_cpu.map(|d| d.as_secs_f64());
         let sink = |s: &Snapshot| s.sink.map(|n| n as f64);
         let bpf_ns = |s: &Snapshot| s.bpf.map(|b| b.run_time_ns as f64);
         let bpf_runs = |s: &Snapshot| s.bpf.map(|b| b.run_cnt as f64);
@@ -157,6 +164,7 @@ impl Snapshot {
             ringbuf_drops: delta(self.drops, earlier.drops),
             spans_dropped: delta(self.dropped_spans, earlier.dropped_spans),
             sink_received: delta(sink(self), sink(earlier)),
+            sink_cpu_seconds: delta(sink_cpu(self), sink_cpu(earlier)),
             bpf_run_ns: delta(bpf_ns(self), bpf_ns(earlier)),
             bpf_runs: delta(bpf_runs(self), bpf_runs(earlier)),
             programs: programs::since(&self.programs, &earlier.programs),
@@ -339,6 +347,7 @@ impl Agent {
             dropped_spans: get("loupe_spans_dropped_total"),
             queued: get("loupe_export_queue_spans"),
             sink: sink.count(),
+            sink_cpu: sink.cpu(),
             bpf: programs.as_ref().map(|p| procfs::bpf_totals(p.values())),
             programs: programs.map_or_else(BTreeMap::new, |p| self.by_name(&p)),
         }
@@ -479,6 +488,7 @@ mod tests {
             dropped_spans: Some(0.0),
             queued: Some(12.0),
             sink: Some(90),
+            sink_cpu: Some(Duration::from_millis(200)),
             bpf: Some(ProgStats {
                 run_time_ns: 1_000,
                 run_cnt: 10,
@@ -497,6 +507,7 @@ mod tests {
             dropped_spans: Some(30.0),
             queued: Some(0.0),
             sink: Some(10_090),
+            sink_cpu: None,
             bpf: Some(ProgStats {
                 run_time_ns: 51_000,
                 run_cnt: 110,
@@ -515,6 +526,7 @@ mod tests {
         assert_eq!(phase.ringbuf_drops, Some(0.0));
         assert_eq!(phase.spans_dropped, Some(30.0));
         assert_eq!(phase.sink_received, Some(10_000.0));
+        assert_eq!(phase.sink_cpu_seconds, None);
         assert_eq!(phase.bpf_run_ns, Some(50_000.0));
         assert_eq!(phase.bpf_runs, Some(100.0));
         assert_eq!(

@@ -23,6 +23,8 @@ pub struct AgentPhase {
     /// Spans the agent made but lost: export queue full or export failed.
     pub spans_dropped: Option<f64>,
     pub sink_received: Option<f64>,
+    /// CPU the OTLP sink used: what the stand-in collector cost the host, not loupe.
+    pub sink_cpu_seconds: Option<f64>,
     /// Kernel time spent in the agent's eBPF programs (only with --bpf-stats).
     pub bpf_run_ns: Option<f64>,
     pub bpf_runs: Option<f64>,
@@ -234,6 +236,10 @@ pub fn table(settings: &Settings, rounds: &[Round], summary: &Summary) -> String
             pair(s.cpu_s_per_100k, s.cpu_s_per_100k_fixed, 3),
         ),
         (
+            "OTLP sink CPU s per 100k requests at the fixed rate (not loupe's)".into(),
+            opt(s.sink_cpu_s_per_100k_fixed, 3),
+        ),
+        (
             "agent RSS, steady / peak (MiB)".into(),
             pair(s.steady_rss_mib, s.peak_rss_mib, 1),
         ),
@@ -338,6 +344,7 @@ fn mode_json(mode: &ModeRun) -> Value {
             "ringbuf_drops": p.ringbuf_drops,
             "spans_dropped": p.spans_dropped,
             "sink_received": p.sink_received,
+            "sink_cpu_seconds": p.sink_cpu_seconds,
             "bpf_run_ns": p.bpf_run_ns,
             "bpf_runs": p.bpf_runs,
             "bpf_by_program": programs::phase_json(&p.programs),
@@ -407,6 +414,7 @@ pub fn json(settings: &Settings, rounds: &[Round], s: &Summary) -> Value {
             "untraced_service_cpu_ratio": s.untraced_service_cpu_ratio,
             "agent_cpu_s_per_100k_requests": s.cpu_s_per_100k,
             "agent_cpu_s_per_100k_requests_fixed_rate": s.cpu_s_per_100k_fixed,
+            "sink_cpu_s_per_100k_requests_fixed_rate": s.sink_cpu_s_per_100k_fixed,
             "agent_peak_rss_mib": s.peak_rss_mib,
             "agent_steady_rss_mib": s.steady_rss_mib,
             "agent_steady_anon_rss_mib": s.steady_anon_mib,

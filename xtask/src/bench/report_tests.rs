@@ -45,6 +45,7 @@ fn agent(cpu_closed: f64, cpu_fixed: f64, exported_fixed: f64, rss_kib: u64) -> 
             cpu_seconds: Some(cpu_fixed),
             spans_exported: Some(exported_fixed),
             sink_received: Some(exported_fixed),
+            sink_cpu_seconds: Some(cpu_fixed / 5.0),
             ringbuf_drops: Some(0.0),
             ..AgentPhase::default()
         },
@@ -109,6 +110,8 @@ fn summary_uses_medians_and_totals() {
     let cpu = s.cpu_s_per_100k.unwrap_or(0.0);
     assert!((cpu - 4.8 / 2_850_000.0 * 1e5).abs() < 1e-9);
     assert_eq!(s.cpu_s_per_100k_fixed, Some(0.5));
+    let sink_cpu = s.sink_cpu_s_per_100k_fixed.unwrap_or(0.0);
+    assert!((sink_cpu - 0.1).abs() < 1e-9);
     assert_eq!(s.peak_rss_mib, Some(30.0));
     // Steady RSS is the median over rounds: 10, 15 and 12.5 MiB.
     assert_eq!(s.steady_rss_mib, Some(12.5));

@@ -22,6 +22,8 @@ pub struct Summary {
     pub fixed_rate_with: Option<f64>,
     pub cpu_s_per_100k: Option<f64>,
     pub cpu_s_per_100k_fixed: Option<f64>,
+    /// The OTLP sink's, over the same fixed-rate phases.
+    pub sink_cpu_s_per_100k_fixed: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     pub steady_rss_mib: Option<f64>,
     pub steady_anon_mib: Option<f64>,
@@ -189,6 +191,10 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         untraced_service_cpu_ratio: ratio(service_cpu_us(&untraced), service_cpu_us_without),
         cpu_s_per_100k: per_100k(phases(|p| p.cpu_seconds, Which::Both), all_requests),
         cpu_s_per_100k_fixed: per_100k(phases(|p| p.cpu_seconds, Which::Fixed), fixed_requests),
+        sink_cpu_s_per_100k_fixed: per_100k(
+            phases(|p| p.sink_cpu_seconds, Which::Fixed),
+            fixed_requests,
+        ),
         peak_rss_mib,
         steady_rss_mib,
         steady_anon_mib,
