@@ -21,6 +21,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Latency samples kept per connection; more are counted but not stored.
 const MAX_SAMPLES_PER_CONNECTION: usize = 2_000_000;
 const READ_BUFFER: usize = MAX_HEAD + 64 * 1024;
+/// Requests answered more than this long after they were due are listed one by one.
+pub const LATE_AFTER_US: u32 = 1_500;
+/// Late requests listed at most; later ones are only in the latencies.
+const MAX_LATE: usize = 200_000;
 
 #[derive(Debug, Clone)]
 pub struct PacedConfig {
@@ -41,6 +45,20 @@ pub struct PacedResult {
     pub p50_us: Option<u32>,
     pub p99_us: Option<u32>,
     pub max_us: Option<u32>,
+    /// Requests answered more than [`LATE_AFTER_US`] after they were due, in the order
+    /// their responses completed.
+    pub late: Vec<LateRequest>,
+}
+
+/// One request answered more than [`LATE_AFTER_US`] after it was due: when the stalls
+/// that make a p99 happened, to line up with a trace of the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateRequest {
+    /// When it was due, from the start of the load.
+    pub due_us: u64,
+    pub latency_us: u32,
+    /// When its response completed, on `CLOCK_MONOTONIC` (ftrace's `mono` clock).
+    pub done_monotonic_us: u64,
 }
 
 impl PacedResult {
@@ -244,13 +262,19 @@ mod tests {
         });
     }
 
-    fn local_server(response: &'static [u8], close_every: usize) -> SocketAddr {
+    /// A listener on a free loopback port.
+    fn listen() -> (TcpListener, SocketAddr) {
         let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
             panic!("bind");
         };
         let Ok(addr) = listener.local_addr() else {
             panic!("addr");
         };
+        (listener, addr)
+    }
+
+    fn local_server(response: &'static [u8], close_every: usize) -> SocketAddr {
+        let (listener, addr) = listen();
         serve(listener, response, close_every);
         addr
     }
@@ -270,6 +294,55 @@ mod tests {
         assert_eq!(result.non_2xx, 0);
         assert!(result.p50_us.is_some() && result.p99_us >= result.p50_us);
         assert!(result.max_us >= result.p99_us);
+    }
+
+    #[test]
+    fn late_requests_are_listed_with_when_they_completed() {
+        // Answers every request 5 ms after it arrives.
+        let (listener, addr) = listen();
+        std::thread::spawn(move || {
+            let Some(Ok(mut conn)) = listener.incoming().next() else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+                std::thread::sleep(Duration::from_millis(5));
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                if conn.write_all(answer).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let before = paced::monotonic_us();
+        let result = run(&PacedConfig {
+            addr,
+            rate: 50,
+            connections: 1,
+            duration: Duration::from_millis(200),
+        });
+        let after = paced::monotonic_us();
+        // The clock is CLOCK_MONOTONIC in microseconds: it moved as much as Instant did
+        // (each reading truncated to a microsecond).
+        let elapsed = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let moved = after - before;
+        assert!(
+            moved <= elapsed + 2 && elapsed < moved + 20_000,
+            "{moved} {elapsed}"
+        );
+        assert_eq!(result.completed, 10);
+        assert_eq!(result.late.len(), 10);
+        for (i, late) in result.late.iter().enumerate() {
+            assert!(late.due_us.abs_diff(i as u64 * 20_000) <= 1, "{late:?}");
+            assert!(late.latency_us >= 5_000, "{late:?}");
+            assert!((before..=after).contains(&late.done_monotonic_us));
+        }
+        assert!(
+            result
+                .late
+                .windows(2)
+                .all(|pair| pair[0].done_monotonic_us < pair[1].done_monotonic_us)
+        );
     }
 
     #[test]
@@ -308,12 +381,7 @@ mod tests {
     #[test]
     fn requests_that_time_out_free_their_lane_for_the_overdue_ones() {
         // Accepts and never answers.
-        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
-            panic!("bind");
-        };
-        let Ok(addr) = listener.local_addr() else {
-            panic!("addr");
-        };
+        let (listener, addr) = listen();
         std::thread::spawn(move || {
             let held: Vec<_> = listener.incoming().take(8).flatten().collect();
             std::thread::sleep(Duration::from_secs(5));

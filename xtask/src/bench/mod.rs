@@ -132,6 +132,13 @@ pub struct BenchArgs {
     /// seconds and report whether its RSS stays flat.
     #[arg(long, value_name = "SECONDS", conflicts_with_all = ["baseline_only", "completeness", "all"])]
     pub soak: Option<u64>,
+    /// With --soak: write each request answered more than 1.5 ms after it was due to this
+    /// file, one per line: when it was due (µs from the start of the load), its latency
+    /// (µs) and when its response completed (µs on CLOCK_MONOTONIC, the clock of ftrace's
+    /// `trace_clock` `mono`), to line up the stalls behind a p99 with a trace of the
+    /// scheduler.
+    #[arg(long, value_name = "PATH", requires = "soak")]
+    pub late_log: Option<PathBuf>,
     /// Instead of the overhead, count the instructions the agent's own code takes per
     /// request, under callgrind, on the service's traffic replayed through the pipeline
     /// and the OTLP encoder without the kernel: repeatable on a busy host, where CPU

@@ -148,6 +148,9 @@ pub fn run(
             load::run(&config)
         });
     check_interrupted()?;
+    if let Some(path) = &args.late_log {
+        write_late_log(path, &load.late)?;
+    }
     target.check_alive()?;
     agent.check_alive()?;
     let after = agent.settle(&sink);
@@ -169,6 +172,19 @@ pub fn run(
     Ok((table(&soak), json(&soak)))
 }
 
+/// See `--late-log`.
+fn write_late_log(path: &Path, late: &[load::LateRequest]) -> Result<()> {
+    let mut text = String::with_capacity(late.len() * 32);
+    for request in late {
+        let _ = writeln!(
+            text,
+            "{} {} {}",
+            request.due_us, request.latency_us, request.done_monotonic_us
+        );
+    }
+    std::fs::write(path, text).with_context(|| format!("could not write {}", path.display()))
+}
+
 fn mib(kib: f64) -> String {
     format!("{:.1} MiB", kib / 1024.0)
 }
@@ -188,13 +204,16 @@ pub fn table(soak: &Soak) -> String {
     );
     let _ = writeln!(
         out,
-        "load: {} sent, {} completed ({:.0} req/s), {} errors, p50 {} us, p99 {} us",
+        "load: {} sent, {} completed ({:.0} req/s), {} errors, p50 {} us, p99 {} us, \
+         {} answered over {} us after they were due",
         load.sent,
         load.completed,
         load.achieved_rate(),
         load.errors,
         opt(load.p50_us.map(f64::from), 0),
         opt(load.p99_us.map(f64::from), 0),
+        load.late.len(),
+        load::LATE_AFTER_US,
     );
     let per_100k = |cpu| ratio(cpu, Some(load.completed as f64)).map(|r| r * 1e5);
     let _ = writeln!(

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use super::super::http::{self, BodyKind, HttpError};
 use super::super::process::interrupted;
 use super::{
-    IO_TIMEOUT, MAX_SAMPLES_PER_CONNECTION, PacedConfig, PacedResult, READ_BUFFER, due_offset,
+    IO_TIMEOUT, LATE_AFTER_US, LateRequest, MAX_LATE, MAX_SAMPLES_PER_CONNECTION, PacedConfig,
+    PacedResult, READ_BUFFER, due_offset,
 };
 
 /// The longest the loop sleeps without checking for an interrupt or a timeout.
@@ -138,12 +139,15 @@ struct Tally {
     errors: u64,
     non_2xx: u64,
     latencies_us: Vec<u32>,
+    late: Vec<LateRequest>,
 }
 
 struct Loop<'a> {
     config: &'a PacedConfig,
     request: Vec<u8>,
     start: Instant,
+    /// `start` on CLOCK_MONOTONIC, in microseconds.
+    monotonic_at_start: u64,
     end: Instant,
     tally: Tally,
 }
@@ -213,13 +217,22 @@ impl Loop<'_> {
                 if !(200..300).contains(&status) {
                     self.tally.non_2xx += 1;
                 }
+                let now = Instant::now();
+                let latency =
+                    u32::try_from(now.duration_since(flight.due).as_micros()).unwrap_or(u32::MAX);
                 if self.tally.latencies_us.len()
                     < MAX_SAMPLES_PER_CONNECTION * self.config.connections.max(1) as usize
                 {
-                    let us = flight.due.elapsed().as_micros();
-                    self.tally
-                        .latencies_us
-                        .push(u32::try_from(us).unwrap_or(u32::MAX));
+                    self.tally.latencies_us.push(latency);
+                }
+                if latency > LATE_AFTER_US && self.tally.late.len() < MAX_LATE {
+                    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+                    self.tally.late.push(LateRequest {
+                        due_us: micros(flight.due.saturating_duration_since(self.start)),
+                        latency_us: latency,
+                        done_monotonic_us: self.monotonic_at_start
+                            + micros(now.saturating_duration_since(self.start)),
+                    });
                 }
                 lane.in_flight = None;
                 if !keep {
@@ -253,6 +266,8 @@ pub fn run(config: &PacedConfig) -> PacedResult {
 /// [`run`], a request failing when its response takes longer than `timeout`.
 pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> PacedResult {
     let start = Instant::now() + Duration::from_millis(50);
+    // Instant is CLOCK_MONOTONIC on Linux: one reading ties the two together.
+    let monotonic_at_start = monotonic_us() + 50_000;
     let mut state = Loop {
         config,
         request: format!(
@@ -261,6 +276,7 @@ pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> Paced
         )
         .into_bytes(),
         start,
+        monotonic_at_start,
         end: start + config.duration,
         tally: Tally::default(),
     };
@@ -349,6 +365,7 @@ pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> Paced
         errors,
         non_2xx,
         mut latencies_us,
+        late,
     } = state.tally;
     latencies_us.sort_unstable();
     PacedResult {
@@ -360,5 +377,18 @@ pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> Paced
         p50_us: super::super::stats::percentile(&latencies_us, 50.0),
         p99_us: super::super::stats::percentile(&latencies_us, 99.0),
         max_us: latencies_us.last().copied(),
+        late,
     }
+}
+
+/// Now on `CLOCK_MONOTONIC`, in microseconds.
+pub(super) fn monotonic_us() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000
 }
