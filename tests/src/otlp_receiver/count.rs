@@ -19,17 +19,19 @@ pub enum WireError {
 }
 
 /// The spans in `body`: the `spans` (2) of every `scope_spans` (2) of every
-/// `resource_spans` (1). Other fields are checked for well-formed framing and skipped.
+/// `resource_spans` (1). Only the framing is checked, down to each span's fields: a cut
+/// body or a broken length is refused, but strings are not checked for UTF-8 nor nested
+/// messages (attributes, events) walked, as a full decode would.
 pub fn span_count(body: &[u8]) -> Result<usize, WireError> {
     let mut spans = 0;
     for_each_field(body, |field, value| {
-        if let (1, Value::Bytes(resource_spans)) = (field, value) {
-            for_each_field(resource_spans, |field, value| {
-                if let (2, Value::Bytes(scope_spans)) = (field, value) {
-                    for_each_field(scope_spans, |field, value| {
-                        if let (2, Value::Bytes(span)) = (field, value) {
-                            // A span's own framing, checked as prost's decode would.
-                            for_each_field(span, |_, _| Ok(()))?;
+        if field == 1 {
+            for_each_field(message(value)?, |field, value| {
+                if field == 2 {
+                    for_each_field(message(value)?, |field, value| {
+                        if field == 2 {
+                            // The span's fields are framed right; none is read.
+                            for_each_field(message(value)?, |_, _| Ok(()))?;
                             spans += 1;
                         }
                         Ok(())
@@ -43,8 +45,18 @@ pub fn span_count(body: &[u8]) -> Result<usize, WireError> {
     Ok(spans)
 }
 
+/// A field that must hold a message: anything but length-delimited is an error, as it is
+/// for prost.
+fn message(value: Value<'_>) -> Result<&[u8], WireError> {
+    match value {
+        Value::Bytes(bytes) => Ok(bytes),
+        Value::Scalar(wire_type) => Err(WireError::WireType(wire_type)),
+    }
+}
+
 enum Value<'a> {
-    Scalar,
+    /// A varint or fixed-width value, by wire type.
+    Scalar(u64),
     Bytes(&'a [u8]),
 }
 
@@ -61,11 +73,11 @@ fn for_each_field<'a>(
         let value = match key & 7 {
             0 => {
                 varint(&mut message)?;
-                Value::Scalar
+                Value::Scalar(0)
             }
             1 => {
                 message = message.get(8..).ok_or(WireError::Length)?;
-                Value::Scalar
+                Value::Scalar(1)
             }
             2 => {
                 let len = usize::try_from(varint(&mut message)?).map_err(|_| WireError::Length)?;
@@ -78,7 +90,7 @@ fn for_each_field<'a>(
             }
             5 => {
                 message = message.get(4..).ok_or(WireError::Length)?;
-                Value::Scalar
+                Value::Scalar(5)
             }
             // Groups (3, 4) are long deprecated and no OTLP message has them.
             other => return Err(WireError::WireType(other)),
@@ -206,6 +218,8 @@ mod tests {
         assert_eq!(span_count(&[0x80; 11]), Err(WireError::Varint));
         assert_eq!(span_count(&[0x0a, 5, 1]), Err(WireError::Length));
         assert_eq!(span_count(&[0x0b]), Err(WireError::WireType(3)));
+        // resource_spans as a varint.
+        assert_eq!(span_count(&[0x08, 0x01]), Err(WireError::WireType(0)));
         assert_eq!(span_count(&[0x00, 0x00]), Err(WireError::FieldZero));
         assert_eq!(span_count(&[0x09, 1, 2]), Err(WireError::Length));
         assert_eq!(span_count(&[0x0d, 1]), Err(WireError::Length));

@@ -105,9 +105,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub sink_bin: Option<PathBuf>,
     /// CPU priority of the OTLP sink, which stands in for a collector. 'idle' (SCHED_IDLE,
-    /// the default) keeps its inflating and counting of every export off the cores the
-    /// service needs, so the figures are loupe's own; 'normal' shows a collector sharing
-    /// those cores. The bench reports the sink's CPU apart from the agent's.
+    /// the default) keeps its work on every export (over HTTP inflating and counting, over
+    /// gRPC decoding) off the cores the service needs, so the figures are loupe's own;
+    /// 'normal' shows a collector sharing those cores. The bench reports the sink's CPU
+    /// apart from the agent's.
     #[arg(long, value_name = "LEVEL", value_enum, default_value = "idle")]
     pub sink_priority: SinkPriority,
     /// How the agent exports to the sink. 'http' (OTLP/HTTP protobuf) is the agent's own

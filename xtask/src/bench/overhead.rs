@@ -262,6 +262,7 @@ fn measure_mode(
         rate: settings.rate,
         connections: settings.rate_connections,
         duration: Duration::from_secs(args.duration),
+        list_late: false,
     };
     let service_cpu_before = target.cpu_time();
     let (fixed, rss) = match &agent {

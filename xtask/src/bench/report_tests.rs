@@ -26,6 +26,7 @@ fn mode(rps: f64, closed_p99: f64, fixed_p99: u32, agent: Option<AgentRun>) -> M
             p50_us: Some(80),
             p99_us: Some(fixed_p99),
             max_us: Some(fixed_p99 * 2),
+            late_count: 0,
             late: Vec::new(),
         },
         fixed_service_cpu_s: None,

@@ -129,6 +129,7 @@ pub fn run(
         rate,
         connections: args.rate_connections,
         duration: total,
+        list_late: args.late_log.is_some(),
     };
     let before = agent.snapshot(&sink);
     let mut count = 0u64;
@@ -147,10 +148,12 @@ pub fn run(
         procfs::sample_rss_during(agent.pid(), SAMPLE_EVERY, report_progress, || {
             load::run(&config)
         });
-    check_interrupted()?;
+    // Written before any check: an interrupted soak's late requests are what its user
+    // may want to look at.
     if let Some(path) = &args.late_log {
-        write_late_log(path, &load.late)?;
+        write_late_log(path, &load)?;
     }
+    check_interrupted()?;
     target.check_alive()?;
     agent.check_alive()?;
     let after = agent.settle(&sink);
@@ -173,9 +176,17 @@ pub fn run(
 }
 
 /// See `--late-log`.
-fn write_late_log(path: &Path, late: &[load::LateRequest]) -> Result<()> {
-    let mut text = String::with_capacity(late.len() * 32);
-    for request in late {
+fn write_late_log(path: &Path, load: &PacedResult) -> Result<()> {
+    if load.late_count > load.late.len() as u64 {
+        eprintln!(
+            "bench: warning: {} requests were late; {} lists the first {}",
+            load.late_count,
+            path.display(),
+            load.late.len()
+        );
+    }
+    let mut text = String::with_capacity(load.late.len() * 32);
+    for request in &load.late {
         let _ = writeln!(
             text,
             "{} {} {}",
@@ -212,7 +223,7 @@ pub fn table(soak: &Soak) -> String {
         load.errors,
         opt(load.p50_us.map(f64::from), 0),
         opt(load.p99_us.map(f64::from), 0),
-        load.late.len(),
+        load.late_count,
         load::LATE_AFTER_US,
     );
     let per_100k = |cpu| ratio(cpu, Some(load.completed as f64)).map(|r| r * 1e5);

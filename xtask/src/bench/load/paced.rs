@@ -139,6 +139,7 @@ struct Tally {
     errors: u64,
     non_2xx: u64,
     latencies_us: Vec<u32>,
+    late_count: u64,
     late: Vec<LateRequest>,
 }
 
@@ -146,8 +147,6 @@ struct Loop<'a> {
     config: &'a PacedConfig,
     request: Vec<u8>,
     start: Instant,
-    /// `start` on CLOCK_MONOTONIC, in microseconds.
-    monotonic_at_start: u64,
     end: Instant,
     tally: Tally,
 }
@@ -225,14 +224,18 @@ impl Loop<'_> {
                 {
                     self.tally.latencies_us.push(latency);
                 }
-                if latency > LATE_AFTER_US && self.tally.late.len() < MAX_LATE {
-                    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-                    self.tally.late.push(LateRequest {
-                        due_us: micros(flight.due.saturating_duration_since(self.start)),
-                        latency_us: latency,
-                        done_monotonic_us: self.monotonic_at_start
-                            + micros(now.saturating_duration_since(self.start)),
-                    });
+                if latency > LATE_AFTER_US {
+                    self.tally.late_count += 1;
+                    if self.config.list_late && self.tally.late.len() < MAX_LATE {
+                        let due = flight.due.saturating_duration_since(self.start);
+                        self.tally.late.push(LateRequest {
+                            due_us: u64::try_from(due.as_micros()).unwrap_or(u64::MAX),
+                            latency_us: latency,
+                            // Read here rather than derived from `Instant`, which would
+                            // need a pair of readings that a stalled vCPU can split.
+                            done_monotonic_us: monotonic_us(),
+                        });
+                    }
                 }
                 lane.in_flight = None;
                 if !keep {
@@ -266,8 +269,6 @@ pub fn run(config: &PacedConfig) -> PacedResult {
 /// [`run`], a request failing when its response takes longer than `timeout`.
 pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> PacedResult {
     let start = Instant::now() + Duration::from_millis(50);
-    // Instant is CLOCK_MONOTONIC on Linux: one reading ties the two together.
-    let monotonic_at_start = monotonic_us() + 50_000;
     let mut state = Loop {
         config,
         request: format!(
@@ -276,7 +277,6 @@ pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> Paced
         )
         .into_bytes(),
         start,
-        monotonic_at_start,
         end: start + config.duration,
         tally: Tally::default(),
     };
@@ -365,6 +365,7 @@ pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> Paced
         errors,
         non_2xx,
         mut latencies_us,
+        late_count,
         late,
     } = state.tally;
     latencies_us.sort_unstable();
@@ -377,6 +378,7 @@ pub(super) fn run_with_timeout(config: &PacedConfig, timeout: Duration) -> Paced
         p50_us: super::super::stats::percentile(&latencies_us, 50.0),
         p99_us: super::super::stats::percentile(&latencies_us, 99.0),
         max_us: latencies_us.last().copied(),
+        late_count,
         late,
     }
 }
