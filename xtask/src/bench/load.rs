@@ -222,6 +222,8 @@ impl Connection {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn lanes_are_staggered_and_evenly_spaced() {
@@ -234,10 +236,17 @@ mod tests {
     }
 
     /// A keep-alive server that answers each request with a fixed response; `close_every`
-    /// closes after that many responses on a connection.
-    fn serve(listener: TcpListener, response: &'static [u8], close_every: usize) {
+    /// closes after that many responses on a connection. Counts the connections it accepts.
+    fn serve(
+        listener: TcpListener,
+        response: &'static [u8],
+        close_every: usize,
+    ) -> Arc<AtomicUsize> {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::Relaxed);
                 std::thread::spawn(move || {
                     let mut conn = conn;
                     let mut buf = [0u8; 4096];
@@ -265,6 +274,7 @@ mod tests {
                 });
             }
         });
+        accepted
     }
 
     /// A listener on a free loopback port.
@@ -300,6 +310,28 @@ mod tests {
         assert_eq!(result.non_2xx, 0);
         assert!(result.p50_us.is_some() && result.p99_us >= result.p50_us);
         assert!(result.max_us >= result.p99_us);
+    }
+
+    #[test]
+    fn every_connection_opens_before_the_schedule_starts() {
+        let (listener, addr) = listen();
+        let accepted = serve(listener, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0);
+        // 10 req/s over 4 connections for 100 ms: only lane 0 has a request due (lane i is
+        // due at i * 100 ms), yet all four connect, and the one that sends reuses its own.
+        let result = run(&PacedConfig {
+            addr,
+            rate: 10,
+            connections: 4,
+            duration: Duration::from_millis(100),
+            list_late: false,
+        });
+        assert_eq!((result.sent, result.completed, result.errors), (1, 1, 0));
+        // The kernel completes a connect before the server's thread accepts it.
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while accepted.load(Ordering::Relaxed) < 4 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 4);
     }
 
     #[test]
