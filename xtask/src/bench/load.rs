@@ -327,10 +327,12 @@ mod tests {
         });
         assert_eq!((result.sent, result.completed, result.errors), (1, 1, 0));
         // The kernel completes a connect before the server's thread accepts it.
-        let until = std::time::Instant::now() + Duration::from_secs(2);
-        while accepted.load(Ordering::Relaxed) < 4 && std::time::Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let all_four = super::super::process::poll_until(
+            Duration::from_secs(2),
+            Duration::from_millis(5),
+            || (accepted.load(Ordering::Relaxed) >= 4).then_some(()),
+        );
+        assert!(all_four.is_some());
         assert_eq!(accepted.load(Ordering::Relaxed), 4);
     }
 
@@ -376,18 +378,18 @@ mod tests {
             );
             assert!(late.done_monotonic_us <= after);
         }
-        // Counted, not listed, when the list is not asked for.
-        let result = run(&PacedConfig {
-            list_late: false,
-            ..config
-        });
-        assert_eq!((result.late_count, result.late.len()), (10, 0));
         assert!(
             result
                 .late
                 .windows(2)
                 .all(|pair| pair[0].done_monotonic_us < pair[1].done_monotonic_us)
         );
+        // Counted, not listed, when the list is not asked for.
+        let result = run(&PacedConfig {
+            list_late: false,
+            ..config
+        });
+        assert_eq!((result.late_count, result.late.len()), (10, 0));
     }
 
     #[test]
