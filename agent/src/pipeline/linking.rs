@@ -458,7 +458,15 @@ impl Linker {
                 // unless a header or the kernel already named its parent.
                 Some((server, server_start_ns)) => {
                     let mut server = server.borrow_mut();
-                    if matches!(server.parent, Parent::Root(_)) {
+                    if let Parent::Root(server_trace) = server.parent {
+                        let mut client = node.borrow_mut();
+                        if matches!(client.parent, Parent::Root(_)) {
+                            // A client that starts its trace takes the server's trace id:
+                            // spans the server caused may have gone out with it already.
+                            client.parent = Parent::Root(server_trace);
+                            client.trace_flags = server.trace_flags;
+                        }
+                        drop(client);
                         server.parent = Parent::Local(node.clone());
                     }
                     node.borrow_mut().server_start_ns = server_start_ns;

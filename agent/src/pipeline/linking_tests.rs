@@ -85,6 +85,25 @@ fn server_seen_before_its_client_is_adopted() {
 }
 
 #[test]
+fn a_standalone_client_seen_after_its_server_takes_the_servers_trace() {
+    let mut l = Linker::default();
+    // A server seen first, and a call it made, which may have gone out already.
+    let back = l.server_start(key(BACK, 4, 0), 21, 15, Some(hop_mirrored()), None, None);
+    let back_trace = resolve(&back).trace_id;
+    let (downstream, _) = l.client_start(key(BACK, 7, 0), 21, 16, None, None, None, None);
+    assert_eq!(resolve(&downstream).trace_id, back_trace);
+    // Its client serves nothing: its span starts the trace, the one already in use.
+    let (call, placement) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    assert_eq!(placement, ClientPlacement::Standalone);
+    let (call_ids, back_ids) = (resolve(&call), resolve(&back));
+    assert_eq!(call_ids.trace_id, back_trace);
+    assert_eq!(call_ids.parent_span_id, None);
+    assert_eq!(back_ids.trace_id, back_trace);
+    assert_eq!(back_ids.parent_span_id, Some(call_ids.span_id));
+    assert_eq!(resolve(&downstream).trace_id, back_trace);
+}
+
+#[test]
 fn keep_alive_requests_pair_in_order() {
     let mut l = Linker::default();
     let mut calls = Vec::new();

@@ -3,7 +3,9 @@
 
 mod aliases;
 mod assemble;
+mod awaiting_client;
 pub mod connections;
+mod emit;
 mod housekeeping;
 mod injected;
 mod linking;
@@ -14,7 +16,6 @@ mod texts;
 mod whole_responses;
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, mpsc::SyncSender},
     time::{Duration, Instant},
 };
@@ -27,10 +28,10 @@ use crate::{
         clock::{Clock, monotonic_now_ns},
         reader::EventSink,
     },
-    export::{SpanSender, otlp::sent_by_loupe},
+    export::SpanSender,
     probes::{CounterMap, TgidSet},
     process::{
-        instrumented::{OTLP_PORTS, is_otlp_export},
+        instrumented::OTLP_PORTS,
         resource::ResourceDefaults,
         selector::{ExecNotice, Notice},
     },
@@ -39,15 +40,17 @@ use crate::{
         http1::{Http1Limits, Http1Session, HttpExchange, RequestStart},
     },
     red::RedRecorder,
-    sampling::{HeadSampler, TailPolicy, TailSampler, tail::Released},
+    sampling::{HeadSampler, TailPolicy, TailSampler},
     span::{FinishedSpan, SpanAttributes, context::extract, route::RouteMatcher},
     telemetry::metrics::Metrics,
 };
 
 use assemble::SpanAssembler;
+use awaiting_client::AwaitingClient;
 use connections::{Connection, ConnectionTable, Detection, Ends};
+use emit::ReadySpan;
 use injected::InjectedIds;
-use linking::{ClientPlacement, Linker, Parent, RequestKey, resolve};
+use linking::{ClientPlacement, Linker, RequestKey};
 use processes::Processes;
 use serving::ReadFor;
 use whole_responses::WholeResponses;
@@ -107,6 +110,12 @@ pub struct Pipeline {
     starts: Vec<RequestStart>,
     linker: Linker,
     injected: InjectedIds,
+    /// Server spans waiting for their client's request record.
+    awaiting_client: AwaitingClient<ReadySpan>,
+    /// The latest time a record carried: how far the ring buffer has been read.
+    records_clock_ns: u64,
+    /// The reader left records in the ring at its last read (see `EventSink::drained`).
+    reader_holding: bool,
     last_housekeeping: Instant,
     housekeeping_runs: u32,
 }
@@ -142,6 +151,9 @@ impl Pipeline {
             starts: Vec::new(),
             linker: Linker::default(),
             injected: InjectedIds::default(),
+            awaiting_client: AwaitingClient::default(),
+            records_clock_ns: 0,
+            reader_holding: false,
             last_housekeeping: Instant::now(),
             housekeeping_runs: 0,
         }
@@ -343,161 +355,6 @@ impl Pipeline {
         }
         self.emit(key, conn.conn_id, conn.local, conn.remote, ends);
     }
-
-    /// Turns pending exchanges into spans and hands them to the exporter.
-    fn emit(
-        &mut self,
-        key: ConnKey,
-        conn_id: u64,
-        local: Option<SocketAddr>,
-        remote: Option<SocketAddr>,
-        ends: Option<Ends>,
-    ) {
-        if self.exchanges.is_empty() {
-            return;
-        }
-        // Taken and put back drained, keeping its capacity for the next request.
-        let mut exchanges = std::mem::take(&mut self.exchanges);
-        if exchanges
-            .iter()
-            .any(|e| e.role == Role::Client && is_otlp_export(&e.request.method, &e.request.target))
-        {
-            self.processes.get(key.tgid, None).sdk = true;
-        }
-        let entry = self.processes.get(key.tgid, None);
-        // One reference to the resource for the whole call, moved into the last span
-        // rather than cloned for it and dropped here: each count is a locked instruction.
-        // It is `None` only once the last exchange has taken it.
-        let (mut resource, skip) = (
-            Some(entry.resource.clone()),
-            entry.sdk && self.sdk_spans == SdkSpans::Skip,
-        );
-        let mut exchanges_left = exchanges.drain(..);
-        while let Some(exchange) = exchanges_left.next() {
-            let last = exchanges_left.len() == 0;
-            let request_key = RequestKey {
-                tgid: key.tgid,
-                fd: key.fd,
-                conn_id,
-                request_id: exchange.request_id,
-            };
-            let node = match self.linker.finish(&request_key) {
-                Some(node) => node,
-                // Every exchange's start is linked before it completes; this is a guard.
-                None => {
-                    let header = extract(&exchange.request.headers);
-                    match exchange.role {
-                        Role::Server => {
-                            self.linker
-                                .server_start(request_key, 0, 0, ends, header, None)
-                        }
-                        Role::Client => {
-                            self.linker
-                                .client_start(request_key, 0, 0, None, header, None, None)
-                                .0
-                        }
-                    };
-                    match self.linker.finish(&request_key) {
-                        Some(node) => node,
-                        None => continue,
-                    }
-                }
-            };
-            if exchange.role == Role::Server
-                && sent_by_loupe(&exchange.request.method, || {
-                    exchange.request.header("user-agent")
-                })
-            {
-                self.metrics.spans_skipped_own_export.inc();
-                continue;
-            }
-            if exchange.role == Role::Server
-                && matches!(node.borrow().parent, Parent::Root(_))
-                && ends.is_some_and(|ends| self.connections.has_ends(ends.mirrored()))
-            {
-                // Loupe traces the client at the other end, yet found no span to join.
-                self.metrics.server_spans_peer_unmatched.inc();
-            }
-            if skip {
-                // The process's SDK exports this request's span itself.
-                self.metrics.spans_skipped_sdk.inc();
-                continue;
-            }
-            let ids = resolve(&node);
-            if exchange.role == Role::Client
-                && ids.client_start_ns(exchange.request_first_start_ns)
-                    < exchange.request_first_start_ns
-            {
-                self.metrics.client_span_starts_moved.inc();
-            }
-            let sampled =
-                self.head_sampler
-                    .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);
-            let mut span = self.assembler.assemble(exchange, ids, local, remote);
-            let Some(span_resource) = &resource else {
-                break;
-            };
-            self.red.record(span_resource, &span);
-            self.created_unreported += 1;
-            if !sampled {
-                self.metrics.spans_sampled_out.inc();
-                continue;
-            }
-            span.trace_flags |= SAMPLED;
-            let resource = if last {
-                resource.take()
-            } else {
-                resource.clone()
-            };
-            let Some(resource) = resource else {
-                break;
-            };
-            let finished = FinishedSpan { resource, span };
-            match &mut self.tail_sampler {
-                Some(tail) => {
-                    let released = tail.offer(finished, Instant::now());
-                    self.release(released);
-                }
-                None => self.send(finished),
-            }
-        }
-        drop(exchanges_left);
-        self.exchanges = exchanges;
-    }
-
-    fn send(&mut self, span: FinishedSpan) {
-        self.outbox.push(span);
-        if self.outbox.len() >= OUTBOX_SPANS {
-            self.flush_outbox();
-        }
-    }
-
-    /// Hands the outbox to the export queue, which drops and counts what it has no room for.
-    fn flush_outbox(&mut self) {
-        self.report_created();
-        if !self.outbox.is_empty() {
-            let spans = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUTBOX_SPANS));
-            self.exporter.submit_all(spans);
-        }
-    }
-
-    fn report_created(&mut self) {
-        self.metrics
-            .spans_created
-            .add(std::mem::take(&mut self.created_unreported));
-    }
-
-    /// Hands what tail sampling kept to the exporter and counts the rest.
-    fn release(&mut self, released: Released) {
-        self.metrics.spans_tail_dropped.add(released.dropped);
-        self.metrics.tail_decisions_forced.add(released.forced);
-        for span in released.kept {
-            self.send(span);
-        }
-        if let Some(tail) = &self.tail_sampler {
-            self.metrics.tail_held_spans.set(tail.held().1 as u64);
-        }
-    }
 }
 
 impl EventSink for Pipeline {
@@ -514,6 +371,7 @@ impl EventSink for Pipeline {
                 {
                     process.sdk = true;
                 }
+                self.records_clock_ns = self.records_clock_ns.max(open.ts_ns);
                 self.connections.forget_parked(&key);
                 let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
                 if let Some(replaced) = self.connections.adopt_as_alias(key, &conn) {
@@ -528,6 +386,7 @@ impl EventSink for Pipeline {
                 self.open(key, conn);
             }
             Event::Data { header, payload } => {
+                self.records_clock_ns = self.records_clock_ns.max(header.end_ns);
                 let key = ConnKey {
                     tgid: header.tgid,
                     fd: header.fd,
@@ -566,6 +425,8 @@ impl EventSink for Pipeline {
     }
 
     fn drained(&mut self, holding: bool) {
+        self.reader_holding = holding;
+        self.release_awaiting_client(self.records_clock_ns);
         // While the reader holds back for the queue, a partial outbox the queue has no room
         // for waits with the records still in the ring.
         if !holding || self.exporter.has_room(self.outbox.len()) {
@@ -581,6 +442,12 @@ impl EventSink for Pipeline {
     }
 
     fn tick(&mut self) {
+        if !self.reader_holding && !self.awaiting_client.is_empty() {
+            // No records came since the ring was read empty: the waits are timed on the
+            // monotonic clock.
+            self.release_awaiting_client_now();
+            self.flush_outbox();
+        }
         if self.last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             self.housekeeping();
             self.last_housekeeping = Instant::now();
@@ -591,6 +458,7 @@ impl EventSink for Pipeline {
 
     fn finish(&mut self) {
         self.housekeeping();
+        self.release_all_awaiting_client();
         // Finished spans waiting for a tail decision are decided now, not lost.
         if let Some(released) = self.tail_sampler.as_mut().map(TailSampler::flush) {
             self.release(released);

@@ -579,3 +579,7 @@ mod tests {
 #[cfg(test)]
 #[path = "event_loop_tests.rs"]
 mod event_loop_tests;
+
+#[cfg(test)]
+#[path = "late_client_tests.rs"]
+mod late_client_tests;

@@ -1,0 +1,247 @@
+//! From finished exchanges to spans in the export queue: each exchange's place in its
+//! trace, sampling, request metrics, and the outbox.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use loupe_common::ConnKey;
+
+use super::{
+    OUTBOX_SPANS, Pipeline, SAMPLED,
+    connections::Ends,
+    linking::{NodeRef, Parent, RequestKey, resolve},
+};
+use crate::{
+    events::clock::monotonic_now_ns,
+    export::otlp::sent_by_loupe,
+    process::instrumented::is_otlp_export,
+    protocol::{Role, http1::HttpExchange},
+    sampling::tail::Released,
+    span::{FinishedSpan, Resource, context::extract},
+};
+
+/// An exchange whose span is ready to be made, with what the span needs.
+pub(super) struct ReadySpan {
+    exchange: HttpExchange,
+    node: NodeRef,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    resource: Arc<Resource>,
+}
+
+impl Pipeline {
+    /// Turns pending exchanges into spans and hands them to the exporter.
+    pub(super) fn emit(
+        &mut self,
+        key: ConnKey,
+        conn_id: u64,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+        ends: Option<Ends>,
+    ) {
+        if self.exchanges.is_empty() {
+            return;
+        }
+        // Taken and put back drained, keeping its capacity for the next request.
+        let mut exchanges = std::mem::take(&mut self.exchanges);
+        if exchanges
+            .iter()
+            .any(|e| e.role == Role::Client && is_otlp_export(&e.request.method, &e.request.target))
+        {
+            self.processes.get(key.tgid, None).sdk = true;
+        }
+        let entry = self.processes.get(key.tgid, None);
+        // One reference to the resource for the whole call, moved into the last span
+        // rather than cloned for it and dropped here: each count is a locked instruction.
+        // It is `None` only once the last exchange has taken it.
+        let (mut resource, skip) = (
+            Some(entry.resource.clone()),
+            entry.sdk && self.sdk_spans == super::SdkSpans::Skip,
+        );
+        // Whether loupe traces the client at the other end: a server span left without a
+        // parent then waits for that client's request record.
+        let client_traced = ends.is_some_and(|ends| self.connections.has_ends(ends.mirrored()));
+        let mut exchanges_left = exchanges.drain(..);
+        while let Some(exchange) = exchanges_left.next() {
+            let last = exchanges_left.len() == 0;
+            let request_key = RequestKey {
+                tgid: key.tgid,
+                fd: key.fd,
+                conn_id,
+                request_id: exchange.request_id,
+            };
+            let node = match self.linker.finish(&request_key) {
+                Some(node) => node,
+                // Every exchange's start is linked before it completes; this is a guard.
+                None => {
+                    let header = extract(&exchange.request.headers);
+                    match exchange.role {
+                        Role::Server => {
+                            self.linker
+                                .server_start(request_key, 0, 0, ends, header, None)
+                        }
+                        Role::Client => {
+                            self.linker
+                                .client_start(request_key, 0, 0, None, header, None, None)
+                                .0
+                        }
+                    };
+                    match self.linker.finish(&request_key) {
+                        Some(node) => node,
+                        None => continue,
+                    }
+                }
+            };
+            if exchange.role == Role::Server
+                && sent_by_loupe(&exchange.request.method, || {
+                    exchange.request.header("user-agent")
+                })
+            {
+                self.metrics.spans_skipped_own_export.inc();
+                continue;
+            }
+            if skip {
+                // The process's SDK exports this request's span itself.
+                self.metrics.spans_skipped_sdk.inc();
+                continue;
+            }
+            let awaits_client = exchange.role == Role::Server
+                && client_traced
+                && matches!(node.borrow().parent, Parent::Root(_));
+            let resource = if last {
+                resource.take()
+            } else {
+                resource.clone()
+            };
+            let Some(resource) = resource else {
+                break;
+            };
+            let ended_ns = exchange
+                .response_last_end_ns
+                .max(exchange.close_ns)
+                .max(exchange.request_last_end_ns);
+            let ready = ReadySpan {
+                exchange,
+                node,
+                local,
+                remote,
+                resource,
+            };
+            if awaits_client {
+                let node = ready.node.clone();
+                if let Some(oldest) = self.awaiting_client.hold(ready, node, ended_ns) {
+                    self.finish_span(oldest, true);
+                }
+                continue;
+            }
+            self.finish_span(ready, false);
+        }
+        drop(exchanges_left);
+        self.exchanges = exchanges;
+    }
+
+    /// Makes the span of `ready` and hands it on. `awaited`: it waited for a client span
+    /// to join; if none did, that is counted.
+    fn finish_span(&mut self, ready: ReadySpan, awaited: bool) {
+        let ReadySpan {
+            exchange,
+            node,
+            local,
+            remote,
+            resource,
+        } = ready;
+        if awaited && matches!(node.borrow().parent, Parent::Root(_)) {
+            // Loupe traces the client at the other end, yet found no span to join.
+            self.metrics.server_spans_peer_unmatched.inc();
+        }
+        let ids = resolve(&node);
+        if exchange.role == Role::Client
+            && ids.client_start_ns(exchange.request_first_start_ns)
+                < exchange.request_first_start_ns
+        {
+            self.metrics.client_span_starts_moved.inc();
+        }
+        let sampled = self
+            .head_sampler
+            .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);
+        let mut span = self.assembler.assemble(exchange, ids, local, remote);
+        self.red.record(&resource, &span);
+        self.created_unreported += 1;
+        if !sampled {
+            self.metrics.spans_sampled_out.inc();
+            return;
+        }
+        span.trace_flags |= SAMPLED;
+        let finished = FinishedSpan { resource, span };
+        match &mut self.tail_sampler {
+            Some(tail) => {
+                let released = tail.offer(finished, Instant::now());
+                self.release(released);
+            }
+            None => self.send(finished),
+        }
+    }
+
+    /// Finishes the server spans whose client has linked them since they were held, and
+    /// those whose wait is over at `now_ns` (see `awaiting_client`).
+    pub(super) fn release_awaiting_client(&mut self, now_ns: u64) {
+        if self.awaiting_client.is_empty() {
+            return;
+        }
+        let mut ready = Vec::new();
+        self.awaiting_client.release(now_ns, &mut ready);
+        for span in ready {
+            self.finish_span(span, true);
+        }
+    }
+
+    /// Finishes every held server span, as the agent stops.
+    pub(super) fn release_all_awaiting_client(&mut self) {
+        let mut ready = Vec::new();
+        self.awaiting_client.release_all(&mut ready);
+        for span in ready {
+            self.finish_span(span, true);
+        }
+    }
+
+    /// After the ring buffer was read empty: every record written before now has been
+    /// read, so a held span's wait can be measured on the monotonic clock.
+    pub(super) fn release_awaiting_client_now(&mut self) {
+        if !self.awaiting_client.is_empty() {
+            self.release_awaiting_client(monotonic_now_ns().max(self.records_clock_ns));
+        }
+    }
+
+    pub(super) fn send(&mut self, span: FinishedSpan) {
+        self.outbox.push(span);
+        if self.outbox.len() >= OUTBOX_SPANS {
+            self.flush_outbox();
+        }
+    }
+
+    /// Hands the outbox to the export queue, which drops and counts what it has no room for.
+    pub(super) fn flush_outbox(&mut self) {
+        self.report_created();
+        if !self.outbox.is_empty() {
+            let spans = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUTBOX_SPANS));
+            self.exporter.submit_all(spans);
+        }
+    }
+
+    pub(super) fn report_created(&mut self) {
+        self.metrics
+            .spans_created
+            .add(std::mem::take(&mut self.created_unreported));
+    }
+
+    /// Hands what tail sampling kept to the exporter and counts the rest.
+    pub(super) fn release(&mut self, released: Released) {
+        self.metrics.spans_tail_dropped.add(released.dropped);
+        self.metrics.tail_decisions_forced.add(released.forced);
+        for span in released.kept {
+            self.send(span);
+        }
+        if let Some(tail) = &self.tail_sampler {
+            self.metrics.tail_held_spans.set(tail.held().1 as u64);
+        }
+    }
+}
