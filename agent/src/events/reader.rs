@@ -16,7 +16,9 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 
 use super::{
-    Event, decode,
+    Event,
+    clock::monotonic_now_ns,
+    decode,
     hold::{HOLD_POLL, Hold},
 };
 use crate::telemetry::metrics::Metrics;
@@ -43,6 +45,10 @@ pub trait EventSink {
     fn has_room(&self) -> bool {
         true
     }
+    /// The ring buffer was read empty at `at_ns` (monotonic clock): every record written
+    /// before then has been handled, but for one still being written at that moment.
+    /// Called before [`Self::drained`] and [`Self::tick`].
+    fn read_empty(&mut self, _at_ns: u64) {}
     /// Called about every `TICK_INTERVAL` for time-based work (timeouts, counters).
     fn tick(&mut self);
     /// Called once when the reader stops, after the ring buffer was drained.
@@ -69,6 +75,7 @@ pub fn run(
                 break;
             }
             let Some(item) = ring.next() else {
+                sink.read_empty(monotonic_now_ns());
                 break;
             };
             read += 1;

@@ -15,15 +15,18 @@ use super::linking::{NodeRef, Parent};
 
 /// How long after a server span's end its client's request record may still arrive: the
 /// time the client can stay preempted between handing over its bytes and its write's
-/// return. Measured on the records' clock, which moves only as the agent reads them, so
-/// a lagging agent waits no shorter.
+/// return. Measured on how far the ring buffer has been read (the records' own times,
+/// and when the reader found it empty), not on the clock at the wall, so an agent that
+/// lags behind its ring buffer still waits for every record written in that time.
 pub const CLIENT_WAIT_NS: u64 = 100_000_000;
-/// Spans held at most; past that the oldest goes at once, unlinked.
+/// Spans held at most; past that the first held goes at once, unlinked.
 pub const MAX_AWAITING: usize = 4_096;
 
-/// Held spans (`T`: what the pipeline needs to finish one), in the order they ended.
+/// Held spans (`T`: what the pipeline needs to finish one), in the order they were held.
 pub struct AwaitingClient<T> {
     held: VecDeque<Held<T>>,
+    /// The next `held`, kept to save an allocation per release.
+    spare: VecDeque<Held<T>>,
 }
 
 struct Held<T> {
@@ -36,6 +39,7 @@ impl<T> Default for AwaitingClient<T> {
     fn default() -> Self {
         Self {
             held: VecDeque::new(),
+            spare: VecDeque::new(),
         }
     }
 }
@@ -47,9 +51,9 @@ fn linked(node: &NodeRef) -> bool {
 
 impl<T> AwaitingClient<T> {
     /// Holds `item`, the span of `node` that ended at `ended_ns`, for its client. When
-    /// [`MAX_AWAITING`] are held already, returns the oldest, to go now.
+    /// [`MAX_AWAITING`] are held already, returns the first held, to go now.
     pub fn hold(&mut self, item: T, node: NodeRef, ended_ns: u64) -> Option<T> {
-        let oldest = if self.held.len() >= MAX_AWAITING {
+        let first = if self.held.len() >= MAX_AWAITING {
             self.held.pop_front().map(|held| held.item)
         } else {
             None
@@ -59,38 +63,26 @@ impl<T> AwaitingClient<T> {
             node,
             ended_ns,
         });
-        oldest
+        first
     }
 
-    /// Moves into `out` the spans linked since they were held, and those whose wait ended
-    /// by `now_ns` (on the records' clock, or the monotonic clock once the ring buffer
-    /// has been read empty). Returns how many went unlinked.
-    pub fn release(&mut self, now_ns: u64, out: &mut Vec<T>) -> u64 {
-        let mut unlinked = 0;
-        let mut kept = VecDeque::with_capacity(self.held.len());
+    /// Moves into `out` the spans linked since they were held, and those whose wait is
+    /// over once the ring buffer has been read up to `read_up_to_ns`.
+    pub fn release(&mut self, read_up_to_ns: u64, out: &mut Vec<T>) {
+        let mut kept = std::mem::take(&mut self.spare);
         for held in self.held.drain(..) {
-            if linked(&held.node) {
-                out.push(held.item);
-            } else if now_ns.saturating_sub(held.ended_ns) > CLIENT_WAIT_NS {
-                unlinked += 1;
+            if linked(&held.node) || read_up_to_ns.saturating_sub(held.ended_ns) > CLIENT_WAIT_NS {
                 out.push(held.item);
             } else {
                 kept.push_back(held);
             }
         }
-        self.held = kept;
-        unlinked
+        self.spare = std::mem::replace(&mut self.held, kept);
     }
 
-    /// Moves every held span into `out`, as the agent stops; returns how many went
-    /// unlinked.
-    pub fn release_all(&mut self, out: &mut Vec<T>) -> u64 {
-        let mut unlinked = 0;
-        for held in self.held.drain(..) {
-            unlinked += u64::from(!linked(&held.node));
-            out.push(held.item);
-        }
-        unlinked
+    /// Moves every held span into `out`, as the agent stops.
+    pub fn release_all(&mut self, out: &mut Vec<T>) {
+        out.extend(self.held.drain(..).map(|held| held.item));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -123,12 +115,15 @@ mod tests {
         assert!(awaiting.hold("a", a.clone(), 1_000).is_none());
         assert!(awaiting.hold("b", b.clone(), 2_000).is_none());
         let mut out = Vec::new();
-        assert_eq!(awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out), 0);
+        awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out);
         assert!(out.is_empty(), "both still wait");
         b.borrow_mut().parent = Parent::Local(root());
-        assert_eq!(awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out), 0);
+        awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out);
         assert_eq!(out, ["b"]);
         assert!(!awaiting.is_empty());
+        awaiting.release_all(&mut out);
+        assert_eq!(out, ["b", "a"]);
+        assert!(awaiting.is_empty());
     }
 
     #[test]
@@ -137,14 +132,14 @@ mod tests {
         awaiting.hold("early", root(), 1_000);
         awaiting.hold("late", root(), 50_000_000);
         let mut out = Vec::new();
-        assert_eq!(awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out), 0);
+        awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out);
         assert!(out.is_empty(), "the wait is over only past it");
-        assert_eq!(awaiting.release(1_001 + CLIENT_WAIT_NS, &mut out), 1);
+        awaiting.release(1_001 + CLIENT_WAIT_NS, &mut out);
         assert_eq!(out, ["early"]);
         // A clock behind a span's end (records from another CPU) keeps it.
-        assert_eq!(awaiting.release(0, &mut out), 0);
+        awaiting.release(0, &mut out);
         assert_eq!(out, ["early"]);
-        assert_eq!(awaiting.release_all(&mut out), 1);
+        awaiting.release(50_000_001 + CLIENT_WAIT_NS, &mut out);
         assert_eq!(out, ["early", "late"]);
         assert!(awaiting.is_empty());
     }
@@ -157,7 +152,8 @@ mod tests {
         }
         assert_eq!(awaiting.hold(MAX_AWAITING, root(), 0), Some(0));
         let mut out = Vec::new();
-        assert_eq!(awaiting.release_all(&mut out), MAX_AWAITING as u64);
+        awaiting.release_all(&mut out);
+        assert_eq!(out.len(), MAX_AWAITING);
         assert_eq!(out.first(), Some(&1));
         assert_eq!(out.last(), Some(&MAX_AWAITING));
     }

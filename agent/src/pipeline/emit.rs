@@ -11,12 +11,11 @@ use super::{
     linking::{NodeRef, Parent, RequestKey, resolve},
 };
 use crate::{
-    events::clock::monotonic_now_ns,
     export::otlp::sent_by_loupe,
     process::instrumented::is_otlp_export,
     protocol::{Role, http1::HttpExchange},
     sampling::tail::Released,
-    span::{FinishedSpan, Resource, context::extract},
+    span::{FinishedSpan, HttpSpan, Resource, context::extract},
 };
 
 /// An exchange whose span is ready to be made, with what the span needs.
@@ -57,9 +56,6 @@ impl Pipeline {
             Some(entry.resource.clone()),
             entry.sdk && self.sdk_spans == super::SdkSpans::Skip,
         );
-        // Whether loupe traces the client at the other end: a server span left without a
-        // parent then waits for that client's request record.
-        let client_traced = ends.is_some_and(|ends| self.connections.has_ends(ends.mirrored()));
         let mut exchanges_left = exchanges.drain(..);
         while let Some(exchange) = exchanges_left.next() {
             let last = exchanges_left.len() == 0;
@@ -104,56 +100,58 @@ impl Pipeline {
                 self.metrics.spans_skipped_sdk.inc();
                 continue;
             }
-            let awaits_client = exchange.role == Role::Server
-                && client_traced
-                && matches!(node.borrow().parent, Parent::Root(_));
+            let Some(span_resource) = &resource else {
+                break;
+            };
+            if exchange.role == Role::Server
+                && matches!(node.borrow().parent, Parent::Root(_))
+                && ends.is_some_and(|ends| self.connections.has_ends(ends.mirrored()))
+            {
+                // Loupe traces the client at the other end: its request record may still
+                // be on its way (see `awaiting_client`).
+                let ended_ns = exchange
+                    .response_last_end_ns
+                    .max(exchange.close_ns)
+                    .max(exchange.request_last_end_ns);
+                let ready = ReadySpan {
+                    exchange,
+                    node: node.clone(),
+                    local,
+                    remote,
+                    resource: span_resource.clone(),
+                };
+                if let Some(oldest) = self.awaiting_client.hold(ready, node, ended_ns) {
+                    self.finish_awaited(oldest);
+                }
+                continue;
+            }
+            let Some(span) = self.make_span(exchange, &node, local, remote, span_resource) else {
+                continue;
+            };
             let resource = if last {
                 resource.take()
             } else {
                 resource.clone()
             };
-            let Some(resource) = resource else {
-                break;
-            };
-            let ended_ns = exchange
-                .response_last_end_ns
-                .max(exchange.close_ns)
-                .max(exchange.request_last_end_ns);
-            let ready = ReadySpan {
-                exchange,
-                node,
-                local,
-                remote,
-                resource,
-            };
-            if awaits_client {
-                let node = ready.node.clone();
-                if let Some(oldest) = self.awaiting_client.hold(ready, node, ended_ns) {
-                    self.finish_span(oldest, true);
-                }
-                continue;
+            if let Some(resource) = resource {
+                self.hand_on(FinishedSpan { resource, span });
             }
-            self.finish_span(ready, false);
         }
         drop(exchanges_left);
         self.exchanges = exchanges;
     }
 
-    /// Makes the span of `ready` and hands it on. `awaited`: it waited for a client span
-    /// to join; if none did, that is counted.
-    fn finish_span(&mut self, ready: ReadySpan, awaited: bool) {
-        let ReadySpan {
-            exchange,
-            node,
-            local,
-            remote,
-            resource,
-        } = ready;
-        if awaited && matches!(node.borrow().parent, Parent::Root(_)) {
-            // Loupe traces the client at the other end, yet found no span to join.
-            self.metrics.server_spans_peer_unmatched.inc();
-        }
-        let ids = resolve(&node);
+    /// The span of `exchange`, placed in its trace by `node` and counted in the request
+    /// metrics; `None` when sampled out.
+    fn make_span(
+        &mut self,
+        exchange: HttpExchange,
+        node: &NodeRef,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+        resource: &Arc<Resource>,
+    ) -> Option<HttpSpan> {
+        let ids = resolve(node);
         if exchange.role == Role::Client
             && ids.client_start_ns(exchange.request_first_start_ns)
                 < exchange.request_first_start_ns
@@ -164,14 +162,18 @@ impl Pipeline {
             .head_sampler
             .sampled(&ids.trace_id, ids.root_is_remote, ids.trace_flags);
         let mut span = self.assembler.assemble(exchange, ids, local, remote);
-        self.red.record(&resource, &span);
+        self.red.record(resource, &span);
         self.created_unreported += 1;
         if !sampled {
             self.metrics.spans_sampled_out.inc();
-            return;
+            return None;
         }
         span.trace_flags |= SAMPLED;
-        let finished = FinishedSpan { resource, span };
+        Some(span)
+    }
+
+    /// Hands a finished span to tail sampling, when on, or to the outbox.
+    fn hand_on(&mut self, finished: FinishedSpan) {
         match &mut self.tail_sampler {
             Some(tail) => {
                 let released = tail.offer(finished, Instant::now());
@@ -181,16 +183,34 @@ impl Pipeline {
         }
     }
 
+    /// Finishes a server span that waited for its client; counts it when none joined it.
+    fn finish_awaited(&mut self, ready: ReadySpan) {
+        let ReadySpan {
+            exchange,
+            node,
+            local,
+            remote,
+            resource,
+        } = ready;
+        if matches!(node.borrow().parent, Parent::Root(_)) {
+            // Loupe traces the client at the other end, yet found no span to join.
+            self.metrics.server_spans_peer_unmatched.inc();
+        }
+        if let Some(span) = self.make_span(exchange, &node, local, remote, &resource) {
+            self.hand_on(FinishedSpan { resource, span });
+        }
+    }
+
     /// Finishes the server spans whose client has linked them since they were held, and
-    /// those whose wait is over at `now_ns` (see `awaiting_client`).
-    pub(super) fn release_awaiting_client(&mut self, now_ns: u64) {
+    /// those whose wait is over now that the ring buffer has been read this far.
+    pub(super) fn release_awaiting_client(&mut self) {
         if self.awaiting_client.is_empty() {
             return;
         }
         let mut ready = Vec::new();
-        self.awaiting_client.release(now_ns, &mut ready);
+        self.awaiting_client.release(self.read_up_to_ns, &mut ready);
         for span in ready {
-            self.finish_span(span, true);
+            self.finish_awaited(span);
         }
     }
 
@@ -199,15 +219,7 @@ impl Pipeline {
         let mut ready = Vec::new();
         self.awaiting_client.release_all(&mut ready);
         for span in ready {
-            self.finish_span(span, true);
-        }
-    }
-
-    /// After the ring buffer was read empty: every record written before now has been
-    /// read, so a held span's wait can be measured on the monotonic clock.
-    pub(super) fn release_awaiting_client_now(&mut self) {
-        if !self.awaiting_client.is_empty() {
-            self.release_awaiting_client(monotonic_now_ns().max(self.records_clock_ns));
+            self.finish_awaited(span);
         }
     }
 

@@ -40,33 +40,37 @@ impl Replay {
         }
     }
 
-    /// The server reads the request, answers and closes; returns when the client began
-    /// writing, which was before all that.
-    fn serve_before_client_record(&mut self, pair: &Pair) -> u64 {
+    /// One record of `bytes`, whole, on `fd` of the current process, `after` ns after
+    /// the previous record.
+    fn whole(&mut self, (fd, conn_id): (u32, u64), dir: u8, after: u64, bytes: &[u8]) {
+        let at = self.tick(after);
+        self.data(fd, conn_id, dir, at, bytes, bytes.len(), 0);
+    }
+
+    /// The server reads the request, answers and closes, before the client's record of
+    /// its write comes.
+    fn serve_before_client_record(&mut self, pair: &Pair) {
+        self.serve_calling(pair, |_| {});
+    }
+
+    /// [`Self::serve_before_client_record`], the server's handler running `handler`.
+    fn serve_calling(&mut self, pair: &Pair, handler: impl FnOnce(&mut Self)) {
+        let server = (SERVER_FD, pair.server_id);
         self.tgid = pair.server_tgid;
-        let written = self.tick(10_000);
-        let read = self.tick(20_000);
-        self.data(
-            SERVER_FD,
-            pair.server_id,
-            direction::INGRESS,
-            read,
-            REQUEST,
-            REQUEST.len(),
-            0,
-        );
-        let answered = self.tick(30_000);
-        self.data(
-            SERVER_FD,
-            pair.server_id,
-            direction::EGRESS,
-            answered,
-            OK,
-            OK.len(),
-            0,
-        );
+        self.whole(server, direction::INGRESS, 20_000, REQUEST);
+        handler(self);
+        self.tgid = pair.server_tgid;
+        self.whole(server, direction::EGRESS, 30_000, OK);
         self.close(SERVER_FD, pair.server_id);
-        written
+    }
+
+    /// The client's record of its request, stamped at its write's return, after the
+    /// server closed, and its answer.
+    fn client_record(&mut self, pair: &Pair) {
+        let client = (CLIENT_FD, pair.client_id);
+        self.tgid = pair.client_tgid;
+        self.whole(client, direction::EGRESS, 10_000, REQUEST);
+        self.whole(client, direction::INGRESS, 10_000, OK);
     }
 
     fn take_spans(&mut self) -> Vec<FinishedSpan> {
@@ -87,28 +91,8 @@ fn only(spans: &[FinishedSpan], kind: SpanKind) -> &FinishedSpan {
 fn a_server_span_waits_for_its_clients_late_record_and_joins_its_trace() {
     let mut replay = Replay::new(Service::Nginx).unwrap();
     let pair = replay.open_pair();
-    let written = replay.serve_before_client_record(&pair);
-    // Its record comes now, stamped with the write's start, as the entry probes stamp it.
-    replay.tgid = pair.client_tgid;
-    replay.data(
-        CLIENT_FD,
-        pair.client_id,
-        direction::EGRESS,
-        written,
-        REQUEST,
-        REQUEST.len(),
-        0,
-    );
-    let answer = replay.tick(10_000);
-    replay.data(
-        CLIENT_FD,
-        pair.client_id,
-        direction::INGRESS,
-        answer,
-        OK,
-        OK.len(),
-        0,
-    );
+    replay.serve_before_client_record(&pair);
+    replay.client_record(&pair);
     let spans = replay.take_spans();
     assert_eq!(spans.len(), 2, "{spans:#?}");
     let (client, server) = (
@@ -155,4 +139,74 @@ fn a_held_server_span_goes_out_when_the_agent_stops() {
     replay.queue.fill(&mut spans, 10);
     assert_eq!(only(&spans, SpanKind::Server).span.path, "/late");
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
+}
+
+#[test]
+fn a_held_server_span_is_linked_by_a_client_record_read_later() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    replay.serve_before_client_record(&pair);
+    assert!(replay.take_spans().is_empty());
+    replay.client_record(&pair);
+    let spans = replay.take_spans();
+    let (client, server) = (
+        only(&spans, SpanKind::Client),
+        only(&spans, SpanKind::Server),
+    );
+    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    assert_eq!(server.span.trace_id, client.span.trace_id);
+}
+
+#[test]
+fn with_no_records_coming_the_readers_empty_reads_end_the_wait() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    replay.serve_before_client_record(&pair);
+    // The reader stopped for the export queue's room: records may still be in the ring.
+    replay.pipeline.drained(true);
+    replay.pipeline.tick();
+    let mut spans = Vec::new();
+    replay.queue.fill(&mut spans, 10);
+    assert!(
+        spans.is_empty(),
+        "held while the ring is not read past the wait"
+    );
+    // Read empty a little later, and then past the wait.
+    replay.pipeline.read_empty(replay.clock_ns + 1_000);
+    replay.pipeline.tick();
+    replay.queue.fill(&mut spans, 10);
+    assert!(spans.is_empty(), "held within the wait");
+    let past = replay.clock_ns + super::super::awaiting_client::CLIENT_WAIT_NS + 1;
+    replay.pipeline.read_empty(past);
+    replay.pipeline.tick();
+    replay.queue.fill(&mut spans, 10);
+    assert_eq!(only(&spans, SpanKind::Server).span.path, "/late");
+    assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
+}
+
+#[test]
+fn the_calls_a_held_server_made_stay_in_the_trace_its_late_client_joins() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    let down = b"GET /down HTTP/1.1\r\nHost: db\r\n\r\n";
+    replay.serve_calling(&pair, |replay| {
+        // A call to a service loupe does not trace: its span goes out at once.
+        let fd = SERVER_FD + 1;
+        let call = (fd, replay.open_as(role::CLIENT, fd, (46_000, 9_000)));
+        replay.whole(call, direction::EGRESS, 5_000, down);
+        replay.whole(call, direction::INGRESS, 5_000, OK);
+    });
+    let early = replay.take_spans();
+    let call = only(&early, SpanKind::Client);
+    assert_eq!(call.span.path, "/down");
+    replay.client_record(&pair);
+    let spans = replay.take_spans();
+    let (client, server) = (
+        only(&spans, SpanKind::Client),
+        only(&spans, SpanKind::Server),
+    );
+    assert_eq!(call.span.parent_span_id, Some(server.span.span_id));
+    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    assert_eq!(call.span.trace_id, server.span.trace_id);
+    assert_eq!(client.span.trace_id, server.span.trace_id);
 }

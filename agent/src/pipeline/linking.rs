@@ -451,6 +451,10 @@ impl Linker {
                 },
             ),
         };
+        let fresh_root = matches!(
+            placement,
+            ClientPlacement::Unplaced | ClientPlacement::Standalone
+        );
         let node = Rc::new(RefCell::new(node));
         if let Some(peer_key) = peers {
             match pop_fresh(&mut self.servers, &peer_key, ts_ns, &self.requests) {
@@ -459,14 +463,14 @@ impl Linker {
                 Some((server, server_start_ns)) => {
                     let mut server = server.borrow_mut();
                     if let Parent::Root(server_trace) = server.parent {
-                        let mut client = node.borrow_mut();
-                        if matches!(client.parent, Parent::Root(_)) {
-                            // A client that starts its trace takes the server's trace id:
-                            // spans the server caused may have gone out with it already.
+                        if fresh_root {
+                            // A client that starts a trace of its own takes the server's
+                            // trace id: spans the server caused may have gone out with it
+                            // already. Ids on the wire (an SDK's, the kernel's) stay.
+                            let mut client = node.borrow_mut();
                             client.parent = Parent::Root(server_trace);
                             client.trace_flags = server.trace_flags;
                         }
-                        drop(client);
                         server.parent = Parent::Local(node.clone());
                     }
                     node.borrow_mut().server_start_ns = server_start_ns;

@@ -104,6 +104,31 @@ fn a_standalone_client_seen_after_its_server_takes_the_servers_trace() {
 }
 
 #[test]
+fn a_client_with_ids_on_the_wire_seen_after_its_server_keeps_them() {
+    let kernel = KernelIds {
+        trace_id: TraceId([5; 16]),
+        span_id: SpanId([6; 8]),
+        parent_span_id: None,
+        trace_flags: 1,
+    };
+    let sdk = header(3, 4);
+    for (header, kernel, trace) in [
+        (Some(sdk), None, TraceId([3; 16])),
+        (None, Some(kernel), TraceId([5; 16])),
+    ] {
+        let mut l = Linker::default();
+        let back = l.server_start(key(BACK, 4, 0), 21, 15, Some(hop_mirrored()), None, None);
+        let (call, placement) =
+            l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), header, kernel, None);
+        assert_eq!(placement, ClientPlacement::OwnContext);
+        let call_ids = resolve(&call);
+        assert_eq!(call_ids.trace_id, trace);
+        assert_eq!(resolve(&back).trace_id, trace);
+        assert_eq!(resolve(&back).parent_span_id, Some(call_ids.span_id));
+    }
+}
+
+#[test]
 fn keep_alive_requests_pair_in_order() {
     let mut l = Linker::default();
     let mut calls = Vec::new();

@@ -112,10 +112,9 @@ pub struct Pipeline {
     injected: InjectedIds,
     /// Server spans waiting for their client's request record.
     awaiting_client: AwaitingClient<ReadySpan>,
-    /// The latest time a record carried: how far the ring buffer has been read.
-    records_clock_ns: u64,
-    /// The reader left records in the ring at its last read (see `EventSink::drained`).
-    reader_holding: bool,
+    /// How far, in time, the ring buffer has been read: the latest time a record carried,
+    /// or when the reader last found it empty (monotonic clock).
+    read_up_to_ns: u64,
     last_housekeeping: Instant,
     housekeeping_runs: u32,
 }
@@ -152,8 +151,7 @@ impl Pipeline {
             linker: Linker::default(),
             injected: InjectedIds::default(),
             awaiting_client: AwaitingClient::default(),
-            records_clock_ns: 0,
-            reader_holding: false,
+            read_up_to_ns: 0,
             last_housekeeping: Instant::now(),
             housekeeping_runs: 0,
         }
@@ -371,7 +369,7 @@ impl EventSink for Pipeline {
                 {
                     process.sdk = true;
                 }
-                self.records_clock_ns = self.records_clock_ns.max(open.ts_ns);
+                self.read_up_to_ns = self.read_up_to_ns.max(open.ts_ns);
                 self.connections.forget_parked(&key);
                 let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
                 if let Some(replaced) = self.connections.adopt_as_alias(key, &conn) {
@@ -386,7 +384,7 @@ impl EventSink for Pipeline {
                 self.open(key, conn);
             }
             Event::Data { header, payload } => {
-                self.records_clock_ns = self.records_clock_ns.max(header.end_ns);
+                self.read_up_to_ns = self.read_up_to_ns.max(header.end_ns);
                 let key = ConnKey {
                     tgid: header.tgid,
                     fd: header.fd,
@@ -394,6 +392,7 @@ impl EventSink for Pipeline {
                 self.on_data(key, &header, payload);
             }
             Event::ConnClose(close) => {
+                self.read_up_to_ns = self.read_up_to_ns.max(close.ts_ns);
                 let key = ConnKey {
                     tgid: close.tgid,
                     fd: close.fd,
@@ -425,8 +424,7 @@ impl EventSink for Pipeline {
     }
 
     fn drained(&mut self, holding: bool) {
-        self.reader_holding = holding;
-        self.release_awaiting_client(self.records_clock_ns);
+        self.release_awaiting_client();
         // While the reader holds back for the queue, a partial outbox the queue has no room
         // for waits with the records still in the ring.
         if !holding || self.exporter.has_room(self.outbox.len()) {
@@ -441,12 +439,18 @@ impl EventSink for Pipeline {
         self.exporter.has_room(self.outbox.len() + 1)
     }
 
+    fn read_empty(&mut self, at_ns: u64) {
+        self.read_up_to_ns = self.read_up_to_ns.max(at_ns);
+    }
+
     fn tick(&mut self) {
-        if !self.reader_holding && !self.awaiting_client.is_empty() {
-            // No records came since the ring was read empty: the waits are timed on the
-            // monotonic clock.
-            self.release_awaiting_client_now();
-            self.flush_outbox();
+        if !self.awaiting_client.is_empty() {
+            // With no records coming, only the reader's empty reads move the clock on.
+            self.release_awaiting_client();
+            // A reader holding back for the queue flushes once it has room.
+            if self.exporter.has_room(self.outbox.len()) {
+                self.flush_outbox();
+            }
         }
         if self.last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             self.housekeeping();
