@@ -120,6 +120,7 @@ impl Pipeline {
                     remote,
                     resource: span_resource.clone(),
                 };
+                self.metrics.server_spans_awaited_client.inc();
                 if let Some(oldest) = self.awaiting_client.hold(ready, node, ended_ns) {
                     self.finish_awaited(oldest);
                 }

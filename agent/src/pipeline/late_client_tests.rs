@@ -102,6 +102,7 @@ fn a_server_span_waits_for_its_clients_late_record_and_joins_its_trace() {
     assert_eq!(server.span.trace_id, client.span.trace_id);
     assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
     assert_eq!(client.span.parent_span_id, None);
+    assert_eq!(replay.metrics().server_spans_awaited_client.get(), 1);
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 0);
 }
 

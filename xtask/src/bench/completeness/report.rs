@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 use super::tree::{Completeness, Hop, Linking, describe, link_hops};
 
 /// Agent counters shown per level (differences over the level).
-pub const METRICS: [&str; 3] = [
+pub const METRICS: [&str; 4] = [
     "loupe_client_spans_unplaced_total",
+    "loupe_server_spans_awaited_client_total",
     "loupe_server_spans_peer_unmatched_total",
     "loupe_ringbuf_drops_total",
 ];
@@ -275,7 +276,7 @@ mod tests {
                     delta: Some(0.0),
                 },
                 Metric {
-                    name: METRICS[2],
+                    name: METRICS[3],
                     delta: None,
                 },
             ],
