@@ -189,14 +189,18 @@ fn timing(exchange: &HttpExchange) -> (u64, u64) {
         Role::Server => exchange.request_first_end_ns,
         Role::Client => exchange.request_first_start_ns,
     };
-    let end = if exchange.response_last_end_ns > 0 {
+    (start, end_ns(exchange))
+}
+
+/// When the span of `exchange` ends (see [`timing`]).
+pub(super) fn end_ns(exchange: &HttpExchange) -> u64 {
+    if exchange.response_last_end_ns > 0 {
         exchange.response_last_end_ns
     } else if exchange.close_ns > 0 {
         exchange.close_ns
     } else {
         exchange.request_last_end_ns
-    };
-    (start, end)
+    }
 }
 
 /// Splits a request target into path and query; absolute-form targets (proxies) lose

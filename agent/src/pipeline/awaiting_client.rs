@@ -11,13 +11,13 @@
 
 use std::collections::VecDeque;
 
-use super::linking::{NodeRef, Parent};
+use super::linking::NodeRef;
 
 /// How long after a server span's end its client's request record may still arrive: the
 /// time the client can stay preempted between handing over its bytes and its write's
-/// return. Measured on how far the ring buffer has been read (the records' own times,
-/// and when the reader found it empty), not on the clock at the wall, so an agent that
-/// lags behind its ring buffer still waits for every record written in that time.
+/// return. Measured from when the reader last found the ring buffer empty, not from the
+/// time it is checked, so an agent that lags behind its ring buffer still waits for
+/// every record written in that time.
 pub const CLIENT_WAIT_NS: u64 = 100_000_000;
 /// Spans held at most; past that the first held goes at once, unlinked.
 pub const MAX_AWAITING: usize = 4_096;
@@ -44,17 +44,12 @@ impl<T> Default for AwaitingClient<T> {
     }
 }
 
-/// Whether the span of `node` has found a parent since it was held.
-fn linked(node: &NodeRef) -> bool {
-    !matches!(node.borrow().parent, Parent::Root(_))
-}
-
 impl<T> AwaitingClient<T> {
     /// Holds `item`, the span of `node` that ended at `ended_ns`, for its client. When
     /// [`MAX_AWAITING`] are held already, returns the first held, to go now.
-    pub fn hold(&mut self, item: T, node: NodeRef, ended_ns: u64) -> Option<T> {
+    pub fn hold(&mut self, item: T, node: NodeRef, ended_ns: u64) -> Option<(T, NodeRef)> {
         let first = if self.held.len() >= MAX_AWAITING {
-            self.held.pop_front().map(|held| held.item)
+            self.held.pop_front().map(|held| (held.item, held.node))
         } else {
             None
         };
@@ -67,12 +62,14 @@ impl<T> AwaitingClient<T> {
     }
 
     /// Moves into `out` the spans linked since they were held, and those whose wait is
-    /// over once the ring buffer has been read up to `read_up_to_ns`.
-    pub fn release(&mut self, read_up_to_ns: u64, out: &mut Vec<T>) {
+    /// over once the ring buffer has been read empty at `read_empty_ns`.
+    pub fn release(&mut self, read_empty_ns: u64, out: &mut Vec<(T, NodeRef)>) {
         let mut kept = std::mem::take(&mut self.spare);
         for held in self.held.drain(..) {
-            if linked(&held.node) || read_up_to_ns.saturating_sub(held.ended_ns) > CLIENT_WAIT_NS {
-                out.push(held.item);
+            if !held.node.borrow().starts_trace()
+                || read_empty_ns.saturating_sub(held.ended_ns) > CLIENT_WAIT_NS
+            {
+                out.push((held.item, held.node));
             } else {
                 kept.push_back(held);
             }
@@ -81,8 +78,8 @@ impl<T> AwaitingClient<T> {
     }
 
     /// Moves every held span into `out`, as the agent stops.
-    pub fn release_all(&mut self, out: &mut Vec<T>) {
-        out.extend(self.held.drain(..).map(|held| held.item));
+    pub fn release_all(&mut self, out: &mut Vec<(T, NodeRef)>) {
+        out.extend(self.held.drain(..).map(|held| (held.item, held.node)));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,7 +92,7 @@ mod tests {
     use std::{cell::RefCell, rc::Rc};
 
     use super::*;
-    use crate::pipeline::linking::SpanNode;
+    use crate::pipeline::linking::{Parent, SpanNode};
     use crate::span::context::{new_span_id, new_trace_id};
 
     fn root() -> NodeRef {
@@ -106,6 +103,11 @@ mod tests {
             trace_state: None,
             server_start_ns: 0,
         }))
+    }
+
+    /// The items of released spans, in order.
+    fn items<T: Copy>(out: &[(T, NodeRef)]) -> Vec<T> {
+        out.iter().map(|(item, _)| *item).collect()
     }
 
     #[test]
@@ -119,10 +121,10 @@ mod tests {
         assert!(out.is_empty(), "both still wait");
         b.borrow_mut().parent = Parent::Local(root());
         awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out);
-        assert_eq!(out, ["b"]);
+        assert_eq!(items(&out), ["b"]);
         assert!(!awaiting.is_empty());
         awaiting.release_all(&mut out);
-        assert_eq!(out, ["b", "a"]);
+        assert_eq!(items(&out), ["b", "a"]);
         assert!(awaiting.is_empty());
     }
 
@@ -135,12 +137,12 @@ mod tests {
         awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out);
         assert!(out.is_empty(), "the wait is over only past it");
         awaiting.release(1_001 + CLIENT_WAIT_NS, &mut out);
-        assert_eq!(out, ["early"]);
-        // A clock behind a span's end (records from another CPU) keeps it.
+        assert_eq!(items(&out), ["early"]);
+        // An empty read before a span's end keeps it.
         awaiting.release(0, &mut out);
-        assert_eq!(out, ["early"]);
+        assert_eq!(items(&out), ["early"]);
         awaiting.release(50_000_001 + CLIENT_WAIT_NS, &mut out);
-        assert_eq!(out, ["early", "late"]);
+        assert_eq!(items(&out), ["early", "late"]);
         assert!(awaiting.is_empty());
     }
 
@@ -150,11 +152,14 @@ mod tests {
         for n in 0..MAX_AWAITING {
             assert!(awaiting.hold(n, root(), n as u64).is_none());
         }
-        assert_eq!(awaiting.hold(MAX_AWAITING, root(), 0), Some(0));
+        assert_eq!(
+            awaiting.hold(MAX_AWAITING, root(), 0).map(|(n, _)| n),
+            Some(0)
+        );
         let mut out = Vec::new();
         awaiting.release_all(&mut out);
         assert_eq!(out.len(), MAX_AWAITING);
-        assert_eq!(out.first(), Some(&1));
-        assert_eq!(out.last(), Some(&MAX_AWAITING));
+        assert_eq!(items(&out).first(), Some(&1));
+        assert_eq!(items(&out).last(), Some(&MAX_AWAITING));
     }
 }

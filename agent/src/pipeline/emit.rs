@@ -7,8 +7,9 @@ use loupe_common::ConnKey;
 
 use super::{
     OUTBOX_SPANS, Pipeline, SAMPLED,
+    assemble::end_ns,
     connections::Ends,
-    linking::{NodeRef, Parent, RequestKey, resolve},
+    linking::{NodeRef, RequestKey, resolve},
 };
 use crate::{
     export::otlp::sent_by_loupe,
@@ -21,7 +22,6 @@ use crate::{
 /// An exchange whose span is ready to be made, with what the span needs.
 pub(super) struct ReadySpan {
     exchange: HttpExchange,
-    node: NodeRef,
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     resource: Arc<Resource>,
@@ -104,25 +104,21 @@ impl Pipeline {
                 break;
             };
             if exchange.role == Role::Server
-                && matches!(node.borrow().parent, Parent::Root(_))
+                && node.borrow().starts_trace()
                 && ends.is_some_and(|ends| self.connections.has_ends(ends.mirrored()))
             {
                 // Loupe traces the client at the other end: its request record may still
                 // be on its way (see `awaiting_client`).
-                let ended_ns = exchange
-                    .response_last_end_ns
-                    .max(exchange.close_ns)
-                    .max(exchange.request_last_end_ns);
+                let ended_ns = end_ns(&exchange);
                 let ready = ReadySpan {
                     exchange,
-                    node: node.clone(),
                     local,
                     remote,
                     resource: span_resource.clone(),
                 };
                 self.metrics.server_spans_awaited_client.inc();
-                if let Some(oldest) = self.awaiting_client.hold(ready, node, ended_ns) {
-                    self.finish_awaited(oldest);
+                if let Some((first, node)) = self.awaiting_client.hold(ready, node, ended_ns) {
+                    self.finish_awaited(first, &node);
                 }
                 continue;
             }
@@ -185,33 +181,32 @@ impl Pipeline {
     }
 
     /// Finishes a server span that waited for its client; counts it when none joined it.
-    fn finish_awaited(&mut self, ready: ReadySpan) {
+    fn finish_awaited(&mut self, ready: ReadySpan, node: &NodeRef) {
         let ReadySpan {
             exchange,
-            node,
             local,
             remote,
             resource,
         } = ready;
-        if matches!(node.borrow().parent, Parent::Root(_)) {
+        if node.borrow().starts_trace() {
             // Loupe traces the client at the other end, yet found no span to join.
             self.metrics.server_spans_peer_unmatched.inc();
         }
-        if let Some(span) = self.make_span(exchange, &node, local, remote, &resource) {
+        if let Some(span) = self.make_span(exchange, node, local, remote, &resource) {
             self.hand_on(FinishedSpan { resource, span });
         }
     }
 
     /// Finishes the server spans whose client has linked them since they were held, and
-    /// those whose wait is over now that the ring buffer has been read this far.
+    /// those whose wait is over now that the reader has found the ring buffer empty.
     pub(super) fn release_awaiting_client(&mut self) {
         if self.awaiting_client.is_empty() {
             return;
         }
         let mut ready = Vec::new();
-        self.awaiting_client.release(self.read_up_to_ns, &mut ready);
-        for span in ready {
-            self.finish_awaited(span);
+        self.awaiting_client.release(self.read_empty_ns, &mut ready);
+        for (span, node) in ready {
+            self.finish_awaited(span, &node);
         }
     }
 
@@ -219,8 +214,8 @@ impl Pipeline {
     pub(super) fn release_all_awaiting_client(&mut self) {
         let mut ready = Vec::new();
         self.awaiting_client.release_all(&mut ready);
-        for span in ready {
-            self.finish_awaited(span);
+        for (span, node) in ready {
+            self.finish_awaited(span, &node);
         }
     }
 

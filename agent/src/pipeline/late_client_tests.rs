@@ -75,10 +75,30 @@ impl Replay {
 
     fn take_spans(&mut self) -> Vec<FinishedSpan> {
         self.pipeline.drained(false);
+        self.queued()
+    }
+
+    /// What the reader's tick sent on.
+    fn ticked(&mut self) -> Vec<FinishedSpan> {
+        self.pipeline.tick();
+        self.queued()
+    }
+
+    fn queued(&mut self) -> Vec<FinishedSpan> {
         let mut spans = Vec::new();
         self.queue.fill(&mut spans, 10);
         spans
     }
+
+    /// The reader finds the ring buffer empty just past the wait of a span ended now.
+    fn read_empty_past_the_wait(&mut self) {
+        let past = self.clock_ns + super::super::awaiting_client::CLIENT_WAIT_NS + 1;
+        self.pipeline.read_empty(past);
+    }
+}
+
+fn client_and_server(spans: &[FinishedSpan]) -> (&FinishedSpan, &FinishedSpan) {
+    (only(spans, SpanKind::Client), only(spans, SpanKind::Server))
 }
 
 fn only(spans: &[FinishedSpan], kind: SpanKind) -> &FinishedSpan {
@@ -95,10 +115,7 @@ fn a_server_span_waits_for_its_clients_late_record_and_joins_its_trace() {
     replay.client_record(&pair);
     let spans = replay.take_spans();
     assert_eq!(spans.len(), 2, "{spans:#?}");
-    let (client, server) = (
-        only(&spans, SpanKind::Client),
-        only(&spans, SpanKind::Server),
-    );
+    let (client, server) = client_and_server(&spans);
     assert_eq!(server.span.trace_id, client.span.trace_id);
     assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
     assert_eq!(client.span.parent_span_id, None);
@@ -115,9 +132,9 @@ fn a_server_span_whose_client_record_never_comes_goes_alone_and_is_counted() {
         replay.take_spans().is_empty(),
         "held while the ring buffer has not moved past the client's wait"
     );
-    // Other traffic moves the records' clock past the wait.
-    replay.tick(super::super::awaiting_client::CLIENT_WAIT_NS);
+    // Other traffic, and the reader finds the ring buffer empty past the wait.
     replay.request(0);
+    replay.read_empty_past_the_wait();
     let spans = replay.take_spans();
     assert_eq!(spans.len(), 2, "{spans:#?}");
     let late = spans
@@ -136,8 +153,7 @@ fn a_held_server_span_goes_out_when_the_agent_stops() {
     replay.serve_before_client_record(&pair);
     assert!(replay.take_spans().is_empty());
     replay.pipeline.finish();
-    let mut spans = Vec::new();
-    replay.queue.fill(&mut spans, 10);
+    let spans = replay.queued();
     assert_eq!(only(&spans, SpanKind::Server).span.path, "/late");
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
 }
@@ -150,10 +166,7 @@ fn a_held_server_span_is_linked_by_a_client_record_read_later() {
     assert!(replay.take_spans().is_empty());
     replay.client_record(&pair);
     let spans = replay.take_spans();
-    let (client, server) = (
-        only(&spans, SpanKind::Client),
-        only(&spans, SpanKind::Server),
-    );
+    let (client, server) = client_and_server(&spans);
     assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
     assert_eq!(server.span.trace_id, client.span.trace_id);
 }
@@ -165,22 +178,16 @@ fn with_no_records_coming_the_readers_empty_reads_end_the_wait() {
     replay.serve_before_client_record(&pair);
     // The reader stopped for the export queue's room: records may still be in the ring.
     replay.pipeline.drained(true);
-    replay.pipeline.tick();
-    let mut spans = Vec::new();
-    replay.queue.fill(&mut spans, 10);
+    let spans = replay.ticked();
     assert!(
         spans.is_empty(),
         "held while the ring is not read past the wait"
     );
     // Read empty a little later, and then past the wait.
     replay.pipeline.read_empty(replay.clock_ns + 1_000);
-    replay.pipeline.tick();
-    replay.queue.fill(&mut spans, 10);
-    assert!(spans.is_empty(), "held within the wait");
-    let past = replay.clock_ns + super::super::awaiting_client::CLIENT_WAIT_NS + 1;
-    replay.pipeline.read_empty(past);
-    replay.pipeline.tick();
-    replay.queue.fill(&mut spans, 10);
+    assert!(replay.ticked().is_empty(), "held within the wait");
+    replay.read_empty_past_the_wait();
+    let spans = replay.ticked();
     assert_eq!(only(&spans, SpanKind::Server).span.path, "/late");
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
 }
@@ -202,10 +209,7 @@ fn the_calls_a_held_server_made_stay_in_the_trace_its_late_client_joins() {
     assert_eq!(call.span.path, "/down");
     replay.client_record(&pair);
     let spans = replay.take_spans();
-    let (client, server) = (
-        only(&spans, SpanKind::Client),
-        only(&spans, SpanKind::Server),
-    );
+    let (client, server) = client_and_server(&spans);
     assert_eq!(call.span.parent_span_id, Some(server.span.span_id));
     assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
     assert_eq!(call.span.trace_id, server.span.trace_id);

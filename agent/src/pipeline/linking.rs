@@ -58,6 +58,13 @@ pub struct SpanNode {
     pub server_start_ns: u64,
 }
 
+impl SpanNode {
+    /// Whether no parent has been found for it (yet): it starts its trace.
+    pub fn starts_trace(&self) -> bool {
+        matches!(self.parent, Parent::Root(_))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Parent {
     /// The span starts a trace.

@@ -112,9 +112,9 @@ pub struct Pipeline {
     injected: InjectedIds,
     /// Server spans waiting for their client's request record.
     awaiting_client: AwaitingClient<ReadySpan>,
-    /// How far, in time, the ring buffer has been read: the latest time a record carried,
-    /// or when the reader last found it empty (monotonic clock).
-    read_up_to_ns: u64,
+    /// When the reader last found the ring buffer empty (monotonic clock): every record
+    /// written before then has been handled.
+    read_empty_ns: u64,
     last_housekeeping: Instant,
     housekeeping_runs: u32,
 }
@@ -151,7 +151,7 @@ impl Pipeline {
             linker: Linker::default(),
             injected: InjectedIds::default(),
             awaiting_client: AwaitingClient::default(),
-            read_up_to_ns: 0,
+            read_empty_ns: 0,
             last_housekeeping: Instant::now(),
             housekeeping_runs: 0,
         }
@@ -369,7 +369,6 @@ impl EventSink for Pipeline {
                 {
                     process.sdk = true;
                 }
-                self.read_up_to_ns = self.read_up_to_ns.max(open.ts_ns);
                 self.connections.forget_parked(&key);
                 let mut conn = Connection::new(open.conn_id, Some(&open.tuple), open.ts_ns);
                 if let Some(replaced) = self.connections.adopt_as_alias(key, &conn) {
@@ -384,7 +383,6 @@ impl EventSink for Pipeline {
                 self.open(key, conn);
             }
             Event::Data { header, payload } => {
-                self.read_up_to_ns = self.read_up_to_ns.max(header.end_ns);
                 let key = ConnKey {
                     tgid: header.tgid,
                     fd: header.fd,
@@ -392,7 +390,6 @@ impl EventSink for Pipeline {
                 self.on_data(key, &header, payload);
             }
             Event::ConnClose(close) => {
-                self.read_up_to_ns = self.read_up_to_ns.max(close.ts_ns);
                 let key = ConnKey {
                     tgid: close.tgid,
                     fd: close.fd,
@@ -440,12 +437,12 @@ impl EventSink for Pipeline {
     }
 
     fn read_empty(&mut self, at_ns: u64) {
-        self.read_up_to_ns = self.read_up_to_ns.max(at_ns);
+        self.read_empty_ns = self.read_empty_ns.max(at_ns);
     }
 
     fn tick(&mut self) {
         if !self.awaiting_client.is_empty() {
-            // With no records coming, only the reader's empty reads move the clock on.
+            // With no records coming, the reader's empty reads still end waits.
             self.release_awaiting_client();
             // A reader holding back for the queue flushes once it has room.
             if self.exporter.has_room(self.outbox.len()) {
