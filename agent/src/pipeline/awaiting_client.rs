@@ -8,10 +8,16 @@
 //! at once, the server span would start a trace of its own, and the client span another.
 //! Held here, it goes once its client's record has linked it, or once the ring buffer
 //! has moved [`CLIENT_WAIT_NS`] past its end without one.
+//!
+//! The spans the server caused while it handled the request (its calls, and the server
+//! spans of those calls in other traced processes) are held with it, each by the same
+//! rule: when the client has a trace of its own (a proxy's upstream call, a request with
+//! a `traceparent`), the server joins that trace, and spans already sent would be left
+//! in the server's first one.
 
 use std::collections::VecDeque;
 
-use super::linking::NodeRef;
+use super::linking::{MAX_DEPTH, NodeRef, Parent};
 
 /// How long after a server span's end its client's request record may still arrive: the
 /// time the client can stay preempted between handing over its bytes and its write's
@@ -21,6 +27,22 @@ use super::linking::NodeRef;
 pub const CLIENT_WAIT_NS: u64 = 100_000_000;
 /// Spans held at most; past that the first held goes at once, unlinked.
 pub const MAX_AWAITING: usize = 4_096;
+
+/// Whether the span of `node` is in a trace whose first span still awaits its client:
+/// that client's record would put the whole trace under another, so none of its spans
+/// should go out yet.
+pub(super) fn trace_awaits_client(node: &NodeRef) -> bool {
+    let mut current = node.clone();
+    for _ in 0..MAX_DEPTH {
+        let parent = match &current.borrow().parent {
+            Parent::Local(parent) => parent.clone(),
+            Parent::Remote { .. } => return false,
+            Parent::Root(_) => return current.borrow().awaits_client,
+        };
+        current = parent;
+    }
+    false
+}
 
 /// Held spans (`T`: what the pipeline needs to finish one), in the order they were held.
 pub struct AwaitingClient<T> {
@@ -66,7 +88,7 @@ impl<T> AwaitingClient<T> {
     pub fn release(&mut self, read_empty_ns: u64, out: &mut Vec<(T, NodeRef)>) {
         let mut kept = std::mem::take(&mut self.spare);
         for held in self.held.drain(..) {
-            if !held.node.borrow().starts_trace()
+            if !trace_awaits_client(&held.node)
                 || read_empty_ns.saturating_sub(held.ended_ns) > CLIENT_WAIT_NS
             {
                 out.push((held.item, held.node));
@@ -95,6 +117,7 @@ mod tests {
     use crate::pipeline::linking::{Parent, SpanNode};
     use crate::span::context::{new_span_id, new_trace_id};
 
+    /// A server request's node that starts its trace and awaits its client.
     fn root() -> NodeRef {
         Rc::new(RefCell::new(SpanNode {
             span_id: new_span_id(),
@@ -102,6 +125,7 @@ mod tests {
             trace_flags: 1,
             trace_state: None,
             server_start_ns: 0,
+            awaits_client: true,
         }))
     }
 
@@ -119,13 +143,73 @@ mod tests {
         let mut out = Vec::new();
         awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out);
         assert!(out.is_empty(), "both still wait");
-        b.borrow_mut().parent = Parent::Local(root());
+        b.borrow_mut().parent = Parent::Local(client());
         awaiting.release(1_000 + CLIENT_WAIT_NS, &mut out);
         assert_eq!(items(&out), ["b"]);
         assert!(!awaiting.is_empty());
         awaiting.release_all(&mut out);
         assert_eq!(items(&out), ["b", "a"]);
         assert!(awaiting.is_empty());
+    }
+
+    /// A node that awaits nothing: a client request's, say.
+    fn node(parent: Parent) -> NodeRef {
+        Rc::new(RefCell::new(SpanNode {
+            span_id: new_span_id(),
+            parent,
+            trace_flags: 1,
+            trace_state: None,
+            server_start_ns: 0,
+            awaits_client: false,
+        }))
+    }
+
+    fn child_of(parent: &NodeRef) -> NodeRef {
+        node(Parent::Local(parent.clone()))
+    }
+
+    /// A client request's node that starts its trace.
+    fn client() -> NodeRef {
+        node(Parent::Root(new_trace_id()))
+    }
+
+    #[test]
+    fn the_spans_a_server_caused_go_once_it_is_linked() {
+        let mut awaiting = AwaitingClient::default();
+        let server = root();
+        let call = child_of(&server);
+        let callee = child_of(&call);
+        awaiting.hold("callee", callee, 1_000);
+        awaiting.hold("call", call, 2_000);
+        let mut out = Vec::new();
+        awaiting.release(1_000, &mut out);
+        assert!(
+            out.is_empty(),
+            "held while their trace's first span awaits its client"
+        );
+        server.borrow_mut().parent = Parent::Local(root());
+        awaiting.release(1_000, &mut out);
+        assert!(
+            out.is_empty(),
+            "now under a server that awaits a client of its own"
+        );
+        server.borrow_mut().parent = Parent::Local(client());
+        awaiting.release(1_000, &mut out);
+        assert_eq!(items(&out), ["callee", "call"]);
+        assert!(awaiting.is_empty());
+    }
+
+    #[test]
+    fn the_spans_a_server_caused_go_unlinked_by_their_own_wait() {
+        let mut awaiting = AwaitingClient::default();
+        let server = root();
+        awaiting.hold("call", child_of(&server), 1_000);
+        awaiting.hold("server", server, 5_000);
+        let mut out = Vec::new();
+        awaiting.release(1_001 + CLIENT_WAIT_NS, &mut out);
+        assert_eq!(items(&out), ["call"]);
+        awaiting.release(5_001 + CLIENT_WAIT_NS, &mut out);
+        assert_eq!(items(&out), ["call", "server"]);
     }
 
     #[test]

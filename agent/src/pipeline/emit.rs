@@ -8,6 +8,7 @@ use loupe_common::ConnKey;
 use super::{
     OUTBOX_SPANS, Pipeline, SAMPLED,
     assemble::end_ns,
+    awaiting_client::trace_awaits_client,
     connections::Ends,
     linking::{NodeRef, RequestKey, resolve},
 };
@@ -103,12 +104,9 @@ impl Pipeline {
             let Some(span_resource) = &resource else {
                 break;
             };
-            if exchange.role == Role::Server
-                && node.borrow().starts_trace()
-                && ends.is_some_and(|ends| self.connections.has_ends(ends.mirrored()))
-            {
-                // Loupe traces the client at the other end: its request record may still
-                // be on its way (see `awaiting_client`).
+            if trace_awaits_client(&node) {
+                // Loupe traces the client of this trace's first span: its request record
+                // may still be on its way and change the trace (see `awaiting_client`).
                 let ended_ns = end_ns(&exchange);
                 let ready = ReadySpan {
                     exchange,
@@ -116,7 +114,11 @@ impl Pipeline {
                     remote,
                     resource: span_resource.clone(),
                 };
-                self.metrics.server_spans_awaited_client.inc();
+                if node.borrow().still_awaits_client() {
+                    self.metrics.server_spans_awaited_client.inc();
+                } else {
+                    self.metrics.spans_held_with_server.inc();
+                }
                 if let Some((first, node)) = self.awaiting_client.hold(ready, node, ended_ns) {
                     self.finish_awaited(first, &node);
                 }
@@ -188,7 +190,7 @@ impl Pipeline {
             remote,
             resource,
         } = ready;
-        if node.borrow().starts_trace() {
+        if node.borrow().still_awaits_client() {
             // Loupe traces the client at the other end, yet found no span to join.
             self.metrics.server_spans_peer_unmatched.inc();
         }

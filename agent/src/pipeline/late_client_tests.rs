@@ -192,26 +192,119 @@ fn with_no_records_coming_the_readers_empty_reads_end_the_wait() {
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
 }
 
+/// The held server's handler calls `db`, a service loupe does not trace.
+fn call_untraced(replay: &mut Replay) {
+    let down = b"GET /down HTTP/1.1\r\nHost: db\r\n\r\n";
+    let fd = SERVER_FD + 1;
+    let call = (fd, replay.open_as(role::CLIENT, fd, (46_000, 9_000)));
+    replay.whole(call, direction::EGRESS, 5_000, down);
+    replay.whole(call, direction::INGRESS, 5_000, OK);
+}
+
+/// The held server's handler calls `/stock` on another process loupe traces, which
+/// reads the call before the server reads its answer.
+fn call_traced(replay: &mut Replay) {
+    let (server_tgid, callee_tgid) = (replay.tgid, u32::MAX - 2);
+    let stock = b"GET /stock HTTP/1.1\r\nHost: stock\r\n\r\n";
+    let fd = SERVER_FD + 1;
+    let call = (fd, replay.open_as(role::CLIENT, fd, (46_001, 9_001)));
+    replay.tgid = callee_tgid;
+    let callee = (400, replay.open_as(role::SERVER, 400, (9_001, 46_001)));
+    replay.tgid = server_tgid;
+    replay.whole(call, direction::EGRESS, 5_000, stock);
+    replay.tgid = callee_tgid;
+    replay.whole(callee, direction::INGRESS, 5_000, stock);
+    replay.whole(callee, direction::EGRESS, 5_000, OK);
+    replay.tgid = server_tgid;
+    replay.whole(call, direction::INGRESS, 5_000, OK);
+}
+
+fn by_path<'a>(spans: &'a [FinishedSpan], kind: SpanKind, path: &str) -> &'a FinishedSpan {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.kind == kind && s.span.path == path)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind:?} span of {path}: {spans:#?}");
+    found[0]
+}
+
 #[test]
-fn the_calls_a_held_server_made_stay_in_the_trace_its_late_client_joins() {
+fn the_calls_a_held_server_made_wait_with_it_and_join_its_late_clients_trace() {
     let mut replay = Replay::new(Service::Nginx).unwrap();
     let pair = replay.open_pair();
-    let down = b"GET /down HTTP/1.1\r\nHost: db\r\n\r\n";
-    replay.serve_calling(&pair, |replay| {
-        // A call to a service loupe does not trace: its span goes out at once.
-        let fd = SERVER_FD + 1;
-        let call = (fd, replay.open_as(role::CLIENT, fd, (46_000, 9_000)));
-        replay.whole(call, direction::EGRESS, 5_000, down);
-        replay.whole(call, direction::INGRESS, 5_000, OK);
-    });
-    let early = replay.take_spans();
-    let call = only(&early, SpanKind::Client);
-    assert_eq!(call.span.path, "/down");
+    replay.serve_calling(&pair, call_untraced);
+    assert!(
+        replay.take_spans().is_empty(),
+        "the call waits with the server that made it"
+    );
     replay.client_record(&pair);
     let spans = replay.take_spans();
-    let (client, server) = client_and_server(&spans);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let call = by_path(&spans, SpanKind::Client, "/down");
+    let client = by_path(&spans, SpanKind::Client, "/late");
+    let server = only(&spans, SpanKind::Server);
     assert_eq!(call.span.parent_span_id, Some(server.span.span_id));
     assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    assert_eq!(call.span.trace_id, client.span.trace_id);
+    assert_eq!(server.span.trace_id, client.span.trace_id);
+    assert_eq!(replay.metrics().server_spans_awaited_client.get(), 1);
+    assert_eq!(replay.metrics().spans_held_with_server.get(), 1);
+}
+
+#[test]
+fn a_proxys_late_upstream_call_takes_the_held_server_and_all_it_caused_into_its_trace() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    // The proxy (the client's process) reads a request from a caller loupe does not
+    // trace; its call upstream is that request's child, in that request's trace.
+    replay.tgid = pair.client_tgid;
+    let inbound = (8, replay.open_as(role::SERVER, 8, (80, 51_000)));
+    let front = b"GET /front HTTP/1.1\r\nHost: proxy\r\n\r\n";
+    replay.whole(inbound, direction::INGRESS, 5_000, front);
+    replay.serve_calling(&pair, call_traced);
+    assert!(
+        replay.take_spans().is_empty(),
+        "the server, its call and the callee's span wait for the proxy's record"
+    );
+    replay.client_record(&pair);
+    replay.tgid = pair.client_tgid;
+    replay.whole(inbound, direction::EGRESS, 5_000, OK);
+    let spans = replay.take_spans();
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    let front = by_path(&spans, SpanKind::Server, "/front");
+    let upstream = by_path(&spans, SpanKind::Client, "/late");
+    let server = by_path(&spans, SpanKind::Server, "/late");
+    let call = by_path(&spans, SpanKind::Client, "/stock");
+    let callee = by_path(&spans, SpanKind::Server, "/stock");
+    assert_eq!(upstream.span.parent_span_id, Some(front.span.span_id));
+    assert_eq!(server.span.parent_span_id, Some(upstream.span.span_id));
+    assert_eq!(call.span.parent_span_id, Some(server.span.span_id));
+    assert_eq!(callee.span.parent_span_id, Some(call.span.span_id));
+    for span in &spans {
+        assert_eq!(span.span.trace_id, front.span.trace_id, "{span:#?}");
+    }
+    assert_eq!(replay.metrics().spans_held_with_server.get(), 2);
+    assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 0);
+}
+
+#[test]
+fn without_a_client_record_the_spans_a_held_server_caused_go_in_its_own_trace() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    replay.serve_calling(&pair, call_traced);
+    assert!(replay.take_spans().is_empty());
+    replay.read_empty_past_the_wait();
+    let spans = replay.ticked();
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let server = by_path(&spans, SpanKind::Server, "/late");
+    assert_eq!(server.span.parent_span_id, None);
+    let call = by_path(&spans, SpanKind::Client, "/stock");
+    let callee = by_path(&spans, SpanKind::Server, "/stock");
+    assert_eq!(callee.span.parent_span_id, Some(call.span.span_id));
+    assert_eq!(call.span.parent_span_id, Some(server.span.span_id));
+    assert_eq!(callee.span.trace_id, server.span.trace_id);
     assert_eq!(call.span.trace_id, server.span.trace_id);
-    assert_eq!(client.span.trace_id, server.span.trace_id);
+    // Only the server lacks the client it was held for.
+    assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
+    assert_eq!(replay.metrics().spans_held_with_server.get(), 2);
 }

@@ -32,7 +32,7 @@ use crate::span::{SpanContext, SpanId, TraceId, context::new_span_id, context::n
 pub type NodeRef = Rc<RefCell<SpanNode>>;
 
 /// Parent chains longer than this are cut (and would only come from a loop).
-const MAX_DEPTH: usize = 64;
+pub(super) const MAX_DEPTH: usize = 64;
 /// A request whose exchange has ended waits this long for its other side, which may still
 /// be on its way through the ring buffer; one still in flight waits as long as it is.
 const PEER_WAIT_NS: u64 = 5_000_000_000;
@@ -56,12 +56,21 @@ pub struct SpanNode {
     /// that span to it; 0 before. A client span never starts later (see
     /// [`ResolvedIds::server_start_ns`]).
     pub server_start_ns: u64,
+    /// For a server request: it had no parent when its head was read, although loupe
+    /// traces the client at the other end, whose request record may still be on its way
+    /// (see `awaiting_client`).
+    pub awaits_client: bool,
 }
 
 impl SpanNode {
     /// Whether no parent has been found for it (yet): it starts its trace.
     pub fn starts_trace(&self) -> bool {
         matches!(self.parent, Parent::Root(_))
+    }
+
+    /// A server request that still starts its trace while its client's record may come.
+    pub fn still_awaits_client(&self) -> bool {
+        self.awaits_client && self.starts_trace()
     }
 }
 
@@ -305,6 +314,7 @@ impl Linker {
                 trace_flags: ids.trace_flags,
                 trace_state: None,
                 server_start_ns: 0,
+                awaits_client: false,
             },
             (None, Some(ctx), _) => SpanNode {
                 span_id: new_span_id(),
@@ -315,6 +325,7 @@ impl Linker {
                 trace_flags: ctx.trace_flags,
                 trace_state: ctx.trace_state,
                 server_start_ns: 0,
+                awaits_client: false,
             },
             (None, None, Some(client)) => {
                 let flags = client.borrow().trace_flags;
@@ -324,6 +335,7 @@ impl Linker {
                     trace_flags: flags,
                     trace_state: None,
                     server_start_ns: 0,
+                    awaits_client: false,
                 }
             }
             (None, None, None) => SpanNode {
@@ -332,9 +344,14 @@ impl Linker {
                 trace_flags: SAMPLED,
                 trace_state: None,
                 server_start_ns: 0,
+                awaits_client: false,
             },
         };
-        let node = Rc::new(RefCell::new(node));
+        let awaits_client = !met_client && peer_key.is_some() && node.starts_trace();
+        let node = Rc::new(RefCell::new(SpanNode {
+            awaits_client,
+            ..node
+        }));
         if !met_client && let Some(k) = peer_key {
             // The client's side may still be on its way: it adopts this span when it has
             // no parent yet, and learns when it started either way.
@@ -411,6 +428,7 @@ impl Linker {
                         trace_flags: ids.trace_flags,
                         trace_state: None,
                         server_start_ns: 0,
+                        awaits_client: false,
                     },
                     ClientPlacement::OwnContext,
                 )
@@ -423,6 +441,7 @@ impl Linker {
                     trace_flags: ctx.trace_flags,
                     trace_state: ctx.trace_state,
                     server_start_ns: 0,
+                    awaits_client: false,
                 },
                 ClientPlacement::OwnContext,
             ),
@@ -435,6 +454,7 @@ impl Linker {
                         trace_flags: flags,
                         trace_state: None,
                         server_start_ns: 0,
+                        awaits_client: false,
                     },
                     if ambiguous {
                         ClientPlacement::Guessed
@@ -450,6 +470,7 @@ impl Linker {
                     trace_flags: SAMPLED,
                     trace_state: None,
                     server_start_ns: 0,
+                    awaits_client: false,
                 },
                 if was_serving {
                     ClientPlacement::Unplaced

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 
 use super::*;
+use crate::pipeline::awaiting_client::trace_awaits_client;
 
 fn key(tgid: u32, fd: u32, request_id: u64) -> RequestKey {
     RequestKey {
@@ -430,6 +431,7 @@ fn a_loop_of_parents_still_resolves() {
         trace_flags: 1,
         trace_state: None,
         server_start_ns: 0,
+        awaits_client: false,
     }));
     let b = Rc::new(RefCell::new(SpanNode {
         span_id: SpanId([2; 8]),
@@ -437,6 +439,7 @@ fn a_loop_of_parents_still_resolves() {
         trace_flags: 1,
         trace_state: None,
         server_start_ns: 0,
+        awaits_client: false,
     }));
     a.borrow_mut().parent = Parent::Local(b.clone());
     let ids = resolve(&a);
@@ -500,4 +503,40 @@ fn a_client_learns_when_the_server_it_reached_started_in_either_order() {
     let (call, _) = l.client_start(key(FRONT, 10, 0), 11, 62, Some(late), None, None, None);
     assert_eq!(resolve(&back).parent_span_id, Some(SpanId([4; 8])));
     assert_eq!(resolve(&call).server_start_ns, 60);
+}
+
+#[test]
+fn a_server_without_parent_whose_client_is_traced_awaits_it_with_what_it_causes() {
+    let mut l = Linker::default();
+    // Read before its client's record: it and its calls wait for that client.
+    let back = l.server_start(key(BACK, 4, 0), 21, 15, Some(hop_mirrored()), None, None);
+    let (call, _) = l.client_start(key(BACK, 9, 0), 21, 16, None, None, None, None);
+    assert!(back.borrow().still_awaits_client());
+    assert!(trace_awaits_client(&back) && trace_awaits_client(&call));
+    // Its client has a parent of its own: the whole trace moves under it.
+    let front = l.server_start(key(FRONT, 5, 0), 11, 10, None, None, None);
+    let (client, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    assert!(!back.borrow().still_awaits_client());
+    assert!(!trace_awaits_client(&back) && !trace_awaits_client(&call));
+    assert_eq!(resolve(&call).trace_id, resolve(&front).trace_id);
+    assert_eq!(
+        resolve(&back).parent_span_id,
+        Some(resolve(&client).span_id)
+    );
+    // Neither a server whose client came first, nor one whose client loupe does not
+    // trace, nor one continuing a caller's header awaits anything.
+    let (_, _) = l.client_start(key(FRONT, 7, 0), 11, 30, Some(hop()), None, None, None);
+    let met = l.server_start(key(BACK, 4, 1), 21, 35, Some(hop_mirrored()), None, None);
+    let untraced_peer = l.server_start(key(BACK, 10, 0), 22, 40, None, None, None);
+    let continued = l.server_start(
+        key(BACK, 11, 0),
+        23,
+        45,
+        ingress(),
+        Some(header(7, 9)),
+        None,
+    );
+    for server in [met, untraced_peer, continued] {
+        assert!(!server.borrow().awaits_client && !trace_awaits_client(&server));
+    }
 }

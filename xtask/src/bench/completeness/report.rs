@@ -8,9 +8,10 @@ use serde_json::{Value, json};
 use super::tree::{Completeness, Hop, Linking, describe, link_hops};
 
 /// Agent counters shown per level (differences over the level).
-pub const METRICS: [&str; 4] = [
+pub const METRICS: [&str; 5] = [
     "loupe_client_spans_unplaced_total",
     "loupe_server_spans_awaited_client_total",
+    "loupe_spans_held_with_server_total",
     "loupe_server_spans_peer_unmatched_total",
     "loupe_ringbuf_drops_total",
 ];
@@ -276,7 +277,7 @@ mod tests {
                     delta: Some(0.0),
                 },
                 Metric {
-                    name: METRICS[3],
+                    name: METRICS[4],
                     delta: None,
                 },
             ],
