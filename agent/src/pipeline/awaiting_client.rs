@@ -32,8 +32,13 @@ pub const MAX_AWAITING: usize = 4_096;
 /// that client's record would put the whole trace under another, so none of its spans
 /// should go out yet.
 pub(super) fn trace_awaits_client(node: &NodeRef) -> bool {
-    let mut current = node.clone();
-    for _ in 0..MAX_DEPTH {
+    // Most spans start their trace or continue a caller's: answered without a walk.
+    let mut current = match &node.borrow().parent {
+        Parent::Local(parent) => parent.clone(),
+        Parent::Remote { .. } => return false,
+        Parent::Root(_) => return node.borrow().awaits_client,
+    };
+    for _ in 1..MAX_DEPTH {
         let parent = match &current.borrow().parent {
             Parent::Local(parent) => parent.clone(),
             Parent::Remote { .. } => return false,
