@@ -1,4 +1,5 @@
-//! Server spans held back for the client span loupe is about to see.
+//! Spans held back for the client span loupe is about to see: a SERVER span's, and those
+//! of the spans it caused.
 //!
 //! A client's request record is written when its write returns. On loopback that write
 //! hands the bytes to the server and wakes it before returning, so a client preempted in
@@ -11,8 +12,8 @@
 //!
 //! The spans the server caused while it handled the request (its calls, and the server
 //! spans of those calls in other traced processes) are held with it, each by the same
-//! rule: when the client has a trace of its own (a proxy's upstream call, a request with
-//! a `traceparent`), the server joins that trace, and spans already sent would be left
+//! rule: when the client has a trace of its own (a proxy's upstream call made while it
+//! serves a request), the server joins that trace, and spans already sent would be left
 //! in the server's first one.
 
 use std::collections::VecDeque;
@@ -32,7 +33,8 @@ pub const MAX_AWAITING: usize = 4_096;
 /// that client's record would put the whole trace under another, so none of its spans
 /// should go out yet.
 pub(super) fn trace_awaits_client(node: &NodeRef) -> bool {
-    // Most spans start their trace or continue a caller's: answered without a walk.
+    // A span at the top of its trace, or continuing a caller's, needs no walk. A caller's
+    // context (`Remote`) fixes the trace id: no client record can move such a span.
     let mut current = match &node.borrow().parent {
         Parent::Local(parent) => parent.clone(),
         Parent::Remote { .. } => return false,
@@ -88,8 +90,9 @@ impl<T> AwaitingClient<T> {
         first
     }
 
-    /// Moves into `out` the spans linked since they were held, and those whose wait is
-    /// over once the ring buffer has been read empty at `read_empty_ns`.
+    /// Moves into `out` the spans whose trace's SERVER span has been linked to its client
+    /// since they were held, and those whose wait is over once the ring buffer has been
+    /// read empty at `read_empty_ns`.
     pub fn release(&mut self, read_empty_ns: u64, out: &mut Vec<(T, NodeRef)>) {
         let mut kept = std::mem::take(&mut self.spare);
         for held in self.held.drain(..) {

@@ -73,8 +73,10 @@ impl Pipeline {
                     let header = extract(&exchange.request.headers);
                     match exchange.role {
                         Role::Server => {
+                            let traced_peer =
+                                ends.filter(|ends| self.connections.has_ends(ends.mirrored()));
                             self.linker
-                                .server_start(request_key, 0, 0, ends, header, None)
+                                .server_start(request_key, 0, 0, traced_peer, header, None)
                         }
                         Role::Client => {
                             self.linker
@@ -114,6 +116,8 @@ impl Pipeline {
                     remote,
                     resource: span_resource.clone(),
                 };
+                // The SERVER span at the top of its trace is counted apart from the spans
+                // it caused.
                 if node.borrow().still_awaits_client() {
                     self.metrics.server_spans_awaited_client.inc();
                 } else {
@@ -182,7 +186,8 @@ impl Pipeline {
         }
     }
 
-    /// Finishes a server span that waited for its client; counts it when none joined it.
+    /// Finishes a span that waited for the client of its trace's SERVER span; counts that
+    /// SERVER span when no client joined it.
     fn finish_awaited(&mut self, ready: ReadySpan, node: &NodeRef) {
         let ReadySpan {
             exchange,
@@ -191,16 +196,20 @@ impl Pipeline {
             resource,
         } = ready;
         if node.borrow().still_awaits_client() {
-            // Loupe traces the client at the other end, yet found no span to join.
+            // Loupe traces the client at the other end, yet found no span to join. The
+            // span goes in a trace of its own now, so a client record found later must
+            // not move the node, nor the spans it causes, into another.
             self.metrics.server_spans_peer_unmatched.inc();
+            node.borrow_mut().awaits_client = false;
         }
         if let Some(span) = self.make_span(exchange, node, local, remote, &resource) {
             self.hand_on(FinishedSpan { resource, span });
         }
     }
 
-    /// Finishes the server spans whose client has linked them since they were held, and
-    /// those whose wait is over now that the reader has found the ring buffer empty.
+    /// Finishes the held spans whose trace's SERVER span has been linked to its client
+    /// since, and those whose wait is over now that the reader has found the ring buffer
+    /// empty.
     pub(super) fn release_awaiting_client(&mut self) {
         if self.awaiting_client.is_empty() {
             return;
@@ -212,7 +221,7 @@ impl Pipeline {
         }
     }
 
-    /// Finishes every held server span, as the agent stops.
+    /// Finishes every held span, as the agent stops.
     pub(super) fn release_all_awaiting_client(&mut self) {
         let mut ready = Vec::new();
         self.awaiting_client.release_all(&mut ready);

@@ -192,6 +192,16 @@ fn with_no_records_coming_the_readers_empty_reads_end_the_wait() {
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
 }
 
+/// The proxy (the client's process) reads a request from a caller loupe does not trace,
+/// whose connection is returned: its call upstream will be that request's child.
+fn proxy_reads_a_request(replay: &mut Replay, pair: &Pair) -> (u32, u64) {
+    replay.tgid = pair.client_tgid;
+    let inbound = (8, replay.open_as(role::SERVER, 8, (80, 51_000)));
+    let front = b"GET /front HTTP/1.1\r\nHost: proxy\r\n\r\n";
+    replay.whole(inbound, direction::INGRESS, 5_000, front);
+    inbound
+}
+
 /// The held server's handler calls `db`, a service loupe does not trace.
 fn call_untraced(replay: &mut Replay) {
     let down = b"GET /down HTTP/1.1\r\nHost: db\r\n\r\n";
@@ -255,12 +265,7 @@ fn the_calls_a_held_server_made_wait_with_it_and_join_its_late_clients_trace() {
 fn a_proxys_late_upstream_call_takes_the_held_server_and_all_it_caused_into_its_trace() {
     let mut replay = Replay::new(Service::Nginx).unwrap();
     let pair = replay.open_pair();
-    // The proxy (the client's process) reads a request from a caller loupe does not
-    // trace; its call upstream is that request's child, in that request's trace.
-    replay.tgid = pair.client_tgid;
-    let inbound = (8, replay.open_as(role::SERVER, 8, (80, 51_000)));
-    let front = b"GET /front HTTP/1.1\r\nHost: proxy\r\n\r\n";
-    replay.whole(inbound, direction::INGRESS, 5_000, front);
+    let inbound = proxy_reads_a_request(&mut replay, &pair);
     replay.serve_calling(&pair, call_traced);
     assert!(
         replay.take_spans().is_empty(),
@@ -283,6 +288,7 @@ fn a_proxys_late_upstream_call_takes_the_held_server_and_all_it_caused_into_its_
     for span in &spans {
         assert_eq!(span.span.trace_id, front.span.trace_id, "{span:#?}");
     }
+    assert_eq!(replay.metrics().server_spans_awaited_client.get(), 1);
     assert_eq!(replay.metrics().spans_held_with_server.get(), 2);
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 0);
 }
@@ -307,4 +313,67 @@ fn without_a_client_record_the_spans_a_held_server_caused_go_in_its_own_trace() 
     // Only the server lacks the client it was held for.
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
     assert_eq!(replay.metrics().spans_held_with_server.get(), 2);
+}
+
+#[test]
+fn when_the_client_record_comes_first_nothing_waits() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    let client = (CLIENT_FD, pair.client_id);
+    replay.tgid = pair.client_tgid;
+    replay.whole(client, direction::EGRESS, 10_000, REQUEST);
+    replay.serve_calling(&pair, call_traced);
+    replay.tgid = pair.client_tgid;
+    replay.whole(client, direction::INGRESS, 10_000, OK);
+    // Read before the reader found the ring buffer empty past anyone's wait.
+    let spans = replay.take_spans();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let client = by_path(&spans, SpanKind::Client, "/late");
+    let server = by_path(&spans, SpanKind::Server, "/late");
+    let callee = by_path(&spans, SpanKind::Server, "/stock");
+    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.span.trace_id == client.span.trace_id)
+    );
+    assert_eq!(callee.span.trace_id, client.span.trace_id);
+    assert_eq!(replay.metrics().server_spans_awaited_client.get(), 0);
+    assert_eq!(replay.metrics().spans_held_with_server.get(), 0);
+}
+
+#[test]
+fn a_server_span_sent_alone_keeps_what_it_causes_later_when_its_client_record_comes() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    let inbound = proxy_reads_a_request(&mut replay, &pair);
+    // The server writes a call it does not wait for, answers and closes.
+    let fd = SERVER_FD + 1;
+    let down = b"GET /audit HTTP/1.1\r\nHost: audit\r\n\r\n";
+    let call = (fd, replay.open_as(role::CLIENT, fd, (46_002, 9_002)));
+    replay.serve_calling(&pair, |replay| {
+        replay.whole(call, direction::EGRESS, 5_000, down);
+    });
+    replay.read_empty_past_the_wait();
+    let alone = replay.ticked();
+    let server = only(&alone, SpanKind::Server);
+    assert_eq!(server.span.parent_span_id, None);
+    assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 1);
+    // Then the proxy's record of its call, and the server's call's answer.
+    replay.client_record(&pair);
+    replay.tgid = pair.client_tgid;
+    replay.whole(inbound, direction::EGRESS, 5_000, OK);
+    replay.tgid = pair.server_tgid;
+    replay.whole(call, direction::INGRESS, 5_000, OK);
+    let spans = replay.take_spans();
+    let audit = by_path(&spans, SpanKind::Client, "/audit");
+    assert_eq!(audit.span.parent_span_id, Some(server.span.span_id));
+    assert_eq!(
+        audit.span.trace_id, server.span.trace_id,
+        "the server's trace, where its span went"
+    );
+    let upstream = by_path(&spans, SpanKind::Client, "/late");
+    let front = by_path(&spans, SpanKind::Server, "/front");
+    assert_eq!(upstream.span.trace_id, front.span.trace_id);
+    assert_eq!(replay.metrics().spans_held_with_server.get(), 0);
 }

@@ -58,7 +58,7 @@ pub struct SpanNode {
     pub server_start_ns: u64,
     /// For a server request: it had no parent when its head was read, although loupe
     /// traces the client at the other end, whose request record may still be on its way
-    /// (see `awaiting_client`).
+    /// (see `awaiting_client`). Cleared when its span goes out without that client.
     pub awaits_client: bool,
 }
 
@@ -347,7 +347,9 @@ impl Linker {
                 awaits_client: false,
             },
         };
-        let awaits_client = !met_client && peer_key.is_some() && node.starts_trace();
+        // Ids the kernel chose are on the wire in the calls it makes: the span keeps them.
+        let awaits_client =
+            !met_client && peer_key.is_some() && kernel.is_none() && node.starts_trace();
         let node = Rc::new(RefCell::new(SpanNode {
             awaits_client,
             ..node
@@ -490,7 +492,11 @@ impl Linker {
                 // unless a header or the kernel already named its parent.
                 Some((server, server_start_ns)) => {
                     let mut server = server.borrow_mut();
-                    if let Parent::Root(server_trace) = server.parent {
+                    // A server span that went out alone (its wait ran out) keeps its trace
+                    // for the spans it causes; a client starting a trace can still join it.
+                    if let Parent::Root(server_trace) = server.parent
+                        && (server.awaits_client || fresh_root)
+                    {
                         if fresh_root {
                             // A client that starts a trace of its own takes the server's
                             // trace id: spans the server caused may have gone out with it

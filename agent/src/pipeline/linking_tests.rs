@@ -540,3 +540,66 @@ fn a_server_without_parent_whose_client_is_traced_awaits_it_with_what_it_causes(
         assert!(!server.borrow().awaits_client && !trace_awaits_client(&server));
     }
 }
+
+#[test]
+fn a_span_under_a_callers_context_or_in_a_loop_awaits_nothing() {
+    let mut l = Linker::default();
+    // A server continuing a caller's header, and the call it makes.
+    let front = l.server_start(key(FRONT, 5, 0), 11, 10, None, Some(header(7, 9)), None);
+    let (call, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    // Even if the top somehow awaited a client, a caller's context fixes the trace.
+    front.borrow_mut().awaits_client = true;
+    assert!(!trace_awaits_client(&front) && !trace_awaits_client(&call));
+    // A parent loop ends the walk.
+    let back = l.server_start(key(BACK, 4, 0), 21, 30, Some(hop_mirrored()), None, None);
+    front.borrow_mut().parent = Parent::Local(back.clone());
+    back.borrow_mut().parent = Parent::Local(call.clone());
+    assert!(!trace_awaits_client(&call));
+}
+
+#[test]
+fn a_server_with_the_kernels_ids_awaits_nothing_and_one_sent_alone_is_not_moved() {
+    let mut l = Linker::default();
+    let kernel = KernelIds {
+        trace_id: TraceId([4; 16]),
+        span_id: SpanId([5; 8]),
+        parent_span_id: None,
+        trace_flags: 1,
+    };
+    let injected = l.server_start(
+        key(BACK, 4, 0),
+        21,
+        15,
+        Some(hop_mirrored()),
+        None,
+        Some(kernel),
+    );
+    assert!(injected.borrow().starts_trace() && !injected.borrow().awaits_client);
+    // Its late client, under a request of its own process, leaves it where the kernel's
+    // ids put it.
+    let _front = l.server_start(key(FRONT, 5, 0), 11, 10, None, None, None);
+    let (client, placement) =
+        l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    assert_eq!(placement, ClientPlacement::UnderServer);
+    assert!(injected.borrow().starts_trace());
+    assert_eq!(resolve(&injected).trace_id, TraceId([4; 16]));
+    assert_ne!(resolve(&client).trace_id, TraceId([4; 16]));
+    // A server span sent alone (no longer awaiting) is not moved either, but a client
+    // that starts its trace still joins it, taking its trace id.
+    let alone = l.server_start(key(BACK, 4, 1), 21, 40, Some(hop_mirrored()), None, None);
+    alone.borrow_mut().awaits_client = false;
+    let _ = l.client_start(key(FRONT, 6, 1), 11, 50, Some(hop()), None, None, None);
+    assert!(alone.borrow().starts_trace());
+    let other = ends("127.0.0.1:40001", "127.0.0.1:8000");
+    let joined = l.server_start(key(BACK, 7, 0), 22, 60, Some(other.mirrored()), None, None);
+    joined.borrow_mut().awaits_client = false;
+    l.finish(&key(FRONT, 5, 0));
+    let (standalone, placement) =
+        l.client_start(key(FRONT, 8, 0), 12, 70, Some(other), None, None, None);
+    assert_eq!(placement, ClientPlacement::Standalone);
+    assert_eq!(
+        resolve(&joined).parent_span_id,
+        Some(resolve(&standalone).span_id)
+    );
+    assert_eq!(resolve(&standalone).trace_id, resolve(&joined).trace_id);
+}

@@ -110,7 +110,7 @@ pub struct Pipeline {
     starts: Vec<RequestStart>,
     linker: Linker,
     injected: InjectedIds,
-    /// Server spans waiting for their client's request record.
+    /// Spans waiting for the request record of the client of their trace's SERVER span.
     awaiting_client: AwaitingClient<ReadySpan>,
     /// When the reader last found the ring buffer empty (monotonic clock): every record
     /// written before then has been handled.
