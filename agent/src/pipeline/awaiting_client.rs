@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 
-use super::linking::{MAX_DEPTH, NodeRef, Parent};
+use super::linking::{MAX_DEPTH, NodeRef, Parent, SpanNode};
 
 /// How long after a server span's end its client's request record may still arrive: the
 /// time the client can stay preempted between handing over its bytes and its write's
@@ -33,20 +33,26 @@ pub const MAX_AWAITING: usize = 4_096;
 /// that client's record would put the whole trace under another, so none of its spans
 /// should go out yet.
 pub(super) fn trace_awaits_client(node: &NodeRef) -> bool {
-    // A span at the top of its trace, or continuing a caller's, needs no walk. A caller's
-    // context (`Remote`) fixes the trace id: no client record can move such a span.
-    let mut current = match &node.borrow().parent {
-        Parent::Local(parent) => parent.clone(),
-        Parent::Remote { .. } => return false,
-        Parent::Root(_) => return node.borrow().awaits_client,
+    // The answer at the top of a trace, or the parent to go on to. A caller's context
+    // (`Remote`) fixes the trace id: no client record can move such a span.
+    fn up(node: &SpanNode) -> Result<bool, NodeRef> {
+        match &node.parent {
+            Parent::Local(parent) => Err(parent.clone()),
+            Parent::Remote { .. } => Ok(false),
+            Parent::Root(_) => Ok(node.awaits_client),
+        }
+    }
+    // Borrowed, not cloned, at the first step: most spans start or continue their trace.
+    let mut current = match up(&node.borrow()) {
+        Ok(answer) => return answer,
+        Err(parent) => parent,
     };
     for _ in 1..MAX_DEPTH {
-        let parent = match &current.borrow().parent {
-            Parent::Local(parent) => parent.clone(),
-            Parent::Remote { .. } => return false,
-            Parent::Root(_) => return current.borrow().awaits_client,
-        };
-        current = parent;
+        let step = up(&current.borrow());
+        match step {
+            Ok(answer) => return answer,
+            Err(parent) => current = parent,
+        }
     }
     false
 }
@@ -122,19 +128,13 @@ mod tests {
     use std::{cell::RefCell, rc::Rc};
 
     use super::*;
-    use crate::pipeline::linking::{Parent, SpanNode};
     use crate::span::context::{new_span_id, new_trace_id};
 
     /// A server request's node that starts its trace and awaits its client.
     fn root() -> NodeRef {
-        Rc::new(RefCell::new(SpanNode {
-            span_id: new_span_id(),
-            parent: Parent::Root(new_trace_id()),
-            trace_flags: 1,
-            trace_state: None,
-            server_start_ns: 0,
-            awaits_client: true,
-        }))
+        let server = client();
+        server.borrow_mut().awaits_client = true;
+        server
     }
 
     /// The items of released spans, in order.
@@ -162,14 +162,7 @@ mod tests {
 
     /// A node that awaits nothing: a client request's, say.
     fn node(parent: Parent) -> NodeRef {
-        Rc::new(RefCell::new(SpanNode {
-            span_id: new_span_id(),
-            parent,
-            trace_flags: 1,
-            trace_state: None,
-            server_start_ns: 0,
-            awaits_client: false,
-        }))
+        Rc::new(RefCell::new(SpanNode::new(new_span_id(), parent, 1, None)))
     }
 
     fn child_of(parent: &NodeRef) -> NodeRef {

@@ -63,6 +63,22 @@ pub struct SpanNode {
 }
 
 impl SpanNode {
+    pub fn new(
+        span_id: SpanId,
+        parent: Parent,
+        trace_flags: u8,
+        trace_state: Option<String>,
+    ) -> Self {
+        Self {
+            span_id,
+            parent,
+            trace_flags,
+            trace_state,
+            server_start_ns: 0,
+            awaits_client: false,
+        }
+    }
+
     /// Whether no parent has been found for it (yet): it starts its trace.
     pub fn starts_trace(&self) -> bool {
         matches!(self.parent, Parent::Root(_))
@@ -301,59 +317,40 @@ impl Linker {
             client.borrow_mut().server_start_ns = ts_ns;
         }
         let met_client = client.is_some();
-        let node = match (kernel, header, client) {
-            (Some(ids), _, _) => SpanNode {
-                span_id: ids.span_id,
-                parent: match ids.parent_span_id {
+        let mut node = match (kernel, header, client) {
+            (Some(ids), _, _) => SpanNode::new(
+                ids.span_id,
+                match ids.parent_span_id {
                     Some(span_id) => Parent::Remote {
                         trace_id: ids.trace_id,
                         span_id,
                     },
                     None => Parent::Root(ids.trace_id),
                 },
-                trace_flags: ids.trace_flags,
-                trace_state: None,
-                server_start_ns: 0,
-                awaits_client: false,
-            },
-            (None, Some(ctx), _) => SpanNode {
-                span_id: new_span_id(),
-                parent: Parent::Remote {
+                ids.trace_flags,
+                None,
+            ),
+            (None, Some(ctx), _) => SpanNode::new(
+                new_span_id(),
+                Parent::Remote {
                     trace_id: ctx.trace_id,
                     span_id: ctx.span_id,
                 },
-                trace_flags: ctx.trace_flags,
-                trace_state: ctx.trace_state,
-                server_start_ns: 0,
-                awaits_client: false,
-            },
+                ctx.trace_flags,
+                ctx.trace_state,
+            ),
             (None, None, Some(client)) => {
                 let flags = client.borrow().trace_flags;
-                SpanNode {
-                    span_id: new_span_id(),
-                    parent: Parent::Local(client),
-                    trace_flags: flags,
-                    trace_state: None,
-                    server_start_ns: 0,
-                    awaits_client: false,
-                }
+                SpanNode::new(new_span_id(), Parent::Local(client), flags, None)
             }
-            (None, None, None) => SpanNode {
-                span_id: new_span_id(),
-                parent: Parent::Root(new_trace_id()),
-                trace_flags: SAMPLED,
-                trace_state: None,
-                server_start_ns: 0,
-                awaits_client: false,
-            },
+            (None, None, None) => {
+                SpanNode::new(new_span_id(), Parent::Root(new_trace_id()), SAMPLED, None)
+            }
         };
         // Ids the kernel chose are on the wire in the calls it makes: the span keeps them.
-        let awaits_client =
+        node.awaits_client =
             !met_client && peer_key.is_some() && kernel.is_none() && node.starts_trace();
-        let node = Rc::new(RefCell::new(SpanNode {
-            awaits_client,
-            ..node
-        }));
+        let node = Rc::new(RefCell::new(node));
         if !met_client && let Some(k) = peer_key {
             // The client's side may still be on its way: it adopts this span when it has
             // no parent yet, and learns when it started either way.
@@ -424,40 +421,24 @@ impl Linker {
                     (None, None, None) => Parent::Root(ids.trace_id),
                 };
                 (
-                    SpanNode {
-                        span_id: ids.span_id,
-                        parent,
-                        trace_flags: ids.trace_flags,
-                        trace_state: None,
-                        server_start_ns: 0,
-                        awaits_client: false,
-                    },
+                    SpanNode::new(ids.span_id, parent, ids.trace_flags, None),
                     ClientPlacement::OwnContext,
                 )
             }
             (None, Some(ctx), _) => (
                 // An instrumented process: the header's span id is its client span.
-                SpanNode {
-                    span_id: ctx.span_id,
-                    parent: Parent::Root(ctx.trace_id),
-                    trace_flags: ctx.trace_flags,
-                    trace_state: ctx.trace_state,
-                    server_start_ns: 0,
-                    awaits_client: false,
-                },
+                SpanNode::new(
+                    ctx.span_id,
+                    Parent::Root(ctx.trace_id),
+                    ctx.trace_flags,
+                    ctx.trace_state,
+                ),
                 ClientPlacement::OwnContext,
             ),
             (None, None, Some(server)) => {
                 let flags = server.borrow().trace_flags;
                 (
-                    SpanNode {
-                        span_id: new_span_id(),
-                        parent: Parent::Local(server),
-                        trace_flags: flags,
-                        trace_state: None,
-                        server_start_ns: 0,
-                        awaits_client: false,
-                    },
+                    SpanNode::new(new_span_id(), Parent::Local(server), flags, None),
                     if ambiguous {
                         ClientPlacement::Guessed
                     } else {
@@ -466,14 +447,7 @@ impl Linker {
                 )
             }
             (None, None, None) => (
-                SpanNode {
-                    span_id: new_span_id(),
-                    parent: Parent::Root(new_trace_id()),
-                    trace_flags: SAMPLED,
-                    trace_state: None,
-                    server_start_ns: 0,
-                    awaits_client: false,
-                },
+                SpanNode::new(new_span_id(), Parent::Root(new_trace_id()), SAMPLED, None),
                 if was_serving {
                     ClientPlacement::Unplaced
                 } else {

@@ -425,22 +425,18 @@ fn loopback_connections_pair_only_within_their_network_namespace() {
 
 #[test]
 fn a_loop_of_parents_still_resolves() {
-    let a = Rc::new(RefCell::new(SpanNode {
-        span_id: SpanId([1; 8]),
-        parent: Parent::Root(TraceId([1; 16])),
-        trace_flags: 1,
-        trace_state: None,
-        server_start_ns: 0,
-        awaits_client: false,
-    }));
-    let b = Rc::new(RefCell::new(SpanNode {
-        span_id: SpanId([2; 8]),
-        parent: Parent::Local(a.clone()),
-        trace_flags: 1,
-        trace_state: None,
-        server_start_ns: 0,
-        awaits_client: false,
-    }));
+    let a = Rc::new(RefCell::new(SpanNode::new(
+        SpanId([1; 8]),
+        Parent::Root(TraceId([1; 16])),
+        1,
+        None,
+    )));
+    let b = Rc::new(RefCell::new(SpanNode::new(
+        SpanId([2; 8]),
+        Parent::Local(a.clone()),
+        1,
+        None,
+    )));
     a.borrow_mut().parent = Parent::Local(b.clone());
     let ids = resolve(&a);
     assert_ne!(ids.trace_id, TraceId::default());
