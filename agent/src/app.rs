@@ -150,7 +150,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
         let stop = stop.clone();
         let metrics = metrics.clone();
         let sender = exporter.sender();
-        let (ring, counters, whole_responses) = (maps.events, maps.counters, maps.whole_responses);
+        let (ring, counters, marks) = (maps.events, maps.counters, maps.marks);
         thread::Builder::new()
             .name("loupe-events".into())
             .spawn(move || {
@@ -161,7 +161,7 @@ pub fn run(config: AgentConfig) -> anyhow::Result<()> {
                     sender,
                     metrics.clone(),
                     Some(counters),
-                    whole_responses,
+                    marks,
                     notice_tx,
                 );
                 reader::run(ring, &mut pipeline, &metrics, &stop)

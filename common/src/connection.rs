@@ -37,7 +37,9 @@ pub mod ignored {
     /// Filtered out by port: the agent never hears of it, its close included.
     pub const BY_PORT: u8 = 1;
     /// The agent found no HTTP/1.x on it and asked for it to be left alone
-    /// ([`crate::MAX_IGNORE_REQUESTS`]): the agent still hears of its close.
+    /// ([`crate::MAX_IGNORE_REQUESTS`]): the agent still hears of its close, and of its
+    /// reads and writes, without their bytes, when its process serves several requests
+    /// on one thread (`EVENT_LOOP_TGIDS`).
     pub const NOT_HTTP: u8 = 2;
 }
 

@@ -76,6 +76,10 @@ pub mod data_flags {
     /// A server's response left in two buffers, a whole head and then its body, of which
     /// only the head was copied: the uncaptured tail is meant to be that body.
     pub const BODY_SKIPPED: u8 = 2;
+    /// A call on a connection the probes stopped capturing (not HTTP), of a process that
+    /// serves several requests on one thread: the record carries no bytes, only that the
+    /// call happened, so the agent can tell which request's handler an answer woke.
+    pub const UNCAPTURED: u8 = 4;
 }
 
 pub mod syscall_kind;
@@ -308,7 +312,9 @@ pub const TGID_WORDS: u32 = 4_194_304 / 64;
 #[derive(Clone, Copy, Debug)]
 pub struct PendingCall {
     pub kind: u8,
-    pub _pad: [u8; 3],
+    /// [`data_flags`] its record takes from its connection: [`data_flags::UNCAPTURED`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
     pub fd: u32,
     /// Buffer, iovec array or msghdr pointer, depending on `kind`.
     pub ptr: u64,
@@ -325,7 +331,8 @@ impl PendingCall {
     pub const fn on_fd(kind: u8, fd: u32, start_ns: u64) -> Self {
         Self {
             kind,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
             fd,
             ptr: 0,
             count: 0,

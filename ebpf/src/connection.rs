@@ -13,8 +13,8 @@ use loupe_common::{
 
 use crate::{
     emit::{output, reserve, submit},
-    filter::traced_current,
-    maps::{CONNECTION_CACHE, CONNECTIONS, IGNORE_REQUESTS, TRACED_PORTS, count},
+    filter::{is_marked, traced_current},
+    maps::{CONNECTION_CACHE, CONNECTIONS, EVENT_LOOP_TGIDS, IGNORE_REQUESTS, TRACED_PORTS, count},
     pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
@@ -239,17 +239,20 @@ fn cache_if_standing(key: &ConnKey, state: &ConnState) {
     }
 }
 
-/// The traced connection behind `fd`, discovering it on first use.
+/// The traced connection behind `fd`, discovering it on first use. A connection the
+/// agent stopped capturing is still returned, with its `ignored` mark, when its process
+/// is an event loop ([`EVENT_LOOP_TGIDS`]): its calls then send records without bytes.
 #[inline(always)]
 pub fn lookup_or_discover(tgid: u32, tid: u32, fd: u32, cfg: &ProbeConfig) -> Option<ConnState> {
     let state = match stored_for_use(&ConnKey { tgid, fd }) {
         Some(state) => state,
         None => register(tgid, tid, fd, role::UNKNOWN, cfg)?,
     };
-    if state.ignored != 0 {
-        return None;
+    match state.ignored {
+        ignored::NO => Some(state),
+        ignored::NOT_HTTP if is_marked(&EVENT_LOOP_TGIDS, tgid) => Some(state),
+        _ => None,
     }
-    Some(state)
 }
 
 fn on_accept_exit(ctx: &TracePointContext) {

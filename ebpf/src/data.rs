@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use loupe_common::{
     ConnState, DataEvent, DataEventHeader, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
-    SMALL_CAPTURE, counter, data_flags, direction, role, syscall_kind,
+    SMALL_CAPTURE, counter, data_flags, direction, ignored, role, syscall_kind,
 };
 
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
     filter::{is_marked, traced_current, traced_task},
     maps::{CONTEXT_SCRATCH, DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, count},
     pending,
-    record::{header, write_head_only, write_small},
+    record::{header, write_head_only, write_small, write_uncaptured},
     response_head::heads_a_body,
     socket::last_sent_or_received,
     syscall::{Task, arg, ret},
@@ -71,7 +71,12 @@ fn socket_call(
     let state = lookup_or_discover(tgid, tid, fd, cfg)?;
     let call = PendingCall {
         kind,
-        _pad: [0; 3],
+        flags: if state.ignored == ignored::NO {
+            0
+        } else {
+            data_flags::UNCAPTURED
+        },
+        _pad: [0; 2],
         fd,
         ptr,
         count: len,
@@ -150,7 +155,7 @@ fn capture_at_exit(ctx: &TracePointContext, kind: u8, sending: bool) {
     let task = Task::current();
     let args = |cfg: &ProbeConfig| task.args_at_exit(cfg.offsets.regs_layout);
     if let Some((pid_tgid, mut call, cfg, state)) = socket_call(kind, traced_task(&task), args) {
-        if sending && needs_start(state.role) {
+        if sending && needs_start(state.role) && call.flags == 0 {
             call.start_ns = sent_at(state.sock, cfg);
         }
         emit(ctx, pid_tgid, &call, moved, cfg, (state.role, state.sock));
@@ -215,6 +220,10 @@ fn emit(
         syscall_kind::READ | syscall_kind::READV | syscall_kind::RECVMSG => direction::INGRESS,
         _ => direction::EGRESS,
     };
+    if call.flags & data_flags::UNCAPTURED != 0 {
+        write_uncaptured(pid_tgid, call, dir, moved);
+        return;
+    }
     let mut cap = cfg.capture_bytes as u64;
     if cap > MAX_CAPTURE as u64 {
         cap = MAX_CAPTURE as u64;

@@ -33,6 +33,14 @@ pub static TRACED_TGIDS: Array<u64> = Array::with_max_entries(TGID_WORDS, BPF_F_
 #[map]
 pub static WHOLE_RESPONSE_TGIDS: Array<u64> = Array::with_max_entries(TGID_WORDS, BPF_F_MMAPABLE);
 
+/// Processes that serve several requests on one thread (event loops), one bit per tgid
+/// like [`TRACED_TGIDS`]: set by the agent. Their reads and writes on connections the
+/// agent stopped capturing still send a record, without bytes: the answer of a database
+/// or cache the agent does not parse is what wakes a handler, and tells which request
+/// the calls it makes next belong to.
+#[map]
+pub static EVENT_LOOP_TGIDS: Array<u64> = Array::with_max_entries(TGID_WORDS, BPF_F_MMAPABLE);
+
 /// Command names traced from their exec on (`--exe nginx`), zero-padded.
 #[map]
 pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);

@@ -71,6 +71,21 @@ pub fn write_small(pid_tgid: u64, call: &PendingCall, dir: u8, moved: i64, want:
     });
 }
 
+/// Writes the record of a call on a connection the agent stopped capturing
+/// ([`data_flags::UNCAPTURED`]): its header alone.
+#[inline(always)]
+pub fn write_uncaptured(pid_tgid: u64, call: &PendingCall, dir: u8, moved: i64) {
+    let Some(mut slot) = reserve::<DataEventHeader>() else {
+        return;
+    };
+    // SAFETY: the helper has no preconditions.
+    let end_ns = unsafe { generated::bpf_ktime_get_ns() };
+    let flags = data_flags::UNCAPTURED;
+    // SAFETY: the slot is this program's until it is submitted.
+    unsafe { *slot.as_mut_ptr() = header(pid_tgid, call, dir, flags, moved, 0, end_ns) };
+    submit(slot);
+}
+
 /// Writes the record of a server's response sent as exactly two buffers, a whole head of
 /// at most [`SMALL_CAPTURE`] bytes and then its body (nginx's `writev`), in place: the
 /// head goes into a reserved slot and the body is counted, not copied (see `copy_iov` for

@@ -52,6 +52,9 @@ pub struct Connection {
     pub last_activity_ns: u64,
     /// The request its process was serving when it connected (see `Linker::client_start`).
     pub parent_hint: Option<NodeRef>,
+    /// Its process opened it (connect), rather than accepted it; for one found in use,
+    /// its process was the first seen to write. `None` until known.
+    pub dialed: Option<bool>,
     /// Chunks carried since it was known to carry no more HTTP/1.x.
     chunks_after_http: u32,
     /// The probes were asked to stop capturing it: what still comes was on its way.
@@ -73,6 +76,7 @@ impl Connection {
             },
             last_activity_ns: now_ns,
             parent_hint: None,
+            dialed: None,
             chunks_after_http: 0,
             given_up: false,
         }

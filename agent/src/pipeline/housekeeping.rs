@@ -65,6 +65,7 @@ impl Pipeline {
         self.connections.forget_parked_of(&dead);
         self.processes.retain(alive);
         self.whole_responses.forget_dead(alive);
+        self.event_loops.forget_dead(alive);
         for tgid in dead {
             self.linker.forget_process(tgid);
         }

@@ -24,6 +24,7 @@
 use std::{cell::RefCell, collections::VecDeque, rc::Rc};
 
 use hashbrown::HashMap;
+use loupe_common::ConnKey;
 
 use super::connections::Ends;
 use super::serving::{ReadFor, Serving};
@@ -380,6 +381,34 @@ impl Linker {
         });
     }
 
+    /// Thread `tid` wrote (`egress`) or read on connection `key` (`conn_id`), which loupe
+    /// does not parse; `hint` as for [`Self::client_start`]. True when the read answered a
+    /// call the thread wrote: the thread's next calls belong to that call's request.
+    pub fn on_opaque_call(
+        &mut self,
+        (key, conn_id): (ConnKey, u64),
+        tid: u32,
+        egress: bool,
+        hint: Option<&NodeRef>,
+    ) -> bool {
+        if egress {
+            self.serving.on_opaque_write(key, conn_id, tid, hint);
+            false
+        } else {
+            self.serving.on_opaque_read(key, conn_id, tid)
+        }
+    }
+
+    /// Whether thread `tid` of `tgid` serves several requests at once: an event loop.
+    pub fn several_on_thread(&self, tgid: u32, tid: u32) -> bool {
+        self.serving.several_on_thread(tgid, tid)
+    }
+
+    /// The connection `key` ended.
+    pub fn forget_connection(&mut self, key: &ConnKey) {
+        self.serving.forget_opaque(key);
+    }
+
     /// A traced process wrote a request head. `hint` is the request its process was
     /// serving when it opened this connection: an event loop connects in the same turn
     /// as the handler that needs the connection, but may write only after reading other
@@ -539,6 +568,11 @@ impl Linker {
     }
 
     /// Processes the request-in-flight lists are kept for, empty or not.
+    #[cfg(test)]
+    pub fn opaque_connections(&self) -> usize {
+        self.serving.opaque_connections()
+    }
+
     #[cfg(test)]
     pub fn serving_processes(&self) -> usize {
         self.serving.processes()

@@ -9,6 +9,8 @@ mod emit;
 mod housekeeping;
 mod injected;
 mod linking;
+mod opaque_calls;
+mod process_marks;
 mod processes;
 pub mod replay;
 mod serving;
@@ -29,7 +31,7 @@ use crate::{
         reader::EventSink,
     },
     export::SpanSender,
-    probes::{CounterMap, TgidSet},
+    probes::{CounterMap, ProcessMarks},
     process::{
         instrumented::OTLP_PORTS,
         resource::ResourceDefaults,
@@ -51,6 +53,7 @@ use connections::{Connection, ConnectionTable, Detection, Ends};
 use emit::ReadySpan;
 use injected::InjectedIds;
 use linking::{ClientPlacement, Linker, RequestKey};
+use process_marks::MarkedProcesses;
 use processes::Processes;
 use serving::ReadFor;
 use whole_responses::WholeResponses;
@@ -104,6 +107,9 @@ pub struct Pipeline {
     /// The kernel's counters; `None` in the replay, which runs without the kernel.
     counters: Option<CounterMap>,
     whole_responses: WholeResponses,
+    /// Processes that serve several requests on one thread: the probes report their
+    /// calls on connections they stopped capturing (see `opaque_calls`).
+    event_loops: MarkedProcesses,
     /// To the selector's thread, which keeps the kernel's tables.
     notices: SyncSender<Notice>,
     exchanges: Vec<HttpExchange>,
@@ -126,7 +132,7 @@ impl Pipeline {
         exporter: SpanSender,
         metrics: Arc<Metrics>,
         counters: Option<CounterMap>,
-        whole_responses: TgidSet,
+        marks: ProcessMarks,
         notices: SyncSender<Notice>,
     ) -> Self {
         Self {
@@ -144,7 +150,8 @@ impl Pipeline {
             red: config.red,
             metrics,
             counters,
-            whole_responses: WholeResponses::new(whole_responses),
+            whole_responses: WholeResponses::new(marks.whole_responses),
+            event_loops: MarkedProcesses::new(marks.event_loops),
             notices,
             exchanges: Vec::new(),
             starts: Vec::new(),
@@ -185,6 +192,16 @@ impl Pipeline {
             return;
         };
         conn.last_activity_ns = header.end_ns;
+        let egress = header.direction == direction::EGRESS;
+        let dialed = *conn.dialed.get_or_insert(egress);
+        if header.flags & data_flags::UNCAPTURED != 0 {
+            // A call on a connection the probes stopped capturing: only that it happened.
+            if dialed {
+                let hint = conn.parent_hint.clone();
+                self.follow_opaque_call((key, conn_id), header.tid, egress, hint.as_ref());
+            }
+            return;
+        }
         let chunk = Chunk {
             direction: if header.direction == direction::INGRESS {
                 Direction::Ingress
@@ -207,6 +224,7 @@ impl Pipeline {
         let limits = self.limits;
         let mut role = None;
         let mut read_for = None;
+        let mut opaque_call = false;
         match conn.session_for(&chunk, |role| Http1Session::new(role, limits)) {
             Detection::Http1(session) => {
                 // Only a record whose body buffer went uncopied is checked, before and after.
@@ -245,7 +263,12 @@ impl Pipeline {
                     .add(stats.requests_without_response);
             }
             Detection::Held => {}
-            Detection::None => self.metrics.bytes_unparsed.add(chunk.total_len),
+            Detection::None => {
+                self.metrics.bytes_unparsed.add(chunk.total_len);
+                if dialed {
+                    opaque_call = true;
+                }
+            }
         }
         let stop_capturing = conn.count_chunk_after_http();
         let (conn_id, local, remote, ends) = (conn.conn_id, conn.local, conn.remote, conn.ends());
@@ -257,9 +280,26 @@ impl Pipeline {
             // Before `emit`, which lets go of a request whose response just completed.
             self.linker.on_read(header.tgid, header.tid, read);
         }
+        if opaque_call {
+            self.follow_opaque_call((key, conn_id), header.tid, egress, hint.as_ref());
+        }
         self.emit(key, conn_id, local, remote, ends);
         if stop_capturing {
             self.stop_capturing(key, conn_id);
+        }
+    }
+
+    /// Follows a call its process made on a connection loupe does not parse: the read
+    /// of its answer tells which request the thread's next calls belong to.
+    fn follow_opaque_call(
+        &mut self,
+        conn: (ConnKey, u64),
+        tid: u32,
+        egress: bool,
+        hint: Option<&linking::NodeRef>,
+    ) {
+        if self.linker.on_opaque_call(conn, tid, egress, hint) {
+            self.metrics.opaque_answers_followed.inc();
         }
     }
 
@@ -313,6 +353,16 @@ impl Pipeline {
                         header,
                         self.injected.server_ids(key),
                     );
+                    if !self.event_loops.contains(key.tgid)
+                        && self.linker.several_on_thread(key.tgid, start.tid)
+                        && self.event_loops.mark(key.tgid)
+                    {
+                        log::info!(
+                            "process {}: serves several requests on one thread; loupe \
+                             follows its calls on connections it does not capture",
+                            key.tgid
+                        );
+                    }
                 }
                 Role::Client => {
                     let (_, placement) = self.linker.client_start(
@@ -337,6 +387,7 @@ impl Pipeline {
 
     fn finish_connection(&mut self, key: ConnKey, mut conn: Connection, ts_ns: u64) {
         self.metrics.bytes_unparsed.add(conn.held_len());
+        self.linker.forget_connection(&key);
         let ends = conn.ends();
         if let connections::ProtocolState::Http1(session) = &mut conn.protocol {
             session.on_close(ts_ns, &mut self.exchanges);
@@ -377,8 +428,13 @@ impl EventSink for Pipeline {
                     }
                     return;
                 }
-                if open.role == loupe_common::role::CLIENT {
-                    conn.parent_hint = self.linker.serving(open.tgid, open.tid);
+                match open.role {
+                    loupe_common::role::CLIENT => {
+                        conn.parent_hint = self.linker.serving(open.tgid, open.tid);
+                        conn.dialed = Some(true);
+                    }
+                    loupe_common::role::SERVER => conn.dialed = Some(false),
+                    _ => {}
                 }
                 self.open(key, conn);
             }

@@ -27,7 +27,7 @@ use crate::{
         config::BatchConfig,
         otlp::{compress, encode},
     },
-    probes::TgidSet,
+    probes::ProcessMarks,
     process::resource::ResourceDefaults,
     protocol::http1::Http1Limits,
     red,
@@ -136,7 +136,7 @@ impl Replay {
             sender,
             metrics.clone(),
             None,
-            TgidSet::anonymous()?,
+            ProcessMarks::anonymous()?,
             notices,
         );
         let mut replay = Self {

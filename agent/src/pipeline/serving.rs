@@ -7,15 +7,19 @@
 //! call the handler awaited. So the request a thread last read for, directly or through
 //! the response of one of that request's calls, is the one a call written next belongs
 //! to. A response counts only on the thread that read its request: a client's own I/O
-//! thread reads the responses of every request's calls and says nothing by it. Only a
-//! handler woken by something loupe does not see (a timer, a connection loupe stopped
-//! capturing) is placed by a guess: the most recent request still in flight.
+//! thread reads the responses of every request's calls and says nothing by it. The
+//! answer of a call on a connection loupe does not parse (a database's) counts the same
+//! way, matched to the request that wrote the call (see `opaque_calls`). Only a handler
+//! woken by something loupe does not see (a timer) is placed by a guess: the most recent
+//! request still in flight.
 
 use std::{collections::VecDeque, rc::Rc};
 
 use hashbrown::HashMap;
+use loupe_common::ConnKey;
 
 use super::linking::{NodeRef, Parent, RequestKey};
+use super::opaque_calls::OpaqueCalls;
 use crate::span::SpanId;
 
 /// Threads whose last read is remembered; past this, reads of further threads are not.
@@ -44,6 +48,7 @@ pub struct Serving {
     in_flight: HashMap<u32, VecDeque<InFlight>>,
     /// By (tgid, tid): the server request each thread last read for.
     last_read: HashMap<(u32, u32), RequestKey>,
+    opaque: OpaqueCalls,
 }
 
 impl Serving {
@@ -92,6 +97,13 @@ impl Serving {
                 _ => None,
             }),
         };
+        self.read_for(tgid, tid, cause);
+    }
+
+    /// Thread `tid` of `tgid` read for server request `cause`; `None`: for nothing in
+    /// flight here (a call made outside any request), which wakes a handler that serves
+    /// none.
+    fn read_for(&mut self, tgid: u32, tid: u32, cause: Option<RequestKey>) {
         match cause {
             Some(cause) => {
                 if let Some(slot) = self.last_read.get_mut(&(tgid, tid)) {
@@ -100,12 +112,54 @@ impl Serving {
                     self.last_read.insert((tgid, tid), cause);
                 }
             }
-            // A read for nothing in flight here (a call made outside any request) wakes a
-            // handler that serves none.
             None => {
                 self.last_read.remove(&(tgid, tid));
             }
         }
+    }
+
+    /// Thread `tid` wrote a call on connection `key` (`conn_id`), which loupe does not
+    /// parse. `hint` is the request its process was serving when it opened the
+    /// connection: the better witness for its first call, as for HTTP (see
+    /// `Linker::client_start`).
+    pub fn on_opaque_write(
+        &mut self,
+        key: ConnKey,
+        conn_id: u64,
+        tid: u32,
+        hint: Option<&NodeRef>,
+    ) {
+        let hinted = hint
+            .filter(|_| !self.opaque.knows(&key, conn_id))
+            .and_then(|hint| self.find(key.tgid, |f| Rc::ptr_eq(&f.node, hint)));
+        let request = hinted
+            .or_else(|| self.serving_entry(key.tgid, tid))
+            .map(|f| f.key);
+        self.opaque.on_write(key, conn_id, tid, request);
+    }
+
+    /// Thread `tid` read on connection `key` (`conn_id`), which loupe does not parse:
+    /// true when the read answered a call the thread wrote, and so woke its request's
+    /// handler.
+    pub fn on_opaque_read(&mut self, key: ConnKey, conn_id: u64, tid: u32) -> bool {
+        let in_flight = &self.in_flight;
+        let answered = self.opaque.on_read(key, conn_id, tid, |request| {
+            in_flight
+                .get(&request.tgid)
+                .is_some_and(|list| list.iter().any(|f| f.key == *request))
+        });
+        match answered {
+            Some(cause) => {
+                self.read_for(key.tgid, tid, cause);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection `key` ended.
+    pub fn forget_opaque(&mut self, key: &ConnKey) {
+        self.opaque.forget_connection(key);
     }
 
     /// The request of `tgid` in flight that `wanted` picks, the latest first.
@@ -117,13 +171,16 @@ impl Serving {
     /// read for while it is in flight, else the latest it is serving on that thread, else
     /// the only one in flight.
     pub fn serving(&self, tgid: u32, tid: u32) -> Option<NodeRef> {
+        self.serving_entry(tgid, tid).map(|f| f.node.clone())
+    }
+
+    fn serving_entry(&self, tgid: u32, tid: u32) -> Option<&InFlight> {
         let list = self.in_flight.get(&tgid)?;
         let read_for = self.last_read.get(&(tgid, tid));
         read_for
             .and_then(|key| list.iter().rev().find(|f| f.key == *key))
             .or_else(|| list.iter().rev().find(|f| f.tid == tid))
             .or_else(|| (list.len() == 1).then(|| &list[0]))
-            .map(|f| f.node.clone())
     }
 
     /// The request of `tgid` in flight whose span has id `span_id`.
@@ -152,16 +209,19 @@ impl Serving {
     pub fn expire(&mut self) {
         self.in_flight.retain(|_, list| !list.is_empty());
         let in_flight = &self.in_flight;
-        self.last_read.retain(|(tgid, _), key| {
+        let in_flight = |key: &RequestKey| {
             in_flight
-                .get(tgid)
+                .get(&key.tgid)
                 .is_some_and(|list| list.iter().any(|f| f.key == *key))
-        });
+        };
+        self.last_read.retain(|_, key| in_flight(key));
+        self.opaque.expire(in_flight);
     }
 
     pub fn forget_process(&mut self, tgid: u32) {
         self.in_flight.remove(&tgid);
         self.last_read.retain(|(t, _), _| *t != tgid);
+        self.opaque.forget_process(tgid);
     }
 
     /// Processes with a list of requests in flight, empty or not.
@@ -176,6 +236,11 @@ impl Serving {
             self.in_flight.values().map(VecDeque::len).sum(),
             self.last_read.len(),
         )
+    }
+
+    #[cfg(test)]
+    pub fn opaque_connections(&self) -> usize {
+        self.opaque.len()
     }
 }
 

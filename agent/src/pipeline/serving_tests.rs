@@ -221,3 +221,93 @@ fn an_emptied_in_flight_list_is_kept_until_housekeeping() {
     l.expire(12);
     assert_eq!(l.serving_processes(), 1, "a list in use stays");
 }
+
+const DB: loupe_common::ConnKey = loupe_common::ConnKey {
+    tgid: FRONT,
+    fd: 40,
+};
+
+/// A call on a connection loupe does not parse (a database's), as the pipeline reports it.
+fn opaque(l: &mut Linker, egress: bool) -> bool {
+    l.on_opaque_call((DB, 7), LOOP, egress, None)
+}
+
+/// A awaits a database query; B arrives and calls out; the database answers A, whose
+/// handler calls out next. The answer is all loupe sees of what woke A's handler.
+#[test]
+fn a_call_after_an_awaited_database_answer_belongs_to_the_request_that_awaited_it() {
+    let mut l = Linker::default();
+    let a = serve(&mut l, 10, 1);
+    assert!(!opaque(&mut l, true), "A's query");
+    let b = serve(&mut l, 11, 2);
+    assert_eq!(call(&mut l, 21, 0, 3).0, span_id(&b), "B's call");
+    assert!(opaque(&mut l, false), "the answer to A's query");
+    assert_eq!(call(&mut l, 20, 0, 4).0, span_id(&a), "A's call, not B's");
+    // B's call answers and B queries; A reads more of its body; the answer wakes B.
+    l.on_read(FRONT, LOOP, ReadFor::Response(key(21, 0)));
+    opaque(&mut l, true);
+    l.on_read(FRONT, LOOP, ReadFor::Request(key(10, 0)));
+    assert!(opaque(&mut l, false));
+    assert_eq!(call(&mut l, 21, 1, 5).0, span_id(&b));
+}
+
+/// Without the answer, the call goes under the request the loop read last: the case
+/// above, had loupe not followed the database's connection.
+#[test]
+fn without_the_answer_the_call_goes_under_the_last_request_read() {
+    let mut l = Linker::default();
+    serve(&mut l, 10, 1);
+    opaque(&mut l, true);
+    let b = serve(&mut l, 11, 2);
+    assert_eq!(call(&mut l, 20, 0, 3).0, span_id(&b));
+}
+
+/// A pool connects in the turn of the handler that needs the connection, but its first
+/// call goes out once connected, after other requests were read: that call is the
+/// hinted request's, as for an HTTP connection's first request.
+#[test]
+fn a_new_connections_first_call_belongs_to_the_request_that_opened_it() {
+    let mut l = Linker::default();
+    let a = serve(&mut l, 10, 1);
+    let hint = l.serving(FRONT, LOOP);
+    serve(&mut l, 11, 2);
+    l.on_opaque_call((DB, 7), LOOP, true, hint.as_ref());
+    // A later write on the same connection is not hinted.
+    l.on_opaque_call((DB, 7), LOOP, false, None);
+    assert_eq!(call(&mut l, 20, 0, 3).0, span_id(&a));
+}
+
+#[test]
+fn an_answer_to_a_call_outside_any_request_wakes_a_handler_that_serves_none() {
+    let mut l = Linker::default();
+    let a = serve(&mut l, 10, 1);
+    l.finish(&key(10, 0));
+    l.expire(2);
+    opaque(&mut l, true);
+    let b = serve(&mut l, 11, 3);
+    let _c = serve(&mut l, 12, 4);
+    assert!(opaque(&mut l, false));
+    // The thread's read is forgotten: the latest in flight is the guess, not A.
+    let (parent, _) = call(&mut l, 20, 0, 5);
+    assert_ne!(parent, span_id(&a));
+    assert_ne!(parent, span_id(&b), "C, read last, is the latest");
+}
+
+#[test]
+fn followed_connections_are_forgotten_with_them_and_their_processes() {
+    let mut l = Linker::default();
+    serve(&mut l, 10, 1);
+    opaque(&mut l, true);
+    assert_eq!(l.opaque_connections(), 1);
+    l.forget_connection(&DB);
+    assert_eq!(l.opaque_connections(), 0);
+    opaque(&mut l, true);
+    l.forget_process(FRONT);
+    assert_eq!(l.opaque_connections(), 0);
+    // A call whose request ended, unanswered, is dropped by housekeeping.
+    serve(&mut l, 10, 2);
+    opaque(&mut l, true);
+    l.finish(&key(10, 0));
+    l.expire(3);
+    assert_eq!(l.opaque_connections(), 0);
+}

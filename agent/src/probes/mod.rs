@@ -21,7 +21,7 @@ use crate::{cli::DataProbes, process::selector::ExecHints};
 
 pub use connection_cache::ConnectionCache;
 pub use maps::{ConnectionMap, CounterMap, IgnoreRequestMap};
-pub use tgid_set::TgidSet;
+pub use tgid_set::{ProcessMarks, TgidSet};
 
 /// Why the probes could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +85,7 @@ pub struct KernelConnections {
 pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
     pub processes: TgidSet,
-    /// Processes whose responses the probes copy whole.
-    pub whole_responses: TgidSet,
+    pub marks: ProcessMarks,
     pub connections: KernelConnections,
     pub counters: CounterMap,
 }
@@ -176,10 +175,16 @@ impl Probes {
                 maps::take_raw(&mut self.ebpf, "TRACED_TGIDS")?,
                 "TRACED_TGIDS",
             )?,
-            whole_responses: TgidSet::new(
-                maps::take_raw(&mut self.ebpf, "WHOLE_RESPONSE_TGIDS")?,
-                "WHOLE_RESPONSE_TGIDS",
-            )?,
+            marks: ProcessMarks {
+                whole_responses: TgidSet::new(
+                    maps::take_raw(&mut self.ebpf, "WHOLE_RESPONSE_TGIDS")?,
+                    "WHOLE_RESPONSE_TGIDS",
+                )?,
+                event_loops: TgidSet::new(
+                    maps::take_raw(&mut self.ebpf, "EVENT_LOOP_TGIDS")?,
+                    "EVENT_LOOP_TGIDS",
+                )?,
+            },
             connections: KernelConnections {
                 table: maps::take(&mut self.ebpf, "CONNECTIONS")?,
                 cache: ConnectionCache::new(maps::take_raw(&mut self.ebpf, "CONNECTION_CACHE")?)?,

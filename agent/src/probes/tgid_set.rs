@@ -1,6 +1,7 @@
 //! Sets of processes shared with the kernel: one bit per tgid in an array map the agent
 //! maps into its own memory. `TRACED_TGIDS` holds the traced processes,
-//! `WHOLE_RESPONSE_TGIDS` those whose responses are copied whole.
+//! `WHOLE_RESPONSE_TGIDS` those whose responses are copied whole, `EVENT_LOOP_TGIDS`
+//! those whose uncaptured calls are still reported ([`ProcessMarks`]).
 //!
 //! The kernel programs set bits of the traced set too (children of traced processes,
 //! programs exec'd under a selected name) with atomic adds, so the agent changes bits only
@@ -16,6 +17,25 @@ use super::{ProbeError, shared_words::SharedWords};
 
 pub struct TgidSet {
     words: SharedWords,
+}
+
+/// The sets the pipeline marks processes in for the data probes.
+pub struct ProcessMarks {
+    /// Processes whose responses the probes copy whole.
+    pub whole_responses: TgidSet,
+    /// Processes that serve several requests on one thread, whose calls on connections
+    /// the probes stopped capturing are still reported, without bytes.
+    pub event_loops: TgidSet,
+}
+
+impl ProcessMarks {
+    /// Sets in anonymous memory (see [`TgidSet::anonymous`]).
+    pub fn anonymous() -> std::io::Result<Self> {
+        Ok(Self {
+            whole_responses: TgidSet::anonymous()?,
+            event_loops: TgidSet::anonymous()?,
+        })
+    }
 }
 
 impl TgidSet {

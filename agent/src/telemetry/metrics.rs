@@ -99,6 +99,7 @@ metrics! {
     export_queue_spans: Gauge = "loupe_export_queue_spans", "Spans accepted for export and not yet delivered or dropped.";
     client_spans_unplaced: Counter = "loupe_client_spans_unplaced_total", "CLIENT spans of a process that was serving requests, placed under none of them.";
     client_spans_guessed: Counter = "loupe_client_spans_guessed_total", "CLIENT spans placed while several requests were in flight on one event-loop thread: under the one the thread last read for, else the latest (wrong when a timer woke the handler).";
+    opaque_answers_followed: Counter = "loupe_opaque_answers_followed_total", "Reads of answers on connections loupe does not parse (a database's, a cache's, TLS) matched to the request whose call they answered: that request's handler woke, and its thread's next calls are placed under it.";
     client_span_starts_moved: Counter = "loupe_client_span_starts_moved_total", "CLIENT spans made to start with the SERVER span they caused, which the time their first write carried fell after (an acknowledgement that came in before the write returned, a write that waited for room, or a write whose send time was unknown).";
     server_spans_peer_unmatched: Counter = "loupe_server_spans_peer_unmatched_total", "SERVER spans whose client loupe also traces, left without that client span as parent.";
     server_spans_awaited_client: Counter = "loupe_server_spans_awaited_client_total", "SERVER spans complete before the request record of their client, which loupe also traces, was read: held until it linked them or a wait ran out.";
