@@ -9,24 +9,7 @@ const http = require('http');
 const port = parseInt(process.argv[2] || '3000', 10);
 const upstreamPort = parseInt(process.argv[3] || '8000', 10);
 const checkPort = parseInt(process.argv[4] || String(upstreamPort), 10);
-const agent = new http.Agent({ keepAlive: true });
-
-function reply(res, status, text) {
-  res.writeHead(status, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(text) });
-  res.end(text);
-}
-
-function get(port, path) {
-  return new Promise((resolve, reject) => {
-    const call = http.request({ host: '127.0.0.1', port, path, agent }, (response) => {
-      let body = '';
-      response.on('data', (chunk) => { body += chunk; });
-      response.on('end', () => resolve({ status: response.statusCode, body }));
-    });
-    call.on('error', reject);
-    call.end();
-  });
-}
+const { reply, get } = require('./http-helpers.js');
 
 http.createServer(async (req, res) => {
   const match = req.url.match(/^\/api\/items\/([^/?]+)/);

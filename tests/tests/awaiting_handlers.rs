@@ -116,3 +116,88 @@ fn check_rounds(extra: &[&str]) {
     }
     assert_eq!(agent.metric("loupe_client_spans_unplaced_total"), 0.0);
 }
+
+/// The same race, with the awaited call a lookup in a store loupe does not parse
+/// (`examples/chain/store.py`, a binary protocol over a pool of kept-open connections):
+/// only the read of the store's answer tells that A's handler woke. The pool's first
+/// connection has carried enough to be given up to the probes before the checked
+/// rounds, so A's lookups there reach the agent as records without bytes; B's go on a
+/// second connection, still captured.
+#[test]
+fn a_call_after_an_awaited_answer_loupe_does_not_parse_belongs_to_its_own_request() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let (front_port, back_port, store_port) = (free_port(), free_port(), free_port());
+    let _backend = servers::python(back_port, &[("OTEL_SERVICE_NAME", "backend")]);
+    let _store = servers::example("python3", "chain/store.py", &[store_port], store_port, &[]);
+    let _frontend = servers::example(
+        "node",
+        "chain/frontend-store.js",
+        &[front_port, back_port, store_port],
+        front_port,
+        &[("OTEL_SERVICE_NAME", "frontend")],
+    );
+    let endpoint = receiver.grpc_endpoint();
+    let ports = [front_port, back_port, store_port].map(|p| p.to_string());
+    let mut args = vec!["--exe", "node", "--exe", "python3*"];
+    for port in &ports {
+        args.extend(["--port", port.as_str()]);
+    }
+    let agent = Agent::start(
+        &args,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let get =
+        |item: String| thread::spawn(move || http_get(front_port, &format!("/api/items/{item}")));
+    let answered = |client: thread::JoinHandle<Option<(u16, String)>>| {
+        let (status, _) = client.join().expect("client thread").expect("an answer");
+        assert_eq!(status, 200);
+    };
+
+    // One at a time, every lookup goes on the pool's first connection, until both its
+    // ends (Node's and the store's) are given up to the probes.
+    let mut warm_up = 0;
+    while agent.metric("loupe_connections_ignored_total") < 2.0 {
+        assert!(warm_up < 40, "the store's connection was never given up");
+        answered(get(format!("w{warm_up}~0~0")));
+        warm_up += 1;
+    }
+    // Two at once: the frontend serves several requests on its one thread, and opens
+    // the pool's second connection.
+    let pair = [get("p0~200~0".into()), get("p1~200~0".into())];
+    pair.into_iter().for_each(answered);
+
+    // In each round A's lookup takes 300 ms; B arrives 100 ms after A, gets its answer at
+    // once and waits 600 ms for its item, so it is in flight, and was read last, when
+    // A's answer comes and A asks for its item.
+    let rounds = 3;
+    let mut items = Vec::new();
+    for round in 0..rounds {
+        let (a, b) = (format!("a{round}~300~0"), format!("b{round}~0~600"));
+        let first = get(a.clone());
+        thread::sleep(Duration::from_millis(100));
+        let second = get(b.clone());
+        [first, second].into_iter().for_each(answered);
+        items.extend([a, b]);
+    }
+
+    // Each request makes three spans: the frontend's SERVER and CLIENT, the backend's
+    // SERVER.
+    let requests = warm_up + 2 + items.len();
+    let spans = receiver.wait_for_spans(3 * requests, WAIT);
+    for item in &items {
+        let request = find(&spans, "frontend", "server", &format!("/api/items/{item}"));
+        assert!(request.parent_span_id.is_none(), "{item}: a root");
+        let path = format!("/process/{item}");
+        let client = find(&spans, "frontend", "client", &path);
+        assert_child(client, request, item);
+        assert_child(find(&spans, "backend", "server", &path), client, item);
+    }
+    assert!(
+        agent.metric("loupe_opaque_answers_followed_total") >= items.len() as f64,
+        "every lookup's answer followed"
+    );
+}

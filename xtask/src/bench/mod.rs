@@ -154,7 +154,8 @@ pub struct BenchArgs {
     pub concurrency: Vec<u32>,
     /// Completeness: the Node frontends to measure, comma-separated: `immediate` calls
     /// upstream straight from its handler, `deferred` after a short timer, `awaits` after
-    /// awaiting a check of the request at nginx.
+    /// awaiting a check of the request at nginx, `store` after awaiting a lookup in a
+    /// store over a binary protocol loupe does not parse.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [completeness::Frontend::Immediate])]
     pub frontend: Vec<completeness::Frontend>,
 }

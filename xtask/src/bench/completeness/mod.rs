@@ -29,6 +29,8 @@ use tree::{Hop, Kind, Linking, Span};
 
 pub const FRONTEND: &str = "frontend-api";
 pub const MIDDLE: &str = "catalog";
+/// The store frontend's key-value store, which makes no spans.
+const STORE: &str = "store";
 /// nginx has no `OTEL_SERVICE_NAME` of its own here: the agent names it after its
 /// executable.
 pub const BACKEND: &str = "nginx";
@@ -121,6 +123,11 @@ pub enum Frontend {
     /// `examples/chain/frontend-awaits.js`: each handler awaits a check of its request at
     /// nginx first, so other requests arrive before it calls upstream.
     Awaits,
+    /// `examples/chain/frontend-store.js`: each handler awaits a lookup in a key-value
+    /// store over a binary protocol loupe does not parse (`examples/chain/store.py`)
+    /// first, so other requests arrive before it calls upstream, and only the store's
+    /// answer tells which handler woke.
+    Store,
 }
 
 impl Frontend {
@@ -129,6 +136,7 @@ impl Frontend {
             Frontend::Immediate => "immediate",
             Frontend::Deferred => "deferred",
             Frontend::Awaits => "awaits",
+            Frontend::Store => "store",
         }
     }
 
@@ -137,13 +145,14 @@ impl Frontend {
             Frontend::Immediate => "walkthrough/frontend-api.js",
             Frontend::Deferred => "chain/frontend-deferred.js",
             Frontend::Awaits => "chain/frontend-awaits.js",
+            Frontend::Store => "chain/frontend-store.js",
         }
     }
 
     /// The spans each request makes.
     pub fn tree(self) -> &'static [Hop] {
         match self {
-            Frontend::Immediate | Frontend::Deferred => &CHAIN,
+            Frontend::Immediate | Frontend::Deferred | Frontend::Store => &CHAIN,
             Frontend::Awaits => &AWAITING_TREE,
         }
     }
@@ -199,6 +208,28 @@ fn run_chain(
         middle_port,
         dir,
     )?;
+    // The store frontend's lookups; the awaiting frontend checks requests at nginx, and
+    // the others take no third port.
+    let mut store = match frontend {
+        Frontend::Store => {
+            let port = free_port()?;
+            let store = Service::start(
+                STORE,
+                "python3",
+                &[
+                    example(root, "chain/store.py").into_os_string(),
+                    port_arg(port),
+                ],
+                port,
+                dir,
+            )?;
+            Some(store)
+        }
+        _ => None,
+    };
+    let third_port = store
+        .as_ref()
+        .map_or(nginx.addr().port(), |store| store.addr().port());
     let front_port = free_port()?;
     let mut front = Service::start(
         FRONTEND,
@@ -207,8 +238,7 @@ fn run_chain(
             example(root, frontend.script()).into_os_string(),
             port_arg(front_port),
             port_arg(middle_port),
-            // Where the awaiting frontend checks requests; the others take no third port.
-            port_arg(nginx.addr().port()),
+            port_arg(third_port),
         ],
         front_port,
         dir,
@@ -224,7 +254,11 @@ fn run_chain(
     let mut args: Vec<String> = ["--exe", "node", "--exe", "python3*", "--exe", "nginx"]
         .map(str::to_owned)
         .to_vec();
-    for port in [front_port, middle_port, nginx.addr().port()] {
+    let store_port = store.as_ref().map(|store| store.addr().port());
+    for port in [front_port, middle_port, nginx.addr().port()]
+        .into_iter()
+        .chain(store_port)
+    {
         args.extend(["--port".to_owned(), port.to_string()]);
     }
     let mut agent = Agent::launch(&Launch {
@@ -255,6 +289,9 @@ fn run_chain(
         front.check_alive()?;
         middle.check_alive()?;
         nginx.check_alive()?;
+        if let Some(store) = store.as_mut() {
+            store.check_alive()?;
+        }
         if arrived == 0 {
             bail!(
                 "the OTLP receiver got no span at all from the agent (exporting to {})\n{}",

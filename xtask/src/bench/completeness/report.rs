@@ -8,12 +8,13 @@ use serde_json::{Value, json};
 use super::tree::{Completeness, Hop, Linking, describe, link_hops};
 
 /// Agent counters shown per level (differences over the level).
-pub const METRICS: [&str; 5] = [
+pub const METRICS: [&str; 6] = [
     "loupe_client_spans_unplaced_total",
     "loupe_server_spans_awaited_client_total",
     "loupe_spans_held_with_server_total",
     "loupe_server_spans_peer_unmatched_total",
     "loupe_ringbuf_drops_total",
+    "loupe_opaque_answers_followed_total",
 ];
 
 #[derive(Clone, Debug, PartialEq)]
