@@ -209,17 +209,30 @@ fn a_connection_found_in_use_is_followed_when_its_process_wrote_first() {
 }
 
 /// The probes report a process's uncaptured calls once it is seen to serve several
-/// requests on one thread, and only then.
+/// requests on one thread while it calls out on connections loupe does not parse, and
+/// only then: other processes pay nothing for it.
 #[test]
 fn a_process_serving_several_requests_on_one_thread_is_marked_an_event_loop() {
-    let mut replay = Replay::new(Service::Nginx).unwrap();
-    let (a, b) = (FIRST_FD, FIRST_FD + 1);
-    let (a_id, b_id) = (replay.conn_ids[0], replay.conn_ids[1]);
-    replay.record(a, a_id, direction::INGRESS, &get("/api/a"));
-    replay.record(a, a_id, direction::EGRESS, OK);
-    replay.record(b, b_id, direction::INGRESS, &get("/api/b"));
-    let tgid = replay.tgid;
-    assert!(!replay.pipeline.event_loops.contains(tgid), "one at a time");
-    replay.record(a, a_id, direction::INGRESS, &get("/api/c"));
-    assert!(replay.pipeline.event_loops.contains(tgid), "two at once");
+    for calls_unparsed in [false, true] {
+        let mut replay = Replay::new(Service::Nginx).unwrap();
+        let (a, b) = (FIRST_FD, FIRST_FD + 1);
+        let (a_id, b_id) = (replay.conn_ids[0], replay.conn_ids[1]);
+        let db = FIRST_FD + 202;
+        let db_id = replay.open_as(role::CLIENT, db, (50_002, 5_432));
+        let tgid = replay.tgid;
+        replay.record(a, a_id, direction::INGRESS, &get("/api/a"));
+        if calls_unparsed {
+            replay.database(Database::Captured, db, db_id, direction::EGRESS, 40);
+            replay.database(Database::Captured, db, db_id, direction::INGRESS, 60);
+        }
+        replay.record(a, a_id, direction::EGRESS, OK);
+        replay.record(b, b_id, direction::INGRESS, &get("/api/b"));
+        assert!(!replay.pipeline.event_loops.contains(tgid), "one at a time");
+        replay.record(a, a_id, direction::INGRESS, &get("/api/c"));
+        assert_eq!(
+            replay.pipeline.event_loops.contains(tgid),
+            calls_unparsed,
+            "two at once, calls unparsed: {calls_unparsed}"
+        );
+    }
 }

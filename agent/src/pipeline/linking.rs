@@ -399,9 +399,9 @@ impl Linker {
         }
     }
 
-    /// Whether thread `tid` of `tgid` serves several requests at once: an event loop.
-    pub fn several_on_thread(&self, tgid: u32, tid: u32) -> bool {
-        self.serving.several_on_thread(tgid, tid)
+    /// Processes newly found to be event loops (see [`Serving::take_event_loops`]).
+    pub fn take_event_loops(&mut self) -> Option<std::vec::Drain<'_, u32>> {
+        self.serving.take_event_loops()
     }
 
     /// The connection `key` ended.

@@ -301,6 +301,23 @@ impl Pipeline {
         if self.linker.on_opaque_call(conn, tid, egress, hint) {
             self.metrics.opaque_answers_followed.inc();
         }
+        self.mark_event_loops();
+    }
+
+    /// Has the probes report the calls of processes the linker found to be event loops
+    /// on connections they stopped capturing.
+    fn mark_event_loops(&mut self) {
+        let Some(found) = self.linker.take_event_loops() else {
+            return;
+        };
+        for tgid in found {
+            if self.event_loops.mark(tgid) {
+                log::info!(
+                    "process {tgid}: serves several requests on one thread and calls out \
+                     on connections loupe does not parse; loupe follows those calls"
+                );
+            }
+        }
     }
 
     /// Has the probes stop capturing a connection that carries no more HTTP/1.x. The
@@ -353,16 +370,7 @@ impl Pipeline {
                         header,
                         self.injected.server_ids(key),
                     );
-                    if !self.event_loops.contains(key.tgid)
-                        && self.linker.several_on_thread(key.tgid, start.tid)
-                        && self.event_loops.mark(key.tgid)
-                    {
-                        log::info!(
-                            "process {}: serves several requests on one thread; loupe \
-                             follows its calls on connections it does not capture",
-                            key.tgid
-                        );
-                    }
+                    self.mark_event_loops();
                 }
                 Role::Client => {
                     let (_, placement) = self.linker.client_start(

@@ -18,6 +18,7 @@ impl MarkedProcesses {
         }
     }
 
+    #[cfg(test)]
     pub fn contains(&self, tgid: u32) -> bool {
         self.set.contains(tgid)
     }

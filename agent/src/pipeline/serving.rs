@@ -41,37 +41,78 @@ pub enum ReadFor {
 }
 
 #[derive(Default)]
+struct Process {
+    /// In the order the requests started. Requests mostly end in about that order, so an
+    /// ended one is looked for from the front and taken out where the deque is shorter;
+    /// lookups for a thread's latest read start from the back.
+    requests: VecDeque<InFlight>,
+    /// It calls out on connections loupe does not parse: whether it serves several
+    /// requests on one thread matters (see [`Serving::take_event_loops`]). Only such a
+    /// process has each start checked for that.
+    calls_unparsed: bool,
+    /// It was seen serving several requests on one thread.
+    event_loop: bool,
+}
+
+impl Process {
+    fn several_on_thread(&self, tid: u32) -> bool {
+        self.requests
+            .iter()
+            .rev()
+            .filter(|f| f.tid == tid)
+            .nth(1)
+            .is_some()
+    }
+
+    /// Marks it an event loop when it calls out unparsed and `tid` serves several
+    /// requests; true the first time.
+    fn found_event_loop(&mut self, tid: u32) -> bool {
+        let found = self.calls_unparsed && !self.event_loop && self.several_on_thread(tid);
+        self.event_loop |= found;
+        found
+    }
+}
+
+#[derive(Default)]
 pub struct Serving {
-    /// By tgid, in the order the requests started. Requests mostly end in about that
-    /// order, so an ended one is looked for from the front and taken out where the deque
-    /// is shorter; lookups for a thread's latest read start from the back.
-    in_flight: HashMap<u32, VecDeque<InFlight>>,
+    /// By tgid: the server requests in flight, and what is known of the process.
+    in_flight: HashMap<u32, Process>,
     /// By (tgid, tid): the server request each thread last read for.
     last_read: HashMap<(u32, u32), RequestKey>,
     opaque: OpaqueCalls,
+    /// Processes found to be event loops since [`Self::take_event_loops`].
+    event_loops_found: Vec<u32>,
 }
 
 impl Serving {
     /// A server request of `key.tgid` was read on thread `tid`.
     pub fn start(&mut self, key: RequestKey, tid: u32, node: &NodeRef) {
-        self.in_flight
-            .entry(key.tgid)
-            .or_default()
-            .push_back(InFlight {
-                key,
-                tid,
-                node: node.clone(),
-            });
+        let process = self.in_flight.entry(key.tgid).or_default();
+        process.requests.push_back(InFlight {
+            key,
+            tid,
+            node: node.clone(),
+        });
+        if process.found_event_loop(tid) {
+            self.event_loops_found.push(key.tgid);
+        }
+    }
+
+    /// Processes found since the last call to serve several requests on one thread
+    /// while they call out on connections loupe does not parse: their uncaptured calls
+    /// are worth reporting (see `opaque_calls`).
+    pub fn take_event_loops(&mut self) -> Option<std::vec::Drain<'_, u32>> {
+        (!self.event_loops_found.is_empty()).then(|| self.event_loops_found.drain(..))
     }
 
     /// The server request `key` was answered (or given up). An emptied list stays until
     /// [`Self::expire`]: a server that answers each request before reading the next would
     /// otherwise allocate and free its list once per request.
     pub fn finish(&mut self, key: &RequestKey) {
-        if let Some(list) = self.in_flight.get_mut(&key.tgid)
-            && let Some(at) = list.iter().position(|f| f.key == *key)
+        if let Some(process) = self.in_flight.get_mut(&key.tgid)
+            && let Some(at) = process.requests.iter().position(|f| f.key == *key)
         {
-            list.remove(at);
+            process.requests.remove(at);
         }
     }
 
@@ -136,6 +177,11 @@ impl Serving {
             .or_else(|| self.serving_entry(key.tgid, tid))
             .map(|f| f.key);
         self.opaque.on_write(key, conn_id, tid, request);
+        let process = self.in_flight.entry(key.tgid).or_default();
+        process.calls_unparsed = true;
+        if process.found_event_loop(tid) {
+            self.event_loops_found.push(key.tgid);
+        }
     }
 
     /// Thread `tid` read on connection `key` (`conn_id`), which loupe does not parse:
@@ -146,7 +192,7 @@ impl Serving {
         let answered = self.opaque.on_read(key, conn_id, tid, |request| {
             in_flight
                 .get(&request.tgid)
-                .is_some_and(|list| list.iter().any(|f| f.key == *request))
+                .is_some_and(|p| p.requests.iter().any(|f| f.key == *request))
         });
         match answered {
             Some(cause) => {
@@ -164,7 +210,12 @@ impl Serving {
 
     /// The request of `tgid` in flight that `wanted` picks, the latest first.
     fn find(&self, tgid: u32, wanted: impl Fn(&InFlight) -> bool) -> Option<&InFlight> {
-        self.in_flight.get(&tgid)?.iter().rev().find(|f| wanted(f))
+        self.in_flight
+            .get(&tgid)?
+            .requests
+            .iter()
+            .rev()
+            .find(|f| wanted(f))
     }
 
     /// The request `tgid` is most likely serving on thread `tid`: the one the thread last
@@ -175,7 +226,7 @@ impl Serving {
     }
 
     fn serving_entry(&self, tgid: u32, tid: u32) -> Option<&InFlight> {
-        let list = self.in_flight.get(&tgid)?;
+        let list = &self.in_flight.get(&tgid)?.requests;
         let read_for = self.last_read.get(&(tgid, tid));
         read_for
             .and_then(|key| list.iter().rev().find(|f| f.key == *key))
@@ -194,25 +245,29 @@ impl Serving {
     pub fn several_on_thread(&self, tgid: u32, tid: u32) -> bool {
         self.in_flight
             .get(&tgid)
-            .is_some_and(|l| l.iter().rev().filter(|f| f.tid == tid).nth(1).is_some())
+            .is_some_and(|p| p.several_on_thread(tid))
     }
 
     pub fn any(&self, tgid: u32) -> bool {
-        self.in_flight.get(&tgid).is_some_and(|l| !l.is_empty())
+        self.in_flight
+            .get(&tgid)
+            .is_some_and(|p| !p.requests.is_empty())
     }
 
     pub fn still_in_flight(&self, tgid: u32, node: &NodeRef) -> bool {
         self.find(tgid, |f| Rc::ptr_eq(&f.node, node)).is_some()
     }
 
-    /// Forgets the reads of requests no longer in flight, and the emptied lists.
+    /// Forgets the reads of requests no longer in flight, and the emptied lists of
+    /// processes that never called out unparsed.
     pub fn expire(&mut self) {
-        self.in_flight.retain(|_, list| !list.is_empty());
+        self.in_flight
+            .retain(|_, p| !p.requests.is_empty() || p.calls_unparsed);
         let in_flight = &self.in_flight;
         let in_flight = |key: &RequestKey| {
             in_flight
                 .get(&key.tgid)
-                .is_some_and(|list| list.iter().any(|f| f.key == *key))
+                .is_some_and(|p| p.requests.iter().any(|f| f.key == *key))
         };
         self.last_read.retain(|_, key| in_flight(key));
         self.opaque.expire(in_flight);
@@ -233,7 +288,7 @@ impl Serving {
     #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize) {
         (
-            self.in_flight.values().map(VecDeque::len).sum(),
+            self.in_flight.values().map(|p| p.requests.len()).sum(),
             self.last_read.len(),
         )
     }

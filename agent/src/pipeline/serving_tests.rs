@@ -311,3 +311,60 @@ fn followed_connections_are_forgotten_with_them_and_their_processes() {
     l.expire(3);
     assert_eq!(l.opaque_connections(), 0);
 }
+
+fn event_loops(l: &mut Linker) -> Vec<u32> {
+    l.take_event_loops()
+        .map(Iterator::collect)
+        .unwrap_or_default()
+}
+
+/// Only a process that calls out on connections loupe does not parse is checked for
+/// serving several requests on one thread, at each start and each such call; each is
+/// found once, and housekeeping keeps what was learnt of it.
+#[test]
+fn a_process_calling_out_unparsed_while_serving_several_is_found_an_event_loop_once() {
+    let mut l = Linker::default();
+    serve(&mut l, 10, 1);
+    serve(&mut l, 11, 2);
+    assert!(event_loops(&mut l).is_empty(), "no unparsed call yet");
+    opaque(&mut l, true);
+    assert_eq!(event_loops(&mut l), vec![FRONT], "found at the call");
+    serve(&mut l, 12, 3);
+    assert!(event_loops(&mut l).is_empty(), "found once");
+
+    // Another process calls out unparsed with one request in flight, then serves two.
+    let other = |fd| RequestKey {
+        tgid: FRONT + 1,
+        ..key(fd, 0)
+    };
+    let db = loupe_common::ConnKey {
+        tgid: FRONT + 1,
+        fd: 40,
+    };
+    l.server_start(other(10), LOOP, 4, None, None, None);
+    l.on_opaque_call((db, 1), LOOP, true, None);
+    assert!(event_loops(&mut l).is_empty(), "one in flight");
+    for fd in [10, 11, 12] {
+        l.finish(&key(fd, 0));
+    }
+    l.finish(&other(10));
+    l.expire(5);
+    // Nothing in flight, but the process still counts as calling out unparsed.
+    l.server_start(other(11), LOOP, 6, None, None, None);
+    l.server_start(other(12), LOOP, 7, None, None, None);
+    assert_eq!(event_loops(&mut l), vec![FRONT + 1], "found at a start");
+    // A thread-per-request process that calls out unparsed is never found.
+    let third = |fd| RequestKey {
+        tgid: FRONT + 2,
+        ..key(fd, 0)
+    };
+    let db = loupe_common::ConnKey {
+        tgid: FRONT + 2,
+        ..db
+    };
+    for tid in [1, 2, 3] {
+        l.server_start(third(10 + tid), tid, 8, None, None, None);
+        l.on_opaque_call((db, 1), tid, true, None);
+    }
+    assert!(event_loops(&mut l).is_empty());
+}
