@@ -17,7 +17,7 @@ pub struct ConnState {
     pub conn_id: u64,
     pub role: u8,
     /// Non-zero when the connection is not traced ([`ignored`]), so its reads and writes
-    /// stop at the lookup.
+    /// stop at the lookup (but for an event loop's calls, see [`ignored::NOT_HTTP`]).
     pub ignored: u8,
     pub _pad: [u8; 6],
     /// The connection's `struct sock`, where a client's write exit reads when its request

@@ -241,7 +241,8 @@ fn cache_if_standing(key: &ConnKey, state: &ConnState) {
 
 /// The traced connection behind `fd`, discovering it on first use. A connection the
 /// agent stopped capturing is still returned, with its `ignored` mark, when its process
-/// is an event loop ([`EVENT_LOOP_TGIDS`]): its calls then send records without bytes.
+/// is an event loop ([`EVENT_LOOP_TGIDS`]) and did not accept it: its calls then send
+/// records without bytes, the answers to calls the process made.
 #[inline(always)]
 pub fn lookup_or_discover(tgid: u32, tid: u32, fd: u32, cfg: &ProbeConfig) -> Option<ConnState> {
     let state = match stored_for_use(&ConnKey { tgid, fd }) {
@@ -250,7 +251,9 @@ pub fn lookup_or_discover(tgid: u32, tid: u32, fd: u32, cfg: &ProbeConfig) -> Op
     };
     match state.ignored {
         ignored::NO => Some(state),
-        ignored::NOT_HTTP if is_marked(&EVENT_LOOP_TGIDS, tgid) => Some(state),
+        ignored::NOT_HTTP if state.role != role::SERVER && is_marked(&EVENT_LOOP_TGIDS, tgid) => {
+            Some(state)
+        }
         _ => None,
     }
 }

@@ -57,7 +57,8 @@ pub struct Connection {
     pub dialed: Option<bool>,
     /// Chunks carried since it was known to carry no more HTTP/1.x.
     chunks_after_http: u32,
-    /// The probes were asked to stop capturing it: what still comes was on its way.
+    /// The probes were asked to stop capturing it: what still comes was on its way, or
+    /// (for an event loop's, see `opaque_calls`) comes without bytes.
     given_up: bool,
 }
 
@@ -309,6 +310,7 @@ struct Parked {
     conn_id: u64,
     ends: Ends,
     netns: u32,
+    dialed: Option<bool>,
 }
 
 impl ConnectionTable {
@@ -494,11 +496,12 @@ impl ConnectionTable {
         }
         self.forget_parked(&key);
         *self.endpoints.entry(ends).or_default() += 1;
-        let (conn_id, netns) = (conn.conn_id, conn.netns);
+        let (conn_id, netns, dialed) = (conn.conn_id, conn.netns, conn.dialed);
         let parked = Parked {
             conn_id,
             ends,
             netns,
+            dialed,
         };
         self.parked.insert(key, parked);
     }
@@ -517,6 +520,7 @@ impl ConnectionTable {
         if parked.conn_id == conn.conn_id {
             (conn.local, conn.remote) = (Some(parked.ends.local), Some(parked.ends.remote));
             conn.netns = parked.netns;
+            conn.dialed = parked.dialed;
         }
     }
 

@@ -234,13 +234,14 @@ fn an_idle_connection_gets_its_endpoints_back_only_as_itself() {
     let key = |fd| ConnKey { tgid: 1, fd };
     let mut tuple = tuple_v4();
     tuple.netns = 4026531840;
-    let idle = Connection::new(7, Some(&tuple), 0);
+    let mut idle = Connection::new(7, Some(&tuple), 0);
+    idle.dialed = Some(true);
     // What a data record of a connection the pipeline does not hold starts with.
     let seen_again = |conn_id| Connection::new(conn_id, None, 0);
     let taken_back = |table: &mut ConnectionTable, conn_id| {
         let mut conn = seen_again(conn_id);
         table.unpark(&key(3), &mut conn);
-        (conn.local, conn.remote, conn.netns)
+        (conn.local, conn.remote, conn.netns, conn.dialed)
     };
     table.park(key(3), &idle);
     // Its peer still finds it traced; the process still counts as one loupe holds.
@@ -248,17 +249,18 @@ fn an_idle_connection_gets_its_endpoints_back_only_as_itself() {
     assert!(table.has_ends(ends));
     assert_eq!(table.tgids(), vec![1]);
     // The same connection comes back: its endpoints and namespace, once.
-    let whole = (idle.local, idle.remote, idle.netns);
+    // Whether its process opened it too: a connection seen again may start with a read.
+    let whole = (idle.local, idle.remote, idle.netns, Some(true));
     assert_eq!(taken_back(&mut table, 7), whole);
     assert!(!table.has_ends(ends));
-    assert_eq!(taken_back(&mut table, 7), (None, None, 0));
+    assert_eq!(taken_back(&mut table, 7), (None, None, 0, None));
     // Another connection at the key, or the key's close, takes them away.
     table.park(key(3), &idle);
-    assert_eq!(taken_back(&mut table, 8), (None, None, 0));
-    assert_eq!(taken_back(&mut table, 7), (None, None, 0));
+    assert_eq!(taken_back(&mut table, 8), (None, None, 0, None));
+    assert_eq!(taken_back(&mut table, 7), (None, None, 0, None));
     table.park(key(3), &idle);
     table.forget_parked(&key(3));
-    assert_eq!(taken_back(&mut table, 7), (None, None, 0));
+    assert_eq!(taken_back(&mut table, 7), (None, None, 0, None));
     assert!(table.endpoints.is_empty());
     // Bounded by the table's capacity; nothing kept of a connection without endpoints.
     for fd in 10..20 {

@@ -236,3 +236,52 @@ fn a_process_serving_several_requests_on_one_thread_is_marked_an_event_loop() {
         );
     }
 }
+
+/// Two requests' calls wait on one connection (pipelined): the answers are matched in
+/// order, counted as a guess. The connection's first call goes under the request that
+/// opened it, and only the first.
+#[test]
+fn pipelined_answers_are_matched_in_order_and_counted() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let (a, b) = (FIRST_FD, FIRST_FD + 1);
+    let (a_id, b_id) = (replay.conn_ids[0], replay.conn_ids[1]);
+    let (ingress, egress) = (direction::INGRESS, direction::EGRESS);
+    let (call_a, call_b, db) = (FIRST_FD + 200, FIRST_FD + 201, FIRST_FD + 202);
+    replay.record(a, a_id, ingress, &get("/api/a"));
+    // A's handler opens the connection; B is read before the first call goes out.
+    let db_id = replay.open_as(role::CLIENT, db, (50_002, 6_379));
+    replay.record(b, b_id, ingress, &get("/api/b"));
+    let how = Database::Uncaptured;
+    replay.database(how, db, db_id, egress, 20);
+    replay.database(how, db, db_id, egress, 20);
+    replay.database(how, db, db_id, ingress, 10);
+    let call_a_id = replay.open_as(role::CLIENT, call_a, (50_000, 9_000));
+    replay.record(call_a, call_a_id, egress, &get("/process/a"));
+    replay.database(how, db, db_id, ingress, 10);
+    let call_b_id = replay.open_as(role::CLIENT, call_b, (50_001, 9_000));
+    replay.record(call_b, call_b_id, egress, &get("/process/b"));
+    let metrics = &replay.pipeline.metrics;
+    assert_eq!(metrics.opaque_answers_followed.get(), 2);
+    assert_eq!(
+        metrics.opaque_answers_by_order.get(),
+        1,
+        "B waited behind A"
+    );
+    let answers = [
+        (call_a, call_a_id),
+        (a, a_id),
+        (call_b, call_b_id),
+        (b, b_id),
+    ];
+    let spans = answer_all(&mut replay, answers, 4);
+    assert_eq!(
+        parent_path(&spans, "/process/a"),
+        "/api/a",
+        "the hinted first call"
+    );
+    assert_eq!(
+        parent_path(&spans, "/process/b"),
+        "/api/b",
+        "the second, unhinted"
+    );
+}

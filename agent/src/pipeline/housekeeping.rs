@@ -66,8 +66,12 @@ impl Pipeline {
         self.processes.retain(alive);
         self.whole_responses.forget_dead(alive);
         self.event_loops.forget_dead(alive);
+        self.linker.forget_dead(alive);
         for tgid in dead {
             self.linker.forget_process(tgid);
+            // Taken over by another process, which looks alive.
+            self.whole_responses.forget(tgid);
+            self.event_loops.forget(tgid);
         }
         self.linker.expire(now);
         self.metrics

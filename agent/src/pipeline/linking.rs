@@ -24,7 +24,6 @@
 use std::{cell::RefCell, collections::VecDeque, rc::Rc};
 
 use hashbrown::HashMap;
-use loupe_common::ConnKey;
 
 use super::connections::Ends;
 use super::serving::{ReadFor, Serving};
@@ -381,34 +380,6 @@ impl Linker {
         });
     }
 
-    /// Thread `tid` wrote (`egress`) or read on connection `key` (`conn_id`), which loupe
-    /// does not parse; `hint` as for [`Self::client_start`]. True when the read answered a
-    /// call the thread wrote: the thread's next calls belong to that call's request.
-    pub fn on_opaque_call(
-        &mut self,
-        (key, conn_id): (ConnKey, u64),
-        tid: u32,
-        egress: bool,
-        hint: Option<&NodeRef>,
-    ) -> bool {
-        if egress {
-            self.serving.on_opaque_write(key, conn_id, tid, hint);
-            false
-        } else {
-            self.serving.on_opaque_read(key, conn_id, tid)
-        }
-    }
-
-    /// Processes newly found to be event loops (see [`Serving::take_event_loops`]).
-    pub fn take_event_loops(&mut self) -> Option<std::vec::Drain<'_, u32>> {
-        self.serving.take_event_loops()
-    }
-
-    /// The connection `key` ended.
-    pub fn forget_connection(&mut self, key: &ConnKey) {
-        self.serving.forget_opaque(key);
-    }
-
     /// A traced process wrote a request head. `hint` is the request its process was
     /// serving when it opened this connection: an event loop connects in the same turn
     /// as the handler that needs the connection, but may write only after reading other
@@ -567,12 +538,13 @@ impl Linker {
         self.serving.sizes()
     }
 
-    /// Processes the request-in-flight lists are kept for, empty or not.
+    /// Connections whose unparsed calls are followed.
     #[cfg(test)]
     pub fn opaque_connections(&self) -> usize {
         self.serving.opaque_connections()
     }
 
+    /// Processes the request-in-flight lists are kept for, empty or not.
     #[cfg(test)]
     pub fn serving_processes(&self) -> usize {
         self.serving.processes()
@@ -588,6 +560,9 @@ impl Linker {
         )
     }
 }
+
+#[path = "linking_unparsed.rs"]
+mod unparsed;
 
 #[cfg(test)]
 #[path = "linking_tests.rs"]

@@ -187,17 +187,20 @@ impl Pipeline {
             self.connections.unpark(&key, &mut conn);
             self.open(key, conn);
         }
+        let uncaptured = header.flags & data_flags::UNCAPTURED != 0;
         let Some(conn) = self.connections.get_mut(&key) else {
-            self.metrics.bytes_unparsed.add(header.total_len);
+            if !uncaptured {
+                self.metrics.bytes_unparsed.add(header.total_len);
+            }
             return;
         };
         conn.last_activity_ns = header.end_ns;
         let egress = header.direction == direction::EGRESS;
         let dialed = *conn.dialed.get_or_insert(egress);
-        if header.flags & data_flags::UNCAPTURED != 0 {
+        if uncaptured {
             // A call on a connection the probes stopped capturing: only that it happened.
             if dialed {
-                let hint = conn.parent_hint.clone();
+                let hint = egress.then(|| conn.parent_hint.take()).flatten();
                 self.follow_opaque_call((key, conn_id), header.tid, egress, hint.as_ref());
             }
             return;
@@ -271,6 +274,10 @@ impl Pipeline {
             }
         }
         let stop_capturing = conn.count_chunk_after_http();
+        // The request that opened the connection is the witness for its first call only.
+        let opaque_hint = (opaque_call && egress)
+            .then(|| conn.parent_hint.take())
+            .flatten();
         let (conn_id, local, remote, ends) = (conn.conn_id, conn.local, conn.remote, conn.ends());
         let hint = conn.parent_hint.clone();
         if let Some(role) = role {
@@ -281,7 +288,8 @@ impl Pipeline {
             self.linker.on_read(header.tgid, header.tid, read);
         }
         if opaque_call {
-            self.follow_opaque_call((key, conn_id), header.tid, egress, hint.as_ref());
+            let conn = (key, conn_id);
+            self.follow_opaque_call(conn, header.tid, egress, opaque_hint.as_ref());
         }
         self.emit(key, conn_id, local, remote, ends);
         if stop_capturing {
@@ -298,8 +306,15 @@ impl Pipeline {
         egress: bool,
         hint: Option<&linking::NodeRef>,
     ) {
-        if self.linker.on_opaque_call(conn, tid, egress, hint) {
-            self.metrics.opaque_answers_followed.inc();
+        if let Some(answer) = self.linker.on_opaque_call(conn, tid, egress, hint)
+            && answer.first_read
+        {
+            if answer.request.is_some() {
+                self.metrics.opaque_answers_followed.inc();
+            }
+            if answer.by_order {
+                self.metrics.opaque_answers_by_order.inc();
+            }
         }
         self.mark_event_loops();
     }
@@ -321,8 +336,9 @@ impl Pipeline {
     }
 
     /// Has the probes stop capturing a connection that carries no more HTTP/1.x. The
-    /// kernel sends nothing more of its bytes, only its close, which ends it here; what
-    /// was already on its way is counted as unparsed.
+    /// kernel sends nothing more of its bytes, only its close, which ends it here, and,
+    /// for an event loop's calls, records without bytes; what was already on its way is
+    /// counted as unparsed.
     fn stop_capturing(&mut self, key: ConnKey, conn_id: u64) {
         // Each fd of the socket is its own connection to the probes. When the selector's
         // thread is behind, the next chunk asks again.
@@ -465,6 +481,9 @@ impl EventSink for Pipeline {
             Event::ProcessExec(exec) => {
                 // The program changed, and with it possibly the service name.
                 let had_connections = self.processes.forget(exec.tgid);
+                self.linker.forget_program(exec.tgid);
+                self.event_loops.forget(exec.tgid);
+                self.whole_responses.forget(exec.tgid);
                 let notice = Notice::Exec(ExecNotice {
                     tgid: exec.tgid,
                     at_ns: exec.ts_ns,

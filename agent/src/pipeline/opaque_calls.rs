@@ -6,8 +6,11 @@
 //! handler awaited a database, that read is the database's answer, on a connection whose
 //! bytes loupe cannot read (the kernel sends only that the call happened, see
 //! `data_flags::UNCAPTURED`). Without it, the handler's next call would be placed under
-//! whichever request the loop read last. A connection carries one call at a time from a
-//! pool, in order when pipelined: answers are matched to writes first in, first out.
+//! whichever request the loop read last. A connection from a pool carries one call at a
+//! time, and its answer is certain. One that carries several calls at once (pipelined,
+//! as Redis clients do) is matched first in, first out, one answer per read: a guess,
+//! wrong when one read brings several answers or a multiplexed protocol answers out of
+//! order, so such answers are told apart ([`Answer::by_order`]) and counted.
 
 use std::collections::VecDeque;
 
@@ -41,6 +44,18 @@ struct Connection {
     writing: bool,
 }
 
+/// What a read on a followed connection told of the thread that read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// The request whose call it answers; `None`: a call made outside any request.
+    pub request: Option<RequestKey>,
+    /// The read took that call off the calls waiting: the answer's first read, not a
+    /// further one of the same answer.
+    pub first_read: bool,
+    /// Other calls waited behind that one: matched by order alone.
+    pub by_order: bool,
+}
+
 #[derive(Default)]
 pub struct OpaqueCalls {
     by_connection: HashMap<ConnKey, Connection>,
@@ -63,8 +78,7 @@ impl OpaqueCalls {
         conn.writing = true;
     }
 
-    /// Thread `tid` read on connection `key` (`conn_id`): the request whose call this
-    /// answers, `Some(None)` for a call made outside any request, and `None` when the
+    /// Thread `tid` read on connection `key` (`conn_id`): the answer, `None` when the
     /// read says nothing of the thread (a call it did not write, or none seen). A call
     /// whose request `in_flight` says has ended is passed over while a later one waits:
     /// its answer came with an earlier read, or never (nothing was awaited).
@@ -74,7 +88,7 @@ impl OpaqueCalls {
         conn_id: u64,
         tid: u32,
         in_flight: impl Fn(&RequestKey) -> bool,
-    ) -> Option<Option<RequestKey>> {
+    ) -> Option<Answer> {
         let conn = self
             .by_connection
             .get_mut(&key)
@@ -88,12 +102,18 @@ impl OpaqueCalls {
             conn.waiting.pop_front();
         }
         // With nothing waiting, the read continues the answer being read.
-        if let Some(next) = conn.waiting.pop_front() {
-            conn.answering = Some(next);
+        let by_order = conn.waiting.len() > 1;
+        let next = conn.waiting.pop_front();
+        if next.is_some() {
+            conn.answering = next;
         }
         conn.answering
             .filter(|answering| answering.tid == tid)
-            .map(|answering| answering.request)
+            .map(|answering| Answer {
+                request: answering.request,
+                first_read: next.is_some(),
+                by_order: next.is_some() && by_order,
+            })
     }
 
     fn connection(&mut self, key: ConnKey, conn_id: u64) -> Option<&mut Connection> {
@@ -118,6 +138,7 @@ impl OpaqueCalls {
     }
 
     /// Whether calls on connection `key` (`conn_id`) are followed yet.
+    #[cfg(test)]
     pub fn knows(&self, key: &ConnKey, conn_id: u64) -> bool {
         self.by_connection
             .get(key)

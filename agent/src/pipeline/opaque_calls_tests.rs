@@ -2,7 +2,7 @@
 
 use loupe_common::ConnKey;
 
-use super::{MAX_CONNECTIONS, MAX_WAITING_PER_CONNECTION, OpaqueCalls};
+use super::{Answer, MAX_CONNECTIONS, MAX_WAITING_PER_CONNECTION, OpaqueCalls};
 use crate::pipeline::linking::RequestKey;
 
 const TGID: u32 = 100;
@@ -22,8 +22,23 @@ fn all_in_flight(_: &RequestKey) -> bool {
     true
 }
 
+/// The request a read on `DB` answered for thread `tid` (see [`OpaqueCalls::on_read`]).
 fn read(calls: &mut OpaqueCalls, tid: u32) -> Option<Option<RequestKey>> {
-    calls.on_read(DB, 7, tid, all_in_flight)
+    calls.on_read(DB, 7, tid, all_in_flight).map(|a| a.request)
+}
+
+fn read_conn(calls: &mut OpaqueCalls, conn_id: u64) -> Option<Option<RequestKey>> {
+    calls
+        .on_read(DB, conn_id, LOOP, all_in_flight)
+        .map(|a| a.request)
+}
+
+fn answer(request: RequestKey, first_read: bool, by_order: bool) -> Option<Answer> {
+    Some(Answer {
+        request: Some(request),
+        first_read,
+        by_order,
+    })
 }
 
 #[test]
@@ -31,9 +46,10 @@ fn a_pooled_connections_answer_goes_to_the_request_that_wrote_the_call() {
     let mut calls = OpaqueCalls::default();
     let (a, b) = (request(10), request(11));
     calls.on_write(DB, 7, LOOP, Some(a));
-    assert_eq!(read(&mut calls, LOOP), Some(Some(a)));
+    let on_read = |calls: &mut OpaqueCalls| calls.on_read(DB, 7, LOOP, all_in_flight);
+    assert_eq!(on_read(&mut calls), answer(a, true, false), "certain");
     // An answer in several reads: each read continues it.
-    assert_eq!(read(&mut calls, LOOP), Some(Some(a)));
+    assert_eq!(on_read(&mut calls), answer(a, false, false));
     calls.on_write(DB, 7, LOOP, Some(b));
     assert_eq!(read(&mut calls, LOOP), Some(Some(b)));
 }
@@ -44,10 +60,19 @@ fn pipelined_answers_come_in_the_order_the_calls_were_written() {
     let (a, b, c) = (request(10), request(11), request(12));
     calls.on_write(DB, 7, LOOP, Some(a));
     calls.on_write(DB, 7, LOOP, Some(b));
-    assert_eq!(read(&mut calls, LOOP), Some(Some(a)));
+    let on_read = |calls: &mut OpaqueCalls| calls.on_read(DB, 7, LOOP, all_in_flight);
+    assert_eq!(
+        on_read(&mut calls),
+        answer(a, true, true),
+        "B waited behind A"
+    );
     calls.on_write(DB, 7, LOOP, Some(c));
-    assert_eq!(read(&mut calls, LOOP), Some(Some(b)));
-    assert_eq!(read(&mut calls, LOOP), Some(Some(c)));
+    assert_eq!(on_read(&mut calls), answer(b, true, true));
+    assert_eq!(
+        on_read(&mut calls),
+        answer(c, true, false),
+        "the last one waiting"
+    );
 }
 
 #[test]
@@ -97,10 +122,7 @@ fn unknown_connections_and_reused_fds_say_nothing() {
     // The later connection's first write starts it afresh.
     calls.on_write(DB, 8, LOOP, Some(request(11)));
     assert!(calls.knows(&DB, 8) && !calls.knows(&DB, 7));
-    assert_eq!(
-        calls.on_read(DB, 8, LOOP, all_in_flight),
-        Some(Some(request(11)))
-    );
+    assert_eq!(read_conn(&mut calls, 8), Some(Some(request(11))));
 }
 
 #[test]
@@ -111,10 +133,16 @@ fn calls_of_ended_requests_are_passed_over_while_a_later_one_waits() {
     calls.on_write(DB, 7, LOOP, Some(ended));
     calls.on_write(DB, 7, LOOP, Some(b));
     let in_flight = |r: &RequestKey| *r != ended;
-    assert_eq!(calls.on_read(DB, 7, LOOP, in_flight), Some(Some(b)));
+    assert_eq!(
+        calls.on_read(DB, 7, LOOP, in_flight),
+        answer(b, true, false)
+    );
     // The last one waiting is taken even when ended: its handler may still be running.
     calls.on_write(DB, 7, LOOP, Some(ended));
-    assert_eq!(calls.on_read(DB, 7, LOOP, in_flight), Some(Some(ended)));
+    assert_eq!(
+        calls.on_read(DB, 7, LOOP, in_flight),
+        answer(ended, true, false)
+    );
 }
 
 #[test]
@@ -141,7 +169,9 @@ fn bounded_per_connection_and_in_connections() {
     let known = ConnKey { tgid: TGID, fd: 5 };
     calls.on_write(known, 1, LOOP, Some(request(10)));
     assert_eq!(
-        calls.on_read(known, 1, LOOP, all_in_flight),
+        calls
+            .on_read(known, 1, LOOP, all_in_flight)
+            .map(|a| a.request),
         Some(None),
         "its earlier call is answered first"
     );

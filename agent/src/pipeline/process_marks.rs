@@ -32,6 +32,15 @@ impl MarkedProcesses {
         true
     }
 
+    /// Clears `tgid`'s bit when it was marked: it exited, another process took its pid
+    /// over, or it runs another program.
+    pub fn forget(&mut self, tgid: u32) {
+        if let Some(at) = self.marked.iter().position(|&t| t == tgid) {
+            self.marked.swap_remove(at);
+            self.set.remove(tgid);
+        }
+    }
+
     /// Clears the bits of marked processes that `alive` says have exited.
     pub fn forget_dead(&mut self, alive: impl Fn(u32) -> bool) {
         let set = &self.set;
@@ -75,5 +84,10 @@ mod tests {
         // Beyond the bitmap: not marked, and not remembered.
         assert!(!marks.mark(u32::MAX));
         assert_eq!(marks.marked(), &[77, 4242]);
+        // One process forgotten (an exec, a pid taken over); an unmarked one is no matter.
+        marks.forget(77);
+        marks.forget(5);
+        assert_eq!(marks.tgids(), vec![4242]);
+        assert_eq!(marks.marked(), &[4242]);
     }
 }

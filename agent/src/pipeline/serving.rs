@@ -19,7 +19,7 @@ use hashbrown::HashMap;
 use loupe_common::ConnKey;
 
 use super::linking::{NodeRef, Parent, RequestKey};
-use super::opaque_calls::OpaqueCalls;
+use super::opaque_calls::{Answer, OpaqueCalls};
 use crate::span::SpanId;
 
 /// Threads whose last read is remembered; past this, reads of further threads are not.
@@ -160,9 +160,9 @@ impl Serving {
     }
 
     /// Thread `tid` wrote a call on connection `key` (`conn_id`), which loupe does not
-    /// parse. `hint` is the request its process was serving when it opened the
-    /// connection: the better witness for its first call, as for HTTP (see
-    /// `Linker::client_start`).
+    /// parse. `hint`, given for the connection's first call, is the request its process
+    /// was serving when it opened the connection: the better witness for that call, as
+    /// for HTTP (see `Linker::client_start`).
     pub fn on_opaque_write(
         &mut self,
         key: ConnKey,
@@ -170,9 +170,7 @@ impl Serving {
         tid: u32,
         hint: Option<&NodeRef>,
     ) {
-        let hinted = hint
-            .filter(|_| !self.opaque.knows(&key, conn_id))
-            .and_then(|hint| self.find(key.tgid, |f| Rc::ptr_eq(&f.node, hint)));
+        let hinted = hint.and_then(|hint| self.find(key.tgid, |f| Rc::ptr_eq(&f.node, hint)));
         let request = hinted
             .or_else(|| self.serving_entry(key.tgid, tid))
             .map(|f| f.key);
@@ -185,22 +183,19 @@ impl Serving {
     }
 
     /// Thread `tid` read on connection `key` (`conn_id`), which loupe does not parse:
-    /// true when the read answered a call the thread wrote, and so woke its request's
-    /// handler.
-    pub fn on_opaque_read(&mut self, key: ConnKey, conn_id: u64, tid: u32) -> bool {
+    /// the answer, when it answered a call the thread wrote, and so woke the handler of
+    /// that call's request (or of none).
+    pub fn on_opaque_read(&mut self, key: ConnKey, conn_id: u64, tid: u32) -> Option<Answer> {
         let in_flight = &self.in_flight;
         let answered = self.opaque.on_read(key, conn_id, tid, |request| {
             in_flight
                 .get(&request.tgid)
                 .is_some_and(|p| p.requests.iter().any(|f| f.key == *request))
         });
-        match answered {
-            Some(cause) => {
-                self.read_for(key.tgid, tid, cause);
-                true
-            }
-            None => false,
+        if let Some(answer) = answered {
+            self.read_for(key.tgid, tid, answer.request);
         }
+        answered
     }
 
     /// The connection `key` ended.
@@ -271,6 +266,22 @@ impl Serving {
         };
         self.last_read.retain(|_, key| in_flight(key));
         self.opaque.expire(in_flight);
+    }
+
+    /// Forgets processes with nothing in flight that `alive` says have exited: a process
+    /// that calls out unparsed is kept while idle, and may have closed every connection
+    /// before it exited, leaving nothing else to tell of its end.
+    pub fn forget_dead(&mut self, alive: impl Fn(u32) -> bool) {
+        self.in_flight
+            .retain(|&tgid, p| !p.requests.is_empty() || alive(tgid));
+    }
+
+    /// `tgid` runs another program (exec): what was learnt of the old one no longer holds.
+    pub fn forget_program(&mut self, tgid: u32) {
+        if let Some(process) = self.in_flight.get_mut(&tgid) {
+            process.calls_unparsed = false;
+            process.event_loop = false;
+        }
     }
 
     pub fn forget_process(&mut self, tgid: u32) {

@@ -229,7 +229,7 @@ const DB: loupe_common::ConnKey = loupe_common::ConnKey {
 
 /// A call on a connection loupe does not parse (a database's), as the pipeline reports it.
 fn opaque(l: &mut Linker, egress: bool) -> bool {
-    l.on_opaque_call((DB, 7), LOOP, egress, None)
+    l.on_opaque_call((DB, 7), LOOP, egress, None).is_some()
 }
 
 /// A awaits a database query; B arrives and calls out; the database answers A, whose
@@ -366,5 +366,39 @@ fn a_process_calling_out_unparsed_while_serving_several_is_found_an_event_loop_o
         l.server_start(third(10 + tid), tid, 8, None, None, None);
         l.on_opaque_call((db, 1), tid, true, None);
     }
+    assert!(event_loops(&mut l).is_empty());
+}
+
+/// What is learnt of a process that calls out unparsed outlives its requests, not the
+/// process: an exec starts it afresh, and its end forgets it even when it left no
+/// connection behind to tell of it.
+#[test]
+fn what_is_learnt_of_a_process_goes_with_its_program() {
+    let mut l = Linker::default();
+    serve(&mut l, 10, 1);
+    serve(&mut l, 11, 2);
+    opaque(&mut l, true);
+    assert_eq!(event_loops(&mut l), vec![FRONT]);
+    // The program execs: found again only once the new one calls out unparsed.
+    l.forget_program(FRONT);
+    serve(&mut l, 12, 3);
+    assert!(
+        event_loops(&mut l).is_empty(),
+        "the new program made no such call"
+    );
+    opaque(&mut l, true);
+    assert_eq!(event_loops(&mut l), vec![FRONT]);
+    // Idle, the process is kept while it lives and forgotten once it has exited.
+    for fd in [10, 11, 12] {
+        l.finish(&key(fd, 0));
+    }
+    l.expire(4);
+    l.forget_dead(|_| true);
+    assert_eq!(l.serving_processes(), 1);
+    l.forget_dead(|tgid| tgid != FRONT);
+    assert_eq!(l.serving_processes(), 0);
+    // A later process with the pid starts afresh.
+    serve(&mut l, 10, 5);
+    serve(&mut l, 11, 6);
     assert!(event_loops(&mut l).is_empty());
 }

@@ -30,6 +30,11 @@ impl WholeResponses {
         );
     }
 
+    /// Clears `tgid`'s bit (see [`MarkedProcesses::forget`]).
+    pub fn forget(&mut self, tgid: u32) {
+        self.marks.forget(tgid);
+    }
+
     /// Clears the bits of marked processes that `alive` says have exited.
     pub fn forget_dead(&mut self, alive: impl Fn(u32) -> bool) {
         self.marks.forget_dead(alive);
