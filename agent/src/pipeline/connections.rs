@@ -111,6 +111,17 @@ impl Connection {
         self.chunks_after_http >= CHUNKS_BEFORE_IGNORING
     }
 
+    /// The request that opened the connection, given for its first write only: the
+    /// witness for its first call on a protocol loupe does not parse (see
+    /// `Linker::on_opaque_call`).
+    pub fn first_call_hint(&mut self, egress: bool) -> Option<NodeRef> {
+        if egress {
+            self.parent_hint.take()
+        } else {
+            None
+        }
+    }
+
     /// The probes were asked to stop capturing the connection.
     pub fn give_up(&mut self) {
         self.given_up = true;

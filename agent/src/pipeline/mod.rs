@@ -200,7 +200,7 @@ impl Pipeline {
         if uncaptured {
             // A call on a connection the probes stopped capturing: only that it happened.
             if dialed {
-                let hint = egress.then(|| conn.parent_hint.take()).flatten();
+                let hint = conn.first_call_hint(egress);
                 self.follow_opaque_call((key, conn_id), header.tid, egress, hint.as_ref());
             }
             return;
@@ -268,16 +268,15 @@ impl Pipeline {
             Detection::Held => {}
             Detection::None => {
                 self.metrics.bytes_unparsed.add(chunk.total_len);
-                if dialed {
-                    opaque_call = true;
-                }
+                opaque_call = dialed;
             }
         }
         let stop_capturing = conn.count_chunk_after_http();
-        // The request that opened the connection is the witness for its first call only.
-        let opaque_hint = (opaque_call && egress)
-            .then(|| conn.parent_hint.take())
-            .flatten();
+        let opaque_hint = if opaque_call {
+            conn.first_call_hint(egress)
+        } else {
+            None
+        };
         let (conn_id, local, remote, ends) = (conn.conn_id, conn.local, conn.remote, conn.ends());
         let hint = conn.parent_hint.clone();
         if let Some(role) = role {

@@ -112,7 +112,7 @@ impl OpaqueCalls {
             .map(|answering| Answer {
                 request: answering.request,
                 first_read: next.is_some(),
-                by_order: next.is_some() && by_order,
+                by_order,
             })
     }
 

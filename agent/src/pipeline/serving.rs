@@ -188,9 +188,7 @@ impl Serving {
     pub fn on_opaque_read(&mut self, key: ConnKey, conn_id: u64, tid: u32) -> Option<Answer> {
         let in_flight = &self.in_flight;
         let answered = self.opaque.on_read(key, conn_id, tid, |request| {
-            in_flight
-                .get(&request.tgid)
-                .is_some_and(|p| p.requests.iter().any(|f| f.key == *request))
+            is_in_flight(in_flight, request)
         });
         if let Some(answer) = answered {
             self.read_for(key.tgid, tid, answer.request);
@@ -258,12 +256,7 @@ impl Serving {
     pub fn expire(&mut self) {
         self.in_flight
             .retain(|_, p| !p.requests.is_empty() || p.calls_unparsed);
-        let in_flight = &self.in_flight;
-        let in_flight = |key: &RequestKey| {
-            in_flight
-                .get(&key.tgid)
-                .is_some_and(|p| p.requests.iter().any(|f| f.key == *key))
-        };
+        let in_flight = |key: &RequestKey| is_in_flight(&self.in_flight, key);
         self.last_read.retain(|_, key| in_flight(key));
         self.opaque.expire(in_flight);
     }
@@ -272,8 +265,9 @@ impl Serving {
     /// that calls out unparsed is kept while idle, and may have closed every connection
     /// before it exited, leaving nothing else to tell of its end.
     pub fn forget_dead(&mut self, alive: impl Fn(u32) -> bool) {
+        // Only those are kept idle (see `expire`): no one else's end needs a syscall.
         self.in_flight
-            .retain(|&tgid, p| !p.requests.is_empty() || alive(tgid));
+            .retain(|&tgid, p| !p.requests.is_empty() || !p.calls_unparsed || alive(tgid));
     }
 
     /// `tgid` runs another program (exec): what was learnt of the old one no longer holds.
@@ -308,6 +302,13 @@ impl Serving {
     pub fn opaque_connections(&self) -> usize {
         self.opaque.len()
     }
+}
+
+/// Whether the server request `key` is in flight.
+fn is_in_flight(in_flight: &HashMap<u32, Process>, key: &RequestKey) -> bool {
+    in_flight
+        .get(&key.tgid)
+        .is_some_and(|p| p.requests.iter().any(|f| f.key == *key))
 }
 
 #[cfg(test)]
