@@ -23,12 +23,16 @@ use loupe_common::{
 use crate::{
     data::{bounded, output_data},
     emit::{RingLevel, output},
+    filter::is_marked,
     head::{
         HeadBytes, HeadLines, MAX_LINES, MapBytes, NAME_WINDOW, TRACEPARENT, TRACEPARENT_BUF,
         TRACEPARENT_COPY, find_lines, line_count, line_start, name_is, parse_traceparent,
         starts_with_method, starts_with_status_line,
     },
-    maps::{CONTEXT_SCRATCH, INJECTED_CONTEXTS, LIVE_CONTEXTS, SCRATCH, THREAD_CONTEXT, config},
+    maps::{
+        CONTEXT_SCRATCH, EVENT_LOOP_TGIDS, INJECTED_CONTEXTS, LIVE_CONTEXTS, SCRATCH,
+        THREAD_CONTEXT, config,
+    },
 };
 
 /// W3C trace-flags for a trace loupe starts: sampled.
@@ -111,6 +115,11 @@ pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
         return;
     }
     if !starts_with_method(&bytes) {
+        // An answer on a connection without HTTP, still captured, may wake the handler
+        // that called (see `inject::remember_call_context`).
+        if is_marked(&EVENT_LOOP_TGIDS, event.header.tgid) {
+            resume_context(event.header.tid, sock);
+        }
         return;
     }
     let Some(scratch) = CONTEXT_SCRATCH.get_ptr_mut(0) else {
@@ -155,11 +164,13 @@ pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
     output(&scratch.event);
 }
 
-/// Thread `tid` read the start of a response on `sock`: the context its request carried,
-/// if loupe injected one, is the thread's again, once, when this thread read the request
-/// that context belongs to and that request is still in flight.
+/// Thread `tid` read the start of a response on `sock`, or an answer on a connection
+/// without HTTP: the context its call carried, if loupe kept one, is the thread's again,
+/// once, when this thread read the request that context belongs to and that request is
+/// still in flight. A call made outside any request (a context without a span) leaves
+/// the thread serving none.
 #[inline(always)]
-fn resume_context(tid: u32, sock: u64) {
+pub fn resume_context(tid: u32, sock: u64) {
     let offset = config().offsets.sock_cookie as u64;
     if sock == 0 || offset == 0 {
         return;
@@ -173,11 +184,18 @@ fn resume_context(tid: u32, sock: u64) {
         return;
     };
     let _ = INJECTED_CONTEXTS.remove(&cookie);
+    if context.tid != tid {
+        return;
+    }
+    if context.span_id == [0; SPAN_ID_LEN] {
+        let _ = THREAD_CONTEXT.remove(&tid);
+        return;
+    }
     // SAFETY: plain lookup; the value is compared at once.
     let live = context.server_sock != 0
         && unsafe { LIVE_CONTEXTS.get(&context.server_sock) }
             .is_some_and(|span| *span == context.span_id);
-    if context.tid == tid && live {
+    if live {
         let _ = THREAD_CONTEXT.insert(&tid, &context, 0);
     }
 }

@@ -19,6 +19,7 @@ use loupe_common::{
 
 use crate::{
     connection::lookup_or_discover,
+    context::resume_context,
     emit::{RingLevel, output_bytes},
     filter::{is_marked, traced_current, traced_task},
     maps::{CONTEXT_SCRATCH, DATA_CONTEXT, IOV_SCRATCH, SCRATCH, WHOLE_RESPONSE_TGIDS, count},
@@ -221,6 +222,11 @@ fn emit(
         _ => direction::EGRESS,
     };
     if call.flags & data_flags::UNCAPTURED != 0 {
+        // The answer to an event loop's call on a connection without HTTP wakes the
+        // handler that made it (see `inject::remember_call_context`).
+        if cfg.inject_traceparent != 0 && dir == direction::INGRESS {
+            resume_context(pid_tgid as u32, sock);
+        }
         write_uncaptured(pid_tgid, call, dir, moved);
         return;
     }

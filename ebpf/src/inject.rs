@@ -29,21 +29,21 @@ use aya_ebpf::{
 };
 use loupe_common::{
     AF_INET, AF_INET6, ClientContextEvent, ConnTuple, EventKind, ProbeConfig, SPAN_ID_LEN,
-    TRACE_ID_LEN, counter,
+    TRACE_ID_LEN, ThreadContext, counter,
 };
 
 use crate::{
     context::{FLAGS_SAMPLED, random_span_id, random_trace_id},
     emit::output,
-    filter::traced_current,
+    filter::{is_marked, traced_current},
     head::{
         CONTENT_LENGTH, HEAD_WINDOW, HeadBytes, HeadLines, MAX_LINES, NAME_WINDOW, PacketBytes,
         TRACEPARENT, TRANSFER_ENCODING, find_lines, head_end, line_count, line_start, name_is,
         parse_decimal, repeat, request_line_end, starts_with_method, write_hex,
     },
     maps::{
-        INJECT_SOCKETS, INJECTED_CONTEXTS, SOCKET_INJECT, THREAD_CONTEXT, TRACED_PORTS, config,
-        count,
+        EVENT_LOOP_TGIDS, INJECT_SOCKETS, INJECTED_CONTEXTS, SOCKET_INJECT, THREAD_CONTEXT,
+        TRACED_PORTS, config, count,
     },
 };
 
@@ -257,6 +257,10 @@ fn on_message(ctx: &SkMsgContext) -> bool {
             }
             return true;
         }
+        mode::NOT_HTTP => {
+            remember_call_context(cookie);
+            return true;
+        }
         _ => return true,
     }
     // A new request: what the last one carried is not its context, unless it gets one.
@@ -279,6 +283,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     };
     if !starts_with_method(&bytes) {
         set_mode(state, mode::NOT_HTTP);
+        remember_call_context(cookie);
         return true;
     }
     // SAFETY: as above; the lines live in the socket's storage.
@@ -359,6 +364,38 @@ fn on_message(ctx: &SkMsgContext) -> bool {
 fn forget_context(cookie: u64) {
     if cookie != 0 {
         let _ = INJECTED_CONTEXTS.remove(&cookie);
+    }
+}
+
+/// A write on the socket `cookie`, which carries no HTTP (a database, a cache): when
+/// the writer is an event loop, the handler that wrote it resumes when the answer comes,
+/// so the socket keeps the thread's context for that read to give back (see
+/// `context::resume_context`). A call made outside any request keeps a context without a
+/// span, which takes the thread's away. Calls pipelined by several requests keep the
+/// last one's.
+#[inline(always)]
+fn remember_call_context(cookie: u64) {
+    if cookie == 0 {
+        return;
+    }
+    let Some((tgid, tid, _, _)) = traced_current() else {
+        return;
+    };
+    if !is_marked(&EVENT_LOOP_TGIDS, tgid) {
+        return;
+    }
+    match THREAD_CONTEXT.get_ptr(&tid) {
+        // SAFETY: a map value, valid for this program run.
+        Some(context) => {
+            let _ = INJECTED_CONTEXTS.insert(&cookie, unsafe { &*context }, 0);
+        }
+        None => {
+            let outside = ThreadContext {
+                tid,
+                ..ThreadContext::default()
+            };
+            let _ = INJECTED_CONTEXTS.insert(&cookie, &outside, 0);
+        }
     }
 }
 

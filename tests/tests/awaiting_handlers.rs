@@ -125,6 +125,19 @@ fn check_rounds(extra: &[&str]) {
 /// second connection, still captured.
 #[test]
 fn a_call_after_an_awaited_answer_loupe_does_not_parse_belongs_to_its_own_request() {
+    check_store_rounds(&[]);
+}
+
+/// With `--inject-traceparent` the kernel must give A's context back to the loop when
+/// the store's answer is read, or A's call would carry B's trace to the backend.
+#[test]
+fn an_injected_call_after_an_awaited_answer_loupe_does_not_parse_carries_its_own_trace() {
+    check_store_rounds(&["--inject-traceparent"]);
+}
+
+/// Runs the store rounds below with an agent given `extra` arguments, and checks every
+/// tree.
+fn check_store_rounds(extra: &[&str]) {
     require_root();
     let receiver = OtlpReceiver::start().expect("start OTLP receiver");
     let (front_port, back_port, store_port) = (free_port(), free_port(), free_port());
@@ -143,6 +156,7 @@ fn a_call_after_an_awaited_answer_loupe_does_not_parse_belongs_to_its_own_reques
     for port in &ports {
         args.extend(["--port", port.as_str()]);
     }
+    args.extend(extra);
     let agent = Agent::start(
         &args,
         &[

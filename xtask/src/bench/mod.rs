@@ -158,6 +158,10 @@ pub struct BenchArgs {
     /// store over a binary protocol loupe does not parse.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [completeness::Frontend::Immediate])]
     pub frontend: Vec<completeness::Frontend>,
+    /// Completeness: run the agent with `--inject-traceparent`, so the context the kernel
+    /// follows and writes on the wire decides each CLIENT span's parent.
+    #[arg(long)]
+    pub inject_traceparent: bool,
 }
 
 /// An executable name no process has, so the agent selects nothing.
@@ -310,12 +314,13 @@ fn bench(args: &BenchArgs, scratch: &process::TempDir) -> Result<()> {
             requests: args.requests,
             levels: args.concurrency.clone(),
             frontends: args.frontend.clone(),
+            inject_traceparent: args.inject_traceparent,
         };
         let results = completeness::run(&ws.root, &b.agent, scratch.path(), &settings)?;
-        texts.push(completeness::report::table(args.requests, &results));
+        texts.push(completeness::report::table(&settings, &results));
         values.insert(
             "completeness".to_owned(),
-            completeness::report::json(args.requests, &results),
+            completeness::report::json(&settings, &results),
         );
     }
     // One measurement prints as before; both nest under their names.

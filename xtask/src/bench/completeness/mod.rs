@@ -162,6 +162,8 @@ pub struct Settings {
     pub requests: usize,
     pub levels: Vec<u32>,
     pub frontends: Vec<Frontend>,
+    /// The agent runs with `--inject-traceparent`.
+    pub inject_traceparent: bool,
 }
 
 /// Runs the chain with each frontend at each level with `agent_bin`, and returns what
@@ -260,6 +262,9 @@ fn run_chain(
         .chain(store_port)
     {
         args.extend(["--port".to_owned(), port.to_string()]);
+    }
+    if settings.inject_traceparent {
+        args.push("--inject-traceparent".to_owned());
     }
     let mut agent = Agent::launch(&Launch {
         bin: agent_bin,

@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::tree::{Completeness, Hop, Linking, describe, link_hops};
+use super::{
+    Settings,
+    tree::{Completeness, Hop, Linking, describe, link_hops},
+};
 
 /// Agent counters shown per level (differences over the level).
 pub const METRICS: [&str; 6] = [
@@ -96,11 +99,17 @@ pub fn one_line(result: &LevelResult) -> String {
     )
 }
 
-pub fn table(requests: usize, results: &[LevelResult]) -> String {
+pub fn table(settings: &Settings, results: &[LevelResult]) -> String {
     let mut out = String::new();
+    let injecting = if settings.inject_traceparent {
+        ", the agent injecting traceparent"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "\nTrace completeness: {requests} requests per level, each expected as exactly"
+        "\nTrace completeness{injecting}: {} requests per level, each expected as exactly",
+        settings.requests
     );
     let mut described: Vec<&str> = Vec::new();
     for r in results {
@@ -180,7 +189,7 @@ pub fn table(requests: usize, results: &[LevelResult]) -> String {
     out
 }
 
-pub fn json(requests: usize, results: &[LevelResult]) -> Value {
+pub fn json(settings: &Settings, results: &[LevelResult]) -> Value {
     let levels: Vec<Value> = results
         .iter()
         .map(|r| {
@@ -227,7 +236,8 @@ pub fn json(requests: usize, results: &[LevelResult]) -> Value {
         })
         .collect();
     json!({
-        "requests_per_level": requests,
+        "requests_per_level": settings.requests,
+        "inject_traceparent": settings.inject_traceparent,
         "levels": levels,
     })
 }
@@ -301,7 +311,8 @@ mod tests {
 
     #[test]
     fn table_shows_each_level_its_links_and_counters() {
-        let text = table(500, &[result(1, 500), result(10, 480)]);
+        let text = table(&settings(false), &[result(1, 500), result(10, 480)]);
+        assert!(text.contains("\nTrace completeness: 500 requests per level"));
         assert!(text.contains(
             "immediate frontend: frontend-api SERVER -> frontend-api CLIENT -> catalog SERVER"
         ));
@@ -333,8 +344,29 @@ mod tests {
     }
 
     #[test]
+    fn injection_is_named_in_both() {
+        let results = [result(10, 500)];
+        let text = table(&settings(true), &results);
+        assert!(text.contains(
+            "\nTrace completeness, the agent injecting traceparent: 500 requests per level"
+        ));
+        assert_eq!(json(&settings(true), &results)["inject_traceparent"], true);
+    }
+
+    fn settings(inject_traceparent: bool) -> Settings {
+        Settings {
+            requests: 500,
+            levels: vec![1, 10],
+            frontends: Vec::new(),
+            inject_traceparent,
+        }
+    }
+
+    #[test]
     fn json_carries_the_same_figures() {
-        let value = json(500, &[result(10, 450)]);
+        let value = json(&settings(false), &[result(10, 450)]);
+        assert_eq!(value["requests_per_level"], 500);
+        assert_eq!(value["inject_traceparent"], false);
         assert_eq!(value["levels"][0]["exact_trees"], 450);
         assert_eq!(value["levels"][0]["frontend"], "immediate");
         assert_eq!(value["levels"][0]["peak_in_flight"], 10);
