@@ -191,13 +191,19 @@ pub fn resume_context(tid: u32, sock: u64) {
         let _ = THREAD_CONTEXT.remove(&tid);
         return;
     }
-    // SAFETY: plain lookup; the value is compared at once.
-    let live = context.server_sock != 0
-        && unsafe { LIVE_CONTEXTS.get(&context.server_sock) }
-            .is_some_and(|span| *span == context.span_id);
-    if live {
+    if is_live(&context) {
         let _ = THREAD_CONTEXT.insert(&tid, &context, 0);
     }
+}
+
+/// Whether the request `context` belongs to is still in flight: read on a known socket,
+/// whose response has not been written yet.
+#[inline(always)]
+pub fn is_live(context: &ThreadContext) -> bool {
+    // SAFETY: plain lookup; the value is compared at once.
+    context.server_sock != 0
+        && unsafe { LIVE_CONTEXTS.get(&context.server_sock) }
+            .is_some_and(|span| *span == context.span_id)
 }
 
 /// Called for every captured write of a traced connection while injection is on: a

@@ -33,7 +33,7 @@ use loupe_common::{
 };
 
 use crate::{
-    context::{FLAGS_SAMPLED, random_span_id, random_trace_id},
+    context::{FLAGS_SAMPLED, is_live, random_span_id, random_trace_id},
     emit::output,
     filter::{is_marked, traced_current},
     head::{
@@ -79,6 +79,11 @@ pub struct SocketInjectState {
     /// The socket's cookie, set once established: where [`INJECTED_CONTEXTS`] keeps the
     /// context of its latest request.
     pub cookie: u64,
+    /// The context of the request the connecting thread was serving when it connected,
+    /// for the socket's first write (see [`call_context`]).
+    pub opener: ThreadContext,
+    /// 1 from connect until the first request starts when there is an `opener`.
+    pub opener_unused: u32,
 }
 
 const EMPTY_STATE: SocketInjectState = SocketInjectState {
@@ -92,6 +97,15 @@ const EMPTY_STATE: SocketInjectState = SocketInjectState {
         head_end: 0,
     },
     cookie: 0,
+    opener: ThreadContext {
+        trace_id: [0; TRACE_ID_LEN],
+        span_id: [0; SPAN_ID_LEN],
+        trace_flags: 0,
+        _pad: [0; 3],
+        tid: 0,
+        server_sock: 0,
+    },
+    opener_unused: 0,
 };
 
 fn storage_map() -> *mut core::ffi::c_void {
@@ -137,14 +151,27 @@ fn mark_if_traced(ctx: &SockOpsContext) {
     }
     let mut init = EMPTY_STATE;
     // SAFETY: the map is socket storage of this value type; `init` is a full value.
-    let _ = unsafe {
+    let state = unsafe {
         bpf_sk_storage_get(
             storage_map(),
             sk.cast(),
             (&raw mut init).cast(),
             BPF_SK_STORAGE_GET_F_CREATE as u64,
         )
-    };
+    } as *mut SocketInjectState;
+    if state.is_null() {
+        return;
+    }
+    // SAFETY: the helper has no preconditions.
+    let tid = unsafe { bpf_get_current_pid_tgid() } as u32;
+    if let Some(context) = THREAD_CONTEXT.get_ptr(&tid) {
+        // SAFETY: this socket's storage, not yet written by anything else (the socket is
+        // not connected yet); the context is a map value, valid for this program run.
+        unsafe {
+            (*state).opener = *context;
+            (*state).opener_unused = 1;
+        }
+    }
 }
 
 /// Once established (often in softirq, where the current task is unrelated): sockets
@@ -258,13 +285,16 @@ fn on_message(ctx: &SkMsgContext) -> bool {
             return true;
         }
         mode::NOT_HTTP => {
-            remember_call_context(cookie);
+            remember_call_context(state, false, cookie);
             return true;
         }
         _ => return true,
     }
     // A new request: what the last one carried is not its context, unless it gets one.
     forget_context(cookie);
+    // SAFETY (both): as above.
+    let first = unsafe { (*state).opener_unused } != 0;
+    unsafe { (*state).opener_unused = 0 };
 
     let window = if size < HEAD_WINDOW as u64 {
         size as u32
@@ -283,7 +313,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     };
     if !starts_with_method(&bytes) {
         set_mode(state, mode::NOT_HTTP);
-        remember_call_context(cookie);
+        remember_call_context(state, first, cookie);
         return true;
     }
     // SAFETY: as above; the lines live in the socket's storage.
@@ -355,7 +385,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         insert_at as u32,
         end_of_head as u32,
         (tgid, tid),
-        cookie,
+        (state, first, cookie),
     )
 }
 
@@ -374,7 +404,7 @@ fn forget_context(cookie: u64) {
 /// span, which takes the thread's away. Calls pipelined by several requests keep the
 /// last one's.
 #[inline(always)]
-fn remember_call_context(cookie: u64) {
+fn remember_call_context(state: *mut SocketInjectState, first: bool, cookie: u64) {
     if cookie == 0 {
         return;
     }
@@ -384,7 +414,7 @@ fn remember_call_context(cookie: u64) {
     if !is_marked(&EVENT_LOOP_TGIDS, tgid) {
         return;
     }
-    match THREAD_CONTEXT.get_ptr(&tid) {
+    match call_context(state, first, tid) {
         // SAFETY: a map value, valid for this program run.
         Some(context) => {
             let _ = INJECTED_CONTEXTS.insert(&cookie, unsafe { &*context }, 0);
@@ -397,6 +427,28 @@ fn remember_call_context(cookie: u64) {
             let _ = INJECTED_CONTEXTS.insert(&cookie, &outside, 0);
         }
     }
+}
+
+/// The context thread `tid`'s write on the socket (`state`) carries: for the socket's
+/// `first` write, when by the thread that connected it, the request that thread was serving
+/// when it connected, while that request is in flight; else the thread's current one.
+/// An event loop connects in the turn of the handler that needs the connection but
+/// writes once connected, after reading other requests.
+#[inline(always)]
+fn call_context(
+    state: *mut SocketInjectState,
+    first: bool,
+    tid: u32,
+) -> Option<*const ThreadContext> {
+    if first {
+        // SAFETY (both): this socket's storage, serialised by the socket lock; the
+        // opener is read in place.
+        let opener = unsafe { &raw const (*state).opener };
+        if unsafe { (*opener).tid } == tid && is_live(unsafe { &*opener }) {
+            return Some(opener);
+        }
+    }
+    THREAD_CONTEXT.get_ptr(&tid)
 }
 
 /// The header line loupe inserts, CRLF included.
@@ -535,11 +587,11 @@ fn insert_header(
     at: u32,
     head_len: u32,
     (tgid, tid): (u32, u32),
-    cookie: u64,
+    (state, first, cookie): (*mut SocketInjectState, bool, u64),
 ) -> bool {
     // Used in place, not copied: this program's stack is near the limit older kernels
     // count (512 bytes, each frame rounded up).
-    let context = THREAD_CONTEXT.get_ptr(&tid);
+    let context = call_context(state, first, tid);
     // SAFETY: a map value, valid for this program run.
     let (trace_id, parent_span_id, trace_flags) = match context.map(|c| unsafe { &*c }) {
         Some(c) => {

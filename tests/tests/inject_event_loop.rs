@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::{thread, time::Duration};
+use std::{net::TcpStream, thread, time::Duration};
 
 use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use support::{Agent, Guard, free_port, http_get, require_root, servers};
+use support::{Agent, Guard, free_port, http_get, keep_alive_get, require_root, servers};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -59,10 +59,27 @@ http.createServer((req, res) => {
 }).listen(port, '127.0.0.1');
 "#;
 
+/// Each request (`/api/items/<id>`) calls `/process/<id>` on a connection of its own;
+/// `/warm` answers at once.
+const CONNECTION_PER_CALL: &str = r#"
+const http = require('http');
+const port = +process.argv[2], up = +process.argv[3];
+http.createServer((req, res) => {
+  const done = (status) => { res.writeHead(status, { 'Content-Length': 2 }); res.end('ok'); };
+  if (req.url === '/warm') return done(200);
+  const item = req.url.split('/').pop();
+  const r = http.request({ host: '127.0.0.1', port: up, path: '/process/' + item, agent: false },
+    (resp) => { resp.resume(); resp.on('end', () => done(200)); });
+  r.on('error', () => done(502));
+  r.end();
+}).listen(port, '127.0.0.1');
+"#;
+
 struct Setup {
     receiver: OtlpReceiver,
     front_port: u16,
-    _services: [Guard; 2],
+    /// The backend, then the frontend.
+    services: [Guard; 2],
     agent: Agent,
 }
 
@@ -98,7 +115,7 @@ fn start(name: &str, frontend: &str) -> Setup {
     Setup {
         receiver,
         front_port,
-        _services: [backend, front],
+        services: [backend, front],
         agent,
     }
 }
@@ -171,6 +188,66 @@ fn a_response_arriving_after_its_request_ended_gives_back_no_context() {
             "{} {:?} joined the finished request's trace",
             tick.kind,
             tick.attr("url.path")
+        );
+    }
+    drop(s.agent);
+}
+
+/// Node connects in the turn of the handler that calls, but writes the request only
+/// once connected, in a later turn of its loop, after reading whatever else arrived. The
+/// frontend is stopped while A and B arrive on two open connections, so it reads both in
+/// one turn and each handler's call goes out after the other request was read: each
+/// must still carry its own request's context.
+#[test]
+fn a_call_on_a_new_connection_carries_the_context_of_the_request_that_opened_it() {
+    let s = start("inject-connection-per-call", CONNECTION_PER_CALL);
+    let front = s.services[1].pid() as i32;
+    let mut clients: Vec<_> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", s.front_port)).expect("connect");
+            assert_eq!(keep_alive_get(&mut stream, "/warm"), 200);
+            stream
+        })
+        .collect();
+    // SAFETY: plain syscall on the frontend's pid, which the guard keeps alive.
+    assert_eq!(unsafe { libc::kill(front, libc::SIGSTOP) }, 0);
+    let requests: Vec<_> = ["a", "b"]
+        .into_iter()
+        .zip(clients.drain(..))
+        .map(|(item, mut stream)| {
+            thread::spawn(move || keep_alive_get(&mut stream, &format!("/api/items/{item}")))
+        })
+        .collect();
+    // Both requests are in the frontend's socket buffers before it runs again.
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(front, libc::SIGCONT) }, 0);
+    for request in requests {
+        assert_eq!(request.join().expect("client thread"), 200);
+    }
+    // Frontend: four SERVER spans and two CLIENT spans; backend: two SERVER spans.
+    let spans = s.receiver.wait_for_spans(8, WAIT);
+    for item in ["a", "b"] {
+        let [request] = with_path(&spans, "frontend", "server", &format!("/api/items/{item}"))[..]
+        else {
+            panic!("one frontend span of request {item} in {spans:#?}");
+        };
+        let path = format!("/process/{item}");
+        let [call] = with_path(&spans, "frontend", "client", &path)[..] else {
+            panic!("one frontend CLIENT span of {path} in {spans:#?}");
+        };
+        let [process] = with_path(&spans, "backend", "server", &path)[..] else {
+            panic!("one backend span of {path} in {spans:#?}");
+        };
+        assert_eq!(
+            (call.parent_span_id.as_deref(), call.trace_id.as_str()),
+            (Some(request.span_id.as_str()), request.trace_id.as_str()),
+            "{path} is a call of request {item}: {spans:#?}"
+        );
+        assert_eq!(
+            (process.parent_span_id.as_deref(), process.trace_id.as_str()),
+            (Some(call.span_id.as_str()), call.trace_id.as_str()),
+            "the backend continues the context {path} carried: {spans:#?}"
         );
     }
     drop(s.agent);
