@@ -415,7 +415,7 @@ fn remember_call_context(state: *mut SocketInjectState, first: bool, cookie: u64
         return;
     }
     match call_context(state, first, tid) {
-        // SAFETY: a map value, valid for this program run.
+        // SAFETY: a map value or this socket's storage, valid for this program run.
         Some(context) => {
             let _ = INJECTED_CONTEXTS.insert(&cookie, unsafe { &*context }, 0);
         }
@@ -592,7 +592,7 @@ fn insert_header(
     // Used in place, not copied: this program's stack is near the limit older kernels
     // count (512 bytes, each frame rounded up).
     let context = call_context(state, first, tid);
-    // SAFETY: a map value, valid for this program run.
+    // SAFETY: a map value or this socket's storage, valid for this program run.
     let (trace_id, parent_span_id, trace_flags) = match context.map(|c| unsafe { &*c }) {
         Some(c) => {
             if cookie != 0 {
