@@ -66,9 +66,10 @@ impl SpanAssembler {
             Role::Server => SpanKind::Server,
             Role::Client => SpanKind::Client,
         };
-        let (mut start_ns, end_ns) = timing(&exchange);
-        if kind == SpanKind::Client {
-            start_ns = ids.client_start_ns(start_ns);
+        let (mut start_ns, mut end_ns) = timing(&exchange);
+        match exchange.role {
+            Role::Client => start_ns = ids.client_start_ns(start_ns),
+            Role::Server => end_ns = ids.server_end_ns(start_ns, end_ns),
         }
         let (method, method_original) = normalise_method(&request.method);
         // The name and the route repeat across requests: both are built in a reused

@@ -155,11 +155,23 @@ impl Pipeline {
         resource: &Arc<Resource>,
     ) -> Option<HttpSpan> {
         let ids = resolve(node);
-        if exchange.role == Role::Client
-            && ids.client_start_ns(exchange.request_first_start_ns)
-                < exchange.request_first_start_ns
-        {
-            self.metrics.client_span_starts_moved.inc();
+        match exchange.role {
+            Role::Client => {
+                if ids.client_start_ns(exchange.request_first_start_ns)
+                    < exchange.request_first_start_ns
+                {
+                    self.metrics.client_span_starts_moved.inc();
+                }
+                // The server span below, made later, ends no later than this.
+                node.borrow_mut().client_end_ns = end_ns(&exchange);
+            }
+            Role::Server if ids.caller_end_ns != 0 => {
+                let ended_ns = end_ns(&exchange);
+                if ids.server_end_ns(exchange.request_first_end_ns, ended_ns) < ended_ns {
+                    self.metrics.server_span_ends_moved.inc();
+                }
+            }
+            Role::Server => {}
         }
         let sampled = self
             .head_sampler

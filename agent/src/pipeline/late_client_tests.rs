@@ -121,6 +121,39 @@ fn a_server_span_waits_for_its_clients_late_record_and_joins_its_trace() {
     assert_eq!(client.span.parent_span_id, None);
     assert_eq!(replay.metrics().server_spans_awaited_client.get(), 1);
     assert_eq!(replay.metrics().server_spans_peer_unmatched.get(), 0);
+    assert_eq!(
+        replay.metrics().server_span_ends_moved.get(),
+        0,
+        "the server answered before its client read"
+    );
+}
+
+/// On another CPU, the client's read of the whole response can return before the
+/// server's write does: the server span, made after the client's, ends with it.
+#[test]
+fn a_server_span_ends_no_later_than_the_client_span_that_read_its_answer() {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    let (client, server) = ((CLIENT_FD, pair.client_id), (SERVER_FD, pair.server_id));
+    replay.tgid = pair.client_tgid;
+    replay.whole(client, direction::EGRESS, 10_000, REQUEST);
+    replay.tgid = pair.server_tgid;
+    replay.whole(server, direction::INGRESS, 10_000, REQUEST);
+    replay.tgid = pair.client_tgid;
+    replay.whole(client, direction::INGRESS, 30_000, OK);
+    // The server's write returns 5 µs after the client read its answer.
+    replay.tgid = pair.server_tgid;
+    replay.whole(server, direction::EGRESS, 5_000, OK);
+    let spans = replay.take_spans();
+    let (client, server) = client_and_server(&spans);
+    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    assert_eq!(server.span.end_unix_ns, client.span.end_unix_ns);
+    assert_eq!(
+        server.span.end_unix_ns - server.span.start_unix_ns,
+        30_000,
+        "from the request read to the client's read of the answer"
+    );
+    assert_eq!(replay.metrics().server_span_ends_moved.get(), 1);
 }
 
 #[test]

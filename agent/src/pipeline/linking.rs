@@ -56,6 +56,9 @@ pub struct SpanNode {
     /// that span to it; 0 before. A client span never starts later (see
     /// [`ResolvedIds::server_start_ns`]).
     pub server_start_ns: u64,
+    /// For a client request: when its span ended, once made; 0 before. A server span it
+    /// caused never ends later (see [`ResolvedIds::caller_end_ns`]).
+    pub client_end_ns: u64,
     /// For a server request: it had no parent when its head was read, although loupe
     /// traces the client at the other end, whose request record may still be on its way
     /// (see `awaiting_client`). Cleared when its span goes out without that client.
@@ -75,6 +78,7 @@ impl SpanNode {
             trace_flags,
             trace_state,
             server_start_ns: 0,
+            client_end_ns: 0,
             awaits_client: false,
         }
     }
@@ -117,6 +121,11 @@ pub struct ResolvedIds {
     /// after that (the bytes' send time read at the write's return, or the return itself),
     /// so a client span starts no later than this.
     pub server_start_ns: u64,
+    /// For a server span under a client span loupe made already: when that client span
+    /// ended, or 0. The client had read the whole response by then, but on another CPU
+    /// its read can return before the server's write does, so a server span ends no
+    /// later than this.
+    pub caller_end_ns: u64,
 }
 
 /// Ids the kernel already chose for a span (traceparent injection), which the span must
@@ -138,14 +147,26 @@ impl ResolvedIds {
             server_start_ns => sent_ns.min(server_start_ns),
         }
     }
+
+    /// A server span's end: `ended_ns`, or the end of the client span above it when
+    /// that came first, though not before `start_ns` (see [`Self::caller_end_ns`]).
+    pub fn server_end_ns(&self, start_ns: u64, ended_ns: u64) -> u64 {
+        match self.caller_end_ns {
+            0 => ended_ns,
+            caller_end_ns => ended_ns.min(caller_end_ns.max(start_ns)),
+        }
+    }
 }
 
 pub fn resolve(node: &NodeRef) -> ResolvedIds {
     let this = node.borrow();
-    let parent_span_id = match &this.parent {
-        Parent::Root(_) => None,
-        Parent::Remote { span_id, .. } => Some(*span_id),
-        Parent::Local(parent) => Some(parent.borrow().span_id),
+    let (parent_span_id, caller_end_ns) = match &this.parent {
+        Parent::Root(_) => (None, 0),
+        Parent::Remote { span_id, .. } => (Some(*span_id), 0),
+        Parent::Local(parent) => {
+            let parent = parent.borrow();
+            (Some(parent.span_id), parent.client_end_ns)
+        }
     };
     let mut trace_id = TraceId::default();
     let mut trace_flags = this.trace_flags;
@@ -178,6 +199,7 @@ pub fn resolve(node: &NodeRef) -> ResolvedIds {
         trace_state: this.trace_state.clone(),
         root_is_remote,
         server_start_ns: this.server_start_ns,
+        caller_end_ns,
     }
 }
 

@@ -456,6 +456,33 @@ fn a_client_learns_when_the_server_it_reached_started_in_either_order() {
     assert_eq!(resolve(&call).server_start_ns, 60);
 }
 
+/// A server span under a client span already made ends no later than that client span,
+/// and never before its own start; one under anything else keeps its end.
+#[test]
+fn a_server_span_ends_no_later_than_its_client_span_once_that_is_made() {
+    let mut l = Linker::default();
+    let (call, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    let back = l.server_start(key(BACK, 4, 0), 21, 25, Some(hop_mirrored()), None, None);
+    assert_eq!(
+        resolve(&back).caller_end_ns,
+        0,
+        "the client span is not made yet"
+    );
+    assert_eq!(resolve(&back).server_end_ns(25, 90), 90);
+    call.borrow_mut().client_end_ns = 80;
+    let ids = resolve(&back);
+    assert_eq!(ids.caller_end_ns, 80);
+    assert_eq!(
+        ids.server_end_ns(25, 90),
+        80,
+        "the client read the answer first"
+    );
+    assert_eq!(ids.server_end_ns(25, 70), 70, "the server answered first");
+    assert_eq!(ids.server_end_ns(85, 90), 85, "never before its own start");
+    // The client span's own parent, a server, says nothing about the client's end.
+    assert_eq!(resolve(&call).caller_end_ns, 0);
+}
+
 /// A server request read before its client's: which client may still adopt it, and what
 /// its trace becomes when one does.
 #[path = "linking_server_first_tests.rs"]

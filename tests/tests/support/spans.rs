@@ -43,12 +43,13 @@ pub fn attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
         })
 }
 
-/// Panics when a server span starts before its parent, a client span: a request goes out
-/// before its server can read it, so a right trace has none. The send times the probes
+/// Panics when a server span starts before its parent, a client span, or ends after it: a
+/// request goes out before its server can read it, and the client has read the whole
+/// response when its span ends, so a right trace has neither. The send times the probes
 /// read from the clients' sockets must also seldom need moving to keep that order
 /// (`agent`'s `loupe_client_span_starts_moved_total`, at most one client span in 50, and
 /// one in a run of fewer, which a strict one-in-50 would not allow).
-pub fn assert_clients_start_first(spans: &[ReceivedSpan], agent: &super::Agent) {
+pub fn assert_clients_cover_their_servers(spans: &[ReceivedSpan], agent: &super::Agent) {
     let moved = *agent
         .metrics()
         .get("loupe_client_span_starts_moved_total")
@@ -58,18 +59,22 @@ pub fn assert_clients_start_first(spans: &[ReceivedSpan], agent: &super::Agent) 
         moved <= (clients / 50).max(1) as f64,
         "{moved} of {clients} client spans started after their server span"
     );
-    let inverted = servers_starting_before_their_client(spans);
+    let outside = servers_outside_their_client(spans);
     assert!(
-        inverted.is_empty(),
-        "{} server spans start before their client span (client, server start): {:?}",
-        inverted.len(),
-        &inverted[..inverted.len().min(5)]
+        outside.is_empty(),
+        "{} server spans start before or end after their client span \
+         ((client start, end), (server start, end)): {:?}",
+        outside.len(),
+        &outside[..outside.len().min(5)]
     );
 }
 
-/// Every server span whose parent, a client span, starts after it: `(client, server)`
-/// start times.
-fn servers_starting_before_their_client(spans: &[ReceivedSpan]) -> Vec<(u64, u64)> {
+/// A span's start and end.
+type Times = (u64, u64);
+
+/// Every server span whose parent, a client span, starts after it or ends before it:
+/// `(the client's times, the server's)`.
+fn servers_outside_their_client(spans: &[ReceivedSpan]) -> Vec<(Times, Times)> {
     let clients: std::collections::HashMap<&str, &ReceivedSpan> = spans
         .iter()
         .filter(|s| s.kind == "client")
@@ -80,7 +85,10 @@ fn servers_starting_before_their_client(spans: &[ReceivedSpan]) -> Vec<(u64, u64
         .filter(|s| s.kind == "server")
         .filter_map(|server| {
             let client = clients.get(server.parent_span_id.as_deref()?)?;
-            (client.start_ns > server.start_ns).then_some((client.start_ns, server.start_ns))
+            (client.start_ns > server.start_ns || client.end_ns < server.end_ns).then_some((
+                (client.start_ns, client.end_ns),
+                (server.start_ns, server.end_ns),
+            ))
         })
         .collect()
 }
