@@ -4,9 +4,10 @@
 //! A thread that reads an HTTP request is taken to serve it until it writes a response:
 //! true of thread-per-request servers. An event loop interleaves requests on one thread
 //! and runs each step of a handler after the read that woke it, so the context is the
-//! request the thread last read for: a request, or the response to a request it sent,
-//! whose socket kept the context it carried. Requests the thread sends join the trace
-//! (see `inject.rs`).
+//! request the thread last read for: a request, or the answer to a call it made, whose
+//! socket kept the context that call carried (an HTTP request, or, for a process marked
+//! as an event loop, a call on a connection without HTTP). Requests the thread sends
+//! join the trace (see `inject.rs`).
 
 use aya_ebpf::{
     helpers::{
@@ -102,8 +103,8 @@ pub struct ContextScratch {
 
 /// Called for every captured read of a traced connection (socket `sock`) while injection
 /// is on, before its data record is written: a request start gives the thread a new
-/// context and the agent a [`ServerContextEvent`]; a response start gives the thread back
-/// the context its request carried.
+/// context and the agent a [`ServerContextEvent`]; a response start, or an event loop's
+/// read that starts no HTTP message, gives the thread back the context its call carried.
 #[inline(always)]
 pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
     let bytes = MapBytes {

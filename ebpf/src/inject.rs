@@ -131,7 +131,9 @@ pub fn loupe_sock_ops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// At connect, in the connecting task: give sockets of traced processes a state.
+/// At connect, in the connecting task: give sockets of traced processes a state, with the
+/// context of the request the thread is serving for the socket's first write (see
+/// [`call_context`]).
 #[inline(always)]
 fn mark_if_traced(ctx: &SockOpsContext) {
     let Some((_, _, _, cfg)) = traced_current() else {
@@ -330,6 +332,7 @@ fn on_message(ctx: &SkMsgContext) -> bool {
         // A complete first line that is no HTTP/1.x request line ("GET key" in some
         // text protocol, HTTP/2's preface): not HTTP/1.x, not counted.
         set_mode(state, mode::NOT_HTTP);
+        remember_call_context(state, first, cookie);
         return true;
     };
     let end_of_head = head_end(lines);

@@ -96,10 +96,11 @@ pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static THREAD_CONTEXT: LruHashMap<u32, ThreadContext> = LruHashMap::with_max_entries(16384, 0);
 
-/// The context each injected client socket's latest request carried (socket cookie ->
-/// context), kept while `--inject-traceparent` is on: the thread that reads the response
-/// takes it back, as an event loop runs the handler that awaited it. LRU: entries of
-/// closed sockets age out.
+/// The context each injected client socket's latest request carried, or an event loop's
+/// latest call on a socket without HTTP (a context without a span for a call made outside
+/// any request), by socket cookie, kept while `--inject-traceparent` is on: the thread
+/// that reads the answer takes it back, as an event loop runs the handler that awaited
+/// it. LRU: entries of closed sockets age out.
 #[map]
 pub static INJECTED_CONTEXTS: LruHashMap<u64, ThreadContext> =
     LruHashMap::with_max_entries(16384, 0);

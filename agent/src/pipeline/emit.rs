@@ -15,7 +15,10 @@ use super::{
 use crate::{
     export::otlp::sent_by_loupe,
     process::instrumented::is_otlp_export,
-    protocol::{Role, http1::HttpExchange},
+    protocol::{
+        Role,
+        http1::{ExchangeOutcome, HttpExchange},
+    },
     sampling::tail::Released,
     span::{FinishedSpan, HttpSpan, Resource, context::extract},
 };
@@ -162,8 +165,11 @@ impl Pipeline {
                 {
                     self.metrics.client_span_starts_moved.inc();
                 }
-                // The server span below, made later, ends no later than this.
-                node.borrow_mut().client_end_ns = end_ns(&exchange);
+                // The server span below, made later, ends no later than this client's
+                // read of the whole response; a client that gave up says nothing of it.
+                if exchange.outcome == ExchangeOutcome::Complete {
+                    node.borrow_mut().client_end_ns = exchange.response_last_end_ns;
+                }
             }
             Role::Server if ids.caller_end_ns != 0 => {
                 let ended_ns = end_ns(&exchange);

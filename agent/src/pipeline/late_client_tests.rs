@@ -23,6 +23,16 @@ struct Pair {
     server_id: u64,
 }
 
+impl Pair {
+    fn client(&self) -> (u32, u64) {
+        (CLIENT_FD, self.client_id)
+    }
+
+    fn server(&self) -> (u32, u64) {
+        (SERVER_FD, self.server_id)
+    }
+}
+
 impl Replay {
     fn open_pair(&mut self) -> Pair {
         let server_tgid = self.tgid;
@@ -128,22 +138,27 @@ fn a_server_span_waits_for_its_clients_late_record_and_joins_its_trace() {
     );
 }
 
+/// A pair whose client wrote its request and whose server read it, in that order.
+fn request_read() -> (Replay, Pair) {
+    let mut replay = Replay::new(Service::Nginx).unwrap();
+    let pair = replay.open_pair();
+    replay.tgid = pair.client_tgid;
+    replay.whole(pair.client(), direction::EGRESS, 10_000, REQUEST);
+    replay.tgid = pair.server_tgid;
+    replay.whole(pair.server(), direction::INGRESS, 10_000, REQUEST);
+    (replay, pair)
+}
+
 /// On another CPU, the client's read of the whole response can return before the
 /// server's write does: the server span, made after the client's, ends with it.
 #[test]
 fn a_server_span_ends_no_later_than_the_client_span_that_read_its_answer() {
-    let mut replay = Replay::new(Service::Nginx).unwrap();
-    let pair = replay.open_pair();
-    let (client, server) = ((CLIENT_FD, pair.client_id), (SERVER_FD, pair.server_id));
+    let (mut replay, pair) = request_read();
     replay.tgid = pair.client_tgid;
-    replay.whole(client, direction::EGRESS, 10_000, REQUEST);
-    replay.tgid = pair.server_tgid;
-    replay.whole(server, direction::INGRESS, 10_000, REQUEST);
-    replay.tgid = pair.client_tgid;
-    replay.whole(client, direction::INGRESS, 30_000, OK);
+    replay.whole(pair.client(), direction::INGRESS, 30_000, OK);
     // The server's write returns 5 µs after the client read its answer.
     replay.tgid = pair.server_tgid;
-    replay.whole(server, direction::EGRESS, 5_000, OK);
+    replay.whole(pair.server(), direction::EGRESS, 5_000, OK);
     let spans = replay.take_spans();
     let (client, server) = client_and_server(&spans);
     assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
@@ -154,6 +169,28 @@ fn a_server_span_ends_no_later_than_the_client_span_that_read_its_answer() {
         "from the request read to the client's read of the answer"
     );
     assert_eq!(replay.metrics().server_span_ends_moved.get(), 1);
+}
+
+/// A client that gave up (closed before any answer) says nothing of when the server
+/// answered: the server span keeps its own end.
+#[test]
+fn a_server_span_keeps_its_end_when_its_client_gave_up() {
+    let (mut replay, pair) = request_read();
+    // The client closes 1 µs after the server read its request.
+    replay.tgid = pair.client_tgid;
+    replay.close(CLIENT_FD, pair.client_id);
+    replay.tgid = pair.server_tgid;
+    replay.whole(pair.server(), direction::EGRESS, 5_000_000, OK);
+    let spans = replay.take_spans();
+    let (client, server) = client_and_server(&spans);
+    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    assert!(client.span.end_unix_ns < server.span.end_unix_ns);
+    assert_eq!(
+        server.span.end_unix_ns - server.span.start_unix_ns,
+        5_001_000,
+        "from the request read to its answer's write"
+    );
+    assert_eq!(replay.metrics().server_span_ends_moved.get(), 0);
 }
 
 #[test]

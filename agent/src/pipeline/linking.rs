@@ -56,8 +56,9 @@ pub struct SpanNode {
     /// that span to it; 0 before. A client span never starts later (see
     /// [`ResolvedIds::server_start_ns`]).
     pub server_start_ns: u64,
-    /// For a client request: when its span ended, once made; 0 before. A server span it
-    /// caused never ends later (see [`ResolvedIds::caller_end_ns`]).
+    /// For a client request: when it read the last byte of its response, once its span
+    /// is made; 0 before, and for a client that gave up. A server span it caused and
+    /// made after it ends no later (see [`ResolvedIds::caller_end_ns`]).
     pub client_end_ns: u64,
     /// For a server request: it had no parent when its head was read, although loupe
     /// traces the client at the other end, whose request record may still be on its way
@@ -121,10 +122,9 @@ pub struct ResolvedIds {
     /// after that (the bytes' send time read at the write's return, or the return itself),
     /// so a client span starts no later than this.
     pub server_start_ns: u64,
-    /// For a server span under a client span loupe made already: when that client span
-    /// ended, or 0. The client had read the whole response by then, but on another CPU
-    /// its read can return before the server's write does, so a server span ends no
-    /// later than this.
+    /// For a server span under a client span loupe made already: when that client read
+    /// the last byte of the whole response, or 0. On another CPU that read can return
+    /// before the server's write does, so a server span ends no later than this.
     pub caller_end_ns: u64,
 }
 
