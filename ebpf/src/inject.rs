@@ -10,10 +10,7 @@
 //! for sure (a head split across writes or longer than the window, chunked or pipelined
 //! bodies) is sent untouched and counted; the connection is then left alone for good.
 
-use core::{
-    ffi::c_void,
-    ptr::{read_volatile, write_volatile},
-};
+use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{
@@ -33,19 +30,24 @@ use loupe_common::{
 };
 
 use crate::{
-    context::{FLAGS_SAMPLED, is_live, random_span_id, random_trace_id},
+    context::{FLAGS_SAMPLED, random_span_id, random_trace_id},
     emit::output,
-    filter::{is_marked, traced_current},
+    filter::traced_current,
     head::{
-        CONTENT_LENGTH, HEAD_WINDOW, HeadBytes, HeadLines, MAX_LINES, NAME_WINDOW, PacketBytes,
-        TRACEPARENT, TRANSFER_ENCODING, find_lines, head_end, line_count, line_start, name_is,
-        parse_decimal, repeat, request_line_end, starts_with_method, write_hex,
+        HEAD_WINDOW, HeadLines, MAX_LINES, PacketBytes, find_lines, head_end, line_count,
+        request_line_end, starts_with_method, write_hex,
     },
     maps::{
-        EVENT_LOOP_TGIDS, INJECT_SOCKETS, INJECTED_CONTEXTS, SOCKET_INJECT, THREAD_CONTEXT,
-        TRACED_PORTS, config, count,
+        INJECT_SOCKETS, INJECTED_CONTEXTS, SOCKET_INJECT, THREAD_CONTEXT, TRACED_PORTS, config,
+        count,
     },
 };
+
+mod call_context;
+mod header_scan;
+
+use call_context::{call_context, forget_context, remember_call_context};
+use header_scan::{fact, scan_headers};
 
 /// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`
 const HEADER_LEN: usize = 70;
@@ -392,68 +394,6 @@ fn on_message(ctx: &SkMsgContext) -> bool {
     )
 }
 
-/// Forgets the context the socket `cookie`'s previous request carried.
-#[inline(always)]
-fn forget_context(cookie: u64) {
-    if cookie != 0 {
-        let _ = INJECTED_CONTEXTS.remove(&cookie);
-    }
-}
-
-/// A write on the socket `cookie`, which carries no HTTP (a database, a cache): when
-/// the writer is an event loop, the handler that wrote it resumes when the answer comes,
-/// so the socket keeps the thread's context for that read to give back (see
-/// `context::resume_context`). A call made outside any request keeps a context without a
-/// span, which takes the thread's away. Calls pipelined by several requests keep the
-/// last one's.
-#[inline(always)]
-fn remember_call_context(state: *mut SocketInjectState, first: bool, cookie: u64) {
-    if cookie == 0 {
-        return;
-    }
-    let Some((tgid, tid, _, _)) = traced_current() else {
-        return;
-    };
-    if !is_marked(&EVENT_LOOP_TGIDS, tgid) {
-        return;
-    }
-    match call_context(state, first, tid) {
-        // SAFETY: a map value or this socket's storage, valid for this program run.
-        Some(context) => {
-            let _ = INJECTED_CONTEXTS.insert(&cookie, unsafe { &*context }, 0);
-        }
-        None => {
-            let outside = ThreadContext {
-                tid,
-                ..ThreadContext::default()
-            };
-            let _ = INJECTED_CONTEXTS.insert(&cookie, &outside, 0);
-        }
-    }
-}
-
-/// The context thread `tid`'s write on the socket (`state`) carries: for the socket's
-/// `first` write, when by the thread that connected it, the request that thread was serving
-/// when it connected, while that request is in flight; else the thread's current one.
-/// An event loop connects in the turn of the handler that needs the connection but
-/// writes once connected, after reading other requests.
-#[inline(always)]
-fn call_context(
-    state: *mut SocketInjectState,
-    first: bool,
-    tid: u32,
-) -> Option<*const ThreadContext> {
-    if first {
-        // SAFETY (both): this socket's storage, serialised by the socket lock; the
-        // opener is read in place.
-        let opener = unsafe { &raw const (*state).opener };
-        if unsafe { (*opener).tid } == tid && is_live(unsafe { &*opener }) {
-            return Some(opener);
-        }
-    }
-    THREAD_CONTEXT.get_ptr(&tid)
-}
-
 /// The header line loupe inserts, CRLF included.
 #[inline(always)]
 fn header_line(
@@ -496,89 +436,6 @@ fn header_bytes(ctx: &SkMsgContext, at: u32, head_len: u32) -> Option<usize> {
         return None;
     }
     Some(target)
-}
-
-/// Bits of [`SocketInjectState::facts`]: what the head being looked at contains.
-mod fact {
-    pub const TRACEPARENT: u32 = 1;
-    pub const LENGTH: u32 = 2;
-    pub const CHUNKED: u32 = 4;
-    pub const MALFORMED: u32 = 8;
-}
-
-/// What one step of [`scan_headers`] works on; lives on the caller's stack.
-#[repr(C)]
-struct HeaderScan<'a> {
-    bytes: &'a PacketBytes,
-    state: *mut SocketInjectState,
-}
-
-/// Pass two over the header lines found by pass one, recording in the socket's state
-/// whether the head has `traceparent`, its `Content-Length` and whether the body is
-/// chunked. Runs under `bpf_loop` so the verifier checks one line's work, not each.
-#[inline(always)]
-fn scan_headers(bytes: &PacketBytes, state: *mut SocketInjectState) {
-    // SAFETY: socket storage, serialised by the socket lock.
-    let lines = unsafe {
-        write_volatile(&raw mut (*state).facts, 0);
-        write_volatile(&raw mut (*state).content_length, 0);
-        &raw const (*state).lines
-    };
-    let header_lines = line_count(lines).saturating_sub(1);
-    let mut scan = HeaderScan { bytes, state };
-    // SAFETY: the step reads `scan` only, which outlives the loop.
-    unsafe { repeat(header_lines as u32, header_step, (&raw mut scan).cast()) };
-}
-
-/// Looks at header line `index + 1`; returns 1 to stop the loop.
-#[inline(never)]
-extern "C" fn header_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the HeaderScan passed to bpf_loop, alive for the whole loop.
-    let scan = unsafe { &*(ctx as *const HeaderScan<'_>) };
-    let state = scan.state;
-    // SAFETY (state accesses below): socket storage, serialised by the socket lock;
-    // volatile keeps the facts in memory rather than in registers the verifier tracks.
-    let lines = unsafe { &raw const (*state).lines };
-    let k = (index as usize + 1) & (MAX_LINES - 1);
-    if k == 0 || k >= line_count(lines) {
-        return 1;
-    }
-    let start = line_start(lines, k);
-    // A head line is followed at least by the blank line's CRLF, so any line that could
-    // be one of these headers, even with a short or empty value, has the bytes read
-    // here: `traceparent:` needs 12 (any traceparent counts, valid or not), the two
-    // others 18 at most.
-    let Some(short) = scan.bytes.array::<{ TRACEPARENT.len() }>(start) else {
-        return 0;
-    };
-    // SAFETY: see above.
-    let facts = unsafe { read_volatile(&raw const (*state).facts) };
-    if name_is(&short, TRACEPARENT) {
-        // SAFETY: see above.
-        unsafe { write_volatile(&raw mut (*state).facts, facts | fact::TRACEPARENT) };
-        return 0;
-    }
-    let Some(name) = scan.bytes.array::<NAME_WINDOW>(start) else {
-        return 0;
-    };
-    let found = if name_is(&name, CONTENT_LENGTH) {
-        match parse_decimal(scan.bytes, start + CONTENT_LENGTH.len()) {
-            Some(value) if facts & fact::LENGTH == 0 => {
-                // SAFETY: see above.
-                unsafe { write_volatile(&raw mut (*state).content_length, value) };
-                fact::LENGTH
-            }
-            // A second Content-Length, or one that is not a number.
-            _ => fact::LENGTH | fact::MALFORMED,
-        }
-    } else if name_is(&name, TRANSFER_ENCODING) {
-        fact::CHUNKED
-    } else {
-        0
-    };
-    // SAFETY: see above.
-    unsafe { write_volatile(&raw mut (*state).facts, facts | found) };
-    0
 }
 
 /// Inserts `traceparent` at `at` (just past the request line) and reports the ids. The
