@@ -149,6 +149,28 @@ fn request_read() -> (Replay, Pair) {
     (replay, pair)
 }
 
+/// When the two spans end, and how long the server's lasts.
+struct Ends {
+    client: u64,
+    server: u64,
+    server_length: u64,
+}
+
+/// The server writes its answer `after` ns after the last record; the spans, the server's
+/// under the client's, end as returned.
+fn server_answers_last(replay: &mut Replay, pair: &Pair, after: u64) -> Ends {
+    replay.tgid = pair.server_tgid;
+    replay.whole(pair.server(), direction::EGRESS, after, OK);
+    let spans = replay.take_spans();
+    let (client, server) = client_and_server(&spans);
+    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    Ends {
+        client: client.span.end_unix_ns,
+        server: server.span.end_unix_ns,
+        server_length: server.span.end_unix_ns - server.span.start_unix_ns,
+    }
+}
+
 /// On another CPU, the client's read of the whole response can return before the
 /// server's write does: the server span, made after the client's, ends with it.
 #[test]
@@ -157,15 +179,10 @@ fn a_server_span_ends_no_later_than_the_client_span_that_read_its_answer() {
     replay.tgid = pair.client_tgid;
     replay.whole(pair.client(), direction::INGRESS, 30_000, OK);
     // The server's write returns 5 µs after the client read its answer.
-    replay.tgid = pair.server_tgid;
-    replay.whole(pair.server(), direction::EGRESS, 5_000, OK);
-    let spans = replay.take_spans();
-    let (client, server) = client_and_server(&spans);
-    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
-    assert_eq!(server.span.end_unix_ns, client.span.end_unix_ns);
+    let ends = server_answers_last(&mut replay, &pair, 5_000);
+    assert_eq!(ends.server, ends.client);
     assert_eq!(
-        server.span.end_unix_ns - server.span.start_unix_ns,
-        30_000,
+        ends.server_length, 30_000,
         "from the request read to the client's read of the answer"
     );
     assert_eq!(replay.metrics().server_span_ends_moved.get(), 1);
@@ -179,15 +196,10 @@ fn a_server_span_keeps_its_end_when_its_client_gave_up() {
     // The client closes 1 µs after the server read its request.
     replay.tgid = pair.client_tgid;
     replay.close(CLIENT_FD, pair.client_id);
-    replay.tgid = pair.server_tgid;
-    replay.whole(pair.server(), direction::EGRESS, 5_000_000, OK);
-    let spans = replay.take_spans();
-    let (client, server) = client_and_server(&spans);
-    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
-    assert!(client.span.end_unix_ns < server.span.end_unix_ns);
+    let ends = server_answers_last(&mut replay, &pair, 5_000_000);
+    assert!(ends.client < ends.server);
     assert_eq!(
-        server.span.end_unix_ns - server.span.start_unix_ns,
-        5_001_000,
+        ends.server_length, 5_001_000,
         "from the request read to its answer's write"
     );
     assert_eq!(replay.metrics().server_span_ends_moved.get(), 0);
