@@ -8,6 +8,10 @@
 //! socket kept the context that call carried (an HTTP request, or, for a process marked
 //! as an event loop, a call on a connection without HTTP). Requests the thread sends
 //! join the trace (see `inject.rs`).
+//!
+//! A thread that read no request (a worker pool's, a Go runtime thread) takes the
+//! context of its process's only request in flight, as the agent places such a call
+//! (see [`process_context`]).
 
 use aya_ebpf::{
     helpers::{
@@ -31,8 +35,8 @@ use crate::{
         starts_with_method, starts_with_status_line,
     },
     maps::{
-        CONTEXT_SCRATCH, EVENT_LOOP_TGIDS, INJECTED_CONTEXTS, LIVE_CONTEXTS, SCRATCH,
-        THREAD_CONTEXT, config,
+        CONTEXT_SCRATCH, EVENT_LOOP_TGIDS, INJECTED_CONTEXTS, LIVE_CONTEXTS, PROCESS_CONTEXT,
+        SCRATCH, THREAD_CONTEXT, config,
     },
 };
 
@@ -95,7 +99,8 @@ pub struct ContextScratch {
     /// The incoming `traceparent` value, copied for parsing.
     pub raw: [u8; TRACEPARENT_BUF],
     pub event: ServerContextEvent,
-    pub context: ThreadContext,
+    /// The context the request read gives its thread and its process.
+    pub process: ProcessContext,
     /// The `struct sock` of the call being recorded (0 when unknown), set by the data exit
     /// program before it hands over.
     pub sock: u64,
@@ -152,17 +157,48 @@ pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
         out.parent_span_id = [0; SPAN_ID_LEN];
         out.trace_flags = FLAGS_SAMPLED;
     }
-    scratch.context.trace_id = out.trace_id;
-    scratch.context.span_id = out.span_id;
-    scratch.context.trace_flags = out.trace_flags;
-    scratch.context.tid = header.tid;
-    scratch.context.server_sock = sock;
+    let context = &mut scratch.process.latest;
+    context.trace_id = out.trace_id;
+    context.span_id = out.span_id;
+    context.trace_flags = out.trace_flags;
+    context.tid = header.tid;
+    context.server_sock = sock;
+    // Before this request counts as live: whether the process's previous one still is.
+    // SAFETY: plain lookup; the flag is computed at once.
+    scratch.process.several = unsafe { PROCESS_CONTEXT.get(&header.tgid) }
+        .is_some_and(|previous| is_live(&previous.latest)) as u64;
     if sock != 0 {
         let _ = LIVE_CONTEXTS.insert(&sock, &out.span_id, 0);
     }
-    // An LRU map: contexts of threads that died serving a request age out.
-    let _ = THREAD_CONTEXT.insert(&header.tid, &scratch.context, 0);
+    // LRU maps: contexts of threads that died serving a request, and of processes that
+    // exited, age out.
+    let _ = THREAD_CONTEXT.insert(&header.tid, &scratch.process.latest, 0);
+    let _ = PROCESS_CONTEXT.insert(&header.tgid, &scratch.process, 0);
     output(&scratch.event);
+}
+
+/// What the kernel keeps of a process's requests (by tgid, in [`PROCESS_CONTEXT`]): the
+/// context of the latest one read, and whether another was still in flight then.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcessContext {
+    pub latest: ThreadContext,
+    /// 1 when the process's previous request was still in flight as this one was read.
+    pub several: u64,
+}
+const _: () = assert!(core::mem::size_of::<ProcessContext>() == 48);
+
+/// The context of `tgid`'s only request in flight, for a thread that read none: a worker
+/// that a request's handler handed its call to. None while several requests are in
+/// flight (or were when the latest was read), since nothing tells which one the worker
+/// serves, and once the latest request has been answered.
+#[inline(always)]
+pub fn process_context(tgid: u32) -> Option<*const ThreadContext> {
+    let process = PROCESS_CONTEXT.get_ptr(&tgid)?;
+    // SAFETY: a map value, valid for this program run; read in place.
+    let latest = unsafe { &raw const (*process).latest };
+    // SAFETY: as above.
+    (unsafe { (*process).several } == 0 && is_live(unsafe { &*latest })).then_some(latest)
 }
 
 /// Thread `tid` read the start of a response on `sock`, or an answer on a connection

@@ -451,7 +451,7 @@ fn insert_header(
 ) -> bool {
     // Used in place, not copied: this program's stack is near the limit older kernels
     // count (512 bytes, each frame rounded up).
-    let context = call_context(state, first, tid);
+    let context = call_context(state, first, tgid, tid);
     // SAFETY: a map value or this socket's storage, valid for this program run.
     let (trace_id, parent_span_id, trace_flags) = match context.map(|c| unsafe { &*c }) {
         Some(c) => {

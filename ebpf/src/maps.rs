@@ -12,7 +12,10 @@ use loupe_common::{
     SPAN_ID_LEN, TGID_WORDS, ThreadContext, counter,
 };
 
-use crate::{context::ContextScratch, inject::SocketInjectState};
+use crate::{
+    context::{ContextScratch, ProcessContext},
+    inject::SocketInjectState,
+};
 
 /// Settings and kernel offsets, written by the agent into the object's read-only data
 /// before loading. The verifier knows values in frozen read-only data: a branch on a
@@ -111,6 +114,12 @@ pub static INJECTED_CONTEXTS: LruHashMap<u64, ThreadContext> =
 #[map]
 pub static LIVE_CONTEXTS: LruHashMap<u64, [u8; SPAN_ID_LEN]> =
     LruHashMap::with_max_entries(16384, 0);
+
+/// Each process's latest request read and whether another was in flight then (tgid ->
+/// [`ProcessContext`]), while `--inject-traceparent` is on: a thread that read no
+/// request writes the context of the only one in flight. LRU: exited processes age out.
+#[map]
+pub static PROCESS_CONTEXT: LruHashMap<u32, ProcessContext> = LruHashMap::with_max_entries(8192, 0);
 
 /// The context program the data exit program hands over to while injection is on
 /// (slot 0); empty otherwise.

@@ -337,6 +337,100 @@ fn a_thread_serving_a_request_passes_its_trace_on() {
     assert_ne!(after_invalid, invalid_trace);
 }
 
+/// Reads one request head from `stream`.
+fn read_head(stream: &std::net::TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).expect("read request");
+    }
+}
+
+/// Sends `GET /{path}` downstream from a thread of its own, one that read no request, as
+/// a handler that hands its call to a worker pool does.
+fn call_from_a_worker(downstream_port: u16, path: &'static str) {
+    thread::spawn(move || {
+        let mut call = RawClient::connect(downstream_port);
+        call.send(&[format!("GET {path} HTTP/1.1\r\nHost: down\r\n\r\n").as_bytes()]);
+        call.responses(1);
+    })
+    .join()
+    .expect("worker");
+}
+
+#[test]
+fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
+    require_root();
+    let downstream = Recorder::start();
+    let front = TcpListener::bind("127.0.0.1:0").expect("bind front");
+    let front_port = front.local_addr().unwrap().port();
+    let me = std::process::id().to_string();
+    let _agent = Agent::start(
+        &[
+            "--inject-traceparent",
+            "--pid",
+            &me,
+            "--port",
+            &front_port.to_string(),
+            "--port",
+            &downstream.port.to_string(),
+        ],
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    const OTHER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    let downstream_port = downstream.port;
+    let front_thread = thread::spawn(move || {
+        // One request in flight: its handler's worker calls while it is, then after it
+        // was answered.
+        let (alone, _) = front.accept().expect("accept");
+        read_head(&alone);
+        call_from_a_worker(downstream_port, "/worker-alone");
+        (&alone).write_all(ok).expect("answer");
+        call_from_a_worker(downstream_port, "/worker-after");
+        // Two requests in flight, each read on a thread of its own: a worker's call
+        // could be for either.
+        let (first, _) = front.accept().expect("accept");
+        read_head(&first);
+        let (second, _) = front.accept().expect("accept");
+        thread::spawn(move || read_head(&second))
+            .join()
+            .expect("read");
+        call_from_a_worker(downstream_port, "/worker-several");
+        (&first).write_all(ok).expect("answer");
+    });
+
+    let mut client = RawClient::connect(front_port);
+    client.send(&[format!(
+        "GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {INCOMING}\r\n\r\n"
+    )
+    .as_bytes()]);
+    client.responses_of_length(0);
+    let mut first = RawClient::connect(front_port);
+    first.send(&[
+        format!("GET /first HTTP/1.1\r\nHost: front\r\ntraceparent: {INCOMING}\r\n\r\n").as_bytes(),
+    ]);
+    thread::sleep(Duration::from_millis(200));
+    let mut second = RawClient::connect(front_port);
+    second.send(&[
+        format!("GET /second HTTP/1.1\r\nHost: front\r\ntraceparent: {OTHER}\r\n\r\n").as_bytes(),
+    ]);
+    first.responses_of_length(0);
+    front_thread.join().expect("front server");
+
+    let (trace, span, flags) = downstream.get("/worker-alone").injected();
+    assert_eq!(trace, INCOMING_TRACE, "the only request in flight's trace");
+    assert_ne!(span, INCOMING_PARENT);
+    assert_eq!(flags, "01");
+    let (after, _, _) = downstream.get("/worker-after").injected();
+    assert_ne!(after, INCOMING_TRACE, "answered: no request in flight");
+    let (several, _, _) = downstream.get("/worker-several").injected();
+    assert_ne!(several, INCOMING_TRACE, "two in flight: neither is chosen");
+    assert_ne!(several, &OTHER[3..35]);
+}
+
 #[test]
 fn without_the_flag_nothing_is_injected() {
     require_root();

@@ -5,7 +5,7 @@ use loupe_common::ThreadContext;
 
 use super::SocketInjectState;
 use crate::{
-    context::is_live,
+    context::{is_live, process_context},
     filter::{is_marked, traced_current},
     maps::{EVENT_LOOP_TGIDS, INJECTED_CONTEXTS, THREAD_CONTEXT},
 };
@@ -35,7 +35,7 @@ pub(super) fn remember_call_context(state: *mut SocketInjectState, first: bool, 
     if !is_marked(&EVENT_LOOP_TGIDS, tgid) {
         return;
     }
-    match call_context(state, first, tid) {
+    match call_context(state, first, tgid, tid) {
         // SAFETY: a map value or this socket's storage, valid for this program run.
         Some(context) => {
             let _ = INJECTED_CONTEXTS.insert(&cookie, unsafe { &*context }, 0);
@@ -52,13 +52,15 @@ pub(super) fn remember_call_context(state: *mut SocketInjectState, first: bool, 
 
 /// The context thread `tid`'s write on the socket (`state`) carries: for the socket's
 /// `first` write, when by the thread that connected it, the request that thread was serving
-/// when it connected, while that request is in flight; else the thread's current one.
+/// when it connected, while that request is in flight; else the thread's current one;
+/// else, for a thread serving none, its process `tgid`'s only request in flight.
 /// An event loop connects in the turn of the handler that needs the connection but
 /// writes once connected, after reading other requests.
 #[inline(always)]
 pub(super) fn call_context(
     state: *mut SocketInjectState,
     first: bool,
+    tgid: u32,
     tid: u32,
 ) -> Option<*const ThreadContext> {
     if first {
@@ -69,5 +71,7 @@ pub(super) fn call_context(
             return Some(opener);
         }
     }
-    THREAD_CONTEXT.get_ptr(&tid)
+    THREAD_CONTEXT
+        .get_ptr(&tid)
+        .or_else(|| process_context(tgid))
 }
