@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use loupe_integration_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use support::{Agent, require_root, wait_until};
 use wire::{RawClient, Recorder, Sink};
 
@@ -21,6 +22,8 @@ const WAIT: Duration = Duration::from_secs(20);
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const INCOMING_PARENT: &str = "00f067aa0ba902b7";
+const OTHER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
 fn curl(args: &[&str]) {
     let status = Command::new("curl")
@@ -256,14 +259,14 @@ fn requests_loupe_cannot_check_are_sent_untouched_and_counted() {
     assert_eq!(agent.metric("loupe_events_malformed_total"), 0.0);
 }
 
-#[test]
-fn a_thread_serving_a_request_passes_its_trace_on() {
-    require_root();
+/// A front server socket and a downstream recorder in this process, and the agent
+/// (with `env`) injecting into this process's calls on their ports.
+fn front_and_downstream(env: &[(&str, &str)]) -> (TcpListener, u16, Recorder, Agent) {
     let downstream = Recorder::start();
     let front = TcpListener::bind("127.0.0.1:0").expect("bind front");
     let front_port = front.local_addr().unwrap().port();
     let me = std::process::id().to_string();
-    let _agent = Agent::start(
+    let agent = Agent::start(
         &[
             "--inject-traceparent",
             "--pid",
@@ -273,8 +276,16 @@ fn a_thread_serving_a_request_passes_its_trace_on() {
             "--port",
             &downstream.port.to_string(),
         ],
-        &[("OTEL_TRACES_EXPORTER", "none")],
+        env,
     );
+    (front, front_port, downstream, agent)
+}
+
+#[test]
+fn a_thread_serving_a_request_passes_its_trace_on() {
+    require_root();
+    let (front, front_port, downstream, _agent) =
+        front_and_downstream(&[("OTEL_TRACES_EXPORTER", "none")]);
 
     // The front server reads each request on one thread and, on that same thread,
     // calls downstream before and after answering it.
@@ -362,24 +373,8 @@ fn call_from_a_worker(downstream_port: u16, path: &'static str) {
 #[test]
 fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
     require_root();
-    let downstream = Recorder::start();
-    let front = TcpListener::bind("127.0.0.1:0").expect("bind front");
-    let front_port = front.local_addr().unwrap().port();
-    let me = std::process::id().to_string();
-    let _agent = Agent::start(
-        &[
-            "--inject-traceparent",
-            "--pid",
-            &me,
-            "--port",
-            &front_port.to_string(),
-            "--port",
-            &downstream.port.to_string(),
-        ],
-        &[("OTEL_TRACES_EXPORTER", "none")],
-    );
-    const OTHER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let (front, front_port, downstream, _agent) =
+        front_and_downstream(&[("OTEL_TRACES_EXPORTER", "none")]);
 
     let downstream_port = downstream.port;
     let front_thread = thread::spawn(move || {
@@ -388,7 +383,7 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
         let (alone, _) = front.accept().expect("accept");
         read_head(&alone);
         call_from_a_worker(downstream_port, "/worker-alone");
-        (&alone).write_all(ok).expect("answer");
+        (&alone).write_all(OK).expect("answer");
         call_from_a_worker(downstream_port, "/worker-after");
         // Two requests in flight, each read on a thread of its own: a worker's call
         // could be for either.
@@ -399,7 +394,7 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
             .join()
             .expect("read");
         call_from_a_worker(downstream_port, "/worker-several");
-        (&first).write_all(ok).expect("answer");
+        (&first).write_all(OK).expect("answer");
     });
 
     let mut client = RawClient::connect(front_port);
@@ -429,6 +424,92 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
     let (several, _, _) = downstream.get("/worker-several").injected();
     assert_ne!(several, INCOMING_TRACE, "two in flight: neither is chosen");
     assert_ne!(several, &OTHER[3..35]);
+}
+
+/// Sends `GET {path}` to the front server with `traceparent`, on a connection kept open.
+fn front_request(front_port: u16, path: &str, traceparent: &str) -> RawClient {
+    let mut client = RawClient::connect(front_port);
+    client.send(&[format!(
+        "GET {path} HTTP/1.1\r\nHost: front\r\ntraceparent: {traceparent}\r\n\r\n"
+    )
+    .as_bytes()]);
+    client
+}
+
+/// Once the kernel has started a trace on the wire, the span of that call starts it too,
+/// whichever request loupe would have put it under: the server it called continues that
+/// trace. The request it was made for is kept as a link.
+#[test]
+fn a_call_the_kernel_sent_in_a_new_trace_starts_it_with_a_link_to_its_request() {
+    require_root();
+    let receiver = OtlpReceiver::start().expect("start OTLP receiver");
+    let endpoint = receiver.grpc_endpoint();
+    let (front, front_port, downstream, agent) = front_and_downstream(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ]);
+    let downstream_port = downstream.port;
+    // The first request is read, then the second on a thread of its own, which answers
+    // it: the kernel saw two in flight, so a worker's call then gets a new trace, while
+    // loupe sees one request left in flight, the first.
+    let front_thread = thread::spawn(move || {
+        let (first, _) = front.accept().expect("accept");
+        read_head(&first);
+        let (second, _) = front.accept().expect("accept");
+        thread::spawn(move || {
+            read_head(&second);
+            (&second).write_all(OK).expect("answer");
+        })
+        .join()
+        .expect("second request");
+        call_from_a_worker(downstream_port, "/worker-linked");
+        (&first).write_all(OK).expect("answer");
+    });
+    let mut first = front_request(front_port, "/first", INCOMING);
+    thread::sleep(Duration::from_millis(200));
+    let mut second = front_request(front_port, "/second", OTHER);
+    second.responses_of_length(0);
+    first.responses_of_length(0);
+    front_thread.join().expect("front server");
+    let (wire_trace, wire_span, _) = downstream.get("/worker-linked").injected();
+    assert_ne!(wire_trace, INCOMING_TRACE, "the kernel started a trace");
+
+    let spans = receiver.wait_for_spans(4, WAIT);
+    let find = |kind: &str, path: &str| -> ReceivedSpan {
+        let found: Vec<_> = spans
+            .iter()
+            .filter(|s| s.kind == kind && s.attr("url.path") == Some(path))
+            .collect();
+        assert_eq!(found.len(), 1, "one {kind} span of {path} in {spans:#?}");
+        found[0].clone()
+    };
+    let request = find("server", "/first");
+    let call = find("client", "/worker-linked");
+    let called = find("server", "/worker-linked");
+    assert_eq!(request.trace_id, INCOMING_TRACE);
+    assert_eq!(
+        (
+            call.trace_id.as_str(),
+            call.span_id.as_str(),
+            &call.parent_span_id
+        ),
+        (wire_trace.as_str(), wire_span.as_str(), &None),
+        "the call's span has the ids on the wire and starts their trace"
+    );
+    assert_eq!(
+        call.links,
+        vec![(request.trace_id.clone(), request.span_id.clone())],
+        "linked to the request loupe saw in flight"
+    );
+    assert_eq!(
+        (called.trace_id.as_str(), called.parent_span_id.as_deref()),
+        (call.trace_id.as_str(), Some(call.span_id.as_str())),
+        "the server called continues the call's trace"
+    );
+    assert_eq!(
+        agent.metric("loupe_client_spans_linked_to_server_total"),
+        1.0
+    );
 }
 
 #[test]

@@ -63,6 +63,7 @@ pub fn http_span(kind: SpanKind, status: Option<u16>) -> HttpSpan {
         request_body_size: None,
         response_body_size: None,
         error_type: None,
+        link: None,
     }
 }
 

@@ -91,6 +91,7 @@ impl SpanAssembler {
             parent_span_id,
             trace_flags,
             trace_state,
+            link,
             ..
         } = ids;
 
@@ -173,6 +174,7 @@ impl SpanAssembler {
                 .filter(|r| r.body_len > 0)
                 .map(|r| r.body_len),
             error_type,
+            link,
         };
         if !self.opt_in {
             span.clear_opt_in();

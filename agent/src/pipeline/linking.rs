@@ -14,6 +14,10 @@
 //!   request in order on keep-alive connections, whichever side is seen first.
 //! - A client request that already carries `traceparent` was written by an instrumented
 //!   process: its span keeps those ids.
+//! - A client request the kernel wrote `traceparent` into (`--inject-traceparent`) keeps
+//!   those ids too: under the request they name, or, when the kernel started a trace,
+//!   at the root of that trace, which the server it calls continues, with a span link to
+//!   the request its thread served.
 //! - Otherwise a client request is the child of the server request its thread last read
 //!   for: the request itself, or the response of one of its calls (see `serving`). That
 //!   is the request it serves on its thread (thread-per-request servers), and on an event
@@ -27,12 +31,10 @@ use hashbrown::HashMap;
 
 use super::connections::Ends;
 use super::serving::{ReadFor, Serving};
-use crate::span::{SpanContext, SpanId, TraceId, context::new_span_id, context::new_trace_id};
+use crate::span::{SpanContext, context::new_span_id, context::new_trace_id};
+pub(super) use nodes::MAX_DEPTH;
+pub use nodes::{KernelIds, NodeRef, Parent, ResolvedIds, SpanNode, resolve};
 
-pub type NodeRef = Rc<RefCell<SpanNode>>;
-
-/// Parent chains longer than this are cut (and would only come from a loop).
-pub(super) const MAX_DEPTH: usize = 64;
 /// A request whose exchange has ended waits this long for its other side, which may still
 /// be on its way through the ring buffer; one still in flight waits as long as it is.
 const PEER_WAIT_NS: u64 = 5_000_000_000;
@@ -45,163 +47,6 @@ const MAX_QUEUE_PER_CONNECTION: usize = 64;
 const MAX_CONNECTION_QUEUES: usize = 65_536;
 const MAX_REQUESTS: usize = 262_144;
 const SAMPLED: u8 = 0x01;
-
-#[derive(Debug)]
-pub struct SpanNode {
-    pub span_id: SpanId,
-    pub parent: Parent,
-    pub trace_flags: u8,
-    pub trace_state: Option<String>,
-    /// For a client request: when the server span it caused started, once loupe linked
-    /// that span to it; 0 before. A client span never starts later (see
-    /// [`ResolvedIds::server_start_ns`]).
-    pub server_start_ns: u64,
-    /// For a client request: when it read the last byte of its response, once its span
-    /// is made; 0 before, and for a client that gave up. A server span it caused and
-    /// made after it ends no later (see [`ResolvedIds::caller_end_ns`]).
-    pub client_end_ns: u64,
-    /// For a server request: it had no parent when its head was read, although loupe
-    /// traces the client at the other end, whose request record may still be on its way
-    /// (see `awaiting_client`). Cleared when its span goes out without that client.
-    pub awaits_client: bool,
-}
-
-impl SpanNode {
-    pub fn new(
-        span_id: SpanId,
-        parent: Parent,
-        trace_flags: u8,
-        trace_state: Option<String>,
-    ) -> Self {
-        Self {
-            span_id,
-            parent,
-            trace_flags,
-            trace_state,
-            server_start_ns: 0,
-            client_end_ns: 0,
-            awaits_client: false,
-        }
-    }
-
-    /// Whether no parent has been found for it (yet): it starts its trace.
-    pub fn starts_trace(&self) -> bool {
-        matches!(self.parent, Parent::Root(_))
-    }
-
-    /// A server request that still starts its trace while its client's record may come.
-    pub fn still_awaits_client(&self) -> bool {
-        self.awaits_client && self.starts_trace()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum Parent {
-    /// The span starts a trace.
-    Root(TraceId),
-    /// The parent is in a process loupe does not see, named by a request header.
-    Remote { trace_id: TraceId, span_id: SpanId },
-    /// The parent is another span loupe builds.
-    Local(NodeRef),
-}
-
-/// Ids ready to put on a span.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedIds {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_span_id: Option<SpanId>,
-    /// The flags of the trace's first span on this node, so every span of a trace carries
-    /// the same sampling decision.
-    pub trace_flags: u8,
-    pub trace_state: Option<String>,
-    /// The trace came in from a caller loupe does not see (its flags are the caller's).
-    pub root_is_remote: bool,
-    /// For a client span: when the server span it caused started, or 0. A request goes out
-    /// before its server reads it, but the time a client write carries can fall a little
-    /// after that (the bytes' send time read at the write's return, or the return itself),
-    /// so a client span starts no later than this.
-    pub server_start_ns: u64,
-    /// For a server span under a client span loupe made already: when that client read
-    /// the last byte of the whole response, or 0. On another CPU that read can return
-    /// before the server's write does, so a server span ends no later than this.
-    pub caller_end_ns: u64,
-}
-
-/// Ids the kernel already chose for a span (traceparent injection), which the span must
-/// use because they went over the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelIds {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_span_id: Option<SpanId>,
-    pub trace_flags: u8,
-}
-
-impl ResolvedIds {
-    /// A client span's start: `sent_ns`, the time its first write carried, or the start
-    /// of the server span it caused when that came first (see [`Self::server_start_ns`]).
-    pub fn client_start_ns(&self, sent_ns: u64) -> u64 {
-        match self.server_start_ns {
-            0 => sent_ns,
-            server_start_ns => sent_ns.min(server_start_ns),
-        }
-    }
-
-    /// A server span's end: `ended_ns`, or the end of the client span above it when
-    /// that came first, though not before `start_ns` (see [`Self::caller_end_ns`]).
-    pub fn server_end_ns(&self, start_ns: u64, ended_ns: u64) -> u64 {
-        match self.caller_end_ns {
-            0 => ended_ns,
-            caller_end_ns => ended_ns.min(caller_end_ns.max(start_ns)),
-        }
-    }
-}
-
-pub fn resolve(node: &NodeRef) -> ResolvedIds {
-    let this = node.borrow();
-    let (parent_span_id, caller_end_ns) = match &this.parent {
-        Parent::Root(_) => (None, 0),
-        Parent::Remote { span_id, .. } => (Some(*span_id), 0),
-        Parent::Local(parent) => {
-            let parent = parent.borrow();
-            (Some(parent.span_id), parent.client_end_ns)
-        }
-    };
-    let mut trace_id = TraceId::default();
-    let mut trace_flags = this.trace_flags;
-    let mut root_is_remote = false;
-    let mut current = node.clone();
-    for _ in 0..MAX_DEPTH {
-        let next = match &current.borrow().parent {
-            Parent::Root(t) | Parent::Remote { trace_id: t, .. } => {
-                trace_id = *t;
-                trace_flags = current.borrow().trace_flags;
-                root_is_remote = matches!(current.borrow().parent, Parent::Remote { .. });
-                None
-            }
-            Parent::Local(parent) => Some(parent.clone()),
-        };
-        match next {
-            Some(parent) => current = parent,
-            None => break,
-        }
-    }
-    if trace_id == TraceId::default() {
-        // Only a loop gets here: give the span a trace of its own rather than none.
-        trace_id = new_trace_id();
-    }
-    ResolvedIds {
-        trace_id,
-        span_id: this.span_id,
-        parent_span_id,
-        trace_flags,
-        trace_state: this.trace_state.clone(),
-        root_is_remote,
-        server_start_ns: this.server_start_ns,
-        caller_end_ns,
-    }
-}
 
 /// One request of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -243,6 +88,9 @@ pub enum ClientPlacement {
     Guessed,
     /// The process set its own context (instrumented) or the kernel injected one.
     OwnContext,
+    /// The kernel sent it in a trace of its own while its thread served a request: it
+    /// starts the trace the server that reads it continues, with a link to that request.
+    LinkedToServer,
     /// Not placed although its process was serving requests.
     Unplaced,
     /// Its process was serving nothing: a trace of its own is right.
@@ -432,20 +280,27 @@ impl Linker {
                 let on_wire = ids
                     .parent_span_id
                     .and_then(|span_id| self.serving.with_span_id(key.tgid, span_id));
-                let parent = match (on_wire, ids.parent_span_id, under) {
-                    (Some(server), _, _) => Parent::Local(server),
+                let (parent, link) = match (on_wire, ids.parent_span_id, under) {
+                    (Some(server), _, _) => (Parent::Local(server), None),
                     // A request no longer in flight: still the parent the wire names.
-                    (None, Some(span_id), _) => Parent::Remote {
-                        trace_id: ids.trace_id,
-                        span_id,
-                    },
-                    (None, None, Some(server)) => Parent::Local(server),
-                    (None, None, None) => Parent::Root(ids.trace_id),
+                    (None, Some(span_id), _) => (
+                        Parent::Remote {
+                            trace_id: ids.trace_id,
+                            span_id,
+                        },
+                        None,
+                    ),
+                    // A trace the kernel started: the services below continue it, so the
+                    // span starts it too, and links to the request its thread served.
+                    (None, None, under) => (Parent::Root(ids.trace_id), under),
                 };
-                (
-                    SpanNode::new(ids.span_id, parent, ids.trace_flags, None),
-                    ClientPlacement::OwnContext,
-                )
+                let placement = match link {
+                    Some(_) => ClientPlacement::LinkedToServer,
+                    None => ClientPlacement::OwnContext,
+                };
+                let mut node = SpanNode::new(ids.span_id, parent, ids.trace_flags, None);
+                node.link = link;
+                (node, placement)
             }
             (None, Some(ctx), _) => (
                 // An instrumented process: the header's span id is its client span.
@@ -583,6 +438,8 @@ impl Linker {
     }
 }
 
+#[path = "linking_nodes.rs"]
+mod nodes;
 #[path = "linking_unparsed.rs"]
 mod unparsed;
 

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 
 use super::*;
+use crate::span::{SpanId, TraceId};
 
 fn key(tgid: u32, fd: u32, request_id: u64) -> RequestKey {
     RequestKey {

@@ -400,6 +400,9 @@ impl Pipeline {
                     match placement {
                         ClientPlacement::Unplaced => self.metrics.client_spans_unplaced.inc(),
                         ClientPlacement::Guessed => self.metrics.client_spans_guessed.inc(),
+                        ClientPlacement::LinkedToServer => {
+                            self.metrics.client_spans_linked_to_server.inc()
+                        }
                         _ => {}
                     }
                 }

@@ -143,7 +143,8 @@ fn reads_are_forgotten_with_their_requests_and_bounded() {
 
 /// With `--inject-traceparent` the kernel wrote the context of the request it took the
 /// thread to serve; the server that reads it continues that trace, so the call's span
-/// stays under that request, whatever the thread read last.
+/// stays under that request, whatever the thread read last, and starts the trace the
+/// kernel started when it had none.
 #[test]
 fn a_call_whose_context_the_kernel_wrote_stays_under_that_request() {
     use super::super::linking::KernelIds;
@@ -170,10 +171,30 @@ fn a_call_whose_context_the_kernel_wrote_stays_under_that_request() {
     let ids = resolve(&node);
     assert_eq!(ids.parent_span_id, Some(SpanId([7; 8])));
     assert_eq!(ids.trace_id, TraceId([3; 16]));
-    // Without a parent on the wire, the thread's last read decides.
+    // A trace the kernel started (the thread had no context it could use): the server
+    // called continues it, so the span starts it, linked to the request the thread last
+    // read for.
     let root = kernel(4, 6, None);
-    let (node, _) = l.client_start(key(22, 0), LOOP, 5, None, None, Some(root), None);
-    assert_eq!(resolve(&node).parent_span_id.map(|id| id.0), span_id(&a));
+    let (node, placement) = l.client_start(key(22, 0), LOOP, 5, None, None, Some(root), None);
+    let ids = resolve(&node);
+    assert_eq!(
+        (ids.trace_id, ids.span_id),
+        (TraceId([4; 16]), SpanId([6; 8]))
+    );
+    assert_eq!(ids.parent_span_id, None);
+    let link = ids.link.expect("a link to the request");
+    assert_eq!(Some(link.span_id.0), span_id(&a));
+    assert_eq!(link.trace_id, TraceId([1; 16]));
+    assert_eq!(placement, ClientPlacement::LinkedToServer);
+    // Serving nothing, it starts the kernel's trace without a link.
+    l.finish(&key(10, 0));
+    l.finish(&key(11, 0));
+    let alone = kernel(5, 7, None);
+    let (node, placement) = l.client_start(key(23, 0), LOOP, 6, None, None, Some(alone), None);
+    let ids = resolve(&node);
+    assert_eq!((ids.trace_id, ids.parent_span_id), (TraceId([5; 16]), None));
+    assert_eq!(ids.link, None);
+    assert_eq!(placement, ClientPlacement::OwnContext);
 }
 
 /// A client's own I/O thread reads the responses to every request's calls: a response it

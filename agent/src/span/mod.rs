@@ -97,6 +97,16 @@ pub struct HttpSpan {
     /// `error.type`: the status code as a string for error statuses, or a short reason
     /// such as `connection_closed` when the exchange did not complete.
     pub error_type: Option<String>,
+    /// A span of another trace this one links to (OTLP `Span.links`).
+    pub link: Option<SpanLink>,
+}
+
+/// A span that another span links to: the request a call was made for, when the call
+/// went out in a trace of its own (see `pipeline::linking`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
 }
 
 impl HttpSpan {

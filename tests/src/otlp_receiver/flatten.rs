@@ -33,6 +33,8 @@ pub struct ReceivedSpan {
     pub status_message: String,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// The spans it links to: (trace id, span id) in lower-case hex.
+    pub links: Vec<(String, String)>,
 }
 
 impl ReceivedSpan {
@@ -94,6 +96,11 @@ pub fn spans(requests: &[ReceivedRequest]) -> Vec<ReceivedSpan> {
                         status_message: status.map(|s| s.message.clone()).unwrap_or_default(),
                         start_ns: span.start_time_unix_nano,
                         end_ns: span.end_time_unix_nano,
+                        links: span
+                            .links
+                            .iter()
+                            .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+                            .collect(),
                     });
                 }
             }

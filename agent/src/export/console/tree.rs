@@ -64,7 +64,7 @@ fn write_line(out: &mut String, finished: &FinishedSpan, depth: usize) {
         SpanKind::Server => "server",
         SpanKind::Client => "client",
     };
-    let _ = writeln!(
+    let _ = write!(
         out,
         "{:indent$}{}  {}  {}  [{}]  {}",
         "",
@@ -74,6 +74,15 @@ fn write_line(out: &mut String, finished: &FinishedSpan, depth: usize) {
         status(span),
         duration(span),
     );
+    if let Some(link) = &span.link {
+        let _ = write!(
+            out,
+            "  (for span {} of trace {})",
+            hex(&link.span_id.0),
+            hex(&link.trace_id.0)
+        );
+    }
+    out.push('\n');
 }
 
 fn status(span: &HttpSpan) -> String {

@@ -7,7 +7,9 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
     resource::v1::Resource as ProtoResource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind as ProtoKind, status},
+    trace::v1::{
+        ResourceSpans, ScopeSpans, Span, Status, span, span::SpanKind as ProtoKind, status,
+    },
 };
 
 use super::encode::{Attr, SCOPE_NAME, SCOPE_VERSION, by_resource, for_each_attribute};
@@ -72,6 +74,15 @@ pub fn to_proto_span(span: &HttpSpan) -> Span {
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns.max(span.start_unix_ns),
         attributes: attributes(span),
+        links: span
+            .link
+            .iter()
+            .map(|link| span::Link {
+                trace_id: link.trace_id.0.to_vec(),
+                span_id: link.span_id.0.to_vec(),
+                ..Default::default()
+            })
+            .collect(),
         status,
         ..Default::default()
     }

@@ -132,6 +132,13 @@ impl Writer {
                 out.extend_from_slice(attr.encoded)
             }
         });
+        if let Some(link) = &span.link {
+            // Link { trace_id = 1; span_id = 2 }
+            key(out, 13, LEN);
+            varint(out, (field_len(1, 16) + field_len(2, 8)) as u64);
+            bytes(out, 1, &link.trace_id.0);
+            bytes(out, 2, &link.span_id.0);
+        }
         if span.is_error() {
             // Status { code = 3 }; an empty message is left out, as prost does.
             let status = [(3 << 3) as u8, STATUS_CODE_ERROR as u8];

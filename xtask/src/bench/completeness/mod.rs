@@ -512,6 +512,7 @@ mod tests {
             status_message: String::new(),
             start_ns: 0,
             end_ns: 0,
+            links: Vec::new(),
         };
         let span = to_span(&received);
         assert_eq!(

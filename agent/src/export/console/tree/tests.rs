@@ -280,3 +280,26 @@ fn end_before_start_is_zero_duration() {
 fn empty_trace_is_just_the_header() {
     assert_eq!(render_trace(&trace_id(1), &[]), TRACE_HEADER);
 }
+
+#[test]
+fn a_link_names_the_span_and_trace_it_points_to() {
+    let mut call = span(
+        "worker",
+        5,
+        None,
+        SpanKind::Client,
+        "GET",
+        Some(200),
+        (0, 500),
+    );
+    call.span.link = Some(crate::span::SpanLink {
+        trace_id: trace_id(2),
+        span_id: span_id(1),
+    });
+    let expected = format!(
+        "{TRACE_HEADER}\
+         \x20 worker  client  GET  [OK 200]  0.5 ms  \
+         (for span cd00000000000001 of trace ab000000000000000000000000000002)\n"
+    );
+    assert_eq!(render_trace(&trace_id(1), &[call]), expected);
+}
