@@ -174,7 +174,7 @@ impl SpanAssembler {
                 .filter(|r| r.body_len > 0)
                 .map(|r| r.body_len),
             error_type,
-            link,
+            link: link.map(Box::new),
         };
         if !self.opt_in {
             span.clear_opt_in();

@@ -97,8 +97,9 @@ pub struct HttpSpan {
     /// `error.type`: the status code as a string for error statuses, or a short reason
     /// such as `connection_closed` when the exchange did not complete.
     pub error_type: Option<String>,
-    /// A span of another trace this one links to (OTLP `Span.links`).
-    pub link: Option<SpanLink>,
+    /// A span of another trace this one links to (OTLP `Span.links`). Boxed: rare, and
+    /// every span is moved through the pipeline's queues.
+    pub link: Option<Box<SpanLink>>,
 }
 
 /// A span that another span links to: the request a call was made for, when the call

@@ -34,10 +34,10 @@ fn varied_spans() -> Vec<FinishedSpan> {
     full.parent_span_id = Some(span_id(9));
     full.trace_state = Some("vendor=1,other=two".into());
     full.trace_flags = 1;
-    full.link = Some(SpanLink {
+    full.link = Some(Box::new(SpanLink {
         trace_id: trace_id(7),
         span_id: span_id(8),
-    });
+    }));
     full.name = "x".repeat(300).into();
 
     let mut bare = http_span(SpanKind::Server, None);

@@ -292,10 +292,10 @@ fn a_link_names_the_span_and_trace_it_points_to() {
         Some(200),
         (0, 500),
     );
-    call.span.link = Some(crate::span::SpanLink {
+    call.span.link = Some(Box::new(crate::span::SpanLink {
         trace_id: trace_id(2),
         span_id: span_id(1),
-    });
+    }));
     let expected = format!(
         "{TRACE_HEADER}\
          \x20 worker  client  GET  [OK 200]  0.5 ms  \
