@@ -12,9 +12,13 @@ use loupe_common::{
 };
 
 use crate::{
+    context::end_in_flight,
     emit::{output, reserve, submit},
     filter::{is_marked, traced_current},
-    maps::{CONNECTION_CACHE, CONNECTIONS, EVENT_LOOP_TGIDS, IGNORE_REQUESTS, TRACED_PORTS, count},
+    maps::{
+        CONNECTION_CACHE, CONNECTIONS, EVENT_LOOP_TGIDS, IGNORE_REQUESTS, TRACED_PORTS, config,
+        count,
+    },
     pending,
     socket::tcp_tuple,
     syscall::{arg, ret},
@@ -401,6 +405,10 @@ fn forget(tgid: u32, tid: u32, fd: u32) {
     // writing the slot (see `store`).
     let _ = CONNECTIONS.remove(&key);
     uncache(&key);
+    if config().inject_traceparent != 0 {
+        // A request that dies unanswered is no longer in flight.
+        end_in_flight(tgid, state.sock);
+    }
     if state.ignored != ignored::BY_PORT {
         output(&CloseEvent {
             kind: EventKind::ConnClose as u8,

@@ -9,7 +9,7 @@
 //! as an event loop, a call on a connection without HTTP). Requests the thread sends
 //! join the trace (see `inject.rs`).
 //!
-//! A thread that read no request (a worker pool's, a Go runtime thread) takes the
+//! A thread with no request of its own (a worker pool's, a Go runtime thread) takes the
 //! context of its process's only request in flight, as the agent places such a call
 //! (see [`process_context`]).
 
@@ -28,7 +28,7 @@ use loupe_common::{
 use crate::{
     data::{bounded, output_data},
     emit::{RingLevel, output},
-    filter::is_marked,
+    filter::{atomic_add, is_marked},
     head::{
         HeadBytes, HeadLines, MAX_LINES, MapBytes, NAME_WINDOW, TRACEPARENT, TRACEPARENT_BUF,
         TRACEPARENT_COPY, find_lines, line_count, line_start, name_is, parse_traceparent,
@@ -163,42 +163,89 @@ pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
     context.trace_flags = out.trace_flags;
     context.tid = header.tid;
     context.server_sock = sock;
-    // Before this request counts as live: whether the process's previous one still is.
-    // SAFETY: plain lookup; the flag is computed at once.
-    scratch.process.several = unsafe { PROCESS_CONTEXT.get(&header.tgid) }
-        .is_some_and(|previous| is_live(&previous.latest)) as u64;
+    // SAFETY: plain lookup; only whether it exists is used.
+    let was_live = sock != 0 && unsafe { LIVE_CONTEXTS.get(&sock) }.is_some();
     if sock != 0 {
         let _ = LIVE_CONTEXTS.insert(&sock, &out.span_id, 0);
     }
-    // LRU maps: contexts of threads that died serving a request, and of processes that
-    // exited, age out.
+    // An LRU map: contexts of threads that died serving a request age out.
     let _ = THREAD_CONTEXT.insert(&header.tid, &scratch.process.latest, 0);
-    let _ = PROCESS_CONTEXT.insert(&header.tgid, &scratch.process, 0);
+    start_in_flight(header.tgid, &mut scratch.process, sock != 0 && !was_live);
     output(&scratch.event);
 }
 
 /// What the kernel keeps of a process's requests (by tgid, in [`PROCESS_CONTEXT`]): the
-/// context of the latest one read, and whether another was still in flight then.
+/// context of the latest one read, and how many are in flight.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ProcessContext {
     pub latest: ThreadContext,
-    /// 1 when the process's previous request was still in flight as this one was read.
-    pub several: u64,
+    /// The process's requests read on a known socket whose response has not started nor
+    /// their connection closed, changed only atomically (see [`end_in_flight`]). A close
+    /// loupe missed or an entry of `LIVE_CONTEXTS` that aged out leaves it too high,
+    /// which stops [`process_context`] from guessing. It comes out too low only when this
+    /// entry aged out while requests were in flight, or when another process answers a
+    /// request this one read.
+    pub in_flight: u64,
 }
 const _: () = assert!(core::mem::size_of::<ProcessContext>() == 48);
 
-/// The context of `tgid`'s only request in flight, for a thread that read none: a worker
-/// that a request's handler handed its call to. None while several requests are in
-/// flight (or were when the latest was read), since nothing tells which one the worker
-/// serves, and once the latest request has been answered.
+/// Process `tgid` read a request whose context is `process.latest`; `counted` when it
+/// is a request in flight that [`end_in_flight`] will count off.
 #[inline(always)]
-pub fn process_context(tgid: u32) -> Option<*const ThreadContext> {
+fn start_in_flight(tgid: u32, process: &mut ProcessContext, counted: bool) {
+    match PROCESS_CONTEXT.get_ptr_mut(&tgid) {
+        // SAFETY: a map value, valid for this program run. Written in place: a worker
+        // reading it on another CPU at this instant can see two requests' ids mixed,
+        // and only while this process has two requests in flight, when it falls back to
+        // a new trace anyway.
+        Some(kept) => unsafe { (*kept).latest = process.latest },
+        None => {
+            process.in_flight = 0;
+            let _ = PROCESS_CONTEXT.insert(&tgid, process, 0);
+        }
+    }
+    if counted && let Some(kept) = PROCESS_CONTEXT.get_ptr_mut(&tgid) {
+        // SAFETY: as above; the count is only changed atomically.
+        unsafe { atomic_add(&raw mut (*kept).in_flight, 1) };
+    }
+}
+
+/// The request read on `sock` by process `tgid` is no longer in flight: its response
+/// started, or its connection closed.
+#[inline(always)]
+pub fn end_in_flight(tgid: u32, sock: u64) {
+    if sock == 0 || LIVE_CONTEXTS.remove(&sock).is_err() {
+        return;
+    }
+    let Some(kept) = PROCESS_CONTEXT.get_ptr_mut(&tgid) else {
+        return;
+    };
+    // SAFETY: a map value, valid for this program run, only changed atomically. A count
+    // already at 0 (its entry made after the request was read) is left alone; two ends
+    // racing past this check wrap it to its highest value, which stops the guessing.
+    unsafe {
+        let count = &raw mut (*kept).in_flight;
+        if core::ptr::read_volatile(count) != 0 {
+            atomic_add(count, u64::MAX);
+        }
+    }
+}
+
+/// The context of `tgid`'s only request in flight, for thread `tid` which has none of its
+/// own: a worker that a request's handler handed its call to. None while several are in
+/// flight, since nothing tells which one the worker serves; when the one in flight is not
+/// the latest read; and for the thread that read it, which no longer serves it (it wrote
+/// the response, or took a context without a span back).
+#[inline(always)]
+pub fn process_context(tgid: u32, tid: u32) -> Option<*const ThreadContext> {
     let process = PROCESS_CONTEXT.get_ptr(&tgid)?;
     // SAFETY: a map value, valid for this program run; read in place.
     let latest = unsafe { &raw const (*process).latest };
     // SAFETY: as above.
-    (unsafe { (*process).several } == 0 && is_live(unsafe { &*latest })).then_some(latest)
+    let only = unsafe { core::ptr::read_volatile(&raw const (*process).in_flight) } == 1;
+    // SAFETY: as above.
+    (only && unsafe { (*latest).tid } != tid && is_live(unsafe { &*latest })).then_some(latest)
 }
 
 /// Thread `tid` read the start of a response on `sock`, or an answer on a connection
@@ -253,9 +300,7 @@ pub fn on_egress(event: &DataEvent, captured: usize, sock: u64) {
     };
     if starts_with_status_line(&bytes) {
         let _ = THREAD_CONTEXT.remove(&event.header.tid);
-        if sock != 0 {
-            let _ = LIVE_CONTEXTS.remove(&sock);
-        }
+        end_in_flight(event.header.tgid, sock);
     }
 }
 

@@ -72,14 +72,14 @@ pub fn mark_traced(tgid: u32) {
 /// (it lacks compare-and-swap), only the intrinsic.
 #[cfg(target_arch = "bpf")]
 #[inline(always)]
-unsafe fn atomic_add(word: *mut u64, value: u64) {
+pub unsafe fn atomic_add(word: *mut u64, value: u64) {
     use core::intrinsics::{AtomicOrdering, atomic_xadd};
     // SAFETY: the caller passes a valid, aligned u64.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(word, value) };
 }
 
 #[cfg(not(target_arch = "bpf"))]
-unsafe fn atomic_add(word: *mut u64, value: u64) {
+pub unsafe fn atomic_add(word: *mut u64, value: u64) {
     // SAFETY: the caller passes a valid, aligned u64.
     unsafe { core::sync::atomic::AtomicU64::from_ptr(word) }
         .fetch_add(value, core::sync::atomic::Ordering::Relaxed);

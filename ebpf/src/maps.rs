@@ -115,9 +115,10 @@ pub static INJECTED_CONTEXTS: LruHashMap<u64, ThreadContext> =
 pub static LIVE_CONTEXTS: LruHashMap<u64, [u8; SPAN_ID_LEN]> =
     LruHashMap::with_max_entries(16384, 0);
 
-/// Each process's latest request read and whether another was in flight then (tgid ->
-/// [`ProcessContext`]), while `--inject-traceparent` is on: a thread that read no
-/// request writes the context of the only one in flight. LRU: exited processes age out.
+/// Each process's latest request read and how many it has in flight (tgid ->
+/// [`ProcessContext`]), while `--inject-traceparent` is on: a thread with no request of
+/// its own writes the context of the only one in flight. LRU: exited processes age out;
+/// an exec starts afresh.
 #[map]
 pub static PROCESS_CONTEXT: LruHashMap<u32, ProcessContext> = LruHashMap::with_max_entries(8192, 0);
 

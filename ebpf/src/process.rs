@@ -10,7 +10,7 @@ use loupe_common::{COMM_LEN, EventKind, ExecEvent, MAX_EXEC_PREFIXES};
 use crate::{
     emit::output,
     filter::{mark_traced, traced_current},
-    maps::{EXEC_NAMES, EXEC_PREFIXES, config},
+    maps::{EXEC_NAMES, EXEC_PREFIXES, PROCESS_CONTEXT, config},
 };
 
 /// True when the new program's command name is one the user selected by name. The
@@ -51,6 +51,10 @@ pub fn loupe_process_exec(_ctx: TracePointContext) -> u32 {
     let cfg = config();
     if cfg.trace_all == 0 && tgid != cfg.agent_tgid && comm_selected() {
         mark_traced(tgid);
+    }
+    if cfg.inject_traceparent != 0 {
+        // The new program has no request in flight yet.
+        let _ = PROCESS_CONTEXT.remove(&tgid);
     }
     output(&ExecEvent {
         kind: EventKind::ProcessExec as u8,

@@ -348,9 +348,10 @@ fn a_thread_serving_a_request_passes_its_trace_on() {
     assert_ne!(after_invalid, invalid_trace);
 }
 
-/// Reads one request head from `stream`.
+/// Reads one request head from `stream`, through the same fd: closing a duplicate would
+/// end the request in the kernel's count (see `context::end_in_flight`).
 fn read_head(stream: &std::net::TcpStream) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut reader = BufReader::new(stream);
     let mut line = String::new();
     while line != "\r\n" {
         line.clear();
@@ -370,50 +371,84 @@ fn call_from_a_worker(downstream_port: u16, path: &'static str) {
     .expect("worker");
 }
 
+/// A handler that hands its call to a worker thread: the worker carries the trace of its
+/// process's only request in flight, and starts a new one when there are several, or
+/// none.
 #[test]
 fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
     require_root();
     let (front, front_port, downstream, _agent) =
         front_and_downstream(&[("OTEL_TRACES_EXPORTER", "none")]);
+    const THIRD: &str = "00-5bf92f3577b34da6a3ce929d0e0e4737-10f067aa0ba902b8-01";
+    let third_trace = &THIRD[3..35];
+    let other_trace = &OTHER[3..35];
+    // The front server takes the connections in this order; all are sent at once.
+    let requests = [
+        ("/alone", INCOMING),
+        ("/first", INCOMING),
+        ("/second", OTHER),
+        ("/long", INCOMING),
+        ("/short", OTHER),
+        ("/later", THIRD),
+        ("/abandoned", INCOMING),
+        ("/next", THIRD),
+    ];
+    let clients: Vec<RawClient> = requests
+        .iter()
+        .map(|(path, traceparent)| front_request(front_port, path, traceparent))
+        .collect();
 
     let downstream_port = downstream.port;
     let front_thread = thread::spawn(move || {
-        // One request in flight: its handler's worker calls while it is, then after it
-        // was answered.
-        let (alone, _) = front.accept().expect("accept");
+        let next = || {
+            let (stream, _) = front.accept().expect("accept");
+            stream
+        };
+        // Read on another thread, which then serves nothing.
+        let read_elsewhere = |stream: std::net::TcpStream, answer: bool| {
+            thread::spawn(move || {
+                read_head(&stream);
+                if answer {
+                    (&stream).write_all(OK).expect("answer");
+                }
+                stream
+            })
+            .join()
+            .expect("reader")
+        };
+        // One request in flight: its worker calls while it is, then after it was
+        // answered.
+        let alone = next();
         read_head(&alone);
         call_from_a_worker(downstream_port, "/worker-alone");
         (&alone).write_all(OK).expect("answer");
         call_from_a_worker(downstream_port, "/worker-after");
-        // Two requests in flight, each read on a thread of its own: a worker's call
-        // could be for either.
-        let (first, _) = front.accept().expect("accept");
+        // Two in flight, read on two threads: the call could be for either.
+        let first = next();
         read_head(&first);
-        let (second, _) = front.accept().expect("accept");
-        thread::spawn(move || read_head(&second))
-            .join()
-            .expect("read");
+        let second = read_elsewhere(next(), false);
         call_from_a_worker(downstream_port, "/worker-several");
         (&first).write_all(OK).expect("answer");
+        (&second).write_all(OK).expect("answer");
+        // A long request, a short one read and answered meanwhile, then a third: two are
+        // in flight, although the one before the latest is not.
+        let long = next();
+        read_head(&long);
+        read_elsewhere(next(), true);
+        let later = read_elsewhere(next(), false);
+        call_from_a_worker(downstream_port, "/worker-two-left");
+        (&long).write_all(OK).expect("answer");
+        (&later).write_all(OK).expect("answer");
+        // A request whose connection closes unanswered is no longer in flight.
+        let abandoned = next();
+        read_head(&abandoned);
+        drop(abandoned);
+        let next_one = read_elsewhere(next(), false);
+        call_from_a_worker(downstream_port, "/worker-after-abandoned");
+        (&next_one).write_all(OK).expect("answer");
     });
-
-    let mut client = RawClient::connect(front_port);
-    client.send(&[format!(
-        "GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {INCOMING}\r\n\r\n"
-    )
-    .as_bytes()]);
-    client.responses_of_length(0);
-    let mut first = RawClient::connect(front_port);
-    first.send(&[
-        format!("GET /first HTTP/1.1\r\nHost: front\r\ntraceparent: {INCOMING}\r\n\r\n").as_bytes(),
-    ]);
-    thread::sleep(Duration::from_millis(200));
-    let mut second = RawClient::connect(front_port);
-    second.send(&[
-        format!("GET /second HTTP/1.1\r\nHost: front\r\ntraceparent: {OTHER}\r\n\r\n").as_bytes(),
-    ]);
-    first.responses_of_length(0);
     front_thread.join().expect("front server");
+    drop(clients);
 
     let (trace, span, flags) = downstream.get("/worker-alone").injected();
     assert_eq!(trace, INCOMING_TRACE, "the only request in flight's trace");
@@ -423,7 +458,15 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
     assert_ne!(after, INCOMING_TRACE, "answered: no request in flight");
     let (several, _, _) = downstream.get("/worker-several").injected();
     assert_ne!(several, INCOMING_TRACE, "two in flight: neither is chosen");
-    assert_ne!(several, &OTHER[3..35]);
+    assert_ne!(several, other_trace);
+    let (two_left, _, _) = downstream.get("/worker-two-left").injected();
+    assert_ne!(two_left, INCOMING_TRACE, "two in flight: neither is chosen");
+    assert_ne!(two_left, third_trace);
+    let (after_abandoned, _, _) = downstream.get("/worker-after-abandoned").injected();
+    assert_eq!(
+        after_abandoned, third_trace,
+        "the request left after the abandoned one's close"
+    );
 }
 
 /// Sends `GET {path}` to the front server with `traceparent`, on a connection kept open.
@@ -450,8 +493,8 @@ fn a_call_the_kernel_sent_in_a_new_trace_starts_it_with_a_link_to_its_request() 
     ]);
     let downstream_port = downstream.port;
     // The first request is read, then the second on a thread of its own, which answers
-    // it: the kernel saw two in flight, so a worker's call then gets a new trace, while
-    // loupe sees one request left in flight, the first.
+    // it: one request is in flight, but not the latest read, so the kernel sends a
+    // worker's call in a new trace, while loupe puts it under the first.
     let front_thread = thread::spawn(move || {
         let (first, _) = front.accept().expect("accept");
         read_head(&first);
@@ -474,7 +517,26 @@ fn a_call_the_kernel_sent_in_a_new_trace_starts_it_with_a_link_to_its_request() 
     let (wire_trace, wire_span, _) = downstream.get("/worker-linked").injected();
     assert_ne!(wire_trace, INCOMING_TRACE, "the kernel started a trace");
 
-    let spans = receiver.wait_for_spans(4, WAIT);
+    // This process's own requests to the front server are traced too: wait for the
+    // three spans looked at, whichever batch they come in.
+    let wanted = [
+        ("server", "/first"),
+        ("client", "/worker-linked"),
+        ("server", "/worker-linked"),
+    ];
+    wait_until(
+        "the request's, the call's and its server's spans",
+        WAIT,
+        || {
+            let spans = receiver.spans();
+            wanted.iter().all(|(kind, path)| {
+                spans
+                    .iter()
+                    .any(|s| s.kind == *kind && s.attr("url.path") == Some(path))
+            })
+        },
+    );
+    let spans = receiver.spans();
     let find = |kind: &str, path: &str| -> ReceivedSpan {
         let found: Vec<_> = spans
             .iter()

@@ -124,7 +124,12 @@ impl Probes {
         if config.inject_traceparent == 0 {
             // Only injection keeps trace contexts: the kernel need not set aside room
             // for them (1.7 MiB for the threads' alone).
-            for map in ["THREAD_CONTEXT", "INJECTED_CONTEXTS", "LIVE_CONTEXTS"] {
+            for map in [
+                "THREAD_CONTEXT",
+                "INJECTED_CONTEXTS",
+                "LIVE_CONTEXTS",
+                "PROCESS_CONTEXT",
+            ] {
                 loader.map_max_entries(map, 1);
             }
         }

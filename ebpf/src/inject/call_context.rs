@@ -52,8 +52,9 @@ pub(super) fn remember_call_context(state: *mut SocketInjectState, first: bool, 
 
 /// The context thread `tid`'s write on the socket (`state`) carries: for the socket's
 /// `first` write, when by the thread that connected it, the request that thread was serving
-/// when it connected, while that request is in flight; else the thread's current one;
-/// else, for a thread serving none, its process `tgid`'s only request in flight.
+/// when it connected, while that request is in flight; else the thread's current one,
+/// while in flight; else, for a thread serving none, its process `tgid`'s only request
+/// in flight.
 /// An event loop connects in the turn of the handler that needs the connection but
 /// writes once connected, after reading other requests.
 #[inline(always)]
@@ -71,7 +72,12 @@ pub(super) fn call_context(
             return Some(opener);
         }
     }
+    // A thread can keep the context of a request another thread answered (Go runs a
+    // handler's goroutines on any thread): only a request still in flight counts, where
+    // its socket is known.
     THREAD_CONTEXT
         .get_ptr(&tid)
-        .or_else(|| process_context(tgid))
+        // SAFETY: a map value, valid for this program run.
+        .filter(|&context| unsafe { (*context).server_sock == 0 || is_live(&*context) })
+        .or_else(|| process_context(tgid, tid))
 }
