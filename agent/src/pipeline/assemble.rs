@@ -68,7 +68,12 @@ impl SpanAssembler {
         };
         let (mut start_ns, mut end_ns) = timing(&exchange);
         match exchange.role {
-            Role::Client => start_ns = ids.client_start_ns(start_ns),
+            Role::Client => {
+                start_ns = ids.client_start_ns(start_ns);
+                if exchange.outcome == ExchangeOutcome::Complete {
+                    end_ns = ids.client_end_ns(end_ns);
+                }
+            }
             Role::Server => end_ns = ids.server_end_ns(start_ns, end_ns),
         }
         let (method, method_original) = normalise_method(&request.method);

@@ -10,7 +10,7 @@ use super::{
     assemble::end_ns,
     awaiting_client::trace_awaits_client,
     connections::Ends,
-    linking::{NodeRef, RequestKey, resolve},
+    linking::{NodeRef, Parent, RequestKey, resolve},
 };
 use crate::{
     export::otlp::sent_by_loupe,
@@ -169,12 +169,24 @@ impl Pipeline {
                 // read of the whole response; a client that gave up says nothing of it.
                 if exchange.outcome == ExchangeOutcome::Complete {
                     node.borrow_mut().client_end_ns = exchange.response_last_end_ns;
+                    if ids.client_end_ns(exchange.response_last_end_ns)
+                        > exchange.response_last_end_ns
+                    {
+                        self.metrics.client_span_ends_moved.inc();
+                    }
                 }
             }
             Role::Server if ids.caller_end_ns != 0 => {
                 let ended_ns = end_ns(&exchange);
                 if ids.server_end_ns(exchange.request_first_end_ns, ended_ns) < ended_ns {
                     self.metrics.server_span_ends_moved.inc();
+                }
+            }
+            // Made before the client span above it: that one, made later, ends no earlier
+            // than this answer's write.
+            Role::Server if exchange.outcome == ExchangeOutcome::Complete => {
+                if let Parent::Local(client) = &node.borrow().parent {
+                    client.borrow_mut().server_end_ns = exchange.response_last_end_ns;
                 }
             }
             Role::Server => {}

@@ -188,6 +188,39 @@ fn a_server_span_ends_no_later_than_the_client_span_that_read_its_answer() {
     assert_eq!(replay.metrics().server_span_ends_moved.get(), 1);
 }
 
+/// The same race, its records the other way round: the server's write record reaches
+/// the ring buffer first, stamped 5 µs after the client's read of the answer, whose
+/// record comes next. The server span went out already; the client span ends with it.
+#[test]
+fn a_client_span_made_after_its_server_span_ends_no_earlier() {
+    let (mut replay, pair) = request_read();
+    replay.tgid = pair.server_tgid;
+    replay.whole(pair.server(), direction::EGRESS, 30_000, OK);
+    let written = replay.clock_ns;
+    replay.tgid = pair.client_tgid;
+    let (fd, conn_id) = pair.client();
+    replay.data(
+        fd,
+        conn_id,
+        direction::INGRESS,
+        written - 5_000,
+        OK,
+        OK.len(),
+        0,
+    );
+    let spans = replay.take_spans();
+    let (client, server) = client_and_server(&spans);
+    assert_eq!(server.span.parent_span_id, Some(client.span.span_id));
+    assert_eq!(client.span.end_unix_ns, server.span.end_unix_ns);
+    assert_eq!(
+        server.span.end_unix_ns - server.span.start_unix_ns,
+        30_000,
+        "the server span keeps its own end"
+    );
+    assert_eq!(replay.metrics().client_span_ends_moved.get(), 1);
+    assert_eq!(replay.metrics().server_span_ends_moved.get(), 0);
+}
+
 /// A client that gave up (closed before any answer) says nothing of when the server
 /// answered: the server span keeps its own end.
 #[test]
@@ -203,6 +236,7 @@ fn a_server_span_keeps_its_end_when_its_client_gave_up() {
         "from the request read to its answer's write"
     );
     assert_eq!(replay.metrics().server_span_ends_moved.get(), 0);
+    assert_eq!(replay.metrics().client_span_ends_moved.get(), 0);
 }
 
 #[test]

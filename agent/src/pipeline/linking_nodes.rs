@@ -24,6 +24,11 @@ pub struct SpanNode {
     /// is made; 0 before, and for a client that gave up. A server span it caused and
     /// made after it ends no later (see [`ResolvedIds::caller_end_ns`]).
     pub client_end_ns: u64,
+    /// For a client request: when the server span it caused ended, when that span was
+    /// made first (its write's record reached the ring buffer before the client's read's)
+    /// and the exchange completed; 0 otherwise. A client span that read the whole
+    /// response ends no earlier (see [`ResolvedIds::callee_end_ns`]).
+    pub server_end_ns: u64,
     /// For a server request: it had no parent when its head was read, although loupe
     /// traces the client at the other end, whose request record may still be on its way
     /// (see `awaiting_client`). Cleared when its span goes out without that client.
@@ -47,6 +52,7 @@ impl SpanNode {
             trace_state,
             server_start_ns: 0,
             client_end_ns: 0,
+            server_end_ns: 0,
             awaits_client: false,
             link: None,
         }
@@ -94,6 +100,10 @@ pub struct ResolvedIds {
     /// the last byte of the whole response, or 0. On another CPU that read can return
     /// before the server's write does, so a server span ends no later than this.
     pub caller_end_ns: u64,
+    /// For a client span: when the server span it caused ended, when that span was made
+    /// first, or 0. The same race seen from the other side: the server span went out
+    /// already, so the client span, which read the whole response, ends no earlier.
+    pub callee_end_ns: u64,
     /// The trace and span of the request a span links to (see [`SpanNode::link`]).
     pub link: Option<SpanLink>,
 }
@@ -116,6 +126,13 @@ impl ResolvedIds {
             0 => sent_ns,
             server_start_ns => sent_ns.min(server_start_ns),
         }
+    }
+
+    /// A client span's end, when it read the whole response: `ended_ns`, or the end of
+    /// the server span it caused when that was made first and ended later (see
+    /// [`Self::callee_end_ns`]).
+    pub fn client_end_ns(&self, ended_ns: u64) -> u64 {
+        ended_ns.max(self.callee_end_ns)
     }
 
     /// A server span's end: `ended_ns`, or the end of the client span above it when
@@ -177,6 +194,7 @@ pub fn resolve(node: &NodeRef) -> ResolvedIds {
         root_is_remote,
         server_start_ns: this.server_start_ns,
         caller_end_ns,
+        callee_end_ns: this.server_end_ns,
         link,
     }
 }
