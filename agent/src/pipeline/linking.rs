@@ -8,7 +8,9 @@
 //! side of a connection seen before its client side) still repairs the whole subtree.
 //!
 //! How a parent is chosen:
-//! - A server request that carries trace context (W3C, B3, Jaeger) continues it.
+//! - A server request that carries trace context (W3C, B3, Jaeger) continues it: under
+//!   the client span it names, when loupe made that span at the other end of the
+//!   connection, else under the remote span.
 //! - Otherwise, when loupe traces the client at the other end of the same TCP connection
 //!   (the mirrored 4-tuple), the server span is that client span's child, request by
 //!   request in order on keep-alive connections, whichever side is seen first.
@@ -31,7 +33,7 @@ use hashbrown::HashMap;
 
 use super::connections::Ends;
 use super::serving::{ReadFor, Serving};
-use crate::span::{SpanContext, context::new_span_id, context::new_trace_id};
+use crate::span::{SpanContext, SpanId, TraceId, context::new_span_id, context::new_trace_id};
 pub(super) use nodes::MAX_DEPTH;
 pub use nodes::{KernelIds, NodeRef, Parent, ResolvedIds, SpanNode, resolve};
 
@@ -187,14 +189,18 @@ impl Linker {
             client.borrow_mut().server_start_ns = ts_ns;
         }
         let met_client = client.is_some();
-        let mut node = match (kernel, header, client) {
+        // The context on the wire names the parent; when that is the client span loupe
+        // made at the other end of the connection, the parent is that span itself, whose
+        // end bounds this one's (see `ResolvedIds::server_end_ns`).
+        let named = |span_id: SpanId, trace_id: TraceId| match &client {
+            Some(client) if client.borrow().span_id == span_id => Parent::Local(client.clone()),
+            _ => Parent::Remote { trace_id, span_id },
+        };
+        let mut node = match (kernel, header, &client) {
             (Some(ids), _, _) => SpanNode::new(
                 ids.span_id,
                 match ids.parent_span_id {
-                    Some(span_id) => Parent::Remote {
-                        trace_id: ids.trace_id,
-                        span_id,
-                    },
+                    Some(span_id) => named(span_id, ids.trace_id),
                     None => Parent::Root(ids.trace_id),
                 },
                 ids.trace_flags,
@@ -202,16 +208,13 @@ impl Linker {
             ),
             (None, Some(ctx), _) => SpanNode::new(
                 new_span_id(),
-                Parent::Remote {
-                    trace_id: ctx.trace_id,
-                    span_id: ctx.span_id,
-                },
+                named(ctx.span_id, ctx.trace_id),
                 ctx.trace_flags,
                 ctx.trace_state,
             ),
             (None, None, Some(client)) => {
                 let flags = client.borrow().trace_flags;
-                SpanNode::new(new_span_id(), Parent::Local(client), flags, None)
+                SpanNode::new(new_span_id(), Parent::Local(client.clone()), flags, None)
             }
             (None, None, None) => {
                 SpanNode::new(new_span_id(), Parent::Root(new_trace_id()), SAMPLED, None)
@@ -356,6 +359,11 @@ impl Linker {
                             client.parent = Parent::Root(server_trace);
                             client.trace_flags = server.trace_flags;
                         }
+                        server.parent = Parent::Local(node.clone());
+                    } else if let Parent::Remote { span_id, .. } = server.parent
+                        && span_id == node.borrow().span_id
+                    {
+                        // The wire named this span as the server's parent: it is.
                         server.parent = Parent::Local(node.clone());
                     }
                     node.borrow_mut().server_start_ns = server_start_ns;

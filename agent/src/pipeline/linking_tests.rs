@@ -220,6 +220,65 @@ fn kernel_ids_win() {
     assert_eq!(resolved.parent_span_id, Some(SpanId([7; 8])));
 }
 
+/// A server whose context on the wire names the client span loupe made at the other end
+/// of its connection is under that span itself, in either order, so the client's end
+/// bounds its own (`caller_end_ns`).
+#[test]
+fn a_server_whose_wire_names_the_client_span_at_its_other_end_is_under_it() {
+    let call_ids = KernelIds {
+        trace_id: TraceId([5; 16]),
+        span_id: SpanId([6; 8]),
+        parent_span_id: None,
+        trace_flags: 1,
+    };
+    let server_ids = KernelIds {
+        trace_id: TraceId([5; 16]),
+        span_id: SpanId([8; 8]),
+        parent_span_id: Some(SpanId([6; 8])),
+        trace_flags: 1,
+    };
+    let start_client = |l: &mut Linker| {
+        let front = key(FRONT, 6, 0);
+        l.client_start(front, 11, 20, Some(hop()), None, Some(call_ids), None)
+            .0
+    };
+    let start_server = |l: &mut Linker, ids: KernelIds| {
+        l.server_start(
+            key(BACK, 4, 0),
+            21,
+            25,
+            Some(hop_mirrored()),
+            None,
+            Some(ids),
+        )
+    };
+    for client_first in [true, false] {
+        let mut l = Linker::default();
+        let (call, back) = if client_first {
+            let call = start_client(&mut l);
+            (call, start_server(&mut l, server_ids))
+        } else {
+            let back = start_server(&mut l, server_ids);
+            (start_client(&mut l), back)
+        };
+        call.borrow_mut().client_end_ns = 90;
+        let resolved = resolve(&back);
+        assert_eq!(resolved.parent_span_id, Some(SpanId([6; 8])));
+        assert_eq!(resolved.trace_id, TraceId([5; 16]));
+        assert_eq!(resolved.caller_end_ns, 90, "client first: {client_first}");
+    }
+    // A wire naming another span keeps that span as a remote parent.
+    let mut l = Linker::default();
+    start_client(&mut l);
+    let elsewhere = KernelIds {
+        parent_span_id: Some(SpanId([9; 8])),
+        ..server_ids
+    };
+    let back = start_server(&mut l, elsewhere);
+    assert_eq!(resolve(&back).parent_span_id, Some(SpanId([9; 8])));
+    assert_eq!(resolve(&back).caller_end_ns, 0);
+}
+
 #[test]
 fn stale_peers_expire_and_tables_stay_bounded() {
     let mut l = Linker::default();

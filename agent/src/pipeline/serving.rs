@@ -131,11 +131,15 @@ impl Serving {
             // The response wakes the handler of the request that made the call, when the
             // thread that reads it is the one that read that request (an event loop). A
             // client's own I/O thread reads the responses of every request's calls.
-            ReadFor::Response(key) => nodes(&key).and_then(|call| match &call.borrow().parent {
-                Parent::Local(server) => self
-                    .find(tgid, |f| f.tid == tid && Rc::ptr_eq(&f.node, server))
-                    .map(|f| f.key),
-                _ => None,
+            // A call sent in a trace of its own links to the request it was made for.
+            ReadFor::Response(key) => nodes(&key).and_then(|call| {
+                let call = call.borrow();
+                let server = match (&call.parent, &call.link) {
+                    (Parent::Local(server), _) | (_, Some(server)) => server,
+                    _ => return None,
+                };
+                self.find(tgid, |f| f.tid == tid && Rc::ptr_eq(&f.node, server))
+                    .map(|f| f.key)
             }),
         };
         self.read_for(tgid, tid, cause);

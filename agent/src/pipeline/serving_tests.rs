@@ -186,11 +186,16 @@ fn a_call_whose_context_the_kernel_wrote_stays_under_that_request() {
     assert_eq!(Some(link.span_id.0), span_id(&a));
     assert_eq!(link.trace_id, TraceId([1; 16]));
     assert_eq!(placement, ClientPlacement::LinkedToServer);
+    // Its response wakes the handler of the request it links to.
+    l.on_read(FRONT, LOOP, ReadFor::Request(key(11, 0)));
+    l.on_read(FRONT, LOOP, ReadFor::Response(key(22, 0)));
+    let (next, _) = l.client_start(key(24, 0), LOOP, 6, None, None, None, None);
+    assert_eq!(resolve(&next).parent_span_id.map(|id| id.0), span_id(&a));
     // Serving nothing, it starts the kernel's trace without a link.
     l.finish(&key(10, 0));
     l.finish(&key(11, 0));
     let alone = kernel(5, 7, None);
-    let (node, placement) = l.client_start(key(23, 0), LOOP, 6, None, None, Some(alone), None);
+    let (node, placement) = l.client_start(key(23, 0), LOOP, 7, None, None, Some(alone), None);
     let ids = resolve(&node);
     assert_eq!((ids.trace_id, ids.parent_span_id), (TraceId([5; 16]), None));
     assert_eq!(ids.link, None);
