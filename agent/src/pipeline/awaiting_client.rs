@@ -43,10 +43,16 @@ pub(super) fn trace_awaits_client(node: &NodeRef) -> bool {
         }
     }
     // Borrowed, not cloned, at the first step: most spans start or continue their trace.
-    let mut current = match up(&node.borrow()) {
+    let first = node.borrow();
+    // A span linked to a request waits as that request's trace does: the link names it.
+    if first.link.as_ref().is_some_and(trace_awaits_client) {
+        return true;
+    }
+    let mut current = match up(&first) {
         Ok(answer) => return answer,
         Err(parent) => parent,
     };
+    drop(first);
     for _ in 1..MAX_DEPTH {
         let step = up(&current.borrow());
         match step {

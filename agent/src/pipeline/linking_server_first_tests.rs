@@ -146,3 +146,29 @@ fn a_server_with_the_kernels_ids_awaits_nothing_and_one_sent_alone_is_not_moved(
     );
     assert_eq!(resolve(&standalone).trace_id, resolve(&joined).trace_id);
 }
+
+/// A call the kernel sent in a trace of its own links to the request its thread served;
+/// while that request still awaits its client's record, whose trace it may join, the
+/// call's span waits with it.
+#[test]
+fn a_call_linked_to_a_request_awaiting_its_client_waits_with_it() {
+    let mut l = Linker::default();
+    let back = l.server_start(key(BACK, 4, 0), 21, 15, Some(hop_mirrored()), None, None);
+    assert!(back.borrow().still_awaits_client());
+    let fresh = KernelIds {
+        trace_id: TraceId([4; 16]),
+        span_id: SpanId([5; 8]),
+        parent_span_id: None,
+        trace_flags: 1,
+    };
+    let (call, placement) = l.client_start(key(BACK, 9, 0), 21, 16, None, None, Some(fresh), None);
+    assert_eq!(placement, ClientPlacement::LinkedToServer);
+    assert!(trace_awaits_client(&call));
+    // Its client's record comes: the request joins that trace, and the link follows.
+    let _front = l.server_start(key(FRONT, 5, 0), 11, 10, None, None, None);
+    let (client, _) = l.client_start(key(FRONT, 6, 0), 11, 20, Some(hop()), None, None, None);
+    assert!(!trace_awaits_client(&call));
+    let link = resolve(&call).link.expect("linked");
+    assert_eq!(link.trace_id, resolve(&client).trace_id);
+    assert_eq!(resolve(&call).trace_id, TraceId([4; 16]));
+}
