@@ -194,18 +194,26 @@ const _: () = assert!(core::mem::size_of::<ProcessContext>() == 48);
 /// is a request in flight that [`end_in_flight`] will count off.
 #[inline(always)]
 fn start_in_flight(tgid: u32, process: &mut ProcessContext, counted: bool) {
-    match PROCESS_CONTEXT.get_ptr_mut(&tgid) {
-        // SAFETY: a map value, valid for this program run. Written in place: a worker
-        // reading it on another CPU at this instant can see two requests' ids mixed,
-        // and only while this process has two requests in flight, when it falls back to
-        // a new trace anyway.
-        Some(kept) => unsafe { (*kept).latest = process.latest },
+    let kept = match PROCESS_CONTEXT.get_ptr_mut(&tgid) {
+        Some(kept) => {
+            // SAFETY: a map value, valid for this program run. Written in place: a
+            // worker reading it on another CPU at this instant can see two requests' ids
+            // mixed, and only while this process has two requests in flight, when it
+            // falls back to a new trace anyway.
+            unsafe { (*kept).latest = process.latest };
+            kept
+        }
         None => {
             process.in_flight = 0;
             let _ = PROCESS_CONTEXT.insert(&tgid, process, 0);
+            // Looked up again only for a process's first request.
+            match PROCESS_CONTEXT.get_ptr_mut(&tgid) {
+                Some(kept) => kept,
+                None => return,
+            }
         }
-    }
-    if counted && let Some(kept) = PROCESS_CONTEXT.get_ptr_mut(&tgid) {
+    };
+    if counted {
         // SAFETY: as above; the count is only changed atomically.
         unsafe { atomic_add(&raw mut (*kept).in_flight, 1) };
     }
