@@ -439,6 +439,17 @@ const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 120);
 pub mod connection;
 pub mod counter;
 
+/// Slots of the kernel's `DATA_CONTEXT` program array (`--inject-traceparent`).
+pub mod context_program {
+    /// `loupe_data_context`: every captured read and write.
+    pub const READ: u32 = 0;
+    /// `loupe_data_context_continued`: a read that finishes the method whose first
+    /// letter its socket's previous read took by itself.
+    pub const CONTINUED: u32 = 1;
+    /// Slots in all.
+    pub const COUNT: u32 = 2;
+}
+
 pub use connection::*;
 
 #[cfg(feature = "user")]

@@ -22,7 +22,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    DataEvent, EventKind, SPAN_ID_LEN, ServerContextEvent, TRACE_ID_LEN, ThreadContext, direction,
+    DataEvent, EventKind, SPAN_ID_LEN, ServerContextEvent, TRACE_ID_LEN, ThreadContext,
+    context_program, direction,
 };
 
 use crate::{
@@ -31,12 +32,12 @@ use crate::{
     filter::{atomic_add, is_marked},
     head::{
         HeadBytes, HeadLines, MAX_LINES, MapBytes, NAME_WINDOW, TRACEPARENT, TRACEPARENT_BUF,
-        TRACEPARENT_COPY, find_lines, line_count, line_start, name_is, parse_traceparent,
-        starts_with_method, starts_with_status_line,
+        TRACEPARENT_COPY, continues_method, find_lines, line_count, line_start, name_is,
+        parse_traceparent, starts_with_method, starts_with_status_line,
     },
     maps::{
-        CONTEXT_SCRATCH, EVENT_LOOP_TGIDS, INJECTED_CONTEXTS, LIVE_CONTEXTS, PROCESS_CONTEXT,
-        SCRATCH, THREAD_CONTEXT, config,
+        CONTEXT_SCRATCH, DATA_CONTEXT, EVENT_LOOP_TGIDS, INJECTED_CONTEXTS, LIVE_CONTEXTS,
+        LONE_FIRST_BYTES, PROCESS_CONTEXT, SCRATCH, THREAD_CONTEXT, config,
     },
 };
 
@@ -70,25 +71,51 @@ pub fn random_span_id() -> [u8; SPAN_ID_LEN] {
 /// assembled in the per-CPU scratch: learns or drops the thread's context, then writes
 /// the context record (if any) and the data record, in that order.
 #[tracepoint]
-pub fn loupe_data_context(_ctx: TracePointContext) -> u32 {
-    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+pub fn loupe_data_context(ctx: TracePointContext) -> u32 {
+    let Some((event, captured, sock)) = handed_over() else {
         return 0;
     };
-    // SAFETY: per-CPU scratch, filled by the data exit program that called this one.
-    let event: &DataEvent = unsafe { &*event };
-    let captured = bounded(event.header.captured_len as usize);
-    let sock = CONTEXT_SCRATCH
-        .get_ptr_mut(0)
-        // SAFETY: per-CPU scratch, written by the data exit program that called this one.
-        .map_or(0, |scratch| unsafe { (*scratch).sock });
     if event.header.direction == direction::INGRESS {
-        on_ingress(event, captured, sock);
+        if on_ingress(event, captured, sock) {
+            // The request is learnt by a program of its own, so that this one's verifier
+            // budget is not spent twice over the same scans. If the call fails (not
+            // loaded), the data record is still written below, without a context.
+            // SAFETY: that program is a tracepoint program taking the same context.
+            unsafe { DATA_CONTEXT.tail_call(&ctx, context_program::CONTINUED) };
+        }
     } else {
         on_egress(event, captured, sock);
     }
     // Read after this program's own record went in.
     output_data(event, &RingLevel::now());
     0
+}
+
+/// Tail-called by [`loupe_data_context`] for a read that finishes a request's method whose
+/// first letter its socket's previous read took by itself: learns the request as that
+/// program learns one read whole, then writes both records.
+#[tracepoint]
+pub fn loupe_data_context_continued(_ctx: TracePointContext) -> u32 {
+    let Some((event, captured, sock)) = handed_over() else {
+        return 0;
+    };
+    learn_request(event, captured, sock);
+    output_data(event, &RingLevel::now());
+    0
+}
+
+/// What the data exit program left in the per-CPU scratch for the context programs: the
+/// data event, its captured length, and the `struct sock` of the call (0 when unknown).
+#[inline(always)]
+fn handed_over() -> Option<(&'static DataEvent, usize, u64)> {
+    // SAFETY: per-CPU scratch, filled by the data exit program that handed over.
+    let event: &DataEvent = unsafe { &*SCRATCH.get_ptr_mut(0)? };
+    let captured = bounded(event.header.captured_len as usize);
+    let sock = CONTEXT_SCRATCH
+        .get_ptr_mut(0)
+        // SAFETY: per-CPU scratch, written by the data exit program that handed over.
+        .map_or(0, |scratch| unsafe { (*scratch).sock });
+    Some((event, captured, sock))
 }
 
 /// Per-CPU working space for [`on_ingress`]: the data exit program has no stack left.
@@ -110,24 +137,61 @@ pub struct ContextScratch {
 /// is on, before its data record is written: a request start gives the thread a new
 /// context and the agent a [`ServerContextEvent`]; a response start, or an event loop's
 /// read that starts no HTTP message, gives the thread back the context its call carried.
+/// True when the read finishes a request's method whose first letter the socket's
+/// previous read took by itself: the caller hands the request to
+/// [`loupe_data_context_continued`].
 #[inline(always)]
-pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) {
+pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) -> bool {
     let bytes = MapBytes {
         buf: &event.data,
         len: captured,
     };
     if starts_with_status_line(&bytes) {
         resume_context(event.header.tid, sock);
-        return;
+        return false;
     }
     if !starts_with_method(&bytes) {
+        if sock != 0 && continues_lone_first_byte(&bytes, captured, sock) {
+            return true;
+        }
         // An answer on a connection without HTTP, still captured, may wake the handler
         // that called (see `inject::remember_call_context`).
         if is_marked(&EVENT_LOOP_TGIDS, event.header.tgid) {
             resume_context(event.header.tid, sock);
         }
-        return;
+        return false;
     }
+    learn_request(event, captured, sock);
+    false
+}
+
+/// Whether this read on `sock`, which starts no request, finishes the method of one whose
+/// first letter the socket's previous read took by itself. A read of one capital letter
+/// is kept for the next read to tell.
+#[inline(always)]
+fn continues_lone_first_byte<B: HeadBytes>(bytes: &B, captured: usize, sock: u64) -> bool {
+    // SAFETY: plain lookup; the value is copied out at once.
+    let pending = unsafe { LONE_FIRST_BYTES.get(&sock) }.copied();
+    if pending.is_some() {
+        let _ = LONE_FIRST_BYTES.remove(&sock);
+    }
+    if captured == 1 {
+        if let Some(first) = bytes.byte(0).filter(u8::is_ascii_uppercase) {
+            let _ = LONE_FIRST_BYTES.insert(&sock, &first, 0);
+        }
+        return false;
+    }
+    pending.is_some_and(|first| continues_method(first, bytes))
+}
+
+/// Process `tgid`'s thread read a request on `sock`: gives the thread and the process its
+/// context, counts it in flight, and tells the agent the ids.
+#[inline(always)]
+fn learn_request(event: &DataEvent, captured: usize, sock: u64) {
+    let bytes = MapBytes {
+        buf: &event.data,
+        len: captured,
+    };
     let Some(scratch) = CONTEXT_SCRATCH.get_ptr_mut(0) else {
         return;
     };

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use loupe_common::{
     ConnState, DataEvent, DataEventHeader, MAX_CAPTURE, MAX_IOV, PendingCall, ProbeConfig,
-    SMALL_CAPTURE, counter, data_flags, direction, ignored, role, syscall_kind,
+    SMALL_CAPTURE, context_program, counter, data_flags, direction, ignored, role, syscall_kind,
 };
 
 use crate::{
@@ -297,7 +297,7 @@ fn emit(
             unsafe { (*scratch).sock = sock };
         }
         // SAFETY: the context program is a tracepoint program taking the same context.
-        unsafe { DATA_CONTEXT.tail_call(ctx, 0) };
+        unsafe { DATA_CONTEXT.tail_call(ctx, context_program::READ) };
     }
     output_data(event, &level);
 }

@@ -190,9 +190,34 @@ const METHODS: [&[u8]; 7] = [
 /// True when the bytes start with a known method and a space.
 #[inline(always)]
 pub fn starts_with_method<B: HeadBytes>(bytes: &B) -> bool {
-    let Some(first) = bytes.array::<8>(0).or_else(|| short_prefix(bytes)) else {
+    match bytes
+        .array::<8>(0)
+        .or_else(|| short_prefix::<B, 8>(bytes, 4))
+    {
+        Some(first) => is_method(&first),
+        None => false,
+    }
+}
+
+/// True when `first`, a byte read by itself, and then the bytes start with a known
+/// method and a space: a server that reads one byte ahead on an idle connection (Go's
+/// net/http) takes a request's first letter in one read and the rest in the next.
+#[inline(always)]
+pub fn continues_method<B: HeadBytes>(first: u8, bytes: &B) -> bool {
+    let Some(rest) = bytes
+        .array::<7>(0)
+        .or_else(|| short_prefix::<B, 7>(bytes, 3))
+    else {
         return false;
     };
+    let mut window = [first, 0, 0, 0, 0, 0, 0, 0];
+    window[1..].copy_from_slice(&rest);
+    is_method(&window)
+}
+
+/// Whether the eight bytes (zero-padded) start with a method of [`METHODS`].
+#[inline(always)]
+fn is_method(first: &[u8; 8]) -> bool {
     let mut found = false;
     for method in METHODS {
         let mut diff = 0u8;
@@ -204,15 +229,15 @@ pub fn starts_with_method<B: HeadBytes>(bytes: &B) -> bool {
     found
 }
 
-/// The first bytes of a message shorter than eight bytes, zero-padded: "GET / " is
-/// shorter than a full window but still a request start.
+/// The first bytes of a message shorter than `N` bytes but at least `min`, zero-padded:
+/// "GET / " is shorter than a full window but still a request start.
 #[inline(always)]
-fn short_prefix<B: HeadBytes>(bytes: &B) -> Option<[u8; 8]> {
-    let mut out = [0u8; 8];
+fn short_prefix<B: HeadBytes, const N: usize>(bytes: &B, min: usize) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
     for (j, slot) in out.iter_mut().enumerate() {
         match bytes.byte(j) {
             Some(b) => *slot = b,
-            None if j >= 4 => break,
+            None if j >= min => break,
             None => return None,
         }
     }

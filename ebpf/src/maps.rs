@@ -9,7 +9,7 @@ use aya_ebpf::{
 use loupe_common::{
     COMM_LEN, CONNECTION_CACHE_SLOTS, CachedConnection, CommPrefix, ConnKey, ConnState, DataEvent,
     MAX_CONNECTIONS, MAX_EXEC_PREFIXES, MAX_IGNORE_REQUESTS, MAX_IOV, PendingCall, ProbeConfig,
-    SPAN_ID_LEN, TGID_WORDS, ThreadContext, counter,
+    SPAN_ID_LEN, TGID_WORDS, ThreadContext, context_program, counter,
 };
 
 use crate::{
@@ -122,10 +122,19 @@ pub static LIVE_CONTEXTS: LruHashMap<u64, [u8; SPAN_ID_LEN]> =
 #[map]
 pub static PROCESS_CONTEXT: LruHashMap<u32, ProcessContext> = LruHashMap::with_max_entries(8192, 0);
 
-/// The context program the data exit program hands over to while injection is on
-/// (slot 0); empty otherwise.
+/// Server sockets whose latest read took one capital letter by itself, while
+/// `--inject-traceparent` is on: socket -> that byte, until the socket's next read.
+/// Go's net/http reads one byte ahead on an idle connection, so a request that comes
+/// in then is read as its first letter and the rest; the next read tells whether the
+/// two started a request. LRU: entries of sockets that closed age out.
 #[map]
-pub static DATA_CONTEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static LONE_FIRST_BYTES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// The context programs while injection is on, by the slots of `context_program`: the
+/// one the data exit program hands over to, and the one a read that finishes a
+/// request's method hands over to. Empty otherwise.
+#[map]
+pub static DATA_CONTEXT: ProgramArray = ProgramArray::with_max_entries(context_program::COUNT, 0);
 
 /// Working space for learning a thread's context from the request it read.
 #[map]

@@ -7,7 +7,7 @@ mod support;
 mod wire;
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpListener,
     process::{Command, Stdio},
     thread,
@@ -346,6 +346,56 @@ fn a_thread_serving_a_request_passes_its_trace_on() {
     assert_eq!(invalid_flags, "01");
     let (after_invalid, _, _) = downstream.get("/after-invalid").injected();
     assert_ne!(after_invalid, invalid_trace);
+}
+
+/// A server that reads one byte ahead on an idle connection (Go's net/http does, to
+/// notice a client hanging up) reads a request that arrives then as its first letter and
+/// the rest: the kernel still gives its thread the request's context.
+#[test]
+fn a_request_read_as_its_first_letter_and_the_rest_passes_its_trace_on() {
+    require_root();
+    let (front, front_port, downstream, _agent) =
+        front_and_downstream(&[("OTEL_TRACES_EXPORTER", "none")]);
+
+    let downstream_port = downstream.port;
+    let front_thread = thread::spawn(move || {
+        let (stream, _) = front.accept().expect("accept");
+        for path in ["/after-whole", "/after-split"] {
+            if path == "/after-split" {
+                let mut first = [0u8; 1];
+                (&stream)
+                    .read_exact(&mut first)
+                    .expect("read the first letter");
+                assert_eq!(&first, b"G");
+            }
+            read_head(&stream);
+            let mut call = RawClient::connect(downstream_port);
+            call.send(&[format!("GET {path} HTTP/1.1\r\nHost: down\r\n\r\n").as_bytes()]);
+            call.responses(1);
+            (&stream)
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .expect("answer");
+        }
+    });
+
+    // Both requests on one connection: the second comes after the first's answer, as a
+    // keep-alive client's next request does.
+    let mut client = RawClient::connect(front_port);
+    for traceparent in [OTHER, INCOMING] {
+        client.send(&[format!(
+            "GET /front HTTP/1.1\r\nHost: front\r\ntraceparent: {traceparent}\r\n\r\n"
+        )
+        .as_bytes()]);
+        client.responses_of_length(0);
+    }
+    front_thread.join().expect("front server");
+
+    let (whole_trace, _, _) = downstream.get("/after-whole").injected();
+    assert_eq!(whole_trace, &OTHER[3..35], "a request read whole");
+    let (trace, span, flags) = downstream.get("/after-split").injected();
+    assert_eq!(trace, INCOMING_TRACE, "the split request's trace continues");
+    assert_ne!(span, INCOMING_PARENT, "a new span for the outgoing call");
+    assert_eq!(flags, "01");
 }
 
 /// Reads one request head from `stream`, through the same fd: closing a duplicate would

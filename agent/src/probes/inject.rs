@@ -16,11 +16,15 @@ use aya::{
     maps::{ProgramArray, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
 };
+use loupe_common::context_program;
 
 pub const SOCK_OPS_PROGRAM: &str = "loupe_sock_ops";
 pub const SK_MSG_PROGRAM: &str = "loupe_inject";
 /// Tail-called by the data exit program: learns threads' contexts from requests read.
 pub const CONTEXT_PROGRAM: &str = "loupe_data_context";
+/// Tail-called by the context program for a read that finishes a request's method whose
+/// first letter the previous read took by itself (Go's net/http reads one byte ahead).
+pub const CONTINUED_CONTEXT_PROGRAM: &str = "loupe_data_context_continued";
 pub const SOCKET_MAP: &str = "INJECT_SOCKETS";
 pub const CONTEXT_PROGRAM_MAP: &str = "DATA_CONTEXT";
 
@@ -100,36 +104,11 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<InjectAttachment, InjectError> {
         source,
     })?;
 
-    let context: &mut TracePoint = program(ebpf, CONTEXT_PROGRAM)?;
-    context.load().map_err(|source| InjectError::Verify {
-        program: CONTEXT_PROGRAM,
-        source: Box::new(source),
-    })?;
-    log_verified(CONTEXT_PROGRAM, context.info());
-    let context_fd = context
-        .fd()
-        .and_then(|fd| fd.try_clone().map_err(Into::into))
-        .map_err(|source| InjectError::Verify {
-            program: CONTEXT_PROGRAM,
-            source: Box::new(source),
-        })?;
-    {
-        let map = ebpf
-            .map_mut(CONTEXT_PROGRAM_MAP)
-            .ok_or(InjectError::MissingMap {
-                map: CONTEXT_PROGRAM_MAP,
-            })?;
-        let mut programs: ProgramArray<_> =
-            ProgramArray::try_from(map).map_err(|source| InjectError::Map {
-                map: CONTEXT_PROGRAM_MAP,
-                source,
-            })?;
-        programs
-            .set(0, &context_fd, 0)
-            .map_err(|source| InjectError::Map {
-                map: CONTEXT_PROGRAM_MAP,
-                source,
-            })?;
+    for (slot, name) in [
+        (context_program::READ, CONTEXT_PROGRAM),
+        (context_program::CONTINUED, CONTINUED_CONTEXT_PROGRAM),
+    ] {
+        load_context_program(ebpf, slot, name)?;
     }
 
     let map_fd = {
@@ -180,6 +159,39 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<InjectAttachment, InjectError> {
             source: Box::new(source),
         })?;
     Ok(InjectAttachment { cgroup })
+}
+
+/// Loads the tracepoint program `name` and puts it in `slot` of the context program array.
+fn load_context_program(ebpf: &mut Ebpf, slot: u32, name: &'static str) -> Result<(), InjectError> {
+    let context: &mut TracePoint = program(ebpf, name)?;
+    context.load().map_err(|source| InjectError::Verify {
+        program: name,
+        source: Box::new(source),
+    })?;
+    log_verified(name, context.info());
+    let context_fd = context
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .map_err(|source| InjectError::Verify {
+            program: name,
+            source: Box::new(source),
+        })?;
+    let map = ebpf
+        .map_mut(CONTEXT_PROGRAM_MAP)
+        .ok_or(InjectError::MissingMap {
+            map: CONTEXT_PROGRAM_MAP,
+        })?;
+    let mut programs: ProgramArray<_> =
+        ProgramArray::try_from(map).map_err(|source| InjectError::Map {
+            map: CONTEXT_PROGRAM_MAP,
+            source,
+        })?;
+    programs
+        .set(slot, &context_fd, 0)
+        .map_err(|source| InjectError::Map {
+            map: CONTEXT_PROGRAM_MAP,
+            source,
+        })
 }
 
 /// How much verifier work a program took: the budget is one million instructions, so

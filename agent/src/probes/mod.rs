@@ -129,6 +129,7 @@ impl Probes {
                 "INJECTED_CONTEXTS",
                 "LIVE_CONTEXTS",
                 "PROCESS_CONTEXT",
+                "LONE_FIRST_BYTES",
             ] {
                 loader.map_max_entries(map, 1);
             }

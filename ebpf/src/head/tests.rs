@@ -84,6 +84,40 @@ fn methods_are_recognised_exactly() {
 }
 
 #[test]
+fn a_method_continued_after_its_first_letter_read_alone() {
+    for (first, rest) in [
+        (b'G', &b"ET / HTTP/1.1\r\n"[..]),
+        (b'P', b"OST /x HTTP/1.1\r\n"),
+        (b'P', b"UT /"),
+        (b'D', b"ELETE /a HTTP/1.0\r\n"),
+        (b'O', b"PTIONS * HTTP/1.1\r\n"),
+        (b'G', b"ET "),
+    ] {
+        let (whole, rest_text) = ([&[first][..], rest].concat(), String::from_utf8_lossy(rest));
+        assert!(starts_with_method(&packet(&whole)), "{rest_text:?}");
+        assert!(continues_method(first, &packet(rest)), "{rest_text:?}");
+        assert!(!starts_with_method(&packet(rest)), "{rest_text:?}");
+    }
+    for (first, rest) in [
+        (b'G', &b"GET / HTTP/1.1\r\n"[..]),
+        (b'X', b"ET / HTTP/1.1\r\n"),
+        (b'g', b"ET / HTTP/1.1\r\n"),
+        (b'P', b"ET / HTTP/1.1\r\n"),
+        (b'G', b"ETX / HTTP/1.1\r\n"),
+        (b'G', b"ET"),
+        (b'G', b""),
+        (b'H', b"TTP/1.1 200 OK\r\n"),
+    ] {
+        assert!(
+            !continues_method(first, &packet(rest)),
+            "{:?} then {:?}",
+            first as char,
+            String::from_utf8_lossy(rest)
+        );
+    }
+}
+
+#[test]
 fn status_lines() {
     assert!(starts_with_status_line(&packet(b"HTTP/1.1 200 OK\r\n")));
     assert!(starts_with_status_line(&packet(b"HTTP/1.0 404 x")));
