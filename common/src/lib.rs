@@ -387,9 +387,25 @@ pub struct KernelOffsets {
     /// response a thread reads gives it back the context its request carried. 0 when the
     /// BTF does not show it; the thread's context is then only learnt from requests.
     pub sock_cookie: u32,
-    pub _pad: u32,
+    /// `file.f_ref` (Linux 6.13) or `file.f_count`: the file's references, which
+    /// [`file_refs`] kind `file_refs_kind` tells. With `--inject-traceparent`, a close
+    /// that leaves a socket open under another fd (a duplicate, a forked child's copy)
+    /// does not end the request read on it.
+    pub file_refs: u32,
+    pub file_refs_kind: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 100);
+
+/// How `struct file` counts its references ([`KernelOffsets::file_refs_kind`]).
+pub mod file_refs {
+    /// Not found in the BTF: every close of a socket's fd ends the request read on it.
+    pub const UNKNOWN: u32 = 0;
+    /// `atomic_long_t f_count`: one reference reads 1.
+    pub const COUNT: u32 = 1;
+    /// `file_ref_t f_ref` (Linux 6.13): one reference reads 0; released and dead files
+    /// read negative.
+    pub const REF: u32 = 2;
+}
 
 /// Layouts of `struct pt_regs` the exit programs know, with the offsets of the first
 /// three syscall arguments fixed at build time (the verifier needs constant offsets) and
@@ -434,7 +450,7 @@ pub struct ProbeConfig {
     /// are left to the agent's /proc scan.
     pub fork_child_pid_offset: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 120);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 124);
 
 pub mod connection;
 pub mod counter;

@@ -12,7 +12,7 @@ use loupe_common::{
 };
 
 use crate::{
-    context::end_in_flight,
+    context::{end_in_flight, is_in_flight},
     emit::{output, reserve, submit},
     filter::{is_marked, traced_current},
     maps::{
@@ -20,7 +20,7 @@ use crate::{
         count,
     },
     pending,
-    socket::tcp_tuple,
+    socket::{file_held_elsewhere, tcp_tuple},
     syscall::{arg, ret},
 };
 
@@ -316,7 +316,7 @@ pub fn loupe_connect_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn loupe_close_enter(ctx: TracePointContext) -> u32 {
     if let Some((tgid, tid, _, _)) = traced_current() {
-        forget(tgid, tid, arg::<0>(&ctx) as u32);
+        forget(tgid, tid, arg::<0>(&ctx) as u32, Closing::FileStillInTable);
     }
     0
 }
@@ -348,7 +348,7 @@ pub fn loupe_dup_exit(ctx: TracePointContext) -> u32 {
     if let Some(call) = pending::take_kind(pid_tgid, syscall_kind::DUP)
         && ret(&ctx) >= 0
     {
-        forget(tgid, tid, call.fd);
+        forget(tgid, tid, call.fd, Closing::FileGone);
     }
     0
 }
@@ -369,7 +369,7 @@ macro_rules! forget_the_first_fds {
             if $offset > $span {
                 return 0;
             }
-            forget($tgid, $tid, $first + $offset);
+            forget($tgid, $tid, $first + $offset, Closing::FileGone);
         )*
     };
 }
@@ -393,10 +393,21 @@ pub fn loupe_close_range_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Where a close that [`forget`] sees stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// At `close` entry: the fd still leads to its file, whose references tell whether
+    /// the socket stays open under another fd.
+    FileStillInTable,
+    /// After `dup2` replaced the fd, or among the many fds of `close_range`, where the
+    /// file is not looked at: the socket is taken as closed.
+    FileGone,
+}
+
 /// Ends the connection on `fd` of the traced process `tgid` (thread `tid`), if loupe
 /// knows one there.
 #[inline(always)]
-fn forget(tgid: u32, tid: u32, fd: u32) {
+fn forget(tgid: u32, tid: u32, fd: u32, closing: Closing) {
     let key = ConnKey { tgid, fd };
     let Some(state) = stored(&key) else {
         return;
@@ -405,8 +416,13 @@ fn forget(tgid: u32, tid: u32, fd: u32) {
     // writing the slot (see `store`).
     let _ = CONNECTIONS.remove(&key);
     uncache(&key);
-    if config().inject_traceparent != 0 {
-        // A request that dies unanswered is no longer in flight.
+    if config().inject_traceparent != 0
+        && is_in_flight(state.sock)
+        && !(closing == Closing::FileStillInTable && file_held_elsewhere(fd, &config().offsets))
+    {
+        // A request that dies unanswered is no longer in flight; one read through a
+        // duplicate of an fd that stays open still is (Rust's `try_clone`, an inetd
+        // child's stdin and stdout).
         end_in_flight(tgid, state.sock);
     }
     if state.ignored != ignored::BY_PORT {

@@ -227,8 +227,7 @@ fn learn_request(event: &DataEvent, captured: usize, sock: u64) {
     context.trace_flags = out.trace_flags;
     context.tid = header.tid;
     context.server_sock = sock;
-    // SAFETY: plain lookup; only whether it exists is used.
-    let was_live = sock != 0 && unsafe { LIVE_CONTEXTS.get(&sock) }.is_some();
+    let was_live = is_in_flight(sock);
     if sock != 0 {
         let _ = LIVE_CONTEXTS.insert(&sock, &out.span_id, 0);
     }
@@ -302,6 +301,13 @@ pub fn end_in_flight(tgid: u32, sock: u64) {
             atomic_add(count, u64::MAX);
         }
     }
+}
+
+/// Whether a request read on `sock` is in flight.
+#[inline(always)]
+pub fn is_in_flight(sock: u64) -> bool {
+    // SAFETY: plain lookup; only whether it exists is used.
+    sock != 0 && unsafe { LIVE_CONTEXTS.get(&sock) }.is_some()
 }
 
 /// The context of `tgid`'s only request in flight, for thread `tid` which has none of its

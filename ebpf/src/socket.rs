@@ -4,7 +4,7 @@
 //! resolved from the running kernel's BTF, because rustc emits no CO-RE relocations.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task};
-use loupe_common::{AF_INET, AF_INET6, ConnTuple, KernelOffsets, counter};
+use loupe_common::{AF_INET, AF_INET6, ConnTuple, KernelOffsets, counter, file_refs};
 
 use crate::maps::count;
 
@@ -28,10 +28,9 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
-/// The connection tuple of `fd` in the current process, and its `struct sock`, when it is
-/// an IPv4 or IPv6 TCP socket; `None` for files, pipes, UDP and unix sockets.
+/// The `struct file` behind `fd` in the current process.
 #[inline(always)]
-pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<(ConnTuple, u64)> {
+fn file_of(fd: u32, off: &KernelOffsets) -> Option<u64> {
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, off.task_files)?;
@@ -41,7 +40,30 @@ pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<(ConnTuple, u64)> {
         return None;
     }
     let fd_array: u64 = read(fdt, off.fdtable_fd)?;
-    let file: u64 = read(fd_array, fd.checked_mul(8)?)?;
+    read(fd_array, fd.checked_mul(8)?)
+}
+
+/// Whether the file behind `fd` in the current process is held by more than this fd: a
+/// duplicate (`dup`, `F_DUPFD`), a forked child's copy, or a call on it in progress on
+/// another thread. False when unknown.
+#[inline(always)]
+pub fn file_held_elsewhere(fd: u32, off: &KernelOffsets) -> bool {
+    let one: i64 = match off.file_refs_kind {
+        file_refs::COUNT => 1,
+        file_refs::REF => 0,
+        _ => return false,
+    };
+    // Signed: a `file_ref_t` being released or dead reads negative.
+    file_of(fd, off)
+        .and_then(|file| read::<i64>(file, off.file_refs))
+        .is_some_and(|refs| refs > one)
+}
+
+/// The connection tuple of `fd` in the current process, and its `struct sock`, when it is
+/// an IPv4 or IPv6 TCP socket; `None` for files, pipes, UDP and unix sockets.
+#[inline(always)]
+pub fn tcp_tuple(fd: u32, off: &KernelOffsets) -> Option<(ConnTuple, u64)> {
+    let file = file_of(fd, off)?;
     let inode: u64 = read(file, off.file_f_inode)?;
     let mode: u16 = read(inode, off.inode_i_mode)?;
     if mode & S_IFMT != S_IFSOCK {

@@ -398,8 +398,7 @@ fn a_request_read_as_its_first_letter_and_the_rest_passes_its_trace_on() {
     assert_eq!(flags, "01");
 }
 
-/// Reads one request head from `stream`, through the same fd: closing a duplicate would
-/// end the request in the kernel's count (see `context::end_in_flight`).
+/// Reads one request head from `stream`, through the same fd.
 fn read_head(stream: &std::net::TcpStream) {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -442,6 +441,7 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
         ("/later", THIRD),
         ("/abandoned", INCOMING),
         ("/next", THIRD),
+        ("/duplicated", OTHER),
     ];
     let clients: Vec<RawClient> = requests
         .iter()
@@ -496,6 +496,14 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
         let next_one = read_elsewhere(next(), false);
         call_from_a_worker(downstream_port, "/worker-after-abandoned");
         (&next_one).write_all(OK).expect("answer");
+        // A request read through a duplicate of its connection's fd, closed at once:
+        // the connection stays open under the first fd, so the request is in flight.
+        let original = next();
+        let duplicate = original.try_clone().expect("duplicate the fd");
+        read_head(&duplicate);
+        drop(duplicate);
+        call_from_a_worker(downstream_port, "/worker-after-duplicate-closed");
+        (&original).write_all(OK).expect("answer");
     });
     front_thread.join().expect("front server");
     drop(clients);
@@ -516,6 +524,11 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
     assert_eq!(
         after_abandoned, third_trace,
         "the request left after the abandoned one's close"
+    );
+    let (after_duplicate, _, _) = downstream.get("/worker-after-duplicate-closed").injected();
+    assert_eq!(
+        after_duplicate, other_trace,
+        "a request read through a duplicate fd, closed, is still in flight"
     );
 }
 

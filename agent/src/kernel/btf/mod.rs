@@ -115,6 +115,7 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
             })
     };
     let (sock_net, net_inum) = network_namespace(&r);
+    let (file_refs, file_refs_kind) = file_refs(&r);
     Ok(KernelOffsets {
         task_files: r.field("task_struct", "files", Pointer)?.offset,
         files_fdt: r.field("files_struct", "fdt", Pointer)?.offset,
@@ -139,8 +140,23 @@ pub fn resolve_offsets(btf: &[u8]) -> Result<KernelOffsets, BtfError> {
         sock_net,
         net_inum,
         sock_cookie: skc("skc_cookie", Bytes(8)).unwrap_or(0),
-        _pad: 0,
+        file_refs,
+        file_refs_kind,
     })
+}
+
+/// Where `struct file` counts its references, and how: `f_ref` (a `file_ref_t`, Linux
+/// 6.13) or `f_count` (an `atomic_long_t`). Not finding either is no error: every close
+/// of a socket's fd then ends the request read on it.
+fn file_refs(r: &Resolver) -> (u32, u32) {
+    use loupe_common::file_refs::{COUNT, REF, UNKNOWN};
+    if let Ok(field) = r.field("file", "f_ref", Expect::Bytes(8)) {
+        return (field.offset, REF);
+    }
+    match r.field("file", "f_count", Expect::Bytes(8)) {
+        Ok(field) => (field.offset, COUNT),
+        Err(_) => (0, UNKNOWN),
+    }
 }
 
 /// The offsets that lead from a socket to its network namespace's inode number:

@@ -376,5 +376,6 @@ pub const FAKE_OFFSETS: KernelOffsets = KernelOffsets {
     sock_net: 64,
     net_inum: 136,
     sock_cookie: 104,
-    _pad: 0,
+    file_refs: 0,
+    file_refs_kind: loupe_common::file_refs::COUNT,
 };

@@ -114,6 +114,34 @@ fn thread_ids_are_read_from_the_task_only_side_by_side() {
 }
 
 #[test]
+fn file_references_are_found_under_either_name() {
+    use loupe_common::file_refs::{COUNT, REF};
+    // The fake kernel's `file` has `f_count` (before Linux 6.13).
+    assert_eq!(
+        (FAKE_OFFSETS.file_refs, FAKE_OFFSETS.file_refs_kind),
+        (0, COUNT)
+    );
+    // Linux 6.13 renamed it `f_ref`, a `file_ref_t` wrapping an `atomic_long_t`; a
+    // same-named `file` that comes first has it, and is picked for it.
+    let mut b = Blob::new();
+    let long = b.int("long int", 8);
+    let atomic = b.strukt("", 8, &[("counter", long, 0)]);
+    let atomic_long = b.typedef("atomic_long_t", atomic);
+    let file_ref = b.strukt("", 8, &[("refcnt", atomic_long, 0)]);
+    let file_ref_t = b.typedef("file_ref_t", file_ref);
+    let u32_ = b.int("unsigned int", 4);
+    b.strukt("file", 16, &[("f_lock", u32_, 0), ("f_ref", file_ref_t, 8)]);
+    let offsets = resolve_offsets(&fake_kernel(b)).expect("resolves");
+    assert_eq!((offsets.file_refs, offsets.file_refs_kind), (8, REF));
+    // A count of the wrong size is not used.
+    let mut b = Blob::new();
+    let u32_ = b.int("unsigned int", 4);
+    b.strukt("file", 16, &[("f_ref", u32_, 0)]);
+    let offsets = resolve_offsets(&fake_kernel(b)).expect("resolves");
+    assert_eq!((offsets.file_refs, offsets.file_refs_kind), (0, COUNT));
+}
+
+#[test]
 fn resolves_big_endian_blob() {
     let offsets = resolve_offsets(&fake_kernel(Blob::big_endian())).expect("resolves");
     assert_eq!(offsets, FAKE_OFFSETS);
@@ -484,6 +512,8 @@ fn running_kernel_offsets_are_plausible() {
     eprintln!("sock_net {} net_inum {}", o.sock_net, o.net_inum);
     assert!(o.sock_net > 0 && o.sock_net < 136 && o.sock_net.is_multiple_of(8));
     assert!(o.net_inum > 0 && o.net_inum < 16384 && o.net_inum.is_multiple_of(4));
+    assert_ne!(o.file_refs_kind, loupe_common::file_refs::UNKNOWN);
+    assert!(o.file_refs < 1024 && o.file_refs.is_multiple_of(8));
     #[cfg(target_arch = "x86_64")]
     assert_eq!(o.regs_layout, loupe_common::regs_layout::X86_64);
     #[cfg(target_arch = "aarch64")]
