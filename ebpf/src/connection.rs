@@ -423,7 +423,7 @@ fn forget(tgid: u32, tid: u32, fd: u32, closing: Closing) {
         // A request that dies unanswered is no longer in flight; one read through a
         // duplicate of an fd that stays open still is (Rust's `try_clone`, an inetd
         // child's stdin and stdout).
-        end_in_flight(tgid, state.sock);
+        end_in_flight(state.sock);
     }
     if state.ignored != ignored::BY_PORT {
         output(&CloseEvent {

@@ -137,6 +137,7 @@ pub struct ContextScratch {
 /// is on, before its data record is written: a request start gives the thread a new
 /// context and the agent a [`ServerContextEvent`]; a response start, or an event loop's
 /// read that starts no HTTP message, gives the thread back the context its call carried.
+///
 /// True when the read finishes a request's method whose first letter the socket's
 /// previous read took by itself: the caller hands the request to
 /// [`loupe_data_context_continued`].
@@ -151,7 +152,7 @@ pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) -> bool {
         return false;
     }
     if !starts_with_method(&bytes) {
-        if sock != 0 && continues_lone_first_byte(&bytes, captured, sock) {
+        if sock != 0 && continues_lone_first_byte(&bytes, event.header.total_len, sock) {
             return true;
         }
         // An answer on a connection without HTTP, still captured, may wake the handler
@@ -165,17 +166,17 @@ pub fn on_ingress(event: &DataEvent, captured: usize, sock: u64) -> bool {
     false
 }
 
-/// Whether this read on `sock`, which starts no request, finishes the method of one whose
-/// first letter the socket's previous read took by itself. A read of one capital letter
-/// is kept for the next read to tell.
+/// Whether this read on `sock` (`moved` bytes), which starts no request, finishes the
+/// method of one whose first letter the socket's previous read took by itself. A read of
+/// one capital letter is kept for the next read to tell.
 #[inline(always)]
-fn continues_lone_first_byte<B: HeadBytes>(bytes: &B, captured: usize, sock: u64) -> bool {
+fn continues_lone_first_byte<B: HeadBytes>(bytes: &B, moved: u64, sock: u64) -> bool {
     // SAFETY: plain lookup; the value is copied out at once.
     let pending = unsafe { LONE_FIRST_BYTES.get(&sock) }.copied();
     if pending.is_some() {
         let _ = LONE_FIRST_BYTES.remove(&sock);
     }
-    if captured == 1 {
+    if moved == 1 {
         if let Some(first) = bytes.byte(0).filter(u8::is_ascii_uppercase) {
             let _ = LONE_FIRST_BYTES.insert(&sock, &first, 0);
         }
@@ -229,7 +230,12 @@ fn learn_request(event: &DataEvent, captured: usize, sock: u64) {
     context.server_sock = sock;
     let was_live = is_in_flight(sock);
     if sock != 0 {
-        let _ = LIVE_CONTEXTS.insert(&sock, &out.span_id, 0);
+        let live = LiveRequest {
+            span_id: out.span_id,
+            tgid: header.tgid,
+            _pad: 0,
+        };
+        let _ = LIVE_CONTEXTS.insert(&sock, &live, 0);
     }
     // An LRU map: contexts of threads that died serving a request age out.
     let _ = THREAD_CONTEXT.insert(&header.tid, &scratch.process.latest, 0);
@@ -247,11 +253,22 @@ pub struct ProcessContext {
     /// their connection closed, changed only atomically (see [`end_in_flight`]). A close
     /// loupe missed or an entry of `LIVE_CONTEXTS` that aged out leaves it too high,
     /// which stops [`process_context`] from guessing. It comes out too low only when this
-    /// entry aged out while requests were in flight, or when another process answers a
-    /// request this one read.
+    /// entry aged out while requests were in flight.
     pub in_flight: u64,
 }
 const _: () = assert!(core::mem::size_of::<ProcessContext>() == 48);
+
+/// A request in flight, by the socket it was read on (a value of [`LIVE_CONTEXTS`]): its
+/// span id, and the process that read it, whose count it is in, whichever process then
+/// answers it or closes its socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LiveRequest {
+    pub span_id: [u8; SPAN_ID_LEN],
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LiveRequest>() == 16);
 
 /// Process `tgid` read a request whose context is `process.latest`; `counted` when it
 /// is a request in flight that [`end_in_flight`] will count off.
@@ -282,14 +299,22 @@ fn start_in_flight(tgid: u32, process: &mut ProcessContext, counted: bool) {
     }
 }
 
-/// The request read on `sock` by process `tgid` is no longer in flight: its response
-/// started, or its connection closed.
+/// The request read on `sock` is no longer in flight: its response started, or its
+/// connection closed. It is counted off the process that read it.
 #[inline(always)]
-pub fn end_in_flight(tgid: u32, sock: u64) {
-    if sock == 0 || LIVE_CONTEXTS.remove(&sock).is_err() {
+pub fn end_in_flight(sock: u64) {
+    if sock == 0 {
         return;
     }
-    let Some(kept) = PROCESS_CONTEXT.get_ptr_mut(&tgid) else {
+    // SAFETY: plain lookup; the value is copied out at once.
+    let Some(live) = (unsafe { LIVE_CONTEXTS.get(&sock) }).copied() else {
+        return;
+    };
+    // Of two ends racing, only the one that removes the entry counts.
+    if LIVE_CONTEXTS.remove(&sock).is_err() {
+        return;
+    }
+    let Some(kept) = PROCESS_CONTEXT.get_ptr_mut(&live.tgid) else {
         return;
     };
     // SAFETY: a map value, valid for this program run, only changed atomically. A count
@@ -365,7 +390,7 @@ pub fn is_live(context: &ThreadContext) -> bool {
     // SAFETY: plain lookup; the value is compared at once.
     context.server_sock != 0
         && unsafe { LIVE_CONTEXTS.get(&context.server_sock) }
-            .is_some_and(|span| *span == context.span_id)
+            .is_some_and(|live| live.span_id == context.span_id)
 }
 
 /// Called for every captured write of a traced connection while injection is on: a
@@ -378,7 +403,7 @@ pub fn on_egress(event: &DataEvent, captured: usize, sock: u64) {
     };
     if starts_with_status_line(&bytes) {
         let _ = THREAD_CONTEXT.remove(&event.header.tid);
-        end_in_flight(event.header.tgid, sock);
+        end_in_flight(sock);
     }
 }
 

@@ -13,7 +13,7 @@ use loupe_common::{
 };
 
 use crate::{
-    context::{ContextScratch, ProcessContext},
+    context::{ContextScratch, LiveRequest, ProcessContext},
     inject::SocketInjectState,
 };
 
@@ -109,11 +109,11 @@ pub static INJECTED_CONTEXTS: LruHashMap<u64, ThreadContext> =
     LruHashMap::with_max_entries(16384, 0);
 
 /// Requests in flight that hold a context, while `--inject-traceparent` is on: the
-/// server socket each was read on -> its span id, removed when the socket's response
-/// starts. LRU: entries of sockets that closed mid-request age out.
+/// server socket each was read on -> its span id and the process that read it, removed
+/// when the socket's response starts or its last fd closes. LRU: entries of sockets
+/// whose close loupe missed age out.
 #[map]
-pub static LIVE_CONTEXTS: LruHashMap<u64, [u8; SPAN_ID_LEN]> =
-    LruHashMap::with_max_entries(16384, 0);
+pub static LIVE_CONTEXTS: LruHashMap<u64, LiveRequest> = LruHashMap::with_max_entries(16384, 0);
 
 /// Each process's latest request read and how many it has in flight (tgid ->
 /// [`ProcessContext`]), while `--inject-traceparent` is on: a thread with no request of
@@ -122,11 +122,13 @@ pub static LIVE_CONTEXTS: LruHashMap<u64, [u8; SPAN_ID_LEN]> =
 #[map]
 pub static PROCESS_CONTEXT: LruHashMap<u32, ProcessContext> = LruHashMap::with_max_entries(8192, 0);
 
-/// Server sockets whose latest read took one capital letter by itself, while
-/// `--inject-traceparent` is on: socket -> that byte, until the socket's next read.
-/// Go's net/http reads one byte ahead on an idle connection, so a request that comes
-/// in then is read as its first letter and the rest; the next read tells whether the
-/// two started a request. LRU: entries of sockets that closed age out.
+/// Sockets whose latest read took one capital letter by itself, while
+/// `--inject-traceparent` is on: socket -> that byte. Go's net/http reads one byte
+/// ahead on an idle connection, so a request that comes in then is read as its first
+/// letter and the rest; the socket's next read that starts no HTTP message tells
+/// whether the two started a request, and drops the entry. LRU: entries left by
+/// sockets that closed, or whose next read started a message of its own, age out; such
+/// an entry would need a later read that continues a method to be taken for one.
 #[map]
 pub static LONE_FIRST_BYTES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 

@@ -408,6 +408,21 @@ fn read_head(stream: &std::net::TcpStream) {
     }
 }
 
+/// Answers the request read on `stream` from a child process whose stdout is the
+/// connection, as a server that hands connections to workers it forks does.
+fn answer_from_a_child(stream: &std::net::TcpStream) {
+    let connection = std::os::fd::OwnedFd::from(stream.try_clone().expect("duplicate the fd"));
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; sys.stdout.buffer.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n')",
+        ])
+        .stdout(Stdio::from(connection))
+        .status()
+        .expect("run the child");
+    assert!(status.success(), "the child answered");
+}
+
 /// Sends `GET /{path}` downstream from a thread of its own, one that read no request, as
 /// a handler that hands its call to a worker pool does.
 fn call_from_a_worker(downstream_port: u16, path: &'static str) {
@@ -442,6 +457,8 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
         ("/abandoned", INCOMING),
         ("/next", THIRD),
         ("/duplicated", OTHER),
+        ("/handed-to-a-child", INCOMING),
+        ("/after-the-child", THIRD),
     ];
     let clients: Vec<RawClient> = requests
         .iter()
@@ -504,6 +521,16 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
         drop(duplicate);
         call_from_a_worker(downstream_port, "/worker-after-duplicate-closed");
         (&original).write_all(OK).expect("answer");
+        // A request answered by another process, a child given the connection: counted
+        // off the process that read it, so the next request is its only one in flight.
+        let handed = next();
+        read_head(&handed);
+        answer_from_a_child(&handed);
+        drop(handed);
+        let after_child = next();
+        read_head(&after_child);
+        call_from_a_worker(downstream_port, "/worker-after-a-child-answered");
+        (&after_child).write_all(OK).expect("answer");
     });
     front_thread.join().expect("front server");
     drop(clients);
@@ -524,6 +551,11 @@ fn a_worker_thread_carries_the_trace_of_the_only_request_in_flight() {
     assert_eq!(
         after_abandoned, third_trace,
         "the request left after the abandoned one's close"
+    );
+    let (after_child, _, _) = downstream.get("/worker-after-a-child-answered").injected();
+    assert_eq!(
+        after_child, third_trace,
+        "a request another process answered is no longer in flight"
     );
     let (after_duplicate, _, _) = downstream.get("/worker-after-duplicate-closed").injected();
     assert_eq!(

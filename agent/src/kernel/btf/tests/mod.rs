@@ -117,10 +117,8 @@ fn thread_ids_are_read_from_the_task_only_side_by_side() {
 fn file_references_are_found_under_either_name() {
     use loupe_common::file_refs::{COUNT, REF};
     // The fake kernel's `file` has `f_count` (before Linux 6.13).
-    assert_eq!(
-        (FAKE_OFFSETS.file_refs, FAKE_OFFSETS.file_refs_kind),
-        (0, COUNT)
-    );
+    let offsets = resolve_offsets(&fake_kernel(Blob::new())).expect("resolves");
+    assert_eq!((offsets.file_refs, offsets.file_refs_kind), (0, COUNT));
     // Linux 6.13 renamed it `f_ref`, a `file_ref_t` wrapping an `atomic_long_t`; a
     // same-named `file` that comes first has it, and is picked for it.
     let mut b = Blob::new();
